@@ -1,0 +1,39 @@
+# resync: see README.md. Every target works on a fresh machine with only Go
+# (and Docker for the container targets).
+GO        ?= go
+PKGS      ?= ./...
+TEST_TIMEOUT ?= 20m
+BIN       ?= bin
+
+.PHONY: all build test lint cover fuzz clean
+
+all: lint build test
+
+build:
+	$(GO) build ./...
+
+## test: the whole suite against real (embedded) etcd, with the race detector.
+test:
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+
+## lint: formatting and vet.
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+## cover: test with coverage; writes cover.out and prints the total.
+cover:
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -coverprofile=cover.out -covermode=atomic $(PKGS)
+	$(GO) tool cover -func=cover.out | tail -1
+
+## fuzz: run every fuzz target for FUZZTIME each (default 10s).
+FUZZTIME ?= 10s
+fuzz:
+	@for target in FuzzDecodeRecords FuzzParseKey FuzzValidateName; do \
+		echo "== $$target ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) ./schema || exit 1; \
+	done
+
+clean:
+	rm -rf $(BIN) cover.out

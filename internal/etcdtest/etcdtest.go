@@ -1,0 +1,243 @@
+package etcdtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Raft timing of test members.
+const (
+	TickMs     = 25
+	ElectionMs = 250
+)
+
+// Member is one embedded etcd member. Its methods are safe for concurrent use.
+type Member struct {
+	t         testing.TB
+	Name      string
+	ClientURL string // http://127.0.0.1:port
+	PeerURL   string
+	dir       string
+	cluster   string // initial-cluster string
+	state     string
+
+	mu   sync.Mutex
+	etcd *embed.Etcd
+}
+
+// Endpoint is the member's client address (host:port) for clientv3.
+func (m *Member) Endpoint() string { return strings.TrimPrefix(m.ClientURL, "http://") }
+
+// Start starts a single-member etcd for the test.
+func Start(t testing.TB) *Member {
+	t.Helper()
+	c := StartCluster(t, 1)
+	return c.Members[0]
+}
+
+// Cluster is a set of members started together.
+type Cluster struct {
+	Members []*Member
+}
+
+// Endpoints are the members' client addresses.
+func (c *Cluster) Endpoints() []string {
+	eps := make([]string, len(c.Members))
+	for i, m := range c.Members {
+		eps[i] = m.Endpoint()
+	}
+	return eps
+}
+
+// StartCluster starts n members that form one cluster and waits until all
+// are ready.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	var initial []string
+	for i := 0; i < n; i++ {
+		m := &Member{
+			t:         t,
+			Name:      fmt.Sprintf("m%d", i),
+			ClientURL: "http://" + FreeAddr(t),
+			PeerURL:   "http://" + FreeAddr(t),
+			dir:       t.TempDir(),
+			state:     embed.ClusterStateFlagNew,
+		}
+		initial = append(initial, m.Name+"="+m.PeerURL)
+		c.Members = append(c.Members, m)
+	}
+	for _, m := range c.Members {
+		m.cluster = strings.Join(initial, ",")
+	}
+	// Members of a new cluster wait for each other: start them all, then wait.
+	errc := make(chan error, n)
+	for _, m := range c.Members {
+		go func() { errc <- m.start() }()
+	}
+	for range c.Members {
+		if err := <-errc; err != nil {
+			t.Fatalf("etcdtest: %v", err)
+		}
+	}
+	for _, m := range c.Members {
+		t.Cleanup(m.Stop)
+	}
+	return c
+}
+
+func (m *Member) start() error {
+	cfg := embed.NewConfig()
+	cfg.Name = m.Name
+	cfg.Dir = m.dir
+	cfg.TickMs = TickMs
+	cfg.ElectionMs = ElectionMs
+	cu, _ := url.Parse(m.ClientURL)
+	pu, _ := url.Parse(m.PeerURL)
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
+	cfg.InitialCluster = m.cluster
+	cfg.ClusterState = m.state
+	cfg.InitialClusterToken = "etcdtest"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.LogLevel = "error"
+	// Tests compact by hand; keep the backend small.
+	cfg.QuotaBackendBytes = 256 << 20
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("start member %s: %w", m.Name, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return fmt.Errorf("member %s failed: %w", m.Name, err)
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return fmt.Errorf("member %s not ready after 60s", m.Name)
+	}
+	m.mu.Lock()
+	m.etcd = e
+	m.state = embed.ClusterStateFlagExisting
+	m.mu.Unlock()
+	return nil
+}
+
+// Stop stops the member (a clean shutdown; its data dir is kept for
+// Restart). Stopping a stopped member does nothing.
+func (m *Member) Stop() {
+	m.mu.Lock()
+	e := m.etcd
+	m.etcd = nil
+	m.mu.Unlock()
+	if e != nil {
+		e.Close()
+	}
+}
+
+// Restart starts a stopped member again on the same addresses and data.
+func (m *Member) Restart() {
+	m.t.Helper()
+	if err := m.start(); err != nil {
+		m.t.Fatalf("etcdtest: %v", err)
+	}
+}
+
+// Running reports whether the member is started.
+func (m *Member) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd != nil
+}
+
+// IsLeader reports whether the member is running and is the raft leader.
+func (m *Member) IsLeader() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd != nil && m.etcd.Server.Leader() == m.etcd.Server.MemberID()
+}
+
+// Leader returns the running member that leads raft, or nil.
+func (c *Cluster) Leader() *Member {
+	for _, m := range c.Members {
+		if m.IsLeader() {
+			return m
+		}
+	}
+	return nil
+}
+
+// Client returns a client of the given endpoints, closed in t.Cleanup.
+func Client(t testing.TB, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	c, err := NewClient(endpoints...)
+	if err != nil {
+		t.Fatalf("etcdtest: client: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// NewClient returns a quiet client of the endpoints that the caller closes.
+// Closing twice is harmless.
+func NewClient(endpoints ...string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    time.Second,
+		DialKeepAliveTimeout: time.Second,
+		Logger:               zap.NewNop(),
+	})
+}
+
+// Client is a client of this member, closed in t.Cleanup.
+func (m *Member) Client(t testing.TB) *clientv3.Client { return Client(t, m.Endpoint()) }
+
+// Compact compacts the member's history up to its current revision.
+func Compact(t testing.TB, c *clientv3.Client) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Get(ctx, "etcdtest-compact-probe")
+	if err != nil {
+		t.Fatalf("etcdtest: compact: %v", err)
+	}
+	if _, err := c.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("etcdtest: compact: %v", err)
+	}
+	return resp.Header.Revision
+}
+
+// FreeAddr returns a loopback host:port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("etcdtest: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// WaitFor polls cond every 10 ms until it is true, and fails the test with
+// what when the timeout passes first.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,191 @@
+// Package listwatch keeps a consumer in sync with a key or a key prefix of
+// etcd: it lists the current state at one revision, then watches from the
+// next revision, and when the watch cannot continue (its history compacted,
+// its member lost the raft leader, the stream broken) it re-watches from the
+// last revision seen, or re-lists when that history is gone. This is what
+// Kubernetes calls a reflector.
+//
+// Watches use clientv3.WithRequireLeader, so a member cut off from its
+// cluster cancels the watch instead of serving stale silence.
+package listwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Event is one delivery to the handler.
+type Event struct {
+	// Reset: Kvs is the whole state under the key at Revision; the handler
+	// replaces what it knew. The first event of Run is always a Reset.
+	Reset bool
+	Kvs   []*mvccpb.KeyValue
+	// Changes (when !Reset) are the watch events of one response, in order.
+	Changes []*clientv3.Event
+	// Revision is the etcd revision the handler is now in sync with.
+	Revision int64
+}
+
+// Options tune Run. The zero value works.
+type Options struct {
+	// Prefix watches every key under Key instead of Key alone.
+	Prefix bool
+	// PageSize bounds one page of a list (default 1000).
+	PageSize int64
+	// Retry is the pause after a failed list or watch, doubled up to 16x
+	// (default 100 ms).
+	Retry time.Duration
+	// Log receives retries and resets (default: discarded).
+	Log logrus.FieldLogger
+	// OnListError, if set, sees every failed list (for metrics or readiness).
+	OnListError func(error)
+}
+
+// Run lists and watches until ctx ends or the handler returns an error. It
+// returns ctx's error or the handler's. The handler runs on Run's goroutine,
+// one event at a time.
+func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler func(Event) error) error {
+	if o.PageSize <= 0 {
+		o.PageSize = 1000
+	}
+	if o.Retry <= 0 {
+		o.Retry = 100 * time.Millisecond
+	}
+	log := o.Log
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(discard{})
+		log = l
+	}
+	log = log.WithField("watch", key)
+	pause := o.Retry
+	sleep := func() error {
+		t := time.NewTimer(pause)
+		defer t.Stop()
+		if pause < 16*o.Retry {
+			pause *= 2
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		}
+	}
+	var rev int64 // last revision the handler is in sync with; 0 = must list
+	for {
+		if rev == 0 {
+			kvs, r, err := List(ctx, c, key, o.Prefix, o.PageSize)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if o.OnListError != nil {
+					o.OnListError(err)
+				}
+				log.WithError(err).Warn("list failed; retrying")
+				if err := sleep(); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := handler(Event{Reset: true, Kvs: kvs, Revision: r}); err != nil {
+				return err
+			}
+			rev = r
+		}
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		opts := []clientv3.OpOption{clientv3.WithRev(rev + 1), clientv3.WithPrevKV()}
+		if o.Prefix {
+			opts = append(opts, clientv3.WithPrefix())
+		}
+		wch := c.Watch(wctx, key, opts...)
+		err := func() error {
+			for resp := range wch {
+				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+					log.WithField("compact_revision", resp.CompactRevision).Info("watched history compacted; re-listing")
+					rev = 0
+					return nil
+				}
+				if err := resp.Err(); err != nil {
+					log.WithError(err).Info("watch ended; re-watching")
+					return nil
+				}
+				if len(resp.Events) == 0 {
+					continue
+				}
+				pause = o.Retry
+				last := resp.Events[len(resp.Events)-1].Kv.ModRevision
+				if err := handler(Event{Changes: resp.Events, Revision: last}); err != nil {
+					return err
+				}
+				rev = last
+			}
+			return nil
+		}()
+		cancel()
+		// Drain: the client closes wch after cancel.
+		for range wch {
+		}
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if rev != 0 {
+			if err := sleep(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// List reads every key under key (or key alone) at one revision, in pages,
+// and returns them in key order with that revision.
+func List(ctx context.Context, c clientv3.KV, key string, prefix bool, pageSize int64) ([]*mvccpb.KeyValue, int64, error) {
+	end := key
+	if prefix {
+		end = clientv3.GetPrefixRangeEnd(key)
+	} else {
+		resp, err := c.Get(ctx, key)
+		if err != nil {
+			return nil, 0, fmt.Errorf("get %s: %w", key, err)
+		}
+		return resp.Kvs, resp.Header.Revision, nil
+	}
+	var (
+		out []*mvccpb.KeyValue
+		rev int64
+		cur = key
+	)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := c.Get(ctx, cur, opts...)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s: %w", key, err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		out = append(out, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, rev, nil
+		}
+		cur = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

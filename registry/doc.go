@@ -1,0 +1,15 @@
+// Package registry keeps an agent's plugin registrations in etcd, and lets a
+// coordinator read and watch all agents' registrations.
+//
+// Agent side: a Registry owns one etcd session (a lease kept alive) and
+// writes registrations/<agent>/<plugin> on it, with each plugin's
+// registration order. When the agent dies its lease expires and its keys
+// vanish; nobody waits for a dead agent. When the session is lost while the
+// agent lives (its lease expired during a partition), the Registry creates a
+// new session, writes every registration again in the original order, and
+// signals its owner through Changed so that a join resync can follow.
+//
+// Coordinator side: Snapshot reads every registration at one etcd revision,
+// and Watch follows their changes, surviving compaction. Both skip malformed
+// records and report them with their key; the rest is returned.
+package registry

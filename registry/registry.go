@@ -1,0 +1,318 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// Errors returned by a Registry.
+var (
+	// ErrDuplicate is returned by Add and Register for a plugin name that is
+	// already registered with this Registry.
+	ErrDuplicate = errors.New("registry: plugin already registered")
+	// ErrNotRegistered is returned by Deregister for an unknown plugin.
+	ErrNotRegistered = errors.New("registry: plugin not registered")
+	// ErrClosed is returned by every method after Close.
+	ErrClosed = errors.New("registry: closed")
+)
+
+// Config configures a Registry.
+type Config struct {
+	// Agent is this agent's name ([A-Za-z0-9._-], 1-128). Required.
+	Agent string
+	// Prefix is the key prefix (default schema.DefaultPrefix).
+	Prefix string
+	// TTL is the session lease TTL: how long after the agent's death its
+	// registrations vanish. Default 10 s; at least 1 s. etcd raises TTLs
+	// below 1.5 x its election timeout.
+	TTL time.Duration
+	// OpTimeout bounds each etcd call of the session loop (default 5 s).
+	OpTimeout time.Duration
+	// RetryMin and RetryMax bound the pause between attempts to create a
+	// session or write registrations while etcd is unreachable (defaults
+	// 100 ms and 5 s).
+	RetryMin, RetryMax time.Duration
+}
+
+// DefaultConfig returns the defaults for agent.
+func DefaultConfig(agent string) Config {
+	return Config{
+		Agent:     agent,
+		Prefix:    schema.DefaultPrefix,
+		TTL:       10 * time.Second,
+		OpTimeout: 5 * time.Second,
+		RetryMin:  100 * time.Millisecond,
+		RetryMax:  5 * time.Second,
+	}
+}
+
+// Validate checks the configuration; zero durations mean their defaults.
+func (c Config) Validate() error {
+	if err := schema.ValidateName("agent", c.Agent); err != nil {
+		return fmt.Errorf("registry: config: %w", err)
+	}
+	if _, err := schema.NewLayout(c.Prefix); err != nil {
+		return fmt.Errorf("registry: config: %w", err)
+	}
+	if c.TTL != 0 && c.TTL < time.Second {
+		return fmt.Errorf("registry: config: TTL %v is below the 1s minimum of etcd leases", c.TTL)
+	}
+	if c.RetryMin < 0 || c.RetryMax < 0 || c.OpTimeout < 0 {
+		return errors.New("registry: config: durations must not be negative")
+	}
+	if c.RetryMin != 0 && c.RetryMax != 0 && c.RetryMax < c.RetryMin {
+		return fmt.Errorf("registry: config: RetryMax %v is below RetryMin %v", c.RetryMax, c.RetryMin)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig(c.Agent)
+	if c.Prefix == "" {
+		c.Prefix = d.Prefix
+	}
+	if c.TTL == 0 {
+		c.TTL = d.TTL
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = d.OpTimeout
+	}
+	if c.RetryMin == 0 {
+		c.RetryMin = d.RetryMin
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = d.RetryMax
+	}
+	return c
+}
+
+// Option sets an optional collaborator.
+type Option func(*Registry)
+
+// WithLogger sets the logger (default: logrus.StandardLogger()).
+func WithLogger(l logrus.FieldLogger) Option { return func(r *Registry) { r.log = l } }
+
+// State is a Registry's view of its session.
+type State struct {
+	// Connected: a session is alive and every registration is written on it.
+	Connected bool
+	// Lease is the current session's lease (0 when none).
+	Lease clientv3.LeaseID
+	// Generation counts sessions: 1 for the first, more after each loss.
+	Generation uint64
+}
+
+type entry struct {
+	reg     schema.Registration
+	written uint64 // generation whose session holds the key; 0 = not written
+}
+
+// Registry is one agent's set of registrations over one etcd session. It is
+// safe for concurrent use.
+type Registry struct {
+	cfg    Config
+	layout schema.Layout
+	c      *clientv3.Client
+	log    logrus.FieldLogger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	donec  chan struct{}
+	kick   chan struct{} // cap 1: the loop has work
+	closeOnce sync.Once
+
+	mu        sync.Mutex
+	entries   []*entry // in registration order
+	removed   []schema.PluginID
+	nextOrder int
+	state     State
+	closed    bool
+	final     bool          // loop ended: changed stays closed
+	changed   chan struct{} // closed and replaced on every change
+	revokeErr error
+}
+
+// New starts a Registry for cfg.Agent. It does not wait for etcd: the
+// session is created in the background, retried while etcd is unreachable,
+// and registrations are written as soon as it exists.
+func New(c *clientv3.Client, cfg Config, opts ...Option) (*Registry, error) {
+	if c == nil {
+		return nil, errors.New("registry: nil etcd client")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	layout, _ := schema.NewLayout(cfg.Prefix)
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Registry{
+		cfg: cfg, layout: layout, c: c, log: logrus.StandardLogger(),
+		ctx: ctx, cancel: cancel, donec: make(chan struct{}), kick: make(chan struct{}, 1),
+		changed: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(r)
+	}
+	r.log = r.log.WithField("agent", cfg.Agent)
+	go r.loop()
+	return r, nil
+}
+
+// Agent is the agent's name.
+func (r *Registry) Agent() string { return r.cfg.Agent }
+
+// Layout is the key layout in use.
+func (r *Registry) Layout() schema.Layout { return r.layout }
+
+// Client is the etcd client the registry writes with.
+func (r *Registry) Client() *clientv3.Client { return r.c }
+
+// Add registers plugin without waiting for etcd: it is validated, given the
+// next order, and written by the session loop as soon as a session exists
+// (and again after every session loss). It returns ErrDuplicate,
+// schema.ErrInvalidName or ErrClosed without writing anything.
+func (r *Registry) Add(plugin string) (schema.Registration, error) {
+	if err := schema.ValidateName("plugin", plugin); err != nil {
+		return schema.Registration{}, fmt.Errorf("registry: register: %w", err)
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return schema.Registration{}, ErrClosed
+	}
+	for _, e := range r.entries {
+		if e.reg.Plugin == plugin {
+			r.mu.Unlock()
+			return e.reg, fmt.Errorf("%w: %q on agent %q", ErrDuplicate, plugin, r.cfg.Agent)
+		}
+	}
+	reg := schema.Registration{Agent: r.cfg.Agent, Plugin: plugin, Order: r.nextOrder, RegisteredAt: time.Now().UTC()}
+	r.nextOrder++
+	r.entries = append(r.entries, &entry{reg: reg})
+	r.removed = slices.DeleteFunc(r.removed, func(id schema.PluginID) bool { return id.Plugin == plugin })
+	r.notifyLocked()
+	r.mu.Unlock()
+	r.poke()
+	return reg, nil
+}
+
+// Register is Add, then waits until the registration is written in etcd or
+// ctx ends. If ctx ends first the plugin stays registered and is written
+// when etcd is reachable; the ctx error is returned.
+func (r *Registry) Register(ctx context.Context, plugin string) (schema.Registration, error) {
+	reg, err := r.Add(plugin)
+	if err != nil {
+		return reg, err
+	}
+	for {
+		r.mu.Lock()
+		written, closed, ch := false, r.closed, r.changed
+		for _, e := range r.entries {
+			if e.reg.Plugin == plugin {
+				written = e.written != 0 && e.written == r.state.Generation
+			}
+		}
+		r.mu.Unlock()
+		switch {
+		case written:
+			return reg, nil
+		case closed:
+			return reg, ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return reg, fmt.Errorf("registry: register %q: not yet written to etcd (it will be when etcd is reachable): %w", plugin, ctx.Err())
+		}
+	}
+}
+
+// Deregister removes plugin; its key is deleted by the session loop. It does
+// not wait for etcd.
+func (r *Registry) Deregister(plugin string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	i := slices.IndexFunc(r.entries, func(e *entry) bool { return e.reg.Plugin == plugin })
+	if i < 0 {
+		return fmt.Errorf("%w: %q on agent %q", ErrNotRegistered, plugin, r.cfg.Agent)
+	}
+	r.entries = slices.Delete(r.entries, i, i+1)
+	r.removed = append(r.removed, schema.PluginID{Agent: r.cfg.Agent, Plugin: plugin})
+	r.notifyLocked()
+	r.poke()
+	return nil
+}
+
+// Plugins returns the registrations in registration order.
+func (r *Registry) Plugins() []schema.Registration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]schema.Registration, len(r.entries))
+	for i, e := range r.entries {
+		out[i] = e.reg
+	}
+	return out
+}
+
+// State returns the current session state.
+func (r *Registry) State() State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state
+}
+
+// Changed returns a channel that is closed at the next change of State or
+// of the registrations (a new one is made each time): wait on it, then read
+// State and Plugins. It is closed for good after Close.
+func (r *Registry) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+// Done is closed when the Registry is closed and its loop has ended.
+func (r *Registry) Done() <-chan struct{} { return r.donec }
+
+// Close stops the session loop and revokes the lease, so every registration
+// (and every other key on the lease) vanishes at once. It is idempotent and
+// bounded by the OpTimeout; the error is that of the revoke (the keys then
+// vanish within the TTL).
+func (r *Registry) Close() error {
+	var err error
+	r.closeOnce.Do(func() {
+		r.mu.Lock()
+		r.closed = true
+		r.mu.Unlock()
+		r.cancel()
+		<-r.donec
+		err = r.revokeErr
+	})
+	return err
+}
+
+func (r *Registry) poke() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Registry) notifyLocked() {
+	if r.final {
+		return
+	}
+	close(r.changed)
+	r.changed = make(chan struct{})
+}

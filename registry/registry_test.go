@@ -1,0 +1,441 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/schema"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
+
+var layout = schema.MustLayout(schema.DefaultPrefix)
+
+func testLogger(t *testing.T) logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(tWriter{t})
+	l.SetLevel(logrus.DebugLevel)
+	return l
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func newRegistry(t *testing.T, c *clientv3.Client, agent string, ttl time.Duration) *Registry {
+	t.Helper()
+	cfg := DefaultConfig(agent)
+	cfg.TTL = ttl
+	cfg.RetryMax = 200 * time.Millisecond
+	cfg.OpTimeout = time.Second
+	r, err := New(c, cfg, WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func get(t *testing.T, c *clientv3.Client, key string, prefix bool) *clientv3.GetResponse {
+	t.Helper()
+	opts := []clientv3.OpOption{}
+	if prefix {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	resp, err := c.Get(ctxT(t, 5*time.Second), key, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func TestRegisterWritesOrderedRecordsOnTheLease(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	r := newRegistry(t, c, "agent-1", 5*time.Second)
+	for _, p := range []string{"ifplugin", "l3plugin", "aclplugin"} {
+		if _, err := r.Register(ctxT(t, 5*time.Second), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp := get(t, c, layout.AgentRegistrations("agent-1"), true)
+	if len(resp.Kvs) != 3 {
+		t.Fatalf("got %d keys, want 3", len(resp.Kvs))
+	}
+	want := map[string]int{"ifplugin": 0, "l3plugin": 1, "aclplugin": 2}
+	for _, kv := range resp.Kvs {
+		reg, err := schema.DecodeRegistration(string(kv.Key), kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reg.Agent != "agent-1" || reg.Order != want[reg.Plugin] || reg.RegisteredAt.IsZero() {
+			t.Errorf("%s = %+v, want order %d", kv.Key, reg, want[reg.Plugin])
+		}
+		if clientv3.LeaseID(kv.Lease) != r.State().Lease || kv.Lease == 0 {
+			t.Errorf("%s is on lease %x, want the session's %x", kv.Key, kv.Lease, r.State().Lease)
+		}
+		if !strings.Contains(string(kv.Value), `"order":`) || strings.Contains(string(kv.Value), "\n") {
+			t.Errorf("value is not one-line JSON with an order: %s", kv.Value)
+		}
+	}
+	if st := r.State(); !st.Connected || st.Generation != 1 {
+		t.Errorf("state %+v, want connected generation 1", st)
+	}
+}
+
+func TestCloseRevokesAtOnce(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	r := newRegistry(t, c, "a", 60*time.Second) // a long TTL: only the revoke can remove the keys
+	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(get(t, c, layout.Registrations(), true).Kvs); n != 0 {
+		t.Fatalf("%d registrations left right after Close", n)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := r.Add("q"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Add after Close: %v, want ErrClosed", err)
+	}
+	select {
+	case <-r.Changed():
+	default:
+		t.Fatal("Changed is not closed after Close")
+	}
+}
+
+func TestCrashedAgentDisappearsWithinTTL(t *testing.T) {
+	m := etcdtest.Start(t)
+	observer := m.Client(t)
+	agentClient, err := etcdtest.NewClient(m.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 2 * time.Second
+	r := newRegistry(t, agentClient, "crashy", ttl)
+	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	agentClient.Close() // a crash: the lease is not revoked, only no longer kept alive
+	crashed := time.Now()
+	etcdtest.WaitFor(t, ttl+time.Second, "the crashed agent's registration to expire", func() bool {
+		return len(get(t, observer, layout.Registrations(), true).Kvs) == 0
+	})
+	t.Logf("gone %v after the crash (TTL %v)", time.Since(crashed).Round(time.Millisecond), ttl)
+}
+
+func TestRejectsDuplicateAndInvalidNamesWritingNothing(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	r := newRegistry(t, c, "a", 5*time.Second)
+	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	before := get(t, c, layout.Prefix(), true).Header.Revision
+	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("duplicate: %v, want ErrDuplicate", err)
+	}
+	for _, name := range []string{"a/b", "", strings.Repeat("x", 129), ".."} {
+		_, err := r.Register(ctxT(t, 5*time.Second), name)
+		if !errors.Is(err, schema.ErrInvalidName) {
+			t.Errorf("Register(%q) = %v, want ErrInvalidName", name, err)
+		}
+	}
+	if _, err := New(c, DefaultConfig("bad/agent")); !errors.Is(err, schema.ErrInvalidName) {
+		t.Errorf("New with agent bad/agent: %v", err)
+	}
+	resp := get(t, c, layout.Prefix(), true)
+	if resp.Header.Revision != before || len(resp.Kvs) != 1 {
+		t.Fatalf("rejected registrations wrote something: revision %d -> %d, %d keys", before, resp.Header.Revision, len(resp.Kvs))
+	}
+	if got := r.Plugins(); len(got) != 1 || got[0].Plugin != "p" {
+		t.Fatalf("Plugins() = %+v", got)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Agent: "a", TTL: 500 * time.Millisecond}, "below the 1s minimum"},
+		{Config{Agent: "a", Prefix: "nope"}, "must start with"},
+		{Config{Agent: "a", RetryMin: time.Second, RetryMax: time.Millisecond}, "RetryMax"},
+		{Config{}, "agent name is empty"},
+	} {
+		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+func TestDeregisterDeletesKey(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	r := newRegistry(t, c, "a", 5*time.Second)
+	for _, p := range []string{"p", "q"} {
+		if _, err := r.Register(ctxT(t, 5*time.Second), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Deregister("p"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Deregister("p"); !errors.Is(err, ErrNotRegistered) {
+		t.Fatalf("second Deregister: %v", err)
+	}
+	etcdtest.WaitFor(t, 5*time.Second, "p's key deleted", func() bool {
+		return len(get(t, c, layout.Registration("a", "p"), false).Kvs) == 0
+	})
+	if len(get(t, c, layout.Registration("a", "q"), false).Kvs) != 1 {
+		t.Fatal("q's key went away too")
+	}
+}
+
+func TestPartitionedAgentReRegistersInOrder(t *testing.T) {
+	m := etcdtest.Start(t)
+	observer := m.Client(t)
+	p := etcdtest.NewProxy(t, m.Endpoint())
+	agentClient := etcdtest.Client(t, p.Endpoint)
+	const ttl = 2 * time.Second
+	r := newRegistry(t, agentClient, "cut", ttl)
+	plugins := []string{"z", "a", "m", "b"}
+	for _, pl := range plugins {
+		if _, err := r.Register(ctxT(t, 5*time.Second), pl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := r.State()
+	changed := r.Changed()
+
+	p.Blackhole()
+	etcdtest.WaitFor(t, ttl+5*time.Second, "the partitioned agent's keys to expire", func() bool {
+		return len(get(t, observer, layout.Registrations(), true).Kvs) == 0
+	})
+	etcdtest.WaitFor(t, 10*time.Second, "the registry to notice the lost session", func() bool {
+		return !r.State().Connected
+	})
+	select {
+	case <-changed:
+	default:
+		t.Fatal("owner was not told of the lost session")
+	}
+	p.Heal()
+	etcdtest.WaitFor(t, 20*time.Second, "re-registration on a new session", func() bool {
+		st := r.State()
+		return st.Connected && st.Generation == first.Generation+1
+	})
+	resp := get(t, observer, layout.Registrations(), true)
+	if len(resp.Kvs) != len(plugins) {
+		t.Fatalf("%d keys after healing, want %d", len(resp.Kvs), len(plugins))
+	}
+	for _, kv := range resp.Kvs {
+		reg, err := schema.DecodeRegistration(string(kv.Key), kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if plugins[reg.Order] != reg.Plugin {
+			t.Errorf("%s has order %d, want the original order of %v", reg.Plugin, reg.Order, plugins)
+		}
+		if clientv3.LeaseID(kv.Lease) == first.Lease || clientv3.LeaseID(kv.Lease) != r.State().Lease {
+			t.Errorf("%s is on lease %x, want the new session's %x", kv.Key, kv.Lease, r.State().Lease)
+		}
+	}
+}
+
+func TestSnapshotOfThousandAgentsSkipsGarbage(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	const agents = 1000
+	var wg sync.WaitGroup
+	errc := make(chan error, agents)
+	for i := 0; i < agents; i++ {
+		r := newRegistryQuiet(t, c, fmt.Sprintf("agent-%04d", i))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, p := range []string{"p0", "p1"} {
+				if _, err := r.Register(ctxT(t, 30*time.Second), p); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	garbage := map[string]string{
+		layout.Registration("agent-0500", "junk"): "{not json",
+		layout.Registration("agent-0500", "lie"):  `{"agent":"other","plugin":"lie","order":0,"registered_at":"2026-01-01T00:00:00Z"}`,
+		layout.Registrations() + "no-plugin":       `{}`,
+	}
+	for k, v := range garbage {
+		if _, err := c.Put(ctxT(t, 5*time.Second), k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := ReadSnapshot(ctxT(t, 30*time.Second), c, layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Registrations) != 2*agents {
+		t.Fatalf("snapshot has %d registrations, want %d", len(s.Registrations), 2*agents)
+	}
+	if len(s.Malformed) != len(garbage) {
+		t.Fatalf("snapshot reported %d malformed, want %d: %v", len(s.Malformed), len(garbage), s.Malformed)
+	}
+	for _, err := range s.Malformed {
+		var de *schema.DecodeError
+		if !errors.As(err, &de) || garbage[de.Key] == "" {
+			t.Errorf("malformed report %v does not name a garbage key", err)
+		}
+	}
+	// One revision: every key's ModRevision is at or below it.
+	for i := 1; i < len(s.Registrations); i++ {
+		a, b := s.Registrations[i-1], s.Registrations[i]
+		if a.Agent > b.Agent || a.Agent == b.Agent && a.Order >= b.Order {
+			t.Fatalf("snapshot not sorted at %d: %+v then %+v", i, a, b)
+		}
+	}
+	if _, err := c.Put(ctxT(t, 5*time.Second), "unrelated", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Revision <= 0 || s.Revision >= get(t, c, "unrelated", false).Header.Revision {
+		t.Fatalf("snapshot revision %d is not the read's revision", s.Revision)
+	}
+}
+
+func newRegistryQuiet(t *testing.T, c *clientv3.Client, agent string) *Registry {
+	t.Helper()
+	cfg := DefaultConfig(agent)
+	cfg.TTL = 30 * time.Second
+	l := logrus.New()
+	l.SetLevel(logrus.ErrorLevel)
+	l.SetOutput(tWriter{t})
+	r, err := New(c, cfg, WithLogger(l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func TestWatchSurvivesCompaction(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	proxy := etcdtest.NewProxy(t, m.Endpoint())
+	watchClient := etcdtest.Client(t, proxy.Endpoint)
+	ctx, cancel := context.WithCancel(context.Background())
+	changes := make(chan Change, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- Watch(ctx, watchClient, layout, testLogger(t), func(ch Change) error {
+			changes <- ch
+			return nil
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Watch returned %v", err)
+		}
+	})
+	var nextWithin func(string, time.Duration, func(Change) bool) Change
+	next := func(what string, ok func(Change) bool) Change {
+		t.Helper()
+		return nextWithin(what, 10*time.Second, ok)
+	}
+	nextWithin = func(what string, within time.Duration, ok func(Change) bool) Change {
+		t.Helper()
+		deadline := time.After(within)
+		for {
+			select {
+			case ch := <-changes:
+				if ok(ch) {
+					return ch
+				}
+			case <-deadline:
+				t.Fatalf("no change: %s", what)
+			}
+		}
+	}
+	first := next("initial reset", func(ch Change) bool { return ch.Reset != nil })
+	if len(first.Reset.Registrations) != 0 {
+		t.Fatalf("initial reset has %d registrations", len(first.Reset.Registrations))
+	}
+	r := newRegistry(t, c, "w", 5*time.Second)
+	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	next("put of w/p", func(ch Change) bool { return ch.Put != nil && ch.Put.Plugin == "p" })
+	if _, err := c.Put(ctxT(t, 5*time.Second), layout.Registration("w", "garbage"), "]["); err != nil {
+		t.Fatal(err)
+	}
+	mal := next("malformed report", func(ch Change) bool { return ch.Malformed != nil })
+	if !strings.Contains(mal.Malformed.Error(), layout.Registration("w", "garbage")) {
+		t.Fatalf("malformed report does not name the key: %v", mal.Malformed)
+	}
+	if err := r.Deregister("p"); err != nil {
+		t.Fatal(err)
+	}
+	next("delete of w/p", func(ch Change) bool { return ch.Deleted != nil && ch.Deleted.Plugin == "p" })
+
+	// Let the watcher fall behind a compaction: cut its connection, change
+	// registrations and compact them away, then restore. It must re-list (a
+	// Reset with the current set) and go on watching.
+	proxy.Cut()
+	if _, err := r.Register(ctxT(t, 5*time.Second), "q"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Register(ctxT(t, 5*time.Second), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Deregister("gone"); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.WaitFor(t, 5*time.Second, "gone deleted", func() bool {
+		return len(get(t, c, layout.Registration("w", "gone"), false).Kvs) == 0
+	})
+	etcdtest.Compact(t, c)
+	proxy.Restore()
+	reset := nextWithin("reset after compaction", 20*time.Second, func(ch Change) bool { return ch.Reset != nil })
+	var names []string
+	for _, reg := range reset.Reset.Registrations {
+		names = append(names, reg.Plugin)
+	}
+	if strings.Join(names, ",") != "q" || len(reset.Reset.Malformed) != 1 {
+		t.Fatalf("reset after compaction has %v and %d malformed, want [q] and the garbage key", names, len(reset.Reset.Malformed))
+	}
+	if _, err := r.Register(ctxT(t, 5*time.Second), "after-compact"); err != nil {
+		t.Fatal(err)
+	}
+	next("put after compaction", func(ch Change) bool { return ch.Put != nil && ch.Put.Plugin == "after-compact" })
+}

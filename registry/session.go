@@ -1,0 +1,192 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// maxTxnOps stays within etcd's default --max-txn-ops (128).
+const maxTxnOps = 128
+
+// loop owns the session: create it, write registrations on it, re-create it
+// when it is lost, revoke it on Close.
+func (r *Registry) loop() {
+	defer func() {
+		r.mu.Lock()
+		r.state.Connected = false
+		close(r.changed)
+		r.final = true
+		r.mu.Unlock()
+		close(r.donec)
+	}()
+	pause := r.cfg.RetryMin
+	var gen uint64
+	for r.ctx.Err() == nil {
+		sess, err := r.newSession()
+		if err != nil {
+			if r.ctx.Err() != nil {
+				return
+			}
+			r.log.WithError(err).WithField("retry_in", pause).Warn("registry: cannot create an etcd session; retrying")
+			if !r.wait(nil, pause) {
+				return
+			}
+			pause = min(2*pause, r.cfg.RetryMax)
+			continue
+		}
+		pause = r.cfg.RetryMin
+		gen++
+		r.mu.Lock()
+		r.state = State{Lease: sess.Lease(), Generation: gen}
+		r.notifyLocked()
+		r.mu.Unlock()
+		log := r.log.WithField("lease", fmt.Sprintf("%x", int64(sess.Lease()))).WithField("generation", gen)
+		log.Info("registry: session created")
+
+		r.serve(sess, gen)
+		sess.Orphan()
+		if r.ctx.Err() != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
+			_, err := r.c.Revoke(ctx, sess.Lease())
+			cancel()
+			if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				r.revokeErr = fmt.Errorf("registry: revoke lease on close (keys vanish within the TTL instead): %w", err)
+				log.WithError(err).Warn("registry: revoke on close failed")
+			}
+			return
+		}
+		log.Warn("registry: session lost (lease expired); creating a new one and registering again")
+		r.mu.Lock()
+		r.state = State{Generation: gen}
+		r.notifyLocked()
+		r.mu.Unlock()
+	}
+}
+
+func (r *Registry) newSession() (*concurrency.Session, error) {
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
+	defer cancel()
+	ttl := int64((r.cfg.TTL + time.Second - 1) / time.Second)
+	lease, err := r.c.Grant(ctx, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return concurrency.NewSession(r.c, concurrency.WithLease(lease.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(r.ctx))
+}
+
+// serve writes registrations on sess until it is lost or ctx ends.
+func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
+	pause := r.cfg.RetryMin
+	for {
+		err := r.sync(sess.Lease(), gen)
+		switch {
+		case err == nil:
+			pause = r.cfg.RetryMin
+			select {
+			case <-r.kick:
+			case <-sess.Done():
+				return
+			case <-r.ctx.Done():
+				return
+			}
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return
+		default:
+			if r.ctx.Err() != nil {
+				return
+			}
+			r.log.WithError(err).WithField("retry_in", pause).Warn("registry: writing registrations failed; retrying")
+			if !r.wait(sess.Done(), pause) {
+				return
+			}
+			pause = min(2*pause, r.cfg.RetryMax)
+		}
+	}
+}
+
+// sync writes every registration not yet on this generation's lease and
+// deletes removed ones, in registration order, a Txn per maxTxnOps.
+func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
+	r.mu.Lock()
+	var todo []schema.Registration
+	for _, e := range r.entries {
+		if e.written != gen {
+			todo = append(todo, e.reg)
+		}
+	}
+	var removed []schema.PluginID
+	for _, id := range r.removed {
+		if !slices.ContainsFunc(r.entries, func(e *entry) bool { return e.reg.Plugin == id.Plugin }) {
+			removed = append(removed, id)
+		}
+	}
+	wasConnected := r.state.Connected
+	r.mu.Unlock()
+
+	var ops []clientv3.Op
+	for _, id := range removed {
+		ops = append(ops, clientv3.OpDelete(r.layout.Registration(id.Agent, id.Plugin)))
+	}
+	for _, reg := range todo {
+		b, err := schema.Encode(reg)
+		if err != nil {
+			return err // cannot happen: names were validated by Add
+		}
+		ops = append(ops, clientv3.OpPut(r.layout.Registration(reg.Agent, reg.Plugin), string(b), clientv3.WithLease(lease)))
+	}
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
+		_, err := r.c.Txn(ctx).Then(ops[:n]...).Commit()
+		cancel()
+		if err != nil {
+			return err
+		}
+		ops = ops[n:]
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.entries {
+		for _, reg := range todo {
+			if e.reg == reg {
+				e.written = gen
+			}
+		}
+	}
+	r.removed = slices.DeleteFunc(r.removed, func(id schema.PluginID) bool { return slices.Contains(removed, id) })
+	all := true
+	for _, e := range r.entries {
+		all = all && e.written == gen
+	}
+	if all && r.state.Generation == gen {
+		r.state.Connected = true
+	}
+	if len(todo) > 0 || len(removed) > 0 || r.state.Connected != wasConnected {
+		r.notifyLocked()
+	}
+	return nil
+}
+
+// wait pauses for d; false if ctx ended or lost closed first.
+func (r *Registry) wait(lost <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-lost:
+		return false
+	case <-r.ctx.Done():
+		return false
+	}
+}

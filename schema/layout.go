@@ -1,0 +1,194 @@
+package schema
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// DefaultPrefix is the key prefix used when none is configured.
+const DefaultPrefix = "/resync/"
+
+// Key families under the prefix.
+const (
+	electionDir      = "election"
+	revisionKey      = "revision"
+	registrationsDir = "registrations/"
+	acksDir          = "acks/"
+	requestsDir      = "requests/"
+	roundsDir        = "rounds/"
+)
+
+// roundDigits is the width of the zero-padded round number in rounds/<N>, so
+// that etcd's lexical key order is the numeric order of rounds.
+const roundDigits = 20
+
+// Layout is the etcd key layout under one prefix. The zero value is not
+// usable; build one with NewLayout. A Layout is an immutable value, safe for
+// concurrent use.
+type Layout struct {
+	prefix string
+}
+
+// NewLayout returns the layout under prefix. An empty prefix means
+// DefaultPrefix; a missing trailing "/" is added. The prefix must start with
+// "/" and must not contain empty path elements.
+func NewLayout(prefix string) (Layout, error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasPrefix(prefix, "/") {
+		return Layout{}, fmt.Errorf("schema: key prefix %q must start with \"/\" (for example %q)", prefix, DefaultPrefix)
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	if strings.Contains(prefix, "//") && prefix != "/" {
+		return Layout{}, fmt.Errorf("schema: key prefix %q has an empty element (\"//\")", prefix)
+	}
+	if len(prefix) > 256 {
+		return Layout{}, fmt.Errorf("schema: key prefix is %d bytes long: the limit is 256", len(prefix))
+	}
+	return Layout{prefix: prefix}, nil
+}
+
+// MustLayout is NewLayout for constant prefixes known to be valid (tests,
+// DefaultPrefix). It panics on an invalid prefix: never pass it user input.
+func MustLayout(prefix string) Layout {
+	l, err := NewLayout(prefix)
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+// Prefix is the layout's prefix, ending in "/".
+func (l Layout) Prefix() string { return l.prefix }
+
+// Election is the prefix given to concurrency.NewElection; the candidates'
+// keys are Election()+"/"+<lease-hex>.
+func (l Layout) Election() string { return l.prefix + electionDir }
+
+// Revision is the key of the current resync revision record.
+func (l Layout) Revision() string { return l.prefix + revisionKey }
+
+// Registrations is the prefix of all registration keys.
+func (l Layout) Registrations() string { return l.prefix + registrationsDir }
+
+// AgentRegistrations is the prefix of one agent's registration keys.
+func (l Layout) AgentRegistrations(agent string) string {
+	return l.prefix + registrationsDir + agent + "/"
+}
+
+// Registration is the key of one plugin's registration.
+func (l Layout) Registration(agent, plugin string) string {
+	return l.prefix + registrationsDir + agent + "/" + plugin
+}
+
+// Acks is the prefix of all ack keys.
+func (l Layout) Acks() string { return l.prefix + acksDir }
+
+// AgentAcks is the prefix of one agent's ack keys.
+func (l Layout) AgentAcks(agent string) string { return l.prefix + acksDir + agent + "/" }
+
+// Ack is the key of one plugin's ack.
+func (l Layout) Ack(agent, plugin string) string { return l.prefix + acksDir + agent + "/" + plugin }
+
+// Requests is the prefix of resync request keys.
+func (l Layout) Requests() string { return l.prefix + requestsDir }
+
+// Request is the key of one resync request.
+func (l Layout) Request(id string) string { return l.prefix + requestsDir + id }
+
+// Rounds is the prefix of round records.
+func (l Layout) Rounds() string { return l.prefix + roundsDir }
+
+// Round is the key of round n's record, zero-padded so keys sort numerically.
+func (l Layout) Round(n uint64) string {
+	s := strconv.FormatUint(n, 10)
+	return l.prefix + roundsDir + strings.Repeat("0", roundDigits-len(s)) + s
+}
+
+// Kind is the family of a key under the prefix.
+type Kind int
+
+// The key families.
+const (
+	KindUnknown Kind = iota
+	KindElection
+	KindRevision
+	KindRegistration
+	KindAck
+	KindRequest
+	KindRound
+)
+
+var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Key is a parsed key. Only the fields of its Kind are set.
+type Key struct {
+	Kind   Kind
+	Agent  string // registration, ack
+	Plugin string // registration, ack
+	ID     string // request id, election lease
+	Round  uint64 // round
+}
+
+// Parse splits a key of this layout into its parts. A key outside the prefix,
+// of an unknown family, or with invalid names is an error naming the key.
+func (l Layout) Parse(key string) (Key, error) {
+	rest, ok := strings.CutPrefix(key, l.prefix)
+	if !ok {
+		return Key{}, &DecodeError{Key: key, Reason: fmt.Sprintf("not under the prefix %q", l.prefix)}
+	}
+	bad := func(format string, a ...any) (Key, error) {
+		return Key{}, &DecodeError{Key: key, Reason: fmt.Sprintf(format, a...)}
+	}
+	switch {
+	case rest == revisionKey:
+		return Key{Kind: KindRevision}, nil
+	case strings.HasPrefix(rest, electionDir+"/"):
+		id := rest[len(electionDir)+1:]
+		if id == "" || strings.Contains(id, "/") {
+			return bad("election key must be election/<lease-hex>")
+		}
+		return Key{Kind: KindElection, ID: id}, nil
+	case strings.HasPrefix(rest, registrationsDir), strings.HasPrefix(rest, acksDir):
+		kind, dir := KindRegistration, registrationsDir
+		if strings.HasPrefix(rest, acksDir) {
+			kind, dir = KindAck, acksDir
+		}
+		agent, plugin, ok := strings.Cut(rest[len(dir):], "/")
+		if !ok {
+			return bad("%s key must be %s<agent>/<plugin>", kind, dir)
+		}
+		if err := ValidateName("agent", agent); err != nil {
+			return bad("%v", err)
+		}
+		if err := ValidateName("plugin", plugin); err != nil {
+			return bad("%v", err)
+		}
+		return Key{Kind: kind, Agent: agent, Plugin: plugin}, nil
+	case strings.HasPrefix(rest, requestsDir):
+		id := rest[len(requestsDir):]
+		if err := ValidateName("request id", id); err != nil {
+			return bad("%v", err)
+		}
+		return Key{Kind: KindRequest, ID: id}, nil
+	case strings.HasPrefix(rest, roundsDir):
+		s := rest[len(roundsDir):]
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || len(s) != roundDigits || n == 0 {
+			return bad("round key must be rounds/<N> with N > 0 zero-padded to %d digits", roundDigits)
+		}
+		return Key{Kind: KindRound, Round: n}, nil
+	}
+	return bad("unknown key family under the prefix")
+}

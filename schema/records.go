@@ -1,0 +1,451 @@
+package schema
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Status is the state of a resync revision, as seen by plugins in their
+// StatusEvents and stored in the revision record.
+type Status string
+
+const (
+	// Started means that a resync has started: a plugin reloads its state
+	// and acks.
+	Started Status = "Started"
+	// NotActive means that no resync runs: none started yet, or the last one
+	// finished.
+	NotActive Status = "NotActive"
+)
+
+// Result is the outcome a plugin reports for one revision in its ack.
+type Result string
+
+const (
+	// ResultOK: the plugin reloaded its state.
+	ResultOK Result = "ok"
+	// ResultError: the plugin failed to reload; Ack.Error says why.
+	ResultError Result = "error"
+	// ResultTimeout: the plugin did not take the event or did not ack within
+	// its timeouts; written by the agent's watcher on its behalf.
+	ResultTimeout Result = "timeout"
+)
+
+// Cause says why a resync was requested.
+type Cause string
+
+const (
+	// CauseInitial is the first round ever.
+	CauseInitial Cause = "initial"
+	// CauseManual is an operator's request (resyncctl trigger).
+	CauseManual Cause = "manual"
+	// CauseError is a plugin's ReportError, or a round that did not complete
+	// clean; such requests are planned after the retry backoff.
+	CauseError Cause = "error"
+	// CauseRejoin is an agent that lost its session and re-registered.
+	CauseRejoin Cause = "rejoin"
+)
+
+// Limits on free text and on stored values.
+const (
+	// MaxReasonLen bounds a request's or round's reason and an ack's error
+	// text, in bytes; longer texts are cut by Truncate.
+	MaxReasonLen = 1024
+	// MaxIDLen bounds identities (leader id, requested_by).
+	MaxIDLen = 256
+
+	maxRegistrationValue = 4 << 10
+	maxAckValue          = 8 << 10
+	maxRequestValue      = 8 << 10
+	maxRevisionValue     = 16 << 10
+	maxRoundValue        = 8 << 20
+)
+
+// Scope selects the participants of a round: every live registration (both
+// empty), one agent's (Agent set), or one plugin of one agent (both set).
+type Scope struct {
+	Agent  string `json:"agent,omitempty"`
+	Plugin string `json:"plugin,omitempty"`
+}
+
+// All reports whether the scope selects every registration.
+func (s Scope) All() bool { return s.Agent == "" && s.Plugin == "" }
+
+// Includes reports whether the plugin is in the scope.
+func (s Scope) Includes(agent, plugin string) bool {
+	return (s.Agent == "" || s.Agent == agent) && (s.Plugin == "" || s.Plugin == plugin)
+}
+
+// Validate checks names; a plugin scope needs its agent.
+func (s Scope) Validate() error {
+	if s.Plugin != "" && s.Agent == "" {
+		return errors.New("scope: a plugin scope needs its agent")
+	}
+	if s.Agent != "" {
+		if err := ValidateName("agent", s.Agent); err != nil {
+			return fmt.Errorf("scope: %w", err)
+		}
+	}
+	if s.Plugin != "" {
+		if err := ValidateName("plugin", s.Plugin); err != nil {
+			return fmt.Errorf("scope: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s Scope) String() string {
+	switch {
+	case s.All():
+		return "all"
+	case s.Plugin == "":
+		return "agent " + s.Agent
+	}
+	return "plugin " + s.Agent + "/" + s.Plugin
+}
+
+// PluginID names one plugin of one agent. It is stored in JSON as the string
+// "agent/plugin".
+type PluginID struct {
+	Agent  string
+	Plugin string
+}
+
+func (p PluginID) String() string { return p.Agent + "/" + p.Plugin }
+
+// MarshalText encodes "agent/plugin".
+func (p PluginID) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
+// UnmarshalText decodes and validates "agent/plugin".
+func (p *PluginID) UnmarshalText(b []byte) error {
+	a, pl, ok := strings.Cut(string(b), "/")
+	if !ok {
+		return fmt.Errorf("participant %q is not agent/plugin", string(b))
+	}
+	if err := ValidateName("agent", a); err != nil {
+		return err
+	}
+	if err := ValidateName("plugin", pl); err != nil {
+		return err
+	}
+	*p = PluginID{Agent: a, Plugin: pl}
+	return nil
+}
+
+// Registration is the value of registrations/<agent>/<plugin>, written by the
+// agent on its session lease.
+type Registration struct {
+	Agent  string `json:"agent"`
+	Plugin string `json:"plugin"`
+	// Order is the plugin's registration index within its agent, from 0.
+	Order        int       `json:"order"`
+	RegisteredAt time.Time `json:"registered_at"`
+}
+
+// ID is the registration's plugin id.
+func (r Registration) ID() PluginID { return PluginID{r.Agent, r.Plugin} }
+
+// Validate checks the record.
+func (r Registration) Validate() error {
+	if err := ValidateName("agent", r.Agent); err != nil {
+		return err
+	}
+	if err := ValidateName("plugin", r.Plugin); err != nil {
+		return err
+	}
+	if r.Order < 0 {
+		return fmt.Errorf("order %d is negative", r.Order)
+	}
+	return nil
+}
+
+// Revision is the value of the revision key, written only by the leading
+// coordinator, fenced by its leadership.
+type Revision struct {
+	Revision uint64 `json:"revision"`
+	State    Status `json:"state"`
+	Reason   string `json:"reason"`
+	Cause    Cause  `json:"cause"`
+	Scope    Scope  `json:"scope"`
+	// Participants is the number of participants; their names are in
+	// rounds/<N>.
+	Participants int       `json:"participants"`
+	StartedAt    time.Time `json:"started_at"`
+	Deadline     time.Time `json:"deadline"`
+	FinishedAt   time.Time `json:"finished_at,omitzero"`
+	// Leader is the id of the coordinator that wrote this record.
+	Leader string `json:"leader"`
+}
+
+// Validate checks the record.
+func (r Revision) Validate() error {
+	if r.Revision == 0 {
+		return errors.New("revision must be > 0")
+	}
+	if err := r.State.validate(); err != nil {
+		return err
+	}
+	if err := r.Scope.Validate(); err != nil {
+		return err
+	}
+	if r.Participants < 0 {
+		return errors.New("participants must be >= 0")
+	}
+	if r.State == NotActive && r.FinishedAt.IsZero() {
+		return errors.New("a NotActive revision needs finished_at")
+	}
+	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "leader", r.Leader)
+}
+
+// Ack is the value of acks/<agent>/<plugin>, written by the agent's watcher on
+// its session lease, overwritten each revision.
+type Ack struct {
+	Revision uint64    `json:"revision"`
+	Result   Result    `json:"result"`
+	Error    string    `json:"error,omitempty"`
+	AckedAt  time.Time `json:"acked_at"`
+}
+
+// Validate checks the record.
+func (a Ack) Validate() error {
+	if a.Revision == 0 {
+		return errors.New("revision must be > 0")
+	}
+	switch a.Result {
+	case ResultOK, ResultError, ResultTimeout:
+	default:
+		return fmt.Errorf("result %q is not one of ok, error, timeout", a.Result)
+	}
+	return checkText("error", a.Error, MaxReasonLen+len(truncMarker)+20)
+}
+
+// Request is the value of requests/<id>: someone asks the coordinator for a
+// resync. The leader consumes (deletes) requests.
+type Request struct {
+	Reason      string    `json:"reason"`
+	Cause       Cause     `json:"cause"`
+	Scope       Scope     `json:"scope"`
+	RequestedBy string    `json:"requested_by"`
+	RequestedAt time.Time `json:"requested_at"`
+}
+
+// Validate checks the record.
+func (r Request) Validate() error {
+	switch r.Cause {
+	case CauseManual, CauseError, CauseRejoin:
+	default:
+		return fmt.Errorf("cause %q is not one of manual, error, rejoin", r.Cause)
+	}
+	if err := r.Scope.Validate(); err != nil {
+		return err
+	}
+	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "requested_by", r.RequestedBy)
+}
+
+// RoundCounts are the sizes of a round's outcome lists.
+type RoundCounts struct {
+	Participants int `json:"participants"`
+	Acked        int `json:"acked"`
+	Failed       int `json:"failed"`
+	TimedOut     int `json:"timed_out"`
+	Departed     int `json:"departed"`
+	Pending      int `json:"pending"`
+}
+
+// Round is the value of rounds/<N>, written only by the leader, fenced: once
+// when the round starts (State Started, the participants recorded so that a
+// successor can resume the round) and once when it completes (State
+// NotActive, every participant in exactly one outcome list).
+type Round struct {
+	Revision     uint64      `json:"revision"`
+	State        Status      `json:"state"`
+	Reason       string      `json:"reason"`
+	Cause        Cause       `json:"cause"`
+	Scope        Scope       `json:"scope"`
+	Counts       RoundCounts `json:"counts"`
+	Participants []PluginID  `json:"participants"`
+	Acked        []PluginID  `json:"acked"`
+	Failed       []PluginID  `json:"failed"`
+	TimedOut     []PluginID  `json:"timed_out"`
+	Departed     []PluginID  `json:"departed"`
+	// Errors maps "agent/plugin" of failed participants to their error text.
+	Errors     map[string]string `json:"errors,omitempty"`
+	StartedAt  time.Time         `json:"started_at"`
+	Deadline   time.Time         `json:"deadline"`
+	FinishedAt time.Time         `json:"finished_at,omitzero"`
+	DurationMS float64           `json:"duration_ms"`
+	StartedBy  string            `json:"started_by"`
+	FinishedBy string            `json:"finished_by,omitempty"`
+}
+
+// Clean reports whether a completed round had no failed and no timed-out
+// participant.
+func (r Round) Clean() bool { return len(r.Failed) == 0 && len(r.TimedOut) == 0 }
+
+// Validate checks the record, including (for a completed round) that every
+// participant is in exactly one outcome list.
+func (r Round) Validate() error {
+	if r.Revision == 0 {
+		return errors.New("revision must be > 0")
+	}
+	if err := r.State.validate(); err != nil {
+		return err
+	}
+	if err := r.Scope.Validate(); err != nil {
+		return err
+	}
+	if r.Counts.Participants != len(r.Participants) {
+		return fmt.Errorf("counts.participants %d != %d participants listed", r.Counts.Participants, len(r.Participants))
+	}
+	if r.State == NotActive {
+		seen := make(map[PluginID]string, len(r.Participants))
+		for _, p := range r.Participants {
+			seen[p] = ""
+		}
+		for _, l := range []struct {
+			name string
+			ids  []PluginID
+		}{{"acked", r.Acked}, {"failed", r.Failed}, {"timed_out", r.TimedOut}, {"departed", r.Departed}} {
+			for _, p := range l.ids {
+				prev, ok := seen[p]
+				if !ok {
+					return fmt.Errorf("%s lists %s, which is not a participant", l.name, p)
+				}
+				if prev != "" {
+					return fmt.Errorf("%s is both %s and %s", p, prev, l.name)
+				}
+				seen[p] = l.name
+			}
+		}
+		for p, outcome := range seen {
+			if outcome == "" {
+				return fmt.Errorf("participant %s has no outcome in a completed round", p)
+			}
+		}
+	}
+	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "started_by", r.StartedBy, "finished_by", r.FinishedBy)
+}
+
+func (s Status) validate() error {
+	if s != Started && s != NotActive {
+		return fmt.Errorf("state %q is not Started or NotActive", s)
+	}
+	return nil
+}
+
+// checkText checks one text against limit and the following name/value pairs
+// against MaxIDLen; all must be valid UTF-8.
+func checkText(name, text string, limit int, ids ...string) error {
+	if len(text) > limit {
+		return fmt.Errorf("%s is %d bytes long: the limit is %d", name, len(text), limit)
+	}
+	if !utf8.ValidString(text) {
+		return fmt.Errorf("%s is not valid UTF-8", name)
+	}
+	for i := 0; i+1 < len(ids); i += 2 {
+		if len(ids[i+1]) > MaxIDLen {
+			return fmt.Errorf("%s is %d bytes long: the limit is %d", ids[i], len(ids[i+1]), MaxIDLen)
+		}
+		if !utf8.ValidString(ids[i+1]) {
+			return fmt.Errorf("%s is not valid UTF-8", ids[i])
+		}
+	}
+	return nil
+}
+
+const truncMarker = "...[truncated]"
+
+// Truncate cuts s to at most max bytes (plus a "...[truncated]" marker) on a
+// UTF-8 boundary, and replaces invalid UTF-8. Texts from users (reasons,
+// error texts) pass through it before they are written.
+func Truncate(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + truncMarker
+}
+
+// DecodeError is returned by every decoder: the key and what is wrong.
+type DecodeError struct {
+	Key    string
+	Reason string
+}
+
+func (e *DecodeError) Error() string {
+	return fmt.Sprintf("schema: key %q: %s", e.Key, e.Reason)
+}
+
+type validator interface{ Validate() error }
+
+// decode strictly decodes value into v and validates it.
+func decode(key string, value []byte, limit int, what string, v validator) error {
+	if len(value) > limit {
+		return &DecodeError{Key: key, Reason: fmt.Sprintf("%s value is %d bytes: the limit is %d; rewrite or delete the key", what, len(value), limit)}
+	}
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return &DecodeError{Key: key, Reason: fmt.Sprintf("%s value is not valid JSON for its record: %v", what, err)}
+	}
+	if dec.More() {
+		return &DecodeError{Key: key, Reason: what + " value has data after its JSON object"}
+	}
+	if err := v.Validate(); err != nil {
+		return &DecodeError{Key: key, Reason: fmt.Sprintf("%s: %v", what, err)}
+	}
+	return nil
+}
+
+// DecodeRegistration decodes a registration value; key is used in errors.
+func DecodeRegistration(key string, value []byte) (Registration, error) {
+	var r Registration
+	err := decode(key, value, maxRegistrationValue, "registration", &r)
+	return r, err
+}
+
+// DecodeRevision decodes the revision record.
+func DecodeRevision(key string, value []byte) (Revision, error) {
+	var r Revision
+	err := decode(key, value, maxRevisionValue, "revision", &r)
+	return r, err
+}
+
+// DecodeAck decodes an ack.
+func DecodeAck(key string, value []byte) (Ack, error) {
+	var a Ack
+	err := decode(key, value, maxAckValue, "ack", &a)
+	return a, err
+}
+
+// DecodeRequest decodes a resync request.
+func DecodeRequest(key string, value []byte) (Request, error) {
+	var r Request
+	err := decode(key, value, maxRequestValue, "request", &r)
+	return r, err
+}
+
+// DecodeRound decodes a round record.
+func DecodeRound(key string, value []byte) (Round, error) {
+	var r Round
+	err := decode(key, value, maxRoundValue, "round", &r)
+	return r, err
+}
+
+// Encode marshals a record to one line of JSON after validating it, so that
+// nothing invalid is ever written.
+func Encode(v validator) ([]byte, error) {
+	if err := v.Validate(); err != nil {
+		return nil, fmt.Errorf("schema: refusing to encode an invalid %T: %w", v, err)
+	}
+	return json.Marshal(v)
+}

@@ -1,0 +1,178 @@
+package schema
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+func TestValidateName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+		want string // part of the error
+	}{
+		{"a", true, ""},
+		{"vpp-agent_1.2", true, ""},
+		{strings.Repeat("x", 128), true, ""},
+		{"", false, "empty"},
+		{strings.Repeat("x", 129), false, "129 bytes"},
+		{"a/b", false, `'/'`},
+		{"..", false, "reserved"},
+		{".", false, "reserved"},
+		{"a b", false, `' '`},
+		{"é", false, "only [A-Za-z0-9._-]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidateName("plugin", tc.name)
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("ValidateName(%q) = %v, want nil", tc.name, err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidName) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ValidateName(%q) = %v, want ErrInvalidName mentioning %q", tc.name, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLayoutKeysParseBack(t *testing.T) {
+	l := MustLayout("/x/resync")
+	if l.Prefix() != "/x/resync/" {
+		t.Fatalf("prefix %q", l.Prefix())
+	}
+	for _, tc := range []struct {
+		key  string
+		want Key
+	}{
+		{l.Revision(), Key{Kind: KindRevision}},
+		{l.Registration("a1", "p.1"), Key{Kind: KindRegistration, Agent: "a1", Plugin: "p.1"}},
+		{l.Ack("a1", "p-2"), Key{Kind: KindAck, Agent: "a1", Plugin: "p-2"}},
+		{l.Request("123-ab"), Key{Kind: KindRequest, ID: "123-ab"}},
+		{l.Round(42), Key{Kind: KindRound, Round: 42}},
+		{l.Election() + "/694d7a", Key{Kind: KindElection, ID: "694d7a"}},
+	} {
+		got, err := l.Parse(tc.key)
+		if err != nil || got != tc.want {
+			t.Errorf("Parse(%q) = %+v, %v; want %+v", tc.key, got, err, tc.want)
+		}
+	}
+	if l.Round(42) != "/x/resync/rounds/00000000000000000042" {
+		t.Errorf("Round(42) = %q", l.Round(42))
+	}
+	if l.Round(9) >= l.Round(10) {
+		t.Errorf("round keys do not sort numerically")
+	}
+	for _, bad := range []string{"/other/revision", "/x/resync/nope", "/x/resync/registrations/a", "/x/resync/acks/a/b/c",
+		"/x/resync/rounds/42", "/x/resync/rounds/00000000000000000000", "/x/resync/requests/", "/x/resync/election/"} {
+		_, err := l.Parse(bad)
+		var de *DecodeError
+		if !errors.As(err, &de) || de.Key != bad {
+			t.Errorf("Parse(%q) = %v, want a DecodeError naming the key", bad, err)
+		}
+	}
+}
+
+func TestNewLayoutRejects(t *testing.T) {
+	for _, p := range []string{"resync/", "/a//b/"} {
+		if _, err := NewLayout(p); err == nil {
+			t.Errorf("NewLayout(%q) accepted", p)
+		}
+	}
+	if l, err := NewLayout(""); err != nil || l.Prefix() != DefaultPrefix {
+		t.Errorf("NewLayout(\"\") = %q, %v", l.Prefix(), err)
+	}
+}
+
+func TestRecordsRoundTrip(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	reg := Registration{Agent: "a", Plugin: "p", Order: 2, RegisteredAt: now}
+	b, err := Encode(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := DecodeRegistration("k", b); err != nil || got != reg {
+		t.Fatalf("registration round trip: %+v %v", got, err)
+	}
+	round := Round{Revision: 3, State: NotActive, Cause: CauseManual, StartedBy: "c1",
+		Participants: []PluginID{{"a", "p"}, {"a", "q"}}, Acked: []PluginID{{"a", "p"}}, Departed: []PluginID{{"a", "q"}},
+		Counts: RoundCounts{Participants: 2, Acked: 1, Departed: 1}}
+	b, err = Encode(round)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"participants":["a/p","a/q"]`) {
+		t.Errorf("participants not encoded as agent/plugin strings: %s", b)
+	}
+	got, err := DecodeRound("k", b)
+	if err != nil || got.Counts != round.Counts || len(got.Departed) != 1 || got.Departed[0] != (PluginID{"a", "q"}) {
+		t.Fatalf("round round trip: %+v %v", got, err)
+	}
+}
+
+func TestDecodeRejectsWithKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, value, want string
+		dec              func(string, []byte) error
+	}{
+		{"garbage", "not json", "not valid JSON", decAck},
+		{"unknown field", `{"revision":1,"result":"ok","acked_at":"2026-01-01T00:00:00Z","x":1}`, "unknown field", decAck},
+		{"trailing", `{"revision":1,"result":"ok","acked_at":"2026-01-01T00:00:00Z"} {}`, "after its JSON", decAck},
+		{"zero revision", `{"revision":0,"result":"ok"}`, "revision must be > 0", decAck},
+		{"bad result", `{"revision":1,"result":"maybe"}`, `result "maybe"`, decAck},
+		{"bad state", `{"revision":1,"state":"Running","leader":"x"}`, `state "Running"`, decRevision},
+		{"notactive without finish", `{"revision":1,"state":"NotActive"}`, "finished_at", decRevision},
+		{"bad registration name", `{"agent":"a/b","plugin":"p","order":0}`, "agent name", decRegistration},
+		{"bad cause", `{"cause":"whim"}`, `cause "whim"`, decRequest},
+		{"plugin scope without agent", `{"cause":"manual","scope":{"plugin":"p"}}`, "needs its agent", decRequest},
+		{"huge", `{"reason":"` + strings.Repeat("x", 9000) + `"}`, "the limit is", decRequest},
+		{"double outcome", `{"revision":1,"state":"NotActive","counts":{"participants":1},"participants":["a/p"],"acked":["a/p"],"failed":["a/p"]}`, "both acked and failed", decRound},
+		{"missing outcome", `{"revision":1,"state":"NotActive","counts":{"participants":1},"participants":["a/p"]}`, "no outcome", decRound},
+		{"bad participant", `{"revision":1,"state":"Started","counts":{"participants":1},"participants":["ap"]}`, "not agent/plugin", decRound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.dec("/resync/some/key", []byte(tc.value))
+			var de *DecodeError
+			if !errors.As(err, &de) || de.Key != "/resync/some/key" || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a DecodeError for the key mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func decAck(k string, v []byte) error          { _, err := DecodeAck(k, v); return err }
+func decRevision(k string, v []byte) error     { _, err := DecodeRevision(k, v); return err }
+func decRegistration(k string, v []byte) error { _, err := DecodeRegistration(k, v); return err }
+func decRequest(k string, v []byte) error      { _, err := DecodeRequest(k, v); return err }
+func decRound(k string, v []byte) error        { _, err := DecodeRound(k, v); return err }
+
+func TestEncodeRefusesInvalid(t *testing.T) {
+	if _, err := Encode(Registration{Agent: "a/b", Plugin: "p"}); err == nil {
+		t.Fatal("Encode accepted an invalid agent name")
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	s := strings.Repeat("é", 1000) // 2000 bytes
+	got := Truncate(s, MaxReasonLen)
+	if !utf8.ValidString(got) || !strings.HasSuffix(got, truncMarker) || len(got) > MaxReasonLen+len(truncMarker) {
+		t.Fatalf("Truncate gave %d bytes, valid=%v", len(got), utf8.ValidString(got))
+	}
+	if Truncate("short", 10) != "short" {
+		t.Fatal("Truncate changed a short text")
+	}
+	if Truncate("a\xffb", 10) != "a\uFFFDb" {
+		t.Fatal("Truncate kept invalid UTF-8")
+	}
+}
+
+func TestScope(t *testing.T) {
+	if !(Scope{}).Includes("a", "p") || !(Scope{Agent: "a"}).Includes("a", "p") || (Scope{Agent: "a"}).Includes("b", "p") ||
+		(Scope{Agent: "a", Plugin: "q"}).Includes("a", "p") {
+		t.Fatal("Scope.Includes is wrong")
+	}
+}
