@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -448,4 +449,10 @@ func Encode(v validator) ([]byte, error) {
 		return nil, fmt.Errorf("schema: refusing to encode an invalid %T: %w", v, err)
 	}
 	return json.Marshal(v)
+}
+
+// NewRequestID returns a request id that sorts by time of creation and is
+// unique across writers: <unix-nanos>-<random hex>.
+func NewRequestID(now time.Time) string {
+	return fmt.Sprintf("%019d-%016x", now.UnixNano(), rand.Uint64())
 }

@@ -176,3 +176,14 @@ func TestScope(t *testing.T) {
 		t.Fatal("Scope.Includes is wrong")
 	}
 }
+
+func TestNewRequestIDIsAValidKeyAndSorts(t *testing.T) {
+	t0 := time.Unix(1700000000, 0)
+	a, b := NewRequestID(t0), NewRequestID(t0.Add(time.Nanosecond))
+	if err := ValidateName("request id", a); err != nil {
+		t.Fatal(err)
+	}
+	if a >= b || NewRequestID(t0) == NewRequestID(t0) {
+		t.Fatalf("ids %q %q do not sort by time or are not unique", a, b)
+	}
+}
