@@ -117,7 +117,7 @@ func TestRecordsRoundTrip(t *testing.T) {
 func TestDecodeRejectsWithKey(t *testing.T) {
 	for _, tc := range []struct {
 		name, value, want string
-		dec              func(string, []byte) error
+		dec               func(string, []byte) error
 	}{
 		{"garbage", "not json", "not valid JSON", decAck},
 		{"unknown field", `{"revision":1,"result":"ok","acked_at":"2026-01-01T00:00:00Z","x":1}`, "unknown field", decAck},
