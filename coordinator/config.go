@@ -1,0 +1,114 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// Config configures a Coordinator. Zero fields take their defaults.
+type Config struct {
+	// ID identifies this coordinator in the election and in every record it
+	// writes (default: <hostname>-<pid>). 1-128 characters [A-Za-z0-9._-].
+	ID string
+	// Prefix is the etcd key prefix (default schema.DefaultPrefix).
+	Prefix string
+	// SessionTTL is the lease TTL of the election session: how long after a
+	// crashed leader a standby takes over (default 5 s; at least 1 s).
+	SessionTTL time.Duration
+	// RoundDeadline bounds a round: participants still pending then are
+	// timed_out (default 2 min).
+	RoundDeadline time.Duration
+	// CoalesceWindow is how long the leader waits after a first request for
+	// more to merge into the same round (default 100 ms).
+	CoalesceWindow time.Duration
+	// BackoffMin and BackoffMax bound the delay before a retry round (after
+	// a round with failed or timed-out participants, or a ReportError): it
+	// starts at BackoffMin, doubles per consecutive unclean round up to
+	// BackoffMax, and resets after a clean round (defaults 1 s and 1 min).
+	BackoffMin, BackoffMax time.Duration
+	// History is how many round summaries are kept under rounds/ (default 100).
+	History int
+	// OpTimeout bounds each etcd call (default 5 s).
+	OpTimeout time.Duration
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s-%d", host, os.Getpid())
+	if schema.ValidateName("coordinator id", id) != nil {
+		id = fmt.Sprintf("coordinator-%d", os.Getpid())
+	}
+	return Config{
+		ID:             id,
+		Prefix:         schema.DefaultPrefix,
+		SessionTTL:     5 * time.Second,
+		RoundDeadline:  2 * time.Minute,
+		CoalesceWindow: 100 * time.Millisecond,
+		BackoffMin:     time.Second,
+		BackoffMax:     time.Minute,
+		History:        100,
+		OpTimeout:      5 * time.Second,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.ID == "" {
+		c.ID = d.ID
+	}
+	if c.Prefix == "" {
+		c.Prefix = d.Prefix
+	}
+	if c.SessionTTL == 0 {
+		c.SessionTTL = d.SessionTTL
+	}
+	if c.RoundDeadline == 0 {
+		c.RoundDeadline = d.RoundDeadline
+	}
+	if c.CoalesceWindow == 0 {
+		c.CoalesceWindow = d.CoalesceWindow
+	}
+	if c.BackoffMin == 0 {
+		c.BackoffMin = d.BackoffMin
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = d.BackoffMax
+	}
+	if c.History == 0 {
+		c.History = d.History
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = d.OpTimeout
+	}
+	return c
+}
+
+// Validate checks ranges and cross-field rules; zero fields are valid (they
+// take defaults).
+func (c Config) Validate() error {
+	if c.ID != "" {
+		if err := schema.ValidateName("coordinator id", c.ID); err != nil {
+			return fmt.Errorf("coordinator: config: %w", err)
+		}
+	}
+	if _, err := schema.NewLayout(c.Prefix); err != nil {
+		return fmt.Errorf("coordinator: config: %w", err)
+	}
+	c = c.withDefaults()
+	switch {
+	case c.SessionTTL < time.Second:
+		return fmt.Errorf("coordinator: config: SessionTTL %v is below the 1s minimum of etcd leases", c.SessionTTL)
+	case c.RoundDeadline < 0, c.CoalesceWindow < 0, c.BackoffMin < 0, c.BackoffMax < 0, c.OpTimeout < 0, c.History < 0:
+		return errors.New("coordinator: config: durations and History must not be negative")
+	case c.BackoffMax < c.BackoffMin:
+		return fmt.Errorf("coordinator: config: BackoffMax %v is below BackoffMin %v", c.BackoffMax, c.BackoffMin)
+	case c.RoundDeadline < c.CoalesceWindow:
+		return fmt.Errorf("coordinator: config: RoundDeadline %v is below CoalesceWindow %v", c.RoundDeadline, c.CoalesceWindow)
+	}
+	return nil
+}

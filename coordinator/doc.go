@@ -1,0 +1,27 @@
+// Package coordinator runs resync rounds across a cluster of agents.
+//
+// Any number of Coordinators campaign for leadership with etcd's
+// concurrency.Election under <prefix>election. The leader alone writes the
+// resync revision and the round records, each write one Txn guarded by its
+// leader key's create revision (fencing): a deposed leader's write is refused
+// and it steps down at once, without retrying.
+//
+// A round N is written as rounds/<N> (state Started, with its participants:
+// the live registrations in the round's scope) and the revision record
+// {N, Started}. Agents' watchers deliver Started to their plugins and write
+// acks. The leader follows acks/ and registrations/ and resolves every
+// participant exactly once as acked, failed (error ack), timed_out (timeout
+// ack, or still pending at the round deadline) or departed (registration
+// gone). Then it writes the round's summary and {N, NotActive}, fenced.
+//
+// Triggers: the first leader ever starts round 1 (cause initial); requests
+// under requests/ (from ReportError, resyncctl, re-registered agents) are
+// consumed by the leader, coalesced within a window and while a round runs
+// (one follow-up round, not one per request). A round that did not complete
+// clean, and every error request, plan a new round after a backoff that
+// doubles on repeated failure and resets after a clean round.
+//
+// A new leader that finds the revision Started resumes that round (same N,
+// same participants, same deadline). Close resigns, so a standby takes over
+// in one round trip instead of a session TTL.
+package coordinator

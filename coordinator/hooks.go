@@ -1,0 +1,39 @@
+package coordinator
+
+import (
+	"time"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// Hooks observe a Coordinator (for metrics and logs). Methods are called from
+// the coordinator's goroutines, never under its locks; they must not block.
+// Embed NopHooks to implement only some.
+type Hooks interface {
+	// Leading is called when this coordinator becomes leader (true) and
+	// when it stops leading (false).
+	Leading(leading bool)
+	// RoundStarted is called when the leader starts a round, or resumes one
+	// it found Started (resumed true).
+	RoundStarted(round schema.Round, resumed bool)
+	// RoundFinished is called after the leader wrote a round's summary.
+	RoundFinished(round schema.Round)
+	// Resolved is called once per participant of a round: its outcome
+	// ("acked", "failed", "timed_out", "departed").
+	Resolved(id schema.PluginID, outcome string)
+	// Request is called for every request the leader consumes (malformed
+	// ones with a zero Request and the decode error).
+	Request(req schema.Request, err error)
+	// Backoff is called when a retry round is delayed by d.
+	Backoff(d time.Duration)
+}
+
+// NopHooks does nothing.
+type NopHooks struct{}
+
+func (NopHooks) Leading(bool)                     {}
+func (NopHooks) RoundStarted(schema.Round, bool)  {}
+func (NopHooks) RoundFinished(schema.Round)       {}
+func (NopHooks) Resolved(schema.PluginID, string) {}
+func (NopHooks) Request(schema.Request, error)    {}
+func (NopHooks) Backoff(time.Duration)            {}

@@ -1,0 +1,354 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/resyncd/resync/internal/listwatch"
+	"github.com/resyncd/resync/registry"
+	"github.com/resyncd/resync/schema"
+)
+
+// maxTxnOps stays within etcd's default --max-txn-ops (128).
+const maxTxnOps = 128
+
+type ackItem struct {
+	id      schema.PluginID
+	ack     schema.Ack
+	deleted bool
+}
+
+type ackEvent struct {
+	reset map[schema.PluginID]schema.Ack // non-nil: replaces all
+	items []ackItem
+	bad   []error
+}
+
+type reqItem struct {
+	key     string
+	req     schema.Request
+	deleted bool
+	err     error // malformed: logged, counted and deleted
+}
+
+type reqEvent struct {
+	reset bool // items is the whole set
+	items []reqItem
+}
+
+// leader is one term of leadership. All its state is owned by run's
+// goroutine; feeders only send on channels.
+type leader struct {
+	co       *Coordinator
+	cfg      Config
+	layout   schema.Layout
+	c        *clientv3.Client
+	sess     *concurrency.Session
+	key      string // our leader key
+	term     int64  // its create revision: the fencing token
+	identity string // id@term, written in every record
+	log      logrus.FieldLogger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	regC     chan registry.Change
+	ackC     chan ackEvent
+	reqC     chan reqEvent
+	deposedC chan error
+
+	regsSynced, acksSynced, reqsSynced bool
+
+	regs     map[schema.PluginID]schema.Registration
+	acks     map[schema.PluginID]schema.Ack
+	requests map[string]schema.Request // pending, not yet consumed
+	firstReq time.Time                 // when the oldest pending request was seen
+	errorDue time.Time                 // error-only requests wait until then
+
+	lastN   uint64           // highest round number written
+	rev     *schema.Revision // last revision record (nil: none)
+	initial string           // non-empty: start a round at once with this reason
+	resume  *schema.Round    // a Started round to resume once synced
+	rebuild bool             // resume has no participant list: use the live registrations
+	round   *roundState      // the running round
+	streak  int              // consecutive unclean rounds
+}
+
+func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int64, log logrus.FieldLogger) *leader {
+	ctx, cancel := context.WithCancel(co.ctx)
+	return &leader{
+		co: co, cfg: co.cfg, layout: co.layout, c: co.c, sess: sess, key: key, term: term,
+		identity: fmt.Sprintf("%s@%d", co.cfg.ID, term), log: log,
+		ctx: ctx, cancel: cancel,
+		regC: make(chan registry.Change, 64), ackC: make(chan ackEvent, 64), reqC: make(chan reqEvent, 64),
+		deposedC: make(chan error, 1),
+		regs:     map[schema.PluginID]schema.Registration{},
+		acks:     map[schema.PluginID]schema.Ack{},
+		requests: map[string]schema.Request{},
+	}
+}
+
+// run leads until deposed or closed. Leader work stops at once when it
+// returns: the feeders are cancelled and waited for.
+func (l *leader) run() error {
+	defer func() {
+		l.cancel()
+		l.wg.Wait()
+	}()
+	l.startFeeders()
+	if err := l.load(); err != nil {
+		return err
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if l.regsSynced && l.acksSynced && l.reqsSynced {
+			if err := l.step(time.Now()); err != nil {
+				return err
+			}
+		}
+		if wake, ok := l.nextWake(); ok {
+			timer.Reset(max(time.Until(wake), 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-l.ctx.Done():
+			return l.ctx.Err()
+		case <-l.sess.Done():
+			return fmt.Errorf("%w: session expired", ErrDeposed)
+		case err := <-l.deposedC:
+			return err
+		case ch := <-l.regC:
+			l.onRegistration(ch)
+		case ev := <-l.ackC:
+			l.onAcks(ev)
+		case ev := <-l.reqC:
+			if err := l.onRequests(ev); err != nil {
+				return err
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+func (l *leader) spawn(f func()) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		f()
+	}()
+}
+
+func send[T any](ctx context.Context, ch chan<- T, v T) error {
+	select {
+	case ch <- v:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *leader) deposed(why string) {
+	select {
+	case l.deposedC <- fmt.Errorf("%w: %s", ErrDeposed, why):
+	default:
+	}
+}
+
+func (l *leader) startFeeders() {
+	wlog := l.log.WithField("role", "leader")
+	l.spawn(func() {
+		registry.Watch(l.ctx, l.c, l.layout, wlog, func(ch registry.Change) error { return send(l.ctx, l.regC, ch) })
+	})
+	l.spawn(func() {
+		listwatch.Run(l.ctx, l.c, l.layout.Acks(), listwatch.Options{Prefix: true, Log: wlog}, func(ev listwatch.Event) error {
+			return send(l.ctx, l.ackC, l.decodeAcks(ev))
+		})
+	})
+	l.spawn(func() {
+		listwatch.Run(l.ctx, l.c, l.layout.Requests(), listwatch.Options{Prefix: true, Log: wlog}, func(ev listwatch.Event) error {
+			return send(l.ctx, l.reqC, l.decodeRequests(ev))
+		})
+	})
+	// Our own leader key: deleted by hand or expired means deposed, even if
+	// the session's keepalive has not noticed yet.
+	l.spawn(func() {
+		listwatch.Run(l.ctx, l.c, l.key, listwatch.Options{Log: wlog}, func(ev listwatch.Event) error {
+			if ev.Reset && (len(ev.Kvs) == 0 || ev.Kvs[0].CreateRevision != l.term) {
+				l.deposed("leader key " + l.key + " is gone")
+			}
+			for _, e := range ev.Changes {
+				if e.Type == clientv3.EventTypeDelete || e.Kv.CreateRevision != l.term {
+					l.deposed("leader key " + l.key + " was deleted")
+				}
+			}
+			return nil
+		})
+	})
+}
+
+func (l *leader) decodeAcks(ev listwatch.Event) ackEvent {
+	var out ackEvent
+	if ev.Reset {
+		out.reset = make(map[schema.PluginID]schema.Ack, len(ev.Kvs))
+		for _, kv := range ev.Kvs {
+			id, ack, err := l.decodeAck(string(kv.Key), kv.Value)
+			if err != nil {
+				out.bad = append(out.bad, err)
+				continue
+			}
+			out.reset[id] = ack
+		}
+		return out
+	}
+	for _, e := range ev.Changes {
+		key := string(e.Kv.Key)
+		if e.Type == clientv3.EventTypeDelete {
+			if k, err := l.layout.Parse(key); err == nil && k.Kind == schema.KindAck {
+				out.items = append(out.items, ackItem{id: schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}, deleted: true})
+			}
+			continue
+		}
+		id, ack, err := l.decodeAck(key, e.Kv.Value)
+		if err != nil {
+			out.bad = append(out.bad, err)
+			continue
+		}
+		out.items = append(out.items, ackItem{id: id, ack: ack})
+	}
+	return out
+}
+
+func (l *leader) decodeAck(key string, value []byte) (schema.PluginID, schema.Ack, error) {
+	k, err := l.layout.Parse(key)
+	if err != nil {
+		return schema.PluginID{}, schema.Ack{}, err
+	}
+	if k.Kind != schema.KindAck {
+		return schema.PluginID{}, schema.Ack{}, &schema.DecodeError{Key: key, Reason: "not an ack key"}
+	}
+	ack, err := schema.DecodeAck(key, value)
+	return schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}, ack, err
+}
+
+func (l *leader) decodeRequests(ev listwatch.Event) reqEvent {
+	decode := func(key string, value []byte) reqItem {
+		if k, err := l.layout.Parse(key); err != nil {
+			return reqItem{key: key, err: err}
+		} else if k.Kind != schema.KindRequest {
+			return reqItem{key: key, err: &schema.DecodeError{Key: key, Reason: "not a request key"}}
+		}
+		req, err := schema.DecodeRequest(key, value)
+		return reqItem{key: key, req: req, err: err}
+	}
+	var out reqEvent
+	if ev.Reset {
+		out.reset = true
+		for _, kv := range ev.Kvs {
+			out.items = append(out.items, decode(string(kv.Key), kv.Value))
+		}
+		return out
+	}
+	for _, e := range ev.Changes {
+		if e.Type == clientv3.EventTypeDelete {
+			out.items = append(out.items, reqItem{key: string(e.Kv.Key), deleted: true})
+			continue
+		}
+		out.items = append(out.items, decode(string(e.Kv.Key), e.Kv.Value))
+	}
+	return out
+}
+
+// load reads the revision record (retrying while etcd fails) and decides
+// what this term starts with: round 1, a resumed round, or idling.
+func (l *leader) load() error {
+	pause := 100 * time.Millisecond
+	for {
+		err := l.tryLoad()
+		if err == nil {
+			return nil
+		}
+		l.log.WithError(err).Warn("coordinator: reading the revision failed; retrying")
+		t := time.NewTimer(pause)
+		select {
+		case <-l.ctx.Done():
+			t.Stop()
+			return l.ctx.Err()
+		case <-l.sess.Done():
+			t.Stop()
+			return fmt.Errorf("%w: session expired", ErrDeposed)
+		case err := <-l.deposedC:
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
+func (l *leader) tryLoad() error {
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
+	defer cancel()
+	last, err := l.c.Get(ctx, l.layout.Rounds(), clientv3.WithLastKey()...)
+	if err != nil {
+		return err
+	}
+	var maxRound uint64
+	for _, kv := range last.Kvs {
+		if k, err := l.layout.Parse(string(kv.Key)); err == nil && k.Kind == schema.KindRound {
+			maxRound = k.Round
+		}
+	}
+	resp, err := l.c.Get(ctx, l.layout.Revision())
+	if err != nil {
+		return err
+	}
+	l.lastN = maxRound
+	if len(resp.Kvs) == 0 {
+		if maxRound == 0 {
+			l.initial = "initial resync: first coordinator leader"
+		} else {
+			l.initial = fmt.Sprintf("revision key missing (last round %d); resync to recover", maxRound)
+		}
+		return nil
+	}
+	rev, err := schema.DecodeRevision(l.layout.Revision(), resp.Kvs[0].Value)
+	if err != nil {
+		l.log.WithError(err).Error("coordinator: the revision record is malformed; starting a new round to recover")
+		l.initial = "revision record unreadable; resync to recover"
+		return nil
+	}
+	l.rev = &rev
+	l.lastN = max(maxRound, rev.Revision)
+	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
+	if rev.State != schema.Started {
+		return nil
+	}
+	rr, err := l.c.Get(ctx, l.layout.Round(rev.Revision))
+	if err != nil {
+		return err
+	}
+	if len(rr.Kvs) == 1 {
+		round, err := schema.DecodeRound(l.layout.Round(rev.Revision), rr.Kvs[0].Value)
+		if err == nil && round.Revision == rev.Revision && round.State == schema.Started {
+			l.resume = &round
+			return nil
+		}
+		l.log.WithError(err).WithField("revision", rev.Revision).Error("coordinator: the running round's record is malformed; resuming with the current registrations")
+	} else {
+		l.log.WithField("revision", rev.Revision).Error("coordinator: the running round's record is missing; resuming with the current registrations")
+	}
+	// Rebuilt once registrations are synced: participants filled in step.
+	l.rebuild = true
+	l.resume = &schema.Round{Revision: rev.Revision, State: schema.Started, Reason: rev.Reason, Cause: rev.Cause,
+		Scope: rev.Scope, StartedAt: rev.StartedAt, Deadline: rev.Deadline, StartedBy: rev.Leader, Participants: nil}
+	return nil
+}
