@@ -194,3 +194,5 @@ func quietLogger(t *testing.T) logrus.FieldLogger {
 	l.SetLevel(logrus.ErrorLevel)
 	return l
 }
+
+func clientv3WithPrefix() clientv3.OpOption { return clientv3.WithPrefix() }

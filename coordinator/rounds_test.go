@@ -1,0 +1,275 @@
+package coordinator
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/schema"
+)
+
+func startAgents(t *testing.T, eps []string, n int, plugins []string, behave func(agent string) map[string]string) []*handAgent {
+	t.Helper()
+	agents := make([]*handAgent, n)
+	var wg sync.WaitGroup
+	for i := range agents {
+		name := fmt.Sprintf("agent-%02d", i)
+		var b map[string]string
+		if behave != nil {
+			b = behave(name)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			agents[i] = startHandAgent(t, eps, name, plugins, b)
+		}()
+	}
+	wg.Wait()
+	return agents
+}
+
+func TestRoundOfTwentyAgentsWithDepartureAndFailure(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	plugins := []string{"if", "l3", "acl"}
+	agents := startAgents(t, eps, 20, plugins, func(a string) map[string]string {
+		switch a {
+		case "agent-07":
+			return map[string]string{"if": "never"} // dies mid-round
+		case "agent-13":
+			return map[string]string{"l3": "error"}
+		}
+		return nil
+	})
+	co := newCoord(t, eps, testConfig("c0"))
+	etcdtest.WaitFor(t, 15*time.Second, "round 1 to reach agent-07", func() bool { return agents[7].startedCount("if", 1) == 1 })
+	agents[7].crash()
+	r := waitFinished(t, obs, 1, 20*time.Second)
+	if r.Counts.Participants != 60 || r.Counts.Acked != 56 || r.Counts.Failed != 1 || r.Counts.Departed != 3 || r.Counts.TimedOut != 0 {
+		t.Fatalf("round 1 counts %+v, want 60 participants: 56 acked, 1 failed, 3 departed", r.Counts)
+	}
+	if len(r.Failed) != 1 || r.Failed[0] != (schema.PluginID{Agent: "agent-13", Plugin: "l3"}) || !strings.Contains(r.Errors["agent-13/l3"], "boom") {
+		t.Fatalf("failed %v errors %v", r.Failed, r.Errors)
+	}
+	for _, p := range r.Departed {
+		if p.Agent != "agent-07" {
+			t.Fatalf("departed %v", r.Departed)
+		}
+	}
+	// The failure plans a retry round after the backoff, scoped to the
+	// failed plugin; it fails again (the plugin still errors), then the
+	// plugin recovers and the next retry is clean.
+	r2 := waitFinished(t, obs, 2, 10*time.Second)
+	if r2.Cause != schema.CauseError || r2.Scope != (schema.Scope{Agent: "agent-13", Plugin: "l3"}) || r2.Counts.Failed != 1 {
+		t.Fatalf("retry round 2: cause %s scope %+v counts %+v", r2.Cause, r2.Scope, r2.Counts)
+	}
+	if gap := r2.StartedAt.Sub(r.FinishedAt); gap < testConfig("").BackoffMin {
+		t.Errorf("retry started %v after the failure, before the %v backoff", gap, testConfig("").BackoffMin)
+	}
+	agents[13].setBehaviour("l3", "ok")
+	r3 := waitFinished(t, obs, 3, 10*time.Second)
+	if !r3.Clean() || r3.Counts.Acked != 1 {
+		t.Fatalf("round 3 %+v", r3.Counts)
+	}
+	if gap := r3.StartedAt.Sub(r2.FinishedAt); gap < 2*testConfig("").BackoffMin {
+		t.Errorf("second retry started %v after, want the doubled backoff %v", gap, 2*testConfig("").BackoffMin)
+	}
+	co.hooks.mu.Lock()
+	backoffs := append([]time.Duration(nil), co.hooks.backoffs...)
+	co.hooks.mu.Unlock()
+	if len(backoffs) < 2 || backoffs[1] != 2*backoffs[0] {
+		t.Errorf("backoffs %v do not double", backoffs)
+	}
+	waitIdle(t, obs, 5*time.Second)
+	// No further round: the clean round reset the backoff and planned nothing.
+	request(t, obs, schema.CauseManual, schema.Scope{}, "check")
+	r4 := waitFinished(t, obs, 4, 10*time.Second)
+	if r4.Cause != schema.CauseManual || r4.Counts.Participants != 57 {
+		t.Fatalf("round 4 %s %+v", r4.Cause, r4.Counts)
+	}
+	for _, a := range agents {
+		if a == agents[7] {
+			continue
+		}
+		for _, p := range plugins {
+			if n := a.startedCount(p, 1); n != 1 {
+				t.Errorf("%s/%s got %d Started for round 1", a.name, p, n)
+			}
+		}
+	}
+	revisionHistory(t, obs)
+}
+
+func TestSuccessorResumesTheRunningRound(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	agents := startAgents(t, eps, 3, []string{"p", "q"}, func(string) map[string]string { return map[string]string{"q": "hold"} })
+	first := newCoord(t, eps, testConfig("first"))
+	etcdtest.WaitFor(t, 10*time.Second, "round 1 to start", func() bool { return agents[2].startedCount("q", 1) == 1 })
+	before, _ := readRound(t, obs, 1)
+	second := newCoord(t, eps, testConfig("second"))
+	first.crash()
+	etcdtest.WaitFor(t, 10*time.Second, "the successor to resume", func() bool {
+		second.hooks.mu.Lock()
+		defer second.hooks.mu.Unlock()
+		return len(second.hooks.resumed) == 1
+	})
+	// A late-registered agent is not a participant of the resumed round.
+	late := startHandAgent(t, eps, "late", []string{"p"}, nil)
+	for _, a := range agents {
+		close(a.release)
+	}
+	r := waitFinished(t, obs, 1, 10*time.Second)
+	if r.Counts.Participants != 6 || r.Counts.Acked != 6 || fmt.Sprint(r.Participants) != fmt.Sprint(before.Participants) {
+		t.Fatalf("resumed round: %+v, participants %v, before %v", r.Counts, r.Participants, before.Participants)
+	}
+	if !r.Deadline.Equal(before.Deadline) || !strings.HasPrefix(r.StartedBy, "first@") || !strings.HasPrefix(r.FinishedBy, "second@") {
+		t.Fatalf("resumed round deadline %v (was %v), started by %s, finished by %s", r.Deadline, before.Deadline, r.StartedBy, r.FinishedBy)
+	}
+	for _, a := range agents {
+		for _, p := range []string{"p", "q"} {
+			if n := a.startedCount(p, 1); n != 1 {
+				t.Errorf("%s/%s asked %d times for round 1", a.name, p, n)
+			}
+		}
+	}
+	_ = late
+	hist := revisionHistory(t, obs)
+	starts := 0
+	for _, w := range hist {
+		if w.rec.Revision == 1 && w.rec.State == schema.Started {
+			starts++
+		}
+	}
+	if starts != 1 {
+		t.Errorf("revision 1 Started written %d times", starts)
+	}
+}
+
+func TestBurstOfErrorRequestsCoalesces(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	startAgents(t, eps, 2, []string{"p"}, nil)
+	newCoord(t, eps, testConfig("c0"))
+	waitFinished(t, obs, 1, 10*time.Second)
+	waitIdle(t, obs, 5*time.Second)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			request(t, obs, schema.CauseError, schema.Scope{Agent: fmt.Sprintf("agent-%02d", i%2)}, fmt.Sprintf("error %d", i))
+		}()
+	}
+	wg.Wait()
+	r2 := waitFinished(t, obs, 2, 10*time.Second)
+	waitIdle(t, obs, 10*time.Second)
+	// Wait until no request is left, then count rounds.
+	etcdtest.WaitFor(t, 10*time.Second, "every request consumed", func() bool {
+		resp, err := obs.Get(ctxT(t, time.Second), layout.Requests(), clientv3WithPrefix())
+		return err == nil && len(resp.Kvs) == 0
+	})
+	rev := waitIdle(t, obs, 10*time.Second)
+	if rev.Revision > 3 {
+		t.Fatalf("50 requests made %d rounds, want 1 (plus at most 1 follow-up)", rev.Revision-1)
+	}
+	if r2.Scope != (schema.Scope{}) || !strings.Contains(r2.Reason, "requests") {
+		t.Errorf("coalesced round scope %+v reason %q", r2.Scope, r2.Reason)
+	}
+}
+
+func TestScopedRequestOnlyThatAgent(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	agents := startAgents(t, eps, 3, []string{"p", "q"}, nil)
+	newCoord(t, eps, testConfig("c0"))
+	waitFinished(t, obs, 1, 10*time.Second)
+	request(t, obs, schema.CauseManual, schema.Scope{Agent: "agent-01"}, "just one")
+	r := waitFinished(t, obs, 2, 10*time.Second)
+	if fmt.Sprint(r.Participants) != "[agent-01/p agent-01/q]" || r.Counts.Acked != 2 {
+		t.Fatalf("scoped round participants %v counts %+v", r.Participants, r.Counts)
+	}
+	if agents[0].startedCount("p", 2) != 0 || agents[1].startedCount("q", 2) != 1 {
+		t.Fatal("the scoped round reached the wrong agents")
+	}
+	request(t, obs, schema.CauseManual, schema.Scope{Agent: "agent-02", Plugin: "q"}, "just one plugin")
+	r = waitFinished(t, obs, 3, 10*time.Second)
+	if fmt.Sprint(r.Participants) != "[agent-02/q]" {
+		t.Fatalf("plugin-scoped round participants %v", r.Participants)
+	}
+}
+
+func TestGarbageIsSkippedAndTheRoundCompletes(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	startAgents(t, eps, 2, []string{"p"}, nil)
+	newCoord(t, eps, testConfig("c0"))
+	waitFinished(t, obs, 1, 10*time.Second)
+	for k, v := range map[string]string{
+		layout.Request("garbage-1"):       "{{{",
+		layout.Request("garbage-2"):       `{"cause":"whim"}`,
+		layout.Prefix() + "requests/a/b":  "{}",
+		layout.Ack("agent-00", "ghost"):   "not json",
+		layout.Ack("agent-01", "p") + "x": `{"revision":0}`,
+		layout.Acks() + "nested":          "x",
+	} {
+		if _, err := obs.Put(ctxT(t, 5*time.Second), k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	request(t, obs, schema.CauseManual, schema.Scope{}, "despite garbage")
+	r := waitFinished(t, obs, 2, 10*time.Second)
+	if r.Counts.Acked != 2 {
+		t.Fatalf("round 2 with garbage around: %+v", r.Counts)
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "garbage requests deleted", func() bool {
+		resp, err := obs.Get(ctxT(t, time.Second), layout.Requests(), clientv3WithPrefix())
+		return err == nil && len(resp.Kvs) == 0
+	})
+}
+
+func TestDeadlineTimesOutAndHistoryIsBounded(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	agents := startAgents(t, eps, 1, []string{"ok", "silent"}, func(string) map[string]string { return map[string]string{"silent": "never"} })
+	cfg := testConfig("c0")
+	cfg.RoundDeadline = time.Second
+	cfg.History = 2
+	newCoord(t, eps, cfg)
+	r := waitFinished(t, obs, 1, 10*time.Second)
+	if fmt.Sprint(r.TimedOut) != "[agent-00/silent]" || fmt.Sprint(r.Acked) != "[agent-00/ok]" {
+		t.Fatalf("round 1 timed_out %v acked %v", r.TimedOut, r.Acked)
+	}
+	if r.FinishedAt.Before(r.Deadline) {
+		t.Errorf("timed out at %v, before the deadline %v", r.FinishedAt, r.Deadline)
+	}
+	// The retry (scoped to the silent plugin) times out too, until the
+	// plugin answers.
+	waitFinished(t, obs, 2, 10*time.Second)
+	agents[0].setBehaviour("silent", "ok")
+	etcdtest.WaitFor(t, 20*time.Second, "a clean round", func() bool {
+		rev, ok := readRevision(t, obs)
+		if !ok || rev.State != schema.NotActive {
+			return false
+		}
+		rr, ok := readRound(t, obs, rev.Revision)
+		return ok && rr.Clean()
+	})
+	rev, _ := readRevision(t, obs)
+	resp, err := obs.Get(ctxT(t, 5*time.Second), layout.Rounds(), clientv3WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 2 || string(resp.Kvs[1].Key) != layout.Round(rev.Revision) {
+		t.Fatalf("history holds %d rounds (want the last 2, up to %d)", len(resp.Kvs), rev.Revision)
+	}
+}
