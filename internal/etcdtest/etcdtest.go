@@ -4,15 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/resyncd/resync/internal/embedetcd"
 )
 
 // Raft timing of test members.
@@ -29,10 +29,10 @@ type Member struct {
 	PeerURL   string
 	dir       string
 	cluster   string // initial-cluster string
-	state     string
+	restarted bool
 
 	mu   sync.Mutex
-	etcd *embed.Etcd
+	etcd *embedetcd.Server
 }
 
 // Endpoint is the member's client address (host:port) for clientv3.
@@ -72,7 +72,6 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			ClientURL: "http://" + FreeAddr(t),
 			PeerURL:   "http://" + FreeAddr(t),
 			dir:       t.TempDir(),
-			state:     embed.ClusterStateFlagNew,
 		}
 		initial = append(initial, m.Name+"="+m.PeerURL)
 		c.Members = append(c.Members, m)
@@ -97,38 +96,23 @@ func StartCluster(t testing.TB, n int) *Cluster {
 }
 
 func (m *Member) start() error {
-	cfg := embed.NewConfig()
-	cfg.Name = m.Name
-	cfg.Dir = m.dir
-	cfg.TickMs = TickMs
-	cfg.ElectionMs = ElectionMs
-	cu, _ := url.Parse(m.ClientURL)
-	pu, _ := url.Parse(m.PeerURL)
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = m.cluster
-	cfg.ClusterState = m.state
-	cfg.InitialClusterToken = "etcdtest"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cfg.LogLevel = "error"
-	// Tests compact by hand; keep the backend small.
-	cfg.QuotaBackendBytes = 256 << 20
-	e, err := embed.StartEtcd(cfg)
+	e, err := embedetcd.Start(context.Background(), embedetcd.Config{
+		Name:              m.Name,
+		Dir:               m.dir,
+		ClientURL:         m.ClientURL,
+		PeerURL:           m.PeerURL,
+		InitialCluster:    m.cluster,
+		Existing:          m.restarted,
+		TickMs:            TickMs,
+		ElectionMs:        ElectionMs,
+		QuotaBackendBytes: 256 << 20,
+	})
 	if err != nil {
-		return fmt.Errorf("start member %s: %w", m.Name, err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		e.Close()
-		return fmt.Errorf("member %s failed: %w", m.Name, err)
-	case <-time.After(60 * time.Second):
-		e.Close()
-		return fmt.Errorf("member %s not ready after 60s", m.Name)
+		return err
 	}
 	m.mu.Lock()
 	m.etcd = e
-	m.state = embed.ClusterStateFlagExisting
+	m.restarted = true
 	m.mu.Unlock()
 	return nil
 }
@@ -164,7 +148,7 @@ func (m *Member) Running() bool {
 func (m *Member) IsLeader() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.etcd != nil && m.etcd.Server.Leader() == m.etcd.Server.MemberID()
+	return m.etcd != nil && m.etcd.IsLeader()
 }
 
 // Leader returns the running member that leads raft, or nil.
