@@ -360,16 +360,26 @@ func (w *Watcher) watch() {
 				w.log.Debug("watcher: no resync revision yet")
 			}
 			for _, kv := range ev.Kvs {
-				w.setRecord(string(kv.Key), kv.Value)
+				if rec, ok := w.decode(string(kv.Key), kv.Value); ok {
+					w.setRecord(rec)
+				}
 			}
 			return nil
 		}
+		// Only the last valid record of a batch counts: revisions written
+		// back to back while the watch was away coalesce into the latest.
+		var last *schema.Revision
 		for _, e := range ev.Changes {
 			if e.Type == clientv3.EventTypeDelete {
 				w.log.WithField("key", key).Warn("watcher: revision key deleted; keeping the last record seen")
 				continue
 			}
-			w.setRecord(string(e.Kv.Key), e.Kv.Value)
+			if rec, ok := w.decode(string(e.Kv.Key), e.Kv.Value); ok {
+				last = &rec
+			}
+		}
+		if last != nil {
+			w.setRecord(*last)
 		}
 		return nil
 	})
@@ -378,15 +388,21 @@ func (w *Watcher) watch() {
 	}
 }
 
-// setRecord makes a decoded record the current one, unless it is malformed
-// or older than the current one.
-func (w *Watcher) setRecord(key string, value []byte) {
+// decode decodes a revision record; a malformed one is logged with its key,
+// counted and skipped.
+func (w *Watcher) decode(key string, value []byte) (schema.Revision, bool) {
 	rec, err := schema.DecodeRevision(key, value)
 	if err != nil {
 		w.stats.malformed.Add(1)
 		w.log.WithError(err).WithField("key", key).Warn("watcher: skipping a malformed revision record")
-		return
+		return rec, false
 	}
+	return rec, true
+}
+
+// setRecord makes rec the current record, unless it is older than the
+// current one. A change of revision or state withdraws events not yet taken.
+func (w *Watcher) setRecord(rec schema.Revision) {
 	w.mu.Lock()
 	cur := w.rec
 	if cur != nil && rec.Revision < cur.Revision {
