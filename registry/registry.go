@@ -124,10 +124,10 @@ type Registry struct {
 	c      *clientv3.Client
 	log    logrus.FieldLogger
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	donec  chan struct{}
-	kick   chan struct{} // cap 1: the loop has work
+	ctx       context.Context
+	cancel    context.CancelFunc
+	donec     chan struct{}
+	kick      chan struct{} // cap 1: the loop has work
 	closeOnce sync.Once
 
 	mu        sync.Mutex

@@ -295,7 +295,7 @@ func TestSnapshotOfThousandAgentsSkipsGarbage(t *testing.T) {
 	garbage := map[string]string{
 		layout.Registration("agent-0500", "junk"): "{not json",
 		layout.Registration("agent-0500", "lie"):  `{"agent":"other","plugin":"lie","order":0,"registered_at":"2026-01-01T00:00:00Z"}`,
-		layout.Registrations() + "no-plugin":       `{}`,
+		layout.Registrations() + "no-plugin":      `{}`,
 	}
 	for k, v := range garbage {
 		if _, err := c.Put(ctxT(t, 5*time.Second), k, v); err != nil {

@@ -1,0 +1,35 @@
+// Package resync is the agent side of resync: an etcd-coordinated version of
+// ligato cn-infra's datasync/resync, with the same API.
+//
+// Plugins register by name in Init and receive StatusEvents on a channel:
+// Started means "reload your state, then Ack", NotActive means the round
+// finished. Within one agent process, plugins receive Started one at a time
+// in registration order, each after the previous one acked or timed out;
+// agents proceed in parallel. A coordinator (package coordinator, cmd/resyncd)
+// decides when a round starts by writing the resync revision in etcd; every
+// agent watches it.
+//
+// Porting a cn-infra plugin changes its import and the construction of the
+// resync plugin object, nothing else:
+//
+//	// before
+//	import "github.com/ligato/cn-infra/datasync/resync"
+//	p.Resync = &resync.DefaultPlugin
+//
+//	// after
+//	import "github.com/resyncd/resync"
+//	rs, err := resync.New(resync.Deps{Log: log, Client: etcdClient}, resync.DefaultConfig("agent-1"))
+//	p.Resync = rs // a resync.Subscriber; Init calls p.Resync.Register("ifplugin") as before
+//
+// A plugin registered before etcd is reachable gets its Registration at once;
+// it receives Started for the current resync revision (its join resync) as
+// soon as etcd can be read. A restarted agent (a new Plugin object) reloads
+// the same way.
+//
+// Errors reported with ReportError become resync requests in etcd; the
+// coordinator then starts a new round for this agent after its backoff.
+//
+// Plugin.Close deregisters the agent (revokes its lease), stops delivering
+// events, cancels pending timeouts and closes every status channel, so that
+// `for ev := range reg.StatusChan()` loops end.
+package resync

@@ -1,0 +1,154 @@
+package resync_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/resyncd/resync"
+	"github.com/resyncd/resync/schema"
+)
+
+// IfPlugin is a plugin written against cn-infra's resync API. Porting it
+// changed only the import path: it registers in Init, reloads its state on
+// Started and acks every event.
+type IfPlugin struct {
+	Resync resync.Subscriber // injected
+
+	reg  resync.Registration
+	done chan struct{}
+}
+
+// Init registers for resync events, as in the seed.
+func (p *IfPlugin) Init() error {
+	p.reg = p.Resync.Register("ifplugin")
+	p.done = make(chan struct{})
+	go p.watchResync()
+	return nil
+}
+
+func (p *IfPlugin) watchResync() {
+	defer close(p.done)
+	for ev := range p.reg.StatusChan() {
+		switch ev.ResyncStatus() {
+		case resync.Started:
+			fmt.Println("ifplugin: resync started: reloading interfaces")
+		case resync.NotActive:
+			fmt.Println("ifplugin: resync finished")
+		}
+		ev.Ack()
+	}
+	fmt.Println("ifplugin: resync plugin closed")
+}
+
+// The agent side of resync with a seed-style plugin. The example starts an
+// embedded etcd and plays the coordinator itself by writing the resync
+// revision; in a cluster, cmd/resyncd does that.
+func Example() {
+	etcd, client, err := startEtcd()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer stopEtcd(etcd, client)
+
+	// The only lines that differ from a cn-infra agent: build the plugin.
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	rs, err := resync.New(resync.Deps{Log: log, Client: client}, resync.DefaultConfig("agent-1"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ifp := &IfPlugin{Resync: rs}
+	if err := ifp.Init(); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	// The coordinator starts round 1, waits for the plugin's ack, finishes
+	// the round.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	layout := schema.MustLayout(schema.DefaultPrefix)
+	acks := client.Watch(ctx, layout.Ack("agent-1", "ifplugin"))
+	writeRevision(ctx, client, layout, schema.Started)
+	<-acks
+	writeRevision(ctx, client, layout, schema.NotActive)
+	for rs.Stats().NotActive == 0 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond) // wait for the plugin to take NotActive
+	}
+
+	// Closing the resync plugin closes the status channels.
+	rs.Close()
+	<-ifp.done
+	// Output:
+	// ifplugin: resync started: reloading interfaces
+	// ifplugin: resync finished
+	// ifplugin: resync plugin closed
+}
+
+func writeRevision(ctx context.Context, c *clientv3.Client, layout schema.Layout, state schema.Status) {
+	now := time.Now().UTC()
+	rec := schema.Revision{Revision: 1, State: state, Reason: "example", Cause: schema.CauseInitial, StartedAt: now, Deadline: now.Add(2 * time.Minute), Leader: "example"}
+	if state == schema.NotActive {
+		rec.FinishedAt = now
+	}
+	b, err := schema.Encode(rec)
+	if err == nil {
+		_, err = c.Put(ctx, layout.Revision(), string(b))
+	}
+	if err != nil {
+		fmt.Println(err)
+	}
+}
+
+// startEtcd starts a single-member etcd on loopback in a temporary directory.
+func startEtcd() (*embed.Etcd, *clientv3.Client, error) {
+	dir, err := os.MkdirTemp("", "resync-example-")
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := embed.NewConfig()
+	cfg.Dir = dir
+	local, _ := url.Parse("http://127.0.0.1:0")
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*local}, []url.URL{*local}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*local}, []url.URL{*local}
+	cfg.InitialCluster = cfg.Name + "=" + local.String()
+	cfg.TickMs, cfg.ElectionMs = 10, 100
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		stopEtcd(e, nil)
+		return nil, nil, fmt.Errorf("etcd not ready")
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Clients[0].Addr().String()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		stopEtcd(e, nil)
+		return nil, nil, err
+	}
+	return e, c, nil
+}
+
+func stopEtcd(e *embed.Etcd, c *clientv3.Client) {
+	if c != nil {
+		c.Close()
+	}
+	dir := e.Config().Dir
+	e.Close()
+	os.RemoveAll(dir)
+}

@@ -1,0 +1,240 @@
+package resync
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/registry"
+	"github.com/resyncd/resync/schema"
+	"github.com/resyncd/resync/watcher"
+)
+
+// Errors returned by a Plugin.
+var (
+	// ErrClosed is returned by RegisterE after Close.
+	ErrClosed = errors.New("resync: closed")
+)
+
+// Deps are the dependencies injected into a Plugin, grouped apart from its
+// other fields as in the seed.
+type Deps struct {
+	// Log receives the plugin's logs, with fields agent, plugin, revision.
+	// Default logrus.StandardLogger().
+	Log logrus.FieldLogger
+	// Client is the etcd client. Required. The Plugin does not close it.
+	Client *clientv3.Client
+	// Clock is the time source of timestamps and timeouts. Default: the
+	// system clock.
+	Clock Clock
+}
+
+// Config configures a Plugin. Zero durations mean their defaults.
+type Config struct {
+	// Agent is this agent process's name ([A-Za-z0-9._-], 1-128), unique in
+	// the cluster. Required. A restarted agent uses the same name.
+	Agent string
+	// Prefix is the etcd key prefix. Default schema.DefaultPrefix
+	// ("/resync/").
+	Prefix string
+	// TTL is the agent's session lease TTL: how long after the agent's
+	// death its registrations and acks vanish. Default 10 s, at least 1 s.
+	TTL time.Duration
+	// AcceptTimeout is how long a plugin has to take an event from its
+	// status channel; then a "timeout" ack is written for it (Started) or
+	// the event is dropped (NotActive), and the next plugin proceeds.
+	// Default 1 s.
+	AcceptTimeout time.Duration
+	// AckTimeout is how long a plugin has to Ack a Started event it took;
+	// then a "timeout" ack is written for it and the next plugin proceeds.
+	// Default 10 s.
+	AckTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults for agent.
+func DefaultConfig(agent string) Config {
+	return Config{
+		Agent:         agent,
+		Prefix:        schema.DefaultPrefix,
+		TTL:           10 * time.Second,
+		AcceptTimeout: time.Second,
+		AckTimeout:    10 * time.Second,
+	}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if err := c.registryConfig().Validate(); err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	if err := c.watcherConfig().Validate(); err != nil {
+		return fmt.Errorf("resync: %w", err)
+	}
+	return nil
+}
+
+func (c Config) registryConfig() registry.Config {
+	rc := registry.DefaultConfig(c.Agent)
+	rc.Prefix = c.Prefix
+	rc.TTL = c.TTL
+	return rc
+}
+
+func (c Config) watcherConfig() watcher.Config {
+	wc := watcher.DefaultConfig()
+	wc.AcceptTimeout = c.AcceptTimeout
+	wc.AckTimeout = c.AckTimeout
+	return wc
+}
+
+// Plugin is the resync plugin of one agent process: it implements Subscriber
+// and Reporter. It is safe for concurrent use.
+type Plugin struct {
+	Deps
+
+	cfg  Config
+	log  logrus.FieldLogger
+	reg  *registry.Registry
+	w    *watcher.Watcher
+	once sync.Once
+
+	mu     sync.Mutex
+	regs   map[string]Registration
+	closed bool
+}
+
+var (
+	_ Subscriber = (*Plugin)(nil)
+	_ Reporter   = (*Plugin)(nil)
+)
+
+// New starts the resync plugin of agent cfg.Agent. It does not wait for
+// etcd: the agent's session, its registrations and the watch of the resync
+// revision are set up in the background and retried while etcd is
+// unreachable. It returns an error only for invalid deps or config.
+func New(deps Deps, cfg Config) (*Plugin, error) {
+	if deps.Client == nil {
+		return nil, errors.New("resync: Deps.Client is nil")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Log == nil {
+		deps.Log = logrus.StandardLogger()
+	}
+	if deps.Clock == nil {
+		deps.Clock = watcher.SystemClock()
+	}
+	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log))
+	if err != nil {
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+	w, err := watcher.New(reg, cfg.watcherConfig(), watcher.WithLogger(deps.Log), watcher.WithClock(deps.Clock))
+	if err != nil {
+		reg.Close()
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+	return &Plugin{
+		Deps: deps, cfg: cfg, reg: reg, w: w,
+		log:  deps.Log.WithField("agent", cfg.Agent),
+		regs: map[string]Registration{},
+	}, nil
+}
+
+// Agent is the agent's name.
+func (p *Plugin) Agent() string { return p.cfg.Agent }
+
+// Register registers a plugin for resync events, in the seed's shape: it is
+// meant to be called in Init and returns at once, even while etcd is
+// unreachable. The plugin's first event is its join resync (Started for the
+// current revision), delivered once etcd can be read.
+//
+// It never panics: a duplicate name is logged and the existing Registration
+// returned; an invalid name, or a call after Close, is logged and a
+// Registration with a closed channel returned. Use RegisterE to get these
+// errors.
+func (p *Plugin) Register(resyncName string) Registration {
+	r, err := p.RegisterE(resyncName)
+	if err != nil {
+		p.log.WithError(err).WithField("plugin", resyncName).Error("resync: register")
+	}
+	return r
+}
+
+// RegisterE is Register returning its error: one wrapping
+// registry.ErrDuplicate (with the existing Registration), one wrapping
+// schema.ErrInvalidName, or ErrClosed (both with a Registration whose
+// channel is closed).
+func (p *Plugin) RegisterE(resyncName string) (Registration, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return closedRegistration(resyncName), ErrClosed
+	}
+	if r, ok := p.regs[resyncName]; ok {
+		return r, fmt.Errorf("resync: register %q: %w", resyncName, registry.ErrDuplicate)
+	}
+	ch, err := p.w.Register(resyncName)
+	if err != nil {
+		return closedRegistration(resyncName), fmt.Errorf("resync: register %q: %w", resyncName, err)
+	}
+	r := &registration{name: resyncName, ch: ch}
+	p.regs[resyncName] = r
+	return r, nil
+}
+
+func closedRegistration(name string) Registration {
+	ch := make(chan StatusEvent)
+	close(ch)
+	return &registration{name: name, ch: ch}
+}
+
+// ReportError asks the coordinator for a resync of this agent because plugin
+// name failed with err: it writes requests/<id> (cause error, reason
+// "<name>: <error text>" cut to schema.MaxReasonLen) in the background,
+// retried until written or the Plugin is closed. It never waits for etcd.
+func (p *Plugin) ReportError(name string, err error) {
+	text := "unknown error (nil)"
+	if err != nil {
+		text = err.Error()
+	}
+	log := p.log.WithField("plugin", name).WithField("error", text)
+	req := schema.Request{
+		Reason:      schema.Truncate(name+": "+text, schema.MaxReasonLen),
+		Cause:       schema.CauseError,
+		Scope:       schema.Scope{Agent: p.cfg.Agent},
+		RequestedBy: p.cfg.Agent,
+	}
+	id, qerr := p.w.Request(req)
+	if qerr != nil {
+		log.WithError(qerr).Error("resync: error reported, but no resync can be requested")
+		return
+	}
+	log.WithField("request", id).Warn("resync: error reported; requesting a resync of this agent")
+}
+
+// Stats returns the delivery counters of this agent's watcher.
+func (p *Plugin) Stats() Stats { return p.w.Stats() }
+
+// Close shuts the plugin down, in this order: no new Register succeeds;
+// the watcher stops (no new resync is delivered, pending accept and ack
+// timeouts are cancelled, queued writes are abandoned) and closes every
+// status channel; the agent's lease is revoked, so its registrations and
+// acks vanish at once. Every goroutine has ended when it returns. It is
+// idempotent and bounded (the revoke by 5 s; if it fails the keys vanish
+// within the TTL and its error is returned).
+func (p *Plugin) Close() error {
+	var err error
+	p.once.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.w.Close()
+		err = p.reg.Close()
+	})
+	return err
+}

@@ -1,0 +1,63 @@
+// Package watcher turns the cluster's resync revision into StatusEvents for
+// the plugins of one agent, and turns their acks back into etcd keys.
+//
+// A Watcher serves one agent. It holds exactly one etcd watch, on the
+// revision key (through internal/listwatch, so it survives compaction, lost
+// raft leaders and reconnects), however many plugins the agent has. It
+// delivers events to the plugins' status channels from one goroutine, the
+// dispatcher, which is the only sender on those channels and closes them when
+// the Watcher is closed.
+//
+// # Rounds
+//
+// When the revision record N is Started and its scope includes some of the
+// agent's plugins, the dispatcher delivers a Started event to them one at a
+// time, in registration order: plugin k+1 receives it only after plugin k
+// acked N or timed out. A plugin that does not take the event from its
+// channel within Config.AcceptTimeout, or does not ack within
+// Config.AckTimeout, gets a "timeout" ack written on its behalf and the
+// dispatcher moves on. Each plugin receives at most one Started per revision:
+// the dispatcher remembers, per plugin, the last revision it handled, so a
+// reconnect or a re-list after compaction never repeats an event.
+//
+// Rounds coalesce: if N+1 arrives before N reached a plugin, that plugin only
+// ever sees N+1 (an event not yet taken from a channel is withdrawn). A
+// plugin already holding N's event keeps it and may ack it; the dispatcher
+// waits for that ack (or its timeout) before starting N+1, so an agent never
+// has two plugins reloading at once.
+//
+// When the record becomes NotActive N (the round finished), every plugin that
+// took Started N gets a NotActive event, after its ack. A NotActive event
+// that is not taken within the accept timeout, or that a newer revision
+// overtakes, is dropped and counted (Stats.NotActiveDropped): it never holds
+// up the next round.
+//
+// # Join resync
+//
+// A plugin registered with a Watcher that has never handled any revision for
+// it (a new agent, a restarted agent, a plugin registered late) receives
+// Started for the current revision N, whatever the record's state and scope,
+// as soon as the record is read: that is how an agent loads its state at
+// start-up, as the seed resynced every plugin at start. If the record is
+// NotActive, that plugin then receives NotActive after its ack. Its ack is
+// written like any other; the coordinator ignores acks of plugins that are
+// not participants of an open round. A plugin registered while etcd is
+// unreachable gets its join resync once the record can be read.
+//
+// # Rejoin after a lost session
+//
+// When the agent's registry re-creates a lost session (State().Generation
+// grows past 1), the agent may have missed rounds while it was cut off. The
+// Watcher does not repeat events locally (that would break "at most one
+// Started per plugin per revision"); it writes a request with cause "rejoin"
+// and the agent's scope, so that the coordinator runs a new round for it, and
+// it writes again, on the new lease, the acks its plugins gave for the
+// current revision.
+//
+// # Writes
+//
+// Acks (acks/<agent>/<plugin>, on the agent's lease) and requests
+// (requests/<id>, no lease) are written by one background goroutine, retried
+// with a growing pause until written or the Watcher is closed. Ack, AckError
+// and Request never wait for etcd.
+package watcher

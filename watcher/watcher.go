@@ -1,0 +1,437 @@
+package watcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/internal/listwatch"
+	"github.com/resyncd/resync/registry"
+	"github.com/resyncd/resync/schema"
+)
+
+// Errors returned by a Watcher.
+var (
+	// ErrClosed is returned by Register and Request after Close.
+	ErrClosed = errors.New("watcher: closed")
+	// ErrQueueFull is returned by Request when Config.MaxPendingRequests
+	// requests are already waiting to be written (etcd is unreachable).
+	ErrQueueFull = errors.New("watcher: too many requests waiting to be written")
+)
+
+// Config configures a Watcher. Zero durations and counts mean their defaults.
+type Config struct {
+	// AcceptTimeout is how long a plugin has to take an event from its
+	// status channel. A Started event not taken in time gets a "timeout"
+	// ack and the next plugin proceeds; a NotActive event not taken in
+	// time is dropped and counted. Default 1 s (the seed's value).
+	AcceptTimeout time.Duration
+	// AckTimeout is how long a plugin has to ack a Started event it took.
+	// Then the watcher writes a "timeout" ack and the next plugin
+	// proceeds; a later Ack is a no-op. Default 10 s (the seed's value).
+	AckTimeout time.Duration
+	// OpTimeout bounds each etcd write. Default 5 s.
+	OpTimeout time.Duration
+	// RetryMin and RetryMax bound the pause between attempts to write acks
+	// and requests while etcd is unreachable. Defaults 100 ms and 5 s.
+	RetryMin, RetryMax time.Duration
+	// MaxPendingRequests bounds the requests waiting to be written; Request
+	// returns ErrQueueFull beyond it. Default 64.
+	MaxPendingRequests int
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		AcceptTimeout:      time.Second,
+		AckTimeout:         10 * time.Second,
+		OpTimeout:          5 * time.Second,
+		RetryMin:           100 * time.Millisecond,
+		RetryMax:           5 * time.Second,
+		MaxPendingRequests: 64,
+	}
+}
+
+// Validate checks the configuration; zero values mean their defaults.
+func (c Config) Validate() error {
+	if c.AcceptTimeout < 0 || c.AckTimeout < 0 || c.OpTimeout < 0 || c.RetryMin < 0 || c.RetryMax < 0 {
+		return errors.New("watcher: config: durations must not be negative")
+	}
+	if c.MaxPendingRequests < 0 {
+		return errors.New("watcher: config: MaxPendingRequests must not be negative")
+	}
+	d := c.withDefaults()
+	if d.RetryMax < d.RetryMin {
+		return fmt.Errorf("watcher: config: RetryMax %v is below RetryMin %v", d.RetryMax, d.RetryMin)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.AcceptTimeout == 0 {
+		c.AcceptTimeout = d.AcceptTimeout
+	}
+	if c.AckTimeout == 0 {
+		c.AckTimeout = d.AckTimeout
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = d.OpTimeout
+	}
+	if c.RetryMin == 0 {
+		c.RetryMin = d.RetryMin
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = d.RetryMax
+	}
+	if c.MaxPendingRequests == 0 {
+		c.MaxPendingRequests = d.MaxPendingRequests
+	}
+	return c
+}
+
+// Clock is the time source of a Watcher: timestamps of acks and requests,
+// and the accept and ack timeouts. The default is the system clock.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// SystemClock returns the system clock.
+func SystemClock() Clock { return systemClock{} }
+
+// Option sets an optional collaborator.
+type Option func(*Watcher)
+
+// WithLogger sets the logger (default: logrus.StandardLogger()).
+func WithLogger(l logrus.FieldLogger) Option {
+	return func(w *Watcher) {
+		if l != nil {
+			w.log = l
+		}
+	}
+}
+
+// WithClock sets the clock (default: the system clock).
+func WithClock(c Clock) Option {
+	return func(w *Watcher) {
+		if c != nil {
+			w.clock = c
+		}
+	}
+}
+
+// Stats are a Watcher's counters since New.
+type Stats struct {
+	// Started counts Started events taken by plugins.
+	Started uint64
+	// AcceptTimeouts counts Started events not taken within AcceptTimeout.
+	AcceptTimeouts uint64
+	// AckTimeouts counts Started events taken but not acked within
+	// AckTimeout.
+	AckTimeouts uint64
+	// Withdrawn counts Started events withdrawn before a plugin took them,
+	// because the revision record changed (a newer round overtook them).
+	Withdrawn uint64
+	// NotActive counts NotActive events taken by plugins.
+	NotActive uint64
+	// NotActiveDropped counts NotActive events not taken within
+	// AcceptTimeout or overtaken by a newer revision.
+	NotActiveDropped uint64
+	// AcksWritten counts ack keys written (including rewrites on rejoin).
+	AcksWritten uint64
+	// RequestsWritten counts request keys written.
+	RequestsWritten uint64
+	// Rejoins counts sessions re-created by the registry after a loss.
+	Rejoins uint64
+	// Malformed counts revision records skipped because they did not decode.
+	Malformed uint64
+}
+
+type counters struct {
+	started, acceptTimeouts, ackTimeouts, withdrawn           atomic.Uint64
+	notActive, notActiveDropped, acksWritten, requestsWritten atomic.Uint64
+	rejoins, malformed                                        atomic.Uint64
+}
+
+// plugin is the dispatcher's state of one registered plugin. name and ch are
+// immutable; the other fields belong to the dispatcher goroutine.
+type plugin struct {
+	name string
+	ch   chan StatusEvent
+	// handled is the last revision whose Started was delivered to the
+	// plugin or timed out for it; 0 = none yet, so the next one is its join
+	// resync.
+	handled uint64
+	// taken is the last revision whose Started the plugin took.
+	taken uint64
+	// notActive is the last revision whose NotActive was handled.
+	notActive uint64
+}
+
+// Watcher delivers resync events to the plugins of one agent and writes their
+// acks. It is safe for concurrent use.
+type Watcher struct {
+	cfg    Config
+	reg    *registry.Registry
+	c      *clientv3.Client
+	layout schema.Layout
+	agent  string
+	log    logrus.FieldLogger
+	clock  Clock
+	stats  counters
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	kick      chan struct{} // cap 1: the dispatcher has work
+	outKick   chan struct{} // cap 1: the outbox has work
+
+	mu        sync.Mutex
+	plugins   []*plugin // registration order
+	closed    bool      // channels closed; no more Register
+	rec       *schema.Revision
+	recCtx    context.Context // cancelled when rec changes (revision or state)
+	recCancel context.CancelFunc
+
+	omu         sync.Mutex
+	seq         uint64
+	pendingAcks map[string]pendingAck // plugin -> ack to write
+	lastAcks    map[string]schema.Ack // plugin -> last ack given
+	pendingReqs []pendingRequest
+}
+
+type pendingAck struct {
+	ack schema.Ack
+	seq uint64
+}
+
+type pendingRequest struct {
+	id  string
+	req schema.Request
+}
+
+// New starts a Watcher for the agent of reg. It does not wait for etcd: the
+// revision is read and watched in the background, retried while etcd is
+// unreachable. The Watcher does not own reg: close the Watcher first, then
+// reg.
+func New(reg *registry.Registry, cfg Config, opts ...Option) (*Watcher, error) {
+	if reg == nil {
+		return nil, errors.New("watcher: nil registry")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Watcher{
+		cfg: cfg.withDefaults(), reg: reg, c: reg.Client(), layout: reg.Layout(), agent: reg.Agent(),
+		log: logrus.StandardLogger(), clock: systemClock{},
+		ctx: ctx, cancel: cancel,
+		kick: make(chan struct{}, 1), outKick: make(chan struct{}, 1),
+		pendingAcks: map[string]pendingAck{}, lastAcks: map[string]schema.Ack{},
+	}
+	for _, o := range opts {
+		o(w)
+	}
+	w.log = w.log.WithField("agent", w.agent)
+	w.goTracked(w.watch)
+	w.goTracked(w.dispatch)
+	w.goTracked(w.outbox)
+	return w, nil
+}
+
+func (w *Watcher) goTracked(f func()) {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		f()
+	}()
+}
+
+// Agent is the agent's name.
+func (w *Watcher) Agent() string { return w.agent }
+
+// Register adds plugin to the agent's registry (see registry.Registry.Add:
+// it does not wait for etcd) and returns the channel on which the plugin
+// receives its events. The channel is unbuffered; the Watcher is its only
+// sender and closes it when the Watcher is closed. The plugin receives its
+// join resync as soon as the revision record is read.
+//
+// It returns an error wrapping registry.ErrDuplicate or
+// schema.ErrInvalidName (and no channel), or ErrClosed with a closed
+// channel.
+func (w *Watcher) Register(name string) (<-chan StatusEvent, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		ch := make(chan StatusEvent)
+		close(ch)
+		return ch, ErrClosed
+	}
+	// Held under w.mu so that the dispatcher's order is the registry's.
+	if _, err := w.reg.Add(name); err != nil {
+		return nil, fmt.Errorf("watcher: register: %w", err)
+	}
+	p := &plugin{name: name, ch: make(chan StatusEvent)}
+	w.plugins = append(w.plugins, p)
+	w.poke(w.kick)
+	return p.ch, nil
+}
+
+// Request asks the coordinator for a resync: req is written under
+// requests/<id> in the background, retried until written or the Watcher is
+// closed (a request still waiting then is lost). RequestedAt is set when
+// zero. It does not wait for etcd; it returns the error of an invalid
+// request, ErrQueueFull or ErrClosed.
+func (w *Watcher) Request(req schema.Request) (id string, err error) {
+	now := w.clock.Now().UTC()
+	if req.RequestedAt.IsZero() {
+		req.RequestedAt = now
+	}
+	if _, err := schema.Encode(req); err != nil {
+		return "", err
+	}
+	if w.ctx.Err() != nil {
+		return "", ErrClosed
+	}
+	id = schema.NewRequestID(now)
+	w.omu.Lock()
+	if len(w.pendingReqs) >= w.cfg.MaxPendingRequests {
+		w.omu.Unlock()
+		return "", ErrQueueFull
+	}
+	w.pendingReqs = append(w.pendingReqs, pendingRequest{id: id, req: req})
+	w.omu.Unlock()
+	w.poke(w.outKick)
+	return id, nil
+}
+
+// Stats returns the counters.
+func (w *Watcher) Stats() Stats {
+	s := &w.stats
+	return Stats{
+		Started: s.started.Load(), AcceptTimeouts: s.acceptTimeouts.Load(), AckTimeouts: s.ackTimeouts.Load(),
+		Withdrawn: s.withdrawn.Load(), NotActive: s.notActive.Load(), NotActiveDropped: s.notActiveDropped.Load(),
+		AcksWritten: s.acksWritten.Load(), RequestsWritten: s.requestsWritten.Load(),
+		Rejoins: s.rejoins.Load(), Malformed: s.malformed.Load(),
+	}
+}
+
+// Close stops the Watcher: no new event is delivered, pending timeouts are
+// cancelled, writes still waiting are abandoned, the status channels are
+// closed (after the dispatcher stopped sending), and every goroutine has
+// ended when it returns. It does not close the registry. It is idempotent;
+// it returns once the goroutines end, which takes at most one etcd call
+// cancelled in flight.
+func (w *Watcher) Close() error {
+	w.closeOnce.Do(func() {
+		w.cancel()
+		w.wg.Wait()
+	})
+	return nil
+}
+
+func (w *Watcher) poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// watch follows the revision key and hands each new record to the
+// dispatcher.
+func (w *Watcher) watch() {
+	key := w.layout.Revision()
+	err := listwatch.Run(w.ctx, w.c, key, listwatch.Options{Log: w.log}, func(ev listwatch.Event) error {
+		if ev.Reset {
+			if len(ev.Kvs) == 0 {
+				w.log.Debug("watcher: no resync revision yet")
+			}
+			for _, kv := range ev.Kvs {
+				if rec, ok := w.decode(string(kv.Key), kv.Value); ok {
+					w.setRecord(rec)
+				}
+			}
+			return nil
+		}
+		// Only the last valid record of a batch counts: revisions written
+		// back to back while the watch was away coalesce into the latest.
+		var last *schema.Revision
+		for _, e := range ev.Changes {
+			if e.Type == clientv3.EventTypeDelete {
+				w.log.WithField("key", key).Warn("watcher: revision key deleted; keeping the last record seen")
+				continue
+			}
+			if rec, ok := w.decode(string(e.Kv.Key), e.Kv.Value); ok {
+				last = &rec
+			}
+		}
+		if last != nil {
+			w.setRecord(*last)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		w.log.WithError(err).Error("watcher: revision watch ended")
+	}
+}
+
+// decode decodes a revision record; a malformed one is logged with its key,
+// counted and skipped.
+func (w *Watcher) decode(key string, value []byte) (schema.Revision, bool) {
+	rec, err := schema.DecodeRevision(key, value)
+	if err != nil {
+		w.stats.malformed.Add(1)
+		w.log.WithError(err).WithField("key", key).Warn("watcher: skipping a malformed revision record")
+		return rec, false
+	}
+	return rec, true
+}
+
+// setRecord makes rec the current record, unless it is older than the
+// current one. A change of revision or state withdraws events not yet taken.
+func (w *Watcher) setRecord(rec schema.Revision) {
+	w.mu.Lock()
+	cur := w.rec
+	if cur != nil && rec.Revision < cur.Revision {
+		w.mu.Unlock()
+		w.log.WithFields(logrus.Fields{"revision": rec.Revision, "current": cur.Revision}).
+			Warn("watcher: ignoring a revision record older than the current one")
+		return
+	}
+	w.rec = &rec
+	if cur != nil && cur.Revision == rec.Revision && cur.State == rec.State {
+		w.mu.Unlock()
+		return
+	}
+	if w.recCancel != nil {
+		w.recCancel()
+	}
+	w.recCtx, w.recCancel = context.WithCancel(w.ctx)
+	w.mu.Unlock()
+	w.log.WithFields(logrus.Fields{"revision": rec.Revision, "state": rec.State, "scope": rec.Scope.String()}).
+		Debug("watcher: revision record")
+	w.poke(w.kick)
+}
+
+// current returns the current record's revision (0 if none).
+func (w *Watcher) current() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rec == nil {
+		return 0
+	}
+	return w.rec.Revision
+}

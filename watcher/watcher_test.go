@@ -1,0 +1,363 @@
+package watcher
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/registry"
+	"github.com/resyncd/resync/schema"
+)
+
+// Five plugins of one agent get Started strictly in registration order, each
+// only after the previous one acked; another agent proceeds meanwhile.
+func TestStartedInRegistrationOrderAgentsInParallel(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "agent-a", 5*time.Second)
+	b := newAgent(t, c, "agent-b", 5*time.Second)
+	names := []string{"p0", "p1", "p2", "p3", "p4"}
+	chA := a.register(t, names...)
+	var countB []*counter
+	for _, ch := range b.register(t, names...) {
+		countB = append(countB, autoAck(ch))
+	}
+
+	// Round 1 is every plugin's join resync; round 2 a regular round.
+	for _, n := range []uint64{1, 2} {
+		writeRev(t, c, n, schema.Started, schema.Scope{})
+		var evA0 *Event
+		for k := range names {
+			ev := recv(t, chA[k], fmt.Sprintf("agent-a %s, revision %d", names[k], n))
+			if ev.Revision() != n || ev.ResyncStatus() != schema.Started || ev.Plugin() != names[k] || ev.Join() != (n == 1) {
+				t.Fatalf("agent-a %s got %s %d join=%v", names[k], ev.ResyncStatus(), ev.Revision(), ev.Join())
+			}
+			// Nobody after k gets anything while k holds its event.
+			for j := k + 1; j < len(names); j++ {
+				expectNone(t, chA[j], 20*time.Millisecond, fmt.Sprintf("agent-a %s while %s holds revision %d", names[j], names[k], n))
+			}
+			if k == 0 {
+				// Agent B's first plugin is served while agent A's first
+				// plugin still holds its event unacked.
+				etcdtest.WaitFor(t, wait, "agent-b p0 served while agent-a p0 holds its event", func() bool {
+					return countB[0].get(schema.Started, n) == 1
+				})
+				evA0 = ev
+				// Before the ack, agent A's p1 still waits.
+				expectNone(t, chA[1], 3*acceptTimeout/2, "agent-a p1 before p0 acked")
+				evA0.Ack()
+				continue
+			}
+			ev.Ack()
+		}
+		for _, p := range names {
+			waitAck(t, c, "agent-a", p, n, schema.ResultOK)
+			waitAck(t, c, "agent-b", p, n, schema.ResultOK)
+		}
+	}
+	if s := a.w.Stats(); s.Started != 10 || s.AcceptTimeouts != 0 || s.AckTimeouts != 0 {
+		t.Fatalf("agent-a stats %+v", s)
+	}
+}
+
+// A plugin that never reads its channel is timed out after the accept
+// timeout, one that never acks after the ack timeout; the next ones still
+// proceed, a late Ack returns at once and changes nothing, and ack keys are on
+// the agent's lease.
+func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "a", 5*time.Second)
+	ch := a.register(t, "deaf", "mute", "failing", "good")
+	writeRev(t, c, 1, schema.Started, schema.Scope{})
+
+	start := time.Now()
+	mute := recv(t, ch[1], "mute after deaf's accept timeout")
+	if d := time.Since(start); d < acceptTimeout {
+		t.Fatalf("mute got Started %v after the write, before deaf's accept timeout %v", d, acceptTimeout)
+	}
+	ack := waitAck(t, c, "a", "deaf", 1, schema.ResultTimeout)
+	if !strings.Contains(ack.Error, "accept timeout") {
+		t.Errorf("deaf's timeout ack says %q", ack.Error)
+	}
+	failing := recv(t, ch[2], "failing after mute's ack timeout")
+	waitAck(t, c, "a", "mute", 1, schema.ResultTimeout)
+
+	// A late Ack returns at once and does not overwrite the timeout ack.
+	returned := make(chan struct{})
+	go func() {
+		mute.Ack()
+		mute.AckError(errors.New("too late"))
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(wait):
+		t.Fatal("a late Ack blocked")
+	}
+
+	failing.AckError(errors.New("cannot reload: " + strings.Repeat("x", 2*schema.MaxReasonLen)))
+	recv(t, ch[3], "good").Ack()
+	ack = waitAck(t, c, "a", "failing", 1, schema.ResultError)
+	if !strings.HasPrefix(ack.Error, "cannot reload: xxx") || len(ack.Error) > schema.MaxReasonLen+20 {
+		t.Errorf("failing's error ack has %d bytes: %.40q", len(ack.Error), ack.Error)
+	}
+	waitAck(t, c, "a", "good", 1, schema.ResultOK)
+	if ack, _, _ := getAck(t, c, "a", "mute"); ack.Result != schema.ResultTimeout {
+		t.Errorf("the late ack overwrote mute's timeout ack: %+v", ack)
+	}
+	lease := a.reg.State().Lease
+	for _, p := range []string{"deaf", "mute", "failing", "good"} {
+		if _, l, _ := getAck(t, c, "a", p); l == 0 || clientv3.LeaseID(l) != lease {
+			t.Errorf("%s's ack is on lease %x, want the agent's %x", p, l, lease)
+		}
+	}
+	if s := a.w.Stats(); s.AcceptTimeouts != 1 || s.AckTimeouts != 1 || s.Started != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	// NotActive reaches the plugins that took Started; one not read is
+	// dropped and counted, without holding up the others.
+	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
+	for _, k := range []int{2, 3} {
+		if ev := recv(t, ch[k], "NotActive"); ev.ResyncStatus() != schema.NotActive || ev.Revision() != 1 {
+			t.Fatalf("got %s %d, want NotActive 1", ev.ResyncStatus(), ev.Revision())
+		}
+	}
+	etcdtest.WaitFor(t, wait, "mute's NotActive dropped", func() bool { return a.w.Stats().NotActiveDropped == 1 })
+	expectNone(t, ch[0], 20*time.Millisecond, "deaf never took Started, so gets no NotActive")
+
+	// Closing removes the acks with the lease and closes every channel.
+	a.close()
+	if resp, err := c.Get(ctxT(t, 5*time.Second), layout.AgentAcks("a"), clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("acks after Close: %v %v", resp, err)
+	}
+	for k := range ch {
+		for range ch[k] {
+		}
+	}
+}
+
+// A watch reconnect and a compaction of the watched history never repeat a
+// Started; revisions written while the agent was away coalesce into the
+// latest one.
+func TestNoDuplicatesAcrossReconnectAndCompaction(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	proxy := etcdtest.NewProxy(t, m.Endpoint())
+	agentClient := etcdtest.Client(t, proxy.Endpoint)
+	a := newAgent(t, agentClient, "a", 10*time.Second)
+	chs := a.register(t, "p0", "p1", "p2")
+	var counters []*counter
+	for _, ch := range chs {
+		counters = append(counters, autoAck(ch))
+	}
+	round := func(n uint64) {
+		t.Helper()
+		writeRev(t, c, n, schema.Started, schema.Scope{})
+		for _, p := range []string{"p0", "p1", "p2"} {
+			waitAck(t, c, "a", p, n, schema.ResultOK)
+		}
+	}
+	round(1)
+	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
+	etcdtest.WaitFor(t, wait, "NotActive 1 delivered", func() bool { return counters[2].get(schema.NotActive, 1) == 1 })
+
+	// A reconnect: the watch resumes from where it was.
+	proxy.Cut()
+	proxy.Restore()
+	round(2)
+
+	// Compaction past the watcher's revision while it is away: it must
+	// re-list, and the record it re-reads is not delivered again.
+	proxy.Cut()
+	for i := 0; i < 10; i++ {
+		if _, err := c.Put(ctxT(t, 5*time.Second), "unrelated", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.Compact(t, c)
+	proxy.Restore()
+	round(3)
+
+	// Rounds written back to back while the agent is cut off: only the
+	// latest is delivered, and a compaction does not change that.
+	proxy.Cut()
+	writeRev(t, c, 4, schema.Started, schema.Scope{})
+	writeRev(t, c, 5, schema.Started, schema.Scope{})
+	etcdtest.Compact(t, c)
+	proxy.Restore()
+	for _, p := range []string{"p0", "p1", "p2"} {
+		waitAck(t, c, "a", p, 5, schema.ResultOK)
+	}
+	proxy.Cut()
+	writeRev(t, c, 6, schema.Started, schema.Scope{})
+	writeRev(t, c, 7, schema.Started, schema.Scope{})
+	proxy.Restore()
+	for _, p := range []string{"p0", "p1", "p2"} {
+		waitAck(t, c, "a", p, 7, schema.ResultOK)
+	}
+
+	a.w.Close()
+	for i, cnt := range counters {
+		<-cnt.done
+		got := cnt.snapshot()
+		want := map[uint64]int{1: 1, 2: 1, 3: 1, 5: 1, 7: 1}
+		if fmt.Sprint(got[schema.Started]) != fmt.Sprint(want) {
+			t.Errorf("p%d got Started %v, want %v", i, got[schema.Started], want)
+		}
+		if fmt.Sprint(got[schema.NotActive]) != fmt.Sprint(map[uint64]int{1: 1}) {
+			t.Errorf("p%d got NotActive %v, want once for revision 1", i, got[schema.NotActive])
+		}
+	}
+	t.Logf("stats %+v", a.w.Stats())
+}
+
+// A plugin registered late gets its join resync for the current revision,
+// whatever the scope and state, then NotActive; afterwards only rounds in its
+// scope reach it.
+func TestJoinResyncThenScopedRounds(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	writeRev(t, c, 7, schema.NotActive, schema.Scope{Agent: "other"})
+	a := newAgent(t, c, "a", 5*time.Second)
+	ch := a.register(t, "p")[0]
+	ev := recv(t, ch, "join resync")
+	if ev.ResyncStatus() != schema.Started || ev.Revision() != 7 || !ev.Join() || ev.Reason() != "test round" {
+		t.Fatalf("join resync is %s %d join=%v reason=%q", ev.ResyncStatus(), ev.Revision(), ev.Join(), ev.Reason())
+	}
+	expectNone(t, ch, acceptTimeout/2, "NotActive before the join resync's ack")
+	ev.Ack()
+	if ev := recv(t, ch, "NotActive after the join ack"); ev.ResyncStatus() != schema.NotActive || ev.Revision() != 7 {
+		t.Fatalf("got %s %d", ev.ResyncStatus(), ev.Revision())
+	}
+	waitAck(t, c, "a", "p", 7, schema.ResultOK)
+
+	// Out of scope: nothing. In scope (this plugin): Started.
+	writeRev(t, c, 8, schema.Started, schema.Scope{Agent: "other"})
+	writeRev(t, c, 8, schema.NotActive, schema.Scope{Agent: "other"})
+	writeRev(t, c, 9, schema.Started, schema.Scope{Agent: "a", Plugin: "q"})
+	expectNone(t, ch, 2*acceptTimeout, "rounds out of scope")
+	writeRev(t, c, 10, schema.Started, schema.Scope{Agent: "a", Plugin: "p"})
+	if ev := recv(t, ch, "round 10"); ev.Revision() != 10 || ev.Join() {
+		t.Fatalf("got %d join=%v", ev.Revision(), ev.Join())
+	} else {
+		ev.Ack()
+	}
+	waitAck(t, c, "a", "p", 10, schema.ResultOK)
+
+	// A malformed record is skipped and counted; the next good one works.
+	if _, err := c.Put(ctxT(t, 5*time.Second), layout.Revision(), `{"revision":"x"}`); err != nil {
+		t.Fatal(err)
+	}
+	writeRev(t, c, 11, schema.Started, schema.Scope{})
+	recv(t, ch, "round 11 after garbage").Ack()
+	if s := a.w.Stats(); s.Malformed != 1 {
+		t.Fatalf("stats %+v, want 1 malformed", s)
+	}
+}
+
+// When the registry re-creates a lost session, the watcher asks for a rejoin
+// round of its agent and writes its acks of the current revision again on
+// the new lease; no Started is repeated locally.
+func TestRejoinAfterLostSession(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	proxy := etcdtest.NewProxy(t, m.Endpoint())
+	agentClient := etcdtest.Client(t, proxy.Endpoint)
+	const ttl = 2 * time.Second
+	a := newAgent(t, agentClient, "rj", ttl)
+	cnt := autoAck(a.register(t, "p")[0])
+	writeRev(t, c, 1, schema.Started, schema.Scope{})
+	waitAck(t, c, "rj", "p", 1, schema.ResultOK)
+	first := a.reg.State()
+
+	proxy.Blackhole()
+	etcdtest.WaitFor(t, ttl+5*time.Second, "the agent's ack to expire with its lease", func() bool {
+		_, _, ok := getAck(t, c, "rj", "p")
+		return !ok
+	})
+	proxy.Heal()
+	etcdtest.WaitFor(t, 30*time.Second, "a new session", func() bool {
+		st := a.reg.State()
+		return st.Connected && st.Generation > first.Generation
+	})
+	waitAck(t, c, "rj", "p", 1, schema.ResultOK)
+	if _, l, _ := getAck(t, c, "rj", "p"); clientv3.LeaseID(l) != a.reg.State().Lease {
+		t.Fatalf("rewritten ack is on lease %x, want the new %x", l, a.reg.State().Lease)
+	}
+	var req schema.Request
+	etcdtest.WaitFor(t, wait, "a rejoin request", func() bool {
+		resp, err := c.Get(ctxT(t, 5*time.Second), layout.Requests(), clientv3.WithPrefix())
+		if err != nil || len(resp.Kvs) == 0 {
+			return false
+		}
+		req, err = schema.DecodeRequest(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return true
+	})
+	if req.Cause != schema.CauseRejoin || req.Scope != (schema.Scope{Agent: "rj"}) || req.RequestedBy != "rj" ||
+		req.Reason != "agent rj re-registered after losing its session" {
+		t.Fatalf("rejoin request %+v", req)
+	}
+	if n := cnt.get(schema.Started, 1); n != 1 {
+		t.Fatalf("Started 1 delivered %d times", n)
+	}
+}
+
+func TestRegisterErrorsAndClose(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "a", 5*time.Second)
+	a.register(t, "p")
+	if _, err := a.w.Register("p"); !errors.Is(err, registry.ErrDuplicate) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if _, err := a.w.Register("a/b"); !errors.Is(err, schema.ErrInvalidName) {
+		t.Fatalf("invalid: %v", err)
+	}
+	if _, err := a.w.Request(schema.Request{Cause: "bogus"}); err == nil {
+		t.Fatal("an invalid request was accepted")
+	}
+	a.w.Close()
+	a.w.Close()
+	ch, err := a.w.Register("q")
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("Register after Close: %v", err)
+	}
+	if _, ok := <-ch; ok {
+		t.Fatal("channel after Close is open")
+	}
+	if _, err := a.w.Request(schema.Request{Cause: schema.CauseManual}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Request after Close: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{AcceptTimeout: -1}, "negative"},
+		{Config{RetryMin: time.Second, RetryMax: time.Millisecond}, "RetryMax"},
+		{Config{RetryMin: 10 * time.Second}, "RetryMax"},
+		{Config{MaxPendingRequests: -1}, "MaxPendingRequests"},
+	} {
+		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := (Config{}).Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
