@@ -3,10 +3,12 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -18,15 +20,23 @@ import (
 // maxTxnOps stays within etcd's default --max-txn-ops (128).
 const maxTxnOps = 128
 
-type ackItem struct {
+// stateItem is one change of a registration or an ack.
+type stateItem struct {
 	id      schema.PluginID
-	ack     schema.Ack
+	reg     *schema.Registration // registration put
+	ack     *schema.Ack          // ack put
 	deleted bool
+	isAck   bool
 }
 
-type ackEvent struct {
-	reset map[schema.PluginID]schema.Ack // non-nil: replaces all
-	items []ackItem
+// stateEvent comes from the one watch over acks/ and registrations/: one
+// watch, so that changes arrive in etcd's revision order (an ack put before
+// its lease expired is seen before its registration vanishes).
+type stateEvent struct {
+	reset bool // regs and acks are the whole state
+	regs  map[schema.PluginID]schema.Registration
+	acks  map[schema.PluginID]schema.Ack
+	items []stateItem
 	bad   []error
 }
 
@@ -59,12 +69,11 @@ type leader struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	regC     chan registry.Change
-	ackC     chan ackEvent
+	stateC   chan stateEvent
 	reqC     chan reqEvent
 	deposedC chan error
 
-	regsSynced, acksSynced, reqsSynced bool
+	stateSynced, reqsSynced bool
 
 	regs     map[schema.PluginID]schema.Registration
 	acks     map[schema.PluginID]schema.Ack
@@ -87,7 +96,7 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		co: co, cfg: co.cfg, layout: co.layout, c: co.c, sess: sess, key: key, term: term,
 		identity: fmt.Sprintf("%s@%d", co.cfg.ID, term), log: log,
 		ctx: ctx, cancel: cancel,
-		regC: make(chan registry.Change, 64), ackC: make(chan ackEvent, 64), reqC: make(chan reqEvent, 64),
+		stateC: make(chan stateEvent, 64), reqC: make(chan reqEvent, 64),
 		deposedC: make(chan error, 1),
 		regs:     map[schema.PluginID]schema.Registration{},
 		acks:     map[schema.PluginID]schema.Ack{},
@@ -109,7 +118,7 @@ func (l *leader) run() error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		if l.regsSynced && l.acksSynced && l.reqsSynced {
+		if l.stateSynced && l.reqsSynced {
 			if err := l.step(time.Now()); err != nil {
 				return err
 			}
@@ -126,10 +135,8 @@ func (l *leader) run() error {
 			return fmt.Errorf("%w: session expired", ErrDeposed)
 		case err := <-l.deposedC:
 			return err
-		case ch := <-l.regC:
-			l.onRegistration(ch)
-		case ev := <-l.ackC:
-			l.onAcks(ev)
+		case ev := <-l.stateC:
+			l.onState(ev)
 		case ev := <-l.reqC:
 			if err := l.onRequests(ev); err != nil {
 				return err
@@ -165,12 +172,12 @@ func (l *leader) deposed(why string) {
 
 func (l *leader) startFeeders() {
 	wlog := l.log.WithField("role", "leader")
+	// acks/ < election/ < registrations/ in key order: one range watch
+	// covers acks and registrations (and skips the few election keys).
+	end := clientv3.GetPrefixRangeEnd(l.layout.Registrations())
 	l.spawn(func() {
-		registry.Watch(l.ctx, l.c, l.layout, wlog, func(ch registry.Change) error { return send(l.ctx, l.regC, ch) })
-	})
-	l.spawn(func() {
-		listwatch.Run(l.ctx, l.c, l.layout.Acks(), listwatch.Options{Prefix: true, Log: wlog}, func(ev listwatch.Event) error {
-			return send(l.ctx, l.ackC, l.decodeAcks(ev))
+		listwatch.Run(l.ctx, l.c, l.layout.Acks(), listwatch.Options{End: end, Log: wlog}, func(ev listwatch.Event) error {
+			return send(l.ctx, l.stateC, l.decodeState(ev))
 		})
 	})
 	l.spawn(func() {
@@ -195,36 +202,64 @@ func (l *leader) startFeeders() {
 	})
 }
 
-func (l *leader) decodeAcks(ev listwatch.Event) ackEvent {
-	var out ackEvent
+func (l *leader) decodeState(ev listwatch.Event) stateEvent {
+	var out stateEvent
 	if ev.Reset {
-		out.reset = make(map[schema.PluginID]schema.Ack, len(ev.Kvs))
+		out.reset = true
+		out.regs = map[schema.PluginID]schema.Registration{}
+		out.acks = map[schema.PluginID]schema.Ack{}
 		for _, kv := range ev.Kvs {
-			id, ack, err := l.decodeAck(string(kv.Key), kv.Value)
-			if err != nil {
+			it, err := l.decodeStateKV(kv)
+			switch {
+			case err != nil:
 				out.bad = append(out.bad, err)
-				continue
+			case it.reg != nil:
+				out.regs[it.id] = *it.reg
+			case it.ack != nil:
+				out.acks[it.id] = *it.ack
 			}
-			out.reset[id] = ack
 		}
 		return out
 	}
 	for _, e := range ev.Changes {
-		key := string(e.Kv.Key)
 		if e.Type == clientv3.EventTypeDelete {
-			if k, err := l.layout.Parse(key); err == nil && k.Kind == schema.KindAck {
-				out.items = append(out.items, ackItem{id: schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}, deleted: true})
+			k, err := l.layout.Parse(string(e.Kv.Key))
+			if err == nil && (k.Kind == schema.KindAck || k.Kind == schema.KindRegistration) {
+				out.items = append(out.items, stateItem{id: schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}, deleted: true, isAck: k.Kind == schema.KindAck})
 			}
 			continue
 		}
-		id, ack, err := l.decodeAck(key, e.Kv.Value)
+		it, err := l.decodeStateKV(e.Kv)
 		if err != nil {
 			out.bad = append(out.bad, err)
 			continue
 		}
-		out.items = append(out.items, ackItem{id: id, ack: ack})
+		if it.reg != nil || it.ack != nil {
+			out.items = append(out.items, it)
+		}
 	}
 	return out
+}
+
+// decodeStateKV decodes an ack or a registration; election keys in the
+// watched range give an empty item.
+func (l *leader) decodeStateKV(kv *mvccpb.KeyValue) (stateItem, error) {
+	key := string(kv.Key)
+	if strings.HasPrefix(key, l.layout.Registrations()) {
+		reg, err := registry.DecodeKV(l.layout, kv)
+		if err != nil {
+			return stateItem{}, err
+		}
+		return stateItem{id: reg.ID(), reg: &reg}, nil
+	}
+	if !strings.HasPrefix(key, l.layout.Acks()) {
+		return stateItem{}, nil
+	}
+	id, ack, err := l.decodeAck(key, kv.Value)
+	if err != nil {
+		return stateItem{}, err
+	}
+	return stateItem{id: id, ack: &ack, isAck: true}, nil
 }
 
 func (l *leader) decodeAck(key string, value []byte) (schema.PluginID, schema.Ack, error) {

@@ -98,54 +98,31 @@ func (l *leader) reconcile() {
 	}
 }
 
-func (l *leader) onRegistration(ch registry.Change) {
-	switch {
-	case ch.Reset != nil:
-		l.regs = make(map[schema.PluginID]schema.Registration, len(ch.Reset.Registrations))
-		for _, r := range ch.Reset.Registrations {
-			l.regs[r.ID()] = r
-		}
-		for _, err := range ch.Reset.Malformed {
-			l.log.WithError(err).Warn("coordinator: skipping a malformed registration")
-		}
-		l.regsSynced = true
-		if l.round != nil {
-			l.reconcile()
-		}
-	case ch.Put != nil:
-		l.regs[ch.Put.ID()] = *ch.Put
-	case ch.Deleted != nil:
-		delete(l.regs, *ch.Deleted)
-		if l.round != nil {
-			if a, ok := l.acks[*ch.Deleted]; ok {
-				l.resolveAck(*ch.Deleted, a)
-			}
-			l.resolve(*ch.Deleted, OutcomeDeparted, "")
-		}
-	case ch.Malformed != nil:
-		l.log.WithError(ch.Malformed).Warn("coordinator: skipping a malformed registration")
-	}
-}
-
-func (l *leader) onAcks(ev ackEvent) {
+func (l *leader) onState(ev stateEvent) {
 	for _, err := range ev.bad {
-		l.log.WithError(err).Warn("coordinator: skipping a malformed ack")
+		l.log.WithError(err).Warn("coordinator: skipping a malformed record")
 	}
-	if ev.reset != nil {
-		l.acks = ev.reset
-		l.acksSynced = true
+	if ev.reset {
+		l.regs, l.acks = ev.regs, ev.acks
+		l.stateSynced = true
 		if l.round != nil {
 			l.reconcile()
 		}
 		return
 	}
 	for _, it := range ev.items {
-		if it.deleted {
+		switch {
+		case it.isAck && it.deleted:
 			delete(l.acks, it.id)
-			continue
+		case it.isAck:
+			l.acks[it.id] = *it.ack
+			l.resolveAck(it.id, *it.ack)
+		case it.deleted:
+			delete(l.regs, it.id)
+			l.resolve(it.id, OutcomeDeparted, "")
+		default:
+			l.regs[it.id] = *it.reg
 		}
-		l.acks[it.id] = it.ack
-		l.resolveAck(it.id, it.ack)
 	}
 }
 

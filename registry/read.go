@@ -37,7 +37,7 @@ func ReadSnapshot(ctx context.Context, kv clientv3.KV, layout schema.Layout) (Sn
 func decodeSnapshot(layout schema.Layout, kvs []*mvccpb.KeyValue, rev int64) Snapshot {
 	s := Snapshot{Revision: rev, Registrations: make([]schema.Registration, 0, len(kvs))}
 	for _, kv := range kvs {
-		reg, err := decodeKV(layout, kv)
+		reg, err := DecodeKV(layout, kv)
 		if err != nil {
 			s.Malformed = append(s.Malformed, err)
 			continue
@@ -55,8 +55,8 @@ func SortRegistrations(regs []schema.Registration) {
 	})
 }
 
-// decodeKV decodes a registration and checks that its key and value agree.
-func decodeKV(layout schema.Layout, kv *mvccpb.KeyValue) (schema.Registration, error) {
+// DecodeKV decodes a registration and checks that its key and value agree.
+func DecodeKV(layout schema.Layout, kv *mvccpb.KeyValue) (schema.Registration, error) {
 	key := string(kv.Key)
 	k, err := layout.Parse(key)
 	if err != nil {
@@ -109,7 +109,7 @@ func Watch(ctx context.Context, c *clientv3.Client, layout schema.Layout, log lo
 					continue // a garbage key went away: nothing to report
 				}
 				ch.Deleted = &schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}
-			} else if reg, err := decodeKV(layout, e.Kv); err != nil {
+			} else if reg, err := DecodeKV(layout, e.Kv); err != nil {
 				ch.Malformed = err
 			} else {
 				ch.Put = &reg

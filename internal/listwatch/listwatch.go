@@ -37,6 +37,8 @@ type Event struct {
 type Options struct {
 	// Prefix watches every key under Key instead of Key alone.
 	Prefix bool
+	// End, if set, watches the key range [Key, End) (overrides Prefix).
+	End string
 	// PageSize bounds one page of a list (default 1000).
 	PageSize int64
 	// Retry is the pause after a failed list or watch, doubled up to 16x
@@ -79,10 +81,14 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 			return nil
 		}
 	}
+	end := o.End
+	if end == "" && o.Prefix {
+		end = clientv3.GetPrefixRangeEnd(key)
+	}
 	var rev int64 // last revision the handler is in sync with; 0 = must list
 	for {
 		if rev == 0 {
-			kvs, r, err := List(ctx, c, key, o.Prefix, o.PageSize)
+			kvs, r, err := ListRange(ctx, c, key, end, o.PageSize)
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -103,8 +109,8 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		opts := []clientv3.OpOption{clientv3.WithRev(rev + 1), clientv3.WithPrevKV()}
-		if o.Prefix {
-			opts = append(opts, clientv3.WithPrefix())
+		if end != "" {
+			opts = append(opts, clientv3.WithRange(end))
 		}
 		wch := c.Watch(wctx, key, opts...)
 		err := func() error {
@@ -151,10 +157,17 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 // List reads every key under key (or key alone) at one revision, in pages,
 // and returns them in key order with that revision.
 func List(ctx context.Context, c clientv3.KV, key string, prefix bool, pageSize int64) ([]*mvccpb.KeyValue, int64, error) {
-	end := key
+	end := ""
 	if prefix {
 		end = clientv3.GetPrefixRangeEnd(key)
-	} else {
+	}
+	return ListRange(ctx, c, key, end, pageSize)
+}
+
+// ListRange reads the keys in [key, end) (key alone when end is "") at one
+// revision, in pages, in key order, with that revision.
+func ListRange(ctx context.Context, c clientv3.KV, key, end string, pageSize int64) ([]*mvccpb.KeyValue, int64, error) {
+	if end == "" {
 		resp, err := c.Get(ctx, key)
 		if err != nil {
 			return nil, 0, fmt.Errorf("get %s: %w", key, err)
