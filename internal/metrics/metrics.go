@@ -1,0 +1,129 @@
+// Package metrics exports a Coordinator's activity as Prometheus metrics. It
+// implements coordinator.Hooks; nothing here is global: every Metrics
+// registers on the Registerer it is given.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/schema"
+)
+
+// Metrics is a coordinator.Hooks that records Prometheus series. Safe for
+// concurrent use.
+type Metrics struct {
+	coordinator.NopHooks
+
+	rounds       *prometheus.CounterVec
+	duration     prometheus.Histogram
+	participants prometheus.Gauge
+	resolved     *prometheus.CounterVec
+	leader       prometheus.Gauge
+	requests     *prometheus.CounterVec
+	backoff      prometheus.Gauge
+	revision     prometheus.Gauge
+	resumed      prometheus.Counter
+}
+
+// Series names, for documentation and tests.
+const (
+	RoundsTotal        = "resync_rounds_total"
+	RoundDuration      = "resync_round_duration_seconds"
+	RoundParticipants  = "resync_round_participants"
+	ParticipantsTotal  = "resync_participants_resolved_total"
+	Leader             = "resync_leader"
+	RequestsTotal      = "resync_requests_total"
+	BackoffSeconds     = "resync_backoff_seconds"
+	Revision           = "resync_revision"
+	RoundsResumedTotal = "resync_rounds_resumed_total"
+)
+
+// New creates the series and registers them on reg.
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		rounds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: RoundsTotal,
+			Help: "Rounds finished by this coordinator, by result (clean: no failed or timed-out participant)."}, []string{"result"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: RoundDuration,
+			Help:    "Duration of finished rounds, from Started to NotActive.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}}),
+		participants: prometheus.NewGauge(prometheus.GaugeOpts{Name: RoundParticipants,
+			Help: "Participants of the round started or resumed last."}),
+		resolved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: ParticipantsTotal,
+			Help: "Participants resolved, by outcome (acked, failed, timed_out, departed)."}, []string{"outcome"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: Leader,
+			Help: "1 while this coordinator leads, else 0."}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: RequestsTotal,
+			Help: "Resync requests consumed by this coordinator, by cause (manual, error, rejoin, malformed)."}, []string{"cause"}),
+		backoff: prometheus.NewGauge(prometheus.GaugeOpts{Name: BackoffSeconds,
+			Help: "The last retry backoff planned, in seconds."}),
+		revision: prometheus.NewGauge(prometheus.GaugeOpts{Name: Revision,
+			Help: "The last resync revision started or resumed by this coordinator."}),
+		resumed: prometheus.NewCounter(prometheus.CounterOpts{Name: RoundsResumedTotal,
+			Help: "Rounds this coordinator resumed after a failover."}),
+	}
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	// Expose every label value from the start, so dashboards see zeros.
+	for _, r := range []string{"clean", "unclean"} {
+		m.rounds.WithLabelValues(r)
+	}
+	for _, o := range []string{coordinator.OutcomeAcked, coordinator.OutcomeFailed, coordinator.OutcomeTimedOut, coordinator.OutcomeDeparted} {
+		m.resolved.WithLabelValues(o)
+	}
+	for _, c := range []schema.Cause{schema.CauseManual, schema.CauseError, schema.CauseRejoin} {
+		m.requests.WithLabelValues(string(c))
+	}
+	m.requests.WithLabelValues("malformed")
+	return m, nil
+}
+
+// Leading implements coordinator.Hooks.
+func (m *Metrics) Leading(l bool) {
+	if l {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
+}
+
+// RoundStarted implements coordinator.Hooks.
+func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {
+	m.participants.Set(float64(len(r.Participants)))
+	m.revision.Set(float64(r.Revision))
+	if resumed {
+		m.resumed.Inc()
+	}
+}
+
+// RoundFinished implements coordinator.Hooks.
+func (m *Metrics) RoundFinished(r schema.Round) {
+	if r.Clean() {
+		m.rounds.WithLabelValues("clean").Inc()
+	} else {
+		m.rounds.WithLabelValues("unclean").Inc()
+	}
+	m.duration.Observe(r.DurationMS / 1000)
+}
+
+// Resolved implements coordinator.Hooks.
+func (m *Metrics) Resolved(_ schema.PluginID, outcome string) {
+	m.resolved.WithLabelValues(outcome).Inc()
+}
+
+// Request implements coordinator.Hooks.
+func (m *Metrics) Request(r schema.Request, err error) {
+	if err != nil {
+		m.requests.WithLabelValues("malformed").Inc()
+		return
+	}
+	m.requests.WithLabelValues(string(r.Cause)).Inc()
+}
+
+// Backoff implements coordinator.Hooks.
+func (m *Metrics) Backoff(d time.Duration) { m.backoff.Set(d.Seconds()) }
