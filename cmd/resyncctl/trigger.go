@@ -232,67 +232,69 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round
 	defer tick.Stop()
 	next := w.rev + 1
 	for {
-		wch := w.c.Watch(wctx, w.e.layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(next))
-		resynced := false
-		for !resynced {
-			var resp clientv3.WatchResponse
-			var ok bool
-			select {
-			case resp, ok = <-wch:
-			case <-tick.C:
-				w.report(true)
-				continue
-			}
-			if !ok || wctx.Err() != nil {
-				for range wch {
-				}
+		var err error
+		next, err = w.follow(wctx, tick.C, next)
+		switch {
+		case w.final != nil:
+			return w.final, nil
+		case wctx.Err() != nil:
+			return nil, w.stopped(ctx, timeout)
+		case err != nil:
+			return nil, err
+		}
+		// The watch lost its history (compaction): catch up by reading the
+		// current state, then watch again from there.
+		rctx, rcancel := w.e.etcd.CommandContext(wctx)
+		r, err := w.resync(rctx)
+		rcancel()
+		if err != nil {
+			if wctx.Err() != nil {
 				return nil, w.stopped(ctx, timeout)
 			}
-			if err := resp.Err(); err != nil {
-				// History compacted (or the watch was cancelled): catch up
-				// by reading the current state.
-				cancelDrain(wch)
-				rctx, rcancel := w.e.etcd.CommandContext(wctx)
-				r, err := w.resync(rctx)
-				rcancel()
-				if err != nil {
-					if wctx.Err() != nil {
-						return nil, w.stopped(ctx, timeout)
-					}
-					return nil, err
-				}
-				next, resynced = r+1, true
-				break
-			}
-			for _, ev := range resp.Events {
-				if err := w.apply(ev); err != nil {
-					return nil, err
-				}
-				next = ev.Kv.ModRevision + 1
-			}
-			if err := w.settle(wctx); err != nil {
-				if wctx.Err() != nil {
-					return nil, w.stopped(ctx, timeout)
-				}
-				return nil, err
-			}
-			if w.final != nil {
-				return w.final, nil
-			}
-			w.report(false)
+			return nil, err
 		}
-		if w.final != nil {
-			return w.final, nil
-		}
+		next = r + 1
 	}
 }
 
-// cancelDrain empties a watch channel that ended with an error.
-func cancelDrain(wch clientv3.WatchChan) {
-	go func() {
+// follow watches the prefix from etcd revision next until the round is
+// final (w.final set), ctx ends, an error, or the watch fails (nil error:
+// the caller re-syncs). It returns the next etcd revision to watch from.
+// The watch is cancelled and drained before it returns.
+func (w *waiter) follow(ctx context.Context, tick <-chan time.Time, next int64) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	wch := w.c.Watch(ctx, w.e.layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(next))
+	defer func() {
+		cancel()
 		for range wch {
 		}
 	}()
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-wch:
+		case <-tick:
+			w.report(true)
+			continue
+		}
+		if !ok || ctx.Err() != nil {
+			return next, ctx.Err()
+		}
+		if resp.Err() != nil {
+			return next, nil
+		}
+		for _, ev := range resp.Events {
+			if err := w.apply(ev); err != nil {
+				return next, err
+			}
+			next = ev.Kv.ModRevision + 1
+		}
+		if err := w.settle(ctx); err != nil || w.final != nil {
+			return next, err
+		}
+		w.report(false)
+	}
 }
 
 // load reads the acks, registrations and revision at etcd revision rev.
