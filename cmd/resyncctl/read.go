@@ -1,0 +1,208 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/schema"
+)
+
+// getPrefix reads every key under prefix at rev (0: the current revision).
+func getPrefix(ctx context.Context, c *clientv3.Client, prefix string, rev int64) ([]*mvccpb.KeyValue, int64, error) {
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+	if rev != 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	resp, err := c.Get(ctx, prefix, opts...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", prefix, err)
+	}
+	return resp.Kvs, resp.Header.Revision, nil
+}
+
+// readRevision reads the revision record: nil when there is none yet. A
+// malformed record is reported and treated as absent.
+func (e *env) readRevision(ctx context.Context, c *clientv3.Client) (*schema.Revision, int64, error) {
+	key := e.layout.Revision()
+	resp, err := c.Get(ctx, key)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, resp.Header.Revision, nil
+	}
+	r, err := schema.DecodeRevision(key, resp.Kvs[0].Value)
+	if err != nil {
+		e.skipped(err)
+		return nil, resp.Header.Revision, nil
+	}
+	return &r, resp.Header.Revision, nil
+}
+
+// readRound reads rounds/<n>: nil when missing or malformed (reported).
+func (e *env) readRound(ctx context.Context, c *clientv3.Client, n uint64) (*schema.Round, error) {
+	key := e.layout.Round(n)
+	resp, err := c.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	r, err := schema.DecodeRound(key, resp.Kvs[0].Value)
+	if err != nil {
+		e.skipped(err)
+		return nil, nil
+	}
+	return &r, nil
+}
+
+// leader returns "<id>@<term>" of the current coordinator leader, or "".
+func (e *env) leader(ctx context.Context, c *clientv3.Client) (string, error) {
+	id, term, err := coordinator.Leader(ctx, c, e.layout)
+	if err != nil || id == "" {
+		return "", err
+	}
+	return fmt.Sprintf("%s@%d", id, term), nil
+}
+
+// regRow is one registration with the lease that holds it.
+type regRow struct {
+	schema.Registration
+	Lease clientv3.LeaseID
+}
+
+// decodeRegistration decodes a registration key-value and checks that key
+// and value agree.
+func (e *env) decodeRegistration(kv *mvccpb.KeyValue) (regRow, error) {
+	key := string(kv.Key)
+	k, err := e.layout.Parse(key)
+	if err != nil {
+		return regRow{}, err
+	}
+	if k.Kind != schema.KindRegistration {
+		return regRow{}, &schema.DecodeError{Key: key, Reason: "not a registration key"}
+	}
+	reg, err := schema.DecodeRegistration(key, kv.Value)
+	if err != nil {
+		return regRow{}, err
+	}
+	if reg.Agent != k.Agent || reg.Plugin != k.Plugin {
+		return regRow{}, &schema.DecodeError{Key: key, Reason: fmt.Sprintf("value names %s/%s, the key %s/%s", reg.Agent, reg.Plugin, k.Agent, k.Plugin)}
+	}
+	return regRow{Registration: reg, Lease: clientv3.LeaseID(kv.Lease)}, nil
+}
+
+// decodeAck decodes an ack key-value.
+func (e *env) decodeAck(kv *mvccpb.KeyValue) (schema.PluginID, schema.Ack, error) {
+	key := string(kv.Key)
+	k, err := e.layout.Parse(key)
+	if err != nil {
+		return schema.PluginID{}, schema.Ack{}, err
+	}
+	if k.Kind != schema.KindAck {
+		return schema.PluginID{}, schema.Ack{}, &schema.DecodeError{Key: key, Reason: "not an ack key"}
+	}
+	a, err := schema.DecodeAck(key, kv.Value)
+	return schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}, a, err
+}
+
+// readRegistrations reads the live registrations at rev (0: now), sorted by
+// agent and registration order; malformed ones are reported and skipped.
+func (e *env) readRegistrations(ctx context.Context, c *clientv3.Client, rev int64) ([]regRow, error) {
+	kvs, _, err := getPrefix(ctx, c, e.layout.Registrations(), rev)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]regRow, 0, len(kvs))
+	for _, kv := range kvs {
+		r, err := e.decodeRegistration(kv)
+		if err != nil {
+			e.skipped(err)
+			continue
+		}
+		rows = append(rows, r)
+	}
+	slices.SortFunc(rows, func(a, b regRow) int {
+		return cmp.Or(cmp.Compare(a.Agent, b.Agent), cmp.Compare(a.Order, b.Order), cmp.Compare(a.Plugin, b.Plugin))
+	})
+	return rows, nil
+}
+
+// readAcks reads every ack at rev (0: now); malformed ones are reported and
+// skipped.
+func (e *env) readAcks(ctx context.Context, c *clientv3.Client, rev int64) (map[schema.PluginID]schema.Ack, error) {
+	kvs, _, err := getPrefix(ctx, c, e.layout.Acks(), rev)
+	if err != nil {
+		return nil, err
+	}
+	acks := make(map[schema.PluginID]schema.Ack, len(kvs))
+	for _, kv := range kvs {
+		id, a, err := e.decodeAck(kv)
+		if err != nil {
+			e.skipped(err)
+			continue
+		}
+		acks[id] = a
+	}
+	return acks, nil
+}
+
+// progress is where a running round stands, computed as the coordinator
+// does: each participant is acked, failed or timed out by its ack for the
+// round, departed when its registration is gone, else pending.
+type progress struct {
+	Counts   schema.RoundCounts `json:"counts"`
+	Pending  []schema.PluginID  `json:"pending,omitempty"`
+	Failed   []schema.PluginID  `json:"failed,omitempty"`
+	TimedOut []schema.PluginID  `json:"timed_out,omitempty"`
+	Departed []schema.PluginID  `json:"departed,omitempty"`
+	Errors   map[string]string  `json:"errors,omitempty"`
+}
+
+func computeProgress(round *schema.Round, acks map[schema.PluginID]schema.Ack, live map[schema.PluginID]bool) progress {
+	p := progress{Counts: schema.RoundCounts{Participants: len(round.Participants)}}
+	for _, id := range round.Participants {
+		a, ok := acks[id]
+		switch {
+		case ok && a.Revision == round.Revision && a.Result == schema.ResultOK:
+			p.Counts.Acked++
+		case ok && a.Revision == round.Revision && a.Result == schema.ResultError:
+			p.Counts.Failed++
+			p.Failed = append(p.Failed, id)
+			if p.Errors == nil {
+				p.Errors = map[string]string{}
+			}
+			p.Errors[id.String()] = a.Error
+		case ok && a.Revision == round.Revision && a.Result == schema.ResultTimeout:
+			p.Counts.TimedOut++
+			p.TimedOut = append(p.TimedOut, id)
+		case !live[id]:
+			p.Counts.Departed++
+			p.Departed = append(p.Departed, id)
+		default:
+			p.Counts.Pending++
+			p.Pending = append(p.Pending, id)
+		}
+	}
+	return p
+}
+
+// summaryProgress is the progress view of a finished round's record.
+func summaryProgress(r *schema.Round) progress {
+	return progress{Counts: r.Counts, Failed: r.Failed, TimedOut: r.TimedOut, Departed: r.Departed, Errors: r.Errors}
+}
+
+func liveSet(rows []regRow) map[schema.PluginID]bool {
+	live := make(map[schema.PluginID]bool, len(rows))
+	for _, r := range rows {
+		live[r.ID()] = true
+	}
+	return live
+}

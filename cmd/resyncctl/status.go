@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"time"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// statusDoc is the JSON document of `status -o json`.
+type statusDoc struct {
+	// Revision is 0 when no round ever ran.
+	Revision   uint64        `json:"revision"`
+	State      schema.Status `json:"state,omitempty"`
+	Cause      schema.Cause  `json:"cause,omitempty"`
+	Reason     string        `json:"reason,omitempty"`
+	Scope      schema.Scope  `json:"scope"`
+	Leader     string        `json:"leader"` // "<id>@<term>", "" when none leads
+	StartedAt  time.Time     `json:"started_at,omitzero"`
+	Deadline   time.Time     `json:"deadline,omitzero"`
+	FinishedAt time.Time     `json:"finished_at,omitzero"`
+	// AgeSeconds is the time since the round started.
+	AgeSeconds float64 `json:"age_seconds,omitempty"`
+	// RoundLeader wrote the revision record.
+	RoundLeader string `json:"round_leader,omitempty"`
+	// Progress counts the round's participants (nil when its record is
+	// missing); while it runs they are computed from acks and
+	// registrations.
+	Progress *progress `json:"progress,omitempty"`
+}
+
+func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
+	return func(ctx context.Context, e *env) error {
+		c, err := e.dial(ctx)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := e.etcd.CommandContext(ctx)
+		defer cancel()
+		doc := statusDoc{}
+		if doc.Leader, err = e.leader(ctx, c); err != nil {
+			return err
+		}
+		rev, _, err := e.readRevision(ctx, c)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		if rev != nil {
+			doc.Revision, doc.State, doc.Cause, doc.Reason, doc.Scope = rev.Revision, rev.State, rev.Cause, rev.Reason, rev.Scope
+			doc.StartedAt, doc.Deadline, doc.FinishedAt, doc.RoundLeader = rev.StartedAt, rev.Deadline, rev.FinishedAt, rev.Leader
+			doc.AgeSeconds = now.Sub(rev.StartedAt).Seconds()
+			round, err := e.readRound(ctx, c, rev.Revision)
+			if err != nil {
+				return err
+			}
+			switch {
+			case round == nil:
+				e.warn("round %d has no readable record %s: progress unknown", rev.Revision, e.layout.Round(rev.Revision))
+			case round.State == schema.NotActive:
+				p := summaryProgress(round)
+				doc.Progress = &p
+			default:
+				regs, err := e.readRegistrations(ctx, c, 0)
+				if err != nil {
+					return err
+				}
+				acks, err := e.readAcks(ctx, c, 0)
+				if err != nil {
+					return err
+				}
+				p := computeProgress(round, acks, liveSet(regs))
+				doc.Progress = &p
+			}
+		}
+		if e.json {
+			return writeJSON(e.stdout, doc)
+		}
+		printStatus(e, doc, now)
+		return nil
+	}
+}
+
+func printStatus(e *env, d statusDoc, now time.Time) {
+	tw := newTable(e.stdout)
+	defer tw.Flush()
+	leader := d.Leader
+	if leader == "" {
+		leader = "none (no coordinator is running: requests wait until one leads)"
+	}
+	if d.Revision == 0 {
+		row(tw, "revision", "none yet")
+		row(tw, "leader", leader)
+		return
+	}
+	row(tw, "revision", d.Revision)
+	row(tw, "state", d.State)
+	row(tw, "cause", d.Cause)
+	row(tw, "reason", d.Reason)
+	row(tw, "scope", scopeText(d.Scope))
+	row(tw, "leader", leader)
+	row(tw, "started", timestamp(d.StartedAt)+" ("+ago(d.StartedAt, now)+")")
+	if d.State == schema.Started {
+		row(tw, "deadline", timestamp(d.Deadline)+" ("+ago(d.Deadline, now)+")")
+	} else {
+		row(tw, "finished", timestamp(d.FinishedAt)+" ("+ago(d.FinishedAt, now)+", took "+roundDuration(d.FinishedAt.Sub(d.StartedAt)).String()+")")
+	}
+	if p := d.Progress; p != nil {
+		row(tw, "participants", p.Counts.Participants)
+		row(tw, "acked", p.Counts.Acked)
+		row(tw, "pending", withNames(p.Counts.Pending, p.Pending))
+		row(tw, "failed", withNames(p.Counts.Failed, p.Failed))
+		row(tw, "timed_out", withNames(p.Counts.TimedOut, p.TimedOut))
+		row(tw, "departed", withNames(p.Counts.Departed, p.Departed))
+		for _, id := range p.Failed {
+			if msg := p.Errors[id.String()]; msg != "" {
+				row(tw, "error "+id.String(), msg)
+			}
+		}
+	}
+}
+
+// withNames is a count followed by up to 10 names.
+func withNames(n int, l []schema.PluginID) string {
+	if n == 0 || len(l) == 0 {
+		return itoa(n)
+	}
+	names := make([]string, len(l))
+	for i, id := range l {
+		names[i] = id.String()
+	}
+	return itoa(n) + " (" + listFirst(names, 10) + ")"
+}

@@ -1,0 +1,501 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// heartbeat is how often --wait repeats its state when nothing changed.
+const heartbeat = 5 * time.Second
+
+// triggerDoc is the JSON document of `trigger -o json`.
+type triggerDoc struct {
+	Request     string       `json:"request"`
+	Key         string       `json:"key"`
+	Reason      string       `json:"reason"`
+	Scope       schema.Scope `json:"scope"`
+	RequestedBy string       `json:"requested_by"`
+	// With --wait: the round that consumed the request, its summary, and
+	// whether it completed clean.
+	Revision uint64        `json:"revision,omitempty"`
+	Clean    *bool         `json:"clean,omitempty"`
+	Round    *schema.Round `json:"round,omitempty"`
+}
+
+type triggerOpts struct {
+	agent, plugin, reason, who string
+	wait                       bool
+	timeout                    time.Duration
+}
+
+func setupTrigger(fs *flag.FlagSet) func(context.Context, *env) error {
+	var o triggerOpts
+	fs.StringVar(&o.agent, "agent", "", "resync only this agent's plugins (it must have live registrations)")
+	fs.StringVar(&o.plugin, "plugin", "", "resync only this plugin of --agent")
+	fs.StringVar(&o.reason, "reason", "", "why (required; shown by status and history)")
+	fs.BoolVar(&o.wait, "wait", false, "wait for the round that serves the request; exit 0 only if it completes clean")
+	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "bound of --wait")
+	fs.StringVar(&o.who, "who", "", "requested_by of the request (default resyncctl@<hostname>)")
+	return func(ctx context.Context, e *env) error { return trigger(ctx, e, o) }
+}
+
+func trigger(ctx context.Context, e *env, o triggerOpts) error {
+	o.reason = strings.TrimSpace(o.reason)
+	switch {
+	case o.reason == "":
+		return usagef("--reason is required: say why (it is shown by status and history)")
+	case o.plugin != "" && o.agent == "":
+		return usagef("--plugin needs --agent: a plugin is named within its agent")
+	case o.wait && o.timeout <= 0:
+		return usagef("--timeout %v must be positive", o.timeout)
+	}
+	scope := schema.Scope{Agent: o.agent, Plugin: o.plugin}
+	if err := scope.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	if o.who == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "unknown"
+		}
+		o.who = "resyncctl@" + host
+	}
+	if len(o.who) > schema.MaxIDLen {
+		o.who = schema.Truncate(o.who, schema.MaxIDLen-20)
+	}
+	req := schema.Request{
+		Reason: schema.Truncate(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope,
+		RequestedBy: o.who, RequestedAt: time.Now().UTC(),
+	}
+	val, err := schema.Encode(req)
+	if err != nil {
+		return usagef("%v", err)
+	}
+
+	c, err := e.dial(ctx)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := e.etcd.CommandContext(ctx)
+	defer cancel()
+	if !scope.All() {
+		if err := e.checkScope(cctx, c, scope); err != nil {
+			return err
+		}
+	}
+	id := schema.NewRequestID(time.Now())
+	key := e.layout.Request(id)
+	put, err := c.Put(cctx, key, string(val))
+	if err != nil {
+		return fmt.Errorf("write request %s: %w", key, err)
+	}
+	doc := triggerDoc{Request: id, Key: key, Reason: req.Reason, Scope: scope, RequestedBy: req.RequestedBy}
+	if !o.wait {
+		if e.json {
+			return writeJSON(e.stdout, doc)
+		}
+		fmt.Fprintf(e.stdout, "requested resync %s (scope %s): %s\n", id, scope, req.Reason)
+		return nil
+	}
+	// Progress is output in text mode; with -o json stdout carries only the
+	// final document.
+	progressOut := e.stdout
+	if e.json {
+		progressOut = e.stderr
+	}
+	fmt.Fprintf(progressOut, "requested resync %s (scope %s): %s\n", id, scope, req.Reason)
+	w := &waiter{e: e, c: c, out: progressOut, reqKey: key, rev: put.Header.Revision}
+	final, err := w.wait(ctx, o.timeout)
+	if err != nil {
+		return err
+	}
+	clean := final.Clean()
+	doc.Revision, doc.Clean, doc.Round = final.Revision, &clean, final
+	if e.json {
+		if err := writeJSON(e.stdout, doc); err != nil {
+			return err
+		}
+	} else {
+		printFinal(e.stdout, final)
+	}
+	if !clean {
+		var bad []string
+		for _, id := range final.Failed {
+			bad = append(bad, "failed "+id.String())
+		}
+		for _, id := range final.TimedOut {
+			bad = append(bad, "timed out "+id.String())
+		}
+		e.warn("round %d did not complete clean: %s (the coordinator plans a retry round)", final.Revision, listFirst(bad, 10))
+		return exitCode(exitFailure)
+	}
+	return nil
+}
+
+// checkScope fails unless the scope's agent (and plugin) has live
+// registrations.
+func (e *env) checkScope(ctx context.Context, c *clientv3.Client, scope schema.Scope) error {
+	rows, err := e.readRegistrations(ctx, c, 0)
+	if err != nil {
+		return err
+	}
+	var agents, plugins []string
+	for _, r := range rows {
+		if len(agents) == 0 || agents[len(agents)-1] != r.Agent {
+			agents = append(agents, r.Agent) // rows are sorted by agent
+		}
+		if r.Agent == scope.Agent {
+			plugins = append(plugins, r.Plugin)
+		}
+	}
+	if len(plugins) == 0 {
+		known := "none"
+		if len(agents) > 0 {
+			known = listFirst(agents, 20)
+		}
+		return fmt.Errorf("agent %s has no live registrations (known agents: %s)", scope.Agent, known)
+	}
+	if scope.Plugin != "" && !slices.Contains(plugins, scope.Plugin) {
+		return fmt.Errorf("plugin %s of agent %s has no live registration (its plugins: %s)", scope.Plugin, scope.Agent, listFirst(plugins, 20))
+	}
+	return nil
+}
+
+func printFinal(w io.Writer, r *schema.Round) {
+	verdict := "clean"
+	if !r.Clean() {
+		verdict = "NOT clean"
+	}
+	fmt.Fprintf(w, "round %d finished %s in %s: %s\n", r.Revision, verdict, durationMS(r.DurationMS), countsText(r.Counts))
+	tw := newTable(w)
+	for _, id := range r.Failed {
+		row(tw, "  failed", id, r.Errors[id.String()])
+	}
+	for _, id := range r.TimedOut {
+		row(tw, "  timed_out", id, "")
+	}
+	for _, id := range r.Departed {
+		row(tw, "  departed", id, "")
+	}
+	tw.Flush()
+}
+
+// waiter follows etcd from the request's write until the round that
+// consumed the request completes.
+//
+// Which round consumed it: the leader deletes consumed requests in the same
+// transaction that writes {N, Started}, so the deletion's etcd revision is
+// that of the revision key's write; when there are too many requests for one
+// transaction it deletes the rest right after, while round N runs, so a
+// deletion at another etcd revision belongs to the last round started.
+type waiter struct {
+	e      *env
+	c      *clientv3.Client
+	out    io.Writer
+	reqKey string
+	rev    int64 // etcd revision of the request's write
+
+	n0        uint64                   // resync revision when the request was written
+	started   map[int64]uint64         // etcd revision of a {N, Started} write -> N
+	last      uint64                   // last N seen Started since the request
+	records   map[uint64]*schema.Round // rounds/<N> records seen since the request
+	consumed  uint64                   // the round that consumed the request; 0 until known
+	acks      map[schema.PluginID]schema.Ack
+	live      map[schema.PluginID]bool
+	final     *schema.Round
+	lastLine  string
+	lastPrint time.Time
+}
+
+func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round, error) {
+	w.started, w.records = map[int64]uint64{}, map[uint64]*schema.Round{}
+	if err := w.load(ctx, w.rev); err != nil {
+		return nil, err
+	}
+	if leader, err := w.leaderNow(ctx); err == nil && leader == "" {
+		w.e.warn("no coordinator leads right now: the request waits until one does (is resyncd running?)")
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
+	next := w.rev + 1
+	for {
+		var err error
+		next, err = w.follow(wctx, tick.C, next)
+		switch {
+		case w.final != nil:
+			return w.final, nil
+		case wctx.Err() != nil:
+			return nil, w.stopped(ctx, timeout)
+		case err != nil:
+			return nil, err
+		}
+		// The watch lost its history (compaction): catch up by reading the
+		// current state, then watch again from there.
+		rctx, rcancel := w.e.etcd.CommandContext(wctx)
+		r, err := w.resync(rctx)
+		rcancel()
+		if err != nil {
+			if wctx.Err() != nil {
+				return nil, w.stopped(ctx, timeout)
+			}
+			return nil, err
+		}
+		next = r + 1
+	}
+}
+
+// follow watches the prefix from etcd revision next until the round is
+// final (w.final set), ctx ends, an error, or the watch fails (nil error:
+// the caller re-syncs). It returns the next etcd revision to watch from.
+// The watch is cancelled and drained before it returns.
+func (w *waiter) follow(ctx context.Context, tick <-chan time.Time, next int64) (int64, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	wch := w.c.Watch(ctx, w.e.layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(next))
+	defer func() {
+		cancel()
+		for range wch {
+		}
+	}()
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-wch:
+		case <-tick:
+			w.report(true)
+			continue
+		}
+		if !ok || ctx.Err() != nil {
+			return next, ctx.Err()
+		}
+		if resp.Err() != nil {
+			return next, nil
+		}
+		for _, ev := range resp.Events {
+			if err := w.apply(ev); err != nil {
+				return next, err
+			}
+			next = ev.Kv.ModRevision + 1
+		}
+		if err := w.settle(ctx); err != nil || w.final != nil {
+			return next, err
+		}
+		w.report(false)
+	}
+}
+
+// load reads the acks, registrations and revision at etcd revision rev.
+func (w *waiter) load(ctx context.Context, rev int64) error {
+	ctx, cancel := w.e.etcd.CommandContext(ctx)
+	defer cancel()
+	regs, err := w.e.readRegistrations(ctx, w.c, rev)
+	if err != nil {
+		return err
+	}
+	w.live = liveSet(regs)
+	if w.acks, err = w.e.readAcks(ctx, w.c, rev); err != nil {
+		return err
+	}
+	resp, err := w.c.Get(ctx, w.e.layout.Revision(), clientv3.WithRev(rev))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", w.e.layout.Revision(), err)
+	}
+	if len(resp.Kvs) == 1 {
+		if r, err := schema.DecodeRevision(w.e.layout.Revision(), resp.Kvs[0].Value); err == nil {
+			w.n0 = r.Revision
+		}
+	}
+	return nil
+}
+
+func (w *waiter) leaderNow(ctx context.Context) (string, error) {
+	ctx, cancel := w.e.etcd.CommandContext(ctx)
+	defer cancel()
+	return w.e.leader(ctx, w.c)
+}
+
+// apply follows one watch event.
+func (w *waiter) apply(ev *clientv3.Event) error {
+	key := string(ev.Kv.Key)
+	del := ev.Type == clientv3.EventTypeDelete
+	if key == w.reqKey {
+		if !del || w.consumed != 0 {
+			return nil
+		}
+		if n, ok := w.started[ev.Kv.ModRevision]; ok {
+			w.consumed = n
+		} else if w.last != 0 {
+			w.consumed = w.last
+		} else {
+			return fmt.Errorf("request %s was deleted before any round started (by hand?): no round serves it", key)
+		}
+		w.line(fmt.Sprintf("round %d started for the request", w.consumed))
+		return nil
+	}
+	k, err := w.e.layout.Parse(key)
+	if err != nil {
+		if !del {
+			w.e.skipped(err)
+		}
+		return nil
+	}
+	switch k.Kind {
+	case schema.KindRevision:
+		if del {
+			return nil
+		}
+		r, err := schema.DecodeRevision(key, ev.Kv.Value)
+		if err != nil {
+			w.e.skipped(err)
+			return nil
+		}
+		if r.State == schema.Started {
+			w.started[ev.Kv.ModRevision] = r.Revision
+			w.last = max(w.last, r.Revision)
+		}
+	case schema.KindRound:
+		if del {
+			return nil
+		}
+		r, err := schema.DecodeRound(key, ev.Kv.Value)
+		if err != nil {
+			w.e.skipped(err)
+			return nil
+		}
+		w.records[r.Revision] = &r
+		if r.Revision == w.consumed && r.State == schema.NotActive {
+			w.final = &r
+		}
+	case schema.KindAck:
+		id := schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}
+		if del {
+			delete(w.acks, id)
+			return nil
+		}
+		_, a, err := w.e.decodeAck(ev.Kv)
+		if err != nil {
+			w.e.skipped(err)
+			return nil
+		}
+		w.acks[id] = a
+	case schema.KindRegistration:
+		id := schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}
+		if del {
+			delete(w.live, id)
+			return nil
+		}
+		if _, err := w.e.decodeRegistration(ev.Kv); err != nil {
+			w.e.skipped(err)
+			return nil
+		}
+		w.live[id] = true
+	}
+	return nil
+}
+
+// settle completes what one response's events imply: the consumed round's
+// record and, when it finished before we saw its summary, the summary.
+func (w *waiter) settle(ctx context.Context) error {
+	if w.consumed == 0 || w.final != nil {
+		return nil
+	}
+	if r := w.records[w.consumed]; r != nil && r.State == schema.NotActive {
+		w.final = r
+		return nil
+	}
+	if w.last > w.consumed || w.records[w.consumed] == nil {
+		// A later round started (ours finished unseen) or its record was
+		// not in the stream: read it.
+		rctx, cancel := w.e.etcd.CommandContext(ctx)
+		defer cancel()
+		r, err := w.e.readRound(rctx, w.c, w.consumed)
+		if err != nil {
+			return err
+		}
+		if r != nil {
+			w.records[w.consumed] = r
+			if r.State == schema.NotActive {
+				w.final = r
+			}
+		} else if w.last > w.consumed {
+			return fmt.Errorf("round %d finished but its record %s is gone or unreadable: see resyncctl history", w.consumed, w.e.layout.Round(w.consumed))
+		}
+	}
+	return nil
+}
+
+// resync catches up after the watch lost its history: it reads the current
+// state and returns its etcd revision. If the request was consumed unseen,
+// the first round after the request's write is taken as its round.
+func (w *waiter) resync(ctx context.Context) (int64, error) {
+	resp, err := w.c.Get(ctx, w.reqKey)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", w.reqKey, err)
+	}
+	rev := resp.Header.Revision
+	if w.consumed == 0 && len(resp.Kvs) == 0 {
+		w.consumed = w.n0 + 1
+		w.line(fmt.Sprintf("round %d started for the request", w.consumed))
+	}
+	if err := w.load(ctx, rev); err != nil {
+		return 0, err
+	}
+	if w.consumed != 0 {
+		delete(w.records, w.consumed) // settle reads it again
+	}
+	return rev, nil
+}
+
+// report prints the state when it changed, or again on a heartbeat.
+func (w *waiter) report(heartbeat bool) {
+	var s string
+	switch r := w.records[w.consumed]; {
+	case w.consumed == 0:
+		if !heartbeat {
+			return
+		}
+		s = "waiting for the coordinator to start a round for the request"
+	case r == nil:
+		s = fmt.Sprintf("round %d: running (participants not known yet)", w.consumed)
+	default:
+		p := computeProgress(r, w.acks, w.live)
+		s = fmt.Sprintf("round %d: %s", w.consumed, countsText(p.Counts))
+	}
+	if s == w.lastLine && !heartbeat {
+		return
+	}
+	w.line(s)
+}
+
+func (w *waiter) line(s string) {
+	w.lastLine = s
+	fmt.Fprintf(w.out, "%s  %s\n", time.Now().Format("15:04:05.000"), s)
+}
+
+// stopped explains why the wait ended without a result.
+func (w *waiter) stopped(ctx context.Context, timeout time.Duration) error {
+	if ctx.Err() != nil {
+		return errors.New("interrupted while waiting: the request stays queued; follow it with resyncctl status")
+	}
+	if w.consumed == 0 {
+		return fmt.Errorf("timed out after %v (--timeout): no round started for request %s; it stays queued: is a coordinator (resyncd) running?", timeout, w.reqKey)
+	}
+	if r := w.records[w.consumed]; r != nil {
+		p := computeProgress(r, w.acks, w.live)
+		return fmt.Errorf("timed out after %v (--timeout) waiting for round %d: %s; pending: %s", timeout, w.consumed, countsText(p.Counts), ids(p.Pending))
+	}
+	return fmt.Errorf("timed out after %v (--timeout) waiting for round %d to finish", timeout, w.consumed)
+}
