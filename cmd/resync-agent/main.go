@@ -1,0 +1,179 @@
+// Command resync-agent is a demo agent: it registers N simulated plugins with
+// resync through the public API (exactly as a user's agent would), logs every
+// event it gets, "reloads" for a configurable time and acks, failing at a
+// configurable rate.
+//
+// Every flag can also be set by RESYNC_<FLAG> (RESYNC_NAME, RESYNC_PLUGINS,
+// RESYNC_ENDPOINTS, ...); the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	resync "github.com/resyncd/resync"
+	"github.com/resyncd/resync/internal/etcdflags"
+	"github.com/resyncd/resync/schema"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+type options struct {
+	etcd        *etcdflags.Flags
+	cfg         resync.Config
+	plugins     []string
+	reload      time.Duration
+	jitter      time.Duration
+	failureRate float64
+	logLevel    string
+	logFormat   string
+}
+
+func parse(args []string, stderr io.Writer) (*options, error) {
+	fs := flag.NewFlagSet("resync-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	host, _ := os.Hostname()
+	ef := etcdflags.Default()
+	o := &options{etcd: &ef, cfg: resync.DefaultConfig(host)}
+	o.etcd.Register(fs)
+	var plugins string
+	fs.StringVar(&o.cfg.Agent, "name", o.cfg.Agent, "agent name, unique in the cluster ([A-Za-z0-9._-], 1-128)")
+	fs.StringVar(&plugins, "plugins", "ifplugin,l3plugin,aclplugin", "comma-separated plugin names, in registration order")
+	fs.StringVar(&o.cfg.Prefix, "prefix", o.cfg.Prefix, "etcd key prefix")
+	fs.DurationVar(&o.cfg.TTL, "ttl", o.cfg.TTL, "session lease TTL: registrations vanish this long after a crash")
+	fs.DurationVar(&o.cfg.AcceptTimeout, "accept-timeout", o.cfg.AcceptTimeout, "time a plugin has to take an event")
+	fs.DurationVar(&o.cfg.AckTimeout, "ack-timeout", o.cfg.AckTimeout, "time a plugin has to ack a Started event")
+	fs.DurationVar(&o.reload, "reload-time", 50*time.Millisecond, "simulated reload time per plugin")
+	fs.DurationVar(&o.jitter, "reload-jitter", 50*time.Millisecond, "random extra reload time, up to this")
+	fs.Float64Var(&o.failureRate, "failure-rate", 0, "probability (0-1) that a reload fails (acked with an error)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (resync-agent takes only flags; see -h)", fs.Arg(0))
+	}
+	if err := etcdflags.ApplyEnv(fs, "RESYNC_", os.LookupEnv, etcdflags.Visited(fs)); err != nil {
+		return nil, err
+	}
+	for _, p := range strings.Split(plugins, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if err := schema.ValidateName("plugin", p); err != nil {
+				return nil, fmt.Errorf("--plugins: %w", err)
+			}
+			o.plugins = append(o.plugins, p)
+		}
+	}
+	if len(o.plugins) == 0 {
+		return nil, errors.New("--plugins: give at least one plugin name")
+	}
+	if o.failureRate < 0 || o.failureRate > 1 {
+		return nil, fmt.Errorf("--failure-rate %v: use a probability between 0 and 1", o.failureRate)
+	}
+	if err := o.cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "resync-agent:", err)
+		return 2
+	}
+	log := logrus.New()
+	log.SetOutput(stderr)
+	if lv, err := logrus.ParseLevel(o.logLevel); err == nil {
+		log.SetLevel(lv)
+	} else {
+		fmt.Fprintf(stderr, "resync-agent: --log-level %q: use debug, info, warn or error\n", o.logLevel)
+		return 2
+	}
+	switch o.logFormat {
+	case "json":
+		log.SetFormatter(&logrus.JSONFormatter{})
+	case "text":
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	default:
+		fmt.Fprintf(stderr, "resync-agent: --log-format %q: use text or json\n", o.logFormat)
+		return 2
+	}
+	c, err := o.etcd.Dial(ctx)
+	if err != nil {
+		fmt.Fprintln(stderr, "resync-agent:", err)
+		return 1
+	}
+	defer c.Close()
+
+	// The user's agent: construct the resync plugin, register plugins in
+	// Init order, and run each plugin's seed-style loop.
+	p, err := resync.New(resync.Deps{Log: log, Client: c}, o.cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "resync-agent:", err)
+		return 2
+	}
+	var wg sync.WaitGroup
+	for _, name := range o.plugins {
+		reg := p.Register(name)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.loop(reg, log.WithField("agent", o.cfg.Agent).WithField("plugin", name))
+		}()
+	}
+	log.WithField("agent", o.cfg.Agent).WithField("plugins", strings.Join(o.plugins, ",")).Info("resync-agent: running")
+	<-ctx.Done()
+	log.Info("resync-agent: signal received; closing")
+	p.Close() // closes every status channel: the loops end
+	wg.Wait()
+	return 0
+}
+
+// loop is a seed-style plugin: reload on Started, then Ack.
+func (o *options) loop(reg resync.Registration, log logrus.FieldLogger) {
+	for ev := range reg.StatusChan() {
+		e, _ := ev.(*resync.Event)
+		fields := logrus.Fields{"status": ev.ResyncStatus()}
+		if e != nil {
+			fields["revision"], fields["reason"], fields["join"] = e.Revision(), e.Reason(), e.Join()
+		}
+		log.WithFields(fields).Info("resync-agent: event")
+		if ev.ResyncStatus() != resync.Started {
+			ev.Ack()
+			continue
+		}
+		time.Sleep(o.reload + time.Duration(rand.Int64N(int64(o.jitter)+1))) // the simulated reload
+		if rand.Float64() < o.failureRate {
+			err := errors.New("simulated reload failure")
+			log.WithError(err).Warn("resync-agent: reload failed")
+			if e != nil {
+				e.AckError(err)
+				continue
+			}
+		}
+		ev.Ack()
+		log.WithFields(fields).Info("resync-agent: reloaded and acked")
+	}
+}

@@ -1,0 +1,286 @@
+// Command resyncd is the resync service: it runs a coordinator (leader
+// election, resync rounds, ack collection, retries). With --endpoints it
+// joins an existing etcd cluster; without, it starts an embedded
+// single-member etcd that agents, resyncctl and etcdctl can use.
+//
+// Every flag can also be set by the environment variable RESYNC_<FLAG>,
+// upper-cased with '-' as '_' (RESYNC_ENDPOINTS, RESYNC_HTTP_ADDR, ...); the
+// command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/sirupsen/logrus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/internal/embedetcd"
+	"github.com/resyncd/resync/internal/etcdflags"
+	"github.com/resyncd/resync/internal/metrics"
+	"github.com/resyncd/resync/schema"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+type options struct {
+	etcd           *etcdflags.Flags
+	dataDir        string
+	clientURL      string
+	peerURL        string
+	httpAddr       string
+	httpPublic     bool
+	coord          coordinator.Config
+	logLevel       string
+	logFormat      string
+	embedCert      string
+	embedKey       string
+	embedCA        string
+	embedClientTLS bool
+	probe          string
+}
+
+func parse(args []string, stderr io.Writer) (*options, bool, error) {
+	fs := flag.NewFlagSet("resyncd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	ef := etcdflags.Default()
+	o := &options{etcd: &ef, coord: coordinator.DefaultConfig()}
+	o.etcd.Register(fs)
+	fs.StringVar(&o.dataDir, "data-dir", "resyncd.etcd", "data dir of the embedded etcd (used when --endpoints is not set)")
+	fs.StringVar(&o.clientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL the embedded etcd serves (https:// with --embed-cert-file)")
+	fs.StringVar(&o.peerURL, "listen-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
+	fs.StringVar(&o.embedCert, "embed-cert-file", "", "serve the embedded etcd's clients over TLS with this certificate")
+	fs.StringVar(&o.embedKey, "embed-key-file", "", "key of --embed-cert-file")
+	fs.StringVar(&o.embedCA, "embed-trusted-ca-file", "", "CA that signs client certificates of the embedded etcd")
+	fs.BoolVar(&o.embedClientTLS, "embed-client-cert-auth", false, "require client certificates signed by --embed-trusted-ca-file")
+	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz, /status")
+	fs.BoolVar(&o.httpPublic, "http-public", false, "allow --http-addr on a non-loopback address (it has no authentication)")
+	fs.StringVar(&o.coord.ID, "id", o.coord.ID, "coordinator id, written in every record it makes")
+	fs.StringVar(&o.coord.Prefix, "prefix", o.coord.Prefix, "etcd key prefix")
+	fs.DurationVar(&o.coord.SessionTTL, "session-ttl", o.coord.SessionTTL, "election session TTL: crash failover bound")
+	fs.DurationVar(&o.coord.RoundDeadline, "round-deadline", o.coord.RoundDeadline, "participants still pending then are timed out")
+	fs.DurationVar(&o.coord.CoalesceWindow, "coalesce-window", o.coord.CoalesceWindow, "wait this long after a request for more to merge")
+	fs.DurationVar(&o.coord.BackoffMin, "backoff-min", o.coord.BackoffMin, "first retry delay after a failed round or a reported error")
+	fs.DurationVar(&o.coord.BackoffMax, "backoff-max", o.coord.BackoffMax, "retry delay cap (the delay doubles per unclean round)")
+	fs.IntVar(&o.coord.History, "history", o.coord.History, "round summaries kept under rounds/")
+	fs.StringVar(&o.probe, "probe", "", "probe mode: GET this URL, exit 0 on 200 (a healthcheck for images without a shell)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return nil, false, err
+	}
+	if fs.NArg() > 0 {
+		return nil, false, fmt.Errorf("unexpected argument %q (resyncd takes only flags; see -h)", fs.Arg(0))
+	}
+	visited := etcdflags.Visited(fs)
+	if err := etcdflags.ApplyEnv(fs, "RESYNC_", os.LookupEnv, visited); err != nil {
+		return nil, false, err
+	}
+	// Visited now includes flags set from the environment.
+	return o, etcdflags.Visited(fs)["endpoints"], nil
+}
+
+func newLogger(level, format string, out io.Writer) (*logrus.Logger, error) {
+	l := logrus.New()
+	l.SetOutput(out)
+	lv, err := logrus.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	l.SetLevel(lv)
+	switch format {
+	case "text":
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	case "json":
+		l.SetFormatter(&logrus.JSONFormatter{})
+	default:
+		return nil, fmt.Errorf("--log-format %q: use text or json", format)
+	}
+	return l, nil
+}
+
+// run is resyncd; it returns the exit code. Errors are one line on stderr.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, external, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "resyncd:", err)
+		return 2
+	}
+	if o.probe != "" {
+		return probe(ctx, o.probe, stdout, stderr)
+	}
+	log, err := newLogger(o.logLevel, o.logFormat, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "resyncd:", err)
+		return 2
+	}
+	if err := o.coord.Validate(); err != nil {
+		fmt.Fprintln(stderr, "resyncd:", err)
+		return 2
+	}
+	if err := checkHTTPAddr(o.httpAddr, o.httpPublic); err != nil {
+		fmt.Fprintln(stderr, "resyncd:", err)
+		return 2
+	}
+	if err := serve(ctx, o, external, log); err != nil {
+		fmt.Fprintln(stderr, "resyncd:", err)
+		return 1
+	}
+	return 0
+}
+
+// checkHTTPAddr keeps the unauthenticated HTTP endpoints on loopback unless
+// the operator says otherwise.
+func checkHTTPAddr(addr string, public bool) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--http-addr %q: %v", addr, err)
+	}
+	ip := net.ParseIP(host)
+	loop := host == "localhost" || (ip != nil && ip.IsLoopback())
+	if !loop && !public {
+		return fmt.Errorf("--http-addr %q is not a loopback address: /status and /metrics have no authentication; add --http-public to bind it anyway", addr)
+	}
+	return nil
+}
+
+func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) error {
+	var etcdErr <-chan error
+	if !external {
+		dir, _ := filepath.Abs(o.dataDir)
+		srv, err := embedetcd.Start(ctx, embedetcd.Config{
+			Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL,
+			Logger: zapToLogrus(log.WithField("component", "etcd")),
+			TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
+		})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			srv.Close()
+			log.Info("resyncd: embedded etcd stopped")
+		}()
+		etcdErr = srv.Err()
+		scheme := "http://"
+		if o.embedCert != "" {
+			scheme = "https://"
+		}
+		o.etcd.Endpoints = scheme + srv.Endpoint()
+		log.WithField("endpoint", srv.Endpoint()).WithField("data_dir", dir).Info("resyncd: embedded etcd serving")
+	}
+	c, err := o.etcd.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := metrics.New(reg)
+	if err != nil {
+		return err
+	}
+	co, err := coordinator.New(c, o.coord, coordinator.WithLogger(log), coordinator.WithHooks(m))
+	if err != nil {
+		return err
+	}
+	layout, _ := schema.NewLayout(o.coord.Prefix)
+	h := &handlers{co: co, c: c, layout: layout, reg: reg, timeout: 2 * time.Second, fatal: func() error {
+		select {
+		case err := <-etcdErr:
+			return fmt.Errorf("embedded etcd failed: %w", err)
+		default:
+			return nil
+		}
+	}}
+	ln, err := net.Listen("tcp", o.httpAddr)
+	if err != nil {
+		co.Close()
+		return fmt.Errorf("--http-addr %s: %w", o.httpAddr, err)
+	}
+	hs := &http.Server{Handler: h.mux(), ReadHeaderTimeout: 5 * time.Second}
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- hs.Serve(ln) }()
+	log.WithField("http", ln.Addr().String()).WithField("id", co.ID()).Info("resyncd: running")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("resyncd: signal received; shutting down")
+	case err := <-etcdErr:
+		runErr = fmt.Errorf("embedded etcd failed: %w", err)
+	case err := <-httpErr:
+		runErr = fmt.Errorf("http server: %w", err)
+	}
+	// Shutdown order: resign (a standby takes over at once), stop HTTP,
+	// then the client and the embedded etcd (deferred).
+	co.Close()
+	log.Info("resyncd: coordinator closed (resigned if leading)")
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	hs.Shutdown(sctx)
+	return runErr
+}
+
+// zapToLogrus routes etcd's zap logs (warnings and above) into logrus.
+func zapToLogrus(l logrus.FieldLogger) *zap.Logger {
+	enc := zapcore.NewConsoleEncoder(zapcore.EncoderConfig{MessageKey: "msg", LevelKey: "", TimeKey: ""})
+	core := zapcore.NewCore(enc, zapcore.AddSync(logWriter{l}), zap.WarnLevel)
+	return zap.New(core)
+}
+
+type logWriter struct{ l logrus.FieldLogger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	msg := string(p)
+	for len(msg) > 0 && msg[len(msg)-1] == '\n' {
+		msg = msg[:len(msg)-1]
+	}
+	w.l.Warn(msg)
+	return len(p), nil
+}
+
+// probe GETs url and returns 0 on 200 OK.
+func probe(ctx context.Context, url string, stdout, stderr io.Writer) int {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "resyncd: --probe:", err)
+		return 2
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "resyncd: --probe:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	fmt.Fprintf(stdout, "%s %s", resp.Status, body)
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
+}
