@@ -5,12 +5,26 @@ PKGS      ?= ./...
 TEST_TIMEOUT ?= 20m
 BIN       ?= bin
 
-.PHONY: all build test lint cover fuzz clean
+.PHONY: all build binaries run demo test lint cover fuzz clean
 
 all: lint build test
 
-build:
+## build: compile every package and the three commands into bin/.
+build: binaries
 	$(GO) build ./...
+
+binaries:
+	$(GO) build -o $(BIN)/ ./cmd/resyncd ./cmd/resyncctl ./cmd/resync-agent
+
+## run: resyncd on its embedded etcd (clients on 127.0.0.1:2379, HTTP on
+## 127.0.0.1:9090, data in ./resyncd.etcd); Ctrl-C stops it.
+run: binaries
+	$(BIN)/resyncd $(ARGS)
+
+## demo: resyncd + 3 demo agents x 3 plugins, a triggered round and its
+## status; Ctrl-C stops it (or set DEMO_SECONDS).
+demo: binaries
+	BIN=$(BIN) ./scripts/demo.sh
 
 ## test: the whole suite against real (embedded) etcd, with the race detector.
 test:
@@ -36,4 +50,4 @@ fuzz:
 	done
 
 clean:
-	rm -rf $(BIN) cover.out
+	rm -rf $(BIN) cover.out resyncd.etcd

@@ -65,6 +65,7 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	ef := etcdflags.Default()
 	o := &options{etcd: &ef, coord: coordinator.DefaultConfig()}
 	o.etcd.Register(fs)
+	fs.Lookup("endpoints").Usage = "etcd client endpoints of an existing cluster (comma-separated host:port); when unset, resyncd starts an embedded etcd"
 	fs.StringVar(&o.dataDir, "data-dir", "resyncd.etcd", "data dir of the embedded etcd (used when --endpoints is not set)")
 	fs.StringVar(&o.clientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL the embedded etcd serves (https:// with --embed-cert-file)")
 	fs.StringVar(&o.peerURL, "listen-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
@@ -171,7 +172,7 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	if !external {
 		dir, _ := filepath.Abs(o.dataDir)
 		srv, err := embedetcd.Start(ctx, embedetcd.Config{
-			Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL,
+			Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL, Front: true,
 			Logger: zapToLogrus(log.WithField("component", "etcd")),
 			TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
 		})

@@ -42,6 +42,13 @@ type Config struct {
 	TLS TLS
 	// ReadyTimeout bounds the wait for the member to serve (default 60 s).
 	ReadyTimeout time.Duration
+	// Front serves clients through an in-process TCP front on ClientURL
+	// (etcd itself listens on a private loopback port). Close cuts the
+	// front's connections first, so it does not wait for clients' open
+	// watch and keepalive streams: etcd's own Close waits for them up to
+	// its request timeout (7 s with default raft timing). Use it when other
+	// processes stay connected while this member stops (resyncd).
+	Front bool
 }
 
 // TLS holds file paths for client-facing TLS.
@@ -52,7 +59,8 @@ type TLS struct {
 
 // Server is a running member.
 type Server struct {
-	etcd *embed.Etcd
+	etcd  *embed.Etcd
+	front *front
 }
 
 // Start starts the member and waits until it serves clients, the ctx ends,
@@ -88,6 +96,19 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("embedetcd: peer URL %q is not a URL like http://127.0.0.1:2380", peer)
 	}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	var fr *front
+	if c.Front {
+		fr, err = listenFront(cu.Host)
+		if err != nil {
+			return nil, fmt.Errorf("embedetcd: client URL %s: %w", c.ClientURL, err)
+		}
+		private := *cu
+		private.Host = "127.0.0.1:0"
+		cfg.ListenClientUrls = []url.URL{private}
+		adv := *cu
+		adv.Host = fr.ln.Addr().String()
+		cfg.AdvertiseClientUrls = []url.URL{adv}
+	}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	if c.InitialCluster != "" {
 		cfg.InitialCluster = c.InitialCluster
@@ -111,7 +132,16 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
+		if fr != nil {
+			fr.close()
+		}
 		return nil, fmt.Errorf("embedetcd: start %s (data dir %s): %w", cfg.Name, c.Dir, err)
+	}
+	fail := func() {
+		e.Close()
+		if fr != nil {
+			fr.close()
+		}
 	}
 	wait := c.ReadyTimeout
 	if wait == 0 {
@@ -121,21 +151,29 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	defer t.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
-		return &Server{etcd: e}, nil
+		if fr != nil {
+			fr.start(e.Clients[0].Addr().String())
+		}
+		return &Server{etcd: e, front: fr}, nil
 	case err := <-e.Err():
-		e.Close()
+		fail()
 		return nil, fmt.Errorf("embedetcd: %s failed while starting: %w", cfg.Name, err)
 	case <-ctx.Done():
-		e.Close()
+		fail()
 		return nil, fmt.Errorf("embedetcd: %s: %w", cfg.Name, ctx.Err())
 	case <-t.C:
-		e.Close()
+		fail()
 		return nil, fmt.Errorf("embedetcd: %s not ready after %v (is a quorum of its cluster up?)", cfg.Name, wait)
 	}
 }
 
 // Endpoint is the client address (host:port) the member really listens on.
-func (s *Server) Endpoint() string { return s.etcd.Clients[0].Addr().String() }
+func (s *Server) Endpoint() string {
+	if s.front != nil {
+		return s.front.ln.Addr().String()
+	}
+	return s.etcd.Clients[0].Addr().String()
+}
 
 // Err reports a fatal serving error.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
@@ -143,7 +181,13 @@ func (s *Server) Err() <-chan error { return s.etcd.Err() }
 // IsLeader reports whether this member leads raft.
 func (s *Server) IsLeader() bool { return s.etcd.Server.Leader() == s.etcd.Server.MemberID() }
 
-// Close stops the member: it stops accepting clients, closes their
-// connections, stops raft and flushes the backend, in that order (embed's
-// Close). The data dir stays valid for a restart.
-func (s *Server) Close() { s.etcd.Close() }
+// Close stops the member: it cuts the front's client connections (with
+// Front), then etcd stops accepting clients, closes their connections, stops
+// raft and flushes the backend, in that order (embed's Close). The data dir
+// stays valid for a restart.
+func (s *Server) Close() {
+	if s.front != nil {
+		s.front.close()
+	}
+	s.etcd.Close()
+}
