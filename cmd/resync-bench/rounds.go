@@ -38,14 +38,18 @@ type RoundRow struct {
 	NotActiveMissing int64 `json:"notactive_missing"`
 	// Floor: the same ack writes, uncoordinated (see floor).
 	Floor Dist `json:"etcd_floor"`
+	// FloorTxn: the same, each agent writing its plugins' acks in one Txn
+	// (as the watcher's outbox batches the acks that piled up).
+	FloorTxn Dist `json:"etcd_floor_txn"`
 	// Barrier: recipes.DoubleBarrier, Enter+Leave, same participants.
 	Barrier         Dist    `json:"double_barrier"`
 	BarrierTimedOut bool    `json:"double_barrier_timed_out,omitempty"`
 	BarrierTimeout  float64 `json:"double_barrier_timeout_ms,omitempty"`
 	BarrierError    string  `json:"double_barrier_error,omitempty"`
 	// Ratios of p50s.
-	OursOverFloor   float64 `json:"ours_over_floor_p50"`
-	OursOverBarrier float64 `json:"ours_over_barrier_p50,omitempty"`
+	OursOverFloor    float64 `json:"ours_over_floor_p50"`
+	OursOverFloorTxn float64 `json:"ours_over_floor_txn_p50"`
+	OursOverBarrier  float64 `json:"ours_over_barrier_p50,omitempty"`
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
@@ -56,10 +60,14 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 		return row, err
 	}
 	progress("%s: round p50 %.1f ms; etcd floor", sz, row.Round.P50)
-	if row.Floor, err = measureFloor(ctx, e, o, sz); err != nil {
+	if row.Floor, err = measureFloor(ctx, e, o, sz, false); err != nil {
+		return row, err
+	}
+	if row.FloorTxn, err = measureFloor(ctx, e, o, sz, true); err != nil {
 		return row, err
 	}
 	row.OursOverFloor = ratio(row.Round.P50, row.Floor.P50)
+	row.OursOverFloorTxn = ratio(row.Round.P50, row.FloorTxn.P50)
 	progress("%s: floor p50 %.1f ms; DoubleBarrier", sz, row.Floor.P50)
 	row.Barrier, row.BarrierTimedOut, err = measureBarrier(ctx, e, o, sz)
 	if err != nil {
@@ -157,8 +165,9 @@ func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.F
 // no coordination: one writer per agent, each putting its plugins' acks one
 // after another (an agent acks its plugins in registration order), all
 // agents at once; from the start to the last write acknowledged. One lease
-// per agent, granted before. One unmeasured sample first.
-func measureFloor(ctx context.Context, e *env, o options, sz size) (Dist, error) {
+// per agent, granted before. One unmeasured sample first. With batched, each
+// agent writes its plugins' acks in one Txn (at most 128 puts) instead.
+func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool) (Dist, error) {
 	prefix := fmt.Sprintf("/bench/floor-%s/", sz)
 	layout := schema.MustLayout(prefix)
 	defer e.wipe(ctx, prefix)
@@ -195,6 +204,21 @@ func measureFloor(ctx context.Context, e *env, o options, sz size) (Dist, error)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				if batched {
+					var ops []clientv3.Op
+					for p := range sz.Plugins {
+						ops = append(ops, clientv3.OpPut(layout.Ack(agent, fmt.Sprintf("plugin-%03d", p)), string(val), clientv3.WithLease(leases[a])))
+					}
+					for len(ops) > 0 {
+						n := min(len(ops), 128)
+						if _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+							errc <- err
+							return
+						}
+						ops = ops[n:]
+					}
+					return
+				}
 				for p := range sz.Plugins {
 					if _, err := c.Put(ctx, layout.Ack(agent, fmt.Sprintf("plugin-%03d", p)), string(val), clientv3.WithLease(leases[a])); err != nil {
 						errc <- err
