@@ -115,6 +115,8 @@ type roundHooks struct {
 	started  chan roundEvent
 	finished chan roundEvent
 	leading  atomic.Bool
+	// leadingAt is when Leading(true) was last called (unix ns).
+	leadingAt atomic.Int64
 	// lastResolved is when the last participant was resolved (unix ns).
 	lastResolved atomic.Int64
 }
@@ -131,7 +133,12 @@ func newRoundHooks() *roundHooks {
 	return &roundHooks{started: make(chan roundEvent, 64), finished: make(chan roundEvent, 64)}
 }
 
-func (h *roundHooks) Leading(b bool) { h.leading.Store(b) }
+func (h *roundHooks) Leading(b bool) {
+	if b {
+		h.leadingAt.Store(time.Now().UnixNano())
+	}
+	h.leading.Store(b)
+}
 
 func (h *roundHooks) RoundStarted(r schema.Round, resumed bool) {
 	select {

@@ -44,6 +44,7 @@ type options struct {
 	barrierTimeout  time.Duration
 	failovers       int
 	sessionTTL      time.Duration
+	standbySettle   time.Duration
 	memParticipants int
 	keyRounds       []int
 	keySize         size
@@ -76,6 +77,7 @@ func run() int {
 	flag.DurationVar(&o.barrierTimeout, "barrier-timeout", 60*time.Second, "give up one DoubleBarrier sample (and the size's later ones) after this")
 	flag.IntVar(&o.failovers, "failovers", 5, "failover samples of each kind")
 	flag.DurationVar(&o.sessionTTL, "session-ttl", 2*time.Second, "coordinator SessionTTL in the failover test")
+	flag.DurationVar(&o.standbySettle, "standby-settle", 250*time.Millisecond, "how long the standby campaigns before the leader stops (etcd catches up new watches every 100ms)")
 	flag.IntVar(&o.memParticipants, "mem-participants", 10000, "participants of the memory test")
 	flag.StringVar(&keyRounds, "key-rounds", "1,10,50", "count etcd keys after these rounds")
 	flag.StringVar(&keySize, "key-size", "100x10", "agents x plugins of the key-count test")

@@ -201,12 +201,12 @@ func printTable(w io.Writer, res *Results) {
 		}
 	}
 	if f := res.Failover; f != nil {
-		fmt.Fprintf(w, "\nFailover (%dx%d agents, coordinator SessionTTL %.0f ms; leader stops -> successor's Started for a pending request), ms\n",
-			f.Agents, f.Plugins, f.SessionTTLMs)
+		fmt.Fprintf(w, "\nFailover (%dx%d agents, coordinator SessionTTL %.0f ms, standby campaigning for %.0f ms; leader stops -> successor's Started for a pending request), ms\n",
+			f.Agents, f.Plugins, f.SessionTTLMs, f.StandbySettleMs)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "kind\tn\tmedian\tmin\tmax\t")
-		fmt.Fprintf(tw, "crash (client closed, no resign)\t%d\t%s\t%s\t%s\t\n", f.Crash.N, f1(f.Crash.P50), f1(f.Crash.Min), f1(f.Crash.Max))
-		fmt.Fprintf(tw, "graceful (Close: resign)\t%d\t%s\t%s\t%s\t\n", f.Graceful.N, f1(f.Graceful.P50), f1(f.Graceful.Min), f1(f.Graceful.Max))
+		fmt.Fprintln(tw, "kind\tn\tmedian\tmin\tmax\tto leading median\t")
+		fmt.Fprintf(tw, "crash (client closed, no resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Crash.N, f1(f.Crash.P50), f1(f.Crash.Min), f1(f.Crash.Max), f1(f.CrashLeading.P50))
+		fmt.Fprintf(tw, "graceful (Close: resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Graceful.N, f1(f.Graceful.P50), f1(f.Graceful.Min), f1(f.Graceful.Max), f1(f.GracefulLeading.P50))
 		tw.Flush()
 	}
 	if mm := res.Memory; mm != nil {
