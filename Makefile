@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TEST_TIMEOUT ?= 20m
 BIN       ?= bin
 
-.PHONY: all build binaries run demo test lint cover fuzz clean
+.PHONY: all build binaries run demo test lint cover fuzz clean bench bench-go
 
 all: lint build test
 
@@ -48,6 +48,21 @@ fuzz:
 		echo "== $$target ($(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) ./schema || exit 1; \
 	done
+
+## bench: build cmd/resync-bench and run it: one embedded etcd (fsync on),
+## round latency vs the etcd floor and a DoubleBarrier, failover, memory,
+## keys; a table on stdout and BENCH_OUT (JSON). BENCH_FLAGS selects sizes
+## and rounds for quick runs, e.g. BENCH_FLAGS="-sizes 1x1,10x10 -rounds 5".
+BENCH_OUT   ?= bench/results.json
+BENCH_FLAGS ?=
+bench:
+	$(GO) build -o $(BIN)/resync-bench ./cmd/resync-bench
+	$(BIN)/resync-bench -out $(BENCH_OUT) $(BENCH_FLAGS)
+
+## bench-go: the hot-path Go benchmarks (schema, coordinator, watcher).
+BENCHTIME ?= 1s
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./schema ./coordinator ./watcher
 
 clean:
 	rm -rf $(BIN) cover.out resyncd.etcd

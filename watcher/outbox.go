@@ -116,19 +116,36 @@ func (w *Watcher) flush(lease clientv3.LeaseID) error {
 	slices.SortFunc(acks, func(a, b item) int { return cmp.Compare(a.p.seq, b.p.seq) })
 
 	if lease != 0 {
-		for _, a := range acks {
-			b, err := schema.Encode(a.p.ack)
-			if err != nil {
-				w.log.WithError(err).WithField("plugin", a.plugin).Error("watcher: dropping an invalid ack")
-				w.dropAck(a.plugin, a.p.seq)
+		// One Txn per maxTxnOps acks instead of one Put each: an agent's
+		// plugins ack one after another, and the acks that piled up while
+		// the previous write was in flight go to etcd in one request (one
+		// raft entry, one fsync), in the order they were given.
+		for len(acks) > 0 {
+			batch := acks[:min(len(acks), maxTxnOps)]
+			acks = acks[len(batch):]
+			ops := make([]clientv3.Op, 0, len(batch))
+			sent := make([]item, 0, len(batch))
+			for _, a := range batch {
+				b, err := schema.Encode(a.p.ack)
+				if err != nil {
+					w.log.WithError(err).WithField("plugin", a.plugin).Error("watcher: dropping an invalid ack")
+					w.dropAck(a.plugin, a.p.seq)
+					continue
+				}
+				ops = append(ops, clientv3.OpPut(w.layout.Ack(w.agent, a.plugin), string(b), clientv3.WithLease(lease)))
+				sent = append(sent, a)
+			}
+			if len(ops) == 0 {
 				continue
 			}
-			if err := w.put(w.layout.Ack(w.agent, a.plugin), string(b), clientv3.WithLease(lease)); err != nil {
-				return fmt.Errorf("watcher: write ack of %q: %w", a.plugin, err)
+			if err := w.txn(ops); err != nil {
+				return fmt.Errorf("watcher: write the acks of %d plugins (first %q): %w", len(ops), sent[0].plugin, err)
 			}
-			w.dropAck(a.plugin, a.p.seq)
-			w.stats.acksWritten.Add(1)
-			w.log.WithFields(logrus.Fields{"plugin": a.plugin, "revision": a.p.ack.Revision, "result": a.p.ack.Result}).Debug("watcher: ack written")
+			for _, a := range sent {
+				w.dropAck(a.plugin, a.p.seq)
+				w.stats.acksWritten.Add(1)
+				w.log.WithFields(logrus.Fields{"plugin": a.plugin, "revision": a.p.ack.Revision, "result": a.p.ack.Result}).Debug("watcher: ack written")
+			}
 		}
 	}
 	for _, r := range reqs {
@@ -154,6 +171,16 @@ func (w *Watcher) dropAck(plugin string, seq uint64) {
 		delete(w.pendingAcks, plugin)
 	}
 	w.omu.Unlock()
+}
+
+// maxTxnOps stays within etcd's default --max-txn-ops (128).
+const maxTxnOps = 128
+
+func (w *Watcher) txn(ops []clientv3.Op) error {
+	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
+	defer cancel()
+	_, err := w.c.Txn(ctx).Then(ops...).Commit()
+	return err
 }
 
 func (w *Watcher) put(key, val string, opts ...clientv3.OpOption) error {

@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync"
+	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/schema"
+)
+
+// fleet is agents x plugins real resync.Plugin agents (each its own lease
+// and its own revision watch) on a bounded number of shared clients, and
+// the coordinators that run their rounds.
+type fleet struct {
+	env     *env
+	size    size
+	prefix  string
+	layout  schema.Layout
+	log     logrus.FieldLogger
+	clients []*clientv3.Client
+	agents  []*resync.Plugin
+	wg      sync.WaitGroup // the plugins' event loops
+
+	started   atomic.Int64 // Started events taken (and acked at once)
+	notActive atomic.Int64 // NotActive events taken
+}
+
+// startFleet starts the agents and waits until every registration is in
+// etcd. Agents are spread over ceil(agents/perClient) clients, agent i on
+// client i/perClient.
+func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient int, log logrus.FieldLogger) (*fleet, error) {
+	f := &fleet{env: e, size: sz, prefix: prefix, layout: schema.MustLayout(prefix), log: log}
+	var err error
+	if f.clients, err = e.clients(sz.clients(perClient)); err != nil {
+		return nil, err
+	}
+	for a := range sz.Agents {
+		cfg := resync.DefaultConfig(fmt.Sprintf("agent-%05d", a))
+		cfg.Prefix = prefix
+		p, err := resync.New(resync.Deps{Log: log, Client: f.clients[a/perClient]}, cfg)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		f.agents = append(f.agents, p)
+		for k := range sz.Plugins {
+			reg, err := p.RegisterE(fmt.Sprintf("plugin-%03d", k))
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
+			f.wg.Add(1)
+			go f.plugin(reg.StatusChan())
+		}
+	}
+	want := int64(sz.participants())
+	err = waitFor(ctx, 5*time.Minute, "registrations", func() (bool, error) {
+		n, err := e.count(ctx, f.layout.Registrations())
+		return n == want, err
+	})
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// plugin is a plugin that reloads nothing: it acks every Started at once.
+func (f *fleet) plugin(ch <-chan resync.StatusEvent) {
+	defer f.wg.Done()
+	for ev := range ch {
+		if ev.ResyncStatus() == resync.Started {
+			ev.Ack()
+			f.started.Add(1)
+		} else {
+			f.notActive.Add(1)
+		}
+	}
+}
+
+// Close stops the agents, a bounded number at a time: each one cancels its
+// single watch and revokes its lease, so no client ever sees thousands of
+// watches cancelled at once.
+func (f *fleet) Close() {
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for _, p := range f.agents {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Close()
+			<-sem
+		}()
+	}
+	wg.Wait()
+	f.wg.Wait()
+	closeClients(f.clients)
+	f.env.wipe(context.Background(), f.prefix)
+}
+
+// roundHooks timestamps rounds as the coordinator reports them. The hooks
+// never block: a full channel drops (the driver waits for one round at a
+// time, so it never fills).
+type roundHooks struct {
+	coordinator.NopHooks
+	started  chan roundEvent
+	finished chan roundEvent
+	leading  atomic.Bool
+	// leadingAt is when Leading(true) was last called (unix ns).
+	leadingAt atomic.Int64
+	// lastResolved is when the last participant was resolved (unix ns).
+	lastResolved atomic.Int64
+}
+
+func (h *roundHooks) Resolved(schema.PluginID, string) { h.lastResolved.Store(time.Now().UnixNano()) }
+
+type roundEvent struct {
+	at      time.Time
+	round   schema.Round
+	resumed bool
+}
+
+func newRoundHooks() *roundHooks {
+	return &roundHooks{started: make(chan roundEvent, 64), finished: make(chan roundEvent, 64)}
+}
+
+func (h *roundHooks) Leading(b bool) {
+	if b {
+		h.leadingAt.Store(time.Now().UnixNano())
+	}
+	h.leading.Store(b)
+}
+
+func (h *roundHooks) RoundStarted(r schema.Round, resumed bool) {
+	select {
+	case h.started <- roundEvent{at: time.Now(), round: r, resumed: resumed}:
+	default:
+	}
+}
+
+func (h *roundHooks) RoundFinished(r schema.Round) {
+	select {
+	case h.finished <- roundEvent{at: time.Now(), round: r}:
+	default:
+	}
+}
+
+// coord is one coordinator on its own client.
+type coord struct {
+	c     *clientv3.Client
+	co    *coordinator.Coordinator
+	hooks *roundHooks
+}
+
+func startCoord(e *env, cfg coordinator.Config, log logrus.FieldLogger) (*coord, error) {
+	c, err := e.client()
+	if err != nil {
+		return nil, err
+	}
+	h := newRoundHooks()
+	co, err := coordinator.New(c, cfg, coordinator.WithLogger(log), coordinator.WithHooks(h))
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &coord{c: c, co: co, hooks: h}, nil
+}
+
+func (k *coord) Close() {
+	k.co.Close()
+	k.c.Close()
+}
+
+// request writes requests/<id> (cause manual, scope all).
+func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string) error {
+	now := time.Now().UTC()
+	b, err := schema.Encode(schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now})
+	if err != nil {
+		return err
+	}
+	_, err = c.Put(ctx, layout.Request(schema.NewRequestID(now)), string(b))
+	return err
+}
+
+var errRound = errors.New("round")
+
+// waitRound waits for the next event on ch, at most d.
+func waitRound(ctx context.Context, ch <-chan roundEvent, d time.Duration, what string) (roundEvent, error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case ev := <-ch:
+		return ev, nil
+	case <-t.C:
+		return roundEvent{}, fmt.Errorf("%w: no %s within %v", errRound, what, d)
+	case <-ctx.Done():
+		return roundEvent{}, ctx.Err()
+	}
+}
+
+// checkClean verifies that every participant of r acked.
+func checkClean(r schema.Round, want int) error {
+	c := r.Counts
+	if c.Participants != want || c.Acked != want {
+		return fmt.Errorf("%w %d: %d participants (want %d), %d acked, %d failed, %d timed out, %d departed",
+			errRound, r.Revision, c.Participants, want, c.Acked, c.Failed, c.TimedOut, c.Departed)
+	}
+	return nil
+}

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Machine describes where the run happened.
+type Machine struct {
+	GOOS       string `json:"goos"`
+	GOARCH     string `json:"goarch"`
+	NumCPU     int    `json:"num_cpu"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	GoVersion  string `json:"go_version"`
+	Hostname   string `json:"hostname"`
+}
+
+// Settings are the run's documented settings.
+type Settings struct {
+	Etcd             string  `json:"etcd"`
+	Rounds           int     `json:"rounds"`
+	Warmup           int     `json:"warmup_rounds"`
+	AgentsPerClient  int     `json:"agents_per_client"`
+	CoalesceWindowMs float64 `json:"coalesce_window_ms"`
+	BarrierRounds    int     `json:"double_barrier_rounds"`
+	BarrierTimeoutMs float64 `json:"double_barrier_timeout_ms"`
+	AgentConfig      string  `json:"agent_config"`
+}
+
+// Target is one goal and whether this run met it.
+type Target struct {
+	Name     string `json:"name"`
+	Goal     string `json:"goal"`
+	Measured string `json:"measured"`
+	Met      bool   `json:"met"`
+}
+
+// Results is the JSON document of a run.
+type Results struct {
+	Machine  Machine         `json:"machine"`
+	Settings Settings        `json:"settings"`
+	Start    time.Time       `json:"start"`
+	WallS    float64         `json:"wall_s"`
+	Rounds   []RoundRow      `json:"rounds,omitempty"`
+	Failover *FailoverResult `json:"failover,omitempty"`
+	Memory   *MemoryResult   `json:"memory,omitempty"`
+	Keys     []KeysRow       `json:"keys,omitempty"`
+	Targets  []Target        `json:"targets"`
+	Error    string          `json:"error,omitempty"`
+}
+
+func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, error) {
+	res := &Results{Machine: machine(), Start: time.Now().UTC(), Settings: Settings{
+		Etcd:             "embedded v3.7.3, single member, default ticks (100/1000 ms), fsync on",
+		Rounds:           o.rounds,
+		Warmup:           o.warmup,
+		AgentsPerClient:  o.agentsPerClient,
+		CoalesceWindowMs: ms(o.coalesce),
+		BarrierRounds:    o.barrierRounds,
+		BarrierTimeoutMs: ms(o.barrierTimeout),
+		AgentConfig:      "resync.DefaultConfig: TTL 10s, accept 1s, ack 10s; plugins ack at once",
+	}}
+	defer func() { res.WallS = time.Since(res.Start).Seconds(); res.Targets = targets(res, o) }()
+	progress("starting embedded etcd")
+	e, err := startEnv(ctx, o.dir)
+	if err != nil {
+		return res, err
+	}
+	defer e.Close()
+	fail := func(err error) (*Results, error) {
+		res.Error = err.Error()
+		return res, err
+	}
+	if o.only["rounds"] {
+		for _, sz := range o.sizes {
+			row, err := measureSize(ctx, e, o, sz, log)
+			res.Rounds = append(res.Rounds, row)
+			if err != nil {
+				return fail(fmt.Errorf("rounds %s: %w", sz, err))
+			}
+		}
+	}
+	if o.only["failover"] {
+		progress("failover")
+		res.Failover, err = measureFailover(ctx, e, o, log)
+		if err != nil {
+			return fail(fmt.Errorf("failover: %w", err))
+		}
+	}
+	if o.only["memory"] {
+		progress("memory: %d participants", o.memParticipants)
+		res.Memory, err = measureMemory(ctx, e, o)
+		if err != nil {
+			return fail(fmt.Errorf("memory: %w", err))
+		}
+	}
+	if o.only["keys"] {
+		progress("keys: %s", o.keySize)
+		res.Keys, err = measureKeys(ctx, e, o, log)
+		if err != nil {
+			return fail(fmt.Errorf("keys: %w", err))
+		}
+	}
+	return res, nil
+}
+
+func targets(res *Results, o options) []Target {
+	var out []Target
+	if n := len(res.Rounds); n > 0 {
+		// The goal is stated for 1000x10; the largest size measured stands
+		// in for it in quick runs (its name says which).
+		r := res.Rounds[n-1]
+		for _, x := range res.Rounds {
+			if x.Agents == 1000 && x.Plugins == 10 {
+				r = x
+			}
+		}
+		name := fmt.Sprintf("round %dx%d vs etcd floor", r.Agents, r.Plugins)
+		out = append(out, Target{Name: name, Goal: "p50 <= 1.5 x floor p50",
+			Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); vs the batched floor %.2f x (%.1f ms)",
+				r.OursOverFloor, r.Round.P50, r.Floor.P50, r.OursOverFloorTxn, r.FloorTxn.P50),
+			Met: r.Floor.N > 0 && r.OursOverFloor <= 1.5})
+		b := Target{Name: fmt.Sprintf("round %dx%d vs DoubleBarrier", r.Agents, r.Plugins), Goal: "p50 < DoubleBarrier p50"}
+		switch {
+		case r.Barrier.N > 0:
+			b.Measured = fmt.Sprintf("%.2f x (%.1f / %.1f ms)", r.OursOverBarrier, r.Round.P50, r.Barrier.P50)
+			b.Met = r.Round.P50 < r.Barrier.P50
+		case r.BarrierTimedOut:
+			b.Measured = fmt.Sprintf("%.1f ms vs DoubleBarrier > %.0f ms (timed out)", r.Round.P50, r.BarrierTimeout)
+			b.Met = r.Round.P50 < r.BarrierTimeout
+		default:
+			b.Measured = "DoubleBarrier not measured: " + r.BarrierError
+		}
+		out = append(out, b)
+	}
+	if f := res.Failover; f != nil {
+		lim := f.SessionTTLMs + 500
+		out = append(out,
+			Target{Name: "crash failover", Goal: fmt.Sprintf("median <= TTL + 0.5 s (%.0f ms)", lim),
+				Measured: fmt.Sprintf("%.0f ms (n=%d)", f.Crash.P50, f.Crash.N), Met: f.Crash.N > 0 && f.Crash.P50 <= lim},
+			Target{Name: "graceful failover", Goal: "median <= 50 ms",
+				Measured: fmt.Sprintf("%.1f ms (n=%d)", f.Graceful.P50, f.Graceful.N), Met: f.Graceful.N > 0 && f.Graceful.P50 <= 50})
+	}
+	if m := res.Memory; m != nil {
+		out = append(out, Target{Name: "coordinator heap", Goal: "<= 2048 B per participant",
+			Measured: fmt.Sprintf("%.0f B per participant at %d", m.PerParticipant, m.Participants), Met: m.PerParticipant <= 2048})
+	}
+	if len(res.Keys) > 0 {
+		same := true
+		for _, k := range res.Keys {
+			same = same && k.PerParticipantState == res.Keys[0].PerParticipantState && k.Requests == 0
+		}
+		first, last := res.Keys[0], res.Keys[len(res.Keys)-1]
+		out = append(out, Target{Name: "etcd keys per participant", Goal: "constant over rounds",
+			Measured: fmt.Sprintf("%.3f after %d rounds, %.3f after %d (state keys %.3f; round records %d, kept <= History)",
+				first.PerParticipant, first.Rounds, last.PerParticipant, last.Rounds, last.PerParticipantState, last.RoundRecords),
+			Met: same})
+	}
+	return out
+}
+
+func printTable(w io.Writer, res *Results) {
+	m := res.Machine
+	fmt.Fprintf(w, "resync-bench: %s/%s, %d CPUs, %s; %s\n", m.GOOS, m.GOARCH, m.NumCPU, m.GoVersion, res.Settings.Etcd)
+	fmt.Fprintf(w, "coordinator CoalesceWindow %.0f ms; %d agents per etcd client; %d rounds per size (p50/p99 nearest rank); wall %.0f s\n",
+		res.Settings.CoalesceWindowMs, res.Settings.AgentsPerClient, res.Settings.Rounds, res.WallS)
+	if len(res.Rounds) > 0 {
+		fmt.Fprintln(w, "\nRound latency (request written -> revision NotActive, every participant acked), ms")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "agents x plugins\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tfloor p99\tfloor txn p50\tbarrier p50\tbarrier p99\tours/floor\tours/floor txn\tours/barrier\t")
+		for _, r := range res.Rounds {
+			bp50, bp99, rb := "-", "-", "-"
+			switch {
+			case r.Barrier.N > 0:
+				bp50, bp99 = f1(r.Barrier.P50), f1(r.Barrier.P99)
+				rb = fmt.Sprintf("%.2f", r.OursOverBarrier)
+			case r.BarrierTimedOut:
+				bp50 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
+				rb = fmt.Sprintf("<%.3f", r.OursOverBarrier)
+			}
+			if r.Barrier.N > 0 && r.BarrierTimedOut {
+				bp99 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
+			}
+			fmt.Fprintf(tw, "%dx%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t\n", r.Agents, r.Plugins, r.Participants, r.Clients,
+				f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50), f1(r.Floor.P50), f1(r.Floor.P99), f1(r.FloorTxn.P50),
+				bp50, bp99, r.OursOverFloor, r.OursOverFloorTxn, rb)
+		}
+		tw.Flush()
+		for _, r := range res.Rounds {
+			if r.NotActiveMissing > 0 {
+				fmt.Fprintf(w, "  %dx%d: %d NotActive events not taken within 30 s\n", r.Agents, r.Plugins, r.NotActiveMissing)
+			}
+			if r.BarrierError != "" {
+				fmt.Fprintf(w, "  %dx%d: DoubleBarrier failed: %s\n", r.Agents, r.Plugins, r.BarrierError)
+			}
+		}
+	}
+	if f := res.Failover; f != nil {
+		fmt.Fprintf(w, "\nFailover (%dx%d agents, coordinator SessionTTL %.0f ms, standby campaigning for %.0f ms; leader stops -> successor's Started for a pending request), ms\n",
+			f.Agents, f.Plugins, f.SessionTTLMs, f.StandbySettleMs)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "kind\tn\tmedian\tmin\tmax\tto leading median\t")
+		fmt.Fprintf(tw, "crash (client closed, no resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Crash.N, f1(f.Crash.P50), f1(f.Crash.Min), f1(f.Crash.Max), f1(f.CrashLeading.P50))
+		fmt.Fprintf(tw, "graceful (Close: resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Graceful.N, f1(f.Graceful.P50), f1(f.Graceful.Min), f1(f.Graceful.Max), f1(f.GracefulLeading.P50))
+		tw.Flush()
+	}
+	if mm := res.Memory; mm != nil {
+		fmt.Fprintf(w, "\nCoordinator memory (%s)\n", mm.Method)
+		fmt.Fprintf(w, "  %d participants (%d agents), %d rounds: live heap %.1f MiB -> %.1f MiB = %.0f B per participant; peak HeapAlloc %.1f MiB; %d goroutines\n",
+			mm.Participants, mm.Agents, mm.Rounds, mib(mm.HeapBefore), mib(mm.HeapAfter), mm.PerParticipant, mib(mm.PeakHeap), mm.Goroutines)
+	}
+	if len(res.Keys) > 0 {
+		fmt.Fprintln(w, "\netcd keys under the prefix")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "after rounds\tparticipants\tkeys\tregistrations\tacks\trounds/\trequests/\tother\tkeys/participant\t(registrations+acks)/participant\t")
+		for _, k := range res.Keys {
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.3f\t%.3f\t\n", k.Rounds, k.Participants, k.Keys, k.Registrations, k.Acks,
+				k.RoundRecords, k.Requests, k.Other, k.PerParticipant, k.PerParticipantState)
+		}
+		tw.Flush()
+	}
+	if len(res.Targets) > 0 {
+		fmt.Fprintln(w, "\nTargets")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, t := range res.Targets {
+			mark := "MET"
+			if !t.Met {
+				mark = "MISSED"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", mark, t.Name, t.Goal, t.Measured)
+		}
+		tw.Flush()
+	}
+	if res.Error != "" {
+		fmt.Fprintf(w, "\nrun stopped early: %s\n", res.Error)
+	}
+}
+
+func f1(v float64) string { return fmt.Sprintf("%.1f", v) }
+
+func mib(b uint64) float64 { return float64(b) / (1 << 20) }

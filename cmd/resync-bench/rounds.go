@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	recipe "go.etcd.io/etcd/client/v3/experimental/recipes"
+
+	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/schema"
+)
+
+// RoundRow is one size of the round-latency table.
+type RoundRow struct {
+	Agents       int `json:"agents"`
+	Plugins      int `json:"plugins_per_agent"`
+	Participants int `json:"participants"`
+	Clients      int `json:"etcd_clients"`
+	// Round: request written -> the coordinator's RoundFinished hook (the
+	// revision NotActive committed), every participant acked.
+	Round Dist `json:"round"`
+	// ToStarted: request written -> RoundStarted hook (revision Started
+	// committed).
+	ToStarted Dist `json:"to_started"`
+	// AllAcked: request written -> the coordinator resolved the last
+	// participant (its Resolved hook); the rest of Round is writing the
+	// round's summary and the revision NotActive.
+	AllAcked Dist `json:"to_all_acked"`
+	// NotActiveMissing counts plugins that had not taken NotActive 30 s
+	// after a round finished (should be 0).
+	NotActiveMissing int64 `json:"notactive_missing"`
+	// Floor: the same ack writes, uncoordinated (see floor).
+	Floor Dist `json:"etcd_floor"`
+	// FloorTxn: the same, each agent writing its plugins' acks in one Txn
+	// (as the watcher's outbox batches the acks that piled up).
+	FloorTxn Dist `json:"etcd_floor_txn"`
+	// Barrier: recipes.DoubleBarrier, Enter+Leave, same participants.
+	Barrier         Dist    `json:"double_barrier"`
+	BarrierTimedOut bool    `json:"double_barrier_timed_out,omitempty"`
+	BarrierTimeout  float64 `json:"double_barrier_timeout_ms,omitempty"`
+	BarrierError    string  `json:"double_barrier_error,omitempty"`
+	// Ratios of p50s.
+	OursOverFloor    float64 `json:"ours_over_floor_p50"`
+	OursOverFloorTxn float64 `json:"ours_over_floor_txn_p50"`
+	OursOverBarrier  float64 `json:"ours_over_barrier_p50,omitempty"`
+}
+
+func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
+	row := RoundRow{Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.participants(), Clients: sz.clients(o.agentsPerClient)}
+	var err error
+	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
+	if row.Round, row.ToStarted, row.AllAcked, row.NotActiveMissing, err = measureRounds(ctx, e, o, sz, log); err != nil {
+		return row, err
+	}
+	progress("%s: round p50 %.1f ms; etcd floor", sz, row.Round.P50)
+	if row.Floor, err = measureFloor(ctx, e, o, sz, false); err != nil {
+		return row, err
+	}
+	if row.FloorTxn, err = measureFloor(ctx, e, o, sz, true); err != nil {
+		return row, err
+	}
+	row.OursOverFloor = ratio(row.Round.P50, row.Floor.P50)
+	row.OursOverFloorTxn = ratio(row.Round.P50, row.FloorTxn.P50)
+	progress("%s: floor p50 %.1f ms; DoubleBarrier", sz, row.Floor.P50)
+	row.Barrier, row.BarrierTimedOut, err = measureBarrier(ctx, e, o, sz)
+	if err != nil {
+		row.BarrierError = err.Error()
+		progress("%s: DoubleBarrier: %v", sz, err)
+	}
+	if row.BarrierTimedOut {
+		row.BarrierTimeout = ms(o.barrierTimeout)
+	}
+	if row.Barrier.N > 0 {
+		row.OursOverBarrier = ratio(row.Round.P50, row.Barrier.P50)
+	} else if row.BarrierTimedOut {
+		row.OursOverBarrier = ratio(row.Round.P50, row.BarrierTimeout)
+	}
+	return row, ctx.Err()
+}
+
+func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (round, toStarted, allAcked Dist, missing int64, err error) {
+	prefix := fmt.Sprintf("/bench/rounds-%s/", sz)
+	f, err := startFleet(ctx, e, sz, prefix, o.agentsPerClient, log)
+	if err != nil {
+		return round, toStarted, allAcked, 0, err
+	}
+	defer f.Close()
+	k, err := startCoord(e, coordinator.Config{ID: "bench", Prefix: prefix, CoalesceWindow: o.coalesce}, log)
+	if err != nil {
+		return round, toStarted, allAcked, 0, err
+	}
+	defer k.Close()
+	want := sz.participants()
+	waitNotActive := func(base int64) {
+		err := waitFor(ctx, 30*time.Second, "NotActive", func() (bool, error) { return f.notActive.Load()-base >= int64(want), nil })
+		if err != nil {
+			missing += int64(want) - (f.notActive.Load() - base)
+		}
+	}
+
+	// Round 1 is the first leader's initial round (with the agents' join
+	// resyncs); it is not measured.
+	base := f.notActive.Load()
+	if _, err := waitRound(ctx, k.hooks.started, 2*time.Minute, "initial RoundStarted"); err != nil {
+		return round, toStarted, allAcked, 0, err
+	}
+	fin, err := waitRound(ctx, k.hooks.finished, 5*time.Minute, "initial RoundFinished")
+	if err != nil {
+		return round, toStarted, allAcked, 0, err
+	}
+	if err := checkClean(fin.round, want); err != nil {
+		return round, toStarted, allAcked, 0, err
+	}
+	waitNotActive(base)
+	n := fin.round.Revision
+
+	var lat, st, acked []time.Duration
+	for i := range o.warmup + o.rounds {
+		if i == o.warmup && o.cpuProfile != "" {
+			stop, err := startProfile(fmt.Sprintf("%s.%s", o.cpuProfile, sz))
+			if err != nil {
+				return round, toStarted, allAcked, missing, err
+			}
+			defer stop()
+		}
+		base := f.notActive.Load()
+		t0 := time.Now()
+		if err := request(ctx, e.kv, f.layout, "resync-bench"); err != nil {
+			return round, toStarted, allAcked, missing, err
+		}
+		s, err := waitRound(ctx, k.hooks.started, time.Minute, "RoundStarted")
+		if err != nil {
+			return round, toStarted, allAcked, missing, err
+		}
+		fin, err := waitRound(ctx, k.hooks.finished, 5*time.Minute, "RoundFinished")
+		if err != nil {
+			return round, toStarted, allAcked, missing, err
+		}
+		if err := checkClean(fin.round, want); err != nil {
+			return round, toStarted, allAcked, missing, err
+		}
+		if fin.round.Revision != n+1 || s.round.Revision != n+1 {
+			return round, toStarted, allAcked, missing, fmt.Errorf("%w: revision %d after %d", errRound, fin.round.Revision, n)
+		}
+		n++
+		if i >= o.warmup {
+			lat = append(lat, fin.at.Sub(t0))
+			st = append(st, s.at.Sub(t0))
+			acked = append(acked, time.Unix(0, k.hooks.lastResolved.Load()).Sub(t0))
+		}
+		waitNotActive(base)
+	}
+	return dist(lat), dist(st), dist(acked), missing, nil
+}
+
+// measureFloor is the etcd floor of a round: the same number of ack writes
+// (an encoded schema.Ack, on a lease) from the same number of clients, with
+// no coordination: one writer per agent, each putting its plugins' acks one
+// after another (an agent acks its plugins in registration order), all
+// agents at once; from the start to the last write acknowledged. One lease
+// per agent, granted before. One unmeasured sample first. With batched, each
+// agent writes its plugins' acks in one Txn (at most 128 puts) instead.
+func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool) (Dist, error) {
+	prefix := fmt.Sprintf("/bench/floor-%s/", sz)
+	layout := schema.MustLayout(prefix)
+	defer e.wipe(ctx, prefix)
+	clients, err := e.clients(sz.clients(o.agentsPerClient))
+	if err != nil {
+		return Dist{}, err
+	}
+	defer closeClients(clients)
+	leases := make([]clientv3.LeaseID, sz.Agents)
+	for a := range leases {
+		l, err := clients[a/o.agentsPerClient].Grant(ctx, 60)
+		if err != nil {
+			return Dist{}, err
+		}
+		leases[a] = l.ID
+	}
+	defer func() {
+		for a, l := range leases {
+			clients[a/o.agentsPerClient].Revoke(context.Background(), l)
+		}
+	}()
+	val, err := schema.Encode(schema.Ack{Revision: 1000, Result: schema.ResultOK, AckedAt: time.Now().UTC()})
+	if err != nil {
+		return Dist{}, err
+	}
+	var samples []time.Duration
+	for i := range o.rounds + 1 {
+		var wg sync.WaitGroup
+		errc := make(chan error, sz.Agents)
+		start := time.Now()
+		for a := range sz.Agents {
+			c := clients[a/o.agentsPerClient]
+			agent := fmt.Sprintf("agent-%05d", a)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if batched {
+					var ops []clientv3.Op
+					for p := range sz.Plugins {
+						ops = append(ops, clientv3.OpPut(layout.Ack(agent, fmt.Sprintf("plugin-%03d", p)), string(val), clientv3.WithLease(leases[a])))
+					}
+					for len(ops) > 0 {
+						n := min(len(ops), 128)
+						if _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+							errc <- err
+							return
+						}
+						ops = ops[n:]
+					}
+					return
+				}
+				for p := range sz.Plugins {
+					if _, err := c.Put(ctx, layout.Ack(agent, fmt.Sprintf("plugin-%03d", p)), string(val), clientv3.WithLease(leases[a])); err != nil {
+						errc <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		d := time.Since(start)
+		close(errc)
+		if err := <-errc; err != nil {
+			return Dist{}, fmt.Errorf("floor: %w", err)
+		}
+		if i > 0 {
+			samples = append(samples, d)
+		}
+	}
+	return dist(samples), nil
+}
+
+// measureBarrier runs etcd's recipes.DoubleBarrier with agents x plugins
+// participants: one session (lease) per agent shared by its plugins, the
+// clients shared as the agents share theirs; a sample is from the start of
+// every Enter to the return of the last Leave. The recipes take no ctx and
+// Enter returns nil when its client is closed, so a sample that overruns
+// -barrier-timeout is abandoned by closing its clients, counted as timed out,
+// and none of its results is trusted; the size's later samples are skipped.
+func measureBarrier(ctx context.Context, e *env, o options, sz size) (Dist, bool, error) {
+	prefix := fmt.Sprintf("/bench/barrier-%s/", sz)
+	defer e.wipe(ctx, prefix)
+	clients, err := e.clients(sz.clients(o.agentsPerClient))
+	if err != nil {
+		return Dist{}, false, err
+	}
+	defer closeClients(clients)
+	sessions := make([]*concurrency.Session, sz.Agents)
+	for a := range sessions {
+		if sessions[a], err = concurrency.NewSession(clients[a/o.agentsPerClient], concurrency.WithTTL(60)); err != nil {
+			return Dist{}, false, err
+		}
+	}
+	closed := false
+	defer func() {
+		for _, s := range sessions {
+			if closed {
+				s.Orphan()
+			} else {
+				s.Close()
+			}
+		}
+	}()
+	n := sz.participants()
+	var samples []time.Duration
+	for i := range o.barrierRounds {
+		key := fmt.Sprintf("%sb%d", prefix, i)
+		var wg sync.WaitGroup
+		errc := make(chan error, n)
+		start := time.Now()
+		for a := range sz.Agents {
+			for range sz.Plugins {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					b := recipe.NewDoubleBarrier(sessions[a], key, n)
+					if err := b.Enter(); err != nil {
+						errc <- fmt.Errorf("enter: %w", err)
+						return
+					}
+					if err := b.Leave(); err != nil {
+						errc <- fmt.Errorf("leave: %w", err)
+					}
+				}()
+			}
+		}
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		t := time.NewTimer(o.barrierTimeout)
+		select {
+		case <-done:
+			t.Stop()
+		case <-t.C:
+			// Abandon: closing the clients unblocks the recipes (with
+			// nil errors that mean nothing).
+			closed = true
+			closeClients(clients)
+			<-done
+			return dist(samples), true, nil
+		case <-ctx.Done():
+			closed = true
+			closeClients(clients)
+			<-done
+			return dist(samples), false, ctx.Err()
+		}
+		d := time.Since(start)
+		close(errc)
+		if err := <-errc; err != nil {
+			return dist(samples), false, fmt.Errorf("double barrier %s: %w", sz, err)
+		}
+		left, err := e.count(ctx, key+"/waiters")
+		if err != nil {
+			return dist(samples), false, err
+		}
+		if left != 0 {
+			return dist(samples), false, fmt.Errorf("double barrier %s: %d waiters left after every Leave returned", sz, left)
+		}
+		samples = append(samples, d)
+	}
+	return dist(samples), false, nil
+}
+
+// startProfile starts a CPU profile into path; stop ends it.
+func startProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
