@@ -404,8 +404,10 @@ func (l *leader) finish(now time.Time) error {
 	rec.FinishedAt = now.UTC()
 	rec.DurationMS = float64(now.Sub(rec.StartedAt).Microseconds()) / 1000
 	rec.FinishedBy = l.identity
-	rev := *l.rev
-	if rev.Revision != rec.Revision { // resumed from a round record
+	var rev schema.Revision
+	if l.rev != nil && l.rev.Revision == rec.Revision {
+		rev = *l.rev
+	} else { // resumed from a round record
 		rev = schema.Revision{Revision: rec.Revision, Reason: rec.Reason, Cause: rec.Cause, Scope: rec.Scope,
 			Participants: len(rec.Participants), StartedAt: rec.StartedAt, Deadline: rec.Deadline}
 	}
