@@ -482,8 +482,15 @@ func retryScope(rec schema.Round) schema.Scope {
 func (l *leader) fencedTxn(ops []clientv3.Op) error {
 	pause := 50 * time.Millisecond
 	for {
+		if l.co.faults.beforeWrite != nil {
+			l.co.faults.beforeWrite()
+		}
 		ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
-		resp, err := l.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.term)).Then(ops...).Commit()
+		txn := l.c.Txn(ctx)
+		if !l.co.faults.unfenced {
+			txn = txn.If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.term))
+		}
+		resp, err := txn.Then(ops...).Commit()
 		cancel()
 		if err == nil {
 			if !resp.Succeeded {
