@@ -68,12 +68,12 @@ func TestChaos(t *testing.T) {
 			}
 			d = v
 		}
-		runChaos(t, chaosOptions{seed: seed, duration: d, fenced: true})
+		runChaos(t, chaosOptions{seed: seed, duration: d})
 		return
 	}
 	for _, seed := range []uint64{1, 20261125, uint64(time.Now().UnixNano())} {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			runChaos(t, chaosOptions{seed: seed, duration: defaultChaosDuration, fenced: true})
+			runChaos(t, chaosOptions{seed: seed, duration: defaultChaosDuration})
 		})
 	}
 }
@@ -81,7 +81,6 @@ func TestChaos(t *testing.T) {
 type chaosOptions struct {
 	seed     uint64
 	duration time.Duration
-	fenced   bool // false: coordinators run without fencing (test-only hook)
 }
 
 // chaosEnv is one run: the cluster, the coordinators, the agents and the
@@ -206,7 +205,6 @@ func (env *chaosEnv) startCoord(slot, gen int) {
 		BackoffMin: 200 * time.Millisecond, BackoffMax: 2 * time.Second, History: 10000, OpTimeout: 2 * time.Second,
 	}
 	opts := []coordinator.Option{coordinator.WithLogger(env.log.WithField("test_coord", cfg.ID))}
-	opts = append(opts, env.coordTestOptions()...)
 	co, err := coordinator.New(c, cfg, opts...)
 	if err != nil {
 		env.t.Fatal(err)
@@ -238,8 +236,6 @@ func (cc *chaosCoord) close() {
 	cc.co.Close()
 	cc.c.Close()
 }
-
-func (env *chaosEnv) coordTestOptions() []coordinator.Option { return nil }
 
 // --- agents ---
 
