@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -174,12 +173,13 @@ func runChaos(t *testing.T, o chaosOptions) {
 
 	rep := env.h.Check()
 	kinds := make([]string, 0, len(env.faults))
+	total := 0
 	for k, n := range env.faults {
 		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
+		total += n
 	}
 	sort.Strings(kinds)
-	t.Logf("chaos seed=%d faults: %s", o.seed, strings.Join(kinds, " "))
-	t.Logf("chaos seed=%d %s", o.seed, rep.Summary())
+	t.Logf("chaos seed=%d faults=%d [%s] %s", o.seed, total, strings.Join(kinds, " "), rep.Summary())
 	for i, v := range rep.Violations {
 		if i == 50 {
 			t.Errorf("... %d more violations", len(rep.Violations)-50)
@@ -726,7 +726,7 @@ func (env *chaosEnv) teardown() {
 	for _, cc := range env.coords {
 		cc.close()
 	}
-	env.coords = slices.DeleteFunc(env.coords, func(*chaosCoord) bool { return true })
+	env.coords = nil
 	if env.obs != nil {
 		// Let the observer catch up with the last writes: a marker under
 		// the prefix (in no key family) that it must see.
