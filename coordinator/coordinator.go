@@ -57,6 +57,7 @@ type Coordinator struct {
 	c      *clientv3.Client
 	log    logrus.FieldLogger
 	hooks  Hooks
+	faults testFaults // zero unless built with the resync_chaos tag (testfaults.go)
 
 	ctx       context.Context
 	cancel    context.CancelFunc

@@ -332,37 +332,27 @@ func (l *leader) load() error {
 func (l *leader) tryLoad() error {
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
 	defer cancel()
-	last, err := l.c.Get(ctx, l.layout.Rounds(), clientv3.WithLastKey()...)
-	if err != nil {
-		return err
-	}
-	var maxRound uint64
-	for _, kv := range last.Kvs {
-		if k, err := l.layout.Parse(string(kv.Key)); err == nil && k.Kind == schema.KindRound {
-			maxRound = k.Round
-		}
-	}
 	resp, err := l.c.Get(ctx, l.layout.Revision())
 	if err != nil {
 		return err
 	}
-	l.lastN = maxRound
-	if len(resp.Kvs) == 0 {
-		if maxRound == 0 {
-			l.initial = "initial resync: first coordinator leader"
-		} else {
-			l.initial = fmt.Sprintf("revision key missing (last round %d); resync to recover", maxRound)
+	if len(resp.Kvs) == 1 {
+		rev, err := schema.DecodeRevision(l.layout.Revision(), resp.Kvs[0].Value)
+		if err == nil {
+			return l.loadRevision(ctx, rev)
 		}
-		return nil
+		l.log.WithError(err).Error("coordinator: the revision record is malformed; recovering from the round records")
+		return l.loadRounds(ctx, "revision record unreadable")
 	}
-	rev, err := schema.DecodeRevision(l.layout.Revision(), resp.Kvs[0].Value)
-	if err != nil {
-		l.log.WithError(err).Error("coordinator: the revision record is malformed; starting a new round to recover")
-		l.initial = "revision record unreadable; resync to recover"
-		return nil
-	}
+	return l.loadRounds(ctx, "revision key missing")
+}
+
+// loadRevision continues from a readable revision record: it is the truth
+// about N (rounds/ keys are not consulted for N: a garbage key with a higher
+// number must not make N skip).
+func (l *leader) loadRevision(ctx context.Context, rev schema.Revision) error {
 	l.rev = &rev
-	l.lastN = max(maxRound, rev.Revision)
+	l.lastN = rev.Revision
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 	if rev.State != schema.Started {
 		return nil
@@ -385,5 +375,64 @@ func (l *leader) tryLoad() error {
 	l.rebuild = true
 	l.resume = &schema.Round{Revision: rev.Revision, State: schema.Started, Reason: rev.Reason, Cause: rev.Cause,
 		Scope: rev.Scope, StartedAt: rev.StartedAt, Deadline: rev.Deadline, StartedBy: rev.Leader, Participants: nil}
+	return nil
+}
+
+// roundScan bounds how many rounds/ keys loadRounds reads, newest first,
+// looking for one that decodes.
+const roundScan = 100
+
+// loadRounds continues when the revision key is missing or unreadable
+// (why): the newest round record that decodes says where the rounds stand.
+// A Started one is resumed, as after any failover; otherwise a new round
+// starts at once to recover. Malformed round records are logged and
+// skipped, so that garbage under rounds/ neither makes N skip nor abandons
+// a running round.
+func (l *leader) loadRounds(ctx context.Context, why string) error {
+	resp, err := l.c.Get(ctx, l.layout.Rounds(), clientv3.WithPrefix(),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(roundScan))
+	if err != nil {
+		return err
+	}
+	var last *schema.Round
+	var highest uint64 // highest round key, decodable or not
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		k, err := l.layout.Parse(key)
+		if err != nil || k.Kind != schema.KindRound {
+			continue
+		}
+		highest = max(highest, k.Round)
+		r, err := schema.DecodeRound(key, kv.Value)
+		if err == nil && r.Revision != k.Round {
+			err = &schema.DecodeError{Key: key, Reason: fmt.Sprintf("holds round %d", r.Revision)}
+		}
+		if err != nil {
+			l.log.WithError(err).WithField("key", key).Warn("coordinator: skipping a malformed round record")
+			continue
+		}
+		last = &r
+		break
+	}
+	switch {
+	case last == nil && highest == 0 && why == "revision key missing":
+		l.initial = "initial resync: first coordinator leader"
+	case last == nil:
+		// Nothing readable: never reuse a round number.
+		l.lastN = highest
+		l.initial = fmt.Sprintf("%s and no readable round record; resync to recover", why)
+	case last.State == schema.Started:
+		l.lastN = last.Revision
+		l.resume = last
+		rev := schema.Revision{Revision: last.Revision, State: schema.Started, Reason: last.Reason, Cause: last.Cause,
+			Scope: last.Scope, Participants: len(last.Participants), StartedAt: last.StartedAt, Deadline: last.Deadline,
+			Leader: last.StartedBy}
+		l.rev = &rev
+		l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
+		l.log.WithField("revision", last.Revision).Warn("coordinator: " + why + "; resuming the running round from its record")
+	default:
+		l.lastN = last.Revision
+		l.initial = fmt.Sprintf("%s (last round %d); resync to recover", why, last.Revision)
+	}
 	return nil
 }

@@ -381,8 +381,10 @@ func (l *leader) finish(now time.Time) error {
 	rec.FinishedAt = now.UTC()
 	rec.DurationMS = float64(now.Sub(rec.StartedAt).Microseconds()) / 1000
 	rec.FinishedBy = l.identity
-	rev := *l.rev
-	if rev.Revision != rec.Revision { // resumed from a round record
+	var rev schema.Revision
+	if l.rev != nil && l.rev.Revision == rec.Revision {
+		rev = *l.rev
+	} else { // resumed from a round record
 		rev = schema.Revision{Revision: rec.Revision, Reason: rec.Reason, Cause: rec.Cause, Scope: rec.Scope,
 			Participants: len(rec.Participants), StartedAt: rec.StartedAt, Deadline: rec.Deadline}
 	}
@@ -457,8 +459,15 @@ func retryScope(rec schema.Round) schema.Scope {
 func (l *leader) fencedTxn(ops []clientv3.Op) error {
 	pause := 50 * time.Millisecond
 	for {
+		if l.co.faults.beforeWrite != nil {
+			l.co.faults.beforeWrite()
+		}
 		ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
-		resp, err := l.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.term)).Then(ops...).Commit()
+		txn := l.c.Txn(ctx)
+		if !l.co.faults.unfenced {
+			txn = txn.If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.term))
+		}
+		resp, err := txn.Then(ops...).Commit()
 		cancel()
 		if err == nil {
 			if !resp.Succeeded {

@@ -1,0 +1,739 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync"
+	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/schema"
+)
+
+// Shape and timing of a chaos run.
+const (
+	chaosAgents        = 20
+	chaosCoordinators  = 3
+	chaosSessionTTL    = 2 * time.Second
+	chaosRoundDeadline = 10 * time.Second
+	chaosAgentTTL      = 2 * time.Second
+	// chaosAllowance is how long after its deadline a round may finish: a
+	// leader that crashed at the deadline is replaced after the session TTL,
+	// the successor may need etcd retries while a member restarts, and the
+	// race detector on two shared cores is slow.
+	chaosAllowance = chaosSessionTTL + 8*time.Second
+	// defaultChaosDuration is the fault schedule's length per seed in
+	// `go test` (the whole run takes about twice that).
+	defaultChaosDuration = 20 * time.Second
+)
+
+var chaosPlugins = []string{"ifplugin", "l3plugin", "aclplugin"}
+
+// TestChaos runs the chaos schedule for three seeds (two fixed, one from the
+// clock), or, with CHAOS_SEED and/or CHAOS_DURATION set, one run with that
+// seed and schedule length (make chaos SEED=... DURATION=10m).
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos runs take a minute per seed")
+	}
+	seedEnv, durEnv := os.Getenv("CHAOS_SEED"), os.Getenv("CHAOS_DURATION")
+	if seedEnv != "" || durEnv != "" {
+		seed := uint64(time.Now().UnixNano())
+		if seedEnv != "" {
+			s, err := strconv.ParseUint(seedEnv, 10, 64)
+			if err != nil {
+				t.Fatalf("CHAOS_SEED=%q: %v", seedEnv, err)
+			}
+			seed = s
+		}
+		d := defaultChaosDuration
+		if durEnv != "" {
+			v, err := time.ParseDuration(durEnv)
+			if err != nil {
+				t.Fatalf("CHAOS_DURATION=%q: %v", durEnv, err)
+			}
+			d = v
+		}
+		runChaos(t, chaosOptions{seed: seed, duration: d})
+		return
+	}
+	for _, seed := range []uint64{1, 20261125, uint64(time.Now().UnixNano())} {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			runChaos(t, chaosOptions{seed: seed, duration: defaultChaosDuration})
+		})
+	}
+}
+
+type chaosOptions struct {
+	seed     uint64
+	duration time.Duration
+}
+
+// chaosEnv is one run: the cluster, the coordinators, the agents and the
+// recording.
+type chaosEnv struct {
+	t        *testing.T
+	seed     uint64
+	opts     chaosOptions
+	cluster  *etcdtest.Cluster
+	admin    *clientv3.Client
+	obs      *observer
+	h        *History
+	sink     *logSink
+	log      *logrus.Logger
+	rng      *rand.Rand
+	calm     atomic.Bool // final phase: plugins always ack at once
+	incSeq   atomic.Int64
+	coords   []*chaosCoord
+	agents   []*chaosAgent
+	faults   map[string]int
+	undo     []pendingUndo
+	memberUp []bool
+}
+
+type pendingUndo struct {
+	at   time.Time
+	what string
+	do   func()
+}
+
+type chaosCoord struct {
+	slot, gen int
+	c         *clientv3.Client
+	co        *coordinator.Coordinator
+}
+
+type chaosAgent struct {
+	env     *chaosEnv
+	name    string
+	member  int
+	proxy   *etcdtest.Proxy
+	faulted bool // blackholed or cut: not restarted until healed
+
+	c    *clientv3.Client
+	p    *resync.Plugin
+	inc  int
+	wg   sync.WaitGroup
+	stop chan struct{}
+}
+
+func runChaos(t *testing.T, o chaosOptions) {
+	t.Logf("chaos seed=%d duration=%v (replay: make chaos SEED=%d DURATION=%v)", o.seed, o.duration, o.seed, o.duration)
+	sink := &logSink{limit: 64 << 20}
+	env := &chaosEnv{
+		t: t, seed: o.seed, opts: o, sink: sink, log: newSinkLogger(sink, logrus.InfoLevel),
+		h:      NewHistory(chaosAllowance),
+		rng:    rand.New(rand.NewPCG(o.seed, o.seed^0x5eed)),
+		faults: map[string]int{},
+	}
+	failed := true
+	defer func() {
+		if os.Getenv("CHAOS_LOGS") != "" && !failed {
+			t.Logf("chaos logs: %s", sink.dump(fmt.Sprintf("resync-chaos-%d.log", o.seed)))
+		}
+		if failed || t.Failed() {
+			t.Logf("chaos seed=%d FAILED; logs: %s; replay: make chaos SEED=%d DURATION=%v", o.seed, sink.dump(fmt.Sprintf("resync-chaos-%d.log", o.seed)), o.seed, o.duration)
+		}
+	}()
+	env.cluster = etcdtest.StartCluster(t, 3)
+	env.memberUp = []bool{true, true, true}
+	eps := env.cluster.Endpoints()
+	env.admin = etcdtest.Client(t, eps...)
+	env.obs = startObserver(t, env.h, eps...)
+
+	for i := range chaosAgents {
+		a := &chaosAgent{env: env, name: fmt.Sprintf("agent-%02d", i), member: i % 3}
+		a.proxy = etcdtest.NewProxy(t, env.cluster.Members[a.member].Endpoint())
+		a.start()
+		env.agents = append(env.agents, a)
+	}
+	for i := range chaosCoordinators {
+		env.startCoord(i, 0)
+	}
+	defer env.teardown()
+
+	// The initial round, then the fault schedule.
+	env.waitRoundAfter(0, 60*time.Second, "the initial round")
+	env.schedule(o.duration)
+	env.finalPhase()
+	env.teardown()
+
+	rep := env.h.Check()
+	kinds := make([]string, 0, len(env.faults))
+	total := 0
+	for k, n := range env.faults {
+		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
+		total += n
+	}
+	sort.Strings(kinds)
+	t.Logf("chaos seed=%d faults=%d [%s] %s", o.seed, total, strings.Join(kinds, " "), rep.Summary())
+	for i, v := range rep.Violations {
+		if i == 50 {
+			t.Errorf("... %d more violations", len(rep.Violations)-50)
+			break
+		}
+		t.Errorf("violation: %s", v)
+	}
+	if rep.RoundsCompleted < 2 || rep.Events == 0 || rep.FinalAcks != chaosAgents*len(chaosPlugins) {
+		t.Errorf("the run checked too little: %s", rep.Summary())
+	}
+	failed = t.Failed()
+}
+
+// --- coordinators ---
+
+func (env *chaosEnv) startCoord(slot, gen int) {
+	c, err := etcdtest.NewClient(env.cluster.Endpoints()...)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	cfg := coordinator.Config{
+		ID: fmt.Sprintf("c%d-%d", slot, gen), SessionTTL: chaosSessionTTL, RoundDeadline: chaosRoundDeadline,
+		BackoffMin: 200 * time.Millisecond, BackoffMax: 2 * time.Second, History: 10000, OpTimeout: 2 * time.Second,
+	}
+	opts := []coordinator.Option{coordinator.WithLogger(env.log.WithField("test_coord", cfg.ID))}
+	co, err := coordinator.New(c, cfg, opts...)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	cc := &chaosCoord{slot: slot, gen: gen, c: c, co: co}
+	if slot < len(env.coords) {
+		env.coords[slot] = cc
+	} else {
+		env.coords = append(env.coords, cc)
+	}
+}
+
+func (env *chaosEnv) leaderSlot() int {
+	for i, cc := range env.coords {
+		if cc != nil && cc.co.Status().Leading {
+			return i
+		}
+	}
+	return -1
+}
+
+// crash closes the coordinator's client first (no resign), then stops it.
+func (cc *chaosCoord) crash() {
+	cc.c.Close()
+	cc.co.Close()
+}
+
+func (cc *chaosCoord) close() {
+	cc.co.Close()
+	cc.c.Close()
+}
+
+// --- agents ---
+
+func (a *chaosAgent) start() {
+	env := a.env
+	c, err := etcdtest.NewClient(a.proxy.Endpoint)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	inc := int(env.incSeq.Add(1))
+	log := env.log.WithField("incarnation", inc)
+	p, err := resync.New(resync.Deps{Log: log, Client: c}, resync.Config{
+		Agent: a.name, TTL: chaosAgentTTL, AcceptTimeout: 300 * time.Millisecond, AckTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	a.c, a.p, a.inc, a.stop = c, p, inc, make(chan struct{})
+	env.h.AddIncarnation(inc, a.name, chaosPlugins)
+	for i, name := range chaosPlugins {
+		reg := p.Register(name)
+		rng := rand.New(rand.NewPCG(env.seed, uint64(inc)<<8|uint64(i)))
+		a.wg.Add(1)
+		go a.runPlugin(p, inc, name, reg.StatusChan(), rng, a.stop)
+	}
+}
+
+// runPlugin is one plugin: it records every event, "reloads" for 0-50 ms
+// and acks; now and then it fails (AckError), reports an error
+// (ReportError) or never acks, until the final phase calms it down.
+func (a *chaosAgent) runPlugin(p *resync.Plugin, inc int, name string, ch <-chan resync.StatusEvent, rng *rand.Rand, stop chan struct{}) {
+	defer a.wg.Done()
+	h := a.env.h
+	for sev := range ch {
+		ev := sev.(*resync.Event)
+		h.RecordEvent(Event{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(),
+			Status: ev.ResyncStatus(), Join: ev.Join(), At: time.Now()})
+		if ev.ResyncStatus() != resync.Started {
+			continue
+		}
+		reload := time.NewTimer(time.Duration(rng.IntN(51)) * time.Millisecond) // the workload, not synchronisation
+		select {
+		case <-reload.C:
+		case <-stop:
+		}
+		reload.Stop()
+		ack := AckSent{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(), Result: schema.ResultOK, At: time.Now()}
+		x := rng.IntN(1000)
+		if a.env.calm.Load() {
+			x = 1000
+		}
+		switch {
+		case x < 20:
+			ack.Result = schema.ResultError
+			h.RecordAck(ack)
+			ev.AckError(fmt.Errorf("chaos: %s/%s failed to reload revision %d", a.name, name, ev.Revision()))
+		case x < 25:
+			// Never acks: the watcher writes a timeout ack after AckTimeout.
+		case x < 35:
+			p.ReportError(name, errors.New("chaos: lost a southbound connection"))
+			h.RecordAck(ack)
+			ev.Ack()
+		default:
+			h.RecordAck(ack)
+			ev.Ack()
+		}
+	}
+}
+
+// closeIncarnation stops the current incarnation: gracefully (Close revokes
+// the lease) or as a crash (the client goes first, the lease expires by
+// itself).
+func (a *chaosAgent) closeIncarnation(crash bool) {
+	close(a.stop)
+	if crash {
+		a.c.Close()
+		a.p.Close()
+	} else {
+		a.p.Close()
+		a.c.Close()
+	}
+	a.wg.Wait()
+}
+
+// --- the schedule ---
+
+func (env *chaosEnv) addUndo(after time.Duration, what string, do func()) {
+	env.undo = append(env.undo, pendingUndo{at: time.Now().Add(after), what: what, do: do})
+}
+
+func (env *chaosEnv) runUndos(all bool) {
+	now := time.Now()
+	keep := env.undo[:0]
+	var due []pendingUndo
+	for _, u := range env.undo {
+		if all || !u.at.After(now) {
+			due = append(due, u)
+		} else {
+			keep = append(keep, u)
+		}
+	}
+	env.undo = keep
+	for _, u := range due {
+		env.log.WithField("undo", u.what).Info("chaos: undo")
+		u.do()
+	}
+}
+
+func (env *chaosEnv) pick(n int) int { return env.rng.IntN(n) }
+
+func (env *chaosEnv) between(lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(env.rng.Int64N(int64(hi-lo)+1))
+}
+
+func (env *chaosEnv) upAgents() []*chaosAgent {
+	var out []*chaosAgent
+	for _, a := range env.agents {
+		if !a.faulted {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// schedule injects faults for d, one every 150-600 ms, each chosen by the
+// seeded generator; faults with a duration (partitions, stopped members)
+// are undone by timers.
+func (env *chaosEnv) schedule(d time.Duration) {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		env.runUndos(false)
+		env.fault()
+		wait := env.between(150*time.Millisecond, 600*time.Millisecond)
+		for _, u := range env.undo {
+			wait = min(wait, max(time.Until(u.at), 0))
+		}
+		timer := time.NewTimer(wait) // pacing of the workload
+		<-timer.C
+	}
+	env.runUndos(true)
+}
+
+var faultKinds = []struct {
+	name   string
+	weight int
+}{
+	{"coord-kill-leader", 3}, {"coord-restart", 3},
+	{"agent-blackhole", 5}, {"agent-cut", 4}, {"agent-restart", 3}, {"agent-crash", 3},
+	{"member-restart", 3}, {"compact", 3}, {"garbage", 6}, {"request", 6},
+}
+
+func (env *chaosEnv) fault() {
+	total := 0
+	for _, k := range faultKinds {
+		total += k.weight
+	}
+	x := env.pick(total)
+	kind := faultKinds[len(faultKinds)-1].name
+	for _, k := range faultKinds {
+		if x < k.weight {
+			kind = k.name
+			break
+		}
+		x -= k.weight
+	}
+	start := time.Now()
+	if done := env.inject(kind); done != "" {
+		env.faults[done]++
+		env.log.WithField("fault", done).WithField("took", time.Since(start).Round(time.Millisecond)).Info("chaos: fault injected")
+	}
+}
+
+// inject applies one fault; it returns the kind actually injected ("" if
+// none applied).
+func (env *chaosEnv) inject(kind string) string {
+	t := env.t
+	switch kind {
+	case "coord-kill-leader":
+		slot := env.leaderSlot()
+		if slot < 0 {
+			slot = env.pick(len(env.coords))
+		}
+		old := env.coords[slot]
+		old.crash()
+		env.startCoord(slot, old.gen+1)
+	case "coord-restart":
+		slot := env.pick(len(env.coords))
+		old := env.coords[slot]
+		old.close()
+		env.startCoord(slot, old.gen+1)
+	case "agent-blackhole", "agent-cut":
+		up := env.upAgents()
+		if len(up) == 0 {
+			return ""
+		}
+		a := up[env.pick(len(up))]
+		a.faulted = true
+		// Mostly past the lease TTL (the session is lost and re-created),
+		// sometimes shorter (it survives).
+		d := env.between(chaosAgentTTL+500*time.Millisecond, chaosAgentTTL+3*time.Second)
+		if env.pick(4) == 0 {
+			d = env.between(300*time.Millisecond, chaosAgentTTL/2)
+		}
+		switch {
+		case kind == "agent-blackhole" && env.pick(5) == 0:
+			// Longer than gRPC's keepalive (10 s ping + 1 s timeout): the
+			// client tears its connection down itself; a plain heal.
+			kind = "agent-blackhole-long"
+			a.proxy.Blackhole()
+			began := time.Now()
+			env.addUndo(env.between(12500*time.Millisecond, 14*time.Second), "heal "+a.name, func() {
+				a.proxy.Heal()
+				if time.Since(began) < 12*time.Second { // healed early (end of the run): see below
+					a.proxy.Cut()
+					a.proxy.Restore()
+				}
+				a.faulted = false
+			})
+		case kind == "agent-blackhole":
+			// The proxy drops bytes, where a real partition delays them (TCP
+			// retransmits): a connection that lived through a short
+			// blackhole has lost frames mid-stream, and its HTTP/2 state is
+			// corrupt for good (every new stream fails with PROTOCOL_ERROR
+			// while pings still pass). A real partition that outlives the
+			// lease ends with the connections reset, so the heal drops them.
+			a.proxy.Blackhole()
+			env.addUndo(d, "heal "+a.name, func() {
+				a.proxy.Heal()
+				a.proxy.Cut()
+				a.proxy.Restore()
+				a.faulted = false
+			})
+		default:
+			a.proxy.Cut()
+			env.addUndo(d, "restore "+a.name, func() { a.proxy.Restore(); a.faulted = false })
+		}
+	case "agent-restart", "agent-crash":
+		up := env.upAgents()
+		if len(up) == 0 {
+			return ""
+		}
+		a := up[env.pick(len(up))]
+		old := a.inc
+		a.closeIncarnation(kind == "agent-crash")
+		env.h.EndIncarnation(old)
+		a.start()
+	case "member-restart":
+		for _, up := range env.memberUp {
+			if !up {
+				return "" // one member down at a time: the cluster keeps its quorum
+			}
+		}
+		i := env.pick(3)
+		if env.pick(2) == 0 {
+			for j, m := range env.cluster.Members {
+				if m.IsLeader() {
+					i = j
+					kind = "member-restart-leader"
+				}
+			}
+		}
+		m := env.cluster.Members[i]
+		env.memberUp[i] = false
+		// A member's shutdown can take seconds (a leader transfers its
+		// leadership first): stop it in the background, so that the
+		// schedule goes on meanwhile; the restart waits for it.
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			m.Stop()
+		}()
+		env.addUndo(env.between(time.Second, 4*time.Second), "restart "+m.Name, func() {
+			<-stopped
+			m.Restart()
+			env.memberUp[i] = true
+		})
+	case "compact":
+		// Only up to what the observer has recorded, so that its own
+		// history stays complete.
+		rev := env.obs.Last()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := env.admin.Compact(ctx, rev, clientv3.WithCompactPhysical())
+		cancel()
+		if err != nil {
+			env.log.WithError(err).Warn("chaos: compact failed")
+			return ""
+		}
+	case "garbage":
+		return env.garbage()
+	case "request":
+		scope := schema.Scope{}
+		switch env.pick(3) {
+		case 1:
+			scope.Agent = env.agents[env.pick(len(env.agents))].name
+		case 2:
+			scope.Agent = env.agents[env.pick(len(env.agents))].name
+			scope.Plugin = chaosPlugins[env.pick(len(chaosPlugins))]
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := putRequest(ctx, env.admin, schema.CauseManual, scope, "chaos: manual request "+scope.String())
+		cancel()
+		if err != nil {
+			env.log.WithError(err).Warn("chaos: request failed")
+			return ""
+		}
+	default:
+		t.Fatalf("unknown fault %q", kind)
+	}
+	return kind
+}
+
+var garbageValues = []string{
+	"not json {",
+	`{"revision":0}`,
+	`{"unknown_field":true}`,
+	`{"revision":7,"state":"Bogus"}`,
+	`{"agent":"x"} trailing`,
+	strings.Repeat("x", 20000),
+	"\xff\xfe",
+	"",
+}
+
+// garbage writes a malformed value under one key family of the prefix.
+func (env *chaosEnv) garbage() string {
+	val := garbageValues[env.pick(len(garbageValues))]
+	a := env.agents[env.pick(len(env.agents))]
+	plugin := chaosPlugins[env.pick(len(chaosPlugins))]
+	var key, kind string
+	switch env.pick(7) {
+	case 0:
+		key, kind = layout.Revision(), "garbage-revision"
+	case 1:
+		key, kind = layout.Registration(fmt.Sprintf("ghost-%d", env.pick(5)), plugin), "garbage-registration"
+		if env.pick(2) == 0 {
+			key = layout.Registrations() + "not a valid/name!"
+		}
+	case 2:
+		// A live agent's ack key: its real ack is lost (the leader keeps
+		// what it saw; a successor times the plugin out and retries).
+		key, kind = layout.Ack(a.name, plugin), "garbage-ack"
+	case 3:
+		key, kind = layout.Request(schema.NewRequestID(time.Now())), "garbage-request"
+		if env.pick(2) == 0 {
+			key = layout.Requests() + "bad id!"
+		}
+	case 4:
+		// The record of the running (or last) round.
+		key, kind = layout.Round(env.currentRevision()), "garbage-round-current"
+	case 5:
+		// A round far in the future.
+		key, kind = layout.Round(env.currentRevision()+1000), "garbage-round-future"
+	case 6:
+		key, kind = layout.Prefix()+"no-such-family/"+strconv.Itoa(env.pick(100)), "garbage-unknown-family"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := env.admin.Put(ctx, key, val)
+	if err != nil {
+		env.log.WithError(err).Warn("chaos: garbage write failed")
+		return ""
+	}
+	env.h.RecordGarbage(resp.Header.Revision, key)
+	return kind
+}
+
+// currentRevision is the last valid revision the observer saw (at least 1).
+func (env *chaosEnv) currentRevision() uint64 {
+	env.h.mu.Lock()
+	defer env.h.mu.Unlock()
+	for i := len(env.h.RevWrites) - 1; i >= 0; i-- {
+		if w := env.h.RevWrites[i]; !w.Malformed && !w.Deleted {
+			return w.Rec.Revision
+		}
+	}
+	return 1
+}
+
+// completedRoundAfter returns the first round whose Started record was
+// written after etcd revision after and that has completed.
+func (env *chaosEnv) completedRoundAfter(after int64) (schema.Round, bool) {
+	env.h.mu.Lock()
+	defer env.h.mu.Unlock()
+	startedAt := map[uint64]int64{}
+	for _, w := range env.h.RoundWrites {
+		if w.Malformed {
+			continue
+		}
+		if _, ok := startedAt[w.Key]; !ok && w.Round.State == schema.Started {
+			startedAt[w.Key] = w.ModRev
+		}
+		if w.Round.State == schema.NotActive && startedAt[w.Key] > after {
+			return w.Round, true
+		}
+	}
+	return schema.Round{}, false
+}
+
+func (env *chaosEnv) waitRoundAfter(after int64, within time.Duration, what string) schema.Round {
+	var r schema.Round
+	etcdtest.WaitFor(env.t, within, what, func() bool {
+		var ok bool
+		r, ok = env.completedRoundAfter(after)
+		return ok
+	})
+	return r
+}
+
+// finalPhase heals everything, calms the plugins and asks for rounds until
+// one completes with every live plugin acked: every alive agent resyncs
+// after its last fault.
+func (env *chaosEnv) finalPhase() {
+	t := env.t
+	env.runUndos(true)
+	env.calm.Store(true)
+	etcdtest.WaitFor(t, 30*time.Second, "a coordinator leader after the faults", func() bool { return env.leaderSlot() >= 0 })
+	want := map[schema.PluginID]bool{}
+	for _, a := range env.agents {
+		for _, p := range chaosPlugins {
+			want[schema.PluginID{Agent: a.name, Plugin: p}] = true
+		}
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for attempt := 1; ; attempt++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no round acked by every live plugin within 90 s of healing")
+		}
+		rev, err := putRequest(ctxT(t, 10*time.Second), env.admin, schema.CauseManual, schema.Scope{}, fmt.Sprintf("chaos: final round, attempt %d", attempt))
+		if err != nil {
+			t.Fatalf("final request: %v", err)
+		}
+		r := env.waitRoundAfter(rev, 60*time.Second, "the final round")
+		acked := 0
+		for _, p := range r.Acked {
+			if want[p] {
+				acked++
+			}
+		}
+		if r.Scope.All() && acked == len(want) && env.liveAcked(r.Revision) {
+			env.h.mu.Lock()
+			env.h.FinalRevision = r.Revision
+			env.h.mu.Unlock()
+			t.Logf("final round %d: all %d live plugins acked (attempt %d)", r.Revision, acked, attempt)
+			return
+		}
+		env.log.WithField("round", r.Revision).WithField("acked", acked).Info("chaos: final round not complete yet; asking again")
+		// Pace the next attempt: agents may still be re-creating sessions.
+		timer := time.NewTimer(time.Second)
+		<-timer.C
+	}
+}
+
+// liveAcked reports whether every live incarnation recorded an ok ack for n.
+func (env *chaosEnv) liveAcked(n uint64) bool {
+	env.h.mu.Lock()
+	defer env.h.mu.Unlock()
+	got := map[int]int{}
+	for _, a := range env.h.Acks {
+		if a.Revision == n && a.Result == schema.ResultOK {
+			got[a.Incarnation]++
+		}
+	}
+	for _, inc := range env.h.Incarnations {
+		if inc.Alive && got[inc.ID] < len(inc.Plugins) {
+			return false
+		}
+	}
+	return true
+}
+
+// teardown stops agents, coordinators and the observer (idempotent). Agents
+// are closed without marking their incarnations dead: the history says who
+// was alive at the end of the run.
+func (env *chaosEnv) teardown() {
+	env.runUndos(true)
+	var wg sync.WaitGroup
+	for _, a := range env.agents {
+		if a.p == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.closeIncarnation(false)
+			a.p = nil
+		}()
+	}
+	wg.Wait()
+	for _, cc := range env.coords {
+		cc.close()
+	}
+	env.coords = nil
+	if env.obs != nil {
+		// Let the observer catch up with the last writes: a marker under
+		// the prefix (in no key family) that it must see.
+		if resp, err := env.admin.Put(ctxT(env.t, 10*time.Second), layout.Prefix()+"chaos-test/observer-sync", "end"); err == nil {
+			env.obs.waitFor(env.t, resp.Header.Revision, 20*time.Second)
+		}
+		env.obs.stop()
+		env.obs = nil
+	}
+}

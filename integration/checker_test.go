@@ -1,0 +1,151 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// goodHistory is a small valid history: coordinator c0 (term 10) runs
+// rounds 1 and 2 for agent a (plugins p1, p2), both acked.
+func goodHistory() *History {
+	h := NewHistory(5 * time.Second)
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	parts := []schema.PluginID{{Agent: "a", Plugin: "p1"}, {Agent: "a", Plugin: "p2"}}
+	h.RecordElection("/resync/election/1", "c0", 10, 10, false)
+	h.AddIncarnation(1, "a", []string{"p1", "p2"})
+	mod := int64(20)
+	for n := uint64(1); n <= 2; n++ {
+		start, deadline := t0.Add(time.Duration(n)*time.Minute), t0.Add(time.Duration(n)*time.Minute+10*time.Second)
+		rev := schema.Revision{Revision: n, State: schema.Started, Reason: "r", Cause: schema.CauseManual,
+			Participants: 2, StartedAt: start, Deadline: deadline, Leader: "c0@10"}
+		round := schema.Round{Revision: n, State: schema.Started, Reason: "r", Cause: schema.CauseManual,
+			Counts: schema.RoundCounts{Participants: 2, Pending: 2}, Participants: parts, StartedAt: start, Deadline: deadline, StartedBy: "c0@10"}
+		h.RecordRoundWrite(RoundWrite{ModRev: mod, Key: n, Round: round})
+		h.RecordRevWrite(RevWrite{ModRev: mod, Rec: rev})
+		for _, p := range parts {
+			h.RecordEvent(Event{Agent: "a", Plugin: p.Plugin, Incarnation: 1, Revision: n, Status: schema.Started, Join: n == 1})
+			h.RecordAck(AckSent{Agent: "a", Plugin: p.Plugin, Incarnation: 1, Revision: n, Result: schema.ResultOK})
+		}
+		mod += 10
+		rev.State, rev.FinishedAt = schema.NotActive, start.Add(time.Second)
+		round.State, round.FinishedAt, round.FinishedBy = schema.NotActive, rev.FinishedAt, "c0@10"
+		round.Acked, round.Counts.Acked, round.Counts.Pending = parts, 2, 0
+		h.RecordRoundWrite(RoundWrite{ModRev: mod, Key: n, Round: round})
+		h.RecordRevWrite(RevWrite{ModRev: mod, Rec: rev})
+		mod += 10
+	}
+	h.FinalRevision = 2
+	return h
+}
+
+// lastRound returns the last completed round write of n, to doctor it.
+func lastRound(h *History, n uint64) *schema.Round {
+	for i := len(h.RoundWrites) - 1; i >= 0; i-- {
+		if h.RoundWrites[i].Key == n && h.RoundWrites[i].Round.State == schema.NotActive {
+			return &h.RoundWrites[i].Round
+		}
+	}
+	return nil
+}
+
+// TestCheckerCatchesViolations proves that the checker can fail: each
+// doctored history must be reported with the expected violation, and the
+// undoctored one must pass.
+func TestCheckerCatchesViolations(t *testing.T) {
+	if rep := goodHistory().Check(); len(rep.Violations) != 0 {
+		t.Fatalf("the good history has violations: %v", rep.Violations)
+	} else if rep.RoundsCompleted != 2 || rep.Events != 4 || rep.AcksMatched != 4 || rep.FinalAcks != 2 || rep.FencedWrites != 8 {
+		t.Fatalf("the good history checked too little: %s", rep.Summary())
+	}
+	for _, tc := range []struct {
+		name   string
+		doctor func(h *History)
+		want   string
+	}{
+		{"duplicate Started", func(h *History) {
+			h.RecordEvent(Event{Agent: "a", Plugin: "p2", Incarnation: 1, Revision: 2, Status: schema.Started})
+		}, "got Started 2 twice"},
+		{"gap in revisions", func(h *History) {
+			for i := range h.RevWrites {
+				if h.RevWrites[i].Rec.Revision == 2 {
+					h.RevWrites[i].Rec.Revision = 3
+				}
+			}
+		}, "revision went from 1 to 3"},
+		{"revision restarted after it finished", func(h *History) {
+			w := h.RevWrites[len(h.RevWrites)-1]
+			w.ModRev, w.Rec.State = 70, schema.Started
+			h.RecordRevWrite(w)
+		}, "Started again"},
+		{"revision started before the previous finished", func(h *History) {
+			h.RevWrites = append(h.RevWrites[:1], h.RevWrites[2:]...)
+		}, "while revision 1 was still Started"},
+		{"write with an old term", func(h *History) {
+			h.RecordElection("/resync/election/1", "", 10, 60, true)
+			h.RecordElection("/resync/election/2", "c1", 60, 60, false)
+			w := h.RevWrites[len(h.RevWrites)-1]
+			w.ModRev, w.Rec.Leader = 65, "c1@60"
+			h.RecordRevWrite(w)
+			w.ModRev, w.Rec.Leader = 70, "c0@10"
+			h.RecordRevWrite(w)
+		}, "a deposed leader wrote"},
+		{"write by a term that does not lead", func(h *History) {
+			h.RecordElection("/resync/election/2", "c1", 15, 15, false)
+			h.RevWrites[len(h.RevWrites)-1].Rec.Leader = "c1@15"
+		}, "while term 10 (c0) led"},
+		{"participant in two outcome lists", func(h *History) {
+			r := lastRound(h, 2)
+			r.Failed = append(r.Failed, r.Acked[0])
+		}, "is both acked and failed"},
+		{"participant without outcome", func(h *History) {
+			r := lastRound(h, 2)
+			r.Acked = r.Acked[:1]
+		}, "has no outcome"},
+		{"round never completed", func(h *History) {
+			h.RoundWrites = h.RoundWrites[:len(h.RoundWrites)-1]
+		}, "revision 2 has no completed round record"},
+		{"round finished long after its deadline", func(h *History) {
+			r := lastRound(h, 2)
+			r.FinishedAt = r.Deadline.Add(time.Minute)
+		}, "after its deadline"},
+		{"Started out of registration order", func(h *History) {
+			for i := range h.Events {
+				if h.Events[i].Revision == 2 {
+					h.Events[i].Seq = 100 - h.Events[i].Seq
+				}
+			}
+		}, "against registration order"},
+		{"first Started not a join", func(h *History) { h.Events[0].Join = false }, "is not a join resync"},
+		{"acked without an ack sent", func(h *History) { h.Acks = h.Acks[:len(h.Acks)-1] }, "no incarnation of it sent an ok ack"},
+		{"live plugin missed the final round", func(h *History) {
+			h.AddIncarnation(2, "b", []string{"q"})
+		}, "did not ack the final revision"},
+		{"malformed record not written by the test", func(h *History) {
+			h.RecordRevWrite(RevWrite{ModRev: 55, Malformed: true})
+		}, "was not written by the test"},
+		{"observer compacted away", func(h *History) { h.HarnessError("observer: history compacted") }, "harness: observer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := goodHistory()
+			tc.doctor(h)
+			rep := h.Check()
+			found := false
+			for _, v := range rep.Violations {
+				found = found || strings.Contains(v, tc.want)
+			}
+			if !found {
+				t.Errorf("violation %q not reported; got %q", tc.want, rep.Violations)
+			}
+		})
+	}
+	// The test's own garbage is skipped, not reported.
+	h := goodHistory()
+	h.RecordRevWrite(RevWrite{ModRev: 55, Malformed: true})
+	h.RecordGarbage(55, layout.Revision())
+	if rep := h.Check(); len(rep.Violations) != 0 || rep.GarbageSkipped != 1 {
+		t.Errorf("injected garbage: %s %v", rep.Summary(), rep.Violations)
+	}
+}

@@ -1,0 +1,229 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/schema"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
+
+var layout = schema.MustLayout(schema.DefaultPrefix)
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// logSink keeps a run's logs in memory (bounded) so that a chaos run with
+// thousands of lines stays quiet unless it fails; then they are written to
+// a file whose path is printed.
+type logSink struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	limit int
+	lost  int
+}
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.buf.Len()+len(p) > s.limit {
+		s.lost++
+		return len(p), nil
+	}
+	return s.buf.Write(p)
+}
+
+func (s *logSink) contains(sub string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Contains(s.buf.Bytes(), []byte(sub))
+}
+
+// dump writes the logs to a file in the system temp dir and returns its path.
+func (s *logSink) dump(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	path := filepath.Join(os.TempDir(), name)
+	data := s.buf.Bytes()
+	if s.lost > 0 {
+		data = append(data, fmt.Sprintf("... %d log lines dropped (buffer full)\n", s.lost)...)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		return "(could not write logs: " + err.Error() + ")"
+	}
+	return path
+}
+
+func newSinkLogger(s *logSink, level logrus.Level) *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(s)
+	l.SetLevel(level)
+	l.SetFormatter(&logrus.TextFormatter{DisableColors: true, TimestampFormat: "15:04:05.000", FullTimestamp: true})
+	return l
+}
+
+// tWriter routes logs to t.Log.
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func testLogger(t testing.TB) *logrus.Logger {
+	l := logrus.New()
+	l.SetOutput(tWriter{t})
+	l.SetLevel(logrus.InfoLevel)
+	return l
+}
+
+// observer watches the whole prefix from the moment it starts and records
+// every write of the revision key, of rounds/ and of the election keys into a
+// History. It re-watches from its last revision after any break; if the
+// history it needs was compacted that is a harness error (the chaos schedule
+// only compacts up to Last()).
+type observer struct {
+	c      *clientv3.Client
+	h      *History
+	cancel context.CancelFunc
+	done   chan struct{}
+	last   atomic.Int64
+	live   map[string]int64 // election key -> create revision (observer goroutine only)
+}
+
+func startObserver(t testing.TB, h *History, endpoints ...string) *observer {
+	t.Helper()
+	c, err := etcdtest.NewClient(endpoints...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Get(ctxT(t, 10*time.Second), "observer-probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	o := &observer{c: c, h: h, cancel: cancel, done: make(chan struct{}), live: map[string]int64{}}
+	o.last.Store(resp.Header.Revision)
+	go o.run(ctx)
+	t.Cleanup(o.stop)
+	return o
+}
+
+// Last is the last etcd revision the observer recorded.
+func (o *observer) Last() int64 { return o.last.Load() }
+
+// waitFor waits until the observer has recorded revision rev.
+func (o *observer) waitFor(t testing.TB, rev int64, within time.Duration) {
+	t.Helper()
+	etcdtest.WaitFor(t, within, fmt.Sprintf("the observer to reach revision %d", rev), func() bool { return o.Last() >= rev })
+}
+
+func (o *observer) stop() {
+	o.cancel()
+	<-o.done
+	o.c.Close()
+}
+
+func (o *observer) run(ctx context.Context) {
+	defer close(o.done)
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		wch := o.c.Watch(wctx, layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(o.Last()+1), clientv3.WithPrevKV())
+		compacted := false
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				o.h.HarnessError("observer: history compacted at %d while the observer was at %d", resp.CompactRevision, o.Last())
+				compacted = true
+				break
+			}
+			if resp.Err() != nil {
+				break
+			}
+			for _, e := range resp.Events {
+				o.observe(e)
+				o.last.Store(e.Kv.ModRevision)
+			}
+		}
+		cancel()
+		for range wch {
+		}
+		if compacted {
+			return
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (o *observer) observe(e *clientv3.Event) {
+	key := string(e.Kv.Key)
+	k, err := layout.Parse(key)
+	if err != nil {
+		return // a key of no family (garbage): nothing to record
+	}
+	del := e.Type == clientv3.EventTypeDelete
+	mod := e.Kv.ModRevision
+	switch k.Kind {
+	case schema.KindRevision:
+		if del {
+			o.h.RecordRevWrite(RevWrite{ModRev: mod, Deleted: true})
+			return
+		}
+		rec, err := schema.DecodeRevision(key, e.Kv.Value)
+		o.h.RecordRevWrite(RevWrite{ModRev: mod, Rec: rec, Malformed: err != nil})
+	case schema.KindRound:
+		if del {
+			return // history trimming
+		}
+		rd, err := schema.DecodeRound(key, e.Kv.Value)
+		o.h.RecordRoundWrite(RoundWrite{ModRev: mod, Key: k.Round, Round: rd, Malformed: err != nil})
+	case schema.KindElection:
+		if del {
+			if create, ok := o.live[key]; ok {
+				o.h.RecordElection(key, "", create, mod, true)
+				delete(o.live, key)
+			}
+			return
+		}
+		if _, ok := o.live[key]; !ok {
+			o.live[key] = e.Kv.CreateRevision
+			o.h.RecordElection(key, string(e.Kv.Value), e.Kv.CreateRevision, mod, false)
+		}
+	}
+}
+
+// putRequest writes a resync request and returns its etcd revision.
+func putRequest(ctx context.Context, c *clientv3.Client, cause schema.Cause, scope schema.Scope, reason string) (int64, error) {
+	now := time.Now()
+	b, err := schema.Encode(schema.Request{Reason: reason, Cause: cause, Scope: scope, RequestedBy: "chaos-test", RequestedAt: now.UTC()})
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.Put(ctx, layout.Request(schema.NewRequestID(now)), string(b))
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}

@@ -1,0 +1,570 @@
+package integration
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// Event is one status event a plugin incarnation received.
+type Event struct {
+	Seq         uint64 // global order of recording
+	Agent       string
+	Plugin      string
+	Incarnation int // one resync.Plugin object
+	Revision    uint64
+	Status      schema.Status
+	Join        bool
+	At          time.Time
+}
+
+// AckSent is one Ack or AckError a plugin incarnation sent.
+type AckSent struct {
+	Seq         uint64
+	Agent       string
+	Plugin      string
+	Incarnation int
+	Revision    uint64
+	Result      schema.Result
+	At          time.Time
+}
+
+// Incarnation is one resync.Plugin object of an agent: its plugins in
+// registration order.
+type Incarnation struct {
+	ID      int
+	Agent   string
+	Plugins []string
+	Alive   bool // still running when the history was closed
+}
+
+// RevWrite is one write of the revision key seen by the observer. Rec is
+// valid unless Malformed.
+type RevWrite struct {
+	ModRev    int64
+	Rec       schema.Revision
+	Malformed bool
+	Deleted   bool
+}
+
+// RoundWrite is one write of rounds/<N> seen by the observer (deletions of
+// old rounds are not recorded).
+type RoundWrite struct {
+	ModRev    int64
+	Key       uint64 // N in the key
+	Round     schema.Round
+	Malformed bool
+}
+
+// ElectionKey is one candidate key under election/: created at Create,
+// deleted at Deleted (0 while it exists).
+type ElectionKey struct {
+	Key     string
+	ID      string
+	Create  int64
+	Deleted int64
+}
+
+// History is everything recorded in one run. Its recording methods are safe
+// for concurrent use; Check reads it after recording ended.
+type History struct {
+	mu           sync.Mutex
+	seq          uint64
+	Events       []Event
+	Acks         []AckSent
+	Incarnations map[int]*Incarnation
+	RevWrites    []RevWrite
+	RoundWrites  []RoundWrite
+	Elections    map[string]*ElectionKey // by key+create revision
+	// Garbage are the mod revisions of values the test wrote on purpose
+	// (malformed records), with their keys.
+	Garbage map[int64]string
+	// FinalRevision is the round the final phase waited for: every live
+	// incarnation's plugins must have acked it (0: not checked).
+	FinalRevision uint64
+	// DeadlineAllowance is how long after its deadline a round may finish
+	// (leader failover and etcd retries).
+	DeadlineAllowance time.Duration
+	// HarnessErrors are failures of the recording itself (the observer
+	// compacted away, for example): they make the history untrustworthy.
+	HarnessErrors []string
+}
+
+// NewHistory returns an empty history.
+func NewHistory(allowance time.Duration) *History {
+	return &History{Incarnations: map[int]*Incarnation{}, Elections: map[string]*ElectionKey{},
+		Garbage: map[int64]string{}, DeadlineAllowance: allowance}
+}
+
+// AddIncarnation records a new plugin object of agent with its plugins in
+// registration order.
+func (h *History) AddIncarnation(id int, agent string, plugins []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.Incarnations[id] = &Incarnation{ID: id, Agent: agent, Plugins: slices.Clone(plugins), Alive: true}
+}
+
+// EndIncarnation marks an incarnation closed or crashed.
+func (h *History) EndIncarnation(id int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if inc := h.Incarnations[id]; inc != nil {
+		inc.Alive = false
+	}
+}
+
+// RecordEvent records an event received by a plugin.
+func (h *History) RecordEvent(e Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seq++
+	e.Seq = h.seq
+	h.Events = append(h.Events, e)
+}
+
+// RecordAck records an ack a plugin is about to send.
+func (h *History) RecordAck(a AckSent) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seq++
+	a.Seq = h.seq
+	h.Acks = append(h.Acks, a)
+}
+
+// RecordGarbage records a malformed value the test wrote at modRev.
+func (h *History) RecordGarbage(modRev int64, key string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.Garbage[modRev] = key
+}
+
+// RecordRevWrite, RecordRoundWrite and RecordElection are called by the
+// observer in etcd revision order.
+func (h *History) RecordRevWrite(w RevWrite) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.RevWrites = append(h.RevWrites, w)
+}
+
+func (h *History) RecordRoundWrite(w RoundWrite) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.RoundWrites = append(h.RoundWrites, w)
+}
+
+// RecordElection records the creation (deleted false) or deletion of a
+// candidate key.
+func (h *History) RecordElection(key, id string, create, modRev int64, deleted bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := key + "@" + strconv.FormatInt(create, 10)
+	if deleted {
+		if e := h.Elections[k]; e != nil && e.Deleted == 0 {
+			e.Deleted = modRev
+		}
+		return
+	}
+	if _, ok := h.Elections[k]; !ok {
+		h.Elections[k] = &ElectionKey{Key: key, ID: id, Create: create}
+	}
+}
+
+// HarnessError records a failure of the recording.
+func (h *History) HarnessError(format string, a ...any) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.HarnessErrors = append(h.HarnessErrors, fmt.Sprintf(format, a...))
+}
+
+// Report is the checker's result: what was checked, and every violation.
+type Report struct {
+	RevisionWrites  int // valid revision writes checked
+	RoundsCompleted int
+	FencedWrites    int
+	Events          int // status events checked
+	AcksMatched     int // acked/failed participants matched to a recorded ack
+	FinalAcks       int // live plugins that acked the final round
+	GarbageSkipped  int
+	Violations      []string
+}
+
+func (r *Report) violate(format string, a ...any) {
+	r.Violations = append(r.Violations, fmt.Sprintf(format, a...))
+}
+
+// Summary is the one-line result.
+func (r *Report) Summary() string {
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d violations=%d",
+		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, len(r.Violations))
+}
+
+// termOf parses the term out of a leader identity <id>@<term>.
+func termOf(identity string) (int64, bool) {
+	i := strings.LastIndexByte(identity, '@')
+	if i < 0 {
+		return 0, false
+	}
+	t, err := strconv.ParseInt(identity[i+1:], 10, 64)
+	return t, err == nil && t > 0
+}
+
+// Check checks the invariants of the design ("Semantics and invariants")
+// over a recorded history:
+//
+//   - revisions step by exactly +1; each N is first written Started, then
+//     NotActive, never Started again, and N+1 starts only after N finished;
+//     the first is 1; malformed writes are only the test's own garbage;
+//   - every completed round's participants are partitioned into acked,
+//     failed, timed_out and departed exactly once; a round record is first
+//     written Started, then NotActive, never back; no round finishes later
+//     than its deadline plus DeadlineAllowance; every revision that started
+//     has a completed round record;
+//   - fencing: the terms of successive revision and round writes never go
+//     back, and each write's term is the create revision of the election key
+//     that led (lowest create revision alive) at the write's revision;
+//   - no plugin incarnation got two Started for one revision; within one
+//     incarnation and revision, Started was delivered in registration order;
+//     an incarnation's first Started for a plugin is its join resync;
+//   - every acked participant's ok ack, and every failed participant's error
+//     ack, for that revision is in the agents' records;
+//   - every live incarnation's plugins acked FinalRevision (when set).
+func (h *History) Check() *Report {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := &Report{}
+	for _, e := range h.HarnessErrors {
+		r.violate("harness: %s", e)
+	}
+	h.checkRevisions(r)
+	h.checkRounds(r)
+	h.checkFencing(r)
+	h.checkEvents(r)
+	h.checkAcks(r)
+	h.checkFinal(r)
+	return r
+}
+
+func (h *History) checkRevisions(r *Report) {
+	var prev *schema.Revision
+	var prevMod int64
+	for i := range h.RevWrites {
+		w := &h.RevWrites[i]
+		switch {
+		case w.Deleted:
+			r.violate("revision key deleted at %d", w.ModRev)
+			continue
+		case w.Malformed:
+			if _, ok := h.Garbage[w.ModRev]; ok {
+				r.GarbageSkipped++
+			} else {
+				r.violate("malformed revision record at %d was not written by the test", w.ModRev)
+			}
+			continue
+		}
+		r.RevisionWrites++
+		cur := w.Rec
+		if prev == nil {
+			if cur.Revision != 1 || cur.State != schema.Started {
+				r.violate("first revision write at %d is %d %s, want 1 Started", w.ModRev, cur.Revision, cur.State)
+			}
+			prev, prevMod = &w.Rec, w.ModRev
+			continue
+		}
+		switch {
+		case cur.Revision == prev.Revision:
+			if prev.State == schema.NotActive && cur.State == schema.Started {
+				r.violate("revision %d Started again at %d after it finished at %d", cur.Revision, w.ModRev, prevMod)
+			}
+		case cur.Revision == prev.Revision+1:
+			if cur.State != schema.Started {
+				r.violate("revision %d first written as %s at %d", cur.Revision, cur.State, w.ModRev)
+			}
+			if prev.State != schema.NotActive {
+				r.violate("revision %d started at %d while revision %d was still Started (never finished)", cur.Revision, w.ModRev, prev.Revision)
+			}
+		default:
+			r.violate("revision went from %d to %d at %d (want +1)", prev.Revision, cur.Revision, w.ModRev)
+		}
+		prev, prevMod = &w.Rec, w.ModRev
+	}
+}
+
+func (h *History) checkRounds(r *Report) {
+	type roundLog struct {
+		started, finished bool
+		final             schema.Round
+	}
+	rounds := map[uint64]*roundLog{}
+	for _, w := range h.RoundWrites {
+		if w.Malformed {
+			if _, ok := h.Garbage[w.ModRev]; ok {
+				r.GarbageSkipped++
+			} else {
+				r.violate("malformed round record rounds/%d at %d was not written by the test", w.Key, w.ModRev)
+			}
+			continue
+		}
+		rd := w.Round
+		if rd.Revision != w.Key {
+			r.violate("rounds/%d holds revision %d (at %d)", w.Key, rd.Revision, w.ModRev)
+		}
+		lg := rounds[rd.Revision]
+		if lg == nil {
+			lg = &roundLog{}
+			rounds[rd.Revision] = lg
+		}
+		switch rd.State {
+		case schema.Started:
+			if lg.finished {
+				r.violate("round %d written Started at %d after it completed", rd.Revision, w.ModRev)
+			}
+			lg.started = true
+		case schema.NotActive:
+			if !lg.started {
+				r.violate("round %d written NotActive at %d before any Started record", rd.Revision, w.ModRev)
+			}
+			if lg.finished {
+				if !sameOutcome(lg.final, rd) {
+					r.violate("round %d completed twice with different outcomes (second at %d)", rd.Revision, w.ModRev)
+				}
+				continue
+			}
+			lg.finished, lg.final = true, rd
+			r.RoundsCompleted++
+			checkPartition(r, rd)
+			if late := rd.FinishedAt.Sub(rd.Deadline); late > h.DeadlineAllowance {
+				r.violate("round %d finished %v after its deadline (allowance %v)", rd.Revision, late.Round(time.Millisecond), h.DeadlineAllowance)
+			}
+		}
+	}
+	// Every revision that started has a completed round record.
+	seen := map[uint64]bool{}
+	for _, w := range h.RevWrites {
+		if w.Malformed || w.Deleted || seen[w.Rec.Revision] {
+			continue
+		}
+		seen[w.Rec.Revision] = true
+		if lg := rounds[w.Rec.Revision]; lg == nil || !lg.finished {
+			r.violate("revision %d has no completed round record", w.Rec.Revision)
+		}
+	}
+}
+
+func sameOutcome(a, b schema.Round) bool {
+	return slices.Equal(a.Acked, b.Acked) && slices.Equal(a.Failed, b.Failed) &&
+		slices.Equal(a.TimedOut, b.TimedOut) && slices.Equal(a.Departed, b.Departed)
+}
+
+// checkPartition checks that every participant is in exactly one outcome
+// list (the schema validates records on decode; this checks again so that
+// a doctored history is caught too).
+func checkPartition(r *Report, rd schema.Round) {
+	outcome := map[schema.PluginID]string{}
+	for _, p := range rd.Participants {
+		if _, dup := outcome[p]; dup {
+			r.violate("round %d lists participant %s twice", rd.Revision, p)
+		}
+		outcome[p] = ""
+	}
+	for _, l := range []struct {
+		name string
+		ids  []schema.PluginID
+	}{{"acked", rd.Acked}, {"failed", rd.Failed}, {"timed_out", rd.TimedOut}, {"departed", rd.Departed}} {
+		for _, p := range l.ids {
+			prev, ok := outcome[p]
+			switch {
+			case !ok:
+				r.violate("round %d: %s lists %s, not a participant", rd.Revision, l.name, p)
+			case prev != "":
+				r.violate("round %d: %s is both %s and %s", rd.Revision, p, prev, l.name)
+			default:
+				outcome[p] = l.name
+			}
+		}
+	}
+	for p, o := range outcome {
+		if o == "" {
+			r.violate("round %d: participant %s has no outcome", rd.Revision, p)
+		}
+	}
+}
+
+func (h *History) checkFencing(r *Report) {
+	type write struct {
+		modRev int64
+		who    string
+		what   string
+	}
+	var ws []write
+	for _, w := range h.RevWrites {
+		if !w.Malformed && !w.Deleted {
+			ws = append(ws, write{w.ModRev, w.Rec.Leader, fmt.Sprintf("revision %d %s", w.Rec.Revision, w.Rec.State)})
+		}
+	}
+	for _, w := range h.RoundWrites {
+		if w.Malformed {
+			continue
+		}
+		who := w.Round.StartedBy
+		if w.Round.State == schema.NotActive {
+			who = w.Round.FinishedBy
+		}
+		ws = append(ws, write{w.ModRev, who, fmt.Sprintf("rounds/%d %s", w.Key, w.Round.State)})
+	}
+	sort.SliceStable(ws, func(i, j int) bool { return ws[i].modRev < ws[j].modRev })
+	var keys []*ElectionKey
+	for _, e := range h.Elections {
+		keys = append(keys, e)
+	}
+	var last int64
+	for _, w := range ws {
+		r.FencedWrites++
+		term, ok := termOf(w.who)
+		if !ok {
+			r.violate("%s at %d carries no leader term (%q)", w.what, w.modRev, w.who)
+			continue
+		}
+		if term < last {
+			r.violate("%s at %d written by term %d after a write by term %d: a deposed leader wrote", w.what, w.modRev, term, last)
+		}
+		last = max(last, term)
+		if len(keys) == 0 {
+			continue // no election record (a doctored history)
+		}
+		// The leader at w.modRev: the live candidate key created first.
+		var leader *ElectionKey
+		for _, e := range keys {
+			if e.Create <= w.modRev && (e.Deleted == 0 || e.Deleted > w.modRev) && (leader == nil || e.Create < leader.Create) {
+				leader = e
+			}
+		}
+		switch {
+		case leader == nil:
+			r.violate("%s at %d by term %d while no coordinator led", w.what, w.modRev, term)
+		case leader.Create != term:
+			r.violate("%s at %d by term %d while term %d (%s) led", w.what, w.modRev, term, leader.Create, leader.ID)
+		}
+	}
+}
+
+func (h *History) checkEvents(r *Report) {
+	type key struct {
+		inc int
+		rev uint64
+	}
+	type pkey struct {
+		inc    int
+		plugin string
+	}
+	started := map[key][]Event{}
+	first := map[pkey]bool{}
+	events := slices.Clone(h.Events)
+	sort.Slice(events, func(i, j int) bool { return events[i].Seq < events[j].Seq })
+	for _, e := range events {
+		r.Events++
+		if e.Status != schema.Started {
+			continue
+		}
+		k := key{e.Incarnation, e.Revision}
+		for _, o := range started[k] {
+			if o.Plugin == e.Plugin {
+				r.violate("incarnation %d (%s) plugin %s got Started %d twice", e.Incarnation, e.Agent, e.Plugin, e.Revision)
+			}
+		}
+		started[k] = append(started[k], e)
+		pk := pkey{e.Incarnation, e.Plugin}
+		if !first[pk] {
+			first[pk] = true
+			if !e.Join {
+				r.violate("incarnation %d (%s) plugin %s: first Started (%d) is not a join resync", e.Incarnation, e.Agent, e.Plugin, e.Revision)
+			}
+		} else if e.Join {
+			r.violate("incarnation %d (%s) plugin %s: Started %d is a second join resync", e.Incarnation, e.Agent, e.Plugin, e.Revision)
+		}
+	}
+	for k, evs := range started {
+		inc := h.Incarnations[k.inc]
+		if inc == nil {
+			r.violate("events of unknown incarnation %d", k.inc)
+			continue
+		}
+		prev := -1
+		for _, e := range evs {
+			idx := slices.Index(inc.Plugins, e.Plugin)
+			if idx < prev {
+				r.violate("incarnation %d (%s) revision %d: %s got Started before %s, against registration order",
+					k.inc, inc.Agent, k.rev, inc.Plugins[prev], e.Plugin)
+			}
+			prev = max(prev, idx)
+		}
+	}
+}
+
+func (h *History) checkAcks(r *Report) {
+	type key struct {
+		id  schema.PluginID
+		rev uint64
+	}
+	sent := map[key]map[schema.Result]bool{}
+	for _, a := range h.Acks {
+		k := key{schema.PluginID{Agent: a.Agent, Plugin: a.Plugin}, a.Revision}
+		if sent[k] == nil {
+			sent[k] = map[schema.Result]bool{}
+		}
+		sent[k][a.Result] = true
+	}
+	done := map[uint64]bool{}
+	for _, w := range h.RoundWrites {
+		if w.Malformed || w.Round.State != schema.NotActive || done[w.Round.Revision] {
+			continue
+		}
+		done[w.Round.Revision] = true
+		for _, p := range w.Round.Acked {
+			if sent[key{p, w.Round.Revision}][schema.ResultOK] {
+				r.AcksMatched++
+			} else {
+				r.violate("round %d lists %s as acked, but no incarnation of it sent an ok ack for %d", w.Round.Revision, p, w.Round.Revision)
+			}
+		}
+		for _, p := range w.Round.Failed {
+			if sent[key{p, w.Round.Revision}][schema.ResultError] {
+				r.AcksMatched++
+			} else {
+				r.violate("round %d lists %s as failed, but no incarnation of it sent an error ack for %d", w.Round.Revision, p, w.Round.Revision)
+			}
+		}
+	}
+}
+
+func (h *History) checkFinal(r *Report) {
+	if h.FinalRevision == 0 {
+		return
+	}
+	acked := map[int]map[string]bool{}
+	for _, a := range h.Acks {
+		if a.Revision == h.FinalRevision && a.Result == schema.ResultOK {
+			if acked[a.Incarnation] == nil {
+				acked[a.Incarnation] = map[string]bool{}
+			}
+			acked[a.Incarnation][a.Plugin] = true
+		}
+	}
+	for _, inc := range h.Incarnations {
+		if !inc.Alive {
+			continue
+		}
+		for _, p := range inc.Plugins {
+			if acked[inc.ID][p] {
+				r.FinalAcks++
+			} else {
+				r.violate("live incarnation %d (%s) plugin %s did not ack the final revision %d", inc.ID, inc.Agent, p, h.FinalRevision)
+			}
+		}
+	}
+}
