@@ -46,10 +46,10 @@ func BenchmarkAckResolution(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				l := &leader{co: co, layout: layout, log: log, ctx: context.Background(),
-					acks: make(map[schema.PluginID]schema.Ack, n)}
+					acks: make(map[schema.PluginID]schema.Ack, n), regs: map[schema.PluginID]schema.Registration{}}
 				l.round = newRoundState(schema.Round{Revision: rev, Participants: parts})
 				for _, ev := range events {
-					l.onAcks(l.decodeAcks(ev))
+					l.onState(l.decodeState(ev))
 				}
 				if l.round.counts.Pending != 0 || l.round.counts.Acked != n {
 					b.Fatalf("counts %+v", l.round.counts)

@@ -39,7 +39,7 @@ func TestRoundOfTwentyAgentsWithDepartureAndFailure(t *testing.T) {
 	agents := startAgents(t, eps, 20, plugins, func(a string) map[string]string {
 		switch a {
 		case "agent-07":
-			return map[string]string{"if": "never"} // dies mid-round
+			return map[string]string{"if": "never", "l3": "never", "acl": "never"} // dies mid-round
 		case "agent-13":
 			return map[string]string{"l3": "error"}
 		}
