@@ -1,0 +1,395 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/resyncd/resync/schema"
+)
+
+const (
+	project    = "resync-e2e"
+	endpoints  = "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
+	sessionTTL = 3 * time.Second // RESYNC_SESSION_TTL in docker-compose.yml
+	agentTTL   = 3 * time.Second // RESYNC_TTL of the agents
+)
+
+var root, _ = filepath.Abs("../..")
+
+type stepTime struct {
+	name string
+	took time.Duration
+	note string
+}
+
+type env struct {
+	t       *testing.T
+	compose []string
+	steps   []stepTime
+}
+
+func newEnv(t *testing.T) *env {
+	e := &env{t: t}
+	if exec.Command("docker", "compose", "version").Run() == nil {
+		e.compose = []string{"docker", "compose"}
+	} else {
+		e.compose = []string{"docker-compose"}
+	}
+	e.compose = append(e.compose, "-p", project, "-f", filepath.Join(root, "docker-compose.yml"))
+	return e
+}
+
+func (e *env) run(timeout time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "AGENT_RELOAD_TIME=1s")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+func (e *env) must(timeout time.Duration, name string, args ...string) string {
+	e.t.Helper()
+	out, err := e.run(timeout, name, args...)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (e *env) dc(args ...string) string {
+	e.t.Helper()
+	return e.must(3*time.Minute, e.compose[0], append(e.compose[1:], args...)...)
+}
+
+// id is the container id of a compose service.
+func (e *env) id(service string) string {
+	e.t.Helper()
+	return strings.TrimSpace(e.dc("ps", "-q", service))
+}
+
+func (e *env) ctl(args ...string) (string, error) {
+	return e.run(2*time.Minute, filepath.Join(root, "bin/resyncctl"), append([]string{"--endpoints", endpoints, "--dial-timeout", "3s"}, args...)...)
+}
+
+func (e *env) ctlJSON(v any, args ...string) error {
+	out, err := e.ctl(append(args, "-o", "json")...)
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return json.Unmarshal([]byte(out), v)
+}
+
+type status struct {
+	Revision uint64 `json:"revision"`
+	State    string `json:"state"`
+	Leader   string `json:"leader"`
+	Progress struct {
+		Counts schema.RoundCounts `json:"counts"`
+	} `json:"progress"`
+}
+
+func (e *env) status() (status, error) {
+	var s status
+	return s, e.ctlJSON(&s, "status")
+}
+
+func (e *env) round(n uint64) (schema.Round, bool) {
+	var h struct {
+		Rounds []schema.Round `json:"rounds"`
+	}
+	if err := e.ctlJSON(&h, "history", "-n", "20"); err != nil {
+		return schema.Round{}, false
+	}
+	for _, r := range h.Rounds {
+		if r.Revision == n {
+			return r, true
+		}
+	}
+	return schema.Round{}, false
+}
+
+func (e *env) registrations() map[string]int {
+	var doc struct {
+		Registrations []schema.Registration `json:"registrations"`
+	}
+	per := map[string]int{}
+	if e.ctlJSON(&doc, "registrations") == nil {
+		for _, r := range doc.Registrations {
+			per[r.Agent]++
+		}
+	}
+	return per
+}
+
+func (e *env) ready(port int) string {
+	out, _ := e.run(10*time.Second, filepath.Join(root, "bin/resyncd"), "--probe", fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
+	return out
+}
+
+func (e *env) waitFor(timeout time.Duration, what string, cond func() bool) time.Duration {
+	e.t.Helper()
+	began := time.Now()
+	for !cond() {
+		if time.Since(began) > timeout {
+			e.t.Fatalf("E2E FAILED: timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return time.Since(began)
+}
+
+func (e *env) step(name string, f func() string) {
+	e.t.Helper()
+	e.t.Logf("== %s", name)
+	began := time.Now()
+	note := f()
+	took := time.Since(began)
+	e.steps = append(e.steps, stepTime{name, took, note})
+	e.t.Logf("   ok in %v %s", took.Round(time.Millisecond), note)
+}
+
+// startedRound triggers a round and waits until it is Started.
+func (e *env) startedRound(reason string) uint64 {
+	e.t.Helper()
+	before, err := e.status()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if out, err := e.ctl("trigger", "--reason", reason); err != nil {
+		e.t.Fatalf("trigger: %v %s", err, out)
+	}
+	var s status
+	e.waitFor(30*time.Second, "the round to start", func() bool {
+		s, err = e.status()
+		return err == nil && s.Revision > before.Revision && s.State == "Started"
+	})
+	return s.Revision
+}
+
+func (e *env) finished(n uint64, within time.Duration) schema.Round {
+	e.t.Helper()
+	var r schema.Round
+	e.waitFor(within, fmt.Sprintf("round %d to finish", n), func() bool {
+		var ok bool
+		r, ok = e.round(n)
+		return ok && r.State == schema.NotActive
+	})
+	return r
+}
+
+func (e *env) triggerWait(reason string) schema.Round {
+	e.t.Helper()
+	out, err := e.ctl("trigger", "--reason", reason, "--wait", "--timeout", "90s")
+	if err != nil {
+		e.t.Fatalf("E2E FAILED: trigger --wait: %v\n%s", err, out)
+	}
+	s, err := e.status()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r, _ := e.round(s.Revision)
+	return r
+}
+
+func TestE2E(t *testing.T) {
+	e := newEnv(t)
+	e.run(3*time.Minute, e.compose[0], append(e.compose[1:], "down", "-v", "--remove-orphans")...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := e.run(time.Minute, e.compose[0], append(e.compose[1:], "logs", "--tail", "60")...)
+			t.Logf("compose logs:\n%s", out)
+		}
+		out, err := e.run(3*time.Minute, e.compose[0], append(e.compose[1:], "down", "-v", "--remove-orphans")...)
+		if err != nil {
+			t.Errorf("compose down: %v\n%s", err, out)
+		}
+		var b strings.Builder
+		w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(w, "STEP\tTOOK\tNOTE")
+		for _, s := range e.steps {
+			fmt.Fprintf(w, "%s\t%v\t%s\n", s.name, s.took.Round(time.Millisecond), s.note)
+		}
+		w.Flush()
+		t.Logf("steps:\n%s", b.String())
+	})
+
+	e.step("cluster up: 3 etcd, 2 resyncd, 3 agents x 3 plugins, all healthy", func() string {
+		e.dc("up", "-d")
+		e.waitFor(3*time.Minute, "9 registrations and both resyncd ready", func() bool {
+			regs := e.registrations()
+			return regs["agent1"] == 3 && regs["agent2"] == 3 && regs["agent3"] == 3 &&
+				strings.Contains(e.ready(19091), "ready") && strings.Contains(e.ready(19092), "ready")
+		})
+		return ""
+	})
+
+	e.step("resyncctl trigger --wait: every agent x plugin acked", func() string {
+		r := e.triggerWait("e2e: first round")
+		if r.Counts.Participants != 9 || r.Counts.Acked != 9 {
+			t.Fatalf("E2E FAILED: round %d counts %+v, want 9 acked", r.Revision, r.Counts)
+		}
+		return fmt.Sprintf("(round %d, %.0f ms)", r.Revision, r.DurationMS)
+	})
+
+	e.step("docker kill the leading resyncd mid-round: the standby completes the same revision", func() string {
+		n := e.startedRound("e2e: leader crash")
+		s, _ := e.status()
+		leader, _, _ := strings.Cut(s.Leader, "@")
+		standby, port := "resyncd2", 19092
+		if leader == "resyncd2" {
+			standby, port = "resyncd1", 19091
+		}
+		e.must(time.Minute, "docker", "kill", e.id(leader))
+		took := e.waitFor(30*time.Second, standby+" to lead", func() bool { return strings.Contains(e.ready(port), "leading") })
+		if took > sessionTTL+2*time.Second {
+			t.Fatalf("E2E FAILED: %s took %v to take over, more than TTL %v + 2s", standby, took, sessionTTL)
+		}
+		r := e.finished(n, 90*time.Second)
+		if !strings.HasPrefix(r.FinishedBy, standby+"@") || r.Counts.Participants != 9 || r.Counts.Acked != 9 {
+			t.Fatalf("E2E FAILED: round %d finished by %s with %+v", n, r.FinishedBy, r.Counts)
+		}
+		e.dc("start", leader)
+		e.waitFor(time.Minute, leader+" back as standby", func() bool {
+			p := 19091
+			if leader == "resyncd2" {
+				p = 19092
+			}
+			return strings.Contains(e.ready(p), "standby")
+		})
+		return fmt.Sprintf("(killed %s; %s led after %v; round %d finished by %s)", leader, standby, took.Round(time.Millisecond), n, r.FinishedBy)
+	})
+
+	e.step("docker kill an agent mid-round: the round completes with it departed", func() string {
+		n := e.startedRound("e2e: agent crash")
+		e.must(time.Minute, "docker", "kill", e.id("agent3"))
+		r := e.finished(n, 90*time.Second)
+		departed := 0
+		for _, p := range r.Departed {
+			if p.Agent == "agent3" {
+				departed++
+			}
+		}
+		if departed == 0 || r.Counts.Pending != 0 || r.Counts.TimedOut != 0 || r.Counts.Acked+r.Counts.Departed != 9 {
+			t.Fatalf("E2E FAILED: round %d after killing agent3: %+v departed %v", n, r.Counts, r.Departed)
+		}
+		e.waitFor(agentTTL+30*time.Second, "agent3's registrations to expire", func() bool { return e.registrations()["agent3"] == 0 })
+		next := e.triggerWait("e2e: after agent crash")
+		if next.Counts.Participants != 6 || next.Counts.Acked != 6 {
+			t.Fatalf("E2E FAILED: round without agent3: %+v", next.Counts)
+		}
+		return fmt.Sprintf("(round %d: %d of agent3 departed; round %d: 6 acked)", n, departed, next.Revision)
+	})
+
+	e.step("docker network disconnect an agent past its TTL, reconnect: it re-registers and resyncs", func() string {
+		id := e.id("agent2")
+		network := project + "_resync"
+		before, _ := e.status()
+		e.must(time.Minute, "docker", "network", "disconnect", network, id)
+		gone := e.waitFor(agentTTL+30*time.Second, "agent2's registrations to expire", func() bool { return e.registrations()["agent2"] == 0 })
+		e.must(time.Minute, "docker", "network", "connect", network, id)
+		var rejoin schema.Round
+		e.waitFor(2*time.Minute, "agent2 back and a rejoin round for it acked", func() bool {
+			if e.registrations()["agent2"] != 3 {
+				return false
+			}
+			s, err := e.status()
+			if err != nil {
+				return false
+			}
+			for n := before.Revision + 1; n <= s.Revision; n++ {
+				if r, ok := e.round(n); ok && r.State == schema.NotActive && r.Cause == schema.CauseRejoin && r.Scope.Agent == "agent2" && r.Counts.Acked == 3 {
+					rejoin = r
+					return true
+				}
+			}
+			return false
+		})
+		return fmt.Sprintf("(keys gone after %v; rejoin round %d acked 3)", gone.Round(time.Millisecond), rejoin.Revision)
+	})
+
+	e.step("restart the killed agent: it registers again and gets a join resync", func() string {
+		e.dc("start", "agent3")
+		e.waitFor(time.Minute, "agent3 registered and its join resync acked", func() bool {
+			logs, _ := e.run(time.Minute, "docker", "logs", e.id("agent3"))
+			return e.registrations()["agent3"] == 3 && strings.Count(logs, "join=true") >= 3 && strings.Contains(logs, "reloaded and acked")
+		})
+		return ""
+	})
+
+	e.step("stop the etcd raft leader: rounds still complete; start it: it rejoins", func() string {
+		leader := ""
+		for _, m := range []string{"etcd1", "etcd2", "etcd3"} {
+			out, err := e.run(time.Minute, "docker", "exec", e.id(m), "etcdctl", "--endpoints=http://127.0.0.1:2379", "endpoint", "status", "-w", "json")
+			if err != nil {
+				continue
+			}
+			var st []struct {
+				Status struct {
+					Header struct {
+						MemberID uint64 `json:"member_id"`
+					} `json:"header"`
+					Leader uint64 `json:"leader"`
+				} `json:"Status"`
+			}
+			if json.Unmarshal([]byte(out), &st) == nil && len(st) == 1 && st[0].Status.Leader == st[0].Status.Header.MemberID {
+				leader = m
+			}
+		}
+		if leader == "" {
+			t.Fatal("E2E FAILED: no etcd member says it leads")
+		}
+		e.dc("stop", leader)
+		r := e.triggerWait("e2e: etcd leader down")
+		if r.Counts.Acked != 9 {
+			t.Fatalf("E2E FAILED: round with %s down: %+v", leader, r.Counts)
+		}
+		e.dc("start", leader)
+		e.waitFor(2*time.Minute, leader+" healthy again", func() bool {
+			out, err := e.run(30*time.Second, "docker", "exec", e.id(leader), "etcdctl", "--endpoints=http://127.0.0.1:2379", "endpoint", "health")
+			return err == nil && strings.Contains(out, "is healthy")
+		})
+		r2 := e.triggerWait("e2e: etcd leader back")
+		if r2.Counts.Acked != 9 {
+			t.Fatalf("E2E FAILED: round after %s rejoined: %+v", leader, r2.Counts)
+		}
+		return fmt.Sprintf("(stopped %s; rounds %d and %d clean)", leader, r.Revision, r2.Revision)
+	})
+
+	e.step("etcdctl get --prefix /resync/ -w json from inside the network", func() string {
+		out := e.must(time.Minute, "docker", "exec", e.id("etcd1"), "etcdctl", "--endpoints=etcd1:2379,etcd2:2379,etcd3:2379", "get", "--prefix", "/resync/", "-w", "json")
+		var doc struct {
+			Kvs []struct {
+				Key string `json:"key"`
+			} `json:"kvs"`
+		}
+		if err := json.Unmarshal([]byte(out), &doc); err != nil {
+			t.Fatalf("E2E FAILED: etcdctl -w json: %v", err)
+		}
+		families := map[string]int{}
+		for _, kv := range doc.Kvs {
+			k, _ := base64.StdEncoding.DecodeString(kv.Key)
+			fam, _, _ := strings.Cut(strings.TrimPrefix(string(k), "/resync/"), "/")
+			families[fam]++
+		}
+		if families["revision"] != 1 || families["registrations"] != 9 || families["acks"] != 9 || families["rounds"] == 0 || families["election"] != 2 {
+			t.Fatalf("E2E FAILED: keys by family %v", families)
+		}
+		return fmt.Sprintf("%v", families)
+	})
+}
