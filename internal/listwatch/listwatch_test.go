@@ -1,0 +1,110 @@
+package listwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/resyncd/resync/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
+
+func TestListPagesAtOneRevision(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 25; i++ {
+		if _, err := c.Put(ctx, fmt.Sprintf("/p/k%02d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Put(ctx, "/q", "outside"); err != nil {
+		t.Fatal(err)
+	}
+	kvs, rev, err := List(ctx, c, "/p/", true, 7) // 4 pages
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kvs) != 25 || string(kvs[0].Key) != "/p/k00" || string(kvs[24].Key) != "/p/k24" {
+		t.Fatalf("listed %d keys", len(kvs))
+	}
+	for _, kv := range kvs {
+		if kv.ModRevision > rev {
+			t.Fatalf("%s at %d is newer than the list revision %d", kv.Key, kv.ModRevision, rev)
+		}
+	}
+	kvs, _, err = ListRange(ctx, c, "/p/k10", "/p/k13", 2)
+	if err != nil || len(kvs) != 3 {
+		t.Fatalf("range: %d keys, %v", len(kvs), err)
+	}
+}
+
+func TestRunResetsAfterCompactionAndReturnsHandlerErrors(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	proxy := etcdtest.NewProxy(t, m.Endpoint())
+	wc := etcdtest.Client(t, proxy.Endpoint)
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan Event, 100)
+	done := make(chan error, 1)
+	stop := errors.New("stop")
+	go func() {
+		done <- Run(ctx, wc, "/w/", Options{Prefix: true, Retry: 20 * time.Millisecond}, func(ev Event) error {
+			events <- ev
+			for _, e := range ev.Changes {
+				if string(e.Kv.Key) == "/w/stop" {
+					return stop
+				}
+			}
+			return nil
+		})
+	}()
+	defer cancel()
+	next := func(what string) Event {
+		t.Helper()
+		select {
+		case ev := <-events:
+			return ev
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no event: %s", what)
+		}
+		return Event{}
+	}
+	if ev := next("initial reset"); !ev.Reset || len(ev.Kvs) != 0 {
+		t.Fatalf("first event %+v", ev)
+	}
+	put := func(k string) {
+		if _, err := c.Put(context.Background(), k, "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("/w/a")
+	if ev := next("put a"); ev.Reset || string(ev.Changes[0].Kv.Key) != "/w/a" {
+		t.Fatalf("event %+v", ev)
+	}
+	proxy.Cut()
+	put("/w/b")
+	put("/w/c")
+	etcdtest.Compact(t, c)
+	proxy.Restore()
+	ev := next("reset after compaction")
+	if !ev.Reset || len(ev.Kvs) != 3 {
+		t.Fatalf("after compaction: reset=%v with %d keys, want a reset with a, b, c", ev.Reset, len(ev.Kvs))
+	}
+	put("/w/stop")
+	next("put stop")
+	select {
+	case err := <-done:
+		if !errors.Is(err, stop) {
+			t.Fatalf("Run returned %v, want the handler's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return the handler's error")
+	}
+}
