@@ -361,3 +361,39 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Revision N+1 arrives while the first plugin still holds N: that plugin may
+// ack N; the plugins not yet reached never get N, only N+1, in order.
+func TestNewerRevisionWhileAPluginHoldsTheOlder(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "agent-a", 5*time.Second)
+	chs := a.register(t, "p0", "p1", "p2")
+	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
+	for k, ch := range chs { // the join resync, in order
+		recv(t, ch, fmt.Sprintf("join of p%d", k)).Ack()
+	}
+	for k, ch := range chs {
+		if ev := recv(t, ch, fmt.Sprintf("NotActive of p%d", k)); ev.ResyncStatus() != schema.NotActive {
+			t.Fatalf("p%d got %s after its join", k, ev.ResyncStatus())
+		}
+	}
+	writeRev(t, c, 2, schema.Started, schema.Scope{})
+	held := recv(t, chs[0], "p0 Started 2")
+	if held.Revision() != 2 {
+		t.Fatalf("p0 got revision %d", held.Revision())
+	}
+	writeRev(t, c, 3, schema.Started, schema.Scope{})
+	held.Ack() // the held event may still be acked
+	waitAck(t, c, "agent-a", "p0", 2, schema.ResultOK)
+	for k, ch := range chs {
+		ev := recv(t, ch, fmt.Sprintf("p%d Started 3", k))
+		if ev.Revision() != 3 || ev.ResyncStatus() != schema.Started {
+			t.Fatalf("p%d got %s %d, want Started 3 (never 2 for p1, p2)", k, ev.ResyncStatus(), ev.Revision())
+		}
+		ev.Ack()
+	}
+	for _, p := range []string{"p0", "p1", "p2"} {
+		waitAck(t, c, "agent-a", p, 3, schema.ResultOK)
+	}
+}
