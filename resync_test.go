@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
@@ -23,14 +22,6 @@ var layout = schema.MustLayout(schema.DefaultPrefix)
 
 const wait = 10 * time.Second
 
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -41,9 +32,7 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 // in t.Cleanup.
 func newPlugin(t *testing.T, c *clientv3.Client, agent string) *resync.Plugin {
 	t.Helper()
-	l := logrus.New()
-	l.SetOutput(tWriter{t})
-	l.SetLevel(logrus.DebugLevel)
+	l := etcdtest.Logger(t, "debug")
 	cfg := resync.DefaultConfig(agent)
 	cfg.TTL = 2 * time.Second
 	cfg.AcceptTimeout = 200 * time.Millisecond

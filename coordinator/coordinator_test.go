@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/handagent"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -54,8 +55,8 @@ func newCoord(t *testing.T, endpoints []string, cfg Config) *testCoord {
 	return &testCoord{Coordinator: co, c: c, hooks: h}
 }
 
-// crash closes the coordinator's client without resigning, then stops it.
-func (tc *testCoord) crash() {
+// Crash closes the coordinator's client without resigning, then stops it.
+func (tc *testCoord) Crash() {
 	tc.c.Close()
 	tc.Close()
 }
@@ -263,7 +264,7 @@ func TestConfigValidate(t *testing.T) {
 func TestFirstLeaderStartsInitialRound(t *testing.T) {
 	m := etcdtest.Start(t)
 	obs := m.Client(t)
-	a := startHandAgent(t, []string{m.Endpoint()}, "a1", []string{"p1", "p2"}, nil)
+	a := handagent.Start(t, []string{m.Endpoint()}, "a1", []string{"p1", "p2"}, nil)
 	co := newCoord(t, []string{m.Endpoint()}, testConfig("c1"))
 	r := waitFinished(t, obs, 1, 15*time.Second)
 	if r.Cause != schema.CauseInitial || r.Counts.Acked != 2 || r.Counts.Participants != 2 || !strings.HasPrefix(r.FinishedBy, "c1@") {
@@ -273,7 +274,7 @@ func TestFirstLeaderStartsInitialRound(t *testing.T) {
 	if rev.Revision != 1 || rev.FinishedAt.IsZero() {
 		t.Fatalf("revision after round 1: %+v", rev)
 	}
-	if a.startedCount("p1", 1) != 1 || a.startedCount("p2", 1) != 1 {
+	if a.StartedCount("p1", 1) != 1 || a.StartedCount("p2", 1) != 1 {
 		t.Fatal("plugins were not asked exactly once")
 	}
 	if st := co.Status(); !st.Leading || st.Revision == nil || st.Revision.Revision != 1 {
@@ -306,7 +307,7 @@ func TestExactlyOneLeaderAndFailover(t *testing.T) {
 	// Crash: the client goes away without resigning.
 	rest := without(coords, first)
 	crashed := time.Now()
-	first.crash()
+	first.Crash()
 	second := waitLeader(t, rest, testConfig("").SessionTTL+time.Second)
 	t.Logf("crash failover took %v", time.Since(crashed).Round(time.Millisecond))
 
@@ -384,13 +385,13 @@ func TestPartitionedLeaderIsFenced(t *testing.T) {
 	waitLeader(t, []*testCoord{old}, 10*time.Second)
 	waitIdle(t, obs, 10*time.Second)
 	// A round is running on the old leader when the partition starts.
-	a := startHandAgent(t, []string{m.Endpoint()}, "a1", []string{"p"}, map[string]string{"p": "hold"})
+	a := handagent.Start(t, []string{m.Endpoint()}, "a1", []string{"p"}, map[string]string{"p": "hold"})
 	request(t, obs, schema.CauseManual, schema.Scope{}, "before partition")
-	etcdtest.WaitFor(t, 10*time.Second, "round 2 to start", func() bool { return a.startedCount("p", 2) == 1 })
+	etcdtest.WaitFor(t, 10*time.Second, "round 2 to start", func() bool { return a.StartedCount("p", 2) == 1 })
 	proxy.Blackhole()
 	successor := newCoord(t, []string{m.Endpoint()}, testConfig("new"))
 	waitLeader(t, []*testCoord{successor}, 3*testConfig("").SessionTTL+5*time.Second)
-	close(a.release) // the participant acks; the successor completes round 2
+	a.Release() // the participant acks; the successor completes round 2
 	waitFinished(t, obs, 2, 10*time.Second)
 	etcdtest.WaitFor(t, 15*time.Second, "the partitioned leader to step down", func() bool { return !old.Status().Leading })
 	proxy.Heal()
@@ -402,7 +403,7 @@ func TestPartitionedLeaderIsFenced(t *testing.T) {
 			t.Errorf("the partitioned leader wrote revision %d", w.rec.Revision)
 		}
 	}
-	if a.startedCount("p", 2) != 1 {
-		t.Errorf("participant asked %d times for round 2", a.startedCount("p", 2))
+	if a.StartedCount("p", 2) != 1 {
+		t.Errorf("participant asked %d times for round 2", a.StartedCount("p", 2))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/handagent"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -45,16 +46,16 @@ func TestGarbageRevisionMidRoundFailoverResumesTheRound(t *testing.T) {
 	first := newCoord(t, eps, testConfig("c0"))
 	waitLeader(t, []*testCoord{first}, 10*time.Second)
 	waitIdle(t, obs, 10*time.Second)
-	a := startHandAgent(t, eps, "a1", []string{"p"}, map[string]string{"p": "hold"})
+	a := handagent.Start(t, eps, "a1", []string{"p"}, map[string]string{"p": "hold"})
 	request(t, obs, schema.CauseManual, schema.Scope{}, "held round")
-	etcdtest.WaitFor(t, 10*time.Second, "round 2 to reach the agent", func() bool { return a.startedCount("p", 2) == 1 })
+	etcdtest.WaitFor(t, 10*time.Second, "round 2 to reach the agent", func() bool { return a.StartedCount("p", 2) == 1 })
 	if _, err := obs.Put(ctxT(t, 5*time.Second), layout.Revision(), "not json {"); err != nil {
 		t.Fatal(err)
 	}
-	first.crash()
+	first.Crash()
 	second := newCoord(t, eps, testConfig("c1"))
 	waitLeader(t, []*testCoord{second}, 10*time.Second)
-	close(a.release)
+	a.Release()
 	r := waitFinished(t, obs, 2, 15*time.Second)
 	if r.Counts.Acked != 1 {
 		t.Fatalf("round 2 after the failover: %+v, want the held participant acked", r.Counts)

@@ -8,12 +8,13 @@ import (
 	"time"
 
 	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/handagent"
 	"github.com/resyncd/resync/schema"
 )
 
-func startAgents(t *testing.T, eps []string, n int, plugins []string, behave func(agent string) map[string]string) []*handAgent {
+func startAgents(t *testing.T, eps []string, n int, plugins []string, behave func(agent string) map[string]string) []*handagent.Agent {
 	t.Helper()
-	agents := make([]*handAgent, n)
+	agents := make([]*handagent.Agent, n)
 	var wg sync.WaitGroup
 	for i := range agents {
 		name := fmt.Sprintf("agent-%02d", i)
@@ -24,7 +25,7 @@ func startAgents(t *testing.T, eps []string, n int, plugins []string, behave fun
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			agents[i] = startHandAgent(t, eps, name, plugins, b)
+			agents[i] = handagent.Start(t, eps, name, plugins, b)
 		}()
 	}
 	wg.Wait()
@@ -46,8 +47,8 @@ func TestRoundOfTwentyAgentsWithDepartureAndFailure(t *testing.T) {
 		return nil
 	})
 	co := newCoord(t, eps, testConfig("c0"))
-	etcdtest.WaitFor(t, 15*time.Second, "round 1 to reach agent-07", func() bool { return agents[7].startedCount("if", 1) == 1 })
-	agents[7].crash()
+	etcdtest.WaitFor(t, 15*time.Second, "round 1 to reach agent-07", func() bool { return agents[7].StartedCount("if", 1) == 1 })
+	agents[7].Crash()
 	r := waitFinished(t, obs, 1, 20*time.Second)
 	if r.Counts.Participants != 60 || r.Counts.Acked != 56 || r.Counts.Failed != 1 || r.Counts.Departed != 3 || r.Counts.TimedOut != 0 {
 		t.Fatalf("round 1 counts %+v, want 60 participants: 56 acked, 1 failed, 3 departed", r.Counts)
@@ -70,7 +71,7 @@ func TestRoundOfTwentyAgentsWithDepartureAndFailure(t *testing.T) {
 	if gap := r2.StartedAt.Sub(r.FinishedAt); gap < testConfig("").BackoffMin {
 		t.Errorf("retry started %v after the failure, before the %v backoff", gap, testConfig("").BackoffMin)
 	}
-	agents[13].setBehaviour("l3", "ok")
+	agents[13].SetBehaviour("l3", "ok")
 	r3 := waitFinished(t, obs, 3, 10*time.Second)
 	if !r3.Clean() || r3.Counts.Acked != 1 {
 		t.Fatalf("round 3 %+v", r3.Counts)
@@ -96,8 +97,8 @@ func TestRoundOfTwentyAgentsWithDepartureAndFailure(t *testing.T) {
 			continue
 		}
 		for _, p := range plugins {
-			if n := a.startedCount(p, 1); n != 1 {
-				t.Errorf("%s/%s got %d Started for round 1", a.name, p, n)
+			if n := a.StartedCount(p, 1); n != 1 {
+				t.Errorf("%s/%s got %d Started for round 1", a.Name, p, n)
 			}
 		}
 	}
@@ -110,19 +111,19 @@ func TestSuccessorResumesTheRunningRound(t *testing.T) {
 	eps := []string{m.Endpoint()}
 	agents := startAgents(t, eps, 3, []string{"p", "q"}, func(string) map[string]string { return map[string]string{"q": "hold"} })
 	first := newCoord(t, eps, testConfig("first"))
-	etcdtest.WaitFor(t, 10*time.Second, "round 1 to start", func() bool { return agents[2].startedCount("q", 1) == 1 })
+	etcdtest.WaitFor(t, 10*time.Second, "round 1 to start", func() bool { return agents[2].StartedCount("q", 1) == 1 })
 	before, _ := readRound(t, obs, 1)
 	second := newCoord(t, eps, testConfig("second"))
-	first.crash()
+	first.Crash()
 	etcdtest.WaitFor(t, 10*time.Second, "the successor to resume", func() bool {
 		second.hooks.mu.Lock()
 		defer second.hooks.mu.Unlock()
 		return len(second.hooks.resumed) == 1
 	})
 	// A late-registered agent is not a participant of the resumed round.
-	late := startHandAgent(t, eps, "late", []string{"p"}, nil)
+	late := handagent.Start(t, eps, "late", []string{"p"}, nil)
 	for _, a := range agents {
-		close(a.release)
+		a.Release()
 	}
 	r := waitFinished(t, obs, 1, 10*time.Second)
 	if r.Counts.Participants != 6 || r.Counts.Acked != 6 || fmt.Sprint(r.Participants) != fmt.Sprint(before.Participants) {
@@ -133,8 +134,8 @@ func TestSuccessorResumesTheRunningRound(t *testing.T) {
 	}
 	for _, a := range agents {
 		for _, p := range []string{"p", "q"} {
-			if n := a.startedCount(p, 1); n != 1 {
-				t.Errorf("%s/%s asked %d times for round 1", a.name, p, n)
+			if n := a.StartedCount(p, 1); n != 1 {
+				t.Errorf("%s/%s asked %d times for round 1", a.Name, p, n)
 			}
 		}
 	}
@@ -196,7 +197,7 @@ func TestScopedRequestOnlyThatAgent(t *testing.T) {
 	if fmt.Sprint(r.Participants) != "[agent-01/p agent-01/q]" || r.Counts.Acked != 2 {
 		t.Fatalf("scoped round participants %v counts %+v", r.Participants, r.Counts)
 	}
-	if agents[0].startedCount("p", 2) != 0 || agents[1].startedCount("q", 2) != 1 {
+	if agents[0].StartedCount("p", 2) != 0 || agents[1].StartedCount("q", 2) != 1 {
 		t.Fatal("the scoped round reached the wrong agents")
 	}
 	request(t, obs, schema.CauseManual, schema.Scope{Agent: "agent-02", Plugin: "q"}, "just one plugin")
@@ -255,7 +256,7 @@ func TestDeadlineTimesOutAndHistoryIsBounded(t *testing.T) {
 	// The retry (scoped to the silent plugin) times out too, until the
 	// plugin answers.
 	waitFinished(t, obs, 2, 10*time.Second)
-	agents[0].setBehaviour("silent", "ok")
+	agents[0].SetBehaviour("silent", "ok")
 	etcdtest.WaitFor(t, 20*time.Second, "a clean round", func() bool {
 		rev, ok := readRevision(t, obs)
 		if !ok || rev.State != schema.NotActive {

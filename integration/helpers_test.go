@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -79,21 +78,7 @@ func newSinkLogger(s *logSink, level logrus.Level) *logrus.Logger {
 	return l
 }
 
-// tWriter routes logs to t.Log.
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *logrus.Logger {
-	l := logrus.New()
-	l.SetOutput(tWriter{t})
-	l.SetLevel(logrus.InfoLevel)
-	return l
-}
+func testLogger(t testing.TB) *logrus.Logger { return etcdtest.Logger(t, "info") }
 
 // observer watches the whole prefix from the moment it starts and records
 // every write of the revision key, of rounds/ and of the election keys into a

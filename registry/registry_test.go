@@ -21,20 +21,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...
 
 var layout = schema.MustLayout(schema.DefaultPrefix)
 
-func testLogger(t *testing.T) logrus.FieldLogger {
-	l := logrus.New()
-	l.SetOutput(tWriter{t})
-	l.SetLevel(logrus.DebugLevel)
-	return l
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+func testLogger(t *testing.T) logrus.FieldLogger { return etcdtest.Logger(t, "debug") }
 
 func newRegistry(t *testing.T, c *clientv3.Client, agent string, ttl time.Duration) *Registry {
 	t.Helper()
@@ -337,10 +324,7 @@ func newRegistryQuiet(t *testing.T, c *clientv3.Client, agent string) *Registry 
 	t.Helper()
 	cfg := DefaultConfig(agent)
 	cfg.TTL = 30 * time.Second
-	l := logrus.New()
-	l.SetLevel(logrus.ErrorLevel)
-	l.SetOutput(tWriter{t})
-	r, err := New(c, cfg, WithLogger(l))
+	r, err := New(c, cfg, WithLogger(etcdtest.Logger(t, "error")))
 	if err != nil {
 		t.Fatal(err)
 	}

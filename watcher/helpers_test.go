@@ -2,7 +2,6 @@ package watcher
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,20 +26,7 @@ const (
 	wait          = 10 * time.Second // deadline of conditions that should hold soon
 )
 
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func testLogger(t *testing.T) logrus.FieldLogger {
-	l := logrus.New()
-	l.SetOutput(tWriter{t})
-	l.SetLevel(logrus.DebugLevel)
-	return l
-}
+func testLogger(t *testing.T) logrus.FieldLogger { return etcdtest.Logger(t, "debug") }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)

@@ -98,7 +98,7 @@ func TestTriggerWaitCleanStatusHistoryRegistrations(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "pending       1 (a2/slow)") || !strings.Contains(out, "state         Started") {
 		t.Fatalf("status text:\n%s", out)
 	}
-	close(slow.release)
+	slow.Release()
 	waitRound(t, obs, 1, schema.NotActive)
 
 	// trigger --wait: a clean round 2, with progress lines.
