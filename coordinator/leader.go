@@ -146,6 +146,22 @@ func (l *leader) run() error {
 	}
 }
 
+// sleep pauses for d, or returns at once with why leadership ended.
+func (l *leader) sleep(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-l.ctx.Done():
+		return l.ctx.Err()
+	case <-l.sess.Done():
+		return fmt.Errorf("%w: session expired", ErrDeposed)
+	case err := <-l.deposedC:
+		return err
+	case <-t.C:
+		return nil
+	}
+}
+
 func (l *leader) spawn(f func()) {
 	l.wg.Add(1)
 	go func() {
@@ -312,18 +328,8 @@ func (l *leader) load() error {
 			return nil
 		}
 		l.log.WithError(err).Warn("coordinator: reading the revision failed; retrying")
-		t := time.NewTimer(pause)
-		select {
-		case <-l.ctx.Done():
-			t.Stop()
-			return l.ctx.Err()
-		case <-l.sess.Done():
-			t.Stop()
-			return fmt.Errorf("%w: session expired", ErrDeposed)
-		case err := <-l.deposedC:
-			t.Stop()
+		if err := l.sleep(pause); err != nil {
 			return err
-		case <-t.C:
 		}
 		pause = min(2*pause, 2*time.Second)
 	}

@@ -479,18 +479,8 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 			return l.ctx.Err()
 		}
 		l.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
-		t := time.NewTimer(pause)
-		select {
-		case <-l.ctx.Done():
-			t.Stop()
-			return l.ctx.Err()
-		case <-l.sess.Done():
-			t.Stop()
-			return fmt.Errorf("%w: session expired", ErrDeposed)
-		case err := <-l.deposedC:
-			t.Stop()
+		if err := l.sleep(pause); err != nil {
 			return err
-		case <-t.C:
 		}
 		pause = min(2*pause, time.Second)
 	}
