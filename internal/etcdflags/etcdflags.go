@@ -163,9 +163,17 @@ type UnreachableError struct {
 	DialTimeout time.Duration
 	// Err is the last error of the attempt (for logs; not in the text).
 	Err error
+	// TLS, when not empty, says why an endpoint that accepts connections
+	// still did not answer: a TLS mismatch or a refused certificate. It
+	// replaces the hint about resyncd not running.
+	TLS string
 }
 
 func (e *UnreachableError) Error() string {
+	if e.TLS != "" {
+		return fmt.Sprintf("cannot reach etcd at %s within %v (dial timeout): %s",
+			strings.Join(e.Endpoints, ","), e.DialTimeout, e.TLS)
+	}
 	return fmt.Sprintf("cannot reach etcd at %s within %v (dial timeout): is resyncd or etcd running? set --endpoints",
 		strings.Join(e.Endpoints, ","), e.DialTimeout)
 }
@@ -197,7 +205,7 @@ func (f *Flags) Dial(ctx context.Context) (*clientv3.Client, error) {
 	}
 	cfg.Context = ctx
 	unreachable := func(err error) error {
-		return &UnreachableError{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, Err: err}
+		return &UnreachableError{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, Err: err, TLS: diagnoseTLS(ctx, cfg)}
 	}
 	c, err := clientv3.New(cfg)
 	if err != nil {
