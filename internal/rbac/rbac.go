@@ -191,8 +191,8 @@ func (s Spec) Users() map[string]string {
 // Passwords supplies the users' passwords to Apply.
 type Passwords interface {
 	// Given returns the password the operator chose for user, if any. An
-	// existing user with a given password gets it set (so re-applying
-	// converges); one without keeps its own.
+	// existing user with a given password gets it set unless it already
+	// has it (so re-applying converges); one without keeps its own.
 	Given(user string) (password string, ok bool, err error)
 	// New returns a password for a user about to be created that has no
 	// given password: typically generated and stored where the user's
@@ -327,7 +327,7 @@ func applyUser(ctx context.Context, c *clientv3.Client, user, role string, o Opt
 		return fmt.Errorf("rbac: get user %s: %w", user, err)
 	default:
 		roles = resp.Roles
-		if ok {
+		if ok && !authenticates(ctx, c, user, given) {
 			if _, err := c.UserChangePassword(ctx, user, given); err != nil {
 				return fmt.Errorf("rbac: set password of %s: %w", user, err)
 			}
@@ -349,6 +349,13 @@ func applyUser(ctx context.Context, c *clientv3.Client, user, role string, o Opt
 		logf("user %s: granted role %s", user, role)
 	}
 	return nil
+}
+
+// authenticates reports whether user logs in with password (false when
+// auth is off: then the password is set to be sure).
+func authenticates(ctx context.Context, c *clientv3.Client, user, password string) bool {
+	_, err := c.Authenticate(ctx, user, password)
+	return err == nil
 }
 
 // Status is etcd's authentication state.
