@@ -293,3 +293,40 @@ func TestGarbageRecordsAreSkippedAndLogged(t *testing.T) {
 		t.Fatalf("round after the garbage: %d (want %d), plugins got %v", r.Revision, first.Revision+1, a.started)
 	}
 }
+
+// Oversized values hand-written under registrations/ and acks/ (valid JSON,
+// over the family's limit) are rejected unread by the coordinator's
+// decoders and logged with their key and the limit; the oversized
+// registration is no participant, and rounds go on.
+func TestOversizedRecordsAreRejectedWithTheirKey(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	sink := &logSink{limit: 16 << 20}
+	log := newSinkLogger(sink, logrus.InfoLevel)
+	startSimpleAgent(t, m.Client(t), log, "a1", []string{"p1"}, nil, nil)
+	startCoordinator(t, m.Client(t), log, "c0")
+	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r schema.Round) bool { return r.Counts.Acked == 1 })
+	pad := strings.Repeat("x", 1<<20)
+	huge := map[string]string{
+		layout.Registration("ghost", "p"): fmt.Sprintf(`{"agent":"ghost","plugin":"p","order":0,"registered_at":"2026-11-25T12:00:00Z","pad":%q}`, pad),
+		layout.Ack("a1", "p1"):            fmt.Sprintf(`{"revision":%d,"result":"ok","error":%q}`, first.Revision, pad),
+	}
+	for k, v := range huge {
+		if _, err := obs.Put(ctxT(t, 5*time.Second), k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "the oversized registration to be logged with its key", func() bool {
+		return sink.contains(layout.Registration("ghost", "p")) && sink.contains("the limit is")
+	})
+	if _, err := putRequest(ctxT(t, 5*time.Second), obs, schema.CauseManual, schema.Scope{}, "after oversized values"); err != nil {
+		t.Fatal(err)
+	}
+	r := waitCompleted(t, obs, first.Revision, 20*time.Second, "a round after the oversized values", func(r schema.Round) bool { return r.Cause == schema.CauseManual })
+	if r.Counts.Participants != 1 || r.Counts.Acked != 1 {
+		t.Fatalf("round after oversized values: %+v, want a1/p1 alone, acked", r.Counts)
+	}
+	if sink.contains(pad[:4096]) {
+		t.Fatal("an oversized value was logged in full")
+	}
+}
