@@ -90,6 +90,16 @@ func TestRBACApplyStatusAndIdempotence(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "permission denied") || !strings.Contains(errOut, "needs root") {
 		t.Fatalf("rbac status as agent-b: %d %q", code, errOut)
 	}
+	// An agent's user cannot read the whole prefix: status says whom to use.
+	code, _, errOut = cli(t, ctxT(t, 30*time.Second), "status", "--endpoints", ep, "--user", "agent-b:b-from-env")
+	if code != 1 || !strings.Contains(errOut, "permission denied (with etcd auth on, resyncctl's commands read the whole prefix: use the coordinator's user or root)") {
+		t.Fatalf("status as agent-b: %d %q", code, errOut)
+	}
+	// No user at all.
+	code, _, errOut = cli(t, ctxT(t, 30*time.Second), "status", "--endpoints", ep)
+	if code != 1 || !strings.Contains(errOut, "requires authentication: set --user and --password") {
+		t.Fatalf("status without a user: %d %q", code, errOut)
+	}
 	// A wrong password is named as such.
 	code, _, errOut = cli(t, ctxT(t, 30*time.Second), "status", "--endpoints", ep, "--user", "agent-b:wrong")
 	if code != 1 || !strings.Contains(errOut, `rejected the credentials of user "agent-b"`) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/etcdflags"
@@ -261,7 +262,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &code):
 		return int(code)
 	default:
-		fmt.Fprintf(stderr, "resyncctl: %s\n", oneLine(err.Error()))
+		msg := oneLine(err.Error())
+		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") {
+			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use the coordinator's user or root)"
+		}
+		fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
 		return exitFailure
 	}
 }

@@ -245,6 +245,8 @@ func (f *Flags) classify(ctx context.Context, err error, unreachable func(error)
 	switch {
 	case errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrInvalidAuthMgmt):
 		return fmt.Errorf("etcd at %s rejected the credentials of user %q: %v", f.Endpoints, user, err)
+	case errors.Is(err, rpctypes.ErrUserEmpty):
+		return fmt.Errorf("etcd at %s requires authentication: set --user and --password, or a client certificate whose CN is an etcd user", f.Endpoints)
 	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
 		return &sentinelError{fmt.Sprintf("etcd at %s has authentication disabled: drop --user/--password", f.Endpoints), ErrAuthDisabled}
 	case errors.Is(err, context.DeadlineExceeded):
