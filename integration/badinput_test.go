@@ -29,7 +29,12 @@ type simpleAgent struct {
 
 func startSimpleAgent(t *testing.T, c *clientv3.Client, log logrus.FieldLogger, name string, plugins []string, hold map[string]chan struct{}, onStarted func(plugin string, ev *resync.Event) bool) *simpleAgent {
 	t.Helper()
-	p, err := resync.New(resync.Deps{Log: log, Client: c}, resync.Config{Agent: name, TTL: 2 * time.Second, AcceptTimeout: time.Second, AckTimeout: 30 * time.Second})
+	return startSimpleAgentTTL(t, c, log, name, plugins, hold, onStarted, 2*time.Second)
+}
+
+func startSimpleAgentTTL(t *testing.T, c *clientv3.Client, log logrus.FieldLogger, name string, plugins []string, hold map[string]chan struct{}, onStarted func(plugin string, ev *resync.Event) bool, ttl time.Duration) *simpleAgent {
+	t.Helper()
+	p, err := resync.New(resync.Deps{Log: log, Client: c}, resync.Config{Agent: name, TTL: ttl, AcceptTimeout: time.Second, AckTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

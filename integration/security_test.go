@@ -97,8 +97,10 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	}()
 	startCoordinator(t, as(rbac.DefaultCoordinatorUser), log, "c0")
 	ca, cb := as("a"), as("b")
-	a := startSimpleAgent(t, ca, log, "a", []string{"p1", "p2"}, nil, nil)
-	startSimpleAgent(t, cb, log, "b", []string{"p1"}, nil, nil)
+	// A 10 s TTL: this test is about permissions, not lease expiry (a
+	// starved -race run once stalled etcd past a 2 s TTL).
+	a := startSimpleAgentTTL(t, ca, log, "a", []string{"p1", "p2"}, nil, nil, 10*time.Second)
+	startSimpleAgentTTL(t, cb, log, "b", []string{"p1"}, nil, nil, 10*time.Second)
 	etcdtest.WaitFor(t, 20*time.Second, "both agents registered", func() bool {
 		resp, err := root.Get(ctxT(t, 5*time.Second), layout.Registrations(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		return err == nil && resp.Count == 3
@@ -127,18 +129,19 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const forged = `{"forged":"by agent a"}`
 	denied := []struct {
 		what string
 		op   clientv3.Op
 	}{
-		{"write b's ack", clientv3.OpPut(layout.Ack("b", "p1"), `{"revision":99,"result":"ok"}`)},
-		{"write b's registration", clientv3.OpPut(layout.Registration("b", "evil"), `{}`)},
+		{"write b's ack", clientv3.OpPut(layout.Ack("b", "p1"), forged)},
+		{"write b's registration", clientv3.OpPut(layout.Registration("b", "evil"), forged)},
 		{"delete b's registration", clientv3.OpDelete(layout.Registration("b", "p1"))},
-		{"write the revision", clientv3.OpPut(layout.Revision(), `{}`)},
+		{"write the revision", clientv3.OpPut(layout.Revision(), forged)},
 		{"delete the revision", clientv3.OpDelete(layout.Revision())},
-		{"write a round", clientv3.OpPut(layout.Round(r.Revision), `{}`)},
-		{"write an election key", clientv3.OpPut(layout.Election()+"fake", "a")},
-		{"write outside the prefix", clientv3.OpPut("/elsewhere", "x")},
+		{"write a round", clientv3.OpPut(layout.Round(r.Revision), forged)},
+		{"write an election key", clientv3.OpPut(layout.Election()+"/fake", forged)},
+		{"write outside the prefix", clientv3.OpPut("/elsewhere", forged)},
 		{"read b's registrations", clientv3.OpGet(layout.AgentRegistrations("b"), clientv3.WithPrefix())},
 		{"read b's acks", clientv3.OpGet(layout.AgentAcks("b"), clientv3.WithPrefix())},
 		{"read requests", clientv3.OpGet(layout.Requests(), clientv3.WithPrefix())},
@@ -158,17 +161,33 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 			}
 		})
 	}
-	// ... and nothing changed.
-	after, err := root.Get(ctxT(t, 5*time.Second), layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(before.Header.Revision))
-	if err != nil {
+	// ... and nothing was written: no event since `before` carries the
+	// forged value or the forged keys (the system runs meanwhile, so other
+	// writes are fine). A whole-keyspace watch sees /elsewhere too.
+	const marker = "/security-test-marker"
+	if _, err := root.Put(ctxT(t, 5*time.Second), marker, "end of the refused writes"); err != nil {
 		t.Fatal(err)
 	}
-	now, err := root.Get(ctxT(t, 5*time.Second), layout.Prefix(), clientv3.WithPrefix())
-	if err != nil {
-		t.Fatal(err)
+	wctx, cancel := context.WithCancel(ctxT(t, 10*time.Second))
+	defer cancel()
+	seen := false
+	for resp := range root.Watch(wctx, "\x00", clientv3.WithFromKey(), clientv3.WithRev(before.Header.Revision+1)) {
+		if err := resp.Err(); err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range resp.Events {
+			key := string(ev.Kv.Key)
+			if string(ev.Kv.Value) == forged || key == "/elsewhere" || key == layout.Registration("b", "evil") || key == layout.Election()+"/fake" {
+				t.Fatalf("a refused write happened: %s %s=%q", ev.Type, key, ev.Kv.Value)
+			}
+			seen = seen || key == marker
+		}
+		if seen {
+			break
+		}
 	}
-	if now.Header.Revision != before.Header.Revision || len(after.Kvs) != len(now.Kvs) {
-		t.Fatalf("etcd changed from revision %d to %d during the refused writes", before.Header.Revision, now.Header.Revision)
+	if !seen {
+		t.Fatal("the history watch ended before the marker")
 	}
 	// What a may read: the revision and rounds/. (It may also delete
 	// requests: etcd's write permission covers delete, and requests/ is
