@@ -94,3 +94,17 @@ func TestEmbedTLSFlags(t *testing.T) {
 		})
 	}
 }
+
+func TestSelfEndpointUsesLoopbackForWildcards(t *testing.T) {
+	for in, want := range map[string]string{
+		"0.0.0.0:2379":   "127.0.0.1:2379",
+		"[::]:2379":      "127.0.0.1:2379",
+		":2379":          "127.0.0.1:2379",
+		"127.0.0.1:2379": "127.0.0.1:2379",
+		"10.0.0.5:2379":  "10.0.0.5:2379",
+	} {
+		if got := selfEndpoint(in); got != want {
+			t.Errorf("selfEndpoint(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -215,7 +215,7 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 		if o.embedCert != "" {
 			scheme = "https://"
 		}
-		o.etcd.Endpoints = scheme + srv.Endpoint()
+		o.etcd.Endpoints = scheme + selfEndpoint(srv.Endpoint())
 		log.WithField("endpoint", srv.Endpoint()).WithField("data_dir", dir).Info("resyncd: embedded etcd serving")
 	}
 	c, err := o.etcd.Dial(ctx)
@@ -270,6 +270,21 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	defer cancel()
 	hs.Shutdown(sctx)
 	return runErr
+}
+
+// selfEndpoint is how resyncd's own client reaches its embedded etcd
+// listening on addr: through loopback when addr is a wildcard (0.0.0.0,
+// ::), so that the server certificate needs to name 127.0.0.1, not the
+// wildcard.
+func selfEndpoint(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }
 
 // zapToLogrus routes etcd's zap logs (warnings and above) into logrus.
