@@ -29,6 +29,12 @@
 // Errors reported with ReportError become resync requests in etcd; the
 // coordinator then starts a new round for this agent after its backoff.
 //
+// TLS and etcd authentication are the injected client's configuration
+// (clientv3.Config's TLS, Username and Password); see Example (TlsAndAuth).
+// Under `resyncctl rbac apply` an agent's etcd user may write only its own
+// registrations and acks and resync requests, and read the revision and
+// rounds/: everything a Plugin does.
+//
 // Plugin.Close deregisters the agent (revokes its lease), stops delivering
 // events, cancels pending timeouts and closes every status channel, so that
 // `for ev := range reg.StatusChan()` loops end.

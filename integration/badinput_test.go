@@ -29,7 +29,12 @@ type simpleAgent struct {
 
 func startSimpleAgent(t *testing.T, c *clientv3.Client, log logrus.FieldLogger, name string, plugins []string, hold map[string]chan struct{}, onStarted func(plugin string, ev *resync.Event) bool) *simpleAgent {
 	t.Helper()
-	p, err := resync.New(resync.Deps{Log: log, Client: c}, resync.Config{Agent: name, TTL: 2 * time.Second, AcceptTimeout: time.Second, AckTimeout: 30 * time.Second})
+	return startSimpleAgentTTL(t, c, log, name, plugins, hold, onStarted, 2*time.Second)
+}
+
+func startSimpleAgentTTL(t *testing.T, c *clientv3.Client, log logrus.FieldLogger, name string, plugins []string, hold map[string]chan struct{}, onStarted func(plugin string, ev *resync.Event) bool, ttl time.Duration) *simpleAgent {
+	t.Helper()
+	p, err := resync.New(resync.Deps{Log: log, Client: c}, resync.Config{Agent: name, TTL: ttl, AcceptTimeout: time.Second, AckTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,5 +296,42 @@ func TestGarbageRecordsAreSkippedAndLogged(t *testing.T) {
 	r := waitCompleted(t, obs, first.Revision, 20*time.Second, "a round after the garbage", func(r schema.Round) bool { return r.Counts.Acked == 2 })
 	if r.Revision != first.Revision+1 || !a.got("p1", r.Revision) || !a.got("p2", r.Revision) {
 		t.Fatalf("round after the garbage: %d (want %d), plugins got %v", r.Revision, first.Revision+1, a.started)
+	}
+}
+
+// Oversized values hand-written under registrations/ and acks/ (valid JSON,
+// over the family's limit) are rejected unread by the coordinator's
+// decoders and logged with their key and the limit; the oversized
+// registration is no participant, and rounds go on.
+func TestOversizedRecordsAreRejectedWithTheirKey(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	sink := &logSink{limit: 16 << 20}
+	log := newSinkLogger(sink, logrus.InfoLevel)
+	startSimpleAgent(t, m.Client(t), log, "a1", []string{"p1"}, nil, nil)
+	startCoordinator(t, m.Client(t), log, "c0")
+	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r schema.Round) bool { return r.Counts.Acked == 1 })
+	pad := strings.Repeat("x", 1<<20)
+	huge := map[string]string{
+		layout.Registration("ghost", "p"): fmt.Sprintf(`{"agent":"ghost","plugin":"p","order":0,"registered_at":"2026-11-25T12:00:00Z","pad":%q}`, pad),
+		layout.Ack("a1", "p1"):            fmt.Sprintf(`{"revision":%d,"result":"ok","error":%q}`, first.Revision, pad),
+	}
+	for k, v := range huge {
+		if _, err := obs.Put(ctxT(t, 5*time.Second), k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "the oversized registration to be logged with its key", func() bool {
+		return sink.contains(layout.Registration("ghost", "p")) && sink.contains("the limit is")
+	})
+	if _, err := putRequest(ctxT(t, 5*time.Second), obs, schema.CauseManual, schema.Scope{}, "after oversized values"); err != nil {
+		t.Fatal(err)
+	}
+	r := waitCompleted(t, obs, first.Revision, 20*time.Second, "a round after the oversized values", func(r schema.Round) bool { return r.Cause == schema.CauseManual })
+	if r.Counts.Participants != 1 || r.Counts.Acked != 1 {
+		t.Fatalf("round after oversized values: %+v, want a1/p1 alone, acked", r.Counts)
+	}
+	if sink.contains(pad[:4096]) {
+		t.Fatal("an oversized value was logged in full")
 	}
 }

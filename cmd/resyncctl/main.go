@@ -6,7 +6,8 @@
 //
 //	resyncctl [global flags] <command> [flags]
 //
-// Commands: status, trigger, registrations, history, watch, help. Global
+// Commands: status, trigger, registrations, history, watch, rbac apply,
+// rbac status, help. Global
 // flags (accepted before or after the command): -o text|json, --prefix, and
 // the etcd connection flags of etcdctl (--endpoints, --dial-timeout,
 // --command-timeout, --cacert, --cert, --key, --user, --password). Every

@@ -23,7 +23,7 @@ func cli(t *testing.T, ctx context.Context, args ...string) (int, string, string
 	t.Helper()
 	var out, errb syncBuffer
 	code := run(ctx, args, &out, &errb)
-	t.Logf("resyncctl %s -> %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out.String(), errb.String())
+	t.Logf("resyncctl %s -> %d\nstdout:\n%s\nstderr:\n%s", schema.Truncate(strings.Join(args, " "), 2000), code, out.String(), errb.String())
 	return code, out.String(), errb.String()
 }
 
@@ -204,6 +204,9 @@ func TestTriggerValidation(t *testing.T) {
 		{"no reason", []string{"--agent", "a1"}, 2, "--reason is required"},
 		{"blank reason", []string{"--reason", "  "}, 2, "--reason is required"},
 		{"invalid agent name", []string{"--agent", "a/b", "--reason", "x"}, 2, "invalid name"},
+		{"dot-dot agent name", []string{"--agent", "../x", "--reason", "x"}, 2, `invalid name: agent name "../x" has '/' at byte 2`},
+		{"200-byte plugin name", []string{"--agent", "a1", "--plugin", strings.Repeat("p", 200), "--reason", "x"}, 2, "plugin name is 200 bytes long: the limit is 128"},
+		{"control characters", []string{"--agent", "a1\n", "--reason", "x"}, 2, "invalid name"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"trigger", "--endpoints", ep}, tc.args...)
@@ -216,8 +219,9 @@ func TestTriggerValidation(t *testing.T) {
 			}
 		})
 	}
-	// A valid scoped request is written, cause manual, by resyncctl@host.
-	code, _, _ := cli(t, ctxT(t, 10*time.Second), "trigger", "--endpoints", ep, "--agent", "a1", "--plugin", "p1", "--reason", strings.Repeat("r", 3000))
+	// A valid scoped request is written, cause manual, by resyncctl@host,
+	// its 1 MiB reason cut to 1 KiB.
+	code, _, _ := cli(t, ctxT(t, 10*time.Second), "trigger", "--endpoints", ep, "--agent", "a1", "--plugin", "p1", "--reason", strings.Repeat("r", 1<<20))
 	resp, err := obs.Get(ctxT(t, 5*time.Second), layout.Requests(), clientv3.WithPrefix())
 	if code != 0 || err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("scoped trigger: %d %v %v", code, err, resp)

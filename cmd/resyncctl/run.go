@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/etcdflags"
@@ -58,6 +59,8 @@ func commands() []command {
 		{"registrations", "", "list the live plugin registrations in order", setupRegistrations},
 		{"history", "[-n N]", "show the last N round summaries", setupHistory},
 		{"watch", "", "stream revision changes, round summaries and acks until interrupted", setupWatch},
+		{"rbac apply", "--agents A,B [--coordinator-user U] [--secrets-dir D] [--root-password P] [--no-passwords]", "create least-privilege etcd roles and users for resyncd and the agents, then enable etcd auth (idempotent)", setupRBACApply},
+		{"rbac status", "", "show etcd's users, roles and permissions (as root)", setupRBACStatus},
 	}
 }
 
@@ -113,7 +116,7 @@ func printUsage(w io.Writer) {
 Commands:
 `)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-15s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-16s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `  help [command]   show this help, or a command's flags
 
@@ -154,9 +157,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	name := rest[0]
+	if name == "rbac" {
+		// Two-word commands: rbac apply, rbac status.
+		if len(rest) < 2 || strings.HasPrefix(rest[1], "-") {
+			fmt.Fprint(stderr, "resyncctl: rbac needs a command: apply or status\n\n")
+			printUsage(stderr)
+			return exitUsage
+		}
+		name, rest = "rbac "+rest[1], append([]string{"rbac " + rest[1]}, rest[2:]...)
+	}
 	if name == "help" {
 		if len(rest) > 1 {
-			return run(ctx, []string{rest[1], "-h"}, stdout, stderr)
+			return run(ctx, append(rest[1:], "-h"), stdout, stderr)
 		}
 		printUsage(stdout)
 		return exitOK
@@ -250,7 +262,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &code):
 		return int(code)
 	default:
-		fmt.Fprintf(stderr, "resyncctl: %s\n", oneLine(err.Error()))
+		msg := oneLine(err.Error())
+		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") {
+			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use the coordinator's user or root)"
+		}
+		fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
 		return exitFailure
 	}
 }

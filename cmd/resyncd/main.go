@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -145,6 +146,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "resyncd:", err)
 		return 2
 	}
+	if !external {
+		if err := checkEmbedTLS(o); err != nil {
+			fmt.Fprintln(stderr, "resyncd:", err)
+			return 2
+		}
+	}
 	if err := serve(ctx, o, external, log); err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
 		return 1
@@ -163,6 +170,26 @@ func checkHTTPAddr(addr string, public bool) error {
 	loop := host == "localhost" || (ip != nil && ip.IsLoopback())
 	if !loop && !public {
 		return fmt.Errorf("--http-addr %q is not a loopback address: /status and /metrics have no authentication; add --http-public to bind it anyway", addr)
+	}
+	return nil
+}
+
+// checkEmbedTLS checks the embedded etcd's TLS flags together: etcd itself
+// would serve plain HTTP on an http:// URL despite a certificate, and
+// resyncd's own client must present a certificate when etcd requires one.
+func checkEmbedTLS(o *options) error {
+	https := strings.HasPrefix(o.clientURL, "https://")
+	switch {
+	case (o.embedCert == "") != (o.embedKey == ""):
+		return errors.New("--embed-cert-file and --embed-key-file go together: give both or neither")
+	case o.embedCert != "" && !https:
+		return fmt.Errorf("--listen-client-url %q must be https:// with --embed-cert-file", o.clientURL)
+	case https && o.embedCert == "":
+		return fmt.Errorf("--listen-client-url %q needs --embed-cert-file and --embed-key-file", o.clientURL)
+	case o.embedClientTLS && o.embedCA == "":
+		return errors.New("--embed-client-cert-auth needs --embed-trusted-ca-file: the CA of the client certificates")
+	case o.embedClientTLS && o.etcd.Cert == "":
+		return errors.New("--embed-client-cert-auth: resyncd's own client needs a certificate too: give --cert and --key (and --cacert)")
 	}
 	return nil
 }
@@ -188,7 +215,7 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 		if o.embedCert != "" {
 			scheme = "https://"
 		}
-		o.etcd.Endpoints = scheme + srv.Endpoint()
+		o.etcd.Endpoints = scheme + selfEndpoint(srv.Endpoint())
 		log.WithField("endpoint", srv.Endpoint()).WithField("data_dir", dir).Info("resyncd: embedded etcd serving")
 	}
 	c, err := o.etcd.Dial(ctx)
@@ -243,6 +270,21 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	defer cancel()
 	hs.Shutdown(sctx)
 	return runErr
+}
+
+// selfEndpoint is how resyncd's own client reaches its embedded etcd
+// listening on addr: through loopback when addr is a wildcard (0.0.0.0,
+// ::), so that the server certificate needs to name 127.0.0.1, not the
+// wildcard.
+func selfEndpoint(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }
 
 // zapToLogrus routes etcd's zap logs (warnings and above) into logrus.

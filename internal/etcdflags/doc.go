@@ -25,7 +25,10 @@
 // Connecting: clientv3.New does not fail on an unreachable endpoint, so Dial
 // probes the cluster with one read bounded by the dial timeout and returns an
 // *UnreachableError (matching ErrUnreachable with errors.Is) whose text is a
-// single line saying where and how long it tried.
+// single line saying where and how long it tried. When an endpoint accepts
+// connections but does not answer because of TLS (a plain client on a TLS
+// server, an unknown server CA, a missing or refused client certificate),
+// the line says that instead of asking whether etcd runs.
 //
 // Typical use in a main package:
 //

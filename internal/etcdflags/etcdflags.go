@@ -28,6 +28,19 @@ const (
 // returns when no endpoint answered within the dial timeout.
 var ErrUnreachable = errors.New("etcdflags: etcd unreachable")
 
+// ErrAuthDisabled is matched (errors.Is) by the error Dial returns when
+// credentials were given but etcd has authentication disabled.
+var ErrAuthDisabled = errors.New("etcdflags: authentication disabled")
+
+// sentinelError is a message that matches a sentinel with errors.Is.
+type sentinelError struct {
+	msg string
+	is  error
+}
+
+func (e *sentinelError) Error() string        { return e.msg }
+func (e *sentinelError) Is(target error) bool { return target == e.is }
+
 // Flags are the connection settings. Build one with Default, then Register
 // it on a FlagSet (or fill it by hand).
 type Flags struct {
@@ -163,9 +176,17 @@ type UnreachableError struct {
 	DialTimeout time.Duration
 	// Err is the last error of the attempt (for logs; not in the text).
 	Err error
+	// TLS, when not empty, says why an endpoint that accepts connections
+	// still did not answer: a TLS mismatch or a refused certificate. It
+	// replaces the hint about resyncd not running.
+	TLS string
 }
 
 func (e *UnreachableError) Error() string {
+	if e.TLS != "" {
+		return fmt.Sprintf("cannot reach etcd at %s within %v (dial timeout): %s",
+			strings.Join(e.Endpoints, ","), e.DialTimeout, e.TLS)
+	}
 	return fmt.Sprintf("cannot reach etcd at %s within %v (dial timeout): is resyncd or etcd running? set --endpoints",
 		strings.Join(e.Endpoints, ","), e.DialTimeout)
 }
@@ -185,6 +206,8 @@ const probeKey = "health"
 //   - *UnreachableError (errors.Is ErrUnreachable) when no endpoint answered
 //     in time;
 //   - an error naming the user when etcd rejected the credentials;
+//   - an error matching ErrAuthDisabled when credentials were given but
+//     etcd has authentication disabled;
 //   - ctx's error when ctx ended first;
 //   - the settings' error for bad flags or unreadable TLS files.
 //
@@ -197,7 +220,7 @@ func (f *Flags) Dial(ctx context.Context) (*clientv3.Client, error) {
 	}
 	cfg.Context = ctx
 	unreachable := func(err error) error {
-		return &UnreachableError{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, Err: err}
+		return &UnreachableError{Endpoints: cfg.Endpoints, DialTimeout: cfg.DialTimeout, Err: err, TLS: diagnoseTLS(ctx, cfg)}
 	}
 	c, err := clientv3.New(cfg)
 	if err != nil {
@@ -222,8 +245,10 @@ func (f *Flags) classify(ctx context.Context, err error, unreachable func(error)
 	switch {
 	case errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrInvalidAuthToken), errors.Is(err, rpctypes.ErrInvalidAuthMgmt):
 		return fmt.Errorf("etcd at %s rejected the credentials of user %q: %v", f.Endpoints, user, err)
+	case errors.Is(err, rpctypes.ErrUserEmpty):
+		return fmt.Errorf("etcd at %s requires authentication: set --user and --password, or a client certificate whose CN is an etcd user", f.Endpoints)
 	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
-		return fmt.Errorf("etcd at %s has authentication disabled: drop --user/--password", f.Endpoints)
+		return &sentinelError{fmt.Sprintf("etcd at %s has authentication disabled: drop --user/--password", f.Endpoints), ErrAuthDisabled}
 	case errors.Is(err, context.DeadlineExceeded):
 		return unreachable(err)
 	}

@@ -117,3 +117,44 @@ func TestDial(t *testing.T) {
 		t.Errorf("error %q, want one line with %q", err, want)
 	}
 }
+
+// A TLS mismatch or a refused certificate is not "is etcd running?": the
+// error says what is wrong with TLS.
+func TestDialExplainsTLSFailures(t *testing.T) {
+	pki := etcdtest.NewPKI(t)
+	m := etcdtest.StartTLS(t, pki, true)
+	plain := etcdtest.Start(t)
+	cert, key := pki.Client("ok")
+	other := etcdtest.NewPKI(t)
+	badCert, badKey := other.Client("intruder")
+	for _, tc := range []struct {
+		name string
+		f    Flags
+		want string
+	}{
+		{"no client certificate", Flags{Endpoints: m.Endpoint(), CACert: pki.CAFile}, "remote error: tls: certificate required (no client certificate given: set --cert and --key)"},
+		{"untrusted client certificate", Flags{Endpoints: m.Endpoint(), CACert: pki.CAFile, Cert: badCert, Key: badKey}, "TLS: the server refused the connection"},
+		{"unknown server CA", Flags{Endpoints: m.Endpoint(), CACert: other.CAFile, Cert: cert, Key: key}, "x509: certificate signed by unknown authority"},
+		{"plain client", Flags{Endpoints: m.Endpoint()}, "the server speaks TLS: use an https:// endpoint"},
+		{"TLS client, plain server", Flags{Endpoints: plain.Endpoint(), CACert: pki.CAFile}, "it may not speak TLS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.f.DialTimeout, tc.f.CommandTimeout = time.Second, time.Second
+			c, err := tc.f.Dial(context.Background())
+			if c != nil {
+				c.Close()
+				t.Fatal("connected")
+			}
+			if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want unreachable and %q", err, tc.want)
+			}
+		})
+	}
+	// The right certificate connects.
+	f := Flags{Endpoints: m.Endpoint(), CACert: pki.CAFile, Cert: cert, Key: key, DialTimeout: 5 * time.Second, CommandTimeout: time.Second}
+	c, err := f.Dial(context.Background())
+	if err != nil {
+		t.Fatalf("with the right certificate: %v", err)
+	}
+	c.Close()
+}

@@ -30,13 +30,16 @@ type Member struct {
 	dir       string
 	cluster   string // initial-cluster string
 	restarted bool
+	tls       embedetcd.TLS
 
 	mu   sync.Mutex
 	etcd *embedetcd.Server
 }
 
 // Endpoint is the member's client address (host:port) for clientv3.
-func (m *Member) Endpoint() string { return strings.TrimPrefix(m.ClientURL, "http://") }
+func (m *Member) Endpoint() string {
+	return strings.TrimPrefix(strings.TrimPrefix(m.ClientURL, "http://"), "https://")
+}
 
 // Start starts a single-member etcd for the test.
 func Start(t testing.TB) *Member {
@@ -95,6 +98,28 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	return c
 }
 
+// StartTLS starts a single-member etcd that serves clients only over TLS
+// (https://127.0.0.1:port) with pki's server certificate; with
+// clientCertAuth it also requires a client certificate signed by pki's CA.
+// Connect with ClientWith and pki.ClientTLS.
+func StartTLS(t testing.TB, pki *PKI, clientCertAuth bool) *Member {
+	t.Helper()
+	m := &Member{
+		t:         t,
+		Name:      "m0",
+		ClientURL: "https://" + FreeAddr(t),
+		PeerURL:   "http://" + FreeAddr(t),
+		dir:       t.TempDir(),
+		tls:       embedetcd.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, TrustedCAFile: pki.CAFile, ClientCertAuth: clientCertAuth},
+	}
+	m.cluster = m.Name + "=" + m.PeerURL
+	if err := m.start(); err != nil {
+		t.Fatalf("etcdtest: %v", err)
+	}
+	t.Cleanup(m.Stop)
+	return m
+}
+
 func (m *Member) start() error {
 	e, err := embedetcd.Start(context.Background(), embedetcd.Config{
 		Name:              m.Name,
@@ -106,6 +131,7 @@ func (m *Member) start() error {
 		TickMs:            TickMs,
 		ElectionMs:        ElectionMs,
 		QuotaBackendBytes: 256 << 20,
+		TLS:               m.tls,
 	})
 	if err != nil {
 		return err
@@ -182,6 +208,34 @@ func NewClient(endpoints ...string) (*clientv3.Client, error) {
 		DialKeepAliveTimeout: time.Second,
 		Logger:               zap.NewNop(),
 	})
+}
+
+// ClientWith returns a client made from cfg, closed in t.Cleanup. Unset
+// timeouts and the logger take NewClient's quiet test values; cfg carries
+// the endpoints, TLS and credentials. It fails the test if the client
+// cannot be made (with credentials: if etcd rejects them).
+func ClientWith(t testing.TB, cfg clientv3.Config) *clientv3.Client {
+	t.Helper()
+	c, err := NewClientWith(cfg)
+	if err != nil {
+		t.Fatalf("etcdtest: client: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// NewClientWith is ClientWith for a client the caller closes.
+func NewClientWith(cfg clientv3.Config) (*clientv3.Client, error) {
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.DialKeepAliveTime == 0 {
+		cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout = time.Second, time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return clientv3.New(cfg)
 }
 
 // Client is a client of this member, closed in t.Cleanup.

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+
+	"github.com/resyncd/resync/internal/etcdflags"
+	"github.com/resyncd/resync/internal/rbac"
+)
+
+// passwordEnv is the variable that gives user's password to rbac apply:
+// RESYNC_PASSWORD_<USER>, upper-cased, every character outside [A-Z0-9] as
+// '_' (agent-1 -> RESYNC_PASSWORD_AGENT_1).
+func passwordEnv(user string) string {
+	return envPrefix + "PASSWORD_" + strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		}
+		return '_'
+	}, user)
+}
+
+// cliPasswords are rbac apply's password sources, in order: --root-password
+// (root only), RESYNC_PASSWORD_<USER>, <secrets-dir>/<user>.password; a new
+// user with none of these gets a generated password written to
+// <secrets-dir>/<user>.password (0600) before it is created.
+type cliPasswords struct {
+	root    string
+	dir     string
+	lookup  func(string) (string, bool)
+	written []string
+}
+
+func (p *cliPasswords) file(user string) string { return filepath.Join(p.dir, user+".password") }
+
+func (p *cliPasswords) Given(user string) (string, bool, error) {
+	if user == rbac.RootUser && p.root != "" {
+		return p.root, true, nil
+	}
+	if v, ok := p.lookup(passwordEnv(user)); ok && v != "" {
+		return v, true, nil
+	}
+	if p.dir == "" {
+		return "", false, nil
+	}
+	b, err := os.ReadFile(p.file(user))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", false, nil
+	case err != nil:
+		return "", false, err
+	}
+	pw := strings.TrimRight(string(b), "\r\n")
+	if pw == "" {
+		return "", false, fmt.Errorf("%s is empty", p.file(user))
+	}
+	return pw, true, nil
+}
+
+func (p *cliPasswords) New(user string) (string, error) {
+	if p.dir == "" {
+		return "", fmt.Errorf("new user %s has no password: give --secrets-dir (a generated one is written there) or %s", user, passwordEnv(user))
+	}
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return "", err
+	}
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	pw := base64.RawURLEncoding.EncodeToString(b)
+	path := p.file(user)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	if _, err := f.WriteString(pw + "\n"); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	p.written = append(p.written, path)
+	return pw, nil
+}
+
+func setupRBACApply(fs *flag.FlagSet) func(context.Context, *env) error {
+	agents := fs.String("agents", "", "comma-separated agent names: each gets a user of that name and the role resync-agent-<name> (required)")
+	coordUser := fs.String("coordinator-user", rbac.DefaultCoordinatorUser, "user of resyncd (the coordinators): read and write on the whole prefix")
+	dir := fs.String("secrets-dir", "", "read users' passwords from <dir>/<user>.password; write generated ones there (0600)")
+	rootPW := fs.String("root-password", "", "password of root (else "+passwordEnv("root")+", the secrets dir, or generated)")
+	noPW := fs.Bool("no-passwords", false, "create users without passwords: they authenticate with a client certificate whose CN is the user (etcd --client-cert-auth)")
+	return func(ctx context.Context, e *env) error {
+		spec := rbac.Spec{Layout: e.layout, CoordinatorUser: *coordUser}
+		for _, a := range strings.Split(*agents, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				spec.Agents = append(spec.Agents, a)
+			}
+		}
+		if len(spec.Agents) == 0 {
+			return usagef("--agents is required: the agent names, comma-separated")
+		}
+		if err := spec.Validate(); err != nil {
+			return usagef("%v", strings.TrimPrefix(err.Error(), "rbac: "))
+		}
+		c, err := e.dial(ctx)
+		if errors.Is(err, etcdflags.ErrAuthDisabled) {
+			// First run: auth is off, credentials are for later runs.
+			f := *e.etcd
+			f.User, f.Password = "", ""
+			e.etcd = &f
+			c, err = e.dial(ctx)
+		}
+		if err != nil {
+			return err
+		}
+		pws := &cliPasswords{root: *rootPW, dir: *dir, lookup: os.LookupEnv}
+		var changes []string
+		opts := rbac.Options{Passwords: pws, NoPassword: *noPW, Log: func(format string, a ...any) {
+			line := fmt.Sprintf(format, a...)
+			changes = append(changes, line)
+			if !e.json {
+				fmt.Fprintln(e.stdout, line)
+			}
+		}}
+		cctx, cancel := context.WithTimeout(ctx, 4*e.etcd.CommandTimeout)
+		defer cancel()
+		if err := rbac.Apply(cctx, c, spec, opts); err != nil {
+			if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
+				return fmt.Errorf("%v (authentication is on: connect as root, with --user root and its password or a client certificate with CN root)", err)
+			}
+			return err
+		}
+		if e.json {
+			return writeJSON(e.stdout, struct {
+				Changes          []string `json:"changes"`
+				PasswordsWritten []string `json:"passwords_written"`
+				AuthEnabled      bool     `json:"auth_enabled"`
+			}{append([]string{}, changes...), append([]string{}, pws.written...), true})
+		}
+		for _, p := range pws.written {
+			fmt.Fprintf(e.stdout, "wrote a generated password to %s\n", p)
+		}
+		if len(changes) == 0 {
+			fmt.Fprintln(e.stdout, "nothing to change: roles, users and grants are as specified; authentication is enabled")
+		}
+		return nil
+	}
+}
+
+// permDoc is one permission in `rbac status -o json`.
+type permDoc struct {
+	Type     string `json:"type"`
+	Key      string `json:"key"`
+	RangeEnd string `json:"range_end,omitempty"`
+	Keys     string `json:"keys"`
+}
+
+func setupRBACStatus(fs *flag.FlagSet) func(context.Context, *env) error {
+	return func(ctx context.Context, e *env) error {
+		c, err := e.dial(ctx)
+		if err != nil {
+			return err
+		}
+		cctx, cancel := e.etcd.CommandContext(ctx)
+		defer cancel()
+		st, err := rbac.ReadStatus(cctx, c)
+		if err != nil {
+			if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
+				return fmt.Errorf("%v (rbac status needs root: --user root, or a client certificate with CN root)", err)
+			}
+			return err
+		}
+		roles := map[string][]permDoc{}
+		for r, perms := range st.Roles {
+			docs := []permDoc{}
+			for _, p := range perms {
+				docs = append(docs, permDoc{Type: strings.Fields(p.String())[0], Key: p.Key, RangeEnd: p.RangeEnd, Keys: p.Range()})
+			}
+			roles[r] = docs
+		}
+		if e.json {
+			return writeJSON(e.stdout, struct {
+				Enabled bool                 `json:"enabled"`
+				Users   map[string][]string  `json:"users"`
+				Roles   map[string][]permDoc `json:"roles"`
+			}{st.Enabled, st.Users, roles})
+		}
+		state := "disabled"
+		if st.Enabled {
+			state = "enabled"
+		}
+		fmt.Fprintf(e.stdout, "authentication  %s\n\n", state)
+		tw := newTable(e.stdout)
+		row(tw, "USER", "ROLES")
+		for _, u := range sorted(st.Users) {
+			row(tw, u, strings.Join(st.Users[u], ","))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout)
+		tw = newTable(e.stdout)
+		row(tw, "ROLE", "PERMISSION", "KEYS")
+		for _, r := range sorted(roles) {
+			if len(roles[r]) == 0 {
+				row(tw, r, "-", "-")
+			}
+			for _, p := range roles[r] {
+				row(tw, r, p.Type, p.Keys)
+			}
+		}
+		return tw.Flush()
+	}
+}
+
+func sorted[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
