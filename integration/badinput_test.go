@@ -66,6 +66,17 @@ func startSimpleAgentTTL(t *testing.T, c *clientv3.Client, log logrus.FieldLogge
 	return a
 }
 
+// waitRegistered waits until n registrations are in etcd: Register does not
+// wait for etcd, and a test that expects its agents in the first leader's
+// initial round must not start the coordinator before they are written.
+func waitRegistered(t *testing.T, obs *clientv3.Client, n int) {
+	t.Helper()
+	etcdtest.WaitFor(t, 20*time.Second, fmt.Sprintf("%d registrations in etcd", n), func() bool {
+		resp, err := obs.Get(ctxT(t, 5*time.Second), layout.Registrations(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == int64(n)
+	})
+}
+
 func (a *simpleAgent) close() {
 	a.p.Close()
 	a.wg.Wait()
@@ -185,6 +196,7 @@ func TestEtcdGoneMidRound(t *testing.T) {
 		}
 		agents = append(agents, startSimpleAgent(t, etcdtest.Client(t, eps...), log.WithField("agent", name), name, []string{"p1", "p2"}, h, nil))
 	}
+	waitRegistered(t, obs, 6)
 	startCoordinator(t, etcdtest.Client(t, eps...), log, "c0")
 	// Round 1 (the initial one) waits for the held plugin: wait until
 	// every other plugin's ack for it is in etcd.
@@ -237,6 +249,7 @@ func TestOversizedReasonsAreTruncated(t *testing.T) {
 		})
 		return failed
 	})
+	waitRegistered(t, obs, 1)
 	startCoordinator(t, m.Client(t), log, "c0")
 	limit := schema.MaxReasonLen + len("...[truncated]")
 	r := waitCompleted(t, obs, 0, 20*time.Second, "the failed round", func(r schema.Round) bool { return r.Counts.Failed == 1 })
@@ -269,6 +282,7 @@ func TestGarbageRecordsAreSkippedAndLogged(t *testing.T) {
 	sink := &logSink{limit: 16 << 20}
 	log := newSinkLogger(sink, logrus.InfoLevel)
 	a := startSimpleAgent(t, m.Client(t), log, "a1", []string{"p1", "p2"}, nil, nil)
+	waitRegistered(t, obs, 2)
 	startCoordinator(t, m.Client(t), log, "c0")
 	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r schema.Round) bool { return r.Counts.Acked == 2 })
 	garbage := map[string]string{
@@ -309,6 +323,7 @@ func TestOversizedRecordsAreRejectedWithTheirKey(t *testing.T) {
 	sink := &logSink{limit: 16 << 20}
 	log := newSinkLogger(sink, logrus.InfoLevel)
 	startSimpleAgent(t, m.Client(t), log, "a1", []string{"p1"}, nil, nil)
+	waitRegistered(t, obs, 1)
 	startCoordinator(t, m.Client(t), log, "c0")
 	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r schema.Round) bool { return r.Counts.Acked == 1 })
 	pad := strings.Repeat("x", 1<<20)
