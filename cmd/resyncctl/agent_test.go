@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,22 +45,4 @@ func quietLogger(t *testing.T) logrus.FieldLogger { return etcdtest.Logger(t, "w
 func startHandAgent(t *testing.T, endpoint, name string, plugins []string, behave map[string]string) *handagent.Agent {
 	t.Helper()
 	return handagent.Start(t, []string{endpoint}, name, plugins, behave)
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

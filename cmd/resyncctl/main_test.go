@@ -21,7 +21,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...
 // cli runs resyncctl with args and returns its exit status and outputs.
 func cli(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb etcdtest.Buffer
 	code := run(ctx, args, &out, &errb)
 	t.Logf("resyncctl %s -> %d\nstdout:\n%s\nstderr:\n%s", schema.Truncate(strings.Join(args, " "), 2000), code, out.String(), errb.String())
 	return code, out.String(), errb.String()
@@ -262,7 +262,7 @@ func TestWatchStreamsANewRound(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var text, jsonl, errText syncBuffer
+	var text, jsonl, errText etcdtest.Buffer
 	done := make(chan int, 2)
 	go func() { done <- run(ctx, []string{"watch", "--endpoints", ep}, &text, &errText) }()
 	go func() { done <- run(ctx, []string{"watch", "-o", "json", "--endpoints", ep}, &jsonl, &errText) }()

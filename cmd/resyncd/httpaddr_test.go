@@ -43,7 +43,7 @@ func TestHTTPAddrLoopbackUnlessPublic(t *testing.T) {
 	// With --http-public, resyncd serves on every interface.
 	m := etcdtest.Start(t)
 	_, port, _ := net.SplitHostPort(etcdtest.FreeAddr(t))
-	var stderr syncBuffer
+	var stderr etcdtest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
@@ -86,7 +86,7 @@ func TestEmbedTLSFlags(t *testing.T) {
 		{"client auth without own cert", []string{url, "https://127.0.0.1:0", "--embed-cert-file", "c.pem", "--embed-key-file", "k.pem", "--embed-client-cert-auth", "--embed-trusted-ca-file", "ca.pem"}, "resyncd's own client needs a certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var stderr syncBuffer
+			var stderr etcdtest.Buffer
 			args := append([]string{"--data-dir", t.TempDir(), "--http-addr", "127.0.0.1:0"}, tc.args...)
 			if code := run(context.Background(), args, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.want) {
 				t.Fatalf("exit %d %q, want 2 and %q", code, stderr.String(), tc.want)

@@ -24,29 +24,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
 
-// syncBuffer is a goroutine-safe bytes.Buffer for a run's stderr.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startResyncd runs resyncd in-process until the test ends.
-func startResyncd(t *testing.T, args ...string) (httpAddr string, stderr *syncBuffer) {
+func startResyncd(t *testing.T, args ...string) (httpAddr string, stderr *etcdtest.Buffer) {
 	t.Helper()
 	httpAddr = etcdtest.FreeAddr(t)
-	stderr = &syncBuffer{}
+	stderr = &etcdtest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {
@@ -221,7 +203,7 @@ func TestBadFlagsAndUnreachableEtcd(t *testing.T) {
 		{"unreachable", []string{"--endpoints", dead, "--dial-timeout", "1s", "--http-addr", "127.0.0.1:0"}, 1, "cannot reach etcd at " + dead + " within 1s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var stderr syncBuffer
+			var stderr etcdtest.Buffer
 			start := time.Now()
 			code := run(context.Background(), tc.args, io.Discard, &stderr)
 			out := stderr.String()
@@ -242,7 +224,7 @@ func TestBadFlagsAndUnreachableEtcd(t *testing.T) {
 		})
 	}
 	t.Setenv("RESYNC_SESSION_TTL", "nonsense")
-	var stderr syncBuffer
+	var stderr etcdtest.Buffer
 	if code := run(context.Background(), nil, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "RESYNC_SESSION_TTL") {
 		t.Fatalf("bad env value: exit %d %q", code, stderr.String())
 	}

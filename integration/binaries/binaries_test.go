@@ -2,7 +2,6 @@ package binaries
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -58,32 +57,15 @@ func bins(t *testing.T) string {
 // proc is a running command whose output is collected.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuf
+	out  *etcdtest.Buffer
 	done chan error
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func start(t *testing.T, dir string, name string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(bins(t), name), args...)
 	cmd.Dir = dir
-	p := &proc{cmd: cmd, out: &syncBuf{}, done: make(chan error, 1)}
+	p := &proc{cmd: cmd, out: &etcdtest.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -313,7 +295,7 @@ func containsFlag(args []string, v string) bool {
 func checkWatch(t *testing.T, env, args []string, client string) {
 	cmd := exec.Command(filepath.Join(bins(t), "etcdctl"), args...)
 	cmd.Env = append(os.Environ(), env...)
-	out := &syncBuf{}
+	out := &etcdtest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
