@@ -14,14 +14,10 @@ import (
 	"github.com/resyncd/resync/schema"
 )
 
-// Errors.
-var (
-	// ErrDeposed is why a leader stopped leading: a fenced write was
-	// refused, its leader key vanished, or its session expired.
-	ErrDeposed = errors.New("coordinator: deposed")
-	// ErrClosed is returned by Close's callers' later calls.
-	ErrClosed = errors.New("coordinator: closed")
-)
+// ErrDeposed is why a leader stopped leading: a fenced write was refused,
+// its leader key vanished, or its session expired. It is logged, and the
+// coordinator campaigns again.
+var ErrDeposed = errors.New("coordinator: deposed")
 
 // Option sets an optional collaborator.
 type Option func(*Coordinator)
