@@ -116,34 +116,20 @@ func waitLeader(t *testing.T, coords []*testCoord, within time.Duration) *testCo
 
 func readRevision(t *testing.T, c *clientv3.Client) (schema.Revision, bool) {
 	t.Helper()
-	resp, err := c.Get(ctxT(t, 5*time.Second), layout.Revision())
+	r, ok, err := etcdtest.ReadRevision(ctxT(t, 5*time.Second), c, layout)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Kvs) == 0 {
-		return schema.Revision{}, false
-	}
-	r, err := schema.DecodeRevision(layout.Revision(), resp.Kvs[0].Value)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r, true
+	return r, ok
 }
 
 func readRound(t *testing.T, c *clientv3.Client, n uint64) (schema.Round, bool) {
 	t.Helper()
-	resp, err := c.Get(ctxT(t, 5*time.Second), layout.Round(n))
+	r, ok, err := etcdtest.ReadRound(ctxT(t, 5*time.Second), c, layout, n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Kvs) == 0 {
-		return schema.Round{}, false
-	}
-	r, err := schema.DecodeRound(layout.Round(n), resp.Kvs[0].Value)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r, true
+	return r, ok
 }
 
 // waitFinished waits for round n's summary.

@@ -106,22 +106,14 @@ func startCoordinator(t *testing.T, c *clientv3.Client, log logrus.FieldLogger, 
 
 func readRound(t *testing.T, c *clientv3.Client, n uint64) (schema.Round, bool) {
 	t.Helper()
-	resp, err := c.Get(ctxT(t, 5*time.Second), layout.Round(n))
-	if err != nil || len(resp.Kvs) == 0 {
-		return schema.Round{}, false
-	}
-	r, err := schema.DecodeRound(layout.Round(n), resp.Kvs[0].Value)
-	return r, err == nil
+	r, ok, _ := etcdtest.ReadRound(ctxT(t, 5*time.Second), c, layout, n)
+	return r, ok
 }
 
 func readRevision(t *testing.T, c *clientv3.Client) (schema.Revision, bool) {
 	t.Helper()
-	resp, err := c.Get(ctxT(t, 5*time.Second), layout.Revision())
-	if err != nil || len(resp.Kvs) == 0 {
-		return schema.Revision{}, false
-	}
-	r, err := schema.DecodeRevision(layout.Revision(), resp.Kvs[0].Value)
-	return r, err == nil
+	r, ok, _ := etcdtest.ReadRevision(ctxT(t, 5*time.Second), c, layout)
+	return r, ok
 }
 
 // waitCompleted waits for a completed round after revision `after` whose

@@ -35,18 +35,11 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 
 func readRound(t *testing.T, c *clientv3.Client, n uint64) (schema.Round, bool) {
 	t.Helper()
-	resp, err := c.Get(ctxT(t, 5*time.Second), layout.Round(n))
+	r, ok, err := etcdtest.ReadRound(ctxT(t, 5*time.Second), c, layout, n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Kvs) == 0 {
-		return schema.Round{}, false
-	}
-	r, err := schema.DecodeRound(layout.Round(n), resp.Kvs[0].Value)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r, true
+	return r, ok
 }
 
 func waitRound(t *testing.T, c *clientv3.Client, n uint64, state schema.Status) schema.Round {

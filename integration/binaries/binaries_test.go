@@ -3,7 +3,6 @@ package binaries
 import (
 	"bufio"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -251,20 +250,9 @@ func TestReadmeEtcdctlExamples(t *testing.T) {
 				t.Fatalf("exit %d: %s", code, out)
 			}
 			if containsFlag(args, "json") {
-				var doc struct {
-					Kvs []struct {
-						Key   string `json:"key"`
-						Value string `json:"value"`
-					} `json:"kvs"`
-				}
-				if err := json.Unmarshal([]byte(out), &doc); err != nil {
-					t.Fatalf("-w json output does not parse: %v", err)
-				}
-				keys := map[string]string{}
-				for _, kv := range doc.Kvs {
-					k, _ := base64.StdEncoding.DecodeString(kv.Key)
-					v, _ := base64.StdEncoding.DecodeString(kv.Value)
-					keys[string(k)] = string(v)
+				keys, err := etcdtest.EtcdctlKVs([]byte(out))
+				if err != nil {
+					t.Fatal(err)
 				}
 				if !strings.Contains(keys["/resync/revision"], `"revision":1`) {
 					t.Fatalf("no revision record in %v", keys)

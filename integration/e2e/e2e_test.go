@@ -5,7 +5,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -373,18 +373,13 @@ func TestE2E(t *testing.T) {
 
 	e.step("etcdctl get --prefix /resync/ -w json from inside the network", func() string {
 		out := e.must(time.Minute, "docker", "exec", e.id("etcd1"), "etcdctl", "--endpoints=etcd1:2379,etcd2:2379,etcd3:2379", "get", "--prefix", "/resync/", "-w", "json")
-		var doc struct {
-			Kvs []struct {
-				Key string `json:"key"`
-			} `json:"kvs"`
-		}
-		if err := json.Unmarshal([]byte(out), &doc); err != nil {
-			t.Fatalf("E2E FAILED: etcdctl -w json: %v", err)
+		kvs, err := etcdtest.EtcdctlKVs([]byte(out))
+		if err != nil {
+			t.Fatalf("E2E FAILED: %v", err)
 		}
 		families := map[string]int{}
-		for _, kv := range doc.Kvs {
-			k, _ := base64.StdEncoding.DecodeString(kv.Key)
-			fam, _, _ := strings.Cut(strings.TrimPrefix(string(k), "/resync/"), "/")
+		for k := range kvs {
+			fam, _, _ := strings.Cut(strings.TrimPrefix(k, "/resync/"), "/")
 			families[fam]++
 		}
 		if families["revision"] != 1 || families["registrations"] != 9 || families["acks"] != 9 || families["rounds"] == 0 || families["election"] != 2 {
