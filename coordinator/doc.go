@@ -1,7 +1,8 @@
 // Package coordinator runs resync rounds across a cluster of agents.
 //
-// Any number of Coordinators campaign for leadership with etcd's
-// concurrency.Election under <prefix>election. The leader alone writes the
+// Any number of Coordinators campaign for leadership under <prefix>election,
+// as etcd's concurrency.Election does but ignoring keys that are not a
+// coordinator's (election.go). The leader alone writes the
 // resync revision and the round records, each write one Txn guarded by its
 // leader key's create revision (fencing): a deposed leader's write is refused
 // and it steps down at once, without retrying.
@@ -22,6 +23,7 @@
 // doubles on repeated failure and resets after a clean round.
 //
 // A new leader that finds the revision Started resumes that round (same N,
-// same participants, same deadline). Close resigns, so a standby takes over
-// in one round trip instead of a session TTL.
+// same participants, same deadline). Close resigns (revokes its session), so
+// a standby takes over in one round trip instead of a session TTL; it is
+// bounded by OpTimeout even while etcd is unreachable.
 package coordinator
