@@ -19,8 +19,9 @@
 // under requests/ (from ReportError, resyncctl, re-registered agents) are
 // consumed by the leader, coalesced within a window and while a round runs
 // (one follow-up round, not one per request). A round that did not complete
-// clean, and every error request, plan a new round after a backoff that
-// doubles on repeated failure and resets after a clean round.
+// clean, and every error request, plan a new round after a backoff per
+// agent that doubles with each error-triggered round of the agent's streak
+// and resets only after a quiet period (backoff.go).
 //
 // A new leader that finds the revision Started resumes that round (same N,
 // same participants, same deadline). Close resigns (revokes its session), so

@@ -24,7 +24,9 @@ type Hooks interface {
 	// Request is called for every request the leader consumes (malformed
 	// ones with a zero Request and the decode error).
 	Request(req schema.Request, err error)
-	// Backoff is called when a retry round is delayed by d.
+	// Backoff is called for each new error request (a ReportError, a
+	// retry of failed participants) with its agent's current backoff d:
+	// the pause before the error-triggered round it asks for.
 	Backoff(d time.Duration)
 }
 

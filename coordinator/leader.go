@@ -79,7 +79,8 @@ type leader struct {
 	acks     map[schema.PluginID]schema.Ack
 	requests map[string]schema.Request // pending, not yet consumed
 	firstReq time.Time                 // when the oldest pending request was seen
-	errorDue time.Time                 // error-only requests wait until then
+	errSeen  map[string]time.Time      // error requests: when each was seen (backoff.go)
+	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
 	lastN   uint64           // highest round number written
 	rev     *schema.Revision // last revision record (nil: none)
@@ -87,7 +88,6 @@ type leader struct {
 	resume  *schema.Round    // a Started round to resume once synced
 	rebuild bool             // resume has no participant list: use the live registrations
 	round   *roundState      // the running round
-	streak  int              // consecutive unclean rounds
 }
 
 func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int64, log logrus.FieldLogger) *leader {
@@ -101,6 +101,8 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		regs:     map[schema.PluginID]schema.Registration{},
 		acks:     map[schema.PluginID]schema.Ack{},
 		requests: map[string]schema.Request{},
+		errSeen:  map[string]time.Time{},
+		streaks:  newErrorStreaks(co.cfg.BackoffMin, co.cfg.BackoffMax),
 	}
 }
 
@@ -335,13 +337,20 @@ func (l *leader) load() error {
 	}
 }
 
-func (l *leader) tryLoad() error {
+func (l *leader) tryLoad() (err error) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
 	defer cancel()
 	resp, err := l.c.Get(ctx, l.layout.Revision())
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// The error streaks survive failover: rebuilt from the history.
+		if err == nil {
+			l.streaks = newErrorStreaks(l.cfg.BackoffMin, l.cfg.BackoffMax)
+			err = l.streaks.replayHistory(ctx, l.c, l.layout, l.lastN)
+		}
+	}()
 	if len(resp.Kvs) == 1 {
 		rev, err := schema.DecodeRevision(l.layout.Revision(), resp.Kvs[0].Value)
 		if err == nil {

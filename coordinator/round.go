@@ -130,6 +130,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 	now := time.Now()
 	if ev.reset {
 		l.requests = map[string]schema.Request{}
+		l.errSeen = map[string]time.Time{}
 		l.reqsSynced = true
 	}
 	var garbage []string
@@ -137,6 +138,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 		switch {
 		case it.deleted:
 			delete(l.requests, it.key)
+			delete(l.errSeen, it.key)
 		case it.err != nil:
 			l.log.WithError(it.err).Warn("coordinator: deleting a malformed request")
 			l.co.hooks.Request(schema.Request{}, it.err)
@@ -150,11 +152,10 @@ func (l *leader) onRequests(ev reqEvent) error {
 				l.log.WithField("request", it.key).WithField("cause", it.req.Cause).WithField("scope", it.req.Scope.String()).
 					WithField("reason", it.req.Reason).Info("coordinator: resync requested")
 			}
+			_, seen := l.requests[it.key]
 			l.requests[it.key] = it.req
-			if it.req.Cause == schema.CauseError && l.errorDue.IsZero() {
-				d := l.backoff()
-				l.errorDue = now.Add(d)
-				l.co.hooks.Backoff(d)
+			if !seen && it.req.Cause == schema.CauseError {
+				l.errorSeen(it.key, it.req, now)
 			}
 		}
 	}
@@ -169,27 +170,20 @@ func (l *leader) onRequests(ev reqEvent) error {
 	return nil
 }
 
-// backoff is the delay before an error-caused round.
-func (l *leader) backoff() time.Duration {
-	d := l.cfg.BackoffMin
-	for i := 1; i < l.streak && d < l.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, l.cfg.BackoffMax)
-}
-
-// due is when pending requests may start a round.
+// due is when pending requests may start a round: after the coalescing
+// window, and for error requests not before their backoff (backoff.go).
 func (l *leader) due() time.Time {
 	at := l.firstReq.Add(l.cfg.CoalesceWindow)
-	for _, r := range l.requests {
+	var first time.Time
+	for k, r := range l.requests {
 		if r.Cause != schema.CauseError {
 			return at
 		}
+		if d := l.errorDue(k); first.IsZero() || d.Before(first) {
+			first = d
+		}
 	}
-	if l.errorDue.After(at) {
-		return l.errorDue
-	}
-	return at
+	return maxTime(at, first)
 }
 
 func (l *leader) nextWake() (time.Time, bool) {
@@ -243,10 +237,15 @@ func (l *leader) step(now time.Time) error {
 			return err
 		}
 	case len(l.requests) > 0 && !now.Before(l.due()):
-		scope, cause, reason, keys := mergeRequests(l.requests)
+		ready := l.readyRequests(now)
+		if len(ready) == 0 {
+			return nil
+		}
+		scope, cause, reason, keys := mergeRequests(ready)
 		if err := l.start(now, cause, reason, scope, keys); err != nil {
 			return err
 		}
+		l.errorRoundStarted(cause, scope, ready, now)
 	default:
 		return nil
 	}
@@ -347,7 +346,9 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	for _, k := range reqKeys {
 		delete(l.requests, k)
 	}
-	l.errorDue = time.Time{}
+	for _, k := range reqKeys {
+		delete(l.errSeen, k)
+	}
 	l.initial = ""
 	l.lastN, l.rev = n, &rev
 	l.round = newRoundState(rec)
@@ -419,14 +420,6 @@ func (l *leader) finish(now time.Time) error {
 	}
 	l.rev = &rev
 	l.round = nil
-	if clean {
-		l.streak = 0
-	} else {
-		l.streak++
-		d := l.backoff()
-		l.errorDue = now.Add(d)
-		l.co.hooks.Backoff(d)
-	}
 	l.log.WithField("revision", rec.Revision).WithField("acked", len(rec.Acked)).WithField("failed", len(rec.Failed)).
 		WithField("timed_out", len(rec.TimedOut)).WithField("departed", len(rec.Departed)).
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")
