@@ -80,6 +80,7 @@ type leader struct {
 	requests map[string]schema.Request // pending, not yet consumed
 	firstReq time.Time                 // when the oldest pending request was seen
 	errSeen  map[string]time.Time      // error requests: when each was seen (backoff.go)
+	rejoins  map[string]rejoinWait     // rejoin requests: the registrations they wait for (rejoin.go)
 	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
 	lastN   uint64           // highest round number written
@@ -102,6 +103,7 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		acks:     map[schema.PluginID]schema.Ack{},
 		requests: map[string]schema.Request{},
 		errSeen:  map[string]time.Time{},
+		rejoins:  map[string]rejoinWait{},
 		streaks:  newErrorStreaks(co.cfg.BackoffMin, co.cfg.BackoffMax),
 	}
 }

@@ -131,6 +131,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 	if ev.reset {
 		l.requests = map[string]schema.Request{}
 		l.errSeen = map[string]time.Time{}
+		l.rejoins = map[string]rejoinWait{}
 		l.reqsSynced = true
 	}
 	var garbage []string
@@ -157,6 +158,9 @@ func (l *leader) onRequests(ev reqEvent) error {
 			if !seen && it.req.Cause == schema.CauseError {
 				l.errorSeen(it.key, it.req, now)
 			}
+			if !seen && it.req.Cause == schema.CauseRejoin {
+				l.rejoinSeen(it.key, it.req, now)
+			}
 		}
 	}
 	if len(garbage) > 0 {
@@ -173,7 +177,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 // due is when pending requests may start a round: after the coalescing
 // window, and for error requests not before their backoff (backoff.go).
 func (l *leader) due() time.Time {
-	at := l.firstReq.Add(l.cfg.CoalesceWindow)
+	at := maxTime(l.firstReq.Add(l.cfg.CoalesceWindow), l.rejoinDue())
 	var first time.Time
 	for k, r := range l.requests {
 		if r.Cause != schema.CauseError {
