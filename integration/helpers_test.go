@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
@@ -191,6 +192,9 @@ func (o *observer) observe(e *clientv3.Event) {
 				delete(o.live, key)
 			}
 			return
+		}
+		if _, err := coordinator.CandidateKey(layout, e.Kv); err != nil {
+			return // a stray key (the test's garbage): no coordinator's, as the coordinators see it
 		}
 		if _, ok := o.live[key]; !ok {
 			o.live[key] = e.Kv.CreateRevision
