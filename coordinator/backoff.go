@@ -18,7 +18,7 @@ import (
 //     after it as the previous one did, up to BackoffMax: an agent that
 //     reports errors again and again gets a round every BackoffMax.
 //   - The streak ends only after a quiet period, twice BackoffMax without a
-//     new error from that agent. A clean round does not end it: a plugin that
+//     new error from that agent nor an error-triggered round of it. A clean round does not end it: a plugin that
 //     calls ReportError in a loop while acking every round ok would
 //     otherwise get a resync every BackoffMin for ever.
 //   - A round of every agent (scope all, e.g. a retry of failures on
@@ -123,9 +123,8 @@ func (b *errorStreaks) Started(agent string, now time.Time) {
 	if s.rounds > 0 && now.Sub(s.lastError) >= b.quiet() {
 		*s = streak{lastError: now}
 	}
-	if s.lastError.IsZero() {
-		s.lastError = now
-	}
+	// A round of the streak is not quiet: the period counts from it too.
+	s.lastError = maxTime(s.lastError, now)
 	s.rounds++
 	s.lastRound = now
 }
@@ -135,7 +134,9 @@ func scopeKey(scope schema.Scope) string { return scope.Agent }
 
 // replay rebuilds the streaks from round records, oldest first: each
 // error-caused round counts for its scope's agent, its start time standing
-// for the error's.
+// for the error's. The agent is not quiet until the round finished (errors
+// reported meanwhile wait for the next round): on a loaded machine rounds of
+// a streak are further apart than their backoff.
 func (b *errorStreaks) replay(rounds []schema.Round) {
 	for _, r := range rounds {
 		if r.Cause != schema.CauseError {
@@ -144,6 +145,9 @@ func (b *errorStreaks) replay(rounds []schema.Round) {
 		k := scopeKey(r.Scope)
 		b.Reported(k, r.StartedAt)
 		b.Started(k, r.StartedAt)
+		if s := b.by[k]; r.FinishedAt.After(s.lastError) {
+			s.lastError = r.FinishedAt
+		}
 	}
 }
 

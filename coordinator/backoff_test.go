@@ -84,9 +84,18 @@ func TestErrorStreakReplayedFromHistory(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	starts := simulate(live, "a", t0, 10*time.Second, 5*time.Millisecond)
 	var hist []schema.Round
-	for i, s := range starts {
-		hist = append(hist, schema.Round{Revision: uint64(i + 1), Cause: schema.CauseError, Scope: schema.Scope{Agent: "a"}, StartedAt: s})
-		hist = append(hist, schema.Round{Revision: uint64(i + 1), Cause: schema.CauseManual, StartedAt: s}) // not counted
+	var shift time.Duration
+	for i := range starts {
+		starts[i] = starts[i].Add(shift)
+		hist = append(hist, schema.Round{Revision: uint64(i + 1), Cause: schema.CauseError, Scope: schema.Scope{Agent: "a"}, StartedAt: starts[i]})
+		if i%3 == 0 && i > 0 {
+			// A slow round (a loaded machine): the next one starts more
+			// than the quiet period after this one's start, soon after it
+			// finished; the streak goes on.
+			hist[len(hist)-1].FinishedAt = starts[i].Add(3 * max)
+			shift += 3 * max
+		}
+		hist = append(hist, schema.Round{Revision: uint64(i + 1), Cause: schema.CauseManual, StartedAt: starts[i]}) // not counted
 	}
 	replayed := newErrorStreaks(min, max)
 	replayed.replay(hist)
