@@ -62,7 +62,7 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	} {
 		c, err := etcdtest.NewClientWith(tc)
 		if err == nil {
-			_, err = c.Put(ctxT(t, 2*time.Second), layout.Request("intruder"), "x")
+			_, err = c.Put(ctxT(t, 2*time.Second), layout.OperatorRequest("intruder"), "x")
 			c.Close()
 		}
 		if err == nil {
@@ -84,7 +84,7 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	}
 	root := as(rbac.RootUser)
 	// The admin client (no user) may no longer write.
-	if _, err := admin.Put(ctxT(t, 5*time.Second), layout.Request("anon"), "x"); err == nil {
+	if _, err := admin.Put(ctxT(t, 5*time.Second), layout.OperatorRequest("anon"), "x"); err == nil {
 		t.Fatal("a client without a user wrote with auth on")
 	}
 

@@ -187,7 +187,7 @@ func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reas
 	if err != nil {
 		return err
 	}
-	_, err = c.Put(ctx, layout.Request(schema.NewRequestID(now)), string(b))
+	_, err = c.Put(ctx, layout.OperatorRequest(schema.NewRequestID(now)), string(b))
 	return err
 }
 
