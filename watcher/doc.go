@@ -66,9 +66,11 @@
 //
 // Writes are batched: what is queued goes to etcd in one Txn (at most 128
 // operations, etcd's default limit) once the oldest item is
-// Config.AckBatchWindow old (default 2 ms). An agent whose plugins ack
-// within the window writes all their acks, and any pending request, in one
-// Txn: one etcd revision, in the order given. A write etcd refuses for good
+// Config.AckBatchWindow old (default 2 ms), or at once when no other plugin
+// of the agent is expected to ack the current revision (so the window never
+// delays an agent's last ack of a round). An agent whose plugins ack within
+// the window writes all their acks, and any pending request, in one Txn:
+// one etcd revision, in the order given. A write etcd refuses for good
 // (permission denied, too large) is dropped, logged with its key and
 // counted (Stats.WritesDropped), never retried for ever.
 //

@@ -83,7 +83,10 @@ func (w *Watcher) outbox() {
 
 // gather waits until the oldest queued ack or request is AckBatchWindow old,
 // so that acks given meanwhile share its Txn. It returns at once when the
-// window is off, when a full Txn is queued, or when the Watcher closes.
+// window is off, when a full Txn is queued, when no other plugin of the
+// agent is expected to ack the current revision (so the last ack of a
+// round, and the only one of a one-plugin agent, is never held back), or
+// when the Watcher closes.
 func (w *Watcher) gather() {
 	if w.cfg.AckBatchWindow <= 0 {
 		return
@@ -104,7 +107,7 @@ func (w *Watcher) gather() {
 		}
 		w.omu.Unlock()
 		wait := time.Until(oldest.Add(w.cfg.AckBatchWindow))
-		if n == 0 || n >= maxTxnOps || wait <= 0 {
+		if n == 0 || n >= maxTxnOps || wait <= 0 || !w.acksExpected() {
 			return
 		}
 		t := time.NewTimer(wait)
@@ -153,6 +156,38 @@ func (w *Watcher) rejoin(gen uint64) {
 		return
 	}
 	log.WithField("request", id).Warn("watcher: session re-created after a loss; requesting a resync of this agent")
+}
+
+// acksExpected reports whether some plugin of the agent may still ack the
+// current revision: it has given no ack yet (its join resync is to come),
+// or the revision is Started, includes it, and it has not acked it. It is
+// a hint that only paces writes (a wrong answer costs at most one window
+// or one more Txn), so it reads the record and the plugins' last acks, not
+// the dispatcher's own state.
+func (w *Watcher) acksExpected() bool {
+	w.mu.Lock()
+	rec := w.rec
+	names := make([]string, len(w.plugins))
+	for i, p := range w.plugins {
+		names[i] = p.name
+	}
+	w.mu.Unlock()
+	if rec == nil {
+		return false
+	}
+	w.omu.Lock()
+	defer w.omu.Unlock()
+	for _, name := range names {
+		last, ok := w.lastAcks[name]
+		switch {
+		case !ok:
+			return true
+		case last.Revision >= rec.Revision:
+		case rec.State == schema.Started && rec.Scope.Includes(w.agent, name):
+			return true
+		}
+	}
+	return false
 }
 
 // outItem is one queued write: an ack (plugin set) or a request.

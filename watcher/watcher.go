@@ -47,12 +47,15 @@ type Config struct {
 	// AckBatchWindow is how long an ack (or request) may wait to be written
 	// so that the acks of the agent's next plugins, which get Started as
 	// soon as the previous one acked locally, go to etcd in the same Txn:
-	// the outbox writes when the oldest queued item is this old, or at once
-	// when a full Txn (128 ops) is queued. It adds at most this much to a
-	// round's latency; an agent whose plugins all ack within it costs etcd
-	// one Txn per round instead of one per plugin. A negative value writes
-	// at once (what piles up during a write still shares the next Txn).
-	// Measured by wall time, not Clock. Default 2 ms.
+	// the outbox writes when the oldest queued item is this old, when no
+	// other plugin of the agent is expected to ack the current revision
+	// (the agent's last ack of a round, or the only one, goes at once), or
+	// when a full Txn (128 ops) is queued. So it delays only the acks of
+	// plugins followed by a slow one, by at most this much; an agent whose
+	// plugins all ack within it costs etcd one Txn per round instead of one
+	// per plugin. A negative value writes at once (what piles up during a
+	// write still shares the next Txn). Measured by wall time, not Clock.
+	// Default 2 ms.
 	AckBatchWindow time.Duration
 }
 
