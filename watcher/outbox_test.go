@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -232,5 +233,74 @@ func TestOnePluginDefaultWindow(t *testing.T) {
 		if got := cnt.get(schema.Started, n); got != 1 {
 			t.Fatalf("Started %d delivered %d times", n, got)
 		}
+	}
+}
+
+// 130 plugins acking within the window: etcd's 128-operation Txn limit
+// holds, so the acks go in two Txns, the first full, in order.
+func TestAckBatchesRespectTheTxnLimit(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	rec := newRecorder(t)
+	a := newAgent(t, c, "wide", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = time.Second })
+	names := make([]string, maxTxnOps+2)
+	for i := range names {
+		names[i] = fmt.Sprintf("p%03d", i)
+	}
+	for k, ch := range a.register(t, names...) {
+		rec.run(names[k], ch, "ack")
+	}
+	wch := watchAcks(t, c, "wide")
+	writeRev(t, c, 1, schema.Started, schema.Scope{})
+	acks := collectAcks(t, wch, 1, len(names))
+	perRev := map[int64]int{}
+	for i, w := range acks {
+		if w.plugin != names[i] {
+			t.Fatalf("ack %d is %s's, want %s's: order broken", i, w.plugin, names[i])
+		}
+		perRev[w.modRev]++
+	}
+	if len(perRev) != 2 || perRev[acks[0].modRev] != maxTxnOps {
+		t.Fatalf("acks per etcd revision %v, want %d then 2", perRev, maxTxnOps)
+	}
+}
+
+type fixedPasswords struct{}
+
+func (fixedPasswords) Given(user string) (string, bool, error) { return "pw-" + user, true, nil }
+func (fixedPasswords) New(user string) (string, error)         { return "pw-" + user, nil }
+
+// A write etcd refuses for good is dropped, logged and counted, and does
+// not hold back the acks that shared its Txn: here the agent's role lacks
+// its requests prefix (as before `rbac apply` was re-run after an upgrade).
+func TestRefusedRequestDoesNotBlockAcks(t *testing.T) {
+	m := etcdtest.Start(t)
+	spec := rbac.Spec{Layout: layout, Agents: []string{"old"}}
+	if err := rbac.Apply(ctxT(t, 30*time.Second), m.Client(t), spec, rbac.Options{Passwords: fixedPasswords{}}); err != nil {
+		t.Fatal(err)
+	}
+	login := func(user string) *clientv3.Client {
+		return etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{m.Endpoint()}, Username: user, Password: "pw-" + user, DialTimeout: 30 * time.Second})
+	}
+	root := login(rbac.RootUser)
+	reqs := layout.AgentRequests("old")
+	if _, err := root.RoleRevokePermission(ctxT(t, 10*time.Second), rbac.AgentRole("old"), reqs, clientv3.GetPrefixRangeEnd(reqs)); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder(t)
+	a := newAgent(t, login("old"), "old", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = time.Second })
+	chs := a.register(t, "p")
+	writeRev(t, root, 1, schema.Started, schema.Scope{})
+	ev := recv(t, chs[0], "join resync of p")
+	// The request and the ack are queued together: one Txn, refused.
+	if _, err := a.w.Request(schema.Request{Reason: "test", Cause: schema.CauseError, Scope: schema.Scope{Agent: "old"}, RequestedBy: "old"}); err != nil {
+		t.Fatal(err)
+	}
+	ev.Ack()
+	rec.run("p", chs[0], "ack")
+	waitAck(t, root, "old", "p", 1, schema.ResultOK)
+	etcdtest.WaitFor(t, wait, "the refused request dropped", func() bool { return a.w.Stats().WritesDropped == 1 })
+	if s := a.w.Stats(); s.RequestsWritten != 0 || s.AcksWritten != 1 {
+		t.Fatalf("stats %+v: want the ack written and no request", s)
 	}
 }
