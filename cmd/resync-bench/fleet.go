@@ -180,7 +180,7 @@ func (k *coord) Close() {
 	k.c.Close()
 }
 
-// request writes requests/<id> (cause manual, scope all).
+// request writes requests/operator/<id> (cause manual, scope all).
 func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string) error {
 	now := time.Now().UTC()
 	b, err := schema.Encode(schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now})
