@@ -36,6 +36,10 @@ func TestRBACApplyStatusAndIdempotence(t *testing.T) {
 	ep := m.Endpoint()
 	dir := filepath.Join(t.TempDir(), "secrets")
 	t.Setenv("RESYNC_PASSWORD_AGENT_B", "b-from-env")
+	// Logging in (bcrypt) on a loaded machine under -race can pass the 5 s
+	// defaults.
+	t.Setenv("RESYNC_DIAL_TIMEOUT", "30s")
+	t.Setenv("RESYNC_COMMAND_TIMEOUT", "30s")
 
 	// First run: auth off, so the root credentials given for later runs are
 	// dropped; passwords generated into the secrets dir, except agent-b's.
