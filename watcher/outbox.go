@@ -36,9 +36,10 @@ const maxAckBatchWindow = time.Second
 // acked locally (Event.Ack queues the ack and returns; invariant 4's "acked"
 // is that local ack), so the acks of an agent's plugins arrive here one
 // after another, microseconds apart when the plugins ack at once. Woken by
-// the first, the outbox waits until it is AckBatchWindow old (gather), then
-// writes everything queued in one Txn: the coordinator sees them in one
-// etcd revision, in the order they were given. Order across Txns holds too:
+// the first, the outbox waits until it is AckBatchWindow old or no other
+// plugin is expected to ack (gather), then writes everything queued in one
+// Txn: the coordinator sees them in one etcd revision, in the order they
+// were given. Order across Txns holds too:
 // one goroutine writes, oldest first.
 func (w *Watcher) outbox() {
 	var seenGen uint64
