@@ -209,6 +209,7 @@ func TestRequestAllowedFor(t *testing.T) {
 		{Writer{Kind: WriterOperator}, Scope{}, true},
 		{Writer{Kind: WriterOperator}, Scope{Agent: "a2"}, true},
 		{Writer{Kind: WriterLegacy}, Scope{}, true},
+		{Writer{}, Scope{Agent: "a1"}, false},
 	} {
 		t.Run(tc.writer.String()+" asks for "+tc.scope.String(), func(t *testing.T) {
 			err := Request{Cause: CauseManual, Scope: tc.scope}.AllowedFor(tc.writer)

@@ -12,7 +12,8 @@ var ErrRefused = errors.New("request refused")
 // WriterKind is the kind of writer a request key belongs to.
 type WriterKind int
 
-// The kinds of writers, by the request key's sub-prefix.
+// The kinds of writers, by the request key's sub-prefix. The zero
+// WriterKind is no writer: AllowedFor refuses everything for it.
 const (
 	// WriterLegacy wrote requests/<id>, the layout before per-writer keys.
 	// Such a request may have any scope: once `resyncctl rbac apply` has
@@ -20,7 +21,7 @@ const (
 	// covers only requests/agent/<agent>/), and without authentication
 	// anyone may write anywhere, requests/operator/ included, so refusing
 	// it would protect nothing.
-	WriterLegacy WriterKind = iota
+	WriterLegacy WriterKind = iota + 1
 	// WriterAgent wrote requests/agent/<agent>/<id>: the agent itself
 	// (ReportError, rejoin).
 	WriterAgent
@@ -42,8 +43,10 @@ func (w Writer) String() string {
 		return "agent " + w.Agent
 	case WriterOperator:
 		return "operator"
+	case WriterLegacy:
+		return "legacy"
 	}
-	return "legacy"
+	return "unknown"
 }
 
 // AllowedFor checks the rule of who may ask for what: an agent may request
@@ -53,12 +56,15 @@ func (w Writer) String() string {
 // who may ask it. The coordinator ignores a request that fails it, and
 // writers check it before writing.
 func (r Request) AllowedFor(w Writer) error {
-	if w.Kind != WriterAgent {
+	switch w.Kind {
+	case WriterOperator, WriterLegacy:
+		return nil
+	case WriterAgent:
+		if r.Scope.All() || r.Scope.Agent != w.Agent {
+			return fmt.Errorf("%w: agent %q may request a resync only of its own plugins, not of %s; "+
+				"only an operator (resyncctl trigger, under requests/operator/) may request that", ErrRefused, w.Agent, r.Scope)
+		}
 		return nil
 	}
-	if r.Scope.All() || r.Scope.Agent != w.Agent {
-		return fmt.Errorf("%w: agent %q may request a resync only of its own plugins, not of %s; "+
-			"only an operator (resyncctl trigger, under requests/operator/) may request that", ErrRefused, w.Agent, r.Scope)
-	}
-	return nil
+	return fmt.Errorf("%w: no writer known for a request of %s; only an operator (resyncctl trigger, under requests/operator/) may request that", ErrRefused, r.Scope)
 }
