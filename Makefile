@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TEST_TIMEOUT ?= 20m
 BIN       ?= bin
 
-.PHONY: all build binaries run demo test lint cover fuzz clean bench bench-go chaos images up down e2e
+.PHONY: all build binaries run demo test lint cover fuzz clean bench bench-go chaos images up down e2e rules-test
 
 all: lint build test
 
@@ -77,6 +77,13 @@ CHAOS_TIMEOUT ?= 3h
 chaos:
 	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) $(GO) test -race -count=1 -timeout $(CHAOS_TIMEOUT) \
 		-tags resync_chaos -run 'Chaos' -v ./integration/
+
+## rules-test: check the Prometheus alerting rules and run their unit tests
+## (promtool, from Debian's prometheus package).
+PROMTOOL ?= promtool
+rules-test:
+	$(PROMTOOL) check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && $(PROMTOOL) test rules rules_test.yml
 
 ## Containers. No registry is reachable here, so images are built FROM
 ## scratch from static binaries: ours, and etcd/etcdctl built from the etcd

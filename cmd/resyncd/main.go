@@ -235,6 +235,10 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	if err != nil {
 		return err
 	}
+	if err := metrics.RegisterTerm(reg, func() int64 { return co.Status().Term }); err != nil {
+		co.Close()
+		return err
+	}
 	layout, _ := schema.NewLayout(o.coord.Prefix)
 	h := &handlers{co: co, c: c, layout: layout, reg: reg, timeout: 2 * time.Second, fatal: func() error {
 		select {
