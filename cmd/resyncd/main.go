@@ -75,7 +75,9 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	fs.BoolVar(&o.embedClientTLS, "embed-client-cert-auth", false, "require client certificates signed by --embed-trusted-ca-file")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz, /status")
 	fs.BoolVar(&o.httpPublic, "http-public", false, "allow --http-addr on a non-loopback address (it has no authentication)")
-	fs.StringVar(&o.coord.ID, "id", o.coord.ID, "coordinator id, written in every record it makes")
+	defaultID := o.coord.ID
+	o.coord.ID = "" // --help shows no per-process default
+	fs.StringVar(&o.coord.ID, "id", "", "coordinator id, written in every record it makes; unset: <hostname>-<pid>")
 	fs.StringVar(&o.coord.Prefix, "prefix", o.coord.Prefix, "etcd key prefix")
 	fs.DurationVar(&o.coord.SessionTTL, "session-ttl", o.coord.SessionTTL, "election session TTL: crash failover bound")
 	fs.DurationVar(&o.coord.RoundDeadline, "round-deadline", o.coord.RoundDeadline, "participants still pending then are timed out")
@@ -95,6 +97,9 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	visited := etcdflags.Visited(fs)
 	if err := etcdflags.ApplyEnv(fs, "RESYNC_", os.LookupEnv, visited); err != nil {
 		return nil, false, err
+	}
+	if o.coord.ID == "" {
+		o.coord.ID = defaultID
 	}
 	// Visited now includes flags set from the environment.
 	return o, etcdflags.Visited(fs)["endpoints"], nil

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
@@ -125,6 +127,11 @@ func TestHelpShowsNoEndpointsDefault(t *testing.T) {
 	if strings.Contains(entry, "default") || !strings.Contains(entry, "unset: resyncd starts an embedded etcd") {
 		t.Errorf("--endpoints help %q: want no default and \"unset: resyncd starts an embedded etcd\"", entry)
 	}
+	if i := strings.Index(help, "\n  -id "); i < 0 || !strings.Contains(help[i:], "unset: <hostname>-<pid>") {
+		t.Errorf("--id help lacks \"unset: <hostname>-<pid>\" (README's default)")
+	} else if entry, _, _ := strings.Cut(help[i+1:], "\n  -"); strings.Contains(entry, "default") {
+		t.Errorf("--id help %q shows a per-process default", entry)
+	}
 	for _, want := range []string{`-http-addr string`, `(default "127.0.0.1:9090")`, `(default "resyncd.etcd")`, `(default 5s)`, `(default 2m0s)`} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q (README's resyncd table says so)", want)
@@ -142,4 +149,23 @@ func cleanEnv() []string {
 		}
 	}
 	return env
+}
+
+// TestUnsetIDIsHostnamePID: without --id (and RESYNC_ID) the coordinator id
+// is <hostname>-<pid>, as --help and README say.
+func TestUnsetIDIsHostnamePID(t *testing.T) {
+	t.Setenv("RESYNC_ID", "")
+	os.Unsetenv("RESYNC_ID")
+	o, _, err := parse(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// coordinator's default: <hostname>-<pid> (coordinator-<pid> if the
+	// hostname is not a valid name).
+	if want := coordinator.DefaultConfig().ID; o.coord.ID != want || !strings.HasSuffix(want, fmt.Sprintf("-%d", os.Getpid())) {
+		t.Errorf("id %q, want %q", o.coord.ID, want)
+	}
+	if o, _, err = parse([]string{"--id", "rd7"}, io.Discard); err != nil || o.coord.ID != "rd7" {
+		t.Errorf("--id rd7: %v %q", err, o.coord.ID)
+	}
 }
