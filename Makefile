@@ -88,7 +88,9 @@ rules-test:
 ## Containers. No registry is reachable here, so images are built FROM
 ## scratch from static binaries: ours, and etcd/etcdctl built from the etcd
 ## modules at the version go.mod pins. Binaries first (Go's build cache makes
-## rebuilds quick), then two small COPY-only images.
+## rebuilds quick), then small COPY-only images; Prometheus' image is
+## Debian's prometheus binary (apt-get install prometheus) with the shared
+## libraries it needs, staged by scripts/stage-prometheus.sh.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 STATIC  = CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w"
 images:
@@ -98,6 +100,8 @@ images:
 	$(STATIC) -o $(BIN)/docker/etcd/etcdctl go.etcd.io/etcd/etcdctl/v3
 	docker build -q -f deploy/Dockerfile.etcd -t resync-etcd:dev $(BIN)/docker/etcd
 	docker build -q -f deploy/Dockerfile.resync -t resync:dev $(BIN)/docker/resync
+	./scripts/stage-prometheus.sh $(BIN)/docker/prometheus
+	docker build -q -f deploy/Dockerfile.prometheus -t resync-prometheus:dev $(BIN)/docker/prometheus
 
 ## up / down: the compose cluster (project "resync"); down removes volumes.
 up: images
