@@ -36,7 +36,7 @@ const allAgents = ""
 // streak is one agent's run of error-triggered rounds.
 type streak struct {
 	rounds    int       // error-triggered rounds in the streak
-	lastRound time.Time // when the last of them started
+	lastRound time.Time // when the last of them started, or finished once it did
 	lastError time.Time // when the last error was seen
 }
 
@@ -97,8 +97,9 @@ func (b *errorStreaks) Delay(agent string) time.Duration {
 
 // Due is the earliest start of an error-triggered round for an error of
 // agent seen at seen: BackoffMin after it without a streak, else Delay
-// after it (or after the streak's last round, if that is later); a
-// cluster-wide streak applies to every agent.
+// after it or after the end of the streak's last round, whichever is
+// later (errors seen while a round runs are answered together, Delay after
+// it); a cluster-wide streak applies to every agent.
 func (b *errorStreaks) Due(agent string, seen time.Time) time.Time {
 	due := b.dueOf(agent, seen)
 	if agent != allAgents {
@@ -129,6 +130,15 @@ func (b *errorStreaks) Started(agent string, now time.Time) {
 	s.lastRound = now
 }
 
+// Finished notes the end of an error-triggered round covering agent: the
+// streak's next round waits Delay after it (a retry waits its backoff after
+// the failure), and the agent is not quiet before.
+func (b *errorStreaks) Finished(agent string, now time.Time) {
+	s := b.get(agent)
+	s.lastRound = maxTime(s.lastRound, now)
+	s.lastError = maxTime(s.lastError, now)
+}
+
 // scopeKey is the streak key of a scope: its agent, or allAgents.
 func scopeKey(scope schema.Scope) string { return scope.Agent }
 
@@ -145,8 +155,8 @@ func (b *errorStreaks) replay(rounds []schema.Round) {
 		k := scopeKey(r.Scope)
 		b.Reported(k, r.StartedAt)
 		b.Started(k, r.StartedAt)
-		if s := b.by[k]; r.FinishedAt.After(s.lastError) {
-			s.lastError = r.FinishedAt
+		if !r.FinishedAt.IsZero() {
+			b.Finished(k, r.FinishedAt)
 		}
 	}
 }
@@ -250,9 +260,21 @@ func (l *leader) errorRoundStarted(cause schema.Cause, scope schema.Scope, reqs 
 		if k := scopeKey(r.Scope); !done[k] {
 			done[k] = true
 			l.streaks.Started(k, now)
+			l.errKeys = append(l.errKeys, k)
 		}
 	}
 	if k := scopeKey(scope); !done[k] {
 		l.streaks.Started(k, now)
+		l.errKeys = append(l.errKeys, k)
 	}
+}
+
+// errorRoundFinished ends the running error-triggered round in its agents'
+// streaks (after a failover the resumed round is not known here: its
+// successor paces from its start).
+func (l *leader) errorRoundFinished(now time.Time) {
+	for _, k := range l.errKeys {
+		l.streaks.Finished(k, now)
+	}
+	l.errKeys = nil
 }

@@ -92,6 +92,7 @@ type leader struct {
 	resume  *schema.Round    // a Started round to resume once synced
 	rebuild bool             // resume has no participant list: use the live registrations
 	round   *roundState      // the running round
+	errKeys []string         // streak keys of the running round if error-triggered (backoff.go)
 }
 
 func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int64, log logrus.FieldLogger) *leader {

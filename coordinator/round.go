@@ -433,6 +433,7 @@ func (l *leader) finish(now time.Time) error {
 	}
 	l.rev = &rev
 	l.round = nil
+	l.errorRoundFinished(now)
 	l.log.WithField("revision", rec.Revision).WithField("acked", len(rec.Acked)).WithField("failed", len(rec.Failed)).
 		WithField("timed_out", len(rec.TimedOut)).WithField("departed", len(rec.Departed)).
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")
