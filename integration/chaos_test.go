@@ -615,7 +615,7 @@ func (env *chaosEnv) currentRevision() uint64 {
 
 // completedRoundAfter returns the first round whose Started record was
 // written after etcd revision after and that has completed.
-func (env *chaosEnv) completedRoundAfter(after int64) (schema.Round, bool) {
+func (env *chaosEnv) completedRoundAfter(after int64) (coordinator.RoundView, bool) {
 	env.h.mu.Lock()
 	defer env.h.mu.Unlock()
 	startedAt := map[uint64]int64{}
@@ -630,11 +630,11 @@ func (env *chaosEnv) completedRoundAfter(after int64) (schema.Round, bool) {
 			return w.Round, true
 		}
 	}
-	return schema.Round{}, false
+	return coordinator.RoundView{}, false
 }
 
-func (env *chaosEnv) waitRoundAfter(after int64, within time.Duration, what string) schema.Round {
-	var r schema.Round
+func (env *chaosEnv) waitRoundAfter(after int64, within time.Duration, what string) coordinator.RoundView {
+	var r coordinator.RoundView
 	etcdtest.WaitFor(env.t, within, what, func() bool {
 		var ok bool
 		r, ok = env.completedRoundAfter(after)
@@ -673,7 +673,7 @@ func (env *chaosEnv) finalPhase() {
 				acked++
 			}
 		}
-		if r.Scope.All() && acked == len(want) && env.liveAcked(r.Revision) {
+		if r.Scope.IsAll() && acked == len(want) && env.liveAcked(r.Revision) {
 			env.h.mu.Lock()
 			env.h.FinalRevision = r.Revision
 			env.h.mu.Unlock()

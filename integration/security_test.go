@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
@@ -110,7 +111,7 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	if _, err := putRequest(ctxT(t, 5*time.Second), ca, schema.CauseManual, schema.Scope{}, "least privilege"); err != nil {
 		t.Fatalf("agent a cannot write a request: %v", err)
 	}
-	r := waitCompleted(t, root, 0, 30*time.Second, "a round with both agents acked", func(r schema.Round) bool {
+	r := waitCompleted(t, root, 0, 30*time.Second, "a round with both agents acked", func(r coordinator.RoundView) bool {
 		return r.Cause == schema.CauseManual && r.Counts.Acked == 3
 	})
 	for _, p := range []schema.PluginID{{Agent: "a", Plugin: "p1"}, {Agent: "a", Plugin: "p2"}, {Agent: "b", Plugin: "p1"}} {
@@ -120,7 +121,7 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	}
 	// ReportError goes through the watcher's request write.
 	a.p.ReportError("p1", errors.New("lost state"))
-	waitCompleted(t, root, r.Revision, 30*time.Second, "the ReportError round", func(r schema.Round) bool {
+	waitCompleted(t, root, r.Revision, 30*time.Second, "the ReportError round", func(r coordinator.RoundView) bool {
 		return r.Cause == schema.CauseError && slices.Contains(r.Acked, schema.PluginID{Agent: "a", Plugin: "p1"})
 	})
 

@@ -94,7 +94,7 @@ func (m *Metrics) Leading(l bool) {
 
 // RoundStarted implements coordinator.Hooks.
 func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {
-	m.participants.Set(float64(len(r.Participants)))
+	m.participants.Set(float64(r.Counts.Participants))
 	m.revision.Set(float64(r.Revision))
 	if resumed {
 		m.resumed.Inc()
