@@ -389,7 +389,10 @@ func (l *leader) loadRevision(ctx context.Context, rev schema.Revision) error {
 // rounds/<N>/agents/ (read in pages). Without any such record an all-scope
 // round is rebuilt from the live registrations once they are synced; a set
 // scope's round then has no participant and completes at once.
-func (l *leader) setResume(ctx context.Context, round schema.Round) error {
+func (l *leader) setResume(_ context.Context, round schema.Round) error {
+	// Paged: thousands of agents take longer than one etcd call's timeout.
+	ctx, cancel := context.WithTimeout(l.ctx, 10*l.cfg.OpTimeout)
+	defer cancel()
 	recs, bad, err := ReadRoundAgents(ctx, l.c, l.layout, round.Revision, 0)
 	if err != nil {
 		return err

@@ -198,7 +198,7 @@ func (l *leader) fencedDelete(keys []string) error {
 // one response.
 func ReadRoundAgents(ctx context.Context, kv clientv3.KV, layout schema.Layout, n uint64, page int) (recs []schema.RoundAgent, bad []error, err error) {
 	if page <= 0 {
-		page = 500
+		page = 100 // at most ~100 x 15 KB (10 plugins with 128-character names and 1 KiB errors)
 	}
 	prefix := layout.RoundAgents(n)
 	end := clientv3.GetPrefixRangeEnd(prefix)

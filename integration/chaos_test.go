@@ -385,6 +385,7 @@ var faultKinds = []struct {
 	{"coord-kill-leader", 3}, {"coord-restart", 3},
 	{"agent-blackhole", 5}, {"agent-cut", 4}, {"agent-restart", 3}, {"agent-crash", 3},
 	{"member-restart", 3}, {"compact", 3}, {"garbage", 6}, {"request", 6},
+	{"scoped-burst", 4}, {"report-burst", 4},
 }
 
 func (env *chaosEnv) fault() {
@@ -541,6 +542,52 @@ func (env *chaosEnv) inject(kind string) string {
 			env.log.WithError(err).Warn("chaos: request failed")
 			return ""
 		}
+	case "scoped-burst":
+		// Overlapping scoped requests at once: each names 1-3 agents or
+		// agent/plugin pairs; the checker verifies that the rounds serving
+		// them reach no participant outside their union.
+		var reqs [][]schema.Scope
+		for range 2 + env.pick(3) {
+			var targets []schema.Scope
+			for range 1 + env.pick(3) {
+				sc := schema.Scope{Agent: env.agents[env.pick(len(env.agents))].name}
+				if env.pick(2) == 0 {
+					sc.Plugin = chaosPlugins[env.pick(len(chaosPlugins))]
+				}
+				targets = append(targets, sc)
+			}
+			reqs = append(reqs, targets)
+		}
+		var wg sync.WaitGroup
+		for _, targets := range reqs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if _, err := putTargets(ctx, env.admin, schema.CauseManual, targets, "chaos: scoped burst"); err != nil {
+					env.log.WithError(err).Warn("chaos: scoped request failed")
+				}
+			}()
+		}
+		wg.Wait()
+	case "report-burst":
+		// ReportError from several agents at once.
+		up := env.upAgents()
+		if len(up) < 2 {
+			return ""
+		}
+		var wg sync.WaitGroup
+		for range 2 + env.pick(min(3, len(up)-1)) {
+			a := up[env.pick(len(up))]
+			p, plugin := a.p, chaosPlugins[env.pick(len(chaosPlugins))]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.ReportError(plugin, errors.New("chaos: report burst"))
+			}()
+		}
+		wg.Wait()
 	default:
 		t.Fatalf("unknown fault %q", kind)
 	}

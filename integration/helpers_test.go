@@ -246,3 +246,24 @@ func putRequest(ctx context.Context, c *clientv3.Client, cause schema.Cause, sco
 	}
 	return resp.Header.Revision, nil
 }
+
+// putTargets writes a request for a set of targets (one: its scope; more:
+// its targets) and returns its etcd revision.
+func putTargets(ctx context.Context, c *clientv3.Client, cause schema.Cause, targets []schema.Scope, reason string) (int64, error) {
+	now := time.Now()
+	req := schema.Request{Reason: reason, Cause: cause, RequestedBy: "chaos-test", RequestedAt: now.UTC()}
+	if len(targets) == 1 {
+		req.Scope = targets[0]
+	} else {
+		req.Targets = targets
+	}
+	b, err := schema.Encode(req)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.Put(ctx, layout.Request(schema.NewRequestID(now)), string(b))
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
