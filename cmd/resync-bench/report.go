@@ -127,7 +127,7 @@ func targets(res *Results, o options) []Target {
 			Met: r.Floor.N > 0 && r.OursOverFloor <= 1.5})
 		out = append(out, Target{Name: fmt.Sprintf("round %dx%d vs batched etcd floor", r.Agents, r.Plugins), Goal: "p50 <= 1.5 x floor txn p50",
 			Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms)", r.OursOverFloorTxn, r.Round.P50, r.FloorTxn.P50),
-			Met: r.FloorTxn.N > 0 && r.OursOverFloorTxn <= 1.5})
+			Met:      r.FloorTxn.N > 0 && r.OursOverFloorTxn <= 1.5})
 		largest := 0
 		for _, x := range res.Rounds {
 			largest = max(largest, x.LargestWrite)
