@@ -270,11 +270,20 @@ func TestErrorReportsFromTenAgentsMakeOneRoundOfThem(t *testing.T) {
 		reporters = append(reporters, agents[i])
 	}
 	var wg sync.WaitGroup
-	for _, a := range reporters { // as ReportError does: an error request for its agent
+	for _, a := range reporters { // as ReportError does: an error request for its agent, under its own prefix
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			request(t, obs, schema.CauseError, schema.Scope{Agent: a}, "plugin p of "+a+" failed")
+			now := time.Now()
+			b, err := schema.Encode(schema.Request{Reason: "plugin p of " + a + " failed", Cause: schema.CauseError,
+				Scope: schema.Scope{Agent: a}, RequestedBy: a, RequestedAt: now.UTC()})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := obs.Put(ctxT(t, 5*time.Second), layout.AgentRequest(a, schema.NewRequestID(now)), string(b)); err != nil {
+				t.Error(err)
+			}
 		}()
 	}
 	wg.Wait()

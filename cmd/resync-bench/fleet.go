@@ -180,8 +180,8 @@ func (k *coord) Close() {
 	k.c.Close()
 }
 
-// request writes requests/<id> (cause manual, scope all, or the first
-// target agents agent-00000... when target > 0).
+// request writes requests/operator/<id> (cause manual, scope all, or the
+// first target agents agent-00000... when target > 0).
 func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string, target int) error {
 	now := time.Now().UTC()
 	req := schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now}
@@ -192,7 +192,7 @@ func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reas
 	if err != nil {
 		return err
 	}
-	_, err = c.Put(ctx, layout.Request(schema.NewRequestID(now)), string(b))
+	_, err = c.Put(ctx, layout.OperatorRequest(schema.NewRequestID(now)), string(b))
 	return err
 }
 

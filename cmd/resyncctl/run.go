@@ -263,8 +263,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return int(code)
 	default:
 		msg := oneLine(err.Error())
-		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") {
-			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use the coordinator's user or root)"
+		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") && !strings.Contains(msg, "needs an operator") {
+			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"
 		}
 		fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
 		return exitFailure

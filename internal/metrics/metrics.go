@@ -4,6 +4,7 @@
 package metrics
 
 import (
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +57,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: Leader,
 			Help: "1 while this coordinator leads, else 0."}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: RequestsTotal,
-			Help: "Resync requests consumed by this coordinator, by cause (manual, error, rejoin, malformed)."}, []string{"cause"}),
+			Help: "Resync requests consumed by this coordinator, by cause (manual, error, rejoin; malformed, or refused: wider than its writer may ask for)."}, []string{"cause"}),
 		backoff: prometheus.NewGauge(prometheus.GaugeOpts{Name: BackoffSeconds,
 			Help: "The last retry backoff planned, in seconds."}),
 		revision: prometheus.NewGauge(prometheus.GaugeOpts{Name: Revision,
@@ -80,6 +81,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		m.requests.WithLabelValues(string(c))
 	}
 	m.requests.WithLabelValues("malformed")
+	m.requests.WithLabelValues("refused")
 	return m, nil
 }
 
@@ -118,11 +120,14 @@ func (m *Metrics) Resolved(_ schema.PluginID, outcome string) {
 
 // Request implements coordinator.Hooks.
 func (m *Metrics) Request(r schema.Request, err error) {
-	if err != nil {
+	switch {
+	case errors.Is(err, schema.ErrRefused):
+		m.requests.WithLabelValues("refused").Inc()
+	case err != nil:
 		m.requests.WithLabelValues("malformed").Inc()
-		return
+	default:
+		m.requests.WithLabelValues(string(r.Cause)).Inc()
 	}
-	m.requests.WithLabelValues(string(r.Cause)).Inc()
 }
 
 // Backoff implements coordinator.Hooks.
