@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -41,6 +42,9 @@ type Status struct {
 	Revision *schema.Revision `json:"revision,omitempty"`
 	// Progress counts the current round's outcomes while leading.
 	Progress *schema.RoundCounts `json:"progress,omitempty"`
+	// LargestWrite is the largest etcd request (keys plus values of its
+	// operations, in bytes) this coordinator wrote since it started.
+	LargestWrite int `json:"largest_write_bytes,omitempty"`
 	// LastError is the last etcd error of the campaign loop ("" if none).
 	LastError string `json:"last_error,omitempty"`
 }
@@ -54,6 +58,8 @@ type Coordinator struct {
 	log    logrus.FieldLogger
 	hooks  Hooks
 	faults testFaults // zero unless built with the resync_chaos tag (testfaults.go)
+
+	largestWrite atomic.Int64 // bytes of the largest request written (Status.LargestWrite)
 
 	ctx       context.Context
 	cancel    context.CancelFunc

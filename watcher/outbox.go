@@ -167,7 +167,7 @@ func (w *Watcher) rejoin(gen uint64) {
 // the dispatcher's own state.
 func (w *Watcher) acksExpected() bool {
 	w.mu.Lock()
-	rec := w.rec
+	rec, part := w.rec, w.part
 	names := make([]string, len(w.plugins))
 	for i, p := range w.plugins {
 		names[i] = p.name
@@ -184,7 +184,7 @@ func (w *Watcher) acksExpected() bool {
 		case !ok:
 			return true
 		case last.Revision >= rec.Revision:
-		case rec.State == schema.Started && rec.Scope.Includes(w.agent, name):
+		case rec.State == schema.Started && (rec.Scope.IsAll() || part[name]):
 			return true
 		}
 	}

@@ -5,21 +5,24 @@ import (
 	"flag"
 	"time"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/schema"
 )
 
 // statusDoc is the JSON document of `status -o json`.
 type statusDoc struct {
 	// Revision is 0 when no round ever ran.
-	Revision   uint64        `json:"revision"`
-	State      schema.Status `json:"state,omitempty"`
-	Cause      schema.Cause  `json:"cause,omitempty"`
-	Reason     string        `json:"reason,omitempty"`
-	Scope      schema.Scope  `json:"scope"`
-	Leader     string        `json:"leader"` // "<id>@<term>", "" when none leads
-	StartedAt  time.Time     `json:"started_at,omitzero"`
-	Deadline   time.Time     `json:"deadline,omitzero"`
-	FinishedAt time.Time     `json:"finished_at,omitzero"`
+	Revision uint64              `json:"revision"`
+	State    schema.Status       `json:"state,omitempty"`
+	Cause    schema.Cause        `json:"cause,omitempty"`
+	Reason   string              `json:"reason,omitempty"`
+	Scope    schema.ScopeSummary `json:"scope"`
+	// ScopeTargets lists every target of a set scope (-o json only).
+	ScopeTargets []string  `json:"scope_targets,omitempty"`
+	Leader       string    `json:"leader"` // "<id>@<term>", "" when none leads
+	StartedAt    time.Time `json:"started_at,omitzero"`
+	Deadline     time.Time `json:"deadline,omitzero"`
+	FinishedAt   time.Time `json:"finished_at,omitzero"`
 	// AgeSeconds is the time since the round started.
 	AgeSeconds float64 `json:"age_seconds,omitempty"`
 	// RoundLeader wrote the revision record.
@@ -55,13 +58,35 @@ func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
 			if err != nil {
 				return err
 			}
+			if e.json {
+				if doc.ScopeTargets, err = e.readScopeTargets(ctx, c, round); err != nil {
+					return err
+				}
+			}
 			switch {
 			case round == nil:
 				e.warn("round %d has no readable record %s: progress unknown", rev.Revision, e.layout.Round(rev.Revision))
-			case round.State == schema.NotActive:
+			case round.State == schema.NotActive && round.Clean():
 				p := summaryProgress(round)
 				doc.Progress = &p
+			case round.State == schema.NotActive:
+				// Every failed, timed-out and departed participant, from
+				// the per-agent records.
+				recs, _, err := e.readParticipants(ctx, c, round.Revision)
+				if err != nil {
+					return err
+				}
+				p := summaryProgress(round)
+				if len(recs) > 0 {
+					v := coordinator.NewRoundView(*round, recs)
+					p = viewProgress(&v)
+				}
+				doc.Progress = &p
 			default:
+				_, parts, err := e.readParticipants(ctx, c, round.Revision)
+				if err != nil {
+					return err
+				}
 				regs, err := e.readRegistrations(ctx, c, 0)
 				if err != nil {
 					return err
@@ -70,7 +95,7 @@ func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
 				if err != nil {
 					return err
 				}
-				p := computeProgress(round, acks, liveSet(regs))
+				p := computeProgress(round, parts, acks, liveSet(regs))
 				doc.Progress = &p
 			}
 		}
