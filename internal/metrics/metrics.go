@@ -26,6 +26,9 @@ type Metrics struct {
 	backoff      prometheus.Gauge
 	revision     prometheus.Gauge
 	resumed      prometheus.Counter
+	dbSize       prometheus.Gauge
+	dbInUse      prometheus.Gauge
+	dbQuota      prometheus.Gauge
 }
 
 // Series names, for documentation and tests.
@@ -39,6 +42,9 @@ const (
 	BackoffSeconds     = "resync_backoff_seconds"
 	Revision           = "resync_revision"
 	RoundsResumedTotal = "resync_rounds_resumed_total"
+	EtcdDBSize         = "resync_etcd_db_size_bytes"
+	EtcdDBSizeInUse    = "resync_etcd_db_size_in_use_bytes"
+	EtcdDBQuota        = "resync_etcd_db_quota_bytes"
 )
 
 // New creates the series and registers them on reg.
@@ -63,8 +69,14 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "The last resync revision started or resumed by this coordinator."}),
 		resumed: prometheus.NewCounter(prometheus.CounterOpts{Name: RoundsResumedTotal,
 			Help: "Rounds this coordinator resumed after a failover."}),
+		dbSize: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdDBSize,
+			Help: "Size of etcd's backend database file (the largest of the members resyncd reaches), in bytes; counts against the quota."}),
+		dbInUse: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdDBSizeInUse,
+			Help: "Bytes of etcd's backend database in use; size minus in-use is what defragmentation would reclaim."}),
+		dbQuota: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdDBQuota,
+			Help: "etcd's backend quota in bytes (--quota-backend-bytes); past it etcd raises NOSPACE and refuses writes. 0 if unknown."}),
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed} {
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -127,3 +139,10 @@ func (m *Metrics) Request(r schema.Request, err error) {
 
 // Backoff implements coordinator.Hooks.
 func (m *Metrics) Backoff(d time.Duration) { m.backoff.Set(d.Seconds()) }
+
+// EtcdDB records etcd's database size, bytes in use and quota (0: unknown).
+func (m *Metrics) EtcdDB(size, inUse, quota int64) {
+	m.dbSize.Set(float64(size))
+	m.dbInUse.Set(float64(inUse))
+	m.dbQuota.Set(float64(quota))
+}
