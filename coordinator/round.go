@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
@@ -478,7 +479,7 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 		if l.ctx.Err() != nil {
 			return l.ctx.Err()
 		}
-		l.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
+		l.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
 		if err := l.sleep(pause); err != nil {
 			return err
 		}
