@@ -86,6 +86,15 @@ type SoakResult struct {
 		NoSpaceRecovered int     `json:"nospace_recoveries"`
 		RoundsPerSecond  float64 `json:"rounds_per_second"`
 	} `json:"settings"`
+	// FinalDefrag: one defragmentation after the run, timed: how long
+	// the member blocks at the plateau's size.
+	FinalDefrag struct {
+		SizeBefore int64   `json:"db_size_before_bytes"`
+		InUse      int64   `json:"db_in_use_before_bytes"`
+		SizeAfter  int64   `json:"db_size_after_bytes"`
+		TookMs     float64 `json:"took_ms"`
+		Error      string  `json:"error,omitempty"`
+	} `json:"final_defrag"`
 	Rounds       int       `json:"rounds"`
 	FailedRounds int       `json:"failed_rounds"`
 	FirstError   string    `json:"first_error,omitempty"`
@@ -222,12 +231,34 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 	s.DefragsRun, s.NoSpaceRecovered = mon.Counts()
 	s.RoundsPerSecond = float64(res.Rounds) / res.Duration
 	summarise(res, all)
+	finalDefrag(ctx, e, res)
 	if o.svg != "" {
 		if err := writeSoakSVG(o.svg, res); err != nil {
 			return res, err
 		}
 	}
 	return res, ctx.Err()
+}
+
+func finalDefrag(ctx context.Context, e *env, res *SoakResult) {
+	fd := &res.FinalDefrag
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	before, err := etcdspace.Read(ctx, e.kv)
+	if err != nil {
+		fd.Error = err.Error()
+		return
+	}
+	fd.SizeBefore, fd.InUse = before.Size, before.InUse
+	t0 := time.Now()
+	if _, err := e.kv.Defragment(ctx, e.ep); err != nil {
+		fd.Error = err.Error()
+		return
+	}
+	fd.TookMs = ms(time.Since(t0))
+	if after, err := etcdspace.Read(ctx, e.kv); err == nil {
+		fd.SizeAfter = after.Size
+	}
 }
 
 func takeSample(ctx context.Context, e *env, at time.Duration, lat []time.Duration) SoakSample {
@@ -392,6 +423,8 @@ func printSoak(w io.Writer, r *SoakResult) {
 		fmt.Fprintf(w, "%-12s %12s %12s %12s %12s %10d %10.1f %10.1f\n", t.name, etcdspace.Bytes(t.v.DBSize), etcdspace.Bytes(t.v.DBInUse),
 			etcdspace.Bytes(int64(t.v.HeapLive)), etcdspace.Bytes(int64(t.v.HeapAlloc)), t.v.Goroutines, t.v.RoundP50, t.v.RoundP99)
 	}
+	fmt.Fprintf(w, "final defragmentation: %s (%s in use) -> %s in %.0f ms %s\n", etcdspace.Bytes(r.FinalDefrag.SizeBefore),
+		etcdspace.Bytes(r.FinalDefrag.InUse), etcdspace.Bytes(r.FinalDefrag.SizeAfter), r.FinalDefrag.TookMs, r.FinalDefrag.Error)
 	for _, v := range r.Verdict {
 		fmt.Fprintln(w, v)
 	}

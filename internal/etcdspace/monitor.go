@@ -68,6 +68,7 @@ type Monitor struct {
 	lastDefrag time.Time
 	warnedAt   time.Time
 	warned     string
+	errAt      time.Time
 	defrags    int
 	recoveries int
 }
@@ -149,8 +150,15 @@ func (m *Monitor) read(ctx context.Context) (Usage, error) {
 	if cleared {
 		m.warned = ""
 	}
+	logErr := err != nil && now.Sub(m.errAt) >= warnEvery
+	if logErr {
+		m.errAt = now
+	}
 	m.mu.Unlock()
 	if err != nil {
+		if logErr {
+			m.log().WithError(err).Warn("etcdspace: reading etcd's database size failed; /status and the metrics keep the last value (with etcd auth, the user needs the maintenance Status permission)")
+		}
 		return u, err
 	}
 	if m.Published != nil {
