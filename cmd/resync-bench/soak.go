@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/metrics"
 	"slices"
 	"sync"
 	"time"
@@ -103,8 +102,8 @@ type SoakResult struct {
 	// Growth over the last third, in percent (see Settings.Method).
 	GrowthDBSize   float64 `json:"last_third_growth_db_size_pct"`
 	GrowthHeapLive float64 `json:"last_third_growth_heap_live_pct"`
-	// LatencyDrift: p50 of the last third's second half over its first
-	// half, minus 1, in percent.
+	// LatencyDrift: the trend of round latency over the last third, in
+	// percent of its mean (see Settings.Method).
 	LatencyDrift float64      `json:"last_third_latency_drift_pct"`
 	Pass         bool         `json:"pass"`
 	Verdict      []string     `json:"verdict"`
@@ -119,8 +118,8 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 	s.QuotaBytes = etcdspace.DefaultQuotaBackendBytes
 	s.Agents, s.PluginsPerAgent, s.SampleS = o.size.Agents, o.size.Plugins, o.sample.Seconds()
 	s.Coordinator = "coordinator.DefaultConfig (resyncd's defaults); a request is written as soon as the previous round finished"
-	s.HeapNote = "one process: etcd, the coordinator and the agents share the Go heap; heap_live is the runtime's live heap after the last GC (/gc/heap/live:bytes)"
-	s.Method = "growth = median of the last quarter of the last third's samples over the median of its first quarter, minus 1"
+	s.HeapNote = "one process: etcd, the coordinator and the agents share the Go heap; heap_live is the heap after a forced GC at each sample (runtime.GC, then HeapAlloc), heap_alloc the allocated heap just before it"
+	s.Method = "growth over the last third = least-squares slope of its samples x its duration / its mean (a trend, insensitive to sample noise); latency drift: the same over every round's latency in the last third"
 	s.LoadNote = "other work shared the 2 CPUs during the run (other helpers' builds and tests): latency includes that load"
 	s.LoadAvgAtStart = loadavg()
 
@@ -268,14 +267,12 @@ func takeSample(ctx context.Context, e *env, at time.Duration, lat []time.Durati
 		s.DBSize, s.DBInUse = u.Size, u.InUse
 	}
 	cancel()
-	m := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	metrics.Read(m)
-	if m[0].Value.Kind() == metrics.KindUint64 {
-		s.HeapLive = m[0].Value.Uint64()
-	}
 	var ms2 runtime.MemStats
 	runtime.ReadMemStats(&ms2)
 	s.HeapAlloc = ms2.HeapAlloc
+	runtime.GC()
+	runtime.ReadMemStats(&ms2)
+	s.HeapLive = ms2.HeapAlloc
 	if len(lat) > 0 {
 		d := dist(lat)
 		s.RoundP50, s.RoundMax = d.P50, d.Max
@@ -325,24 +322,22 @@ func summarise(res *SoakResult, all []struct{ at, lat float64 }) {
 	first, lo0, hi0 := third(0)
 	last, lo2, hi2 := third(2)
 	res.FirstThird, res.LastThird = sum(first, lo0, hi0), sum(last, lo2, hi2+1)
-	q := max(1, len(last)/4)
-	head, tail := last[:q], last[len(last)-q:]
 	growth := func(f func(SoakSample) int64) float64 {
-		a, b := medianOf(head, f), medianOf(tail, f)
-		if a <= 0 {
-			return 0
+		var xs, ys []float64
+		for _, s := range last {
+			xs, ys = append(xs, s.AtS), append(ys, float64(f(s)))
 		}
-		return 100 * (float64(b)/float64(a) - 1)
+		return trend(xs, ys, res.Duration-lo2)
 	}
 	res.GrowthDBSize = growth(func(s SoakSample) int64 { return s.DBSize })
 	res.GrowthHeapLive = growth(func(s SoakSample) int64 { return int64(s.HeapLive) })
-	mid := (lo2 + res.Duration) / 2
-	a, b := lats(lo2, mid), lats(mid, res.Duration+1)
-	if len(a) > 0 && len(b) > 0 {
-		slices.Sort(a)
-		slices.Sort(b)
-		res.LatencyDrift = 100 * (rank(b, 50)/rank(a, 50) - 1)
+	var xs, ys []float64
+	for _, r := range all {
+		if r.at >= lo2 {
+			xs, ys = append(xs, r.at), append(ys, r.lat)
+		}
 	}
+	res.LatencyDrift = trend(xs, ys, res.Duration-lo2)
 	res.Pass = true
 	check := func(ok bool, format string, args ...any) {
 		v := "ok: "
@@ -354,7 +349,31 @@ func summarise(res *SoakResult, all []struct{ at, lat float64 }) {
 	check(res.GrowthDBSize < 5, "db size grew %.1f%% over the last third (limit 5%%)", res.GrowthDBSize)
 	check(res.GrowthHeapLive < 5, "live heap grew %.1f%% over the last third (limit 5%%)", res.GrowthHeapLive)
 	check(res.FailedRounds == 0, "%d failed rounds of %d", res.FailedRounds, res.Rounds)
-	check(res.LatencyDrift < 25, "round latency p50 drifted %+.1f%% within the last third (flat: below +25%%)", res.LatencyDrift)
+	check(res.LatencyDrift < 25, "round latency trend %+.1f%% over the last third (flat: below +25%%)", res.LatencyDrift)
+}
+
+// trend is the least-squares slope of ys over xs, times span, in percent
+// of the mean of ys: how much the series grows over span, its noise
+// averaged out.
+func trend(xs, ys []float64, span float64) float64 {
+	n := float64(len(xs))
+	if n < 3 {
+		return 0
+	}
+	var mx, my float64
+	for i := range xs {
+		mx, my = mx+xs[i], my+ys[i]
+	}
+	mx, my = mx/n, my/n
+	var sxy, sxx float64
+	for i := range xs {
+		sxy += (xs[i] - mx) * (ys[i] - my)
+		sxx += (xs[i] - mx) * (xs[i] - mx)
+	}
+	if sxx == 0 || my == 0 {
+		return 0
+	}
+	return 100 * sxy / sxx * span / my
 }
 
 func medianOf(ss []SoakSample, f func(SoakSample) int64) int64 {

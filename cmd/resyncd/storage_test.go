@@ -397,3 +397,35 @@ func TestStorageFlags(t *testing.T) {
 		})
 	}
 }
+
+// Against an external etcd, resyncd compacts only with
+// --compaction-interval (the leader, to the revision of one interval
+// earlier); without it the history stays.
+func TestExternalCompactionOnlyWhenAsked(t *testing.T) {
+	on, off := etcdtest.Start(t), etcdtest.Start(t)
+	con, coff := on.Client(t), off.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	first := func(c *clientv3.Client) int64 {
+		resp, err := c.Put(ctx, "/x", "1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	revOn, revOff := first(con), first(coff)
+	_, errOn := startResyncd(t, "--endpoints", on.Endpoint(), "--compaction-interval", "1s")
+	_, errOff := startResyncd(t, "--endpoints", off.Endpoint())
+	etcdtest.WaitFor(t, 30*time.Second, "the leader's compaction", func() bool {
+		con.Put(ctx, "/x", "2")
+		coff.Put(ctx, "/x", "2")
+		_, err := con.Get(ctx, "/x", clientv3.WithRev(revOn))
+		return errors.Is(err, rpctypes.ErrCompacted)
+	})
+	if _, err := coff.Get(ctx, "/x", clientv3.WithRev(revOff)); err != nil {
+		t.Fatalf("resyncd without --compaction-interval compacted: %v", err)
+	}
+	if !strings.Contains(errOn.String(), "compacted etcd's history") || !strings.Contains(errOff.String(), "compaction by resyncd is off") {
+		t.Fatalf("logs:\n%s\n---\n%s", errOn.String(), errOff.String())
+	}
+}

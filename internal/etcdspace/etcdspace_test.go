@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
@@ -220,4 +221,38 @@ func TestMonitorDefragmentsByPolicy(t *testing.T) {
 		t.Fatalf("%d defragmentations within the rate limit", d)
 	}
 	t.Logf("defragmented %s -> %s", etcdspace.Bytes(before.Size), etcdspace.Bytes(after.Size))
+}
+
+// Past 80% of the quota the usage carries a warning, and the Monitor logs
+// it once (until it changes or 5 minutes pass).
+func TestWarningPastEightyPercent(t *testing.T) {
+	const quota = 8 << 20
+	c := startMember(t, quota, "periodic", "0")
+	value := strings.Repeat("w", 512<<10)
+	var logs etcdtest.Buffer
+	log := logrus.New()
+	log.SetOutput(&logs)
+	mon := &etcdspace.Monitor{Client: c, Log: log}
+	u, err := mon.Check(context.Background())
+	if err != nil || u.Warning != "" || u.Quota != quota {
+		t.Fatalf("empty member: %+v %v", u, err)
+	}
+	for i := 0; u.Fraction() < etcdspace.WarnFraction; i++ {
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/w%d", i), value); err != nil {
+			t.Fatalf("put %d: %v (usage %+v)", i, err, u)
+		}
+		if u, err = mon.Check(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u.NoSpace || !strings.Contains(u.Warning, "% of its quota") || !strings.Contains(u.Warning, "compact and defragment") {
+		t.Fatalf("at %.0f%%: %+v", 100*u.Fraction(), u)
+	}
+	mon.Check(context.Background())
+	if n := strings.Count(logs.String(), "of its quota"); n != 1 {
+		t.Fatalf("%d warning lines, want 1:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "level=warning") {
+		t.Fatalf("not a warning: %s", logs.String())
+	}
 }
