@@ -263,10 +263,11 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 		dir, _ := filepath.Abs(o.dataDir)
 		srv, err := embedetcd.Start(ctx, embedetcd.Config{
 			Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL, Front: true,
-			AutoCompactionMode: o.storage.compactionMode, AutoCompactionRetention: o.storage.compactionRetention,
-			QuotaBackendBytes: o.storage.quota,
-			Logger:            zapToLogrus(log.WithField("component", "etcd")),
-			TLS:               embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
+			Logger: zapToLogrus(log.WithField("component", "etcd")),
+			TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
+
+			// Compaction and quota: README, Storage and compaction.
+			AutoCompactionMode: o.storage.compactionMode, AutoCompactionRetention: o.storage.compactionRetention, QuotaBackendBytes: o.storage.quota,
 		})
 		if err != nil {
 			return err
