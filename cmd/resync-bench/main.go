@@ -93,7 +93,11 @@ func run() int {
 	flag.DurationVar(&so.sample, "soak-sample", 5*time.Second, "sampling interval of the soak")
 	flag.StringVar(&so.out, "soak-out", "bench/soak.json", "JSON of the soak")
 	flag.StringVar(&so.svg, "soak-svg", "bench/soak.svg", "SVG plot of the soak (\"\" for none)")
+	replot := flag.String("soak-replot", "", "redraw -soak-svg from this soak JSON and exit")
 	flag.Parse()
+	if *replot != "" {
+		return replotSoak(*replot, so.svg)
+	}
 	if so.duration > 0 {
 		return runSoak(so, soakSize)
 	}

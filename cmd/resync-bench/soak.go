@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -389,7 +390,7 @@ func medianOf(ss []SoakSample, f func(SoakSample) int64) int64 {
 }
 
 func writeSoakSVG(path string, res *SoakResult) error {
-	var x, size, inUse, live, alloc, gor, p50, pmax []float64
+	var x, size, inUse, live, alloc, gor, p50, pmax, rounds []float64
 	for _, s := range res.Samples {
 		x = append(x, s.AtS/60)
 		size = append(size, float64(s.DBSize)/(1<<20))
@@ -397,6 +398,7 @@ func writeSoakSVG(path string, res *SoakResult) error {
 		live = append(live, float64(s.HeapLive)/(1<<20))
 		alloc = append(alloc, float64(s.HeapAlloc)/(1<<20))
 		gor = append(gor, float64(s.Goroutines))
+		rounds = append(rounds, float64(s.Rounds))
 		if s.Rounds > 0 {
 			p50, pmax = append(p50, s.RoundP50), append(pmax, s.RoundMax)
 		} else {
@@ -413,6 +415,7 @@ func writeSoakSVG(path string, res *SoakResult) error {
 			{Title: "Go heap of the process (etcd + coordinator + agents)", YLabel: "MiB", Series: []svgplot.Series{{Name: "live heap (after GC)", X: x, Y: live}, {Name: "allocated heap", X: x, Y: alloc}}},
 			{Title: "goroutines", YLabel: "count", Series: []svgplot.Series{{Name: "goroutines", X: x, Y: gor}}},
 			{Title: "round latency (request written to round finished), per sample", YLabel: "ms", Series: []svgplot.Series{{Name: "p50", X: x, Y: p50}, {Name: "max", X: x, Y: pmax}}},
+			{Title: fmt.Sprintf("rounds finished per %v sample (the write rate: the db plateau follows its peak)", time.Duration(st.SampleS*float64(time.Second))), YLabel: "rounds", Series: []svgplot.Series{{Name: "rounds", X: x, Y: rounds}}},
 		},
 	}
 	if dir := filepath.Dir(path); dir != "" {
@@ -458,3 +461,19 @@ func loadavg() string {
 }
 
 func nan() float64 { return math.NaN() }
+
+// replotSoak redraws the plot of a soak's JSON.
+func replotSoak(jsonPath, svgPath string) int {
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return fail(err)
+	}
+	var res SoakResult
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fail(fmt.Errorf("%s: %w", jsonPath, err))
+	}
+	if err := writeSoakSVG(svgPath, &res); err != nil {
+		return fail(err)
+	}
+	return 0
+}

@@ -256,3 +256,29 @@ func TestWarningPastEightyPercent(t *testing.T) {
 		t.Fatalf("not a warning: %s", logs.String())
 	}
 }
+
+// Past DefragMaxInUse the Monitor advises instead of blocking the member.
+func TestMonitorAdvisesInsteadOfALongDefrag(t *testing.T) {
+	c := startMember(t, 64<<20, "periodic", "0")
+	value := strings.Repeat("v", 256<<10)
+	for i := range 40 {
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/k%d", i%8), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.Compact(t, c)
+	var logs etcdtest.Buffer
+	log := logrus.New()
+	log.SetOutput(&logs)
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, DefragAbove: 0.05, DefragMaxInUse: 1 << 20, Log: log}
+	before, err := mon.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := mon.Counts(); d != 0 || before.InUse <= 1<<20 {
+		t.Fatalf("defragmented %d times with %d bytes in use", d, before.InUse)
+	}
+	if !strings.Contains(logs.String(), "defragment at a quiet time") {
+		t.Fatalf("no advice logged: %s", logs.String())
+	}
+}

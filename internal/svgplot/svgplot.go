@@ -69,8 +69,13 @@ func Write(w io.Writer, p Plot) error {
 	if xmax <= xmin {
 		xmax = xmin + 1
 	}
-	xticks := ticks(xmin, xmax)
-	xmin, xmax = math.Min(xmin, xticks[0]), math.Max(xmax, xticks[len(xticks)-1])
+	// The x axis spans the data; ticks outside it are dropped.
+	var xticks []float64
+	for _, t := range ticks(xmin, xmax) {
+		if t >= xmin-1e-9*(xmax-xmin) && t <= xmax+1e-9*(xmax-xmin) {
+			xticks = append(xticks, t)
+		}
+	}
 	pw := float64(width - left - right)
 	for i, pn := range p.Panels {
 		y0 := float64(top + i*(panelHeight+gap))
