@@ -88,7 +88,7 @@ func request(t *testing.T, c *clientv3.Client, reason string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = c.Put(ctx, schema.MustLayout(schema.DefaultPrefix).Request(schema.NewRequestID(now)), string(b))
+	_, err = c.Put(ctx, schema.MustLayout(schema.DefaultPrefix).OperatorRequest(schema.NewRequestID(now)), string(b))
 	return err
 }
 
