@@ -22,8 +22,9 @@ const (
 	DefaultDefragMinInterval = 10 * time.Minute
 	// DefaultDefragMaxInUse bounds how long an automatic defragmentation
 	// blocks the member: its time grows with the bytes in use (measured
-	// 2.5-4.5 s per 100 MiB in use on a loaded 2-core machine, close to a
-	// coordinator's 5 s session TTL). Above it the Monitor only advises.
+	// 2.6-4.8 s for 90-110 MiB in use on a loaded 2-core machine; the
+	// 4.8 s one expired a coordinator's 5 s session). Above it the Monitor
+	// only advises.
 	DefaultDefragMaxInUse int64 = 64 << 20
 	// defragFreeShare: defragment only when at least this share of the
 	// file is free pages (in-use at most half the size).
