@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -144,6 +145,7 @@ func (co *Coordinator) run() {
 			return
 		}
 		if err != nil {
+			err = etcdspace.Explain(err)
 			co.setStatus(func(s *Status) { s.LastError = err.Error() })
 			co.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: campaign ended; campaigning again")
 			t := time.NewTimer(pause)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -167,7 +168,7 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 				Warn("coordinator: etcd refused a write for good; not retrying it as is")
 			return fmt.Errorf("%w: %d ops, %d bytes, first key %s: %v", errPermanent, len(ops), size, first, err)
 		}
-		l.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
+		l.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
 		if err := l.sleep(pause); err != nil {
 			return err
 		}

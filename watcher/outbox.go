@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -64,7 +65,7 @@ func (w *Watcher) outbox() {
 			if w.ctx.Err() != nil {
 				return
 			}
-			w.log.WithError(err).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
+			w.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
 			retry = time.After(pause)
 			pause = min(2*pause, w.cfg.RetryMax)
 		} else {

@@ -3,9 +3,12 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"text/tabwriter"
 	"time"
 
 	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -31,6 +34,10 @@ type statusDoc struct {
 	// missing); while it runs they are computed from acks and
 	// registrations.
 	Progress *progress `json:"progress,omitempty"`
+	// Storage is etcd's database size against its quota (nil when etcd
+	// did not say, e.g. a user without the right); Storage.Warning is set
+	// past 80% of the quota or with a NOSPACE alarm.
+	Storage *etcdspace.Usage `json:"storage,omitempty"`
 }
 
 func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
@@ -99,6 +106,14 @@ func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
 				doc.Progress = &p
 			}
 		}
+		if u, err := etcdspace.Read(ctx, c); err != nil {
+			e.warn("etcd's database size is unknown: %v", err)
+		} else {
+			doc.Storage = &u
+			if u.Warning != "" {
+				e.warn("%s", u.Warning)
+			}
+		}
 		if e.json {
 			return writeJSON(e.stdout, doc)
 		}
@@ -114,6 +129,7 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 	if leader == "" {
 		leader = "none (no coordinator is running: requests wait until one leads)"
 	}
+	defer printStorage(tw, d.Storage)
 	if d.Revision == 0 {
 		row(tw, "revision", "none yet")
 		row(tw, "leader", leader)
@@ -143,6 +159,21 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 				row(tw, "error "+id.String(), msg)
 			}
 		}
+	}
+}
+
+// printStorage adds the etcd database line (and its warning).
+func printStorage(tw *tabwriter.Writer, u *etcdspace.Usage) {
+	if u == nil {
+		return
+	}
+	line := etcdspace.Bytes(u.Size) + " (" + etcdspace.Bytes(u.InUse) + " in use)"
+	if u.Quota > 0 {
+		line += fmt.Sprintf(" of %s quota, %.0f%%", etcdspace.Bytes(u.Quota), 100*u.Fraction())
+	}
+	row(tw, "etcd db", line)
+	if u.Warning != "" {
+		row(tw, "etcd warning", u.Warning)
 	}
 }
 
