@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -139,8 +141,46 @@ func (b *errorStreaks) Finished(agent string, now time.Time) {
 	s.lastError = maxTime(s.lastError, now)
 }
 
-// scopeKey is the streak key of a scope: its agent, or allAgents.
-func scopeKey(scope schema.Scope) string { return scope.Agent }
+// setKeys are the streak keys of a scope set: its agents, or allAgents.
+func setKeys(set schema.ScopeSet) []string {
+	if set.IsAll() || set.Empty() {
+		return []string{allAgents}
+	}
+	return targetAgents(set.Targets())
+}
+
+// summaryKeys are the streak keys of a round record's scope summary: its
+// first targets' agents (all of them for small scopes), or allAgents.
+func summaryKeys(sum schema.ScopeSummary) []string {
+	if sum.All || sum.First == "" {
+		return []string{allAgents}
+	}
+	return targetAgents(sum.FirstTargets())
+}
+
+func targetAgents(targets []string) []string {
+	var out []string
+	for _, t := range targets {
+		a, _, _ := strings.Cut(t, "/")
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// requestKeys are the streak keys of a request: its scope's agents; a
+// retry's, those of the failed and timed-out participants it retries (when
+// this leader knows them, else allAgents).
+func (l *leader) requestKeys(req schema.Request) []string {
+	if req.RetryOf != 0 {
+		if set, ok := l.retries[req.RetryOf]; ok {
+			return setKeys(set)
+		}
+		return []string{allAgents}
+	}
+	return setKeys(req.ScopeSet())
+}
 
 // replay rebuilds the streaks from round records, oldest first: each
 // error-caused round counts for its scope's agent, its start time standing
@@ -152,11 +192,12 @@ func (b *errorStreaks) replay(rounds []schema.Round) {
 		if r.Cause != schema.CauseError {
 			continue
 		}
-		k := scopeKey(r.Scope)
-		b.Reported(k, r.StartedAt)
-		b.Started(k, r.StartedAt)
-		if !r.FinishedAt.IsZero() {
-			b.Finished(k, r.FinishedAt)
+		for _, k := range summaryKeys(r.Scope) {
+			b.Reported(k, r.StartedAt)
+			b.Started(k, r.StartedAt)
+			if !r.FinishedAt.IsZero() {
+				b.Finished(k, r.FinishedAt)
+			}
 		}
 	}
 }
@@ -202,25 +243,33 @@ func maxTime(a, b time.Time) time.Time {
 	return b
 }
 
-// errorSeen paces a new error request: its agent's streak goes on (from
+// errorSeen paces a new error request: its agents' streaks go on (from
 // when it was requested: requests that waited through a failover keep the
 // streak going), and the request may start a round at errorDue.
 func (l *leader) errorSeen(key string, req schema.Request, now time.Time) {
-	k := scopeKey(req.Scope)
 	at := now
 	if !req.RequestedAt.IsZero() && req.RequestedAt.Before(now) {
 		at = req.RequestedAt
 	}
-	l.streaks.Reported(k, at)
+	var d time.Duration
+	for _, k := range l.requestKeys(req) {
+		l.streaks.Reported(k, at)
+		d = max(d, l.streaks.Delay(k))
+	}
 	l.errSeen[key] = now
-	l.co.hooks.Backoff(l.streaks.Delay(k))
-	l.log.WithField("agent", k).WithField("due_in", l.errorDue(key).Sub(now).Round(time.Millisecond)).Debug("coordinator: error-triggered round planned")
+	l.co.hooks.Backoff(d)
+	l.log.WithField("request", key).WithField("due_in", l.errorDue(key).Sub(now).Round(time.Millisecond)).Debug("coordinator: error-triggered round planned")
 }
 
-// errorDue is when the pending error request key may start a round. It is
-// computed afresh from the streak: a round started meanwhile pushes it on.
+// errorDue is when the pending error request key may start a round: the
+// latest Due of its agents. It is computed afresh from the streaks: a round
+// started meanwhile pushes it on.
 func (l *leader) errorDue(key string) time.Time {
-	return l.streaks.Due(scopeKey(l.requests[key].Scope), l.errSeen[key])
+	var due time.Time
+	for _, k := range l.requestKeys(l.requests[key]) {
+		due = maxTime(due, l.streaks.Due(k, l.errSeen[key]))
+	}
+	return due
 }
 
 // readyRequests are the pending requests a round started now takes: all of
@@ -238,11 +287,14 @@ func (l *leader) readyRequests(now time.Time) map[string]schema.Request {
 		}
 		if !now.Add(l.cfg.CoalesceWindow).Before(l.errorDue(k)) {
 			ready[k] = r
-			agents[scopeKey(r.Scope)] = true
+			for _, a := range l.requestKeys(r) {
+				agents[a] = true
+			}
 		}
 	}
 	for k, r := range l.requests {
-		if agents[scopeKey(r.Scope)] {
+		keys := l.requestKeys(r)
+		if len(keys) == 1 && agents[keys[0]] {
 			ready[k] = r
 		}
 	}
@@ -251,21 +303,25 @@ func (l *leader) readyRequests(now time.Time) map[string]schema.Request {
 
 // errorRoundStarted counts an error-triggered round in the streak of every
 // agent whose error it answers, and of allAgents for a round of every agent.
-func (l *leader) errorRoundStarted(cause schema.Cause, scope schema.Scope, reqs map[string]schema.Request, now time.Time) {
+func (l *leader) errorRoundStarted(cause schema.Cause, scope schema.ScopeSet, reqs map[string]schema.Request, now time.Time) {
 	if cause != schema.CauseError {
 		return
 	}
 	done := map[string]bool{}
-	for _, r := range reqs {
-		if k := scopeKey(r.Scope); !done[k] {
+	mark := func(k string) {
+		if !done[k] {
 			done[k] = true
 			l.streaks.Started(k, now)
 			l.errKeys = append(l.errKeys, k)
 		}
 	}
-	if k := scopeKey(scope); !done[k] {
-		l.streaks.Started(k, now)
-		l.errKeys = append(l.errKeys, k)
+	for _, r := range reqs {
+		for _, k := range l.requestKeys(r) {
+			mark(k)
+		}
+	}
+	if scope.IsAll() {
+		mark(allAgents)
 	}
 }
 

@@ -27,7 +27,7 @@ func errorRounds(t *testing.T, c *clientv3.Client, agent string) []schema.Round 
 			continue
 		}
 		r, err := schema.DecodeRound(string(kv.Key), kv.Value)
-		if err == nil && r.Cause == schema.CauseError && r.Scope.Agent == agent {
+		if err == nil && r.Cause == schema.CauseError && r.Scope.First == agent {
 			out = append(out, r)
 		}
 	}

@@ -87,7 +87,7 @@ func TestErrorStreakReplayedFromHistory(t *testing.T) {
 	var shift time.Duration
 	for i := range starts {
 		starts[i] = starts[i].Add(shift)
-		hist = append(hist, schema.Round{Revision: uint64(i + 1), Cause: schema.CauseError, Scope: schema.Scope{Agent: "a"}, StartedAt: starts[i]})
+		hist = append(hist, schema.Round{Revision: uint64(i + 1), Cause: schema.CauseError, Scope: schema.ScopeSummary{Agents: 1, First: "a"}, StartedAt: starts[i]})
 		if i%3 == 0 && i > 0 {
 			// A slow round (a loaded machine): the next one starts more
 			// than the quiet period after this one's start, soon after it

@@ -59,7 +59,7 @@ func TestRejoinRoundIncludesEveryReRegisteredPlugin(t *testing.T) {
 	proxy.Blackhole()
 	etcdtest.WaitFor(t, 20*time.Second, "the lease to expire", func() bool { return countRegs() == 0 })
 	proxy.Heal()
-	var rejoin schema.Round
+	var rejoin RoundView
 	etcdtest.WaitFor(t, 60*time.Second, "a finished rejoin round", func() bool {
 		for n := uint64(2); ; n++ {
 			r, ok := readRound(t, obs, n)

@@ -56,7 +56,7 @@ func (w *Watcher) nextStarted(rec schema.Revision, plugins []*plugin) (p *plugin
 		if p.handled == 0 {
 			return p, true
 		}
-		if rec.State == schema.Started && rec.Scope.Includes(w.agent, p.name) {
+		if rec.State == schema.Started && w.participates(rec, p.name) {
 			return p, false
 		}
 	}
