@@ -533,7 +533,11 @@ func (h *History) checkScopes(r *Report) {
 		var union schema.ScopeSet
 		consumed := 0
 		for _, l := range h.Requests {
-			if l.Deleted < st.ModRev || l.Deleted >= next || l.Put > st.ModRev {
+			// A round that consumes more requests than one Txn holds deletes
+			// the rest after it started; if its leader dies in between, the
+			// next round deletes them: so a request pending at the start
+			// counts whenever it was deleted afterwards.
+			if l.Deleted < st.ModRev || l.Put > st.ModRev || (l.Deleted >= next && !pendingAt(*l, st.ModRev)) {
 				continue
 			}
 			consumed++
@@ -801,3 +805,6 @@ func targetAgentsOf(targets []string) []string {
 	}
 	return out
 }
+
+// pendingAt reports whether request l was pending at etcd revision rev.
+func pendingAt(l RequestLog, rev int64) bool { return l.Put <= rev && l.Deleted > rev }
