@@ -320,7 +320,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	}
 	rev := schema.Revision{
 		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: scope, Participants: len(parts),
-		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity,
+		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity, Epoch: l.epoch,
 	}
 	roundVal, err := schema.Encode(rec)
 	if err != nil {
@@ -388,7 +388,7 @@ func (l *leader) finish(now time.Time) error {
 		rev = schema.Revision{Revision: rec.Revision, Reason: rec.Reason, Cause: rec.Cause, Scope: rec.Scope,
 			Participants: len(rec.Participants), StartedAt: rec.StartedAt, Deadline: rec.Deadline}
 	}
-	rev.State, rev.FinishedAt, rev.Leader = schema.NotActive, rec.FinishedAt, l.identity
+	rev.State, rev.FinishedAt, rev.Leader, rev.Epoch = schema.NotActive, rec.FinishedAt, l.identity, l.epoch
 
 	roundVal, err := schema.Encode(rec)
 	if err != nil {

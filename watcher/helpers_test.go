@@ -85,10 +85,16 @@ func (a *agent) register(t *testing.T, plugins ...string) []<-chan StatusEvent {
 // writeRev plays the coordinator: it writes the revision record.
 func writeRev(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, scope schema.Scope) {
 	t.Helper()
+	writeRevEpoch(t, c, n, state, scope, "")
+}
+
+// writeRevEpoch is writeRev with an epoch.
+func writeRevEpoch(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, scope schema.Scope, epoch string) {
+	t.Helper()
 	now := time.Now().UTC()
 	rec := schema.Revision{
 		Revision: n, State: state, Reason: "test round", Cause: schema.CauseManual, Scope: scope,
-		StartedAt: now, Deadline: now.Add(time.Minute), Leader: "test",
+		StartedAt: now, Deadline: now.Add(time.Minute), Leader: "test", Epoch: epoch,
 	}
 	if state == schema.NotActive {
 		rec.FinishedAt = now
