@@ -157,7 +157,7 @@ func TestRejectsDuplicateAndInvalidNamesWritingNothing(t *testing.T) {
 		t.Errorf("New with agent bad/agent: %v", err)
 	}
 	resp := get(t, c, layout.Prefix(), true)
-	if resp.Header.Revision != before || len(resp.Kvs) != 1 {
+	if resp.Header.Revision != before || len(resp.Kvs) != 2 { // the registration and the owner key
 		t.Fatalf("rejected registrations wrote something: revision %d -> %d, %d keys", before, resp.Header.Revision, len(resp.Kvs))
 	}
 	if got := r.Plugins(); len(got) != 1 || got[0].Plugin != "p" {
@@ -266,8 +266,11 @@ func TestSnapshotOfThousandAgentsSkipsGarbage(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// A generous bound: every registry also lists and watches
+			// its owner key, 1000 of them on one client of a loaded
+			// machine (-race).
 			for _, p := range []string{"p0", "p1"} {
-				if _, err := r.Register(ctxT(t, 30*time.Second), p); err != nil {
+				if _, err := r.Register(ctxT(t, 120*time.Second), p); err != nil {
 					errc <- err
 					return
 				}

@@ -17,6 +17,7 @@ const (
 	acksDir          = "acks/"
 	requestsDir      = "requests/"
 	roundsDir        = "rounds/"
+	ownersDir        = "owners/"
 )
 
 // roundDigits is the width of the zero-padded round number in rounds/<N>, so
@@ -109,6 +110,13 @@ func (l Layout) Round(n uint64) string {
 	return l.prefix + roundsDir + strings.Repeat("0", roundDigits-len(s)) + s
 }
 
+// Owners is the prefix of agent owner keys.
+func (l Layout) Owners() string { return l.prefix + ownersDir }
+
+// Owner is the key naming the one process that owns agent's name: written
+// by that process on its session lease (see package registry).
+func (l Layout) Owner(agent string) string { return l.prefix + ownersDir + agent }
+
 // Kind is the family of a key under the prefix.
 type Kind int
 
@@ -121,9 +129,10 @@ const (
 	KindAck
 	KindRequest
 	KindRound
+	KindOwner
 )
 
-var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round"}
+var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round", "owner"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -135,7 +144,7 @@ func (k Kind) String() string {
 // Key is a parsed key. Only the fields of its Kind are set.
 type Key struct {
 	Kind   Kind
-	Agent  string // registration, ack
+	Agent  string // registration, ack, owner
 	Plugin string // registration, ack
 	ID     string // request id, election lease
 	Round  uint64 // round
@@ -176,6 +185,12 @@ func (l Layout) Parse(key string) (Key, error) {
 			return bad("%v", err)
 		}
 		return Key{Kind: kind, Agent: agent, Plugin: plugin}, nil
+	case strings.HasPrefix(rest, ownersDir):
+		agent := rest[len(ownersDir):]
+		if err := ValidateName("agent", agent); err != nil {
+			return bad("%v", err)
+		}
+		return Key{Kind: KindOwner, Agent: agent}, nil
 	case strings.HasPrefix(rest, requestsDir):
 		id := rest[len(requestsDir):]
 		if err := ValidateName("request id", id); err != nil {

@@ -8,12 +8,14 @@
 //	resync-coordinator   readwrite  P...                 (the whole prefix)
 //	resync-agent-<a>     readwrite  P registrations/<a>/...
 //	                     readwrite  P acks/<a>/...
+//	                     readwrite  P owners/<a>         (the key alone)
 //	                     write      P requests/...
 //	                     read       P revision           (the key alone)
 //	                     read       P rounds/...
 //
 // That is all an agent needs: its registry writes and deletes its
-// registrations (on its lease), its watcher watches the revision key and
+// registrations (on its lease) and its owner key (one process per agent
+// name), its watcher watches the revision key and
 // writes its acks (on the same lease) and requests (ReportError, rejoin).
 // Leases need no permission beyond authentication, except that revoking one
 // (an agent's Close) needs write permission on every key attached to it:
@@ -171,6 +173,7 @@ func (s Spec) Roles() map[string][]Perm {
 		roles[AgentRole(a)] = []Perm{
 			withType(prefix(l.Prefix()+"registrations/"+a+"/"), ReadWrite),
 			withType(prefix(l.Prefix()+"acks/"+a+"/"), ReadWrite),
+			{Type: ReadWrite, Key: l.Owner(a)},
 			withType(prefix(l.Requests()), Write),
 			{Type: Read, Key: l.Revision()},
 			withType(prefix(l.Prefix()+"rounds/"), Read),
