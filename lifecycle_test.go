@@ -1,7 +1,6 @@
 package resync_test
 
 import (
-	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -204,5 +203,3 @@ func putRequest(t *testing.T, c *clientv3.Client, reason string) error {
 	_, err = c.Put(ctxT(t, 5*time.Second), layout.Request(schema.NewRequestID(now)), string(b))
 	return err
 }
-
-var _ = errors.Is
