@@ -44,6 +44,29 @@
 // not participants of an open round. A plugin registered while etcd is
 // unreachable gets its join resync once the record can be read.
 //
+// A join resync is never lost. A plugin that does not take it within the
+// accept timeout (a cn-infra plugin that registers in Init and reads from
+// AfterInit) is parked, not timed out: no timeout ack is written, the
+// agent's next plugins proceed, and the dispatcher offers the join again,
+// for the current record, whenever it has nothing else to deliver. The
+// plugin takes it when it reads, exactly once per revision (a parked event
+// was never taken; a newer record replaces it). If the plugin is a
+// participant of the open round, that round waits for it, up to the
+// coordinator's round deadline. Only the join is parked: a regular round's
+// Started not taken in time gets a timeout ack, and the coordinator's retry
+// round covers the plugin.
+//
+// Nothing is delivered before Start when the Watcher was made with Held.
+//
+// # History resets
+//
+// The revision record carries an epoch (schema.Revision.Epoch), new when the
+// coordinator finds no record (a new cluster, a wiped prefix). A record of
+// another epoch, or with a lower revision than the current one (an etcd
+// snapshot restored), resets the history: the dispatcher forgets the
+// revisions its plugins handled and delivers the new rounds (no second join
+// resync).
+//
 // # Rejoin after a lost session
 //
 // When the agent's registry re-creates a lost session (State().Generation
