@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TEST_TIMEOUT ?= 20m
 BIN       ?= bin
 
-.PHONY: all build binaries run demo test lint cover fuzz clean bench bench-go chaos images up down e2e
+.PHONY: all build binaries run demo test lint cover fuzz clean bench bench-go chaos images up down e2e rules-test
 
 all: lint build test
 
@@ -78,10 +78,19 @@ chaos:
 	CHAOS_DURATION=$(DURATION) CHAOS_SEED=$(SEED) $(GO) test -race -count=1 -timeout $(CHAOS_TIMEOUT) \
 		-tags resync_chaos -run 'Chaos' -v ./integration/
 
+## rules-test: check the Prometheus alerting rules and run their unit tests
+## (promtool, from Debian's prometheus package).
+PROMTOOL ?= promtool
+rules-test:
+	$(PROMTOOL) check rules deploy/prometheus/rules.yml
+	cd deploy/prometheus && $(PROMTOOL) test rules rules_test.yml
+
 ## Containers. No registry is reachable here, so images are built FROM
 ## scratch from static binaries: ours, and etcd/etcdctl built from the etcd
 ## modules at the version go.mod pins. Binaries first (Go's build cache makes
-## rebuilds quick), then two small COPY-only images.
+## rebuilds quick), then small COPY-only images; Prometheus' image is
+## Debian's prometheus binary (apt-get install prometheus) with the shared
+## libraries it needs, staged by scripts/stage-prometheus.sh.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 STATIC  = CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w"
 images:
@@ -91,6 +100,8 @@ images:
 	$(STATIC) -o $(BIN)/docker/etcd/etcdctl go.etcd.io/etcd/etcdctl/v3
 	docker build -q -f deploy/Dockerfile.etcd -t resync-etcd:dev $(BIN)/docker/etcd
 	docker build -q -f deploy/Dockerfile.resync -t resync:dev $(BIN)/docker/resync
+	./scripts/stage-prometheus.sh $(BIN)/docker/prometheus
+	docker build -q -f deploy/Dockerfile.prometheus -t resync-prometheus:dev $(BIN)/docker/prometheus
 
 ## up / down: the compose cluster (project "resync"); down removes volumes.
 up: images

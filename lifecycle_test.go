@@ -200,6 +200,6 @@ func putRequest(t *testing.T, c *clientv3.Client, reason string) error {
 	if err != nil {
 		return err
 	}
-	_, err = c.Put(ctxT(t, 5*time.Second), layout.Request(schema.NewRequestID(now)), string(b))
+	_, err = c.Put(ctxT(t, 5*time.Second), layout.OperatorRequest(schema.NewRequestID(now)), string(b))
 	return err
 }

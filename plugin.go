@@ -293,7 +293,7 @@ func closedRegistration(name string) Registration {
 }
 
 // ReportError asks the coordinator for a resync of this agent because plugin
-// name failed with err: it writes requests/<id> (cause error, reason
+// name failed with err: it writes requests/agent/<agent>/<id> (cause error, reason
 // "<name>: <error text>" cut to schema.MaxReasonLen) in the background,
 // retried until written or the Plugin is closed. It never waits for etcd.
 func (p *Plugin) ReportError(name string, err error) {

@@ -68,6 +68,21 @@ type recHooks struct {
 	resumed  []schema.Round
 	finished []schema.Round
 	backoffs []time.Duration
+	refused  []schema.Request
+}
+
+func (h *recHooks) Request(r schema.Request, err error) {
+	if errors.Is(err, schema.ErrRefused) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.refused = append(h.refused, r)
+	}
+}
+
+func (h *recHooks) refusedCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.refused)
 }
 
 func (h *recHooks) RoundStarted(r schema.Round, resumed bool) {
@@ -161,7 +176,7 @@ func request(t *testing.T, c *clientv3.Client, cause schema.Cause, scope schema.
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Put(ctxT(t, 5*time.Second), layout.Request(schema.NewRequestID(time.Now())), string(b)); err != nil {
+	if _, err := c.Put(ctxT(t, 5*time.Second), layout.OperatorRequest(schema.NewRequestID(time.Now())), string(b)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -19,7 +19,12 @@
 // consumed by the leader, coalesced within a window and while a round runs
 // (one follow-up round, not one per request). A round that did not complete
 // clean, and every error request, plan a new round after a backoff that
-// doubles on repeated failure and resets after a clean round.
+// doubles on repeated failure and resets after a clean round. A request
+// wider than its writer may ask for (an agent's, under
+// requests/agent/<agent>/, for all or for another agent; see
+// schema.Request.AllowedFor) is ignored: logged with its key and writer,
+// deleted, and reported to Hooks.Request with an error wrapping
+// schema.ErrRefused.
 //
 // A new leader that finds the revision Started resumes that round (same N,
 // same participants, same deadline). Close resigns, so a standby takes over

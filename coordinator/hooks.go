@@ -21,8 +21,10 @@ type Hooks interface {
 	// Resolved is called once per participant of a round: its outcome
 	// ("acked", "failed", "timed_out", "departed").
 	Resolved(id schema.PluginID, outcome string)
-	// Request is called for every request the leader consumes (malformed
-	// ones with a zero Request and the decode error).
+	// Request is called for every request the leader consumes: malformed
+	// ones with a zero Request and the decode error; refused ones (wider
+	// than their writer may ask for, see schema.Request.AllowedFor) with
+	// the request and an error wrapping schema.ErrRefused.
 	Request(req schema.Request, err error)
 	// Backoff is called when a retry round is delayed by d.
 	Backoff(d time.Duration)

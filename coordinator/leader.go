@@ -42,9 +42,12 @@ type stateEvent struct {
 
 type reqItem struct {
 	key     string
+	writer  schema.Writer // from the key
 	req     schema.Request
 	deleted bool
-	err     error // malformed: logged, counted and deleted
+	// err: malformed, or (wrapping schema.ErrRefused) wider than its
+	// writer may ask for; either way logged, counted and deleted.
+	err error
 }
 
 type reqEvent struct {
@@ -293,13 +296,17 @@ func (l *leader) decodeAck(key string, value []byte) (schema.PluginID, schema.Ac
 
 func (l *leader) decodeRequests(ev listwatch.Event) reqEvent {
 	decode := func(key string, value []byte) reqItem {
-		if k, err := l.layout.Parse(key); err != nil {
+		k, err := l.layout.Parse(key)
+		if err != nil {
 			return reqItem{key: key, err: err}
 		} else if k.Kind != schema.KindRequest {
 			return reqItem{key: key, err: &schema.DecodeError{Key: key, Reason: "not a request key"}}
 		}
 		req, err := schema.DecodeRequest(key, value)
-		return reqItem{key: key, req: req, err: err}
+		if err == nil {
+			err = req.AllowedFor(k.Writer)
+		}
+		return reqItem{key: key, writer: k.Writer, req: req, err: err}
 	}
 	var out reqEvent
 	if ev.Reset {

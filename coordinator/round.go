@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/registry"
@@ -137,6 +138,12 @@ func (l *leader) onRequests(ev reqEvent) error {
 		switch {
 		case it.deleted:
 			delete(l.requests, it.key)
+		case errors.Is(it.err, schema.ErrRefused):
+			l.log.WithError(it.err).WithFields(logrus.Fields{"request": it.key, "writer": it.writer.String(),
+				"scope": it.req.Scope.String(), "cause": it.req.Cause, "requested_by": it.req.RequestedBy}).
+				Warn("coordinator: ignoring and deleting a request wider than its writer may ask for")
+			l.co.hooks.Request(it.req, it.err)
+			garbage = append(garbage, it.key)
 		case it.err != nil:
 			l.log.WithError(it.err).Warn("coordinator: deleting a malformed request")
 			l.co.hooks.Request(schema.Request{}, it.err)
@@ -147,7 +154,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 			}
 			if _, seen := l.requests[it.key]; !seen {
 				l.co.hooks.Request(it.req, nil)
-				l.log.WithField("request", it.key).WithField("cause", it.req.Cause).WithField("scope", it.req.Scope.String()).
+				l.log.WithField("request", it.key).WithField("writer", it.writer.String()).WithField("cause", it.req.Cause).WithField("scope", it.req.Scope.String()).
 					WithField("reason", it.req.Reason).Info("coordinator: resync requested")
 			}
 			l.requests[it.key] = it.req
@@ -412,7 +419,9 @@ func (l *leader) finish(now time.Time) error {
 		if err != nil {
 			return err
 		}
-		ops = append(ops, clientv3.OpPut(l.layout.Request(schema.NewRequestID(now)), string(b)))
+		// The coordinator's own requests go where operators' do: a retry
+		// may cover several agents.
+		ops = append(ops, clientv3.OpPut(l.layout.OperatorRequest(schema.NewRequestID(now)), string(b)))
 	}
 	if err := l.fencedTxn(ops); err != nil {
 		return err

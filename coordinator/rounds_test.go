@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/internal/handagent"
 	"github.com/resyncd/resync/schema"
@@ -207,6 +209,51 @@ func TestScopedRequestOnlyThatAgent(t *testing.T) {
 	}
 }
 
+// putRequestAt writes a request at key (the writer is the key's).
+func putRequestAt(t *testing.T, c *clientv3.Client, key string, scope schema.Scope, reason string) {
+	t.Helper()
+	b, err := schema.Encode(schema.Request{Reason: reason, Cause: schema.CauseManual, Scope: scope, RequestedBy: "test", RequestedAt: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(ctxT(t, 5*time.Second), key, string(b)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An agent's request (under requests/agent/<agent>/) for all or for another
+// agent is ignored: deleted, counted as refused, no round. Its request for
+// itself runs a round of its plugins only; a legacy requests/<id> key is
+// still consumed, whatever its scope.
+func TestAgentRequestWiderThanItsWriterIsRefused(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	startAgents(t, eps, 3, []string{"p", "q"}, nil)
+	co := newCoord(t, eps, testConfig("c0"))
+	waitFinished(t, obs, 1, 10*time.Second)
+	wide := []string{layout.AgentRequest("agent-00", "1-all"), layout.AgentRequest("agent-00", "2-other")}
+	putRequestAt(t, obs, wide[0], schema.Scope{}, "agent-00 asks for all")
+	putRequestAt(t, obs, wide[1], schema.Scope{Agent: "agent-01"}, "agent-00 asks for agent-01")
+	etcdtest.WaitFor(t, 10*time.Second, "both refused requests deleted and counted", func() bool {
+		resp, err := obs.Get(ctxT(t, time.Second), layout.AgentRequests("agent-00"), clientv3WithPrefix())
+		return err == nil && len(resp.Kvs) == 0 && co.hooks.refusedCount() == 2
+	})
+	putRequestAt(t, obs, layout.AgentRequest("agent-00", schema.NewRequestID(time.Now())), schema.Scope{Agent: "agent-00"}, "agent-00 for itself")
+	r := waitFinished(t, obs, 2, 10*time.Second)
+	if r.Reason != "agent-00 for itself" || fmt.Sprint(r.Participants) != "[agent-00/p agent-00/q]" || r.Counts.Acked != 2 {
+		t.Fatalf("round 2 is %q with participants %v counts %+v, want agent-00's own round", r.Reason, r.Participants, r.Counts)
+	}
+	putRequestAt(t, obs, layout.LegacyRequest(schema.NewRequestID(time.Now())), schema.Scope{}, "legacy key")
+	r = waitFinished(t, obs, 3, 10*time.Second)
+	if r.Reason != "legacy key" || r.Counts.Acked != 6 {
+		t.Fatalf("round 3 is %q with counts %+v, want the legacy request's round of all", r.Reason, r.Counts)
+	}
+	if n := co.hooks.refusedCount(); n != 2 {
+		t.Fatalf("%d requests refused, want 2", n)
+	}
+}
+
 func TestGarbageIsSkippedAndTheRoundCompletes(t *testing.T) {
 	m := etcdtest.Start(t)
 	obs := m.Client(t)
@@ -215,12 +262,12 @@ func TestGarbageIsSkippedAndTheRoundCompletes(t *testing.T) {
 	newCoord(t, eps, testConfig("c0"))
 	waitFinished(t, obs, 1, 10*time.Second)
 	for k, v := range map[string]string{
-		layout.Request("garbage-1"):       "{{{",
-		layout.Request("garbage-2"):       `{"cause":"whim"}`,
-		layout.Prefix() + "requests/a/b":  "{}",
-		layout.Ack("agent-00", "ghost"):   "not json",
-		layout.Ack("agent-01", "p") + "x": `{"revision":0}`,
-		layout.Acks() + "nested":          "x",
+		layout.LegacyRequest("garbage-1"):            "{{{",
+		layout.AgentRequest("agent-00", "garbage-2"): `{"cause":"whim"}`,
+		layout.Prefix() + "requests/a/b":             "{}",
+		layout.Ack("agent-00", "ghost"):              "not json",
+		layout.Ack("agent-01", "p") + "x":            `{"revision":0}`,
+		layout.Acks() + "nested":                     "x",
 	} {
 		if _, err := obs.Put(ctxT(t, 5*time.Second), k, v); err != nil {
 			t.Fatal(err)

@@ -255,7 +255,7 @@ func TestOversizedReasonsAreTruncated(t *testing.T) {
 	// A raw request whose reason is over the limit is malformed: deleted,
 	// its key logged, no round.
 	b := fmt.Sprintf(`{"reason":%q,"cause":"manual","scope":{},"requested_by":"x","requested_at":"2026-11-25T12:00:00Z"}`, huge)
-	key := layout.Request("oversized-request")
+	key := layout.OperatorRequest("oversized-request")
 	if _, err := obs.Put(ctxT(t, 5*time.Second), key, b); err != nil {
 		t.Fatal(err)
 	}
@@ -278,10 +278,10 @@ func TestGarbageRecordsAreSkippedAndLogged(t *testing.T) {
 	startCoordinator(t, m.Client(t), log, "c0")
 	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r schema.Round) bool { return r.Counts.Acked == 2 })
 	garbage := map[string]string{
-		layout.Registration("ghost", "p"): "not json {",
-		layout.Ack("ghost", "p"):          `{"revision":0}`,
-		layout.Request("garbage-request"): `{"unknown":true}`,
-		layout.Revision():                 "\xff\xfe",
+		layout.Registration("ghost", "p"):           "not json {",
+		layout.Ack("ghost", "p"):                    `{"revision":0}`,
+		layout.AgentRequest("a", "garbage-request"): `{"unknown":true}`,
+		layout.Revision():                           "\xff\xfe",
 	}
 	for k, v := range garbage {
 		if _, err := obs.Put(ctxT(t, 5*time.Second), k, v); err != nil {

@@ -577,7 +577,7 @@ func (env *chaosEnv) garbage() string {
 		// what it saw; a successor times the plugin out and retries).
 		key, kind = layout.Ack(a.name, plugin), "garbage-ack"
 	case 3:
-		key, kind = layout.Request(schema.NewRequestID(time.Now())), "garbage-request"
+		key, kind = layout.LegacyRequest(schema.NewRequestID(time.Now())), "garbage-request"
 		if env.pick(2) == 0 {
 			key = layout.Requests() + "bad id!"
 		}

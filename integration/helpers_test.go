@@ -206,7 +206,7 @@ func putRequest(ctx context.Context, c *clientv3.Client, cause schema.Cause, sco
 	if err != nil {
 		return 0, err
 	}
-	resp, err := c.Put(ctx, layout.Request(schema.NewRequestID(now)), string(b))
+	resp, err := c.Put(ctx, layout.OperatorRequest(schema.NewRequestID(now)), string(b))
 	if err != nil {
 		return 0, err
 	}

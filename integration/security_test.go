@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -62,7 +63,7 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	} {
 		c, err := etcdtest.NewClientWith(tc)
 		if err == nil {
-			_, err = c.Put(ctxT(t, 2*time.Second), layout.Request("intruder"), "x")
+			_, err = c.Put(ctxT(t, 2*time.Second), layout.OperatorRequest("intruder"), "x")
 			c.Close()
 		}
 		if err == nil {
@@ -73,18 +74,21 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 
 	admin := etcdtest.ClientWith(t, tlsFor())
 	pws := &testPasswords{pws: map[string]string{}}
-	spec := rbac.Spec{Layout: layout, Agents: []string{"a", "b"}}
+	spec := rbac.Spec{Layout: layout, Agents: []string{"a", "b"}, Operators: []string{"ops"}}
 	if err := rbac.Apply(ctxT(t, 30*time.Second), admin, spec, rbac.Options{Passwords: pws, Log: t.Logf}); err != nil {
 		t.Fatal(err)
 	}
 	as := func(user string) *clientv3.Client {
 		cfg := tlsFor()
 		cfg.Username, cfg.Password = user, pws.of(user)
+		// Logging in (bcrypt) under a loaded -race run can pass the 5 s
+		// default dial timeout.
+		cfg.DialTimeout = 30 * time.Second
 		return etcdtest.ClientWith(t, cfg)
 	}
 	root := as(rbac.RootUser)
 	// The admin client (no user) may no longer write.
-	if _, err := admin.Put(ctxT(t, 5*time.Second), layout.Request("anon"), "x"); err == nil {
+	if _, err := admin.Put(ctxT(t, 5*time.Second), layout.OperatorRequest("anon"), "x"); err == nil {
 		t.Fatal("a client without a user wrote with auth on")
 	}
 
@@ -106,9 +110,10 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 		return err == nil && resp.Count == 3
 	})
 
-	// Agent a may write a request (here: for everyone).
-	if _, err := putRequest(ctxT(t, 5*time.Second), ca, schema.CauseManual, schema.Scope{}, "least privilege"); err != nil {
-		t.Fatalf("agent a cannot write a request: %v", err)
+	// The operator may request a round of everyone.
+	ops := as("ops")
+	if _, err := putRequest(ctxT(t, 5*time.Second), ops, schema.CauseManual, schema.Scope{}, "least privilege"); err != nil {
+		t.Fatalf("the operator cannot write a request: %v", err)
 	}
 	r := waitCompleted(t, root, 0, 30*time.Second, "a round with both agents acked", func(r schema.Round) bool {
 		return r.Cause == schema.CauseManual && r.Counts.Acked == 3
@@ -120,9 +125,41 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	}
 	// ReportError goes through the watcher's request write.
 	a.p.ReportError("p1", errors.New("lost state"))
-	waitCompleted(t, root, r.Revision, 30*time.Second, "the ReportError round", func(r schema.Round) bool {
+
+	// Under its own prefix, etcd lets agent a write anything; the
+	// coordinator ignores (logs and deletes) a request for all or for b,
+	// and runs a's request for itself.
+	own := func(scope schema.Scope, reason string) string {
+		now := time.Now()
+		b, err := schema.Encode(schema.Request{Reason: reason, Cause: schema.CauseManual, Scope: scope, RequestedBy: "a", RequestedAt: now.UTC()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := layout.AgentRequest("a", schema.NewRequestID(now))
+		if _, err := ca.Put(ctxT(t, 5*time.Second), key, string(b)); err != nil {
+			t.Fatalf("agent a cannot write %s: %v", key, err)
+		}
+		return key
+	}
+	for _, key := range []string{own(schema.Scope{}, "a asks for all"), own(schema.Scope{Agent: "b"}, "a asks for b")} {
+		etcdtest.WaitFor(t, 20*time.Second, "the coordinator to log and delete "+key, func() bool {
+			resp, err := root.Get(ctxT(t, 5*time.Second), key)
+			return err == nil && len(resp.Kvs) == 0 &&
+				sink.contains("ignoring and deleting a request wider than its writer may ask for") && sink.contains(key)
+		})
+	}
+	reportRound := r.Revision + 1
+	r = waitCompleted(t, root, r.Revision, 30*time.Second, "the ReportError round", func(r schema.Round) bool {
 		return r.Cause == schema.CauseError && slices.Contains(r.Acked, schema.PluginID{Agent: "a", Plugin: "p1"})
 	})
+	if r.Revision != reportRound {
+		t.Fatalf("the ReportError round is %d, want %d: a refused request ran", r.Revision, reportRound)
+	}
+	own(schema.Scope{Agent: "a"}, "a asks for itself")
+	r = waitCompleted(t, root, r.Revision, 30*time.Second, "agent a's round of itself", func(schema.Round) bool { return true })
+	if r.Reason != "a asks for itself" || fmt.Sprint(r.Participants) != "[a/p1 a/p2]" || r.Counts.Acked != 2 {
+		t.Fatalf("round %d after the refused requests is %q with participants %v counts %+v, want a's own round", r.Revision, r.Reason, r.Participants, r.Counts)
+	}
 
 	// What agent a may not do, each refused with permission denied.
 	before, err := root.Get(ctxT(t, 5*time.Second), layout.Prefix(), clientv3.WithPrefix())
@@ -141,6 +178,10 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 		{"delete the revision", clientv3.OpDelete(layout.Revision())},
 		{"write a round", clientv3.OpPut(layout.Round(r.Revision), forged)},
 		{"write an election key", clientv3.OpPut(layout.Election()+"/fake", forged)},
+		{"write a request under b's prefix", clientv3.OpPut(layout.AgentRequest("b", "1-forged"), forged)},
+		{"delete b's requests", clientv3.OpDelete(layout.AgentRequests("b"), clientv3.WithPrefix())},
+		{"write an operator's request", clientv3.OpPut(layout.OperatorRequest("1-forged"), forged)},
+		{"write a legacy request", clientv3.OpPut(layout.LegacyRequest("1-forged"), forged)},
 		{"write outside the prefix", clientv3.OpPut("/elsewhere", forged)},
 		{"read b's registrations", clientv3.OpGet(layout.AgentRegistrations("b"), clientv3.WithPrefix())},
 		{"read b's acks", clientv3.OpGet(layout.AgentAcks("b"), clientv3.WithPrefix())},
@@ -189,9 +230,7 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	if !seen {
 		t.Fatal("the history watch ended before the marker")
 	}
-	// What a may read: the revision and rounds/. (It may also delete
-	// requests: etcd's write permission covers delete, and requests/ is
-	// shared by every writer of requests.)
+	// What a may read: the revision and rounds/ (and its own requests).
 	for _, key := range []string{layout.Revision(), layout.Round(r.Revision)} {
 		if resp, err := ca.Get(ctxT(t, 5*time.Second), key); err != nil || len(resp.Kvs) != 1 {
 			t.Fatalf("agent a cannot read %s: %v", key, err)

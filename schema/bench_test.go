@@ -123,7 +123,7 @@ func BenchmarkParseKey(b *testing.B) {
 	for _, k := range []struct{ name, key string }{
 		{"ack", l.Ack("agent-00001", "plugin-001")},
 		{"registration", l.Registration("agent-00001", "plugin-001")},
-		{"request", l.Request(NewRequestID(benchNow))},
+		{"request", l.AgentRequest("agent-1", NewRequestID(benchNow))},
 		{"round", l.Round(1234)},
 	} {
 		b.Run(k.name, func(b *testing.B) {

@@ -62,7 +62,7 @@ func mustRoundTrip(t *testing.T, r any, dec func([]byte) (any, error)) {
 
 func FuzzParseKey(f *testing.F) {
 	l := MustLayout(DefaultPrefix)
-	for _, s := range []string{l.Revision(), l.Registration("a", "p"), l.Ack("a", "p"), l.Request("1-2"), l.Round(7), l.Election() + "/abc", "/resync/acks/a/", "/x"} {
+	for _, s := range []string{l.Revision(), l.Registration("a", "p"), l.Ack("a", "p"), l.AgentRequest("a", "1-2"), l.OperatorRequest("1-2"), l.LegacyRequest("1-2"), "/resync/requests/agent/a", l.Round(7), l.Election() + "/abc", "/resync/acks/a/", "/x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, key string) {
@@ -79,7 +79,7 @@ func FuzzParseKey(f *testing.F) {
 		case KindAck:
 			back = l.Ack(k.Agent, k.Plugin)
 		case KindRequest:
-			back = l.Request(k.ID)
+			back = l.RequestOf(k.Writer, k.ID)
 		case KindRound:
 			back = l.Round(k.Round)
 		case KindElection:

@@ -16,8 +16,11 @@ const (
 	registrationsDir = "registrations/"
 	acksDir          = "acks/"
 	requestsDir      = "requests/"
-	roundsDir        = "rounds/"
-	ownersDir        = "owners/"
+	// Under requestsDir: one sub-prefix per kind of writer.
+	agentRequestsDir    = "agent/"
+	operatorRequestsDir = "operator/"
+	roundsDir           = "rounds/"
+	ownersDir           = "owners/"
 )
 
 // roundDigits is the width of the zero-padded round number in rounds/<N>, so
@@ -95,11 +98,44 @@ func (l Layout) AgentAcks(agent string) string { return l.prefix + acksDir + age
 // Ack is the key of one plugin's ack.
 func (l Layout) Ack(agent, plugin string) string { return l.prefix + acksDir + agent + "/" + plugin }
 
-// Requests is the prefix of resync request keys.
+// Requests is the prefix of every resync request key, whoever wrote it.
 func (l Layout) Requests() string { return l.prefix + requestsDir }
 
-// Request is the key of one resync request.
-func (l Layout) Request(id string) string { return l.prefix + requestsDir + id }
+// AgentRequests is the prefix of agent's own resync requests
+// (requests/agent/<agent>/): only that agent (and the coordinator) may write
+// there once `resyncctl rbac apply` secured etcd.
+func (l Layout) AgentRequests(agent string) string {
+	return l.prefix + requestsDir + agentRequestsDir + agent + "/"
+}
+
+// AgentRequest is the key of one request written by agent for itself
+// (ReportError, rejoin).
+func (l Layout) AgentRequest(agent, id string) string { return l.AgentRequests(agent) + id }
+
+// OperatorRequests is the prefix of operators' resync requests
+// (requests/operator/): written by resyncctl trigger with an operator's
+// credentials, and by the coordinator's own retry requests.
+func (l Layout) OperatorRequests() string { return l.prefix + requestsDir + operatorRequestsDir }
+
+// OperatorRequest is the key of one operator's request.
+func (l Layout) OperatorRequest(id string) string { return l.OperatorRequests() + id }
+
+// RequestOf is the key of request id written by w: AgentRequest,
+// OperatorRequest or LegacyRequest.
+func (l Layout) RequestOf(w Writer, id string) string {
+	switch w.Kind {
+	case WriterAgent:
+		return l.AgentRequest(w.Agent, id)
+	case WriterOperator:
+		return l.OperatorRequest(id)
+	}
+	return l.LegacyRequest(id)
+}
+
+// LegacyRequest is the key of a request in the layout before per-writer
+// keys (requests/<id>). Nothing in resync writes it any more; the
+// coordinator still consumes such keys (see WriterLegacy).
+func (l Layout) LegacyRequest(id string) string { return l.prefix + requestsDir + id }
 
 // Rounds is the prefix of round records.
 func (l Layout) Rounds() string { return l.prefix + roundsDir }
@@ -144,10 +180,12 @@ func (k Kind) String() string {
 // Key is a parsed key. Only the fields of its Kind are set.
 type Key struct {
 	Kind   Kind
-	Agent  string // registration, ack, owner
+	Agent  string // registration, ack, owner, an agent's request (its writer)
 	Plugin string // registration, ack
 	ID     string // request id, election lease
 	Round  uint64 // round
+	// Writer is, for a request, the writer its key belongs to.
+	Writer Writer
 }
 
 // Parse splits a key of this layout into its parts. A key outside the prefix,
@@ -192,11 +230,7 @@ func (l Layout) Parse(key string) (Key, error) {
 		}
 		return Key{Kind: KindOwner, Agent: agent}, nil
 	case strings.HasPrefix(rest, requestsDir):
-		id := rest[len(requestsDir):]
-		if err := ValidateName("request id", id); err != nil {
-			return bad("%v", err)
-		}
-		return Key{Kind: KindRequest, ID: id}, nil
+		return l.parseRequest(key, rest[len(requestsDir):])
 	case strings.HasPrefix(rest, roundsDir):
 		s := rest[len(roundsDir):]
 		n, err := strconv.ParseUint(s, 10, 64)
@@ -206,4 +240,35 @@ func (l Layout) Parse(key string) (Key, error) {
 		return Key{Kind: KindRound, Round: n}, nil
 	}
 	return bad("unknown key family under the prefix")
+}
+
+// parseRequest parses what follows requests/: agent/<agent>/<id>,
+// operator/<id> or a legacy <id>.
+func (l Layout) parseRequest(key, rest string) (Key, error) {
+	bad := func(format string, a ...any) (Key, error) {
+		return Key{}, &DecodeError{Key: key, Reason: fmt.Sprintf(format, a...)}
+	}
+	const forms = "requests/agent/<agent>/<id>, requests/operator/<id> or (legacy) requests/<id>"
+	k := Key{Kind: KindRequest}
+	switch {
+	case strings.HasPrefix(rest, agentRequestsDir):
+		agent, id, ok := strings.Cut(rest[len(agentRequestsDir):], "/")
+		if !ok {
+			return bad("request key must be one of %s", forms)
+		}
+		if err := ValidateName("agent", agent); err != nil {
+			return bad("%v", err)
+		}
+		k.Agent, k.ID, k.Writer = agent, id, Writer{Kind: WriterAgent, Agent: agent}
+	case strings.HasPrefix(rest, operatorRequestsDir):
+		k.ID, k.Writer = rest[len(operatorRequestsDir):], Writer{Kind: WriterOperator}
+	case rest+"/" == agentRequestsDir || rest+"/" == operatorRequestsDir:
+		return bad("request id %q is reserved: request keys are %s", rest, forms)
+	default:
+		k.ID, k.Writer = rest, Writer{Kind: WriterLegacy}
+	}
+	if err := ValidateName("request id", k.ID); err != nil {
+		return bad("%v (request keys are %s)", err, forms)
+	}
+	return k, nil
 }

@@ -231,7 +231,8 @@ func (a Ack) Validate() error {
 	return checkText("error", a.Error, MaxReasonLen+len(truncMarker)+20)
 }
 
-// Request is the value of requests/<id>: someone asks the coordinator for a
+// Request is the value of a request key (requests/agent/<agent>/<id> or
+// requests/operator/<id>, see Layout): someone asks the coordinator for a
 // resync. The leader consumes (deletes) requests.
 type Request struct {
 	Reason      string    `json:"reason"`

@@ -52,7 +52,9 @@ func TestLayoutKeysParseBack(t *testing.T) {
 		{l.Revision(), Key{Kind: KindRevision}},
 		{l.Registration("a1", "p.1"), Key{Kind: KindRegistration, Agent: "a1", Plugin: "p.1"}},
 		{l.Ack("a1", "p-2"), Key{Kind: KindAck, Agent: "a1", Plugin: "p-2"}},
-		{l.Request("123-ab"), Key{Kind: KindRequest, ID: "123-ab"}},
+		{l.AgentRequest("a1", "123-ab"), Key{Kind: KindRequest, Agent: "a1", ID: "123-ab", Writer: Writer{Kind: WriterAgent, Agent: "a1"}}},
+		{l.OperatorRequest("123-ab"), Key{Kind: KindRequest, ID: "123-ab", Writer: Writer{Kind: WriterOperator}}},
+		{l.LegacyRequest("123-ab"), Key{Kind: KindRequest, ID: "123-ab", Writer: Writer{Kind: WriterLegacy}}},
 		{l.Round(42), Key{Kind: KindRound, Round: 42}},
 		{l.Election() + "/694d7a", Key{Kind: KindElection, ID: "694d7a"}},
 	} {
@@ -68,7 +70,9 @@ func TestLayoutKeysParseBack(t *testing.T) {
 		t.Errorf("round keys do not sort numerically")
 	}
 	for _, bad := range []string{"/other/revision", "/x/resync/nope", "/x/resync/registrations/a", "/x/resync/acks/a/b/c",
-		"/x/resync/rounds/42", "/x/resync/rounds/00000000000000000000", "/x/resync/requests/", "/x/resync/election/"} {
+		"/x/resync/rounds/42", "/x/resync/rounds/00000000000000000000", "/x/resync/requests/", "/x/resync/election/",
+		"/x/resync/requests/agent", "/x/resync/requests/operator", "/x/resync/requests/agent/a1", "/x/resync/requests/agent/a1/",
+		"/x/resync/requests/agent/a/b/c", "/x/resync/requests/operator/", "/x/resync/requests/operator/a/b", "/x/resync/requests/agent/../x"} {
 		_, err := l.Parse(bad)
 		var de *DecodeError
 		if !errors.As(err, &de) || de.Key != bad {
@@ -185,5 +189,36 @@ func TestNewRequestIDIsAValidKeyAndSorts(t *testing.T) {
 	}
 	if a >= b || NewRequestID(t0) == NewRequestID(t0) {
 		t.Fatalf("ids %q %q do not sort by time or are not unique", a, b)
+	}
+}
+
+// The one rule of who may ask for what: an agent only for itself, an
+// operator (and a legacy key) for anything.
+func TestRequestAllowedFor(t *testing.T) {
+	agent := func(a string) Writer { return Writer{Kind: WriterAgent, Agent: a} }
+	for _, tc := range []struct {
+		writer Writer
+		scope  Scope
+		ok     bool
+	}{
+		{agent("a1"), Scope{Agent: "a1"}, true},
+		{agent("a1"), Scope{Agent: "a1", Plugin: "p"}, true},
+		{agent("a1"), Scope{}, false},
+		{agent("a1"), Scope{Agent: "a2"}, false},
+		{agent("a1"), Scope{Agent: "a2", Plugin: "p"}, false},
+		{Writer{Kind: WriterOperator}, Scope{}, true},
+		{Writer{Kind: WriterOperator}, Scope{Agent: "a2"}, true},
+		{Writer{Kind: WriterLegacy}, Scope{}, true},
+		{Writer{}, Scope{Agent: "a1"}, false},
+	} {
+		t.Run(tc.writer.String()+" asks for "+tc.scope.String(), func(t *testing.T) {
+			err := Request{Cause: CauseManual, Scope: tc.scope}.AllowedFor(tc.writer)
+			if tc.ok != (err == nil) {
+				t.Fatalf("AllowedFor = %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.scope.String()) || !strings.Contains(err.Error(), "operator")) {
+				t.Fatalf("error %q does not wrap ErrRefused, name the scope and say who may", err)
+			}
+		})
 	}
 }

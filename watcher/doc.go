@@ -79,8 +79,24 @@
 //
 // # Writes
 //
-// Acks (acks/<agent>/<plugin>, on the agent's lease) and requests
-// (requests/<id>, no lease) are written by one background goroutine, retried
-// with a growing pause until written or the Watcher is closed. Ack, AckError
-// and Request never wait for etcd.
+// Acks (acks/<agent>/<plugin>, on the agent's lease) and requests (the
+// agent's own requests/agent/<agent>/<id>, no lease) are written by one
+// background goroutine, retried with a growing pause until written or the
+// Watcher is closed. Ack, AckError and Request never wait for etcd: a
+// plugin's "acked" (invariant 4: the next plugin gets Started only after
+// this one acked or timed out) is its local Ack, so the next plugin never
+// waits for the etcd write.
+//
+// Writes are batched: what is queued goes to etcd in one Txn (at most 128
+// operations, etcd's default limit) once the oldest item is
+// Config.AckBatchWindow old (default 2 ms), or at once when no other plugin
+// of the agent is expected to ack the current revision (so the window never
+// delays an agent's last ack of a round). An agent whose plugins ack within
+// the window writes all their acks, and any pending request, in one Txn:
+// one etcd revision, in the order given. A write etcd refuses for good
+// (permission denied, too large) is dropped, logged with its key and
+// counted (Stats.WritesDropped), never retried for ever.
+//
+// An agent may request a resync only of itself (its agent or one of its
+// plugins; see schema.Request.AllowedFor); Request refuses a wider scope.
 package watcher

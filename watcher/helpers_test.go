@@ -39,7 +39,7 @@ type agent struct {
 	w   *Watcher
 }
 
-func newAgent(t *testing.T, c *clientv3.Client, name string, ttl time.Duration) *agent {
+func newAgent(t *testing.T, c *clientv3.Client, name string, ttl time.Duration, tune ...func(*Config)) *agent {
 	t.Helper()
 	rc := registry.DefaultConfig(name)
 	rc.TTL = ttl
@@ -55,6 +55,9 @@ func newAgent(t *testing.T, c *clientv3.Client, name string, ttl time.Duration) 
 	cfg.AckTimeout = ackTimeout
 	cfg.OpTimeout = time.Second
 	cfg.RetryMax = 200 * time.Millisecond
+	for _, f := range tune {
+		f(&cfg)
+	}
 	w, err := New(reg, cfg, WithLogger(log))
 	if err != nil {
 		t.Fatal(err)

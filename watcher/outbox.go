@@ -3,11 +3,13 @@ package watcher
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
@@ -18,14 +20,27 @@ import (
 func (w *Watcher) enqueueAck(plugin string, ack schema.Ack) {
 	w.omu.Lock()
 	w.seq++
-	w.pendingAcks[plugin] = pendingAck{ack: ack, seq: w.seq}
+	w.pendingAcks[plugin] = pendingAck{ack: ack, seq: w.seq, queued: time.Now()}
 	w.lastAcks[plugin] = ack
 	w.omu.Unlock()
 	w.poke(w.outKick)
 }
 
+// maxAckBatchWindow bounds Config.AckBatchWindow.
+const maxAckBatchWindow = time.Second
+
 // outbox writes queued acks (on the current lease) and requests, retrying
 // while etcd is unreachable, and reacts to a re-created session (rejoin).
+//
+// Batching: the dispatcher gives plugin k+1 its Started as soon as plugin k
+// acked locally (Event.Ack queues the ack and returns; invariant 4's "acked"
+// is that local ack), so the acks of an agent's plugins arrive here one
+// after another, microseconds apart when the plugins ack at once. Woken by
+// the first, the outbox waits until it is AckBatchWindow old or no other
+// plugin is expected to ack (gather), then writes everything queued in one
+// Txn: the coordinator sees them in one etcd revision, in the order they
+// were given. Order across Txns holds too:
+// one goroutine writes, oldest first.
 func (w *Watcher) outbox() {
 	var seenGen uint64
 	pause := w.cfg.RetryMin
@@ -58,8 +73,53 @@ func (w *Watcher) outbox() {
 		select {
 		case <-w.ctx.Done():
 		case <-w.outKick:
+			if retry == nil {
+				w.gather()
+			}
 		case <-changed:
 		case <-retry:
+		}
+	}
+}
+
+// gather waits until the oldest queued ack or request is AckBatchWindow old,
+// so that acks given meanwhile share its Txn. It returns at once when the
+// window is off, when a full Txn is queued, when no other plugin of the
+// agent is expected to ack the current revision (so the last ack of a
+// round, and the only one of a one-plugin agent, is never held back), or
+// when the Watcher closes.
+func (w *Watcher) gather() {
+	if w.cfg.AckBatchWindow <= 0 {
+		return
+	}
+	for {
+		w.omu.Lock()
+		n := len(w.pendingAcks) + len(w.pendingReqs)
+		var oldest time.Time
+		for _, p := range w.pendingAcks {
+			if oldest.IsZero() || p.queued.Before(oldest) {
+				oldest = p.queued
+			}
+		}
+		for _, r := range w.pendingReqs {
+			if oldest.IsZero() || r.queued.Before(oldest) {
+				oldest = r.queued
+			}
+		}
+		w.omu.Unlock()
+		wait := time.Until(oldest.Add(w.cfg.AckBatchWindow))
+		if n == 0 || n >= maxTxnOps || wait <= 0 || !w.acksExpected() {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-w.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+			return
+		case <-w.outKick: // one more queued: a full Txn yet?
+			t.Stop()
 		}
 	}
 }
@@ -77,7 +137,7 @@ func (w *Watcher) rejoin(gen uint64) {
 		if ack.Revision == cur {
 			if _, pending := w.pendingAcks[plugin]; !pending {
 				w.seq++
-				w.pendingAcks[plugin] = pendingAck{ack: ack, seq: w.seq}
+				w.pendingAcks[plugin] = pendingAck{ack: ack, seq: w.seq, queued: time.Now()}
 			}
 			rewritten = append(rewritten, plugin)
 		}
@@ -99,70 +159,167 @@ func (w *Watcher) rejoin(gen uint64) {
 	log.WithField("request", id).Warn("watcher: session re-created after a loss; requesting a resync of this agent")
 }
 
-// flush writes every queued ack (when there is a lease) and request, and
-// returns the first error.
+// acksExpected reports whether some plugin of the agent may still ack the
+// current revision: it has given no ack yet (its join resync is to come),
+// or the revision is Started, includes it, and it has not acked it. It is
+// a hint that only paces writes (a wrong answer costs at most one window
+// or one more Txn), so it reads the record and the plugins' last acks, not
+// the dispatcher's own state.
+func (w *Watcher) acksExpected() bool {
+	w.mu.Lock()
+	rec := w.rec
+	names := make([]string, len(w.plugins))
+	for i, p := range w.plugins {
+		names[i] = p.name
+	}
+	w.mu.Unlock()
+	if rec == nil {
+		return false
+	}
+	w.omu.Lock()
+	defer w.omu.Unlock()
+	for _, name := range names {
+		last, ok := w.lastAcks[name]
+		switch {
+		case !ok:
+			return true
+		case last.Revision >= rec.Revision:
+		case rec.State == schema.Started && rec.Scope.Includes(w.agent, name):
+			return true
+		}
+	}
+	return false
+}
+
+// outItem is one queued write: an ack (plugin set) or a request.
+type outItem struct {
+	plugin string
+	ack    pendingAck
+	req    pendingRequest
+}
+
+func (it outItem) String() string {
+	if it.plugin != "" {
+		return "the ack of " + it.plugin
+	}
+	return "request " + it.req.id
+}
+
+// op is the item's etcd write; an item that does not encode is an error.
+func (w *Watcher) op(it outItem, lease clientv3.LeaseID) (clientv3.Op, error) {
+	if it.plugin != "" {
+		b, err := schema.Encode(it.ack.ack)
+		if err != nil {
+			return clientv3.Op{}, err
+		}
+		return clientv3.OpPut(w.layout.Ack(w.agent, it.plugin), string(b), clientv3.WithLease(lease)), nil
+	}
+	b, err := schema.Encode(it.req.req)
+	if err != nil {
+		return clientv3.Op{}, err
+	}
+	return clientv3.OpPut(w.layout.AgentRequest(w.agent, it.req.id), string(b)), nil
+}
+
+// flush writes every queued ack (when there is a lease) and request: acks
+// in the order given, then requests, in Txns of at most maxTxnOps
+// operations (one raft entry, one fsync, one etcd revision each). It
+// returns the first error that a retry may cure.
 func (w *Watcher) flush(lease clientv3.LeaseID) error {
 	w.omu.Lock()
-	type item struct {
-		plugin string
-		p      pendingAck
-	}
-	var acks []item
-	for plugin, p := range w.pendingAcks {
-		acks = append(acks, item{plugin, p})
-	}
-	reqs := slices.Clone(w.pendingReqs)
-	w.omu.Unlock()
-	slices.SortFunc(acks, func(a, b item) int { return cmp.Compare(a.p.seq, b.p.seq) })
-
+	var items []outItem
 	if lease != 0 {
-		// One Txn per maxTxnOps acks instead of one Put each: an agent's
-		// plugins ack one after another, and the acks that piled up while
-		// the previous write was in flight go to etcd in one request (one
-		// raft entry, one fsync), in the order they were given.
-		for len(acks) > 0 {
-			batch := acks[:min(len(acks), maxTxnOps)]
-			acks = acks[len(batch):]
-			ops := make([]clientv3.Op, 0, len(batch))
-			sent := make([]item, 0, len(batch))
-			for _, a := range batch {
-				b, err := schema.Encode(a.p.ack)
-				if err != nil {
-					w.log.WithError(err).WithField("plugin", a.plugin).Error("watcher: dropping an invalid ack")
-					w.dropAck(a.plugin, a.p.seq)
-					continue
-				}
-				ops = append(ops, clientv3.OpPut(w.layout.Ack(w.agent, a.plugin), string(b), clientv3.WithLease(lease)))
-				sent = append(sent, a)
-			}
-			if len(ops) == 0 {
-				continue
-			}
-			if err := w.txn(ops); err != nil {
-				return fmt.Errorf("watcher: write the acks of %d plugins (first %q): %w", len(ops), sent[0].plugin, err)
-			}
-			for _, a := range sent {
-				w.dropAck(a.plugin, a.p.seq)
-				w.stats.acksWritten.Add(1)
-				w.log.WithFields(logrus.Fields{"plugin": a.plugin, "revision": a.p.ack.Revision, "result": a.p.ack.Result}).Debug("watcher: ack written")
-			}
+		for plugin, p := range w.pendingAcks {
+			items = append(items, outItem{plugin: plugin, ack: p})
 		}
+		slices.SortFunc(items, func(a, b outItem) int { return cmp.Compare(a.ack.seq, b.ack.seq) })
 	}
-	for _, r := range reqs {
-		b, err := schema.Encode(r.req)
-		if err == nil {
-			err = w.put(w.layout.Request(r.id), string(b))
+	for _, r := range w.pendingReqs {
+		items = append(items, outItem{req: r})
+	}
+	w.omu.Unlock()
+	for len(items) > 0 {
+		batch := items[:min(len(items), maxTxnOps)]
+		items = items[len(batch):]
+		if err := w.write(batch, lease); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("watcher: write request %s: %w", r.id, err)
-		}
-		w.omu.Lock()
-		w.pendingReqs = slices.DeleteFunc(w.pendingReqs, func(p pendingRequest) bool { return p.id == r.id })
-		w.omu.Unlock()
-		w.stats.requestsWritten.Add(1)
-		w.log.WithFields(logrus.Fields{"request": r.id, "cause": r.req.Cause, "scope": r.req.Scope.String()}).Info("watcher: resync request written")
 	}
 	return nil
+}
+
+// write writes batch in one Txn. If etcd refuses it for good (see
+// permanent), the items are written one by one, so that one refused item
+// (say, a request the agent's etcd role does not allow) neither blocks the
+// others nor is retried for ever: it is dropped, logged and counted.
+func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
+	ops := make([]clientv3.Op, 0, len(batch))
+	sent := make([]outItem, 0, len(batch))
+	for _, it := range batch {
+		op, err := w.op(it, lease)
+		if err != nil {
+			w.drop(it, err)
+			continue
+		}
+		ops = append(ops, op)
+		sent = append(sent, it)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	err := w.txn(ops)
+	switch {
+	case err == nil:
+		for _, it := range sent {
+			w.written(it)
+		}
+		return nil
+	case !permanent(err):
+		return fmt.Errorf("watcher: write %d acks and requests (first %s): %w", len(ops), sent[0], err)
+	case len(ops) == 1:
+		w.drop(sent[0], err)
+		return nil
+	}
+	for i, it := range sent {
+		if err := w.write([]outItem{it}, lease); err != nil {
+			return fmt.Errorf("%w (%d more waiting)", err, len(sent)-i-1)
+		}
+	}
+	return nil
+}
+
+// permanent reports whether etcd will refuse the same write again.
+func permanent(err error) bool {
+	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrRequestTooLarge) ||
+		errors.Is(err, rpctypes.ErrTooManyOps)
+}
+
+// written takes a written item off the queue (unless it was replaced
+// meanwhile).
+func (w *Watcher) written(it outItem) {
+	if it.plugin != "" {
+		w.dropAck(it.plugin, it.ack.seq)
+		w.stats.acksWritten.Add(1)
+		w.log.WithFields(logrus.Fields{"plugin": it.plugin, "revision": it.ack.ack.Revision, "result": it.ack.ack.Result}).Debug("watcher: ack written")
+		return
+	}
+	w.dropRequest(it.req.id)
+	w.stats.requestsWritten.Add(1)
+	w.log.WithFields(logrus.Fields{"request": it.req.id, "cause": it.req.req.Cause, "scope": it.req.req.Scope.String()}).Info("watcher: resync request written")
+}
+
+// drop takes an item etcd will never accept off the queue.
+func (w *Watcher) drop(it outItem, err error) {
+	w.stats.writesDropped.Add(1)
+	log := w.log.WithError(err)
+	if it.plugin != "" {
+		w.dropAck(it.plugin, it.ack.seq)
+		log = log.WithFields(logrus.Fields{"key": w.layout.Ack(w.agent, it.plugin), "revision": it.ack.ack.Revision})
+	} else {
+		w.dropRequest(it.req.id)
+		log = log.WithField("key", w.layout.AgentRequest(w.agent, it.req.id))
+	}
+	log.Error("watcher: etcd refuses this write for good; dropped (is the agent's etcd role up to date? run resyncctl rbac apply)")
 }
 
 func (w *Watcher) dropAck(plugin string, seq uint64) {
@@ -173,6 +330,12 @@ func (w *Watcher) dropAck(plugin string, seq uint64) {
 	w.omu.Unlock()
 }
 
+func (w *Watcher) dropRequest(id string) {
+	w.omu.Lock()
+	w.pendingReqs = slices.DeleteFunc(w.pendingReqs, func(p pendingRequest) bool { return p.id == id })
+	w.omu.Unlock()
+}
+
 // maxTxnOps stays within etcd's default --max-txn-ops (128).
 const maxTxnOps = 128
 
@@ -180,12 +343,8 @@ func (w *Watcher) txn(ops []clientv3.Op) error {
 	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
 	defer cancel()
 	_, err := w.c.Txn(ctx).Then(ops...).Commit()
-	return err
-}
-
-func (w *Watcher) put(key, val string, opts ...clientv3.OpOption) error {
-	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
-	defer cancel()
-	_, err := w.c.Put(ctx, key, val, opts...)
+	if err == nil {
+		w.stats.ackTxns.Add(1)
+	}
 	return err
 }

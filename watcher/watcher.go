@@ -44,6 +44,19 @@ type Config struct {
 	// MaxPendingRequests bounds the requests waiting to be written; Request
 	// returns ErrQueueFull beyond it. Default 64.
 	MaxPendingRequests int
+	// AckBatchWindow is how long an ack (or request) may wait to be written
+	// so that the acks of the agent's next plugins, which get Started as
+	// soon as the previous one acked locally, go to etcd in the same Txn:
+	// the outbox writes when the oldest queued item is this old, when no
+	// other plugin of the agent is expected to ack the current revision
+	// (the agent's last ack of a round, or the only one, goes at once), or
+	// when a full Txn (128 ops) is queued. So it delays only the acks of
+	// plugins followed by a slow one, by at most this much; an agent whose
+	// plugins all ack within it costs etcd one Txn per round instead of one
+	// per plugin. A negative value writes at once (what piles up during a
+	// write still shares the next Txn). Measured by wall time, not Clock.
+	// Default 2 ms.
+	AckBatchWindow time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -55,6 +68,7 @@ func DefaultConfig() Config {
 		RetryMin:           100 * time.Millisecond,
 		RetryMax:           5 * time.Second,
 		MaxPendingRequests: 64,
+		AckBatchWindow:     2 * time.Millisecond,
 	}
 }
 
@@ -65,6 +79,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxPendingRequests < 0 {
 		return errors.New("watcher: config: MaxPendingRequests must not be negative")
+	}
+	if c.AckBatchWindow > maxAckBatchWindow {
+		return fmt.Errorf("watcher: config: AckBatchWindow %v is above %v: it delays every ack that long; use a few milliseconds", c.AckBatchWindow, maxAckBatchWindow)
 	}
 	d := c.withDefaults()
 	if d.RetryMax < d.RetryMin {
@@ -92,6 +109,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxPendingRequests == 0 {
 		c.MaxPendingRequests = d.MaxPendingRequests
+	}
+	if c.AckBatchWindow == 0 {
+		c.AckBatchWindow = d.AckBatchWindow
 	}
 	return c
 }
@@ -164,6 +184,12 @@ type Stats struct {
 	AcksWritten uint64
 	// RequestsWritten counts request keys written.
 	RequestsWritten uint64
+	// AckTxns counts the etcd Txns that wrote acks and requests (one Txn
+	// carries up to 128 of them: the acks given within AckBatchWindow).
+	AckTxns uint64
+	// WritesDropped counts acks and requests given up because etcd refused
+	// them for good (permission denied, too large): logged with the key.
+	WritesDropped uint64
 	// Rejoins counts sessions re-created by the registry after a loss.
 	Rejoins uint64
 	// Malformed counts revision records skipped because they did not decode.
@@ -173,7 +199,7 @@ type Stats struct {
 type counters struct {
 	started, acceptTimeouts, ackTimeouts, withdrawn           atomic.Uint64
 	notActive, notActiveDropped, acksWritten, requestsWritten atomic.Uint64
-	rejoins, malformed, joinsParked                           atomic.Uint64
+	rejoins, malformed, ackTxns, writesDropped, joinsParked   atomic.Uint64
 }
 
 // plugin is the dispatcher's state of one registered plugin. name and ch are
@@ -241,13 +267,15 @@ type Watcher struct {
 }
 
 type pendingAck struct {
-	ack schema.Ack
-	seq uint64
+	ack    schema.Ack
+	seq    uint64
+	queued time.Time // wall time, for AckBatchWindow
 }
 
 type pendingRequest struct {
-	id  string
-	req schema.Request
+	id     string
+	req    schema.Request
+	queued time.Time
 }
 
 // New starts a Watcher for the agent of reg. It does not wait for etcd: the
@@ -326,11 +354,14 @@ func (w *Watcher) Register(name string) (chan StatusEvent, error) {
 	return p.ch, nil
 }
 
-// Request asks the coordinator for a resync: req is written under
-// requests/<id> in the background, retried until written or the Watcher is
+// Request asks the coordinator for a resync: req is written under the
+// agent's own requests/agent/<agent>/<id> in the background (with the acks
+// queued meanwhile, in one Txn), retried until written or the Watcher is
 // closed (a request still waiting then is lost). RequestedAt is set when
-// zero. It does not wait for etcd; it returns the error of an invalid
-// request, ErrQueueFull or ErrClosed.
+// zero. An agent may request a resync only of itself (schema.Request.
+// AllowedFor): a wider scope is an error wrapping schema.ErrRefused. It does
+// not wait for etcd; it returns the error of an invalid or refused request,
+// ErrQueueFull or ErrClosed.
 func (w *Watcher) Request(req schema.Request) (id string, err error) {
 	now := w.clock.Now().UTC()
 	if req.RequestedAt.IsZero() {
@@ -338,6 +369,9 @@ func (w *Watcher) Request(req schema.Request) (id string, err error) {
 	}
 	if _, err := schema.Encode(req); err != nil {
 		return "", err
+	}
+	if err := req.AllowedFor(schema.Writer{Kind: schema.WriterAgent, Agent: w.agent}); err != nil {
+		return "", fmt.Errorf("watcher: %w", err)
 	}
 	if w.ctx.Err() != nil {
 		return "", ErrClosed
@@ -348,7 +382,7 @@ func (w *Watcher) Request(req schema.Request) (id string, err error) {
 		w.omu.Unlock()
 		return "", ErrQueueFull
 	}
-	w.pendingReqs = append(w.pendingReqs, pendingRequest{id: id, req: req})
+	w.pendingReqs = append(w.pendingReqs, pendingRequest{id: id, req: req, queued: time.Now()})
 	w.omu.Unlock()
 	w.poke(w.outKick)
 	return id, nil
@@ -362,6 +396,7 @@ func (w *Watcher) Stats() Stats {
 		Withdrawn: s.withdrawn.Load(), NotActive: s.notActive.Load(), NotActiveDropped: s.notActiveDropped.Load(),
 		AcksWritten: s.acksWritten.Load(), RequestsWritten: s.requestsWritten.Load(),
 		Rejoins: s.rejoins.Load(), Malformed: s.malformed.Load(),
+		AckTxns: s.ackTxns.Load(), WritesDropped: s.writesDropped.Load(),
 	}
 }
 

@@ -303,6 +303,9 @@ func TestRejoinAfterLostSession(t *testing.T) {
 		if err != nil || len(resp.Kvs) == 0 {
 			return false
 		}
+		if k := string(resp.Kvs[0].Key); !strings.HasPrefix(k, layout.AgentRequests("rj")) {
+			t.Fatalf("rejoin request at %s, want it under the agent's own %s", k, layout.AgentRequests("rj"))
+		}
 		req, err = schema.DecodeRequest(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
 		if err != nil {
 			t.Fatal(err)
@@ -332,6 +335,12 @@ func TestRegisterErrorsAndClose(t *testing.T) {
 	if _, err := a.w.Request(schema.Request{Cause: "bogus"}); err == nil {
 		t.Fatal("an invalid request was accepted")
 	}
+	// An agent asks only for itself.
+	for _, scope := range []schema.Scope{{}, {Agent: "b"}, {Agent: "b", Plugin: "p"}} {
+		if _, err := a.w.Request(schema.Request{Cause: schema.CauseManual, Scope: scope}); !errors.Is(err, schema.ErrRefused) {
+			t.Fatalf("Request of %s by agent a: %v, want ErrRefused", scope, err)
+		}
+	}
 	a.w.Close()
 	a.w.Close()
 	ch, err := a.w.Register("q")
@@ -341,7 +350,7 @@ func TestRegisterErrorsAndClose(t *testing.T) {
 	if _, ok := <-ch; ok {
 		t.Fatal("channel after Close is open")
 	}
-	if _, err := a.w.Request(schema.Request{Cause: schema.CauseManual}); !errors.Is(err, ErrClosed) {
+	if _, err := a.w.Request(schema.Request{Cause: schema.CauseManual, Scope: schema.Scope{Agent: "a"}}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Request after Close: %v", err)
 	}
 }
@@ -355,6 +364,7 @@ func TestConfigValidate(t *testing.T) {
 		{Config{RetryMin: time.Second, RetryMax: time.Millisecond}, "RetryMax"},
 		{Config{RetryMin: 10 * time.Second}, "RetryMax"},
 		{Config{MaxPendingRequests: -1}, "MaxPendingRequests"},
+		{Config{AckBatchWindow: 2 * time.Second}, "AckBatchWindow 2s is above 1s"},
 	} {
 		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Validate(%+v) = %v, want %q", tc.cfg, err, tc.want)

@@ -180,14 +180,14 @@ func (k *coord) Close() {
 	k.c.Close()
 }
 
-// request writes requests/<id> (cause manual, scope all).
+// request writes requests/operator/<id> (cause manual, scope all).
 func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string) error {
 	now := time.Now().UTC()
 	b, err := schema.Encode(schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now})
 	if err != nil {
 		return err
 	}
-	_, err = c.Put(ctx, layout.Request(schema.NewRequestID(now)), string(b))
+	_, err = c.Put(ctx, layout.OperatorRequest(schema.NewRequestID(now)), string(b))
 	return err
 }
 

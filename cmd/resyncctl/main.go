@@ -6,7 +6,7 @@
 //
 //	resyncctl [global flags] <command> [flags]
 //
-// Commands: status, trigger, registrations, history, watch, rbac apply,
+// Commands: status, trigger, registrations, agents, history, watch, rbac apply,
 // rbac status, help. Global
 // flags (accepted before or after the command): -o text|json, --prefix, and
 // the etcd connection flags of etcdctl (--endpoints, --dial-timeout,

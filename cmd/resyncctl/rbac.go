@@ -102,6 +102,7 @@ func (p *cliPasswords) New(user string) (string, error) {
 func setupRBACApply(fs *flag.FlagSet) func(context.Context, *env) error {
 	agents := fs.String("agents", "", "comma-separated agent names: each gets a user of that name and the role resync-agent-<name> (required)")
 	coordUser := fs.String("coordinator-user", rbac.DefaultCoordinatorUser, "user of resyncd (the coordinators): read and write on the whole prefix")
+	operators := fs.String("operators", "", "comma-separated operator users (optional): role "+rbac.OperatorRole+", read the whole prefix and trigger resyncs of any scope (root may too)")
 	dir := fs.String("secrets-dir", "", "read users' passwords from <dir>/<user>.password; write generated ones there (0600)")
 	rootPW := fs.String("root-password", "", "password of root (else "+passwordEnv("root")+", the secrets dir, or generated)")
 	noPW := fs.Bool("no-passwords", false, "create users without passwords: they authenticate with a client certificate whose CN is the user (etcd --client-cert-auth)")
@@ -114,6 +115,11 @@ func setupRBACApply(fs *flag.FlagSet) func(context.Context, *env) error {
 		}
 		if len(spec.Agents) == 0 {
 			return usagef("--agents is required: the agent names, comma-separated")
+		}
+		for _, o := range strings.Split(*operators, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				spec.Operators = append(spec.Operators, o)
+			}
 		}
 		if err := spec.Validate(); err != nil {
 			return usagef("%v", strings.TrimPrefix(err.Error(), "rbac: "))

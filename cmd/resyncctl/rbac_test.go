@@ -36,19 +36,26 @@ func TestRBACApplyStatusAndIdempotence(t *testing.T) {
 	ep := m.Endpoint()
 	dir := filepath.Join(t.TempDir(), "secrets")
 	t.Setenv("RESYNC_PASSWORD_AGENT_B", "b-from-env")
+	// Logging in (bcrypt) on a loaded machine under -race can pass the 5 s
+	// defaults.
+	t.Setenv("RESYNC_DIAL_TIMEOUT", "30s")
+	t.Setenv("RESYNC_COMMAND_TIMEOUT", "30s")
 
 	// First run: auth off, so the root credentials given for later runs are
 	// dropped; passwords generated into the secrets dir, except agent-b's.
 	code, out, _ := cli(t, ctxT(t, 60*time.Second), "rbac", "apply", "--endpoints", ep, "--user", "root:later",
-		"--agents", "agent-a,agent-b", "--secrets-dir", dir)
+		"--agents", "agent-a,agent-b", "--operators", "ops", "--secrets-dir", dir)
 	if code != 0 {
 		t.Fatalf("rbac apply exited %d", code)
 	}
 	for _, want := range []string{
 		"role resync-agent-agent-a: granted readwrite prefix /resync/acks/agent-a/",
 		"role resync-agent-agent-a: granted read key /resync/revision",
+		"role resync-agent-agent-a: granted readwrite prefix /resync/requests/agent/agent-a/",
 		"role resync-coordinator: granted readwrite prefix /resync/",
+		"role resync-operator: granted readwrite prefix /resync/requests/operator/",
 		"user agent-b: granted role resync-agent-agent-b",
+		"user ops: granted role resync-operator",
 		"enabled authentication",
 		"wrote a generated password to " + filepath.Join(dir, "root.password"),
 	} {
@@ -59,6 +66,7 @@ func TestRBACApplyStatusAndIdempotence(t *testing.T) {
 	root := readSecret(t, dir, "root")
 	readSecret(t, dir, "agent-a")
 	readSecret(t, dir, "resyncd")
+	ops := readSecret(t, dir, "ops")
 	if _, err := os.Stat(filepath.Join(dir, "agent-b.password")); err == nil {
 		t.Error("agent-b's password came from the environment but was also written")
 	}
@@ -66,7 +74,7 @@ func TestRBACApplyStatusAndIdempotence(t *testing.T) {
 	// Again, as root: nothing to change.
 	t.Setenv("RESYNC_PASSWORD", root)
 	code, out, _ = cli(t, ctxT(t, 60*time.Second), "rbac", "apply", "--endpoints", ep, "--user", "root",
-		"--agents", "agent-a,agent-b", "--secrets-dir", dir)
+		"--agents", "agent-a,agent-b", "--operators", "ops", "--secrets-dir", dir)
 	if code != 0 || !strings.Contains(out, "nothing to change") {
 		t.Fatalf("second rbac apply: exit %d, %q", code, out)
 	}
@@ -75,7 +83,7 @@ func TestRBACApplyStatusAndIdempotence(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rbac status exited %d", code)
 	}
-	for _, want := range []string{"authentication  enabled", "agent-a  resync-agent-agent-a", "resync-agent-agent-b  write       prefix /resync/requests/", "resync-coordinator    readwrite   prefix /resync/"} {
+	for _, want := range []string{"authentication  enabled", "agent-a  resync-agent-agent-a", "resync-agent-agent-b  readwrite   prefix /resync/requests/agent/agent-b/", "ops      resync-operator", "resync-coordinator    readwrite   prefix /resync/"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
@@ -92,8 +100,22 @@ func TestRBACApplyStatusAndIdempotence(t *testing.T) {
 	}
 	// An agent's user cannot read the whole prefix: status says whom to use.
 	code, _, errOut = cli(t, ctxT(t, 30*time.Second), "status", "--endpoints", ep, "--user", "agent-b:b-from-env")
-	if code != 1 || !strings.Contains(errOut, "permission denied (with etcd auth on, resyncctl's commands read the whole prefix: use the coordinator's user or root)") {
+	if code != 1 || !strings.Contains(errOut, "permission denied (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)") {
 		t.Fatalf("status as agent-b: %d %q", code, errOut)
+	}
+	// An agent's user cannot trigger: etcd refuses the operators' prefix,
+	// and trigger says whose credentials it needs. The operator's user can.
+	code, _, errOut = cli(t, ctxT(t, 30*time.Second), "trigger", "--reason", "x", "--endpoints", ep, "--user", "agent-b:b-from-env")
+	if code != 1 || !strings.Contains(errOut, "permission denied: trigger needs an operator's credentials") || strings.Contains(errOut, "coordinator's user") {
+		t.Fatalf("trigger as agent-b: %d %q", code, errOut)
+	}
+	code, out, errOut = cli(t, ctxT(t, 30*time.Second), "trigger", "--reason", "x", "--endpoints", ep, "--user", "ops:"+ops)
+	if code != 0 || !strings.Contains(out, "requested resync") {
+		t.Fatalf("trigger as the operator ops: %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = cli(t, ctxT(t, 30*time.Second), "status", "--endpoints", ep, "--user", "ops:"+ops)
+	if code != 0 {
+		t.Fatalf("status as the operator ops: %d %q %q", code, out, errOut)
 	}
 	// No user at all.
 	code, _, errOut = cli(t, ctxT(t, 30*time.Second), "status", "--endpoints", ep)
@@ -119,6 +141,8 @@ func TestRBACUsage(t *testing.T) {
 		{[]string{"rbac", "apply", "--agents", strings.Repeat("p", 200)}, "200 bytes long"},
 		{[]string{"rbac", "apply", "--agents", "a,a"}, "named twice"},
 		{[]string{"rbac", "apply", "--agents", "a", "--coordinator-user", "root"}, "must not be root"},
+		{[]string{"rbac", "apply", "--agents", "a", "--operators", "a"}, `operator user "a" is named twice, or like an agent`},
+		{[]string{"rbac", "apply", "--agents", "a", "--operators", "o/p"}, "invalid name"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			// An endpoint that nobody serves: usage errors come first.

@@ -57,6 +57,7 @@ func commands() []command {
 		{"status", "", "show the current round: revision, state, leader, progress", setupStatus},
 		{"trigger", "[--agent A [--plugin P]] --reason R [--wait] [--timeout D] [--who W]", "ask the coordinator for a resync round", setupTrigger},
 		{"registrations", "", "list the live plugin registrations in order", setupRegistrations},
+		{"agents", "", "one line per agent: plugins, lease TTL left, last revision acked and its result, behind or not", setupAgents},
 		{"history", "[-n N]", "show the last N round summaries", setupHistory},
 		{"watch", "", "stream revision changes, round summaries and acks until interrupted", setupWatch},
 		{"rbac apply", "--agents A,B [--coordinator-user U] [--secrets-dir D] [--root-password P] [--no-passwords]", "create least-privilege etcd roles and users for resyncd and the agents, then enable etcd auth (idempotent)", setupRBACApply},
@@ -263,8 +264,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return int(code)
 	default:
 		msg := oneLine(err.Error())
-		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") {
-			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use the coordinator's user or root)"
+		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") && !strings.Contains(msg, "needs an operator") {
+			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"
 		}
 		fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
 		return exitFailure

@@ -11,8 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -94,9 +96,20 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 			return err
 		}
 	}
+	// resyncctl writes as an operator: the one rule of who may ask for
+	// what (schema.Request.AllowedFor) lets it ask for any scope; etcd's
+	// roles decide whether these credentials are an operator's.
+	writer := schema.Writer{Kind: schema.WriterOperator}
+	if err := req.AllowedFor(writer); err != nil {
+		return usagef("%v", err)
+	}
 	id := schema.NewRequestID(time.Now())
-	key := e.layout.Request(id)
+	key := e.layout.RequestOf(writer, id)
 	put, err := c.Put(cctx, key, string(val))
+	if errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
+			key, err, rbac.OperatorRole)
+	}
 	if err != nil {
 		return fmt.Errorf("write request %s: %w", key, err)
 	}

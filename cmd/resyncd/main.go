@@ -26,8 +26,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sirupsen/logrus"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/embedetcd"
@@ -64,9 +62,10 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	fs := flag.NewFlagSet("resyncd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	ef := etcdflags.Default()
+	ef.Endpoints = "" // unset: the embedded etcd (--help shows no default)
 	o := &options{etcd: &ef, coord: coordinator.DefaultConfig()}
 	o.etcd.Register(fs)
-	fs.Lookup("endpoints").Usage = "etcd client endpoints of an existing cluster (comma-separated host:port); when unset, resyncd starts an embedded etcd"
+	fs.Lookup("endpoints").Usage = "etcd client endpoints of an existing cluster (comma-separated host:port); unset: resyncd starts an embedded etcd"
 	fs.StringVar(&o.dataDir, "data-dir", "resyncd.etcd", "data dir of the embedded etcd (used when --endpoints is not set)")
 	fs.StringVar(&o.clientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL the embedded etcd serves (https:// with --embed-cert-file)")
 	fs.StringVar(&o.peerURL, "listen-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
@@ -76,7 +75,9 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	fs.BoolVar(&o.embedClientTLS, "embed-client-cert-auth", false, "require client certificates signed by --embed-trusted-ca-file")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz, /status")
 	fs.BoolVar(&o.httpPublic, "http-public", false, "allow --http-addr on a non-loopback address (it has no authentication)")
-	fs.StringVar(&o.coord.ID, "id", o.coord.ID, "coordinator id, written in every record it makes")
+	defaultID := o.coord.ID
+	o.coord.ID = "" // --help shows no per-process default
+	fs.StringVar(&o.coord.ID, "id", "", "coordinator id, written in every record it makes; unset: <hostname>-<pid>")
 	fs.StringVar(&o.coord.Prefix, "prefix", o.coord.Prefix, "etcd key prefix")
 	fs.DurationVar(&o.coord.SessionTTL, "session-ttl", o.coord.SessionTTL, "election session TTL: crash failover bound")
 	fs.DurationVar(&o.coord.RoundDeadline, "round-deadline", o.coord.RoundDeadline, "participants still pending then are timed out")
@@ -96,6 +97,9 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	visited := etcdflags.Visited(fs)
 	if err := etcdflags.ApplyEnv(fs, "RESYNC_", os.LookupEnv, visited); err != nil {
 		return nil, false, err
+	}
+	if o.coord.ID == "" {
+		o.coord.ID = defaultID
 	}
 	// Visited now includes flags set from the environment.
 	return o, etcdflags.Visited(fs)["endpoints"], nil
@@ -198,15 +202,17 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	var etcdErr <-chan error
 	if !external {
 		dir, _ := filepath.Abs(o.dataDir)
+		etcdLog := newEtcdLog(log.WithField("component", "etcd"))
 		srv, err := embedetcd.Start(ctx, embedetcd.Config{
 			Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL, Front: true,
-			Logger: zapToLogrus(log.WithField("component", "etcd")),
+			Logger: etcdLog.Logger(),
 			TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
 		})
 		if err != nil {
 			return err
 		}
 		defer func() {
+			etcdLog.Closing()
 			srv.Close()
 			log.Info("resyncd: embedded etcd stopped")
 		}()
@@ -232,6 +238,10 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	}
 	co, err := coordinator.New(c, o.coord, coordinator.WithLogger(log), coordinator.WithHooks(m))
 	if err != nil {
+		return err
+	}
+	if err := metrics.RegisterTerm(reg, func() int64 { return co.Status().Term }); err != nil {
+		co.Close()
 		return err
 	}
 	layout, _ := schema.NewLayout(o.coord.Prefix)
@@ -285,24 +295,6 @@ func selfEndpoint(addr string) string {
 		return net.JoinHostPort("127.0.0.1", port)
 	}
 	return addr
-}
-
-// zapToLogrus routes etcd's zap logs (warnings and above) into logrus.
-func zapToLogrus(l logrus.FieldLogger) *zap.Logger {
-	enc := zapcore.NewConsoleEncoder(zapcore.EncoderConfig{MessageKey: "msg", LevelKey: "", TimeKey: ""})
-	core := zapcore.NewCore(enc, zapcore.AddSync(logWriter{l}), zap.WarnLevel)
-	return zap.New(core)
-}
-
-type logWriter struct{ l logrus.FieldLogger }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	msg := string(p)
-	for len(msg) > 0 && msg[len(msg)-1] == '\n' {
-		msg = msg[:len(msg)-1]
-	}
-	w.l.Warn(msg)
-	return len(p), nil
 }
 
 // probe GETs url and returns 0 on 200 OK.

@@ -98,7 +98,7 @@ func TestServesMetricsStatusAndHealthAfterARound(t *testing.T) {
 	}
 	// A manual request, then wait for the failure's retry round to be clean.
 	b, _ := schema.Encode(schema.Request{Reason: "test", Cause: schema.CauseManual, RequestedBy: "test", RequestedAt: time.Now().UTC()})
-	if _, err := c.Put(context.Background(), schema.MustLayout("").Request(schema.NewRequestID(time.Now())), string(b)); err != nil {
+	if _, err := c.Put(context.Background(), schema.MustLayout("").OperatorRequest(schema.NewRequestID(time.Now())), string(b)); err != nil {
 		t.Fatal(err)
 	}
 	var doc statusDoc

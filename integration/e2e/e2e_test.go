@@ -7,6 +7,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,7 +25,10 @@ const (
 	project    = "resync-e2e"
 	endpoints  = "127.0.0.1:23791,127.0.0.1:23792,127.0.0.1:23793"
 	sessionTTL = 3 * time.Second // RESYNC_SESSION_TTL in docker-compose.yml
-	agentTTL   = 3 * time.Second // RESYNC_TTL of the agents
+	promURL    = "http://127.0.0.1:19090"
+	// noLeaderFor is the `for` of ResyncNoLeader in deploy/prometheus/rules.yml.
+	noLeaderFor = 30 * time.Second
+	agentTTL    = 3 * time.Second // RESYNC_TTL of the agents
 )
 
 var root, _ = filepath.Abs("../..")
@@ -207,6 +212,95 @@ func (e *env) triggerWait(reason string) schema.Round {
 	return r
 }
 
+// prom GETs path (with query parameters q) from Prometheus' HTTP API and
+// decodes its data into v.
+func (e *env) prom(path string, q url.Values, v any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u := promURL + path
+	if q != nil {
+		u += "?" + q.Encode()
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var doc struct {
+		Status string          `json:"status"`
+		Error  string          `json:"error"`
+		Data   json.RawMessage `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		return fmt.Errorf("%s: %d: %v", u, resp.StatusCode, err)
+	}
+	if doc.Status != "success" {
+		return fmt.Errorf("%s: %s", u, doc.Error)
+	}
+	return json.Unmarshal(doc.Data, v)
+}
+
+// promTargets is the health of each resyncd scrape target ("up", "down",
+// "unknown") by instance.
+func (e *env) promTargets() map[string]string {
+	var d struct {
+		ActiveTargets []struct {
+			Labels    map[string]string `json:"labels"`
+			Health    string            `json:"health"`
+			LastError string            `json:"lastError"`
+		} `json:"activeTargets"`
+	}
+	health := map[string]string{}
+	if e.prom("/api/v1/targets", nil, &d) != nil {
+		return health
+	}
+	for _, t := range d.ActiveTargets {
+		if t.Labels["job"] == "resyncd" {
+			health[t.Labels["instance"]] = t.Health
+		}
+	}
+	return health
+}
+
+// promScalar evaluates an instant query that yields one sample.
+func (e *env) promScalar(query string) (float64, bool) {
+	var d struct {
+		Result []struct {
+			Value [2]any `json:"value"`
+		} `json:"result"`
+	}
+	if e.prom("/api/v1/query", url.Values{"query": {query}}, &d) != nil || len(d.Result) != 1 {
+		return 0, false
+	}
+	str, _ := d.Result[0].Value[1].(string)
+	var v float64
+	if _, err := fmt.Sscan(str, &v); err != nil {
+		return 0, false
+	}
+	return v, true
+}
+
+// alertState is the state of alert name in Prometheus ("firing",
+// "pending"), "" when it is not active.
+func (e *env) alertState(name string) string {
+	var d struct {
+		Alerts []struct {
+			Labels map[string]string `json:"labels"`
+			State  string            `json:"state"`
+		} `json:"alerts"`
+	}
+	if e.prom("/api/v1/alerts", nil, &d) != nil {
+		return "?"
+	}
+	for _, a := range d.Alerts {
+		if a.Labels["alertname"] == name {
+			return a.State
+		}
+	}
+	return ""
+}
+
 func TestE2E(t *testing.T) {
 	e := newEnv(t)
 	e.run(3*time.Minute, e.compose[0], append(e.compose[1:], "down", "-v", "--remove-orphans")...)
@@ -239,6 +333,40 @@ func TestE2E(t *testing.T) {
 		return ""
 	})
 
+	e.step("Prometheus: both resyncd targets up, sum(resync_leader) == 1, 6 alert rules loaded", func() string {
+		defer http.DefaultClient.CloseIdleConnections()
+		e.waitFor(time.Minute, "Prometheus to scrape resyncd1 and resyncd2 (up) with one leader", func() bool {
+			h := e.promTargets()
+			v, ok := e.promScalar("sum(resync_leader)")
+			return h["resyncd1:9090"] == "up" && h["resyncd2:9090"] == "up" && ok && v == 1
+		})
+		var rules struct {
+			Groups []struct {
+				Rules []struct {
+					Type string `json:"type"`
+				} `json:"rules"`
+			} `json:"groups"`
+		}
+		if err := e.prom("/api/v1/rules", nil, &rules); err != nil {
+			t.Fatalf("E2E FAILED: rules: %v", err)
+		}
+		alerting := 0
+		for _, g := range rules.Groups {
+			for _, r := range g.Rules {
+				if r.Type == "alerting" {
+					alerting++
+				}
+			}
+		}
+		if alerting != 6 {
+			t.Fatalf("E2E FAILED: Prometheus loaded %d alerting rules, want 6", alerting)
+		}
+		// Pending (or firing) while the cluster started without a leader:
+		// the next evaluations with a leader clear it.
+		e.waitFor(30*time.Second, "ResyncNoLeader inactive with a leader", func() bool { return e.alertState("ResyncNoLeader") == "" })
+		return fmt.Sprintf("(%d alerting rules)", alerting)
+	})
+
 	e.step("resyncctl trigger --wait: every agent x plugin acked", func() string {
 		r := e.triggerWait("e2e: first round")
 		if r.Counts.Participants != 9 || r.Counts.Acked != 9 {
@@ -248,14 +376,20 @@ func TestE2E(t *testing.T) {
 	})
 
 	e.step("docker kill the leading resyncd mid-round: the standby completes the same revision", func() string {
-		n := e.startedRound("e2e: leader crash")
-		s, _ := e.status()
+		// Leader and container ids first: a round takes ~4 s, and under load
+		// docker-compose ps alone can take seconds.
+		s, err := e.status()
+		if err != nil {
+			t.Fatal(err)
+		}
 		leader, _, _ := strings.Cut(s.Leader, "@")
 		standby, port := "resyncd2", 19092
 		if leader == "resyncd2" {
 			standby, port = "resyncd1", 19091
 		}
-		e.must(time.Minute, "docker", "kill", e.id(leader))
+		leaderID := e.id(leader)
+		n := e.startedRound("e2e: leader crash")
+		e.must(time.Minute, "docker", "kill", leaderID)
 		took := e.waitFor(30*time.Second, standby+" to lead", func() bool { return strings.Contains(e.ready(port), "leading") })
 		if took > sessionTTL+2*time.Second {
 			t.Fatalf("E2E FAILED: %s took %v to take over, more than TTL %v + 2s", standby, took, sessionTTL)
@@ -276,8 +410,9 @@ func TestE2E(t *testing.T) {
 	})
 
 	e.step("docker kill an agent mid-round: the round completes with it departed", func() string {
+		agent3 := e.id("agent3") // before the round: it takes ~4 s
 		n := e.startedRound("e2e: agent crash")
-		e.must(time.Minute, "docker", "kill", e.id("agent3"))
+		e.must(time.Minute, "docker", "kill", agent3)
 		r := e.finished(n, 90*time.Second)
 		departed := 0
 		for _, p := range r.Departed {
@@ -369,6 +504,49 @@ func TestE2E(t *testing.T) {
 			t.Fatalf("E2E FAILED: round after %s rejoined: %+v", leader, r2.Counts)
 		}
 		return fmt.Sprintf("(stopped %s; rounds %d and %d clean)", leader, r.Revision, r2.Revision)
+	})
+
+	e.step("docker kill the leading resyncd, docker pause the standby past the no-leader threshold: ResyncNoLeader fires, then resolves", func() string {
+		defer http.DefaultClient.CloseIdleConnections()
+		s, err := e.status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		leader, _, _ := strings.Cut(s.Leader, "@")
+		standby, leaderPort, standbyPort := "resyncd2", 19091, 19092
+		if leader == "resyncd2" {
+			standby, leaderPort, standbyPort = "resyncd1", 19092, 19091
+		}
+		e.must(time.Minute, "docker", "pause", e.id(standby))
+		paused := true
+		defer func() {
+			if paused {
+				e.run(time.Minute, "docker", "unpause", e.id(standby))
+			}
+		}()
+		e.must(time.Minute, "docker", "kill", e.id(leader))
+		fired := e.waitFor(noLeaderFor+time.Minute, "ResyncNoLeader to fire", func() bool { return e.alertState("ResyncNoLeader") == "firing" })
+		if fired < noLeaderFor {
+			t.Fatalf("E2E FAILED: ResyncNoLeader fired %v after the kill, before its for: %v", fired, noLeaderFor)
+		}
+		e.must(time.Minute, "docker", "unpause", e.id(standby))
+		paused = false
+		led := e.waitFor(time.Minute, standby+" to lead after its pause", func() bool { return strings.Contains(e.ready(standbyPort), "leading") })
+		resolved := e.waitFor(time.Minute, "ResyncNoLeader to resolve", func() bool {
+			v, ok := e.promScalar("sum(resync_leader)")
+			return ok && v == 1 && e.alertState("ResyncNoLeader") == ""
+		})
+		e.dc("start", leader)
+		e.waitFor(time.Minute, leader+" back as standby and both targets up", func() bool {
+			h := e.promTargets()
+			return strings.Contains(e.ready(leaderPort), "standby") && h["resyncd1:9090"] == "up" && h["resyncd2:9090"] == "up"
+		})
+		r := e.triggerWait("e2e: after the no-leader alert")
+		if r.Counts.Acked != 9 {
+			t.Fatalf("E2E FAILED: round after the no-leader window: %+v", r.Counts)
+		}
+		return fmt.Sprintf("(killed %s, paused %s: firing after %v; %s led %v after unpause; resolved %v later; round %d clean)",
+			leader, standby, fired.Round(time.Second), standby, led.Round(time.Millisecond), resolved.Round(time.Second), r.Revision)
 	})
 
 	e.step("etcdctl get --prefix /resync/ -w json from inside the network", func() string {

@@ -4,6 +4,7 @@
 package metrics
 
 import (
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,10 @@ type Metrics struct {
 	backoff      prometheus.Gauge
 	revision     prometheus.Gauge
 	resumed      prometheus.Counter
+	dbSize       prometheus.Gauge
+	dbInUse      prometheus.Gauge
+	dbQuota      prometheus.Gauge
+	deadline     prometheus.Gauge
 }
 
 // Series names, for documentation and tests.
@@ -39,7 +44,21 @@ const (
 	BackoffSeconds     = "resync_backoff_seconds"
 	Revision           = "resync_revision"
 	RoundsResumedTotal = "resync_rounds_resumed_total"
+	EtcdDBSize         = "resync_etcd_db_size_bytes"
+	EtcdDBSizeInUse    = "resync_etcd_db_size_in_use_bytes"
+	EtcdDBQuota        = "resync_etcd_db_quota_bytes"
+	RoundDeadline      = "resync_round_deadline_timestamp_seconds"
+	LeaderTerm         = "resync_leader_term"
 )
+
+// RegisterTerm registers resync_leader_term on reg, read from term at each
+// scrape (the coordinator's Status().Term: the election term while it
+// leads, else 0).
+func RegisterTerm(reg prometheus.Registerer, term func() int64) error {
+	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: LeaderTerm,
+		Help: "Election term (the leader key's create revision) while this coordinator leads, else 0."},
+		func() float64 { return float64(term()) }))
+}
 
 // New creates the series and registers them on reg.
 func New(reg prometheus.Registerer) (*Metrics, error) {
@@ -56,15 +75,23 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: Leader,
 			Help: "1 while this coordinator leads, else 0."}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: RequestsTotal,
-			Help: "Resync requests consumed by this coordinator, by cause (manual, error, rejoin, malformed)."}, []string{"cause"}),
+			Help: "Resync requests consumed by this coordinator, by cause (manual, error, rejoin; malformed, or refused: wider than its writer may ask for)."}, []string{"cause"}),
 		backoff: prometheus.NewGauge(prometheus.GaugeOpts{Name: BackoffSeconds,
 			Help: "The last retry backoff planned, in seconds."}),
 		revision: prometheus.NewGauge(prometheus.GaugeOpts{Name: Revision,
 			Help: "The last resync revision started or resumed by this coordinator."}),
 		resumed: prometheus.NewCounter(prometheus.CounterOpts{Name: RoundsResumedTotal,
 			Help: "Rounds this coordinator resumed after a failover."}),
+		dbSize: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdDBSize,
+			Help: "Size of etcd's backend database file (the largest of the members resyncd reaches), in bytes; counts against the quota."}),
+		dbInUse: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdDBSizeInUse,
+			Help: "Bytes of etcd's backend database in use; size minus in-use is what defragmentation would reclaim."}),
+		dbQuota: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdDBQuota,
+			Help: "etcd's backend quota in bytes (--quota-backend-bytes); past it etcd raises NOSPACE and refuses writes. 0 if unknown."}),
+		deadline: prometheus.NewGauge(prometheus.GaugeOpts{Name: RoundDeadline,
+			Help: "Deadline of the round this coordinator runs, as unix seconds; 0 when it runs none (an alert compares it with time())."}),
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed} {
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.deadline} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -80,6 +107,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		m.requests.WithLabelValues(string(c))
 	}
 	m.requests.WithLabelValues("malformed")
+	m.requests.WithLabelValues("refused")
 	return m, nil
 }
 
@@ -89,6 +117,7 @@ func (m *Metrics) Leading(l bool) {
 		m.leader.Set(1)
 	} else {
 		m.leader.Set(0)
+		m.deadline.Set(0) // a round left Started is the next leader's
 	}
 }
 
@@ -96,6 +125,7 @@ func (m *Metrics) Leading(l bool) {
 func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {
 	m.participants.Set(float64(len(r.Participants)))
 	m.revision.Set(float64(r.Revision))
+	m.deadline.Set(unixSeconds(r.Deadline))
 	if resumed {
 		m.resumed.Inc()
 	}
@@ -109,6 +139,15 @@ func (m *Metrics) RoundFinished(r schema.Round) {
 		m.rounds.WithLabelValues("unclean").Inc()
 	}
 	m.duration.Observe(r.DurationMS / 1000)
+	m.deadline.Set(0)
+}
+
+// unixSeconds is t as unix seconds with sub-second precision, 0 when zero.
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
 }
 
 // Resolved implements coordinator.Hooks.
@@ -118,12 +157,22 @@ func (m *Metrics) Resolved(_ schema.PluginID, outcome string) {
 
 // Request implements coordinator.Hooks.
 func (m *Metrics) Request(r schema.Request, err error) {
-	if err != nil {
+	switch {
+	case errors.Is(err, schema.ErrRefused):
+		m.requests.WithLabelValues("refused").Inc()
+	case err != nil:
 		m.requests.WithLabelValues("malformed").Inc()
-		return
+	default:
+		m.requests.WithLabelValues(string(r.Cause)).Inc()
 	}
-	m.requests.WithLabelValues(string(r.Cause)).Inc()
 }
 
 // Backoff implements coordinator.Hooks.
 func (m *Metrics) Backoff(d time.Duration) { m.backoff.Set(d.Seconds()) }
+
+// EtcdDB records etcd's database size, bytes in use and quota (0: unknown).
+func (m *Metrics) EtcdDB(size, inUse, quota int64) {
+	m.dbSize.Set(float64(size))
+	m.dbInUse.Set(float64(inUse))
+	m.dbQuota.Set(float64(quota))
+}

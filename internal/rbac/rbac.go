@@ -1,35 +1,45 @@
 // Package rbac sets up etcd's own authentication for a resync deployment
 // with least privilege: a coordinator role that may read and write the whole
-// prefix, and one role per agent that may touch only that agent's keys. It
-// is what `resyncctl rbac apply` and `resyncctl rbac status` run.
+// prefix, an operator role that may read it and write operators' requests,
+// and one role per agent that may touch only that agent's keys. It is what
+// `resyncctl rbac apply` and `resyncctl rbac status` run.
 //
 // The roles, for prefix P (default /resync/):
 //
-//	resync-coordinator   readwrite  P...                 (the whole prefix)
+//	resync-coordinator   readwrite  P...                    (the whole prefix)
+//	resync-operator      read       P...                    (the whole prefix)
+//	                     readwrite  P requests/operator/...
 //	resync-agent-<a>     readwrite  P registrations/<a>/...
 //	                     readwrite  P acks/<a>/...
-//	                     readwrite  P owners/<a>         (the key alone)
-//	                     write      P requests/...
-//	                     read       P revision           (the key alone)
+//	                     readwrite  P requests/agent/<a>/...
+//	                     readwrite  P owners/<a>            (the key alone)
+//	                     read       P revision              (the key alone)
 //	                     read       P rounds/...
 //
 // That is all an agent needs: its registry writes and deletes its
 // registrations (on its lease) and its owner key (one process per agent
 // name), its watcher watches the revision key and
-// writes its acks (on the same lease) and requests (ReportError, rejoin).
-// Leases need no permission beyond authentication, except that revoking one
-// (an agent's Close) needs write permission on every key attached to it:
-// only the agent's own registrations and acks are. Reading rounds/ is
-// granted so that an agent may look up the summary of a round it took part
-// in.
+// writes its acks (on the same lease) and its own requests (ReportError,
+// rejoin). So etcd itself refuses an agent's request under another agent's
+// prefix, under the operators' prefix or at a legacy requests/<id> key, and
+// its overwriting or deleting others' requests; the coordinator refuses
+// what etcd cannot judge, an agent's request, under its own prefix, for
+// other agents or all (schema.Request.AllowedFor). Leases need no
+// permission beyond authentication, except that revoking one (an agent's
+// Close) needs write permission on every key attached to it: only the
+// agent's own registrations and acks are. Reading rounds/ is granted so that
+// an agent may look up the summary of a round it took part in.
 //
 // Users: one per agent, named like the agent and bound to its role; the
-// coordinator user (default "resyncd") bound to resync-coordinator; and
-// "root" with the root role, which etcd requires before it enables
-// authentication. With client certificate authentication (etcd's
-// --client-cert-auth) a client that presents a certificate and no password
-// is the user named by the certificate's common name (CN), so users may be
-// created without a password (Options.NoPassword).
+// coordinator user (default "resyncd") bound to resync-coordinator; the
+// operators (Spec.Operators, optional) bound to resync-operator, which is
+// what resyncctl status, history, watch and trigger need; and "root" with
+// the root role, which etcd requires before it enables authentication (root
+// may do everything, operators' work included). With client certificate
+// authentication (etcd's --client-cert-auth) a client that presents a
+// certificate and no password is the user named by the certificate's common
+// name (CN), so users may be created without a password
+// (Options.NoPassword).
 package rbac
 
 import (
@@ -54,6 +64,9 @@ const (
 	RootRole = "root"
 	// CoordinatorRole may read and write the whole prefix.
 	CoordinatorRole = "resync-coordinator"
+	// OperatorRole may read the whole prefix and write operators'
+	// requests (resyncctl status, history, watch, trigger).
+	OperatorRole = "resync-operator"
 	// AgentRolePrefix + agent name is an agent's role.
 	AgentRolePrefix = "resync-agent-"
 	// DefaultCoordinatorUser is the coordinator's user unless told
@@ -121,6 +134,9 @@ type Spec struct {
 	CoordinatorUser string
 	// Agents are the agent names; each becomes a user with its own role.
 	Agents []string
+	// Operators are users bound to OperatorRole (optional: root may do
+	// their work too).
+	Operators []string
 }
 
 func (s Spec) coordinatorUser() string {
@@ -153,6 +169,15 @@ func (s Spec) Validate() error {
 		}
 		seen[a] = true
 	}
+	for _, o := range s.Operators {
+		if err := schema.ValidateName("operator user", o); err != nil {
+			return fmt.Errorf("rbac: %w", err)
+		}
+		if seen[o] {
+			return fmt.Errorf("rbac: operator user %q is named twice, or like an agent, the coordinator user or root", o)
+		}
+		seen[o] = true
+	}
 	return nil
 }
 
@@ -168,13 +193,17 @@ func (s Spec) Roles() map[string][]Perm {
 	l := s.Layout
 	roles := map[string][]Perm{
 		CoordinatorRole: {withType(prefix(l.Prefix()), ReadWrite)},
+		OperatorRole: {
+			withType(prefix(l.Prefix()), Read),
+			withType(prefix(l.OperatorRequests()), ReadWrite),
+		},
 	}
 	for _, a := range s.Agents {
 		roles[AgentRole(a)] = []Perm{
-			withType(prefix(l.Prefix()+"registrations/"+a+"/"), ReadWrite),
-			withType(prefix(l.Prefix()+"acks/"+a+"/"), ReadWrite),
+			withType(prefix(l.AgentRegistrations(a)), ReadWrite),
+			withType(prefix(l.AgentAcks(a)), ReadWrite),
+			withType(prefix(l.AgentRequests(a)), ReadWrite),
 			{Type: ReadWrite, Key: l.Owner(a)},
-			withType(prefix(l.Requests()), Write),
 			{Type: Read, Key: l.Revision()},
 			withType(prefix(l.Prefix()+"rounds/"), Read),
 		}
@@ -187,6 +216,9 @@ func (s Spec) Users() map[string]string {
 	users := map[string]string{RootUser: RootRole, s.coordinatorUser(): CoordinatorRole}
 	for _, a := range s.Agents {
 		users[a] = AgentRole(a)
+	}
+	for _, o := range s.Operators {
+		users[o] = OperatorRole
 	}
 	return users
 }
@@ -338,7 +370,7 @@ func applyUser(ctx context.Context, c *clientv3.Client, user, role string, o Opt
 		}
 	}
 	for _, r := range roles {
-		if r != role && (r == CoordinatorRole || strings.HasPrefix(r, AgentRolePrefix)) {
+		if r != role && (r == CoordinatorRole || r == OperatorRole || strings.HasPrefix(r, AgentRolePrefix)) {
 			if _, err := c.UserRevokeRole(ctx, user, r); err != nil {
 				return fmt.Errorf("rbac: user %s: revoke role %s: %w", user, r, err)
 			}

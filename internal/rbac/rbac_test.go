@@ -60,14 +60,14 @@ func login(t *testing.T, m *etcdtest.Member, user, password string) (*clientv3.C
 
 func TestApplyIsExactAndIdempotent(t *testing.T) {
 	m := etcdtest.Start(t)
-	spec := Spec{Layout: layout, Agents: []string{"a", "b"}}
+	spec := Spec{Layout: layout, Agents: []string{"a", "b"}, Operators: []string{"ops"}}
 	pws := &passwords{given: map[string]string{}}
 	var changes []string
 	logf := func(format string, a ...any) { changes = append(changes, fmt.Sprintf(format, a...)) }
 	if err := Apply(ctxT(t), m.Client(t), spec, Options{Passwords: pws, Log: logf}); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"a", "b", "resyncd", "root"}; !slices.Equal(pws.made, want) {
+	if want := []string{"a", "b", "ops", "resyncd", "root"}; !slices.Equal(pws.made, want) {
 		t.Fatalf("generated passwords for %v, want %v", pws.made, want)
 	}
 	if !slices.Contains(changes, "enabled authentication") {
@@ -134,6 +134,32 @@ func TestApplyIsExactAndIdempotent(t *testing.T) {
 		t.Fatalf("a writes the revision after the re-apply: %v", err)
 	}
 
+	// Requests: each writer only under its own prefix.
+	ops, err := login(t, m, "ops", "gen-ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		who  string
+		c    *clientv3.Client
+		key  string
+		want error
+	}{
+		{"a", a, layout.AgentRequest("a", "1"), nil},
+		{"a", a, layout.AgentRequest("b", "1"), rpctypes.ErrPermissionDenied},
+		{"a", a, layout.OperatorRequest("1"), rpctypes.ErrPermissionDenied},
+		{"a", a, layout.LegacyRequest("1"), rpctypes.ErrPermissionDenied},
+		{"ops", ops, layout.OperatorRequest("1"), nil},
+		{"ops", ops, layout.AgentRequest("a", "2"), rpctypes.ErrPermissionDenied},
+	} {
+		if _, err := tc.c.Put(ctxT(t), tc.key, "{}"); !errors.Is(err, tc.want) && err != tc.want {
+			t.Errorf("%s writes %s: %v, want %v", tc.who, tc.key, err, tc.want)
+		}
+	}
+	if _, err := ops.Get(ctxT(t), layout.Prefix(), clientv3.WithPrefix()); err != nil {
+		t.Errorf("the operator cannot read the prefix: %v", err)
+	}
+
 	// Without credentials, once auth is on, Apply fails clearly.
 	if err := Apply(ctxT(t), m.Client(t), spec, Options{Passwords: pws}); err == nil || !strings.Contains(err.Error(), "rbac:") {
 		t.Fatalf("apply without root: %v", err)
@@ -165,7 +191,7 @@ func TestNoPasswordUsersAuthenticateByCertificate(t *testing.T) {
 	if _, err := a.Put(ctxT(t), layout.Ack("b", "p"), "x"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Fatalf("a (by certificate) writes b's ack: %v", err)
 	}
-	if _, err := etcdtest.ClientWith(t, cfg("nobody")).Put(ctxT(t), layout.Request("x"), "x"); err == nil {
+	if _, err := etcdtest.ClientWith(t, cfg("nobody")).Put(ctxT(t), layout.OperatorRequest("x"), "x"); err == nil {
 		t.Fatal("a certificate whose CN is no user wrote")
 	}
 	// root by certificate may read the state.
@@ -193,6 +219,9 @@ func TestSpecValidate(t *testing.T) {
 		{Spec{Agents: []string{"resyncd"}}, `like the coordinator user`},
 		{Spec{Agents: []string{"a"}, CoordinatorUser: "root"}, "must not be root"},
 		{Spec{Agents: []string{"a"}, CoordinatorUser: "co ord"}, "invalid name"},
+		{Spec{Agents: []string{"a"}, Operators: []string{"a"}}, `operator user "a" is named twice, or like an agent`},
+		{Spec{Agents: []string{"a"}, Operators: []string{"resyncd"}}, `operator user "resyncd" is named twice`},
+		{Spec{Agents: []string{"a"}, Operators: []string{""}}, "operator user name is empty"},
 	} {
 		t.Run(fmt.Sprint(tc.spec.Agents, tc.spec.CoordinatorUser), func(t *testing.T) {
 			tc.spec.Layout = layout

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// agentDoc is one row of `agents -o json`.
+type agentDoc struct {
+	Agent string `json:"agent"`
+	// Plugins are the agent's registered plugins in registration order.
+	Plugins []string `json:"plugins"`
+	// Lease is the agent session's lease, in hex as etcdctl prints it.
+	Lease string `json:"lease"`
+	// LeaseTTLSeconds is what is left of the lease (-1: expired, the
+	// registrations go with it).
+	LeaseTTLSeconds int64 `json:"lease_ttl_seconds"`
+	// AckedRevision is the latest revision any of its plugins acked (0:
+	// none), Result the worst result among its plugins' acks of that
+	// revision (error, then timeout, then ok).
+	AckedRevision uint64        `json:"acked_revision"`
+	Result        schema.Result `json:"result,omitempty"`
+	// Behind: some plugin that takes part in the current revision (in its
+	// scope and registered before it started) has not acked it; those are
+	// BehindPlugins.
+	Behind        bool     `json:"behind"`
+	BehindPlugins []string `json:"behind_plugins,omitempty"`
+}
+
+// agentsDoc is `agents -o json`.
+type agentsDoc struct {
+	// Revision and State are the current revision record's (0 and "" when
+	// there is none yet).
+	Revision uint64        `json:"revision"`
+	State    schema.Status `json:"state,omitempty"`
+	Agents   []agentDoc    `json:"agents"`
+}
+
+func setupAgents(*flag.FlagSet) func(context.Context, *env) error {
+	return func(ctx context.Context, e *env) error {
+		c, err := e.dial(ctx)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := e.etcd.CommandContext(ctx)
+		defer cancel()
+		doc, err := e.readAgents(ctx, c)
+		if err != nil {
+			return err
+		}
+		if e.json {
+			return writeJSON(e.stdout, doc)
+		}
+		tw := newTable(e.stdout)
+		row(tw, "AGENT", "PLUGINS", "LEASE_TTL", "ACKED", "RESULT", "BEHIND")
+		for _, a := range doc.Agents {
+			ttl := "expired"
+			if a.LeaseTTLSeconds >= 0 {
+				ttl = (time.Duration(a.LeaseTTLSeconds) * time.Second).String()
+			}
+			acked := "-"
+			if a.AckedRevision != 0 {
+				acked = fmt.Sprint(a.AckedRevision)
+			}
+			behind := "no"
+			if a.Behind {
+				behind = fmt.Sprintf("yes: %s not at %d", listFirst(a.BehindPlugins, 3), doc.Revision)
+			}
+			row(tw, a.Agent, fmt.Sprintf("%d: %s", len(a.Plugins), listFirst(a.Plugins, 3)), ttl, acked, string(a.Result), behind)
+		}
+		return tw.Flush()
+	}
+}
+
+// resultRank orders ack results from best to worst.
+func resultRank(r schema.Result) int {
+	switch r {
+	case schema.ResultOK:
+		return 0
+	case schema.ResultTimeout:
+		return 1
+	}
+	return 2 // error, or unknown
+}
+
+// readAgents reads the revision record, registrations and acks at one etcd
+// revision and the TTL left on each agent's lease.
+func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, error) {
+	rev, at, err := e.readRevision(ctx, c)
+	if err != nil {
+		return agentsDoc{}, err
+	}
+	regs, err := e.readRegistrations(ctx, c, at)
+	if err != nil {
+		return agentsDoc{}, err
+	}
+	acks, err := e.readAcks(ctx, c, at)
+	if err != nil {
+		return agentsDoc{}, err
+	}
+	doc := agentsDoc{Agents: []agentDoc{}}
+	if rev != nil {
+		doc.Revision, doc.State = rev.Revision, rev.State
+	}
+	ttls := map[clientv3.LeaseID]int64{}
+	// readRegistrations sorts by agent, then registration order.
+	for i := 0; i < len(regs); {
+		j := i
+		for j < len(regs) && regs[j].Agent == regs[i].Agent {
+			j++
+		}
+		a := agentDoc{Agent: regs[i].Agent, LeaseTTLSeconds: -1}
+		var lease clientv3.LeaseID
+		for _, r := range regs[i:j] {
+			a.Plugins = append(a.Plugins, r.Plugin)
+			if ack, ok := acks[r.ID()]; ok && ack.Revision > a.AckedRevision {
+				a.AckedRevision = ack.Revision
+			}
+			if lease == 0 || r.Lease < lease {
+				lease = r.Lease
+			}
+		}
+		for _, r := range regs[i:j] {
+			if ack, ok := acks[r.ID()]; ok && ack.Revision == a.AckedRevision && (a.Result == "" || resultRank(ack.Result) > resultRank(a.Result)) {
+				a.Result = ack.Result
+			}
+			if rev != nil && rev.Scope.Includes(r.Agent, r.Plugin) && !r.RegisteredAt.After(rev.StartedAt) {
+				if ack, ok := acks[r.ID()]; !ok || ack.Revision < rev.Revision {
+					a.Behind = true
+					a.BehindPlugins = append(a.BehindPlugins, r.Plugin)
+				}
+			}
+		}
+		a.Lease = fmt.Sprintf("%x", int64(lease))
+		if lease != 0 {
+			ttl, seen := ttls[lease]
+			if !seen {
+				resp, err := c.TimeToLive(ctx, lease)
+				if err != nil {
+					return agentsDoc{}, fmt.Errorf("lease %x of agent %s: %w", int64(lease), a.Agent, err)
+				}
+				ttl = resp.TTL
+				ttls[lease] = ttl
+			}
+			a.LeaseTTLSeconds = ttl
+		}
+		doc.Agents = append(doc.Agents, a)
+		i = j
+	}
+	return doc, nil
+}

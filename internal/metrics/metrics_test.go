@@ -1,0 +1,48 @@
+package metrics
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// TestRoundDeadlineGauge: the deadline gauge holds the running round's
+// deadline in unix seconds, and 0 once it finished or leadership was lost.
+func TestRoundDeadlineGauge(t *testing.T) {
+	m, err := New(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := gauge(t, m.deadline); v != 0 {
+		t.Fatalf("before any round: %v, want 0", v)
+	}
+	deadline := time.Date(2026, 1, 2, 3, 4, 5, 500_000_000, time.UTC)
+	r := schema.Round{Revision: 7, State: schema.Started, StartedAt: deadline.Add(-2 * time.Minute), Deadline: deadline}
+	m.RoundStarted(r, false)
+	if v, want := gauge(t, m.deadline), float64(deadline.Unix())+0.5; v != want {
+		t.Fatalf("running: %v, want %v", v, want)
+	}
+	r.State = schema.NotActive
+	m.RoundFinished(r)
+	if v := gauge(t, m.deadline); v != 0 {
+		t.Fatalf("finished: %v, want 0", v)
+	}
+	m.RoundStarted(r, true)
+	m.Leading(false)
+	if v := gauge(t, m.deadline); v != 0 {
+		t.Fatalf("after losing leadership: %v, want 0", v)
+	}
+}
+
+func gauge(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := g.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetGauge().GetValue()
+}

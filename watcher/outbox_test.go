@@ -1,0 +1,306 @@
+package watcher
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/rbac"
+	"github.com/resyncd/resync/schema"
+)
+
+// ackWrite is one ack as etcd recorded it.
+type ackWrite struct {
+	plugin string
+	ack    schema.Ack
+	modRev int64 // the etcd revision: one per Txn
+}
+
+// watchAcks follows agent's ack keys from now on.
+func watchAcks(t *testing.T, c *clientv3.Client, agent string) clientv3.WatchChan {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	wch := c.Watch(ctx, layout.AgentAcks(agent), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	if resp := <-wch; !resp.Created {
+		t.Fatalf("ack watch not created: %v", resp.Err())
+	}
+	return wch
+}
+
+// collectAcks reads the watch until n acks of revision rev arrived, in the
+// order etcd applied them (within a Txn: the order of its operations).
+func collectAcks(t *testing.T, wch clientv3.WatchChan, rev uint64, n int) []ackWrite {
+	t.Helper()
+	var out []ackWrite
+	deadline := time.After(wait)
+	for len(out) < n {
+		select {
+		case resp, ok := <-wch:
+			if !ok || resp.Err() != nil {
+				t.Fatalf("ack watch ended: %v", resp.Err())
+			}
+			for _, e := range resp.Events {
+				key := string(e.Kv.Key)
+				k, err := layout.Parse(key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				a, err := schema.DecodeAck(key, e.Kv.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if a.Revision == rev {
+					out = append(out, ackWrite{k.Plugin, a, e.Kv.ModRevision})
+				}
+			}
+		case <-deadline:
+			t.Fatalf("%d of %d acks of revision %d within %v", len(out), n, rev, wait)
+		}
+	}
+	return out
+}
+
+func pluginNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("p%02d", i)
+	}
+	return names
+}
+
+// recorder runs plugins and records the order in which they took Started.
+// Make it before the agent (its Cleanup waits for the plugins, which end
+// when the agent's Close closes their channels).
+type recorder struct {
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	order map[uint64][]string
+}
+
+func newRecorder(t *testing.T) *recorder {
+	r := &recorder{order: map[uint64][]string{}}
+	t.Cleanup(r.wg.Wait)
+	return r
+}
+
+func (r *recorder) took(rev uint64, plugin string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.order[rev] = append(r.order[rev], plugin)
+}
+
+func (r *recorder) startedOrder(rev uint64) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.order[rev])
+}
+
+// run serves one plugin: behave says what it does with a Started event
+// ("ack", "hold": take it and never ack, "deaf": never read the channel).
+func (r *recorder) run(name string, ch <-chan StatusEvent, behave string) {
+	if behave == "deaf" {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for ev := range ch {
+			e := ev.(*Event)
+			if e.ResyncStatus() != schema.Started {
+				continue
+			}
+			r.took(e.Revision(), name)
+			if behave == "ack" {
+				e.Ack()
+			}
+		}
+	}()
+}
+
+// An agent with 10 plugins that all ack within AckBatchWindow writes their
+// acks in one Txn: one etcd revision, in registration order, for the join
+// resync and for a later round.
+func TestAcksWithinTheWindowShareOneTxn(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	rec := newRecorder(t)
+	// A generous window: under a loaded -race run ten plugins must ack
+	// within it; the default (2 ms) is measured by BenchmarkEventDelivery.
+	a := newAgent(t, c, "batch", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = 500 * time.Millisecond })
+	names := pluginNames(10)
+	for k, ch := range a.register(t, names...) {
+		rec.run(names[k], ch, "ack")
+	}
+	wch := watchAcks(t, c, "batch")
+	for _, n := range []uint64{1, 2} {
+		txnsBefore := a.w.Stats().AckTxns
+		writeRev(t, c, n, schema.Started, schema.Scope{})
+		acks := collectAcks(t, wch, n, len(names))
+		var plugins []string
+		for _, w := range acks {
+			plugins = append(plugins, w.plugin)
+			if w.modRev != acks[0].modRev || w.ack.Result != schema.ResultOK {
+				t.Fatalf("revision %d: acks %+v are not all ok in one etcd revision", n, acks)
+			}
+		}
+		if !slices.Equal(plugins, names) {
+			t.Fatalf("revision %d: acks written in order %v, want %v", n, plugins, names)
+		}
+		if got := rec.startedOrder(n); !slices.Equal(got, names) {
+			t.Fatalf("revision %d: Started taken in order %v, want %v", n, got, names)
+		}
+		etcdtest.WaitFor(t, wait, "the Txn counted", func() bool { return a.w.Stats().AcksWritten == uint64(len(names))*n })
+		if d := a.w.Stats().AckTxns - txnsBefore; d != 1 {
+			t.Fatalf("revision %d: %d ack Txns, want 1", n, d)
+		}
+	}
+}
+
+// With batching, timeouts keep their meaning and order holds: a plugin that
+// takes Started and never acks gets a timeout ack after AckTimeout, one that
+// never takes it a timeout ack after AcceptTimeout; the next plugins proceed
+// after each, and every ack reaches etcd no earlier (in etcd revisions) than
+// the acks of the plugins before it.
+func TestBatchedAcksKeepOrderAndTimeouts(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	rec := newRecorder(t)
+	a := newAgent(t, c, "slow", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = 300 * time.Millisecond })
+	names := pluginNames(10)
+	behave := map[string]string{"p03": "hold", "p06": "deaf"}
+	for k, ch := range a.register(t, names...) {
+		b := behave[names[k]]
+		if b == "" {
+			b = "ack"
+		}
+		rec.run(names[k], ch, b)
+	}
+	wch := watchAcks(t, c, "slow")
+	writeRev(t, c, 1, schema.Started, schema.Scope{})
+	acks := collectAcks(t, wch, 1, len(names))
+	byPlugin := map[string]ackWrite{}
+	for _, w := range acks {
+		byPlugin[w.plugin] = w
+	}
+	for k, p := range names {
+		w, ok := byPlugin[p]
+		if !ok {
+			t.Fatalf("no ack of %s in %+v", p, acks)
+		}
+		want := schema.ResultOK
+		if behave[p] != "" {
+			want = schema.ResultTimeout
+		}
+		if w.ack.Result != want {
+			t.Errorf("%s acked %s (%q), want %s", p, w.ack.Result, w.ack.Error, want)
+		}
+		if k > 0 && w.modRev < byPlugin[names[k-1]].modRev {
+			t.Errorf("%s's ack is at etcd revision %d, before %s's at %d", p, w.modRev, names[k-1], byPlugin[names[k-1]].modRev)
+		}
+	}
+	wantTaken := slices.DeleteFunc(slices.Clone(names), func(p string) bool { return p == "p06" })
+	if got := rec.startedOrder(1); !slices.Equal(got, wantTaken) {
+		t.Fatalf("Started taken in order %v, want %v", got, wantTaken)
+	}
+	// The outbox counts a write after etcd answered it, maybe after the
+	// watch saw it.
+	var s Stats
+	etcdtest.WaitFor(t, wait, "10 acks counted as written", func() bool { s = a.w.Stats(); return s.AcksWritten == 10 })
+	if s.AckTimeouts != 1 || s.AcceptTimeouts != 1 {
+		t.Fatalf("stats %+v: want 1 ack timeout, 1 accept timeout", s)
+	}
+}
+
+// One plugin, the default window: its round completes as before.
+func TestOnePluginDefaultWindow(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "solo", 10*time.Second)
+	if a.w.cfg.AckBatchWindow != DefaultConfig().AckBatchWindow {
+		t.Fatalf("window %v, want the default %v", a.w.cfg.AckBatchWindow, DefaultConfig().AckBatchWindow)
+	}
+	cnt := autoAck(a.register(t, "p")[0])
+	for _, n := range []uint64{1, 2} {
+		writeRev(t, c, n, schema.Started, schema.Scope{})
+		waitAck(t, c, "solo", "p", n, schema.ResultOK)
+		if got := cnt.get(schema.Started, n); got != 1 {
+			t.Fatalf("Started %d delivered %d times", n, got)
+		}
+	}
+}
+
+// 130 plugins acking within the window: etcd's 128-operation Txn limit
+// holds, so the acks go in two Txns, the first full, in order.
+func TestAckBatchesRespectTheTxnLimit(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	rec := newRecorder(t)
+	a := newAgent(t, c, "wide", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = time.Second })
+	names := make([]string, maxTxnOps+2)
+	for i := range names {
+		names[i] = fmt.Sprintf("p%03d", i)
+	}
+	for k, ch := range a.register(t, names...) {
+		rec.run(names[k], ch, "ack")
+	}
+	wch := watchAcks(t, c, "wide")
+	writeRev(t, c, 1, schema.Started, schema.Scope{})
+	acks := collectAcks(t, wch, 1, len(names))
+	perRev := map[int64]int{}
+	for i, w := range acks {
+		if w.plugin != names[i] {
+			t.Fatalf("ack %d is %s's, want %s's: order broken", i, w.plugin, names[i])
+		}
+		perRev[w.modRev]++
+	}
+	if len(perRev) != 2 || perRev[acks[0].modRev] != maxTxnOps {
+		t.Fatalf("acks per etcd revision %v, want %d then 2", perRev, maxTxnOps)
+	}
+}
+
+type fixedPasswords struct{}
+
+func (fixedPasswords) Given(user string) (string, bool, error) { return "pw-" + user, true, nil }
+func (fixedPasswords) New(user string) (string, error)         { return "pw-" + user, nil }
+
+// A write etcd refuses for good is dropped, logged and counted, and does
+// not hold back the acks that shared its Txn: here the agent's role lacks
+// its requests prefix (as before `rbac apply` was re-run after an upgrade).
+func TestRefusedRequestDoesNotBlockAcks(t *testing.T) {
+	m := etcdtest.Start(t)
+	spec := rbac.Spec{Layout: layout, Agents: []string{"old"}}
+	if err := rbac.Apply(ctxT(t, 30*time.Second), m.Client(t), spec, rbac.Options{Passwords: fixedPasswords{}}); err != nil {
+		t.Fatal(err)
+	}
+	login := func(user string) *clientv3.Client {
+		return etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{m.Endpoint()}, Username: user, Password: "pw-" + user, DialTimeout: 30 * time.Second})
+	}
+	root := login(rbac.RootUser)
+	reqs := layout.AgentRequests("old")
+	if _, err := root.RoleRevokePermission(ctxT(t, 10*time.Second), rbac.AgentRole("old"), reqs, clientv3.GetPrefixRangeEnd(reqs)); err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder(t)
+	a := newAgent(t, login("old"), "old", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = time.Second })
+	chs := a.register(t, "p")
+	writeRev(t, root, 1, schema.Started, schema.Scope{})
+	ev := recv(t, chs[0], "join resync of p")
+	// The request and the ack are queued together: one Txn, refused.
+	if _, err := a.w.Request(schema.Request{Reason: "test", Cause: schema.CauseError, Scope: schema.Scope{Agent: "old"}, RequestedBy: "old"}); err != nil {
+		t.Fatal(err)
+	}
+	ev.Ack()
+	rec.run("p", chs[0], "ack")
+	waitAck(t, root, "old", "p", 1, schema.ResultOK)
+	etcdtest.WaitFor(t, wait, "the refused request dropped", func() bool { return a.w.Stats().WritesDropped == 1 })
+	if s := a.w.Stats(); s.RequestsWritten != 0 || s.AcksWritten != 1 {
+		t.Fatalf("stats %+v: want the ack written and no request", s)
+	}
+}
