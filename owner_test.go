@@ -149,7 +149,8 @@ func TestDuplicateNameCrashRestartTakesOverAtOnce(t *testing.T) {
 	p.Register("ifplugin")
 	etcdtest.WaitFor(t, 5*time.Second, "the restarted process owning the name", func() bool {
 		_, l, ok := ownerOf(t, c, "cr")
-		return ok && l != oldLease && leaseOf(t, c, layout.Registration("cr", "ifplugin")) == l
+		resp, err := c.Get(ctxT(t, 5*time.Second), layout.Registration("cr", "ifplugin"))
+		return ok && l != oldLease && err == nil && len(resp.Kvs) == 1 && clientv3.LeaseID(resp.Kvs[0].Lease) == l
 	})
 	if d := time.Since(start); d >= 10*time.Second {
 		t.Fatalf("took %v: waited for the old lease", d)

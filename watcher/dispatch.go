@@ -86,7 +86,6 @@ func (w *Watcher) idle(rec *schema.Revision, recCtx context.Context, plugins []*
 		return
 	}
 	p, ev := parked[i-fixed], events[i-fixed]
-	p.parked = false
 	log := w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision, "join": true})
 	log.Info("watcher: plugin took its join Started late (it was parked after the accept timeout)")
 	w.took(p, ev, *rec, w.clock.Now(), log)
@@ -102,17 +101,23 @@ func (w *Watcher) closeChannels() {
 
 // nextStarted is the first plugin, in registration order, that is owed
 // Started for rec: one in its scope while it is Started, or one that has not
-// had its join resync yet (whatever the scope and state). Parked plugins are
-// skipped: idle offers them their join.
+// had its join resync yet (whatever the scope and state). A parked plugin is
+// offered its join here only as a participant of a Started round (it then
+// gets a timeout ack like any participant); otherwise idle offers it.
 func (w *Watcher) nextStarted(rec schema.Revision, plugins []*plugin) (p *plugin, join bool) {
 	for _, p := range plugins {
-		if p.handled >= rec.Revision || p.parked {
+		if p.handled >= rec.Revision {
 			continue
 		}
-		if !p.joined {
+		participant := rec.State == schema.Started && rec.Scope.Includes(w.agent, p.name)
+		switch {
+		case p.parked && participant:
+			return p, true // its join, offered in order to a round it is part of
+		case p.parked:
+			continue // idle offers it
+		case !p.joined:
 			return p, true
-		}
-		if rec.State == schema.Started && rec.Scope.Includes(w.agent, p.name) {
+		case participant:
 			return p, false
 		}
 	}
@@ -148,12 +153,19 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 	case p.ch <- ev:
 	case <-w.clock.After(w.cfg.AcceptTimeout):
 		if join {
-			// A join resync is never lost: no timeout ack (the plugin
-			// has not loaded its state at all), the event stays offered.
-			p.parked = true
-			w.stats.joinsParked.Add(1)
+			// A join resync is never lost: it stays offered (idle),
+			// and the next plugin proceeds. If the plugin is a
+			// participant of the round, the round gets its timeout ack
+			// (below), so it does not wait for a plugin that is not
+			// reading; the retry round, or the late join, covers it.
+			if !p.parked {
+				p.parked = true
+				w.stats.joinsParked.Add(1)
+			}
 			log.WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take its join Started; it stays offered, next plugin proceeds")
-			return
+			if rec.State != schema.Started || !rec.Scope.Includes(w.agent, p.name) {
+				return
+			}
 		}
 		p.handled = rec.Revision
 		w.stats.acceptTimeouts.Add(1)
@@ -174,7 +186,7 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 // ack timeout. The wait is not cut short by a newer record: one plugin of an
 // agent reloads at a time.
 func (w *Watcher) took(p *plugin, ev *Event, rec schema.Revision, start time.Time, log logrus.FieldLogger) {
-	p.handled, p.taken, p.joined = rec.Revision, rec.Revision, true
+	p.handled, p.taken, p.joined, p.parked = rec.Revision, rec.Revision, true, false
 	w.stats.started.Add(1)
 	log.WithField("accepted_in", w.clock.Now().Sub(start)).Debug("watcher: plugin took Started")
 	select {

@@ -80,9 +80,9 @@ func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
 	for k := range ch {
 		recv(t, ch[k], "join").Ack()
 	}
+	start := time.Now()
 	writeRev(t, c, 2, schema.Started, schema.Scope{})
 
-	start := time.Now()
 	mute := recv(t, ch[1], "mute after deaf's accept timeout")
 	if d := time.Since(start); d < acceptTimeout {
 		t.Fatalf("mute got Started %v after the write, before deaf's accept timeout %v", d, acceptTimeout)
@@ -415,21 +415,24 @@ func TestNewerRevisionWhileAPluginHoldsTheOlder(t *testing.T) {
 }
 
 // A plugin that does not take its join Started within the accept timeout is
-// not timed out: the next plugin proceeds, no timeout ack is written for it,
-// and when it reads late it gets exactly one Started for the current
-// revision, whose ack is written.
+// not timed out outside a round: the next plugin proceeds, no timeout ack is
+// written for it, and when it reads late it gets exactly one Started for the
+// current revision, whose ack is written. As a participant of a Started
+// round it gets a timeout ack (the round does not wait for it) and still its
+// one late Started.
 func TestLateJoinIsParkedNotLost(t *testing.T) {
 	m := etcdtest.Start(t)
 	c := m.Client(t)
 	a := newAgent(t, c, "lj", 5*time.Second)
 	ch := a.register(t, "late", "prompt")
-	writeRev(t, c, 1, schema.Started, schema.Scope{})
+	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
 
 	recv(t, ch[1], "prompt's join, after late's accept timeout").Ack()
 	waitAck(t, c, "lj", "prompt", 1, schema.ResultOK)
+	recv(t, ch[1], "prompt's NotActive 1")
 	etcdtest.WaitFor(t, wait, "late's join parked", func() bool { return a.w.Stats().JoinsParked == 1 })
 	if _, _, ok := getAck(t, c, "lj", "late"); ok {
-		t.Fatal("a timeout ack was written for a parked join resync")
+		t.Fatal("a timeout ack was written for a parked join resync outside a round")
 	}
 
 	ev := recv(t, ch[0], "late's join, read late")
@@ -438,7 +441,10 @@ func TestLateJoinIsParkedNotLost(t *testing.T) {
 	}
 	ev.Ack()
 	waitAck(t, c, "lj", "late", 1, schema.ResultOK)
-	expectNone(t, ch[0], 2*acceptTimeout, "a second Started for revision 1")
+	if ev := recv(t, ch[0], "late's NotActive 1"); ev.ResyncStatus() != schema.NotActive {
+		t.Fatalf("late got %s after its join", ev.ResyncStatus())
+	}
+	expectNone(t, ch[0], 2*acceptTimeout, "a second event for revision 1")
 	if s := a.w.Stats(); s.Started != 2 || s.AcceptTimeouts != 0 {
 		t.Fatalf("stats %+v", s)
 	}
@@ -450,6 +456,19 @@ func TestLateJoinIsParkedNotLost(t *testing.T) {
 			t.Fatalf("got %d join=%v", ev.Revision(), ev.Join())
 		}
 	}
+
+	// A new plugin that does not read during a round it is part of: a
+	// timeout ack for the round, then its one join when it reads.
+	chs := a.register(t, "later")
+	writeRev(t, c, 3, schema.Started, schema.Scope{Agent: "lj", Plugin: "later"})
+	waitAck(t, c, "lj", "later", 3, schema.ResultTimeout)
+	ev = recv(t, chs[0], "later's join, read after its timeout")
+	if ev.Revision() != 3 || !ev.Join() {
+		t.Fatalf("later got %d join=%v", ev.Revision(), ev.Join())
+	}
+	ev.Ack()
+	waitAck(t, c, "lj", "later", 3, schema.ResultOK)
+	expectNone(t, chs[0], 2*acceptTimeout, "a second Started for revision 3")
 }
 
 // A parked join follows the record: if a newer revision arrives before the
