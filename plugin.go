@@ -168,7 +168,7 @@ func NewPlugin(deps Deps, cfg Config) (*Plugin, error) {
 	if deps.Clock == nil {
 		deps.Clock = watcher.SystemClock()
 	}
-	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log))
+	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log), registry.WithOwnerWatch())
 	if err != nil {
 		return nil, fmt.Errorf("resync: %w", err)
 	}

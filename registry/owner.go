@@ -148,7 +148,7 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		}
 	}
 	r.mu.Lock()
-	if !r.claimed {
+	if !r.claimed && r.ownerWatch {
 		// Watch from the first claim on: before it there is nothing to
 		// lose, and an agent that never gets etcd costs no watch.
 		r.ownerWG.Add(1)

@@ -19,14 +19,14 @@ import (
 func TestNewerProcessTakesTheNameOver(t *testing.T) {
 	m := etcdtest.Start(t)
 	c := m.Client(t)
-	old := newRegistry(t, c, "dup", 5*time.Second)
+	old := newRegistry(t, c, "dup", 5*time.Second, WithOwnerWatch())
 	if _, err := old.Register(ctxT(t, 5*time.Second), "p"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := old.Register(ctxT(t, 5*time.Second), "only-old"); err != nil {
 		t.Fatal(err)
 	}
-	newer := newRegistry(t, c, "dup", 5*time.Second)
+	newer := newRegistry(t, c, "dup", 5*time.Second, WithOwnerWatch())
 	if _, err := newer.Register(ctxT(t, 5*time.Second), "p"); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestRestartAfterCrashTakesOverAtOnce(t *testing.T) {
 func TestWipedPrefixRegistersAgain(t *testing.T) {
 	m := etcdtest.Start(t)
 	c := m.Client(t)
-	r := newRegistry(t, c, "w", 5*time.Second)
+	r := newRegistry(t, c, "w", 5*time.Second, WithOwnerWatch())
 	for _, p := range []string{"a", "b"} {
 		if _, err := r.Register(ctxT(t, 5*time.Second), p); err != nil {
 			t.Fatal(err)

@@ -102,6 +102,14 @@ func (c Config) withDefaults() Config {
 // Option sets an optional collaborator.
 type Option func(*Registry)
 
+// WithOwnerWatch makes the Registry watch its owner key (owners/<agent>)
+// from its first claim on, so that it notices within about a second when a
+// newer process takes the agent name over (resync.Plugin uses it). Without
+// it, a displaced Registry notices at its next write or new session. It
+// costs one watch per Registry: leave it off where one client serves many
+// Registries (tests, simulators).
+func WithOwnerWatch() Option { return func(r *Registry) { r.ownerWatch = true } }
+
 // WithLogger sets the logger (default: logrus.StandardLogger()).
 func WithLogger(l logrus.FieldLogger) Option { return func(r *Registry) { r.log = l } }
 
@@ -145,14 +153,15 @@ type Registry struct {
 	revokeErr error
 
 	// One process per agent name (owner.go).
-	process   string    // random id of this Registry
-	started   time.Time // when New ran
-	claimed   bool      // this process has owned the name
-	ownedGen  uint64    // generation whose lease is on the owner key; 0 = none
-	claimRev  int64     // etcd revision of the last claim
-	displaced error
-	dispc     chan struct{}  // closed when displaced
-	ownerWG   sync.WaitGroup // the owner watch, started at the first claim
+	process    string    // random id of this Registry
+	started    time.Time // when New ran
+	claimed    bool      // this process has owned the name
+	ownedGen   uint64    // generation whose lease is on the owner key; 0 = none
+	claimRev   int64     // etcd revision of the last claim
+	displaced  error
+	dispc      chan struct{}  // closed when displaced
+	ownerWG    sync.WaitGroup // the owner watch, started at the first claim
+	ownerWatch bool           // WithOwnerWatch
 }
 
 // New starts a Registry for cfg.Agent. It does not wait for etcd: the
