@@ -40,6 +40,21 @@ func waitRound(t *testing.T, c *clientv3.Client, n uint64, within time.Duration)
 	return r
 }
 
+// roundAgent reads rounds/<n>/agents/<agent> (zero if absent).
+func roundAgent(t *testing.T, c *clientv3.Client, n uint64, agent string) schema.RoundAgent {
+	t.Helper()
+	key := layout.RoundAgent(n, agent)
+	resp, err := c.Get(ctxT(t, 5*time.Second), key)
+	if err != nil || len(resp.Kvs) == 0 {
+		return schema.RoundAgent{}
+	}
+	ra, err := schema.DecodeRoundAgent(key, resp.Kvs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ra
+}
+
 func waitRegistrations(t *testing.T, c *clientv3.Client, agent string, n int) {
 	t.Helper()
 	etcdtest.WaitFor(t, wait, "registrations of "+agent, func() bool { return keys(t, c, layout.AgentRegistrations(agent)) == n })
@@ -145,7 +160,7 @@ func TestLifecycleLateReadersGetTheirJoinResync(t *testing.T) {
 				return false
 			}
 			r, ok, _ := etcdtest.ReadRound(ctxT(t, 5*time.Second), c, layout, n)
-			return ok && r.State == schema.NotActive && slices.ContainsFunc(r.Acked, func(id schema.PluginID) bool { return id.Plugin == p.name })
+			return ok && r.State == schema.NotActive && roundAgent(t, c, n, "lc").Outcome(p.name) == "acked"
 		})
 		p.mu.Lock()
 		first := p.seen[0]
@@ -191,7 +206,7 @@ func TestLateReaderOfARoundIsCoveredByTheRetry(t *testing.T) {
 	startCoordinator(t, c, "co")
 	recv(t, fast, resync.Started, 1).Ack()
 	recv(t, slow, resync.Started, 1).Ack()
-	if r := waitRound(t, c, 1, wait); len(r.Acked) != 2 {
+	if r := waitRound(t, c, 1, wait); r.Counts.Acked != 2 {
 		t.Fatalf("round 1 %+v", r)
 	}
 	recv(t, fast, resync.NotActive, 1)
@@ -203,16 +218,16 @@ func TestLateReaderOfARoundIsCoveredByTheRetry(t *testing.T) {
 	recv(t, fast, resync.Started, 2).Ack()
 	// slow does not read: its Started 2 times out (200 ms in newPlugin).
 	r := waitRound(t, c, 2, wait)
-	if len(r.TimedOut) != 1 || r.TimedOut[0].Plugin != "slow" {
-		t.Fatalf("round 2 timed out %v, want slow", r.TimedOut)
+	if ra := roundAgent(t, c, 2, "lr"); r.Counts.TimedOut != 1 || !slices.Equal(ra.TimedOut, []string{"slow"}) {
+		t.Fatalf("round 2 %+v, timed out %v, want slow", r.Counts, ra.TimedOut)
 	}
 	recv(t, fast, resync.NotActive, 2)
 	// The retry round 3 covers slow, which now reads.
 	ev := recv(t, slow, resync.Started, 3)
 	ev.Ack()
 	r = waitRound(t, c, 3, wait)
-	if r.Cause != schema.CauseError || len(r.Acked) != 1 || r.Acked[0].Plugin != "slow" {
-		t.Fatalf("retry round 3: cause %s, acked %v", r.Cause, r.Acked)
+	if ra := roundAgent(t, c, 3, "lr"); r.Cause != schema.CauseError || r.Counts.Acked != 1 || !slices.Equal(ra.Acked, []string{"slow"}) {
+		t.Fatalf("retry round 3: cause %s, %+v, acked %v", r.Cause, r.Counts, ra.Acked)
 	}
 }
 

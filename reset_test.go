@@ -49,7 +49,7 @@ func TestWipedPrefixStartsOverClean(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if r := waitRound(t, c, n, wait); len(r.Acked) != 2 || !r.Clean() {
+		if r := waitRound(t, c, n, wait); r.Counts.Acked != 2 || !r.Clean() {
 			t.Fatalf("round %d before the wipe: %+v", n, r)
 		}
 	}
@@ -79,15 +79,15 @@ func TestWipedPrefixStartsOverClean(t *testing.T) {
 		}
 		last = rev.Revision
 		r, ok, _ := etcdtest.ReadRound(ctxT(t, 5*time.Second), c, layout, rev.Revision)
-		return ok && r.State == schema.NotActive && len(r.Acked) == 2
+		return ok && r.State == schema.NotActive && r.Counts.Acked == 2
 	})
 	if last > old.Revision {
 		t.Errorf("the new history is at round %d, past the old %d: it did not start over", last, old.Revision)
 	}
 	for n := uint64(1); n <= last; n++ {
 		r := waitRound(t, c, n, wait)
-		if len(r.TimedOut) != 0 || len(r.Failed) != 0 {
-			t.Errorf("round %d of the new history: timed out %v, failed %v", n, r.TimedOut, r.Failed)
+		if !r.Clean() {
+			t.Errorf("round %d of the new history: %+v", n, r.Counts)
 		}
 	}
 	if s := p.Stats(); s.AcceptTimeouts != 0 || s.AckTimeouts != 0 {

@@ -47,7 +47,7 @@ func BenchmarkAckResolution(b *testing.B) {
 			for b.Loop() {
 				l := &leader{co: co, layout: layout, log: log, ctx: context.Background(),
 					acks: make(map[schema.PluginID]schema.Ack, n), regs: map[schema.PluginID]schema.Registration{}}
-				l.round = newRoundState(schema.Round{Revision: rev, Participants: parts})
+				l.round = newRoundState(schema.Round{Revision: rev}, parts)
 				for _, ev := range events {
 					l.onState(l.decodeState(ev))
 				}

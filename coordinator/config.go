@@ -32,6 +32,18 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 	// History is how many round summaries are kept under rounds/ (default 100).
 	History int
+	// DetailHistory is how many rounds keep their per-agent records
+	// (rounds/<N>/agents/, rounds/<N>/scope/): older rounds keep only their
+	// summary rounds/<N>, so that etcd holds about DetailHistory x agents
+	// such keys, not History x agents (default 10; larger than History acts as
+	// History; at least 1: a retry reads the last round's failures).
+	DetailHistory int
+	// WriteBudget bounds the bytes of one etcd request the leader writes
+	// (keys plus values of a Txn's operations, default 512 KiB, at least
+	// 16 KiB): well below etcd's --max-request-bytes (1.5 MiB by default).
+	// A per-agent record gets at most half of it; beyond that its error
+	// texts are cut, then dropped, and the record marked truncated.
+	WriteBudget int
 	// OpTimeout bounds each etcd call (default 5 s).
 	OpTimeout time.Duration
 }
@@ -52,6 +64,8 @@ func DefaultConfig() Config {
 		BackoffMin:     time.Second,
 		BackoffMax:     time.Minute,
 		History:        100,
+		DetailHistory:  10,
+		WriteBudget:    512 << 10,
 		OpTimeout:      5 * time.Second,
 	}
 }
@@ -85,6 +99,13 @@ func (c Config) withDefaults() Config {
 	if c.OpTimeout == 0 {
 		c.OpTimeout = d.OpTimeout
 	}
+	if c.DetailHistory == 0 {
+		c.DetailHistory = d.DetailHistory
+	}
+	c.DetailHistory = min(c.DetailHistory, max(c.History, 1))
+	if c.WriteBudget == 0 {
+		c.WriteBudget = d.WriteBudget
+	}
 	return c
 }
 
@@ -105,6 +126,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("coordinator: config: SessionTTL %v is below the 1s minimum of etcd leases", c.SessionTTL)
 	case c.RoundDeadline < 0, c.CoalesceWindow < 0, c.BackoffMin < 0, c.BackoffMax < 0, c.OpTimeout < 0, c.History < 0:
 		return errors.New("coordinator: config: durations and History must not be negative")
+	case c.DetailHistory < 0:
+		return errors.New("coordinator: config: DetailHistory must not be negative")
+	case c.WriteBudget < 16<<10:
+		return fmt.Errorf("coordinator: config: WriteBudget %d is below 16 KiB", c.WriteBudget)
 	case c.BackoffMax < c.BackoffMin:
 		return fmt.Errorf("coordinator: config: BackoffMax %v is below BackoffMin %v", c.BackoffMax, c.BackoffMin)
 	case c.RoundDeadline < c.CoalesceWindow:

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -41,6 +43,9 @@ type Status struct {
 	Revision *schema.Revision `json:"revision,omitempty"`
 	// Progress counts the current round's outcomes while leading.
 	Progress *schema.RoundCounts `json:"progress,omitempty"`
+	// LargestWrite is the largest etcd request (keys plus values of its
+	// operations, in bytes) this coordinator wrote since it started.
+	LargestWrite int `json:"largest_write_bytes,omitempty"`
 	// LastError is the last etcd error of the campaign loop ("" if none).
 	LastError string `json:"last_error,omitempty"`
 }
@@ -54,6 +59,8 @@ type Coordinator struct {
 	log    logrus.FieldLogger
 	hooks  Hooks
 	faults testFaults // zero unless built with the resync_chaos tag (testfaults.go)
+
+	largestWrite atomic.Int64 // bytes of the largest request written (Status.LargestWrite)
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -138,6 +145,7 @@ func (co *Coordinator) run() {
 			return
 		}
 		if err != nil {
+			err = etcdspace.Explain(err)
 			co.setStatus(func(s *Status) { s.LastError = err.Error() })
 			co.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: campaign ended; campaigning again")
 			t := time.NewTimer(pause)

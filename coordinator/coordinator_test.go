@@ -138,9 +138,9 @@ func readRevision(t *testing.T, c *clientv3.Client) (schema.Revision, bool) {
 	return r, ok
 }
 
-func readRound(t *testing.T, c *clientv3.Client, n uint64) (schema.Round, bool) {
+func readRound(t *testing.T, c *clientv3.Client, n uint64) (RoundView, bool) {
 	t.Helper()
-	r, ok, err := etcdtest.ReadRound(ctxT(t, 5*time.Second), c, layout, n)
+	r, ok, err := ReadRoundView(ctxT(t, 5*time.Second), c, layout, n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,9 +148,9 @@ func readRound(t *testing.T, c *clientv3.Client, n uint64) (schema.Round, bool) 
 }
 
 // waitFinished waits for round n's summary.
-func waitFinished(t *testing.T, c *clientv3.Client, n uint64, within time.Duration) schema.Round {
+func waitFinished(t *testing.T, c *clientv3.Client, n uint64, within time.Duration) RoundView {
 	t.Helper()
-	var r schema.Round
+	var r RoundView
 	etcdtest.WaitFor(t, within, fmt.Sprintf("round %d to finish", n), func() bool {
 		var ok bool
 		r, ok = readRound(t, c, n)

@@ -84,14 +84,16 @@ type leader struct {
 	firstReq time.Time                 // when the oldest pending request was seen
 	errorDue time.Time                 // error-only requests wait until then
 
-	epoch   string           // the history's epoch, written in every revision record
-	lastN   uint64           // highest round number written
-	rev     *schema.Revision // last revision record (nil: none)
-	initial string           // non-empty: start a round at once with this reason
-	resume  *schema.Round    // a Started round to resume once synced
-	rebuild bool             // resume has no participant list: use the live registrations
-	round   *roundState      // the running round
-	streak  int              // consecutive unclean rounds
+	epoch       string                     // the history's epoch, written in every revision record
+	lastN       uint64                     // highest round number written
+	rev         *schema.Revision           // last revision record (nil: none)
+	initial     string                     // non-empty: start a round at once with this reason
+	resume      *schema.Round              // a Started round to resume once synced
+	resumeParts []schema.PluginID          // its participants, from rounds/<N>/agents/
+	rebuild     bool                       // resume has no participant list: use the live registrations
+	round       *roundState                // the running round
+	streak      int                        // consecutive unclean rounds
+	retries     map[uint64]schema.ScopeSet // failed and timed-out participants of the last unclean round
 }
 
 func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int64, log logrus.FieldLogger) *leader {
@@ -385,50 +387,103 @@ func (l *leader) loadRevision(ctx context.Context, rev schema.Revision) error {
 	if err != nil {
 		return err
 	}
+	resume := schema.Round{Revision: rev.Revision, State: schema.Started, Reason: rev.Reason, Cause: rev.Cause,
+		Scope: rev.Scope, StartedAt: rev.StartedAt, Deadline: rev.Deadline, StartedBy: rev.Leader,
+		Counts: schema.RoundCounts{Participants: rev.Participants, Pending: rev.Participants}}
 	if len(rr.Kvs) == 1 {
 		round, err := schema.DecodeRound(l.layout.Round(rev.Revision), rr.Kvs[0].Value)
 		if err == nil && round.Revision == rev.Revision && round.State == schema.Started {
-			l.resume = &round
-			return nil
+			resume = round
+		} else {
+			l.log.WithError(err).WithField("revision", rev.Revision).Error("coordinator: the running round's summary is malformed; resuming from the revision record")
 		}
-		l.log.WithError(err).WithField("revision", rev.Revision).Error("coordinator: the running round's record is malformed; resuming with the current registrations")
 	} else {
-		l.log.WithField("revision", rev.Revision).Error("coordinator: the running round's record is missing; resuming with the current registrations")
+		l.log.WithField("revision", rev.Revision).Error("coordinator: the running round's summary is missing; resuming from the revision record")
 	}
-	// Rebuilt once registrations are synced: participants filled in step.
-	l.rebuild = true
-	l.resume = &schema.Round{Revision: rev.Revision, State: schema.Started, Reason: rev.Reason, Cause: rev.Cause,
-		Scope: rev.Scope, StartedAt: rev.StartedAt, Deadline: rev.Deadline, StartedBy: rev.Leader, Participants: nil}
-	return nil
+	return l.setResume(ctx, resume)
 }
 
-// roundScan bounds how many rounds/ keys loadRounds reads, newest first,
-// looking for one that decodes.
-const roundScan = 100
-
-// loadRounds continues when the revision key is missing or unreadable
-// (why): the newest round record that decodes says where the rounds stand.
-// A Started one is resumed, as after any failover; otherwise a new round
-// starts at once to recover. Malformed round records are logged and
-// skipped, so that garbage under rounds/ neither makes N skip nor abandons
-// a running round.
-func (l *leader) loadRounds(ctx context.Context, why string) error {
-	resp, err := l.c.Get(ctx, l.layout.Rounds(), clientv3.WithPrefix(),
-		clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(roundScan))
+// setResume makes round the one to resume, with its participants from
+// rounds/<N>/agents/ (read in pages). Without any such record an all-scope
+// round is rebuilt from the live registrations once they are synced; a set
+// scope's round then has no participant and completes at once.
+func (l *leader) setResume(_ context.Context, round schema.Round) error {
+	// Paged: thousands of agents take longer than one etcd call's timeout.
+	ctx, cancel := context.WithTimeout(l.ctx, 10*l.cfg.OpTimeout)
+	defer cancel()
+	recs, bad, err := ReadRoundAgents(ctx, l.c, l.layout, round.Revision, 0)
 	if err != nil {
 		return err
 	}
+	for _, b := range bad {
+		l.log.WithError(b).Warn("coordinator: skipping a malformed round agent record of the running round")
+	}
+	var parts []schema.PluginID
+	for _, r := range recs {
+		for _, p := range r.Plugins {
+			parts = append(parts, schema.PluginID{Agent: r.Agent, Plugin: p})
+		}
+	}
+	l.resume, l.resumeParts, l.rebuild = &round, parts, false
+	if len(recs) == 0 && round.Counts.Participants > 0 {
+		if round.Scope.IsAll() {
+			l.log.WithField("revision", round.Revision).Error("coordinator: the running round's participant records are missing; resuming with the current registrations")
+			l.rebuild = true
+		} else {
+			l.log.WithField("revision", round.Revision).Error("coordinator: the running round's participant records are missing; it has no participant left to wait for")
+		}
+	}
+	return nil
+}
+
+// roundScan bounds how many round summaries loadRounds considers, newest
+// first, looking for one that decodes.
+const roundScan = 100
+
+// loadRounds continues when the revision key is missing or unreadable
+// (why): the newest round summary that decodes says where the rounds stand.
+// A Started one is resumed, as after any failover; otherwise a new round
+// starts at once to recover. Malformed round records are logged and
+// skipped, so that garbage under rounds/ neither makes N skip nor abandons
+// a running round. Keys are scanned without values, in pages, so the
+// per-agent records under rounds/<N>/ cost little.
+func (l *leader) loadRounds(ctx context.Context, why string) error {
+	var cands []uint64
+	var highest uint64 // highest round number of any rounds/ key, decodable or not
+	from, end := l.layout.Rounds(), clientv3.GetPrefixRangeEnd(l.layout.Rounds())
+	for len(cands) < roundScan {
+		resp, err := l.c.Get(ctx, from, clientv3.WithRange(end), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(1000))
+		if err != nil {
+			return err
+		}
+		for _, kv := range resp.Kvs {
+			k, err := l.layout.Parse(string(kv.Key))
+			if err != nil {
+				continue
+			}
+			highest = max(highest, k.Round)
+			if k.Kind == schema.KindRound && len(cands) < roundScan {
+				cands = append(cands, k.Round)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		end = string(resp.Kvs[len(resp.Kvs)-1].Key)
+	}
 	var last *schema.Round
-	var highest uint64 // highest round key, decodable or not
-	for _, kv := range resp.Kvs {
-		key := string(kv.Key)
-		k, err := l.layout.Parse(key)
-		if err != nil || k.Kind != schema.KindRound {
+	for _, n := range cands {
+		key := l.layout.Round(n)
+		resp, err := l.c.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) == 0 {
 			continue
 		}
-		highest = max(highest, k.Round)
-		r, err := schema.DecodeRound(key, kv.Value)
-		if err == nil && r.Revision != k.Round {
+		r, err := schema.DecodeRound(key, resp.Kvs[0].Value)
+		if err == nil && r.Revision != n {
 			err = &schema.DecodeError{Key: key, Reason: fmt.Sprintf("holds round %d", r.Revision)}
 		}
 		if err != nil {
@@ -447,13 +502,13 @@ func (l *leader) loadRounds(ctx context.Context, why string) error {
 		l.initial = fmt.Sprintf("%s and no readable round record; resync to recover", why)
 	case last.State == schema.Started:
 		l.lastN = last.Revision
-		l.resume = last
 		rev := schema.Revision{Revision: last.Revision, State: schema.Started, Reason: last.Reason, Cause: last.Cause,
-			Scope: last.Scope, Participants: len(last.Participants), StartedAt: last.StartedAt, Deadline: last.Deadline,
+			Scope: last.Scope, Participants: last.Counts.Participants, StartedAt: last.StartedAt, Deadline: last.Deadline,
 			Leader: last.StartedBy, Epoch: l.epoch}
 		l.rev = &rev
 		l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 		l.log.WithField("revision", last.Revision).Warn("coordinator: " + why + "; resuming the running round from its record")
+		return l.setResume(ctx, *last)
 	default:
 		l.lastN = last.Revision
 		l.initial = fmt.Sprintf("%s (last round %d); resync to recover", why, last.Revision)

@@ -26,18 +26,21 @@ const (
 // roundState tracks one running round incrementally: every event resolves at
 // most one participant, and completion is a counter reaching zero.
 type roundState struct {
-	rec     schema.Round
+	rec     schema.Round               // the summary as written at start
+	parts   []schema.PluginID          // by agent and registration order
 	outcome map[schema.PluginID]string // "" while pending
-	errs    map[string]string
+	errs    map[schema.PluginID]string
 	counts  schema.RoundCounts
+	lost    int // detail records degraded or skipped (etcd refused them for good)
 }
 
-func newRoundState(rec schema.Round) *roundState {
-	rs := &roundState{rec: rec, outcome: make(map[schema.PluginID]string, len(rec.Participants))}
-	for _, p := range rec.Participants {
+func newRoundState(rec schema.Round, parts []schema.PluginID) *roundState {
+	rs := &roundState{rec: rec, parts: parts, outcome: make(map[schema.PluginID]string, len(parts))}
+	for _, p := range parts {
 		rs.outcome[p] = ""
 	}
 	rs.counts = schema.RoundCounts{Participants: len(rs.outcome), Pending: len(rs.outcome)}
+	rs.rec.Counts = rs.counts
 	return rs
 }
 
@@ -58,9 +61,9 @@ func (l *leader) resolve(p schema.PluginID, outcome, errText string) {
 	case OutcomeFailed:
 		rs.counts.Failed++
 		if rs.errs == nil {
-			rs.errs = map[string]string{}
+			rs.errs = map[schema.PluginID]string{}
 		}
-		rs.errs[p.String()] = schema.Truncate(errText, schema.MaxReasonLen)
+		rs.errs[p] = schema.TruncateJSON(errText, schema.MaxReasonLen)
 	case OutcomeTimedOut:
 		rs.counts.TimedOut++
 	case OutcomeDeparted:
@@ -154,7 +157,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 			}
 			if _, seen := l.requests[it.key]; !seen {
 				l.co.hooks.Request(it.req, nil)
-				l.log.WithField("request", it.key).WithField("writer", it.writer.String()).WithField("cause", it.req.Cause).WithField("scope", it.req.Scope.String()).
+				l.log.WithField("request", it.key).WithField("writer", it.writer.String()).WithField("cause", it.req.Cause).WithField("scope", it.req.ScopeText()).
 					WithField("reason", it.req.Reason).Info("coordinator: resync requested")
 			}
 			l.requests[it.key] = it.req
@@ -215,15 +218,14 @@ func (l *leader) nextWake() (time.Time, bool) {
 // finish, start.
 func (l *leader) step(now time.Time) error {
 	if l.resume != nil {
-		rec := *l.resume
+		rec, parts := *l.resume, l.resumeParts
 		if l.rebuild {
-			rec.Participants = l.participants(rec.Scope)
-			rec.Counts = schema.RoundCounts{Participants: len(rec.Participants)}
+			parts = l.participants(schema.AllScopes())
 		}
-		l.resume, l.rebuild = nil, false
-		l.round = newRoundState(rec)
-		l.log.WithField("revision", rec.Revision).WithField("participants", len(rec.Participants)).Info("coordinator: resuming the running round")
-		l.co.hooks.RoundStarted(rec, true)
+		l.resume, l.resumeParts, l.rebuild = nil, nil, false
+		l.round = newRoundState(rec, parts)
+		l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
+		l.co.hooks.RoundStarted(l.round.rec, true)
 		l.reconcile()
 	}
 	if l.round != nil {
@@ -246,11 +248,24 @@ func (l *leader) step(now time.Time) error {
 	}
 	switch {
 	case l.initial != "":
-		if err := l.start(now, schema.CauseInitial, l.initial, schema.Scope{}, nil); err != nil {
+		if err := l.start(now, schema.CauseInitial, l.initial, schema.AllScopes(), nil); err != nil {
 			return err
 		}
 	case len(l.requests) > 0 && !now.Before(l.due()):
-		scope, cause, reason, keys := mergeRequests(l.requests)
+		scope, cause, reason, keys, err := mergeRequests(l.requests, l.retrySet)
+		if err != nil {
+			return err
+		}
+		if scope.Empty() {
+			l.log.WithField("requests", len(keys)).Warn("coordinator: the pending requests select no participant (a retry whose round records are gone); consuming them without a round")
+			for _, k := range keys {
+				delete(l.requests, k)
+			}
+			if err := l.fencedDelete(keys); err != nil && (errors.Is(err, ErrDeposed) || l.ctx.Err() != nil) {
+				return err
+			}
+			return nil
+		}
 		if err := l.start(now, cause, reason, scope, keys); err != nil {
 			return err
 		}
@@ -259,32 +274,37 @@ func (l *leader) step(now time.Time) error {
 	}
 	// A round just started: it may be complete already (no participants,
 	// or acks seen before).
-	if l.round.counts.Pending == 0 {
+	if l.round != nil && l.round.counts.Pending == 0 {
 		return l.finish(now)
 	}
 	return nil
 }
 
-// mergeRequests coalesces pending requests into one round: the narrowest
-// scope covering all of them, the first cause, and their reasons.
-func mergeRequests(reqs map[string]schema.Request) (schema.Scope, schema.Cause, string, []string) {
+// mergeRequests coalesces pending requests into one round: the union of
+// their scopes (never wider: all only if one of them asked for all), the
+// first cause that is not an error, and their reasons. A retry request's
+// scope (exactly the failed and timed-out participants of its round) comes
+// from resolve.
+func mergeRequests(reqs map[string]schema.Request, resolve func(uint64) (schema.ScopeSet, error)) (schema.ScopeSet, schema.Cause, string, []string, error) {
 	keys := make([]string, 0, len(reqs))
 	for k := range reqs {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys) // request ids sort by time
-	first := reqs[keys[0]]
-	scope, cause := first.Scope, first.Cause
+	cause := reqs[keys[0]].Cause
+	var scope schema.ScopeSet
 	seen := map[string]bool{}
 	var reasons []string
 	for _, k := range keys {
 		r := reqs[k]
-		switch {
-		case scope == r.Scope:
-		case scope.Agent != "" && scope.Agent == r.Scope.Agent:
-			scope = schema.Scope{Agent: scope.Agent}
-		default:
-			scope = schema.Scope{}
+		if r.RetryOf != 0 {
+			s, err := resolve(r.RetryOf)
+			if err != nil {
+				return schema.ScopeSet{}, "", "", nil, err
+			}
+			scope.Union(s)
+		} else {
+			scope.Union(r.ScopeSet())
 		}
 		if cause == schema.CauseError && r.Cause != schema.CauseError {
 			cause = r.Cause
@@ -298,11 +318,47 @@ func mergeRequests(reqs map[string]schema.Request) (schema.Scope, schema.Cause, 
 	if len(keys) > 1 {
 		reason = fmt.Sprintf("%d requests: %s", len(keys), reason)
 	}
-	return scope, cause, schema.Truncate(reason, schema.MaxReasonLen), keys
+	return scope, cause, schema.Truncate(reason, schema.MaxReasonLen), keys, nil
+}
+
+// retrySet is the set of failed and timed-out participants of round n:
+// remembered from this term's finish, else read from rounds/<n>/agents/
+// (after a failover), retried while etcd fails.
+func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
+	if s, ok := l.retries[n]; ok {
+		return s, nil
+	}
+	pause := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(l.ctx, 4*l.cfg.OpTimeout)
+		recs, bad, err := ReadRoundAgents(ctx, l.c, l.layout, n, 0)
+		cancel()
+		if err == nil {
+			for _, b := range bad {
+				l.log.WithError(b).Warn("coordinator: skipping a malformed round agent record")
+			}
+			var s schema.ScopeSet
+			for _, r := range recs {
+				for _, p := range append(append([]string(nil), r.Failed...), r.TimedOut...) {
+					s.AddPlugin(schema.PluginID{Agent: r.Agent, Plugin: p})
+				}
+			}
+			if len(recs) == 0 {
+				l.log.WithField("round", n).Warn("coordinator: a retry names a round whose per-agent records are gone; it selects nobody")
+			}
+			l.retries = map[uint64]schema.ScopeSet{n: s}
+			return s, nil
+		}
+		l.log.WithError(err).Warn("coordinator: reading a retried round's participants failed; retrying")
+		if err := l.sleep(pause); err != nil {
+			return schema.ScopeSet{}, err
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
 }
 
 // participants are the live registrations in scope, by agent and order.
-func (l *leader) participants(scope schema.Scope) []schema.PluginID {
+func (l *leader) participants(scope schema.ScopeSet) []schema.PluginID {
 	var regs []schema.Registration
 	for id, r := range l.regs {
 		if scope.Includes(id.Agent, id.Plugin) {
@@ -317,18 +373,74 @@ func (l *leader) participants(scope schema.Scope) []schema.PluginID {
 	return out
 }
 
-func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope schema.Scope, reqKeys []string) error {
+// byAgent calls f for each agent's run of participants (parts are sorted by
+// agent).
+func byAgent(parts []schema.PluginID, f func(agent string, ps []schema.PluginID)) {
+	for i := 0; i < len(parts); {
+		j := i + 1
+		for j < len(parts) && parts[j].Agent == parts[i].Agent {
+			j++
+		}
+		f(parts[i].Agent, parts[i:j])
+		i = j
+	}
+}
+
+func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet, reqKeys []string) error {
 	n := l.lastN + 1
 	parts := l.participants(scope)
+	sum := scope.Summary()
 	rec := schema.Round{
-		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: scope,
-		Counts: schema.RoundCounts{Participants: len(parts), Pending: len(parts)}, Participants: parts,
+		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum,
+		Counts:    schema.RoundCounts{Participants: len(parts), Pending: len(parts)},
 		StartedAt: now.UTC(), Deadline: now.Add(l.cfg.RoundDeadline).UTC(), StartedBy: l.identity,
 	}
 	rev := schema.Revision{
-		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: scope, Participants: len(parts),
+		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum, Participants: len(parts),
 		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity, Epoch: l.epoch,
 	}
+	// Participation first: an agent reads its rounds/<N>/agents/<agent>
+	// when it sees the revision Started. Whatever an earlier attempt at
+	// round N left under rounds/<N>/ goes first, in its own Txn (etcd
+	// refuses a Txn whose delete range overlaps its puts).
+	var puts []put
+	var err error
+	byAgent(parts, func(agent string, ps []schema.PluginID) {
+		if err != nil {
+			return
+		}
+		ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.Started, Plugins: make([]string, len(ps))}
+		for i, p := range ps {
+			ra.Plugins[i] = p.Plugin
+		}
+		var b []byte
+		b, err = schema.Encode(ra)
+		puts = append(puts, put{key: l.layout.RoundAgent(n, agent), val: b})
+		rec.Agents++
+	})
+	if err != nil {
+		return err
+	}
+	if !scope.IsAll() {
+		t := scope.Targets()
+		for i := 0; len(t) > 0; i++ {
+			k := min(len(t), schema.MaxScopeChunk)
+			b, err := schema.Encode(schema.RoundScope{Revision: n, Targets: t[:k]})
+			if err != nil {
+				return err
+			}
+			puts = append(puts, put{key: l.layout.RoundScope(n, i), val: b})
+			t = t[k:]
+		}
+	}
+	if err := l.fencedTxn([]clientv3.Op{clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())}); err != nil && !errors.Is(err, errPermanent) {
+		return err
+	}
+	lost, err := l.writePuts(nil, puts)
+	if err != nil {
+		return err
+	}
+	rec.Truncated = lost > 0
 	roundVal, err := schema.Encode(rec)
 	if err != nil {
 		return err
@@ -342,7 +454,23 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	for _, k := range reqKeys[:inTxn] {
 		ops = append(ops, clientv3.OpDelete(k))
 	}
-	if err := l.fencedTxn(ops); err != nil {
+	err = l.fencedTxn(ops)
+	if errors.Is(err, errPermanent) && inTxn > 0 {
+		inTxn = 0
+		err = l.fencedTxn(ops[:2])
+	}
+	if errors.Is(err, errPermanent) {
+		// Nothing smaller to write: drop the requests rather than retry
+		// them forever.
+		l.log.WithError(err).WithField("revision", n).WithField("requests", len(reqKeys)).
+			Error("coordinator: etcd refuses the round's start for good; dropping its requests (check etcd's --max-request-bytes and the coordinator's permissions)")
+		for _, k := range reqKeys {
+			delete(l.requests, k)
+		}
+		l.initial = ""
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	if err := l.fencedDelete(reqKeys[inTxn:]); err != nil {
@@ -357,77 +485,219 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	l.errorDue = time.Time{}
 	l.initial = ""
 	l.lastN, l.rev = n, &rev
-	l.round = newRoundState(rec)
-	l.log.WithField("revision", n).WithField("participants", len(parts)).WithField("scope", scope.String()).
+	l.round = newRoundState(rec, parts)
+	l.round.lost = lost
+	l.log.WithField("revision", n).WithField("participants", len(parts)).WithField("agents", rec.Agents).WithField("scope", sum.String()).
 		WithField("cause", cause).WithField("reason", reason).Info("coordinator: round started")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
-	l.co.hooks.RoundStarted(rec, false)
+	l.co.hooks.RoundStarted(l.round.rec, false)
 	l.reconcile()
 	return nil
 }
+
+// agentOutcomes are round n's per-agent records with their outcomes, each
+// within half the write budget: error texts are cut, then dropped (the
+// record marked truncated).
+func (l *leader) agentOutcomes(rs *roundState) ([]put, error) {
+	n := rs.rec.Revision
+	budget := l.cfg.WriteBudget / 2
+	var puts []put
+	var err error
+	byAgent(rs.parts, func(agent string, ps []schema.PluginID) {
+		if err != nil {
+			return
+		}
+		ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.NotActive, Plugins: make([]string, len(ps))}
+		for i, p := range ps {
+			ra.Plugins[i] = p.Plugin
+			switch rs.outcome[p] {
+			case OutcomeAcked:
+				ra.Acked = append(ra.Acked, p.Plugin)
+			case OutcomeFailed:
+				ra.Failed = append(ra.Failed, p.Plugin)
+				if e, ok := rs.errs[p]; ok && e != "" {
+					if ra.Errors == nil {
+						ra.Errors = map[string]string{}
+					}
+					ra.Errors[p.Plugin] = e
+				}
+			case OutcomeTimedOut:
+				ra.TimedOut = append(ra.TimedOut, p.Plugin)
+			default:
+				ra.Departed = append(ra.Departed, p.Plugin)
+			}
+		}
+		key := l.layout.RoundAgent(n, agent)
+		var b []byte
+		if b, err = schema.Encode(ra); err != nil {
+			return
+		}
+		if len(key)+len(b) > budget && len(ra.Errors) > 0 {
+			for p, e := range ra.Errors {
+				ra.Errors[p] = schema.TruncateJSON(e, 128)
+			}
+			ra.Truncated = true
+			if b, err = schema.Encode(ra); err != nil {
+				return
+			}
+		}
+		bare := ra
+		bare.Errors, bare.Truncated = nil, true
+		if len(key)+len(b) > budget {
+			if b, err = schema.Encode(bare); err != nil {
+				return
+			}
+		}
+		if ra.Truncated {
+			rs.lost++
+			l.log.WithField("key", key).WithField("budget", budget).Warn("coordinator: a per-agent record exceeds its budget; its error texts are cut (marked truncated)")
+		}
+		var small []byte
+		if small, err = schema.Encode(bare); err != nil {
+			return
+		}
+		puts = append(puts, put{key: key, val: b, degrade: func() []byte { return small }})
+	})
+	return puts, err
+}
+
+// examples are the first few non-ok participants for the summary.
+func examples(rs *roundState) *schema.RoundExamples {
+	var ex schema.RoundExamples
+	for _, p := range rs.parts {
+		switch o := rs.outcome[p]; {
+		case o == OutcomeFailed && len(ex.Failed) < schema.MaxExamples:
+			ex.Failed = append(ex.Failed, p)
+			if e := rs.errs[p]; e != "" {
+				if ex.Errors == nil {
+					ex.Errors = map[string]string{}
+				}
+				ex.Errors[p.String()] = schema.TruncateJSON(e, 256)
+			}
+		case o == OutcomeTimedOut && len(ex.TimedOut) < schema.MaxExamples:
+			ex.TimedOut = append(ex.TimedOut, p)
+		case o == OutcomeDeparted && len(ex.Departed) < schema.MaxExamples:
+			ex.Departed = append(ex.Departed, p)
+		}
+	}
+	if len(ex.Failed)+len(ex.TimedOut)+len(ex.Departed) == 0 {
+		return nil
+	}
+	return &ex
+}
+
+// detailPrune is how many rounds before the kept detail each finish
+// deletes the per-agent records of: more than one, so that a finish whose
+// summary Txn had to be degraded (without pruning) leaves nothing behind
+// for long.
+const detailPrune = 8
 
 func (l *leader) finish(now time.Time) error {
 	rs := l.round
 	rec := rs.rec
 	rec.State = schema.NotActive
-	rec.Acked, rec.Failed, rec.TimedOut, rec.Departed = nil, nil, nil, nil
-	for _, p := range rec.Participants {
-		switch rs.outcome[p] {
-		case OutcomeAcked:
-			rec.Acked = append(rec.Acked, p)
-		case OutcomeFailed:
-			rec.Failed = append(rec.Failed, p)
-		case OutcomeTimedOut:
-			rec.TimedOut = append(rec.TimedOut, p)
-		case OutcomeDeparted:
-			rec.Departed = append(rec.Departed, p)
-		}
-	}
 	rec.Counts = rs.counts
-	rec.Errors = rs.errs
+	rec.Examples = examples(rs)
 	rec.FinishedAt = now.UTC()
 	rec.DurationMS = float64(now.Sub(rec.StartedAt).Microseconds()) / 1000
 	rec.FinishedBy = l.identity
+
+	puts, err := l.agentOutcomes(rs)
+	if err != nil {
+		return err
+	}
+	lost, err := l.writePuts(nil, puts)
+	if err != nil {
+		return err
+	}
+	rec.Truncated = rec.Truncated || rs.lost+lost > 0
+
 	var rev schema.Revision
 	if l.rev != nil && l.rev.Revision == rec.Revision {
 		rev = *l.rev
 	} else { // resumed from a round record
 		rev = schema.Revision{Revision: rec.Revision, Reason: rec.Reason, Cause: rec.Cause, Scope: rec.Scope,
-			Participants: len(rec.Participants), StartedAt: rec.StartedAt, Deadline: rec.Deadline}
+			Participants: rec.Counts.Participants, StartedAt: rec.StartedAt, Deadline: rec.Deadline}
 	}
 	rev.State, rev.FinishedAt, rev.Leader, rev.Epoch = schema.NotActive, rec.FinishedAt, l.identity, l.epoch
-
-	roundVal, err := schema.Encode(rec)
-	if err != nil {
-		return err
-	}
 	revVal, err := schema.Encode(rev)
 	if err != nil {
 		return err
 	}
-	ops := []clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}
+
+	var extra []clientv3.Op
 	if keep := uint64(l.cfg.History); rec.Revision > keep {
-		ops = append(ops, clientv3.OpDelete(l.layout.Round(1), clientv3.WithRange(l.layout.Round(rec.Revision-keep+1))))
+		extra = append(extra, clientv3.OpDelete(l.layout.Round(1), clientv3.WithRange(l.layout.Round(rec.Revision-keep+1))))
+	}
+	for i := uint64(0); i < detailPrune; i++ {
+		dk := uint64(l.cfg.DetailHistory) + i
+		if rec.Revision <= dk {
+			break
+		}
+		extra = append(extra, clientv3.OpDelete(l.layout.RoundDir(rec.Revision-dk), clientv3.WithPrefix()))
 	}
 	clean := rec.Clean()
+	var retry schema.ScopeSet
 	if !clean {
-		retry := schema.Request{
-			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, len(rec.Failed), len(rec.TimedOut)),
-			Cause:  schema.CauseError, Scope: retryScope(rec), RequestedBy: l.identity, RequestedAt: now.UTC(),
+		for _, p := range rs.parts {
+			if o := rs.outcome[p]; o == OutcomeFailed || o == OutcomeTimedOut {
+				retry.AddPlugin(p)
+			}
 		}
-		b, err := schema.Encode(retry)
+		req := schema.Request{
+			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut),
+			Cause:  schema.CauseError, RetryOf: rec.Revision, RequestedBy: l.identity, RequestedAt: now.UTC(),
+		}
+		b, err := schema.Encode(req)
 		if err != nil {
 			return err
 		}
 		// The coordinator's own requests go where operators' do: a retry
 		// may cover several agents.
-		ops = append(ops, clientv3.OpPut(l.layout.OperatorRequest(schema.NewRequestID(now)), string(b)))
+		extra = append(extra, clientv3.OpPut(l.layout.OperatorRequest(schema.NewRequestID(now)), string(b)))
 	}
-	if err := l.fencedTxn(ops); err != nil {
-		return err
+	// The summary Txn, smaller on each refusal for good: without examples,
+	// without pruning and the retry, the revision alone. Nothing is retried
+	// forever: the round completes.
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			rec.Examples, rec.Truncated = nil, true
+		}
+		roundVal, err := schema.Encode(rec)
+		if err != nil {
+			return err
+		}
+		var ops []clientv3.Op
+		switch attempt {
+		case 0, 1:
+			ops = append([]clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}, extra...)
+		case 2:
+			ops = []clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}
+		case 3:
+			ops = []clientv3.Op{clientv3.OpPut(l.layout.Revision(), string(revVal))}
+		}
+		err = l.fencedTxn(ops)
+		if err == nil {
+			if attempt > 0 {
+				l.log.WithField("revision", rec.Revision).WithField("attempt", attempt).
+					Error("coordinator: round summary written degraded (marked truncated) because etcd refused the full write for good")
+			}
+			break
+		}
+		if !errors.Is(err, errPermanent) {
+			return err
+		}
+		if attempt == 3 {
+			l.log.WithError(err).WithField("revision", rec.Revision).
+				Error("coordinator: etcd refuses even the revision record for good; the round is finished here but its NotActive is not recorded (check etcd's --max-request-bytes and the coordinator's permissions)")
+			break
+		}
 	}
 	l.rev = &rev
 	l.round = nil
+	if !clean {
+		l.retries = map[uint64]schema.ScopeSet{rec.Revision: retry}
+	}
 	if clean {
 		l.streak = 0
 	} else {
@@ -436,77 +706,10 @@ func (l *leader) finish(now time.Time) error {
 		l.errorDue = now.Add(d)
 		l.co.hooks.Backoff(d)
 	}
-	l.log.WithField("revision", rec.Revision).WithField("acked", len(rec.Acked)).WithField("failed", len(rec.Failed)).
-		WithField("timed_out", len(rec.TimedOut)).WithField("departed", len(rec.Departed)).
+	l.log.WithField("revision", rec.Revision).WithField("acked", rec.Counts.Acked).WithField("failed", rec.Counts.Failed).
+		WithField("timed_out", rec.Counts.TimedOut).WithField("departed", rec.Counts.Departed).WithField("truncated", rec.Truncated).
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r; s.Progress = nil })
 	l.co.hooks.RoundFinished(rec)
-	return nil
-}
-
-// retryScope covers the failed and timed-out participants of rec.
-func retryScope(rec schema.Round) schema.Scope {
-	bad := append(append([]schema.PluginID(nil), rec.Failed...), rec.TimedOut...)
-	if len(bad) == 0 {
-		return rec.Scope
-	}
-	scope := schema.Scope{Agent: bad[0].Agent, Plugin: bad[0].Plugin}
-	for _, p := range bad[1:] {
-		switch {
-		case p.Agent != scope.Agent:
-			return schema.Scope{}
-		case p.Plugin != scope.Plugin:
-			scope.Plugin = ""
-		}
-	}
-	return scope
-}
-
-// fencedTxn applies ops only while our leader key still has our create
-// revision. A refused guard means deposed (no retry); an etcd error is
-// retried (the ops are idempotent) until leadership is lost.
-func (l *leader) fencedTxn(ops []clientv3.Op) error {
-	pause := 50 * time.Millisecond
-	for {
-		if l.co.faults.beforeWrite != nil {
-			l.co.faults.beforeWrite()
-		}
-		ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
-		txn := l.c.Txn(ctx)
-		if !l.co.faults.unfenced {
-			txn = txn.If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.term))
-		}
-		resp, err := txn.Then(ops...).Commit()
-		cancel()
-		if err == nil {
-			if !resp.Succeeded {
-				return fmt.Errorf("%w: fenced write refused (leader key %s no longer has create revision %d)", ErrDeposed, l.key, l.term)
-			}
-			return nil
-		}
-		if l.ctx.Err() != nil {
-			return l.ctx.Err()
-		}
-		l.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
-		if err := l.sleep(pause); err != nil {
-			return err
-		}
-		pause = min(2*pause, time.Second)
-	}
-}
-
-// fencedDelete deletes keys in fenced batches.
-func (l *leader) fencedDelete(keys []string) error {
-	for len(keys) > 0 {
-		n := min(len(keys), maxTxnOps)
-		ops := make([]clientv3.Op, n)
-		for i, k := range keys[:n] {
-			ops[i] = clientv3.OpDelete(k)
-		}
-		if err := l.fencedTxn(ops); err != nil {
-			return err
-		}
-		keys = keys[n:]
-	}
 	return nil
 }

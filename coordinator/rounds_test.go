@@ -67,8 +67,8 @@ func TestRoundOfTwentyAgentsWithDepartureAndFailure(t *testing.T) {
 	// failed plugin; it fails again (the plugin still errors), then the
 	// plugin recovers and the next retry is clean.
 	r2 := waitFinished(t, obs, 2, 10*time.Second)
-	if r2.Cause != schema.CauseError || r2.Scope != (schema.Scope{Agent: "agent-13", Plugin: "l3"}) || r2.Counts.Failed != 1 {
-		t.Fatalf("retry round 2: cause %s scope %+v counts %+v", r2.Cause, r2.Scope, r2.Counts)
+	if r2.Cause != schema.CauseError || fmt.Sprint(r2.Participants) != "[agent-13/l3]" || r2.Scope.String() != "plugin agent-13/l3" || r2.Counts.Failed != 1 {
+		t.Fatalf("retry round 2: cause %s scope %s participants %v counts %+v", r2.Cause, r2.Scope, r2.Participants, r2.Counts)
 	}
 	if gap := r2.StartedAt.Sub(r.FinishedAt); gap < testConfig("").BackoffMin {
 		t.Errorf("retry started %v after the failure, before the %v backoff", gap, testConfig("").BackoffMin)
@@ -182,8 +182,8 @@ func TestBurstOfErrorRequestsCoalesces(t *testing.T) {
 	if rev.Revision > 3 {
 		t.Fatalf("50 requests made %d rounds, want 1 (plus at most 1 follow-up)", rev.Revision-1)
 	}
-	if r2.Scope != (schema.Scope{}) || !strings.Contains(r2.Reason, "requests") {
-		t.Errorf("coalesced round scope %+v reason %q", r2.Scope, r2.Reason)
+	if r2.Scope.Agents != 2 || r2.Scope.Plugins != 0 || r2.Scope.IsAll() || !strings.Contains(r2.Reason, "requests") {
+		t.Errorf("coalesced round scope %+v reason %q, want the union of the two agents", r2.Scope, r2.Reason)
 	}
 }
 
@@ -317,7 +317,22 @@ func TestDeadlineTimesOutAndHistoryIsBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.Kvs) != 2 || string(resp.Kvs[1].Key) != layout.Round(rev.Revision) {
-		t.Fatalf("history holds %d rounds (want the last 2, up to %d)", len(resp.Kvs), rev.Revision)
+	// Pruning removes every key of a pruned round: its summary and the
+	// per-agent and scope records under rounds/<N>/.
+	var summaries []uint64
+	for _, kv := range resp.Kvs {
+		k, err := layout.Parse(string(kv.Key))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.Round+2 <= rev.Revision {
+			t.Errorf("key %s of a pruned round is left (last round %d, history 2)", kv.Key, rev.Revision)
+		}
+		if k.Kind == schema.KindRound {
+			summaries = append(summaries, k.Round)
+		}
+	}
+	if fmt.Sprint(summaries) != fmt.Sprint([]uint64{rev.Revision - 1, rev.Revision}) {
+		t.Fatalf("history holds rounds %v (want the last 2, up to %d)", summaries, rev.Revision)
 	}
 }

@@ -104,9 +104,9 @@ func startCoordinator(t *testing.T, c *clientv3.Client, log logrus.FieldLogger, 
 	return co
 }
 
-func readRound(t *testing.T, c *clientv3.Client, n uint64) (schema.Round, bool) {
+func readRound(t *testing.T, c *clientv3.Client, n uint64) (coordinator.RoundView, bool) {
 	t.Helper()
-	r, ok, _ := etcdtest.ReadRound(ctxT(t, 5*time.Second), c, layout, n)
+	r, ok, _ := coordinator.ReadRoundView(ctxT(t, 5*time.Second), c, layout, n)
 	return r, ok
 }
 
@@ -118,9 +118,9 @@ func readRevision(t *testing.T, c *clientv3.Client) (schema.Revision, bool) {
 
 // waitCompleted waits for a completed round after revision `after` whose
 // acked list has want entries, and returns it.
-func waitCompleted(t *testing.T, c *clientv3.Client, after uint64, within time.Duration, what string, ok func(schema.Round) bool) schema.Round {
+func waitCompleted(t *testing.T, c *clientv3.Client, after uint64, within time.Duration, what string, ok func(coordinator.RoundView) bool) coordinator.RoundView {
 	t.Helper()
-	var got schema.Round
+	var got coordinator.RoundView
 	etcdtest.WaitFor(t, within, what, func() bool {
 		rev, found := readRevision(t, c)
 		if !found {
@@ -165,7 +165,7 @@ func TestUnreachableEtcdAtStartup(t *testing.T) {
 	if _, err := putRequest(ctxT(t, 5*time.Second), obs, schema.CauseManual, schema.Scope{}, "after start-up"); err != nil {
 		t.Fatal(err)
 	}
-	r := waitCompleted(t, obs, 0, 30*time.Second, "a round acked by both plugins", func(r schema.Round) bool { return r.Counts.Acked == 2 })
+	r := waitCompleted(t, obs, 0, 30*time.Second, "a round acked by both plugins", func(r coordinator.RoundView) bool { return r.Counts.Acked == 2 })
 	if !a.got("p1", r.Revision) || !a.got("p2", r.Revision) {
 		t.Fatalf("round %d completed but the plugins did not get it: %v", r.Revision, a.started)
 	}
@@ -215,7 +215,7 @@ func TestEtcdGoneMidRound(t *testing.T) {
 	}
 	wg.Wait()
 	close(hold)
-	r := waitCompleted(t, obs, 0, 30*time.Second, "round 1 to complete", func(r schema.Round) bool { return r.Revision == 1 })
+	r := waitCompleted(t, obs, 0, 30*time.Second, "round 1 to complete", func(r coordinator.RoundView) bool { return r.Revision == 1 })
 	if r.Counts.Participants != 6 || r.Counts.Acked != 6 {
 		t.Fatalf("round 1 after etcd came back: %+v (acked %v, departed %v, timed out %v), want all 6 acked", r.Counts, r.Acked, r.Departed, r.TimedOut)
 	}
@@ -244,11 +244,11 @@ func TestOversizedReasonsAreTruncated(t *testing.T) {
 	waitRegistered(t, obs, 1)
 	startCoordinator(t, m.Client(t), log, "c0")
 	limit := schema.MaxReasonLen + len("...[truncated]")
-	r := waitCompleted(t, obs, 0, 20*time.Second, "the failed round", func(r schema.Round) bool { return r.Counts.Failed == 1 })
+	r := waitCompleted(t, obs, 0, 20*time.Second, "the failed round", func(r coordinator.RoundView) bool { return r.Counts.Failed == 1 })
 	if e := r.Errors["a1/p1"]; len(e) > limit || !strings.HasSuffix(e, "...[truncated]") {
 		t.Errorf("failed round's error text is %d bytes (limit %d): %.40q...", len(e), limit, e)
 	}
-	retry := waitCompleted(t, obs, r.Revision, 20*time.Second, "the retry round", func(r schema.Round) bool { return r.Cause == schema.CauseError })
+	retry := waitCompleted(t, obs, r.Revision, 20*time.Second, "the retry round", func(r coordinator.RoundView) bool { return r.Cause == schema.CauseError })
 	if len(retry.Reason) > limit+64 || !strings.Contains(retry.Reason, "[truncated]") {
 		t.Errorf("retry round reason is %d bytes: %.60q", len(retry.Reason), retry.Reason)
 	}
@@ -276,7 +276,7 @@ func TestGarbageRecordsAreSkippedAndLogged(t *testing.T) {
 	a := startSimpleAgent(t, m.Client(t), log, "a1", []string{"p1", "p2"}, nil, nil)
 	waitRegistered(t, obs, 2)
 	startCoordinator(t, m.Client(t), log, "c0")
-	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r schema.Round) bool { return r.Counts.Acked == 2 })
+	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r coordinator.RoundView) bool { return r.Counts.Acked == 2 })
 	garbage := map[string]string{
 		layout.Registration("ghost", "p"):           "not json {",
 		layout.Ack("ghost", "p"):                    `{"revision":0}`,
@@ -299,7 +299,7 @@ func TestGarbageRecordsAreSkippedAndLogged(t *testing.T) {
 	if _, err := putRequest(ctxT(t, 5*time.Second), obs, schema.CauseManual, schema.Scope{}, "after garbage"); err != nil {
 		t.Fatal(err)
 	}
-	r := waitCompleted(t, obs, first.Revision, 20*time.Second, "a round after the garbage", func(r schema.Round) bool { return r.Counts.Acked == 2 })
+	r := waitCompleted(t, obs, first.Revision, 20*time.Second, "a round after the garbage", func(r coordinator.RoundView) bool { return r.Counts.Acked == 2 })
 	if r.Revision != first.Revision+1 || !a.got("p1", r.Revision) || !a.got("p2", r.Revision) {
 		t.Fatalf("round after the garbage: %d (want %d), plugins got %v", r.Revision, first.Revision+1, a.started)
 	}
@@ -317,7 +317,7 @@ func TestOversizedRecordsAreRejectedWithTheirKey(t *testing.T) {
 	startSimpleAgent(t, m.Client(t), log, "a1", []string{"p1"}, nil, nil)
 	waitRegistered(t, obs, 1)
 	startCoordinator(t, m.Client(t), log, "c0")
-	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r schema.Round) bool { return r.Counts.Acked == 1 })
+	first := waitCompleted(t, obs, 0, 20*time.Second, "the initial round", func(r coordinator.RoundView) bool { return r.Counts.Acked == 1 })
 	pad := strings.Repeat("x", 1<<20)
 	huge := map[string]string{
 		layout.Registration("ghost", "p"): fmt.Sprintf(`{"agent":"ghost","plugin":"p","order":0,"registered_at":"2026-11-25T12:00:00Z","pad":%q}`, pad),
@@ -334,7 +334,7 @@ func TestOversizedRecordsAreRejectedWithTheirKey(t *testing.T) {
 	if _, err := putRequest(ctxT(t, 5*time.Second), obs, schema.CauseManual, schema.Scope{}, "after oversized values"); err != nil {
 		t.Fatal(err)
 	}
-	r := waitCompleted(t, obs, first.Revision, 20*time.Second, "a round after the oversized values", func(r schema.Round) bool { return r.Cause == schema.CauseManual })
+	r := waitCompleted(t, obs, first.Revision, 20*time.Second, "a round after the oversized values", func(r coordinator.RoundView) bool { return r.Cause == schema.CauseManual })
 	if r.Counts.Participants != 1 || r.Counts.Acked != 1 {
 		t.Fatalf("round after oversized values: %+v, want a1/p1 alone, acked", r.Counts)
 	}

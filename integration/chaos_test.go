@@ -385,6 +385,7 @@ var faultKinds = []struct {
 	{"coord-kill-leader", 3}, {"coord-restart", 3},
 	{"agent-blackhole", 5}, {"agent-cut", 4}, {"agent-restart", 3}, {"agent-crash", 3},
 	{"member-restart", 3}, {"compact", 3}, {"garbage", 6}, {"request", 6},
+	{"scoped-burst", 4}, {"report-burst", 4},
 }
 
 func (env *chaosEnv) fault() {
@@ -541,6 +542,52 @@ func (env *chaosEnv) inject(kind string) string {
 			env.log.WithError(err).Warn("chaos: request failed")
 			return ""
 		}
+	case "scoped-burst":
+		// Overlapping scoped requests at once: each names 1-3 agents or
+		// agent/plugin pairs; the checker verifies that the rounds serving
+		// them reach no participant outside their union.
+		var reqs [][]schema.Scope
+		for range 2 + env.pick(3) {
+			var targets []schema.Scope
+			for range 1 + env.pick(3) {
+				sc := schema.Scope{Agent: env.agents[env.pick(len(env.agents))].name}
+				if env.pick(2) == 0 {
+					sc.Plugin = chaosPlugins[env.pick(len(chaosPlugins))]
+				}
+				targets = append(targets, sc)
+			}
+			reqs = append(reqs, targets)
+		}
+		var wg sync.WaitGroup
+		for _, targets := range reqs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if _, err := putTargets(ctx, env.admin, schema.CauseManual, targets, "chaos: scoped burst"); err != nil {
+					env.log.WithError(err).Warn("chaos: scoped request failed")
+				}
+			}()
+		}
+		wg.Wait()
+	case "report-burst":
+		// ReportError from several agents at once.
+		up := env.upAgents()
+		if len(up) < 2 {
+			return ""
+		}
+		var wg sync.WaitGroup
+		for range 2 + env.pick(min(3, len(up)-1)) {
+			a := up[env.pick(len(up))]
+			p, plugin := a.p, chaosPlugins[env.pick(len(chaosPlugins))]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.ReportError(plugin, errors.New("chaos: report burst"))
+			}()
+		}
+		wg.Wait()
 	default:
 		t.Fatalf("unknown fault %q", kind)
 	}
@@ -615,7 +662,7 @@ func (env *chaosEnv) currentRevision() uint64 {
 
 // completedRoundAfter returns the first round whose Started record was
 // written after etcd revision after and that has completed.
-func (env *chaosEnv) completedRoundAfter(after int64) (schema.Round, bool) {
+func (env *chaosEnv) completedRoundAfter(after int64) (coordinator.RoundView, bool) {
 	env.h.mu.Lock()
 	defer env.h.mu.Unlock()
 	startedAt := map[uint64]int64{}
@@ -630,11 +677,11 @@ func (env *chaosEnv) completedRoundAfter(after int64) (schema.Round, bool) {
 			return w.Round, true
 		}
 	}
-	return schema.Round{}, false
+	return coordinator.RoundView{}, false
 }
 
-func (env *chaosEnv) waitRoundAfter(after int64, within time.Duration, what string) schema.Round {
-	var r schema.Round
+func (env *chaosEnv) waitRoundAfter(after int64, within time.Duration, what string) coordinator.RoundView {
+	var r coordinator.RoundView
 	etcdtest.WaitFor(env.t, within, what, func() bool {
 		var ok bool
 		r, ok = env.completedRoundAfter(after)
@@ -673,7 +720,7 @@ func (env *chaosEnv) finalPhase() {
 				acked++
 			}
 		}
-		if r.Scope.All() && acked == len(want) && env.liveAcked(r.Revision) {
+		if r.Scope.IsAll() && acked == len(want) && env.liveAcked(r.Revision) {
 			env.h.mu.Lock()
 			env.h.FinalRevision = r.Revision
 			env.h.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -21,8 +22,8 @@ func goodHistory() *History {
 		start, deadline := t0.Add(time.Duration(n)*time.Minute), t0.Add(time.Duration(n)*time.Minute+10*time.Second)
 		rev := schema.Revision{Revision: n, State: schema.Started, Reason: "r", Cause: schema.CauseManual,
 			Participants: 2, StartedAt: start, Deadline: deadline, Leader: "c0@10"}
-		round := schema.Round{Revision: n, State: schema.Started, Reason: "r", Cause: schema.CauseManual,
-			Counts: schema.RoundCounts{Participants: 2, Pending: 2}, Participants: parts, StartedAt: start, Deadline: deadline, StartedBy: "c0@10"}
+		round := coordinator.RoundView{Round: schema.Round{Revision: n, State: schema.Started, Reason: "r", Cause: schema.CauseManual,
+			Counts: schema.RoundCounts{Participants: 2, Pending: 2}, StartedAt: start, Deadline: deadline, StartedBy: "c0@10"}, Participants: parts}
 		h.RecordRoundWrite(RoundWrite{ModRev: mod, Key: n, Round: round})
 		h.RecordRevWrite(RevWrite{ModRev: mod, Rec: rev})
 		for _, p := range parts {
@@ -42,7 +43,7 @@ func goodHistory() *History {
 }
 
 // lastRound returns the last completed round write of n, to doctor it.
-func lastRound(h *History, n uint64) *schema.Round {
+func lastRound(h *History, n uint64) *coordinator.RoundView {
 	for i := len(h.RoundWrites) - 1; i >= 0; i-- {
 		if h.RoundWrites[i].Key == n && h.RoundWrites[i].Round.State == schema.NotActive {
 			return &h.RoundWrites[i].Round
@@ -126,6 +127,17 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		{"malformed record not written by the test", func(h *History) {
 			h.RecordRevWrite(RevWrite{ModRev: 55, Malformed: true})
 		}, "was not written by the test"},
+		{"participant outside the requested scopes", func(h *History) {
+			// Round 2 (Started at etcd revision 40) consumed one request
+			// for agent b only.
+			h.RecordRequest("/resync/requests/x", schema.Request{Cause: schema.CauseManual, Scope: schema.Scope{Agent: "b"}}, 35, false)
+			h.RecordRequest("/resync/requests/x", schema.Request{}, 40, true)
+		}, "outside the union of the 1 requests"},
+		{"Started outside a set scope", func(h *History) {
+			r := lastRound(h, 2)
+			r.Scope = schema.ScopeSummary{Plugins: 1, First: "a/p1"}
+			r.Participants, r.Acked = r.Participants[:1], r.Acked[:1]
+		}, "a/p2 got Started but is no participant"},
 		{"observer compacted away", func(h *History) { h.HarnessError("observer: history compacted") }, "harness: observer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

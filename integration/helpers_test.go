@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
@@ -92,6 +95,9 @@ type observer struct {
 	done   chan struct{}
 	last   atomic.Int64
 	live   map[string]int64 // election key -> create revision (observer goroutine only)
+	// agents are the per-agent round records as they stand (observer
+	// goroutine only): round -> agent -> record.
+	agents map[uint64]map[string]schema.RoundAgent
 }
 
 func startObserver(t testing.TB, h *History, endpoints ...string) *observer {
@@ -105,7 +111,8 @@ func startObserver(t testing.TB, h *History, endpoints ...string) *observer {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &observer{c: c, h: h, cancel: cancel, done: make(chan struct{}), live: map[string]int64{}}
+	o := &observer{c: c, h: h, cancel: cancel, done: make(chan struct{}), live: map[string]int64{},
+		agents: map[uint64]map[string]schema.RoundAgent{}}
 	o.last.Store(resp.Header.Revision)
 	go o.run(ctx)
 	t.Cleanup(o.stop)
@@ -183,7 +190,34 @@ func (o *observer) observe(e *clientv3.Event) {
 			return // history trimming
 		}
 		rd, err := schema.DecodeRound(key, e.Kv.Value)
-		o.h.RecordRoundWrite(RoundWrite{ModRev: mod, Key: k.Round, Round: rd, Malformed: err != nil})
+		var recs []schema.RoundAgent
+		for _, a := range o.agents[k.Round] {
+			recs = append(recs, a)
+		}
+		slices.SortFunc(recs, func(a, b schema.RoundAgent) int { return strings.Compare(a.Agent, b.Agent) })
+		o.h.RecordRoundWrite(RoundWrite{ModRev: mod, Key: k.Round, Round: coordinator.NewRoundView(rd, recs), Malformed: err != nil})
+	case schema.KindRoundAgent:
+		if del {
+			delete(o.agents[k.Round], k.Agent)
+			return
+		}
+		ra, err := schema.DecodeRoundAgent(key, e.Kv.Value)
+		if err != nil {
+			o.h.HarnessError("observer: malformed round agent record %s: %v", key, err)
+			return
+		}
+		if o.agents[k.Round] == nil {
+			o.agents[k.Round] = map[string]schema.RoundAgent{}
+		}
+		o.agents[k.Round][k.Agent] = ra
+	case schema.KindRequest:
+		if del {
+			o.h.RecordRequest(key, schema.Request{}, mod, true)
+			return
+		}
+		if req, err := schema.DecodeRequest(key, e.Kv.Value); err == nil {
+			o.h.RecordRequest(key, req, mod, false)
+		}
 	case schema.KindElection:
 		if del {
 			if create, ok := o.live[key]; ok {
@@ -203,6 +237,27 @@ func (o *observer) observe(e *clientv3.Event) {
 func putRequest(ctx context.Context, c *clientv3.Client, cause schema.Cause, scope schema.Scope, reason string) (int64, error) {
 	now := time.Now()
 	b, err := schema.Encode(schema.Request{Reason: reason, Cause: cause, Scope: scope, RequestedBy: "chaos-test", RequestedAt: now.UTC()})
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.Put(ctx, layout.OperatorRequest(schema.NewRequestID(now)), string(b))
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
+// putTargets writes a request for a set of targets (one: its scope; more:
+// its targets) and returns its etcd revision.
+func putTargets(ctx context.Context, c *clientv3.Client, cause schema.Cause, targets []schema.Scope, reason string) (int64, error) {
+	now := time.Now()
+	req := schema.Request{Reason: reason, Cause: cause, RequestedBy: "chaos-test", RequestedAt: now.UTC()}
+	if len(targets) == 1 {
+		req.Scope = targets[0]
+	} else {
+		req.Targets = targets
+	}
+	b, err := schema.Encode(req)
 	if err != nil {
 		return 0, err
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -53,13 +54,24 @@ type RevWrite struct {
 	Deleted   bool
 }
 
-// RoundWrite is one write of rounds/<N> seen by the observer (deletions of
-// old rounds are not recorded).
+// RoundWrite is one write of the summary rounds/<N> seen by the observer
+// (deletions of old rounds are not recorded), joined with the per-agent
+// records rounds/<N>/agents/ as they stood then (the leader writes them
+// before the summary).
 type RoundWrite struct {
 	ModRev    int64
 	Key       uint64 // N in the key
-	Round     schema.Round
+	Round     coordinator.RoundView
 	Malformed bool
+}
+
+// RequestLog is one request seen by the observer: written at Put, deleted
+// (consumed) at Deleted (0 while it exists).
+type RequestLog struct {
+	Key     string
+	Req     schema.Request
+	Put     int64
+	Deleted int64
 }
 
 // ElectionKey is one candidate key under election/: created at Create,
@@ -81,6 +93,7 @@ type History struct {
 	Incarnations map[int]*Incarnation
 	RevWrites    []RevWrite
 	RoundWrites  []RoundWrite
+	Requests     map[string]*RequestLog  // by key+put revision
 	Elections    map[string]*ElectionKey // by key+create revision
 	// Garbage are the mod revisions of values the test wrote on purpose
 	// (malformed records), with their keys.
@@ -98,7 +111,7 @@ type History struct {
 
 // NewHistory returns an empty history.
 func NewHistory(allowance time.Duration) *History {
-	return &History{Incarnations: map[int]*Incarnation{}, Elections: map[string]*ElectionKey{},
+	return &History{Incarnations: map[int]*Incarnation{}, Elections: map[string]*ElectionKey{}, Requests: map[string]*RequestLog{},
 		Garbage: map[int64]string{}, DeadlineAllowance: allowance}
 }
 
@@ -158,6 +171,21 @@ func (h *History) RecordRoundWrite(w RoundWrite) {
 	h.RoundWrites = append(h.RoundWrites, w)
 }
 
+// RecordRequest records a request written (deleted false) or consumed.
+func (h *History) RecordRequest(key string, req schema.Request, modRev int64, deleted bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if deleted {
+		for _, l := range h.Requests {
+			if l.Key == key && l.Deleted == 0 {
+				l.Deleted = modRev
+			}
+		}
+		return
+	}
+	h.Requests[key+"@"+strconv.FormatInt(modRev, 10)] = &RequestLog{Key: key, Req: req, Put: modRev}
+}
+
 // RecordElection records the creation (deleted false) or deletion of a
 // candidate key.
 func (h *History) RecordElection(key, id string, create, modRev int64, deleted bool) {
@@ -191,6 +219,7 @@ type Report struct {
 	AcksMatched     int // acked/failed participants matched to a recorded ack
 	FinalAcks       int // live plugins that acked the final round
 	GarbageSkipped  int
+	ScopesChecked   int // rounds whose participants were checked against their requests
 	Violations      []string
 }
 
@@ -200,8 +229,8 @@ func (r *Report) violate(format string, a ...any) {
 
 // Summary is the one-line result.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d violations=%d",
-		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, len(r.Violations))
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d violations=%d",
+		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, len(r.Violations))
 }
 
 // termOf parses the term out of a leader identity <id>@<term>.
@@ -233,7 +262,11 @@ func termOf(identity string) (int64, bool) {
 //     an incarnation's first Started for a plugin is its join resync;
 //   - every acked participant's ok ack, and every failed participant's error
 //     ack, for that revision is in the agents' records;
-//   - every live incarnation's plugins acked FinalRevision (when set).
+//   - every live incarnation's plugins acked FinalRevision (when set);
+//   - scopes: a round's participants are within the union of the scopes of
+//     the requests it consumed (a retry: the failed and timed-out
+//     participants of its round), and in a round with a set scope no plugin
+//     outside its participants got a Started that was not its join resync.
 func (h *History) Check() *Report {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -243,6 +276,7 @@ func (h *History) Check() *Report {
 	}
 	h.checkRevisions(r)
 	h.checkRounds(r)
+	h.checkScopes(r)
 	h.checkFencing(r)
 	h.checkEvents(r)
 	h.checkAcks(r)
@@ -298,7 +332,7 @@ func (h *History) checkRevisions(r *Report) {
 func (h *History) checkRounds(r *Report) {
 	type roundLog struct {
 		started, finished bool
-		final             schema.Round
+		final             coordinator.RoundView
 	}
 	rounds := map[uint64]*roundLog{}
 	for _, w := range h.RoundWrites {
@@ -356,7 +390,77 @@ func (h *History) checkRounds(r *Report) {
 	}
 }
 
-func sameOutcome(a, b schema.Round) bool {
+// checkScopes checks that no round reaches beyond what was requested.
+func (h *History) checkScopes(r *Report) {
+	final := map[uint64]coordinator.RoundView{}
+	for _, w := range h.RoundWrites {
+		if !w.Malformed && w.Round.State == schema.NotActive {
+			if _, ok := final[w.Round.Revision]; !ok {
+				final[w.Round.Revision] = w.Round
+			}
+		}
+	}
+	// The requests a round consumed: deleted in the Txn that wrote its
+	// revision Started, or after it, before the next round started.
+	var starts []RevWrite
+	for _, w := range h.RevWrites {
+		if !w.Malformed && !w.Deleted && w.Rec.State == schema.Started {
+			starts = append(starts, w)
+		}
+	}
+	for i, st := range starts {
+		rd, ok := final[st.Rec.Revision]
+		if !ok || rd.Cause == schema.CauseInitial {
+			continue
+		}
+		next := int64(1 << 62)
+		if i+1 < len(starts) {
+			next = starts[i+1].ModRev
+		}
+		var union schema.ScopeSet
+		consumed := 0
+		for _, l := range h.Requests {
+			if l.Deleted < st.ModRev || l.Deleted >= next || l.Put > st.ModRev {
+				continue
+			}
+			consumed++
+			if l.Req.RetryOf == 0 {
+				union.Union(l.Req.ScopeSet())
+				continue
+			}
+			if prev, ok := final[l.Req.RetryOf]; ok {
+				for _, p := range append(slices.Clone(prev.Failed), prev.TimedOut...) {
+					union.AddPlugin(p)
+				}
+			} else {
+				union = schema.AllScopes() // its round is unknown here: cannot check
+			}
+		}
+		if consumed == 0 || union.IsAll() {
+			continue
+		}
+		r.ScopesChecked++
+		for _, p := range rd.Participants {
+			if !union.Includes(p.Agent, p.Plugin) {
+				r.violate("round %d: participant %s is outside the union of the %d requests it consumed", rd.Revision, p, consumed)
+			}
+		}
+	}
+	for _, e := range h.Events {
+		if e.Status != schema.Started || e.Join {
+			continue
+		}
+		rd, ok := final[e.Revision]
+		if !ok || rd.Scope.IsAll() {
+			continue
+		}
+		if !slices.Contains(rd.Participants, schema.PluginID{Agent: e.Agent, Plugin: e.Plugin}) {
+			r.violate("round %d (scope %s): %s/%s got Started but is no participant", e.Revision, rd.Scope, e.Agent, e.Plugin)
+		}
+	}
+}
+
+func sameOutcome(a, b coordinator.RoundView) bool {
 	return slices.Equal(a.Acked, b.Acked) && slices.Equal(a.Failed, b.Failed) &&
 		slices.Equal(a.TimedOut, b.TimedOut) && slices.Equal(a.Departed, b.Departed)
 }
@@ -364,7 +468,10 @@ func sameOutcome(a, b schema.Round) bool {
 // checkPartition checks that every participant is in exactly one outcome
 // list (the schema validates records on decode; this checks again so that
 // a doctored history is caught too).
-func checkPartition(r *Report, rd schema.Round) {
+func checkPartition(r *Report, rd coordinator.RoundView) {
+	if !rd.Truncated && len(rd.Participants) != rd.Counts.Participants {
+		r.violate("round %d counts %d participants, its per-agent records list %d", rd.Revision, rd.Counts.Participants, len(rd.Participants))
+	}
 	outcome := map[schema.PluginID]string{}
 	for _, p := range rd.Participants {
 		if _, dup := outcome[p]; dup {

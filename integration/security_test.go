@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
@@ -115,7 +116,7 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 	if _, err := putRequest(ctxT(t, 5*time.Second), ops, schema.CauseManual, schema.Scope{}, "least privilege"); err != nil {
 		t.Fatalf("the operator cannot write a request: %v", err)
 	}
-	r := waitCompleted(t, root, 0, 30*time.Second, "a round with both agents acked", func(r schema.Round) bool {
+	r := waitCompleted(t, root, 0, 30*time.Second, "a round with both agents acked", func(r coordinator.RoundView) bool {
 		return r.Cause == schema.CauseManual && r.Counts.Acked == 3
 	})
 	for _, p := range []schema.PluginID{{Agent: "a", Plugin: "p1"}, {Agent: "a", Plugin: "p2"}, {Agent: "b", Plugin: "p1"}} {
@@ -149,14 +150,14 @@ func TestLeastPrivilegeRoundOverTLS(t *testing.T) {
 		})
 	}
 	reportRound := r.Revision + 1
-	r = waitCompleted(t, root, r.Revision, 30*time.Second, "the ReportError round", func(r schema.Round) bool {
+	r = waitCompleted(t, root, r.Revision, 30*time.Second, "the ReportError round", func(r coordinator.RoundView) bool {
 		return r.Cause == schema.CauseError && slices.Contains(r.Acked, schema.PluginID{Agent: "a", Plugin: "p1"})
 	})
 	if r.Revision != reportRound {
 		t.Fatalf("the ReportError round is %d, want %d: a refused request ran", r.Revision, reportRound)
 	}
 	own(schema.Scope{Agent: "a"}, "a asks for itself")
-	r = waitCompleted(t, root, r.Revision, 30*time.Second, "agent a's round of itself", func(schema.Round) bool { return true })
+	r = waitCompleted(t, root, r.Revision, 30*time.Second, "agent a's round of itself", func(coordinator.RoundView) bool { return true })
 	if r.Reason != "a asks for itself" || fmt.Sprint(r.Participants) != "[a/p1 a/p2]" || r.Counts.Acked != 2 {
 		t.Fatalf("round %d after the refused requests is %q with participants %v counts %+v, want a's own round", r.Revision, r.Reason, r.Participants, r.Counts)
 	}

@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -37,7 +38,7 @@ func (r *Registry) loop() {
 			if r.ctx.Err() != nil {
 				return
 			}
-			r.log.WithError(err).WithField("retry_in", pause).Warn("registry: cannot create an etcd session; retrying")
+			r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("registry: cannot create an etcd session; retrying")
 			if !r.wait(nil, pause) {
 				return
 			}
@@ -110,7 +111,7 @@ func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
 			if r.ctx.Err() != nil {
 				return
 			}
-			r.log.WithError(err).WithField("retry_in", pause).Warn("registry: writing registrations failed; retrying")
+			r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("registry: writing registrations failed; retrying")
 			if !r.wait(sess.Done(), pause) {
 				return
 			}

@@ -68,24 +68,22 @@ func BenchmarkDecodeRegistration(b *testing.B) {
 	}
 }
 
-func benchRound(n int) Round {
-	r := Round{Revision: 1234, State: NotActive, Reason: "manual resync", Cause: CauseManual,
-		StartedAt: benchNow, Deadline: benchNow.Add(2 * time.Minute), FinishedAt: benchNow.Add(time.Second),
-		StartedBy: "coordinator-1@42", FinishedBy: "coordinator-1@42"}
+// benchAgent is one agent's round record with n plugins, all acked.
+func benchAgent(n int) RoundAgent {
+	r := RoundAgent{Revision: 1234, Agent: "agent-00001", State: NotActive}
 	for i := range n {
-		p := PluginID{Agent: fmt.Sprintf("agent-%05d", i/10), Plugin: fmt.Sprintf("plugin-%03d", i%10)}
-		r.Participants = append(r.Participants, p)
+		p := fmt.Sprintf("plugin-%03d", i)
+		r.Plugins = append(r.Plugins, p)
 		r.Acked = append(r.Acked, p)
 	}
-	r.Counts = RoundCounts{Participants: n, Acked: n}
 	return r
 }
 
-// The leader encodes the round record twice per round (Started, then the
-// summary); a successor decodes it to resume.
-func BenchmarkEncodeRound(b *testing.B) {
-	for _, n := range []int{100, 10000} {
-		r := benchRound(n)
+// The leader encodes one record per participating agent twice per round
+// (Started, then with outcomes); a successor decodes them to resume.
+func BenchmarkEncodeRoundAgent(b *testing.B) {
+	for _, n := range []int{10, 100} {
+		r := benchAgent(n)
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
@@ -99,18 +97,18 @@ func BenchmarkEncodeRound(b *testing.B) {
 	}
 }
 
-func BenchmarkDecodeRound(b *testing.B) {
-	for _, n := range []int{100, 10000} {
-		v, err := Encode(benchRound(n))
+func BenchmarkDecodeRoundAgent(b *testing.B) {
+	for _, n := range []int{10, 100} {
+		v, err := Encode(benchAgent(n))
 		if err != nil {
 			b.Fatal(err)
 		}
-		key := MustLayout(DefaultPrefix).Round(1234)
+		key := MustLayout(DefaultPrefix).RoundAgent(1234, "agent-00001")
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			b.SetBytes(int64(len(v)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := DecodeRound(key, v); err != nil {
+				if _, err := DecodeRoundAgent(key, v); err != nil {
 					b.Fatal(err)
 				}
 			}

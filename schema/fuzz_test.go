@@ -35,6 +35,11 @@ func FuzzDecodeRecords(f *testing.F) {
 				t.Fatalf("accepted request does not re-encode: %v", err)
 			}
 		}
+		if r, err := DecodeRoundAgent("k", b); err == nil {
+			if _, err := Encode(r); err != nil {
+				t.Fatalf("accepted round agent does not re-encode: %v", err)
+			}
+		}
 		if r, err := DecodeRound("k", b); err == nil {
 			if _, err := Encode(r); err != nil {
 				t.Fatalf("accepted round does not re-encode: %v", err)

@@ -153,6 +153,32 @@ func (l Layout) Owners() string { return l.prefix + ownersDir }
 // by that process on its session lease (see package registry).
 func (l Layout) Owner(agent string) string { return l.prefix + ownersDir + agent }
 
+// RoundDir is the prefix of every key of round n: its summary's detail
+// (rounds/<N>/agents/, rounds/<N>/scope/). Pruning a round deletes
+// Round(n) and RoundDir(n).
+func (l Layout) RoundDir(n uint64) string { return l.Round(n) + "/" }
+
+// RoundAgents is the prefix of round n's per-agent participation records.
+func (l Layout) RoundAgents(n uint64) string { return l.Round(n) + "/" + roundAgentsDir }
+
+// RoundAgent is the key of one agent's participation record in round n.
+func (l Layout) RoundAgent(n uint64, agent string) string {
+	return l.Round(n) + "/" + roundAgentsDir + agent
+}
+
+// RoundScopes is the prefix of round n's scope target chunks.
+func (l Layout) RoundScopes(n uint64) string { return l.Round(n) + "/" + roundScopeDir }
+
+// RoundScope is the key of the i-th chunk of round n's scope targets.
+func (l Layout) RoundScope(n uint64, i int) string {
+	return fmt.Sprintf("%s/%s%06d", l.Round(n), roundScopeDir, i)
+}
+
+const (
+	roundAgentsDir = "agents/"
+	roundScopeDir  = "scope/"
+)
+
 // Kind is the family of a key under the prefix.
 type Kind int
 
@@ -165,10 +191,12 @@ const (
 	KindAck
 	KindRequest
 	KindRound
+	KindRoundAgent
+	KindRoundScope
 	KindOwner
 )
 
-var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round", "owner"}
+var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round", "round agent", "round scope", "owner"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -180,10 +208,11 @@ func (k Kind) String() string {
 // Key is a parsed key. Only the fields of its Kind are set.
 type Key struct {
 	Kind   Kind
-	Agent  string // registration, ack, owner, an agent's request (its writer)
+	Agent  string // registration, ack, owner, an agent's request (its writer), round agent
 	Plugin string // registration, ack
 	ID     string // request id, election lease
-	Round  uint64 // round
+	Round  uint64 // round, round agent, round scope
+	Chunk  int    // round scope
 	// Writer is, for a request, the writer its key belongs to.
 	Writer Writer
 }
@@ -232,12 +261,28 @@ func (l Layout) Parse(key string) (Key, error) {
 	case strings.HasPrefix(rest, requestsDir):
 		return l.parseRequest(key, rest[len(requestsDir):])
 	case strings.HasPrefix(rest, roundsDir):
-		s := rest[len(roundsDir):]
+		s, sub, hasSub := strings.Cut(rest[len(roundsDir):], "/")
 		n, err := strconv.ParseUint(s, 10, 64)
 		if err != nil || len(s) != roundDigits || n == 0 {
-			return bad("round key must be rounds/<N> with N > 0 zero-padded to %d digits", roundDigits)
+			return bad("round key must be rounds/<N>[/agents/<agent>|/scope/<i>] with N > 0 zero-padded to %d digits", roundDigits)
 		}
-		return Key{Kind: KindRound, Round: n}, nil
+		switch {
+		case !hasSub:
+			return Key{Kind: KindRound, Round: n}, nil
+		case strings.HasPrefix(sub, roundAgentsDir):
+			agent := sub[len(roundAgentsDir):]
+			if err := ValidateName("agent", agent); err != nil {
+				return bad("round agent key: %v", err)
+			}
+			return Key{Kind: KindRoundAgent, Round: n, Agent: agent}, nil
+		case strings.HasPrefix(sub, roundScopeDir):
+			i, err := strconv.Atoi(sub[len(roundScopeDir):])
+			if err != nil || i < 0 {
+				return bad("round scope key must be rounds/<N>/scope/<i>")
+			}
+			return Key{Kind: KindRoundScope, Round: n, Chunk: i}, nil
+		}
+		return bad("unknown key under rounds/<N>/: want agents/<agent> or scope/<i>")
 	}
 	return bad("unknown key family under the prefix")
 }

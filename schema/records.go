@@ -62,9 +62,9 @@ const (
 
 	maxRegistrationValue = 4 << 10
 	maxAckValue          = 8 << 10
-	maxRequestValue      = 8 << 10
+	maxRequestValue      = 64 << 10
 	maxRevisionValue     = 16 << 10
-	maxRoundValue        = 8 << 20
+	maxRoundValue        = 32 << 10
 )
 
 // Scope selects the participants of a round: every live registration (both
@@ -172,9 +172,11 @@ type Revision struct {
 	State    Status `json:"state"`
 	Reason   string `json:"reason"`
 	Cause    Cause  `json:"cause"`
-	Scope    Scope  `json:"scope"`
-	// Participants is the number of participants; their names are in
-	// rounds/<N>.
+	// Scope summarises the round's scope in a fixed size: a set scope's
+	// participants learn that they take part from rounds/<N>/agents/<agent>.
+	Scope ScopeSummary `json:"scope"`
+	// Participants is the number of participants; their names are under
+	// rounds/<N>/agents/.
 	Participants int       `json:"participants"`
 	StartedAt    time.Time `json:"started_at"`
 	Deadline     time.Time `json:"deadline"`
@@ -234,12 +236,47 @@ func (a Ack) Validate() error {
 // Request is the value of a request key (requests/agent/<agent>/<id> or
 // requests/operator/<id>, see Layout): someone asks the coordinator for a
 // resync. The leader consumes (deletes) requests.
+//
+// The request's scope is a set (see ScopeSet): Scope alone (one agent, one
+// plugin, or all when empty), or, when Targets is set, exactly the targets
+// listed there (at most MaxRequestTargets; Scope must then be empty, so a
+// coordinator that predates Targets widens the request to all instead of
+// narrowing it), or, when RetryOf is set, exactly the failed and timed-out
+// participants of that round (the leader's retries: their number is not
+// bounded, so they are named by reference, resolved from
+// rounds/<N>/agents/).
 type Request struct {
 	Reason      string    `json:"reason"`
 	Cause       Cause     `json:"cause"`
 	Scope       Scope     `json:"scope"`
+	Targets     []Scope   `json:"targets,omitempty"`
+	RetryOf     uint64    `json:"retry_of,omitempty"`
 	RequestedBy string    `json:"requested_by"`
 	RequestedAt time.Time `json:"requested_at"`
+}
+
+// ScopeSet is the request's scope as a set; a RetryOf request's set is
+// resolved by the coordinator, here it is empty.
+func (r Request) ScopeSet() ScopeSet {
+	var s ScopeSet
+	switch {
+	case r.RetryOf != 0:
+	case len(r.Targets) > 0:
+		for _, t := range r.Targets {
+			s.Add(t)
+		}
+	default:
+		s.Add(r.Scope)
+	}
+	return s
+}
+
+// ScopeText describes the request's scope in one line.
+func (r Request) ScopeText() string {
+	if r.RetryOf != 0 {
+		return fmt.Sprintf("failed and timed-out participants of round %d", r.RetryOf)
+	}
+	return r.ScopeSet().Summary().String()
 }
 
 // Validate checks the record.
@@ -251,6 +288,25 @@ func (r Request) Validate() error {
 	}
 	if err := r.Scope.Validate(); err != nil {
 		return err
+	}
+	if len(r.Targets) > 0 || r.RetryOf != 0 {
+		if !r.Scope.All() {
+			return errors.New("scope must be empty when targets or retry_of is set")
+		}
+		if len(r.Targets) > 0 && r.RetryOf != 0 {
+			return errors.New("a request has targets or retry_of, not both")
+		}
+	}
+	if len(r.Targets) > MaxRequestTargets {
+		return fmt.Errorf("%d targets: the limit is %d per request; split them over several requests", len(r.Targets), MaxRequestTargets)
+	}
+	for i, t := range r.Targets {
+		if t.All() {
+			return fmt.Errorf("target %d is empty: name an agent (and optionally a plugin)", i)
+		}
+		if err := t.Validate(); err != nil {
+			return fmt.Errorf("target %d: %w", i, err)
+		}
 	}
 	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "requested_by", r.RequestedBy)
 }
@@ -265,38 +321,55 @@ type RoundCounts struct {
 	Pending      int `json:"pending"`
 }
 
-// Round is the value of rounds/<N>, written only by the leader, fenced: once
-// when the round starts (State Started, the participants recorded so that a
-// successor can resume the round) and once when it completes (State
-// NotActive, every participant in exactly one outcome list).
+// Round is the value of rounds/<N>: a small summary of fixed size, whatever
+// the number of participants or the length of their error texts. It is
+// written only by the leader, fenced: when the round starts (State Started)
+// and when it completes (State NotActive, counts final). The participants
+// and their outcomes live under rounds/<N>/agents/<agent> (RoundAgent), the
+// full list of a set scope's targets under rounds/<N>/scope/<i>
+// (RoundScope).
 type Round struct {
-	Revision     uint64      `json:"revision"`
-	State        Status      `json:"state"`
-	Reason       string      `json:"reason"`
-	Cause        Cause       `json:"cause"`
-	Scope        Scope       `json:"scope"`
-	Counts       RoundCounts `json:"counts"`
-	Participants []PluginID  `json:"participants"`
-	Acked        []PluginID  `json:"acked"`
-	Failed       []PluginID  `json:"failed"`
-	TimedOut     []PluginID  `json:"timed_out"`
-	Departed     []PluginID  `json:"departed"`
-	// Errors maps "agent/plugin" of failed participants to their error text.
-	Errors     map[string]string `json:"errors,omitempty"`
-	StartedAt  time.Time         `json:"started_at"`
-	Deadline   time.Time         `json:"deadline"`
-	FinishedAt time.Time         `json:"finished_at,omitzero"`
-	DurationMS float64           `json:"duration_ms"`
-	StartedBy  string            `json:"started_by"`
-	FinishedBy string            `json:"finished_by,omitempty"`
+	Revision uint64       `json:"revision"`
+	State    Status       `json:"state"`
+	Reason   string       `json:"reason"`
+	Cause    Cause        `json:"cause"`
+	Scope    ScopeSummary `json:"scope"`
+	Counts   RoundCounts  `json:"counts"`
+	// Agents is the number of participating agents, one
+	// rounds/<N>/agents/<agent> key each.
+	Agents int `json:"agents"`
+	// Examples names the first few failed, timed-out and departed
+	// participants of a completed round (at most MaxExamples each) and the
+	// failed ones' errors, cut short; every name is under
+	// rounds/<N>/agents/.
+	Examples   *RoundExamples `json:"examples,omitempty"`
+	StartedAt  time.Time      `json:"started_at"`
+	Deadline   time.Time      `json:"deadline"`
+	FinishedAt time.Time      `json:"finished_at,omitzero"`
+	DurationMS float64        `json:"duration_ms"`
+	StartedBy  string         `json:"started_by"`
+	FinishedBy string         `json:"finished_by,omitempty"`
+	// Truncated marks a round whose detail is incomplete: etcd refused a
+	// write for good (too large, too many operations, permission denied),
+	// so error texts were dropped or a per-agent record was not written.
+	// The counts stay exact.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// RoundExamples are the first few non-ok participants of a round.
+type RoundExamples struct {
+	Failed   []PluginID        `json:"failed,omitempty"`
+	TimedOut []PluginID        `json:"timed_out,omitempty"`
+	Departed []PluginID        `json:"departed,omitempty"`
+	Errors   map[string]string `json:"errors,omitempty"`
 }
 
 // Clean reports whether a completed round had no failed and no timed-out
 // participant.
-func (r Round) Clean() bool { return len(r.Failed) == 0 && len(r.TimedOut) == 0 }
+func (r Round) Clean() bool { return r.Counts.Failed == 0 && r.Counts.TimedOut == 0 }
 
-// Validate checks the record, including (for a completed round) that every
-// participant is in exactly one outcome list.
+// Validate checks the record, including (for a completed round) that the
+// outcome counts add up to the participants.
 func (r Round) Validate() error {
 	if r.Revision == 0 {
 		return errors.New("revision must be > 0")
@@ -307,32 +380,24 @@ func (r Round) Validate() error {
 	if err := r.Scope.Validate(); err != nil {
 		return err
 	}
-	if r.Counts.Participants != len(r.Participants) {
-		return fmt.Errorf("counts.participants %d != %d participants listed", r.Counts.Participants, len(r.Participants))
+	c := r.Counts
+	if c.Participants < 0 || c.Acked < 0 || c.Failed < 0 || c.TimedOut < 0 || c.Departed < 0 || c.Pending < 0 || r.Agents < 0 {
+		return errors.New("counts must be >= 0")
 	}
-	if r.State == NotActive {
-		seen := make(map[PluginID]string, len(r.Participants))
-		for _, p := range r.Participants {
-			seen[p] = ""
+	if c.Acked+c.Failed+c.TimedOut+c.Departed+c.Pending != c.Participants {
+		return fmt.Errorf("counts %d acked + %d failed + %d timed_out + %d departed + %d pending != %d participants",
+			c.Acked, c.Failed, c.TimedOut, c.Departed, c.Pending, c.Participants)
+	}
+	if r.State == NotActive && c.Pending != 0 {
+		return fmt.Errorf("a completed round has %d pending participants", c.Pending)
+	}
+	if e := r.Examples; e != nil {
+		if len(e.Failed) > MaxExamples || len(e.TimedOut) > MaxExamples || len(e.Departed) > MaxExamples || len(e.Errors) > MaxExamples {
+			return fmt.Errorf("examples: at most %d names per outcome", MaxExamples)
 		}
-		for _, l := range []struct {
-			name string
-			ids  []PluginID
-		}{{"acked", r.Acked}, {"failed", r.Failed}, {"timed_out", r.TimedOut}, {"departed", r.Departed}} {
-			for _, p := range l.ids {
-				prev, ok := seen[p]
-				if !ok {
-					return fmt.Errorf("%s lists %s, which is not a participant", l.name, p)
-				}
-				if prev != "" {
-					return fmt.Errorf("%s is both %s and %s", p, prev, l.name)
-				}
-				seen[p] = l.name
-			}
-		}
-		for p, outcome := range seen {
-			if outcome == "" {
-				return fmt.Errorf("participant %s has no outcome in a completed round", p)
+		for k, v := range e.Errors {
+			if err := checkText("example error of "+k, v, maxExampleError+len(truncMarker)+20); err != nil {
+				return err
 			}
 		}
 	}

@@ -1,7 +1,9 @@
 package schema
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -102,19 +104,122 @@ func TestRecordsRoundTrip(t *testing.T) {
 	if got, err := DecodeRegistration("k", b); err != nil || got != reg {
 		t.Fatalf("registration round trip: %+v %v", got, err)
 	}
-	round := Round{Revision: 3, State: NotActive, Cause: CauseManual, StartedBy: "c1",
-		Participants: []PluginID{{"a", "p"}, {"a", "q"}}, Acked: []PluginID{{"a", "p"}}, Departed: []PluginID{{"a", "q"}},
-		Counts: RoundCounts{Participants: 2, Acked: 1, Departed: 1}}
+	round := Round{Revision: 3, State: NotActive, Cause: CauseManual, StartedBy: "c1", Agents: 1,
+		Scope:    ScopeSummary{Agents: 1, First: "a"},
+		Examples: &RoundExamples{Departed: []PluginID{{"a", "q"}}},
+		Counts:   RoundCounts{Participants: 2, Acked: 1, Departed: 1}}
 	b, err = Encode(round)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(b), `"participants":["a/p","a/q"]`) {
-		t.Errorf("participants not encoded as agent/plugin strings: %s", b)
+	if !strings.Contains(string(b), `"departed":["a/q"]`) || strings.Contains(string(b), "\n") {
+		t.Errorf("examples not encoded as agent/plugin strings on one line: %s", b)
 	}
 	got, err := DecodeRound("k", b)
-	if err != nil || got.Counts != round.Counts || len(got.Departed) != 1 || got.Departed[0] != (PluginID{"a", "q"}) {
+	if err != nil || got.Counts != round.Counts || got.Examples == nil || got.Examples.Departed[0] != (PluginID{"a", "q"}) || got.Scope != round.Scope {
 		t.Fatalf("round round trip: %+v %v", got, err)
+	}
+	ra := RoundAgent{Revision: 3, Agent: "a", State: NotActive, Plugins: []string{"p", "q"}, Acked: []string{"p"}, Failed: []string{"q"},
+		Errors: map[string]string{"q": "boom"}}
+	b, err = Encode(ra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotA, err := DecodeRoundAgent("k", b); err != nil || gotA.Outcome("q") != "failed" || gotA.Errors["q"] != "boom" {
+		t.Fatalf("round agent round trip: %+v %v", gotA, err)
+	}
+}
+
+// Round keys: the summary, the per-agent records and the scope chunks
+// under it, all parsed; pruning's range [Round(1), Round(k)) covers every
+// key of the rounds below k.
+func TestRoundKeys(t *testing.T) {
+	l := MustLayout(DefaultPrefix)
+	for _, tc := range []struct {
+		key  string
+		want Key
+	}{
+		{l.Round(7), Key{Kind: KindRound, Round: 7}},
+		{l.RoundAgent(7, "a-1"), Key{Kind: KindRoundAgent, Round: 7, Agent: "a-1"}},
+		{l.RoundScope(7, 2), Key{Kind: KindRoundScope, Round: 7, Chunk: 2}},
+	} {
+		if got, err := l.Parse(tc.key); err != nil || got != tc.want {
+			t.Errorf("Parse(%q) = %+v, %v; want %+v", tc.key, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{l.Round(7) + "/agents/a/b", l.Round(7) + "/other/x", l.Round(7) + "/scope/x"} {
+		if _, err := l.Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted", bad)
+		}
+	}
+	if k := l.RoundAgent(6, "zzz"); !(k >= l.Round(1) && k < l.Round(7)) {
+		t.Errorf("%s is outside the pruning range of rounds below 7", k)
+	}
+}
+
+// Sets: union never widens, all only when asked for; the summary is
+// bounded whatever the set's size.
+func TestScopeSet(t *testing.T) {
+	var s ScopeSet
+	s.Add(Scope{Agent: "a1"})
+	s.Add(Scope{Agent: "a2", Plugin: "p1"})
+	var o ScopeSet
+	o.Add(Scope{Agent: "a3"})
+	o.Add(Scope{Agent: "a1", Plugin: "p9"}) // within a1 already
+	s.Union(o)
+	if s.IsAll() || !s.Includes("a1", "x") || !s.Includes("a2", "p1") || s.Includes("a2", "p2") || !s.Includes("a3", "y") || s.Includes("a4", "p") {
+		t.Fatalf("union wrong: %v", s.Targets())
+	}
+	if got := fmt.Sprint(s.Targets()); got != "[a1 a3 a2/p1]" {
+		t.Fatalf("targets %s", got)
+	}
+	if sum := s.Summary(); sum.Agents != 2 || sum.Plugins != 1 || sum.IsAll() || sum.String() != "3 targets (2 agents, 1 plugin): a1, a3, a2/p1" {
+		t.Fatalf("summary %+v %q", sum, sum.String())
+	}
+	for i := range 1000 {
+		s.AddPlugin(PluginID{Agent: fmt.Sprintf("agent-%04d", i), Plugin: "p"})
+	}
+	sum := s.Summary()
+	b, err := Encode(Revision{Revision: 1, State: Started, Scope: sum, Leader: "c"})
+	if err != nil || len(b) > 600 || !strings.Contains(sum.String(), "+998 more") {
+		t.Fatalf("a 1003-target scope makes a %d-byte revision (%v): %s", len(b), err, sum)
+	}
+	var all ScopeSet
+	all.Add(Scope{Agent: "a"})
+	all.Add(Scope{})
+	if !all.IsAll() || !all.Summary().IsAll() || all.Summary().String() != "all" {
+		t.Fatal("adding the empty scope does not make all")
+	}
+	if (ScopeSet{}).Summary().All || !(ScopeSet{}).Empty() {
+		t.Fatal("the zero set is not empty")
+	}
+	req := Request{Cause: CauseManual, Targets: []Scope{{Agent: "a"}, {Agent: "b", Plugin: "p"}}, RequestedBy: "x"}
+	if err := req.Validate(); err != nil || !req.ScopeSet().Includes("b", "p") || req.ScopeSet().Includes("b", "q") {
+		t.Fatalf("targets request: %v", err)
+	}
+	req.Scope = Scope{Agent: "c"}
+	if err := req.Validate(); err == nil {
+		t.Fatal("a request with both scope and targets is accepted")
+	}
+	req.Scope, req.Targets = Scope{}, make([]Scope, MaxRequestTargets+1)
+	for i := range req.Targets {
+		req.Targets[i] = Scope{Agent: fmt.Sprintf("a%d", i)}
+	}
+	if err := req.Validate(); err == nil || !strings.Contains(err.Error(), "split them") {
+		t.Fatalf("too many targets: %v", err)
+	}
+}
+
+// Error texts are capped after JSON escaping.
+func TestTruncateJSON(t *testing.T) {
+	s := strings.Repeat("<", 5000) // each escapes to \u003c: 6 bytes
+	got := TruncateJSON(s, MaxReasonLen)
+	b, _ := json.Marshal(got)
+	if len(b)-2 > MaxReasonLen+len(truncMarker) || !strings.HasSuffix(got, truncMarker) {
+		t.Fatalf("TruncateJSON left %d escaped bytes", len(b)-2)
+	}
+	if TruncateJSON("short <", 100) != "short <" {
+		t.Fatal("TruncateJSON changed a short text")
 	}
 }
 
@@ -133,10 +238,14 @@ func TestDecodeRejectsWithKey(t *testing.T) {
 		{"bad registration name", `{"agent":"a/b","plugin":"p","order":0}`, "agent name", decRegistration},
 		{"bad cause", `{"cause":"whim"}`, `cause "whim"`, decRequest},
 		{"plugin scope without agent", `{"cause":"manual","scope":{"plugin":"p"}}`, "needs its agent", decRequest},
-		{"huge", `{"reason":"` + strings.Repeat("x", 9000) + `"}`, "the limit is", decRequest},
-		{"double outcome", `{"revision":1,"state":"NotActive","counts":{"participants":1},"participants":["a/p"],"acked":["a/p"],"failed":["a/p"]}`, "both acked and failed", decRound},
-		{"missing outcome", `{"revision":1,"state":"NotActive","counts":{"participants":1},"participants":["a/p"]}`, "no outcome", decRound},
-		{"bad participant", `{"revision":1,"state":"Started","counts":{"participants":1},"participants":["ap"]}`, "not agent/plugin", decRound},
+		{"huge", `{"reason":"` + strings.Repeat("x", 70000) + `"}`, "the limit is", decRequest},
+		{"counts do not add up", `{"revision":1,"state":"NotActive","counts":{"participants":2,"acked":1}}`, "!= 2 participants", decRound},
+		{"pending in a completed round", `{"revision":1,"state":"NotActive","counts":{"participants":1,"pending":1}}`, "pending", decRound},
+		{"bad example", `{"revision":1,"state":"Started","counts":{},"examples":{"failed":["ap"]}}`, "not agent/plugin", decRound},
+		{"double outcome", `{"revision":1,"agent":"a","state":"NotActive","plugins":["p"],"acked":["p"],"failed":["p"]}`, "both acked and failed", decRoundAgent},
+		{"missing outcome", `{"revision":1,"agent":"a","state":"NotActive","plugins":["p"]}`, "no outcome", decRoundAgent},
+		{"not a participant", `{"revision":1,"agent":"a","state":"Started","plugins":["p"],"acked":["q"]}`, "not a participant", decRoundAgent},
+		{"bad scope target", `{"revision":1,"targets":["a/"]}`, "target", decRoundScope},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.dec("/resync/some/key", []byte(tc.value))
@@ -153,6 +262,8 @@ func decRevision(k string, v []byte) error     { _, err := DecodeRevision(k, v);
 func decRegistration(k string, v []byte) error { _, err := DecodeRegistration(k, v); return err }
 func decRequest(k string, v []byte) error      { _, err := DecodeRequest(k, v); return err }
 func decRound(k string, v []byte) error        { _, err := DecodeRound(k, v); return err }
+func decRoundAgent(k string, v []byte) error   { _, err := DecodeRoundAgent(k, v); return err }
+func decRoundScope(k string, v []byte) error   { _, err := DecodeRoundScope(k, v); return err }
 
 func TestEncodeRefusesInvalid(t *testing.T) {
 	if _, err := Encode(Registration{Agent: "a/b", Plugin: "p"}); err == nil {

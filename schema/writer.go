@@ -60,11 +60,17 @@ func (r Request) AllowedFor(w Writer) error {
 	case WriterOperator, WriterLegacy:
 		return nil
 	case WriterAgent:
-		if r.Scope.All() || r.Scope.Agent != w.Agent {
-			return fmt.Errorf("%w: agent %q may request a resync only of its own plugins, not of %s; "+
-				"only an operator (resyncctl trigger, under requests/operator/) may request that", ErrRefused, w.Agent, r.Scope)
+		targets := r.Targets
+		if len(targets) == 0 {
+			targets = []Scope{r.Scope}
+		}
+		for _, t := range targets {
+			if r.RetryOf != 0 || t.All() || t.Agent != w.Agent {
+				return fmt.Errorf("%w: agent %q may request a resync only of its own plugins, not of %s; "+
+					"only an operator (resyncctl trigger, under requests/operator/) may request that", ErrRefused, w.Agent, r.ScopeText())
+			}
 		}
 		return nil
 	}
-	return fmt.Errorf("%w: no writer known for a request of %s; only an operator (resyncctl trigger, under requests/operator/) may request that", ErrRefused, r.Scope)
+	return fmt.Errorf("%w: no writer known for a request of %s; only an operator (resyncctl trigger, under requests/operator/) may request that", ErrRefused, r.ScopeText())
 }

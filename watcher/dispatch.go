@@ -109,7 +109,7 @@ func (w *Watcher) nextStarted(rec schema.Revision, plugins []*plugin) (p *plugin
 		if p.handled >= rec.Revision {
 			continue
 		}
-		participant := rec.State == schema.Started && rec.Scope.Includes(w.agent, p.name)
+		participant := rec.State == schema.Started && w.participates(rec, p.name)
 		switch {
 		case p.parked && participant:
 			return p, true // its join, offered in order to a round it is part of
@@ -163,7 +163,7 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 				w.stats.joinsParked.Add(1)
 			}
 			log.WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take its join Started; it stays offered, next plugin proceeds")
-			if rec.State != schema.Started || !rec.Scope.Includes(w.agent, p.name) {
+			if rec.State != schema.Started || !w.participates(rec, p.name) {
 				return
 			}
 		}

@@ -85,7 +85,10 @@ func (a *agent) register(t *testing.T, plugins ...string) []<-chan StatusEvent {
 	return chs
 }
 
-// writeRev plays the coordinator: it writes the revision record.
+// writeRev plays the coordinator: it writes the revision record and, for
+// a scope that is not all, first the participation record
+// rounds/<N>/agents/<agent> of the scope's agent (an agent scope lists the
+// plugins these tests use: p, q, r).
 func writeRev(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, scope schema.Scope) {
 	t.Helper()
 	writeRevEpoch(t, c, n, state, scope, "")
@@ -95,8 +98,23 @@ func writeRev(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, s
 func writeRevEpoch(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, scope schema.Scope, epoch string) {
 	t.Helper()
 	now := time.Now().UTC()
+	var set schema.ScopeSet
+	set.Add(scope)
+	if state == schema.Started && !scope.All() {
+		ra := schema.RoundAgent{Revision: n, Agent: scope.Agent, State: schema.Started, Plugins: []string{"p", "q", "r"}}
+		if scope.Plugin != "" {
+			ra.Plugins = []string{scope.Plugin}
+		}
+		b, err := schema.Encode(ra)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Put(ctxT(t, 5*time.Second), layout.RoundAgent(n, scope.Agent), string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rec := schema.Revision{
-		Revision: n, State: state, Reason: "test round", Cause: schema.CauseManual, Scope: scope,
+		Revision: n, State: state, Reason: "test round", Cause: schema.CauseManual, Scope: set.Summary(),
 		StartedAt: now, Deadline: now.Add(time.Minute), Leader: "test", Epoch: epoch,
 	}
 	if state == schema.NotActive {

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -64,7 +65,7 @@ func (w *Watcher) outbox() {
 			if w.ctx.Err() != nil {
 				return
 			}
-			w.log.WithError(err).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
+			w.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
 			retry = time.After(pause)
 			pause = min(2*pause, w.cfg.RetryMax)
 		} else {
@@ -167,7 +168,7 @@ func (w *Watcher) rejoin(gen uint64) {
 // the dispatcher's own state.
 func (w *Watcher) acksExpected() bool {
 	w.mu.Lock()
-	rec := w.rec
+	rec, part := w.rec, w.part
 	names := make([]string, len(w.plugins))
 	for i, p := range w.plugins {
 		names[i] = p.name
@@ -184,7 +185,7 @@ func (w *Watcher) acksExpected() bool {
 		case !ok:
 			return true
 		case last.Revision >= rec.Revision:
-		case rec.State == schema.Started && rec.Scope.Includes(w.agent, name):
+		case rec.State == schema.Started && (rec.Scope.IsAll() || part[name]):
 			return true
 		}
 	}

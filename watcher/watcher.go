@@ -258,6 +258,10 @@ type Watcher struct {
 	// than the current one): the dispatcher then forgets what its plugins
 	// handled.
 	resets uint64
+	// part names this agent's plugins that take part in rec when rec has a
+	// set scope (nil: rec's scope is all), read from
+	// rounds/<N>/agents/<agent>.
+	part map[string]bool
 
 	omu         sync.Mutex
 	seq         uint64
@@ -477,11 +481,25 @@ func (w *Watcher) decode(key string, value []byte) (schema.Revision, bool) {
 // restore, a wiped prefix): it is taken, and the dispatcher forgets the
 // revisions its plugins handled, so that the new rounds are delivered.
 func (w *Watcher) setRecord(rec schema.Revision) {
+	var part map[string]bool
+	if rec.State == schema.Started && !rec.Scope.IsAll() {
+		w.mu.Lock()
+		same := w.rec != nil && w.rec.Revision == rec.Revision && w.rec.State == rec.State && w.rec.Epoch == rec.Epoch
+		part = w.part
+		w.mu.Unlock()
+		if !same {
+			var ok bool
+			if part, ok = w.readParticipation(rec.Revision); !ok {
+				return // closing
+			}
+		}
+	}
 	w.mu.Lock()
 	cur := w.rec
 	reset := cur != nil && (rec.Revision < cur.Revision ||
 		(cur.Epoch != "" && rec.Epoch != "" && cur.Epoch != rec.Epoch))
 	w.rec = &rec
+	w.part = part
 	if !reset && cur != nil && cur.Revision == rec.Revision && cur.State == rec.State {
 		w.mu.Unlock()
 		return
@@ -502,6 +520,59 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 		log.Debug("watcher: revision record")
 	}
 	w.poke(w.kick)
+}
+
+// readParticipation reads which of this agent's plugins take part in
+// round n, a round with a set scope: one Get of rounds/<N>/agents/<agent>,
+// written by the leader before the revision said Started (no key: none of
+// them). It retries while etcd fails; ok is false when the Watcher closes.
+func (w *Watcher) readParticipation(n uint64) (part map[string]bool, ok bool) {
+	key := w.layout.RoundAgent(n, w.agent)
+	pause := w.cfg.RetryMin
+	for {
+		ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
+		resp, err := w.c.Get(ctx, key)
+		cancel()
+		if err == nil {
+			part = map[string]bool{}
+			if len(resp.Kvs) == 0 {
+				return part, true
+			}
+			rec, err := schema.DecodeRoundAgent(key, resp.Kvs[0].Value)
+			if err == nil && (rec.Revision != n || rec.Agent != w.agent) {
+				err = &schema.DecodeError{Key: key, Reason: fmt.Sprintf("holds round %d of agent %s", rec.Revision, rec.Agent)}
+			}
+			if err != nil {
+				w.stats.malformed.Add(1)
+				w.log.WithError(err).WithField("key", key).Warn("watcher: skipping a malformed participation record: no plugin takes part")
+				return part, true
+			}
+			for _, p := range rec.Plugins {
+				part[p] = true
+			}
+			return part, true
+		}
+		if w.ctx.Err() != nil {
+			return nil, false
+		}
+		w.log.WithError(err).WithField("key", key).WithField("retry_in", pause).Warn("watcher: reading this agent's participation failed; retrying")
+		select {
+		case <-w.ctx.Done():
+			return nil, false
+		case <-w.clock.After(pause):
+		}
+		pause = min(2*pause, w.cfg.RetryMax)
+	}
+}
+
+// participates reports whether the plugin takes part in rec (Started).
+func (w *Watcher) participates(rec schema.Revision, plugin string) bool {
+	if rec.Scope.IsAll() {
+		return true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rec != nil && w.rec.Revision == rec.Revision && w.part[plugin]
 }
 
 // current returns the current record's revision (0 if none).

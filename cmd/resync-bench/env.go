@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/resyncd/resync/internal/embedetcd"
+	"github.com/resyncd/resync/internal/etcdspace"
 )
 
 // env is the embedded etcd member of the run: production settings (default
@@ -27,7 +28,10 @@ func startEnv(ctx context.Context, parent string) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, err := embedetcd.Start(ctx, embedetcd.Config{Name: "bench", Dir: dir, ClientURL: "http://127.0.0.1:0"})
+	e, err := embedetcd.Start(ctx, embedetcd.Config{Name: "bench", Dir: dir, ClientURL: "http://127.0.0.1:0",
+		// resyncd's defaults for its embedded etcd.
+		AutoCompactionMode: etcdspace.DefaultAutoCompactionMode, AutoCompactionRetention: etcdspace.DefaultAutoCompactionRetention,
+		QuotaBackendBytes: etcdspace.DefaultQuotaBackendBytes})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err

@@ -36,7 +36,7 @@ type FailoverResult struct {
 	Discarded int `json:"discarded"`
 }
 
-var failoverSize = size{10, 10}
+var failoverSize = size{Agents: 10, Plugins: 10}
 
 func measureFailover(ctx context.Context, e *env, o options, log logrus.FieldLogger) (*FailoverResult, error) {
 	res := &FailoverResult{SessionTTLMs: ms(o.sessionTTL), StandbySettleMs: ms(o.standbySettle), Agents: failoverSize.Agents, Plugins: failoverSize.Plugins}
@@ -104,7 +104,7 @@ func measureFailover(ctx context.Context, e *env, o options, log logrus.FieldLog
 			} else {
 				go func() { old.co.Close(); closeTook = time.Since(t0); close(closed) }()
 			}
-			if err := request(ctx, e.kv, f.layout, "failover "+kind); err != nil {
+			if err := request(ctx, e.kv, f.layout, "failover "+kind, 0); err != nil {
 				standby.Close()
 				return res, err
 			}

@@ -180,10 +180,15 @@ func (k *coord) Close() {
 	k.c.Close()
 }
 
-// request writes requests/operator/<id> (cause manual, scope all).
-func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string) error {
+// request writes requests/operator/<id> (cause manual, scope all, or the
+// first target agents agent-00000... when target > 0).
+func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string, target int) error {
 	now := time.Now().UTC()
-	b, err := schema.Encode(schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now})
+	req := schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now}
+	for a := range target {
+		req.Targets = append(req.Targets, schema.Scope{Agent: fmt.Sprintf("agent-%05d", a)})
+	}
+	b, err := schema.Encode(req)
 	if err != nil {
 		return err
 	}

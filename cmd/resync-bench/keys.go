@@ -45,7 +45,7 @@ func measureKeys(ctx context.Context, e *env, o options, log logrus.FieldLogger)
 	for _, target := range o.keyRounds {
 		for done < target {
 			if done > 0 {
-				if err := request(ctx, e.kv, f.layout, "keys"); err != nil {
+				if err := request(ctx, e.kv, f.layout, "keys", 0); err != nil {
 					return out, err
 				}
 			}

@@ -68,7 +68,7 @@ func run() int {
 		sizes, keyRounds, keySize string
 		only                      string
 	)
-	flag.StringVar(&sizes, "sizes", "1x1,10x10,100x10,1000x10", "round-latency sizes, agents x plugins per agent, comma separated")
+	flag.StringVar(&sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); add 10000x10 on a machine that holds it")
 	flag.IntVar(&o.rounds, "rounds", 20, "measured rounds per size (and floor samples)")
 	flag.IntVar(&o.warmup, "warmup", 2, "unmeasured rounds per size after the initial round")
 	flag.IntVar(&o.agentsPerClient, "agents-per-client", 50, "agents sharing one etcd client")
@@ -86,7 +86,21 @@ func run() int {
 	flag.StringVar(&o.dir, "dir", "", "parent of the temporary etcd data dir (default: the system's temp dir)")
 	flag.StringVar(&o.logFile, "log", "", "file for agents' and coordinators' logs at warn level (default: discarded)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each size's measured rounds to FILE.AxP")
+	var so soakOptions
+	var soakSize string
+	flag.DurationVar(&so.duration, "soak", 0, "instead of the experiments, run the soak for this long (make soak): rounds back to back, sampled")
+	flag.StringVar(&soakSize, "soak-size", "200x10", "agents x plugins per agent of the soak")
+	flag.DurationVar(&so.sample, "soak-sample", 5*time.Second, "sampling interval of the soak")
+	flag.StringVar(&so.out, "soak-out", "bench/soak.json", "JSON of the soak")
+	flag.StringVar(&so.svg, "soak-svg", "bench/soak.svg", "SVG plot of the soak (\"\" for none)")
+	replot := flag.String("soak-replot", "", "redraw -soak-svg from this soak JSON and exit")
 	flag.Parse()
+	if *replot != "" {
+		return replotSoak(*replot, so.svg)
+	}
+	if so.duration > 0 {
+		return runSoak(so, soakSize)
+	}
 
 	var err error
 	if o.sizes, err = parseSizes(sizes); err != nil {
@@ -141,6 +155,38 @@ func run() int {
 	}
 	if err != nil {
 		return fail(err)
+	}
+	return 0
+}
+
+func runSoak(so soakOptions, sizeText string) int {
+	var err error
+	if so.size, err = parseSize(sizeText); err != nil {
+		return fail(err)
+	}
+	if so.sample <= 0 || so.duration < 6*so.sample {
+		return fail(fmt.Errorf("-soak %v must be at least 6 samples of -soak-sample %v", so.duration, so.sample))
+	}
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	log.SetOutput(os.Stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := soak(ctx, so, log)
+	if res != nil {
+		printSoak(os.Stdout, res)
+		if so.out != "" {
+			if werr := writeJSON(so.out, res); werr != nil {
+				return fail(werr)
+			}
+			fmt.Fprintf(os.Stderr, "soak written to %s and %s\n", so.out, so.svg)
+		}
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if !res.Pass {
+		return 1
 	}
 	return 0
 }

@@ -248,7 +248,7 @@ func childMemoryRun(ep, prefix string, n, rounds int) (*MemoryResult, error) {
 	defer co.Close()
 	for r := range rounds {
 		if r > 0 {
-			if err := request(ctx, c, layout, "memory"); err != nil {
+			if err := request(ctx, c, layout, "memory", 0); err != nil {
 				return nil, err
 			}
 		}

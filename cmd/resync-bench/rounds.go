@@ -22,7 +22,13 @@ type RoundRow struct {
 	Agents       int `json:"agents"`
 	Plugins      int `json:"plugins_per_agent"`
 	Participants int `json:"participants"`
-	Clients      int `json:"etcd_clients"`
+	// Targeted: the measured rounds were requested for this many agents
+	// only (their plugins are the rounds' participants); 0: all.
+	Targeted int `json:"targeted_agents,omitempty"`
+	Clients  int `json:"etcd_clients"`
+	// LargestWrite is the largest etcd request (bytes of keys and values)
+	// the coordinator wrote, from coordinator.Status.
+	LargestWrite int `json:"largest_write_bytes"`
 	// Round: request written -> the coordinator's RoundFinished hook (the
 	// revision NotActive committed), every participant acked.
 	Round Dist `json:"round"`
@@ -53,13 +59,15 @@ type RoundRow struct {
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.participants(), Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
 	var err error
 	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
-	if row.Round, row.ToStarted, row.AllAcked, row.NotActiveMissing, err = measureRounds(ctx, e, o, sz, log); err != nil {
+	if row.Round, row.ToStarted, row.AllAcked, row.NotActiveMissing, row.LargestWrite, err = measureRounds(ctx, e, o, sz, log); err != nil {
 		return row, err
 	}
-	progress("%s: round p50 %.1f ms; etcd floor", sz, row.Round.P50)
+	progress("%s: round p50 %.1f ms (largest write %d B); etcd floor", sz, row.Round.P50, row.LargestWrite)
+	// The floors and the barrier: the participants a measured round has.
+	sz = sz.measured()
 	if row.Floor, err = measureFloor(ctx, e, o, sz, false); err != nil {
 		return row, err
 	}
@@ -85,20 +93,28 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 	return row, ctx.Err()
 }
 
-func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (round, toStarted, allAcked Dist, missing int64, err error) {
+func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (round, toStarted, allAcked Dist, missing int64, largest int, err error) {
+	round, toStarted, allAcked, missing, k, err := measureRoundsOf(ctx, e, o, sz, log)
+	if k != nil {
+		largest = k.co.Status().LargestWrite
+		k.Close()
+	}
+	return round, toStarted, allAcked, missing, largest, err
+}
+
+func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (round, toStarted, allAcked Dist, missing int64, k *coord, err error) {
 	prefix := fmt.Sprintf("/bench/rounds-%s/", sz)
 	f, err := startFleet(ctx, e, sz, prefix, o.agentsPerClient, log)
 	if err != nil {
-		return round, toStarted, allAcked, 0, err
+		return round, toStarted, allAcked, 0, k, err
 	}
 	defer f.Close()
-	k, err := startCoord(e, coordinator.Config{ID: "bench", Prefix: prefix, CoalesceWindow: o.coalesce}, log)
+	k, err = startCoord(e, coordinator.Config{ID: "bench", Prefix: prefix, CoalesceWindow: o.coalesce}, log)
 	if err != nil {
-		return round, toStarted, allAcked, 0, err
+		return round, toStarted, allAcked, 0, nil, err
 	}
-	defer k.Close()
-	want := sz.participants()
-	waitNotActive := func(base int64) {
+	want, wantMeasured := sz.participants(), sz.measured().participants()
+	waitNotActive := func(base int64, want int) {
 		err := waitFor(ctx, 30*time.Second, "NotActive", func() (bool, error) { return f.notActive.Load()-base >= int64(want), nil })
 		if err != nil {
 			missing += int64(want) - (f.notActive.Load() - base)
@@ -109,16 +125,16 @@ func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.F
 	// resyncs); it is not measured.
 	base := f.notActive.Load()
 	if _, err := waitRound(ctx, k.hooks.started, 2*time.Minute, "initial RoundStarted"); err != nil {
-		return round, toStarted, allAcked, 0, err
+		return round, toStarted, allAcked, 0, k, err
 	}
 	fin, err := waitRound(ctx, k.hooks.finished, 5*time.Minute, "initial RoundFinished")
 	if err != nil {
-		return round, toStarted, allAcked, 0, err
+		return round, toStarted, allAcked, 0, k, err
 	}
 	if err := checkClean(fin.round, want); err != nil {
-		return round, toStarted, allAcked, 0, err
+		return round, toStarted, allAcked, 0, k, err
 	}
-	waitNotActive(base)
+	waitNotActive(base, want)
 	n := fin.round.Revision
 
 	var lat, st, acked []time.Duration
@@ -126,28 +142,28 @@ func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.F
 		if i == o.warmup && o.cpuProfile != "" {
 			stop, err := startProfile(fmt.Sprintf("%s.%s", o.cpuProfile, sz))
 			if err != nil {
-				return round, toStarted, allAcked, missing, err
+				return round, toStarted, allAcked, missing, k, err
 			}
 			defer stop()
 		}
 		base := f.notActive.Load()
 		t0 := time.Now()
-		if err := request(ctx, e.kv, f.layout, "resync-bench"); err != nil {
-			return round, toStarted, allAcked, missing, err
+		if err := request(ctx, e.kv, f.layout, "resync-bench", sz.Target); err != nil {
+			return round, toStarted, allAcked, missing, k, err
 		}
 		s, err := waitRound(ctx, k.hooks.started, time.Minute, "RoundStarted")
 		if err != nil {
-			return round, toStarted, allAcked, missing, err
+			return round, toStarted, allAcked, missing, k, err
 		}
 		fin, err := waitRound(ctx, k.hooks.finished, 5*time.Minute, "RoundFinished")
 		if err != nil {
-			return round, toStarted, allAcked, missing, err
+			return round, toStarted, allAcked, missing, k, err
 		}
-		if err := checkClean(fin.round, want); err != nil {
-			return round, toStarted, allAcked, missing, err
+		if err := checkClean(fin.round, wantMeasured); err != nil {
+			return round, toStarted, allAcked, missing, k, err
 		}
 		if fin.round.Revision != n+1 || s.round.Revision != n+1 {
-			return round, toStarted, allAcked, missing, fmt.Errorf("%w: revision %d after %d", errRound, fin.round.Revision, n)
+			return round, toStarted, allAcked, missing, k, fmt.Errorf("%w: revision %d after %d", errRound, fin.round.Revision, n)
 		}
 		n++
 		if i >= o.warmup {
@@ -155,9 +171,9 @@ func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.F
 			st = append(st, s.at.Sub(t0))
 			acked = append(acked, time.Unix(0, k.hooks.lastResolved.Load()).Sub(t0))
 		}
-		waitNotActive(base)
+		waitNotActive(base, wantMeasured)
 	}
-	return dist(lat), dist(st), dist(acked), missing, nil
+	return dist(lat), dist(st), dist(acked), missing, k, nil
 }
 
 // measureFloor is the etcd floor of a round: the same number of ack writes

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/resyncd/resync/schema"
+
 	"fmt"
 	"slices"
 	"strconv"
@@ -9,20 +11,44 @@ import (
 )
 
 // size is agents x plugins per agent.
-type size struct{ Agents, Plugins int }
+// size is a fleet of Agents x Plugins; with Target > 0 the measured rounds
+// are requested for the first Target agents only (AxP@T).
+type size struct{ Agents, Plugins, Target int }
 
-func (s size) String() string            { return fmt.Sprintf("%dx%d", s.Agents, s.Plugins) }
+func (s size) String() string {
+	if s.Target > 0 {
+		return fmt.Sprintf("%dx%d@%d", s.Agents, s.Plugins, s.Target)
+	}
+	return fmt.Sprintf("%dx%d", s.Agents, s.Plugins)
+}
 func (s size) participants() int         { return s.Agents * s.Plugins }
 func (s size) clients(perClient int) int { return (s.Agents + perClient - 1) / perClient }
 
+// measured is the part of the fleet a measured round reaches.
+func (s size) measured() size {
+	if s.Target > 0 {
+		return size{Agents: s.Target, Plugins: s.Plugins}
+	}
+	return s
+}
+
 func parseSize(s string) (size, error) {
-	a, p, ok := strings.Cut(strings.TrimSpace(s), "x")
+	spec, target, hasTarget := strings.Cut(strings.TrimSpace(s), "@")
+	a, p, ok := strings.Cut(spec, "x")
 	na, err1 := strconv.Atoi(a)
 	np, err2 := strconv.Atoi(p)
 	if !ok || err1 != nil || err2 != nil || na < 1 || np < 1 {
-		return size{}, fmt.Errorf("size %q is not AGENTSxPLUGINS (e.g. 100x10)", s)
+		return size{}, fmt.Errorf("size %q is not AGENTSxPLUGINS or AGENTSxPLUGINS@TARGETED (e.g. 100x10, 1000x10@100)", s)
 	}
-	return size{na, np}, nil
+	z := size{Agents: na, Plugins: np}
+	if hasTarget {
+		nt, err := strconv.Atoi(target)
+		if err != nil || nt < 1 || nt > na || nt > schema.MaxRequestTargets {
+			return size{}, fmt.Errorf("size %q: @TARGETED must be 1 to min(AGENTS, %d)", s, schema.MaxRequestTargets)
+		}
+		z.Target = nt
+	}
+	return z, nil
 }
 
 func parseSizes(s string) ([]size, error) {

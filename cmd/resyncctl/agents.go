@@ -105,8 +105,21 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 		return agentsDoc{}, err
 	}
 	doc := agentsDoc{Agents: []agentDoc{}}
+	inRound := func(schema.PluginID) bool { return true } // an all-scope round
 	if rev != nil {
 		doc.Revision, doc.State = rev.Revision, rev.State
+		if !rev.Scope.IsAll() {
+			// A set scope's participants are under rounds/<N>/agents/.
+			_, parts, err := e.readParticipants(ctx, c, rev.Revision)
+			if err != nil {
+				return agentsDoc{}, err
+			}
+			in := make(map[schema.PluginID]bool, len(parts))
+			for _, p := range parts {
+				in[p] = true
+			}
+			inRound = func(id schema.PluginID) bool { return in[id] }
+		}
 	}
 	ttls := map[clientv3.LeaseID]int64{}
 	// readRegistrations sorts by agent, then registration order.
@@ -130,7 +143,7 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 			if ack, ok := acks[r.ID()]; ok && ack.Revision == a.AckedRevision && (a.Result == "" || resultRank(ack.Result) > resultRank(a.Result)) {
 				a.Result = ack.Result
 			}
-			if rev != nil && rev.Scope.Includes(r.Agent, r.Plugin) && !r.RegisteredAt.After(rev.StartedAt) {
+			if rev != nil && inRound(r.ID()) && !r.RegisteredAt.After(rev.StartedAt) {
 				if ack, ok := acks[r.ID()]; !ok || ack.Revision < rev.Revision {
 					a.Behind = true
 					a.BehindPlugins = append(a.BehindPlugins, r.Plugin)

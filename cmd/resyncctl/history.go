@@ -3,15 +3,11 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
-	"slices"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
 )
 
-// maxHistory bounds -n: the coordinator keeps 100 rounds by default.
+// maxHistory bounds -n: the coordinator keeps 100 round summaries by default.
 const maxHistory = 100000
 
 func setupHistory(fs *flag.FlagSet) func(context.Context, *env) error {
@@ -26,38 +22,26 @@ func setupHistory(fs *flag.FlagSet) func(context.Context, *env) error {
 		}
 		ctx, cancel := e.etcd.CommandContext(ctx)
 		defer cancel()
-		// Round keys are zero-padded: key order is round order.
-		resp, err := c.Get(ctx, e.layout.Rounds(), clientv3.WithPrefix(),
-			clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(int64(*n)))
+		rounds, err := e.readSummaries(ctx, c, *n)
 		if err != nil {
-			return fmt.Errorf("read %s: %w", e.layout.Rounds(), err)
+			return err
 		}
-		rounds := make([]schema.Round, 0, len(resp.Kvs))
-		for _, kv := range resp.Kvs {
-			key := string(kv.Key)
-			k, err := e.layout.Parse(key)
-			if err == nil && k.Kind != schema.KindRound {
-				err = &schema.DecodeError{Key: key, Reason: "not a round key"}
-			}
-			if err != nil {
-				e.skipped(err)
-				continue
-			}
-			r, err := schema.DecodeRound(key, kv.Value)
-			if err != nil {
-				e.skipped(err)
-				continue
-			}
-			rounds = append(rounds, r)
-		}
-		slices.Reverse(rounds) // oldest first, the latest next to the prompt
 		if e.json {
-			if rounds == nil {
-				rounds = []schema.Round{}
+			// A set scope's every target, while the round keeps its detail.
+			type roundDoc struct {
+				schema.Round
+				ScopeTargets []string `json:"scope_targets,omitempty"`
+			}
+			docs := make([]roundDoc, len(rounds))
+			for i := range rounds {
+				docs[i].Round = rounds[i]
+				if docs[i].ScopeTargets, err = e.readScopeTargets(ctx, c, &rounds[i]); err != nil {
+					return err
+				}
 			}
 			return writeJSON(e.stdout, struct {
-				Rounds []schema.Round `json:"rounds"`
-			}{rounds})
+				Rounds []roundDoc `json:"rounds"`
+			}{docs})
 		}
 		tw := newTable(e.stdout)
 		row(tw, "REVISION", "CAUSE", "SCOPE", "PARTICIPANTS", "ACKED", "FAILED", "TIMED_OUT", "DEPARTED", "DURATION", "FINISHED_AT", "LEADER")

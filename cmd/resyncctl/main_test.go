@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/handagent"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -413,5 +414,49 @@ func TestTriggerWaitTimesOutWithoutCoordinator(t *testing.T) {
 	}
 	if n := countKeys(t, m.Client(t), layout.Requests()); n != 1 {
 		t.Fatalf("the request should stay queued: %d requests", n)
+	}
+}
+
+// trigger takes several targets (comma lists and repeated flags); the round
+// covers exactly their union; status and history show the set compactly,
+// -o json lists every target.
+func TestTriggerSeveralTargets(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	ep := m.Endpoint()
+	agents := map[string]*handagent.Agent{}
+	for _, a := range []string{"n1", "n2", "n3", "n4"} {
+		agents[a] = startHandAgent(t, ep, a, []string{"p1", "p2"}, nil)
+	}
+	startCoordinator(t, ep, "c1")
+	waitRound(t, obs, 1, schema.NotActive)
+	code, out, _ := cli(t, ctxT(t, 40*time.Second), "--endpoints", ep, "trigger", "--agent", "n1,n2", "--plugin", "n3/p2",
+		"--plugin", "n4/p1", "--reason", "several", "--wait", "--timeout", "30s")
+	if code != 0 || !strings.Contains(out, "round 2 finished clean") || !strings.Contains(out, "6 participants") {
+		t.Fatalf("trigger with 4 targets: exit %d\n%s", code, out)
+	}
+	for a, ag := range agents {
+		for _, p := range []string{"p1", "p2"} {
+			want := 0
+			if a == "n1" || a == "n2" || a+"/"+p == "n3/p2" || a+"/"+p == "n4/p1" {
+				want = 1
+			}
+			if n := ag.StartedCount(p, 2); n != want {
+				t.Errorf("%s/%s got Started 2 %d times, want %d", a, p, n, want)
+			}
+		}
+	}
+	code, out, _ = cli(t, ctxT(t, 10*time.Second), "--endpoints", ep, "status")
+	if code != 0 || !strings.Contains(out, "4 targets (2 agents, 2 plugins): n1, n2, n3/p2, n4/p1") {
+		t.Errorf("status does not show the set scope:\n%s", out)
+	}
+	code, out, _ = cli(t, ctxT(t, 10*time.Second), "--endpoints", ep, "-o", "json", "status")
+	var st statusDoc
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || fmt.Sprint(st.ScopeTargets) != "[n1 n2 n3/p2 n4/p1]" || st.Scope.Agents != 2 {
+		t.Errorf("status -o json: %d %v %+v", code, err, st)
+	}
+	code, out, _ = cli(t, ctxT(t, 10*time.Second), "--endpoints", ep, "history")
+	if code != 0 || !strings.Contains(out, "4 targets") {
+		t.Errorf("history does not show the set scope:\n%s", out)
 	}
 }

@@ -99,7 +99,7 @@ func listFirst(names []string, n int) string {
 }
 
 // scopeText is a scope for tables.
-func scopeText(s schema.Scope) string { return s.String() }
+func scopeText(s schema.ScopeSummary) string { return s.String() }
 
 // countsText is a one-line summary of outcome counts.
 func countsText(c schema.RoundCounts) string {

@@ -166,9 +166,9 @@ type progress struct {
 	Errors   map[string]string  `json:"errors,omitempty"`
 }
 
-func computeProgress(round *schema.Round, acks map[schema.PluginID]schema.Ack, live map[schema.PluginID]bool) progress {
-	p := progress{Counts: schema.RoundCounts{Participants: len(round.Participants)}}
-	for _, id := range round.Participants {
+func computeProgress(round *schema.Round, parts []schema.PluginID, acks map[schema.PluginID]schema.Ack, live map[schema.PluginID]bool) progress {
+	p := progress{Counts: schema.RoundCounts{Participants: len(parts)}}
+	for _, id := range parts {
 		a, ok := acks[id]
 		switch {
 		case ok && a.Revision == round.Revision && a.Result == schema.ResultOK:
@@ -194,9 +194,128 @@ func computeProgress(round *schema.Round, acks map[schema.PluginID]schema.Ack, l
 	return p
 }
 
-// summaryProgress is the progress view of a finished round's record.
+// summaryProgress is the progress view of a finished round's summary: its
+// counts and its first few non-ok participants (the summary's examples).
 func summaryProgress(r *schema.Round) progress {
-	return progress{Counts: r.Counts, Failed: r.Failed, TimedOut: r.TimedOut, Departed: r.Departed, Errors: r.Errors}
+	p := progress{Counts: r.Counts}
+	if ex := r.Examples; ex != nil {
+		p.Failed, p.TimedOut, p.Departed, p.Errors = ex.Failed, ex.TimedOut, ex.Departed, ex.Errors
+	}
+	return p
+}
+
+// viewProgress is the progress view of a finished round with every
+// participant's outcome (from rounds/<N>/agents/).
+func viewProgress(v *coordinator.RoundView) progress {
+	return progress{Counts: v.Counts, Failed: v.Failed, TimedOut: v.TimedOut, Departed: v.Departed, Errors: v.Errors}
+}
+
+// readParticipants reads round n's participants from rounds/<N>/agents/
+// (paged); malformed records are reported and skipped.
+func (e *env) readParticipants(ctx context.Context, c *clientv3.Client, n uint64) ([]schema.RoundAgent, []schema.PluginID, error) {
+	recs, bad, err := coordinator.ReadRoundAgents(ctx, c, e.layout, n, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, b := range bad {
+		e.skipped(b)
+	}
+	var parts []schema.PluginID
+	for _, r := range recs {
+		for _, p := range r.Plugins {
+			parts = append(parts, schema.PluginID{Agent: r.Agent, Plugin: p})
+		}
+	}
+	return recs, parts, nil
+}
+
+// readView reads round n's summary and per-agent records: nil when the
+// summary is missing or malformed (reported).
+func (e *env) readView(ctx context.Context, c *clientv3.Client, n uint64) (*coordinator.RoundView, error) {
+	r, err := e.readRound(ctx, c, n)
+	if err != nil || r == nil {
+		return nil, err
+	}
+	recs, _, err := e.readParticipants(ctx, c, n)
+	if err != nil {
+		return nil, err
+	}
+	v := coordinator.NewRoundView(*r, recs)
+	return &v, nil
+}
+
+// readScopeTargets reads every target of round n's set scope (none for
+// all, or when the round's detail was pruned).
+func (e *env) readScopeTargets(ctx context.Context, c *clientv3.Client, r *schema.Round) ([]string, error) {
+	if r == nil || r.Scope.IsAll() {
+		return nil, nil
+	}
+	t, bad, err := coordinator.ReadRoundScope(ctx, c, e.layout, r.Revision)
+	for _, b := range bad {
+		e.skipped(b)
+	}
+	return t, err
+}
+
+// readSummaries reads the summaries rounds/<N> of the latest n rounds,
+// oldest first, without reading the per-agent records under them: it scans
+// keys only, newest first, and jumps over each round's rounds/<N>/ keys,
+// then reads the summaries by key, several per Txn.
+func (e *env) readSummaries(ctx context.Context, c *clientv3.Client, n int) ([]schema.Round, error) {
+	var nums []uint64
+	from, end := e.layout.Rounds(), clientv3.GetPrefixRangeEnd(e.layout.Rounds())
+	for len(nums) < n {
+		resp, err := c.Get(ctx, from, clientv3.WithRange(end), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(16))
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", e.layout.Rounds(), err)
+		}
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		end = string(resp.Kvs[len(resp.Kvs)-1].Key)
+		for _, kv := range resp.Kvs {
+			k, err := e.layout.Parse(string(kv.Key))
+			if err != nil {
+				continue // reported when a summary is read; other garbage is no round
+			}
+			if k.Kind == schema.KindRound {
+				if nums = append(nums, k.Round); len(nums) == n {
+					break
+				}
+				continue
+			}
+			// A key under rounds/<N>/: skip the rest of them.
+			end = e.layout.RoundDir(k.Round)
+			break
+		}
+	}
+	var rounds []schema.Round
+	for len(nums) > 0 {
+		batch := nums[:min(len(nums), 100)]
+		nums = nums[len(batch):]
+		ops := make([]clientv3.Op, len(batch))
+		for i, k := range batch {
+			ops[i] = clientv3.OpGet(e.layout.Round(k))
+		}
+		resp, err := c.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", e.layout.Rounds(), err)
+		}
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				key := string(kv.Key)
+				rd, err := schema.DecodeRound(key, kv.Value)
+				if err != nil {
+					e.skipped(err)
+					continue
+				}
+				rounds = append(rounds, rd)
+			}
+		}
+	}
+	slices.Reverse(rounds) // oldest first, the latest next to the prompt
+	return rounds, nil
 }
 
 func liveSet(rows []regRow) map[schema.PluginID]bool {

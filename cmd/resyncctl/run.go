@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/etcdflags"
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -263,7 +264,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &code):
 		return int(code)
 	default:
-		msg := oneLine(err.Error())
+		msg := oneLine(etcdspace.Explain(err).Error())
 		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") && !strings.Contains(msg, "needs an operator") {
 			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"
 		}

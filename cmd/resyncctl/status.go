@@ -3,23 +3,29 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"text/tabwriter"
 	"time"
 
+	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
 // statusDoc is the JSON document of `status -o json`.
 type statusDoc struct {
 	// Revision is 0 when no round ever ran.
-	Revision   uint64        `json:"revision"`
-	State      schema.Status `json:"state,omitempty"`
-	Cause      schema.Cause  `json:"cause,omitempty"`
-	Reason     string        `json:"reason,omitempty"`
-	Scope      schema.Scope  `json:"scope"`
-	Leader     string        `json:"leader"` // "<id>@<term>", "" when none leads
-	StartedAt  time.Time     `json:"started_at,omitzero"`
-	Deadline   time.Time     `json:"deadline,omitzero"`
-	FinishedAt time.Time     `json:"finished_at,omitzero"`
+	Revision uint64              `json:"revision"`
+	State    schema.Status       `json:"state,omitempty"`
+	Cause    schema.Cause        `json:"cause,omitempty"`
+	Reason   string              `json:"reason,omitempty"`
+	Scope    schema.ScopeSummary `json:"scope"`
+	// ScopeTargets lists every target of a set scope (-o json only).
+	ScopeTargets []string  `json:"scope_targets,omitempty"`
+	Leader       string    `json:"leader"` // "<id>@<term>", "" when none leads
+	StartedAt    time.Time `json:"started_at,omitzero"`
+	Deadline     time.Time `json:"deadline,omitzero"`
+	FinishedAt   time.Time `json:"finished_at,omitzero"`
 	// AgeSeconds is the time since the round started.
 	AgeSeconds float64 `json:"age_seconds,omitempty"`
 	// RoundLeader wrote the revision record.
@@ -28,6 +34,10 @@ type statusDoc struct {
 	// missing); while it runs they are computed from acks and
 	// registrations.
 	Progress *progress `json:"progress,omitempty"`
+	// Storage is etcd's database size against its quota (nil when etcd
+	// did not say, e.g. a user without the right); Storage.Warning is set
+	// past 80% of the quota or with a NOSPACE alarm.
+	Storage *etcdspace.Usage `json:"storage,omitempty"`
 }
 
 func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
@@ -55,13 +65,35 @@ func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
 			if err != nil {
 				return err
 			}
+			if e.json {
+				if doc.ScopeTargets, err = e.readScopeTargets(ctx, c, round); err != nil {
+					return err
+				}
+			}
 			switch {
 			case round == nil:
 				e.warn("round %d has no readable record %s: progress unknown", rev.Revision, e.layout.Round(rev.Revision))
-			case round.State == schema.NotActive:
+			case round.State == schema.NotActive && round.Clean():
 				p := summaryProgress(round)
 				doc.Progress = &p
+			case round.State == schema.NotActive:
+				// Every failed, timed-out and departed participant, from
+				// the per-agent records.
+				recs, _, err := e.readParticipants(ctx, c, round.Revision)
+				if err != nil {
+					return err
+				}
+				p := summaryProgress(round)
+				if len(recs) > 0 {
+					v := coordinator.NewRoundView(*round, recs)
+					p = viewProgress(&v)
+				}
+				doc.Progress = &p
 			default:
+				_, parts, err := e.readParticipants(ctx, c, round.Revision)
+				if err != nil {
+					return err
+				}
 				regs, err := e.readRegistrations(ctx, c, 0)
 				if err != nil {
 					return err
@@ -70,8 +102,16 @@ func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
 				if err != nil {
 					return err
 				}
-				p := computeProgress(round, acks, liveSet(regs))
+				p := computeProgress(round, parts, acks, liveSet(regs))
 				doc.Progress = &p
+			}
+		}
+		if u, err := etcdspace.Read(ctx, c); err != nil {
+			e.warn("etcd's database size is unknown: %v", err)
+		} else {
+			doc.Storage = &u
+			if u.Warning != "" {
+				e.warn("%s", u.Warning)
 			}
 		}
 		if e.json {
@@ -89,6 +129,7 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 	if leader == "" {
 		leader = "none (no coordinator is running: requests wait until one leads)"
 	}
+	defer printStorage(tw, d.Storage)
 	if d.Revision == 0 {
 		row(tw, "revision", "none yet")
 		row(tw, "leader", leader)
@@ -118,6 +159,21 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 				row(tw, "error "+id.String(), msg)
 			}
 		}
+	}
+}
+
+// printStorage adds the etcd database line (and its warning).
+func printStorage(tw *tabwriter.Writer, u *etcdspace.Usage) {
+	if u == nil {
+		return
+	}
+	line := etcdspace.Bytes(u.Size) + " (" + etcdspace.Bytes(u.InUse) + " in use)"
+	if u.Quota > 0 {
+		line += fmt.Sprintf(" of %s quota, %.0f%%", etcdspace.Bytes(u.Quota), 100*u.Fraction())
+	}
+	row(tw, "etcd db", line)
+	if u.Warning != "" {
+		row(tw, "etcd warning", u.Warning)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
 )
@@ -23,28 +24,101 @@ const heartbeat = 5 * time.Second
 
 // triggerDoc is the JSON document of `trigger -o json`.
 type triggerDoc struct {
-	Request     string       `json:"request"`
-	Key         string       `json:"key"`
-	Reason      string       `json:"reason"`
-	Scope       schema.Scope `json:"scope"`
-	RequestedBy string       `json:"requested_by"`
-	// With --wait: the round that consumed the request, its summary, and
-	// whether it completed clean.
-	Revision uint64        `json:"revision,omitempty"`
-	Clean    *bool         `json:"clean,omitempty"`
-	Round    *schema.Round `json:"round,omitempty"`
+	Request string       `json:"request"`
+	Key     string       `json:"key"`
+	Reason  string       `json:"reason"`
+	Scope   schema.Scope `json:"scope"`
+	// Targets are the request's targets when it has more than one.
+	Targets     []schema.Scope `json:"targets,omitempty"`
+	RequestedBy string         `json:"requested_by"`
+	// With --wait: the round that consumed the request, its summary with
+	// every participant's outcome, and whether it completed clean.
+	Revision uint64                 `json:"revision,omitempty"`
+	Clean    *bool                  `json:"clean,omitempty"`
+	Round    *coordinator.RoundView `json:"round,omitempty"`
 }
 
 type triggerOpts struct {
-	agent, plugin, reason, who string
-	wait                       bool
-	timeout                    time.Duration
+	agents, plugins listFlag
+	reason, who     string
+	wait            bool
+	timeout         time.Duration
+}
+
+// listFlag is a flag that takes comma-separated lists and may repeat.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+// targets turns --agent and --plugin into the request's targets. A
+// --plugin without "/" is named within the one --agent (the older form
+// --agent a1 --plugin p1); otherwise each --agent and each --plugin
+// agent/plugin is a target. None means all.
+func (o triggerOpts) targets() ([]schema.Scope, error) {
+	var out []schema.Scope
+	short := 0
+	for _, p := range o.plugins {
+		if !strings.Contains(p, "/") {
+			short++
+		}
+	}
+	if short > 0 {
+		if len(o.agents) != 1 {
+			return nil, fmt.Errorf("--plugin needs --agent: a plugin is named within its one agent, or as agent/plugin (--plugin %s)", o.plugins)
+		}
+		for _, p := range o.plugins {
+			if !strings.Contains(p, "/") {
+				p = o.agents[0] + "/" + p
+			}
+			sc, err := schema.ParseTarget(p)
+			if err != nil {
+				return nil, fmt.Errorf("--plugin: %w", err)
+			}
+			out = append(out, sc)
+		}
+		return dedupTargets(out), nil
+	}
+	for _, a := range o.agents {
+		if err := schema.ValidateName("agent", a); err != nil {
+			return nil, fmt.Errorf("--agent: %w (for one plugin use --plugin agent/plugin)", err)
+		}
+		out = append(out, schema.Scope{Agent: a})
+	}
+	for _, p := range o.plugins {
+		sc, err := schema.ParseTarget(p)
+		if err != nil {
+			return nil, fmt.Errorf("--plugin: %w", err)
+		}
+		out = append(out, sc)
+	}
+	return dedupTargets(out), nil
+}
+
+func dedupTargets(in []schema.Scope) []schema.Scope {
+	seen := map[schema.Scope]bool{}
+	var out []schema.Scope
+	for _, t := range in {
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func setupTrigger(fs *flag.FlagSet) func(context.Context, *env) error {
 	var o triggerOpts
-	fs.StringVar(&o.agent, "agent", "", "resync only this agent's plugins (it must have live registrations)")
-	fs.StringVar(&o.plugin, "plugin", "", "resync only this plugin of --agent")
+	fs.Var(&o.agents, "agent", "resync only these agents' plugins: a comma-separated list, or repeat the flag (each must have live registrations)")
+	fs.Var(&o.plugins, "plugin", "resync only these plugins: agent/plugin, comma-separated or repeated (or a plugin of the one --agent)")
 	fs.StringVar(&o.reason, "reason", "", "why (required; shown by status and history)")
 	fs.BoolVar(&o.wait, "wait", false, "wait for the round that serves the request; exit 0 only if it completes clean")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "bound of --wait")
@@ -57,14 +131,19 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	switch {
 	case o.reason == "":
 		return usagef("--reason is required: say why (it is shown by status and history)")
-	case o.plugin != "" && o.agent == "":
-		return usagef("--plugin needs --agent: a plugin is named within its agent")
 	case o.wait && o.timeout <= 0:
 		return usagef("--timeout %v must be positive", o.timeout)
 	}
-	scope := schema.Scope{Agent: o.agent, Plugin: o.plugin}
-	if err := scope.Validate(); err != nil {
+	targets, err := o.targets()
+	if err != nil {
 		return usagef("%v", err)
+	}
+	if len(targets) > schema.MaxRequestTargets {
+		return usagef("%d targets: at most %d per request; trigger several times", len(targets), schema.MaxRequestTargets)
+	}
+	var scope schema.Scope
+	if len(targets) == 1 {
+		scope, targets = targets[0], nil
 	}
 	if o.who == "" {
 		host, err := os.Hostname()
@@ -77,7 +156,7 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 		o.who = schema.Truncate(o.who, schema.MaxIDLen-20)
 	}
 	req := schema.Request{
-		Reason: schema.Truncate(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope,
+		Reason: schema.Truncate(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope, Targets: targets,
 		RequestedBy: o.who, RequestedAt: time.Now().UTC(),
 	}
 	val, err := schema.Encode(req)
@@ -91,8 +170,8 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	}
 	cctx, cancel := e.etcd.CommandContext(ctx)
 	defer cancel()
-	if !scope.All() {
-		if err := e.checkScope(cctx, c, scope); err != nil {
+	if len(targets) > 0 || !scope.All() {
+		if err := e.checkScope(cctx, c, append([]schema.Scope{scope}, targets...)); err != nil {
 			return err
 		}
 	}
@@ -113,12 +192,12 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	if err != nil {
 		return fmt.Errorf("write request %s: %w", key, err)
 	}
-	doc := triggerDoc{Request: id, Key: key, Reason: req.Reason, Scope: scope, RequestedBy: req.RequestedBy}
+	doc := triggerDoc{Request: id, Key: key, Reason: req.Reason, Scope: scope, Targets: targets, RequestedBy: req.RequestedBy}
 	if !o.wait {
 		if e.json {
 			return writeJSON(e.stdout, doc)
 		}
-		fmt.Fprintf(e.stdout, "requested resync %s (scope %s): %s\n", id, scope, req.Reason)
+		fmt.Fprintf(e.stdout, "requested resync %s (scope %s): %s\n", id, req.ScopeText(), req.Reason)
 		return nil
 	}
 	// Progress is output in text mode; with -o json stdout carries only the
@@ -127,11 +206,18 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	if e.json {
 		progressOut = e.stderr
 	}
-	fmt.Fprintf(progressOut, "requested resync %s (scope %s): %s\n", id, scope, req.Reason)
+	fmt.Fprintf(progressOut, "requested resync %s (scope %s): %s\n", id, req.ScopeText(), req.Reason)
 	w := &waiter{e: e, c: c, out: progressOut, reqKey: key, rev: put.Header.Revision}
-	final, err := w.wait(ctx, o.timeout)
+	summary, err := w.wait(ctx, o.timeout)
 	if err != nil {
 		return err
+	}
+	final, err := e.readView(cctx, c, summary.Revision)
+	if err != nil {
+		return err
+	}
+	if final == nil || final.Revision != summary.Revision {
+		final = &coordinator.RoundView{Round: *summary}
 	}
 	clean := final.Clean()
 	doc.Revision, doc.Clean, doc.Round = final.Revision, &clean, final
@@ -156,13 +242,25 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	return nil
 }
 
-// checkScope fails unless the scope's agent (and plugin) has live
+// checkScope fails unless every target's agent (and plugin) has live
 // registrations.
-func (e *env) checkScope(ctx context.Context, c *clientv3.Client, scope schema.Scope) error {
+func (e *env) checkScope(ctx context.Context, c *clientv3.Client, targets []schema.Scope) error {
 	rows, err := e.readRegistrations(ctx, c, 0)
 	if err != nil {
 		return err
 	}
+	for _, t := range targets {
+		if t.All() {
+			continue
+		}
+		if err := checkTarget(rows, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkTarget(rows []regRow, scope schema.Scope) error {
 	var agents, plugins []string
 	for _, r := range rows {
 		if len(agents) == 0 || agents[len(agents)-1] != r.Agent {
@@ -185,7 +283,7 @@ func (e *env) checkScope(ctx context.Context, c *clientv3.Client, scope schema.S
 	return nil
 }
 
-func printFinal(w io.Writer, r *schema.Round) {
+func printFinal(w io.Writer, r *coordinator.RoundView) {
 	verdict := "clean"
 	if !r.Clean() {
 		verdict = "NOT clean"
@@ -219,11 +317,12 @@ type waiter struct {
 	reqKey string
 	rev    int64 // etcd revision of the request's write
 
-	n0        uint64                   // resync revision when the request was written
-	started   map[int64]uint64         // etcd revision of a {N, Started} write -> N
-	last      uint64                   // last N seen Started since the request
-	records   map[uint64]*schema.Round // rounds/<N> records seen since the request
-	consumed  uint64                   // the round that consumed the request; 0 until known
+	n0        uint64                       // resync revision when the request was written
+	started   map[int64]uint64             // etcd revision of a {N, Started} write -> N
+	last      uint64                       // last N seen Started since the request
+	records   map[uint64]*schema.Round     // rounds/<N> records seen since the request
+	parts     map[uint64][]schema.PluginID // rounds/<N>/agents/ records seen since the request
+	consumed  uint64                       // the round that consumed the request; 0 until known
 	acks      map[schema.PluginID]schema.Ack
 	live      map[schema.PluginID]bool
 	final     *schema.Round
@@ -232,7 +331,7 @@ type waiter struct {
 }
 
 func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round, error) {
-	w.started, w.records = map[int64]uint64{}, map[uint64]*schema.Round{}
+	w.started, w.records, w.parts = map[int64]uint64{}, map[uint64]*schema.Round{}, map[uint64][]schema.PluginID{}
 	if err := w.load(ctx, w.rev); err != nil {
 		return nil, err
 	}
@@ -392,6 +491,20 @@ func (w *waiter) apply(ev *clientv3.Event) error {
 		if r.Revision == w.consumed && r.State == schema.NotActive {
 			w.final = &r
 		}
+	case schema.KindRoundAgent:
+		if del {
+			return nil
+		}
+		ra, err := schema.DecodeRoundAgent(key, ev.Kv.Value)
+		if err != nil {
+			w.e.skipped(err)
+			return nil
+		}
+		if ra.State == schema.Started {
+			for _, p := range ra.Plugins {
+				w.parts[ra.Revision] = append(w.parts[ra.Revision], schema.PluginID{Agent: ra.Agent, Plugin: p})
+			}
+		}
 	case schema.KindAck:
 		id := schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}
 		if del {
@@ -484,7 +597,7 @@ func (w *waiter) report(heartbeat bool) {
 	case r == nil:
 		s = fmt.Sprintf("round %d: running (participants not known yet)", w.consumed)
 	default:
-		p := computeProgress(r, w.acks, w.live)
+		p := computeProgress(r, w.parts[w.consumed], w.acks, w.live)
 		s = fmt.Sprintf("round %d: %s", w.consumed, countsText(p.Counts))
 	}
 	if s == w.lastLine && !heartbeat {
@@ -507,7 +620,7 @@ func (w *waiter) stopped(ctx context.Context, timeout time.Duration) error {
 		return fmt.Errorf("timed out after %v (--timeout): no round started for request %s; it stays queued: is a coordinator (resyncd) running?", timeout, w.reqKey)
 	}
 	if r := w.records[w.consumed]; r != nil {
-		p := computeProgress(r, w.acks, w.live)
+		p := computeProgress(r, w.parts[w.consumed], w.acks, w.live)
 		return fmt.Errorf("timed out after %v (--timeout) waiting for round %d: %s; pending: %s", timeout, w.consumed, countsText(p.Counts), ids(p.Pending))
 	}
 	return fmt.Errorf("timed out after %v (--timeout) waiting for round %d to finish", timeout, w.consumed)

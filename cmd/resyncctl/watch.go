@@ -129,6 +129,8 @@ func (s *streamer) change(ev *clientv3.Event) {
 		if r.State != schema.NotActive {
 			return // the revision line says it started
 		}
+		// rounds/<N>/agents/ and rounds/<N>/scope/ keys (KindRoundAgent,
+		// KindRoundScope) are not printed: the summary counts them.
 		s.print(watchLine{Kind: "round", Event: "put", Key: key, Round: &r}, roundText(&r))
 	case schema.KindAck:
 		if del {
@@ -168,7 +170,7 @@ func (s *streamer) change(ev *clientv3.Event) {
 			return
 		}
 		s.print(watchLine{Kind: "request", Event: "put", Key: key, RequestID: k.ID, Request: &r},
-			fmt.Sprintf("%s cause=%s scope=%s by=%s reason=%s", k.ID, r.Cause, strings.ReplaceAll(r.Scope.String(), " ", ":"), r.RequestedBy, quote(r.Reason)))
+			fmt.Sprintf("%s cause=%s scope=%s by=%s reason=%s", k.ID, r.Cause, strings.ReplaceAll(r.ScopeText(), " ", ":"), r.RequestedBy, quote(r.Reason)))
 	}
 }
 
@@ -225,11 +227,22 @@ func roundText(r *schema.Round) string {
 	}
 	s := fmt.Sprintf("%d finished %s in %s participants=%d acked=%d failed=%d timed_out=%d departed=%d",
 		r.Revision, verdict, durationMS(r.DurationMS), r.Counts.Participants, r.Counts.Acked, r.Counts.Failed, r.Counts.TimedOut, r.Counts.Departed)
-	if len(r.Failed) > 0 {
-		s += " failed:" + strings.ReplaceAll(ids(r.Failed), " ", "")
+	if ex := r.Examples; ex != nil {
+		more := func(n, shown int) string {
+			if n > shown {
+				return fmt.Sprintf(",+%d", n-shown)
+			}
+			return ""
+		}
+		if len(ex.Failed) > 0 {
+			s += " failed:" + strings.ReplaceAll(ids(ex.Failed), " ", "") + more(r.Counts.Failed, len(ex.Failed))
+		}
+		if len(ex.TimedOut) > 0 {
+			s += " timed_out:" + strings.ReplaceAll(ids(ex.TimedOut), " ", "") + more(r.Counts.TimedOut, len(ex.TimedOut))
+		}
 	}
-	if len(r.TimedOut) > 0 {
-		s += " timed_out:" + strings.ReplaceAll(ids(r.TimedOut), " ", "")
+	if r.Truncated {
+		s += " truncated"
 	}
 	return s
 }

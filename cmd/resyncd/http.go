@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -27,7 +28,11 @@ type statusDoc struct {
 	Round *schema.Round `json:"round,omitempty"`
 	// Progress counts the running round's outcomes (from the leader).
 	Progress *schema.RoundCounts `json:"progress,omitempty"`
-	Error    string              `json:"error,omitempty"`
+	// Storage is etcd's database size against its quota, as last read
+	// (every 30 s); its warning is set past 80% of the quota or with a
+	// NOSPACE alarm.
+	Storage *etcdspace.Usage `json:"storage,omitempty"`
+	Error   string           `json:"error,omitempty"`
 }
 
 type handlers struct {
@@ -36,6 +41,7 @@ type handlers struct {
 	layout  schema.Layout
 	reg     *prometheus.Registry
 	timeout time.Duration
+	storage *etcdspace.Monitor
 	fatal   func() error // non-nil error: the process is unhealthy
 }
 
@@ -79,6 +85,11 @@ func (h *handlers) status(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	doc := statusDoc{Coordinator: h.co.Status()}
 	doc.Progress = doc.Coordinator.Progress
+	if h.storage != nil {
+		if u, at, err := h.storage.Last(); !at.IsZero() && err == nil {
+			doc.Storage = &u
+		}
+	}
 	if err := h.read(ctx, &doc); err != nil {
 		doc.Error = err.Error()
 	}

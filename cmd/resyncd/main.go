@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/embedetcd"
 	"github.com/resyncd/resync/internal/etcdflags"
+	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/internal/metrics"
 	"github.com/resyncd/resync/schema"
 )
@@ -56,6 +58,18 @@ type options struct {
 	embedCA        string
 	embedClientTLS bool
 	probe          string
+	storage        storageOptions
+	// set lists the flags given on the command line or the environment.
+	set map[string]bool
+}
+
+// storageOptions are the compaction and quota flags (README: Storage and
+// compaction).
+type storageOptions struct {
+	compactionMode      string
+	compactionRetention string
+	quota               int64
+	compactionInterval  time.Duration
 }
 
 func parse(args []string, stderr io.Writer) (*options, bool, error) {
@@ -63,7 +77,10 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	fs.SetOutput(stderr)
 	ef := etcdflags.Default()
 	ef.Endpoints = "" // unset: the embedded etcd (--help shows no default)
-	o := &options{etcd: &ef, coord: coordinator.DefaultConfig()}
+	o := &options{etcd: &ef, coord: coordinator.DefaultConfig(), storage: storageOptions{
+		compactionMode: etcdspace.DefaultAutoCompactionMode, compactionRetention: etcdspace.DefaultAutoCompactionRetention,
+		quota: etcdspace.DefaultQuotaBackendBytes,
+	}}
 	o.etcd.Register(fs)
 	fs.Lookup("endpoints").Usage = "etcd client endpoints of an existing cluster (comma-separated host:port); unset: resyncd starts an embedded etcd"
 	fs.StringVar(&o.dataDir, "data-dir", "resyncd.etcd", "data dir of the embedded etcd (used when --endpoints is not set)")
@@ -73,6 +90,10 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	fs.StringVar(&o.embedKey, "embed-key-file", "", "key of --embed-cert-file")
 	fs.StringVar(&o.embedCA, "embed-trusted-ca-file", "", "CA that signs client certificates of the embedded etcd")
 	fs.BoolVar(&o.embedClientTLS, "embed-client-cert-auth", false, "require client certificates signed by --embed-trusted-ca-file")
+	fs.StringVar(&o.storage.compactionMode, "auto-compaction-mode", o.storage.compactionMode, "embedded etcd: compact history by age (periodic) or by count (revision)")
+	fs.StringVar(&o.storage.compactionRetention, "auto-compaction-retention", o.storage.compactionRetention, "embedded etcd: history kept: a duration with periodic (a bare integer is hours), a revision count with revision; 0 turns compaction off")
+	fs.Int64Var(&o.storage.quota, "quota-backend-bytes", o.storage.quota, "embedded etcd: database quota in bytes; past it etcd raises NOSPACE and refuses writes")
+	fs.DurationVar(&o.storage.compactionInterval, "compaction-interval", 0, "external etcd (--endpoints): the leader compacts every interval to the revision seen one interval earlier; 0 (default) never compacts")
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz, /status")
 	fs.BoolVar(&o.httpPublic, "http-public", false, "allow --http-addr on a non-loopback address (it has no authentication)")
 	defaultID := o.coord.ID
@@ -102,7 +123,8 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 		o.coord.ID = defaultID
 	}
 	// Visited now includes flags set from the environment.
-	return o, etcdflags.Visited(fs)["endpoints"], nil
+	o.set = etcdflags.Visited(fs)
+	return o, o.set["endpoints"], nil
 }
 
 func newLogger(level, format string, out io.Writer) (*logrus.Logger, error) {
@@ -150,6 +172,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "resyncd:", err)
 		return 2
 	}
+	if err := checkStorage(o, external); err != nil {
+		fmt.Fprintln(stderr, "resyncd:", err)
+		return 2
+	}
 	if !external {
 		if err := checkEmbedTLS(o); err != nil {
 			fmt.Fprintln(stderr, "resyncd:", err)
@@ -176,6 +202,43 @@ func checkHTTPAddr(addr string, public bool) error {
 		return fmt.Errorf("--http-addr %q is not a loopback address: /status and /metrics have no authentication; add --http-public to bind it anyway", addr)
 	}
 	return nil
+}
+
+// The storage monitor's timing (tests shorten it; storageMaintain false
+// lets a test observe NOSPACE before recovering by hand).
+var (
+	storageCheckInterval     = etcdspace.DefaultCheckInterval
+	storageDefragMinInterval = etcdspace.DefaultDefragMinInterval
+	storageMaintain          = true
+)
+
+// checkStorage checks the compaction and quota flags: the embedded etcd's
+// (named as etcd names them) apply only without --endpoints, and
+// --compaction-interval only with it (an external cluster may be shared:
+// resyncd compacts it only when asked).
+func checkStorage(o *options, external bool) error {
+	s := o.storage
+	if external {
+		for _, f := range []string{"auto-compaction-mode", "auto-compaction-retention", "quota-backend-bytes"} {
+			if o.set[f] {
+				return fmt.Errorf("--%s configures the embedded etcd; with --endpoints set it on the etcd cluster itself (or use --compaction-interval)", f)
+			}
+		}
+		if s.compactionInterval < 0 {
+			return fmt.Errorf("--compaction-interval %v: must not be negative (0 turns it off)", s.compactionInterval)
+		}
+		if s.compactionInterval > 0 && s.compactionInterval < time.Second {
+			return fmt.Errorf("--compaction-interval %v: use at least 1s (kube-apiserver uses 5m), or 0 to turn it off", s.compactionInterval)
+		}
+		return nil
+	}
+	if o.set["compaction-interval"] {
+		return errors.New("--compaction-interval applies to an external etcd (--endpoints); the embedded etcd compacts itself: use --auto-compaction-mode and --auto-compaction-retention")
+	}
+	if err := etcdspace.ValidateAutoCompaction(s.compactionMode, s.compactionRetention); err != nil {
+		return err
+	}
+	return etcdspace.ValidateQuota(s.quota)
 }
 
 // checkEmbedTLS checks the embedded etcd's TLS flags together: etcd itself
@@ -207,6 +270,9 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 			Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL, Front: true,
 			Logger: etcdLog.Logger(),
 			TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
+
+			// Compaction and quota: README, Storage and compaction.
+			AutoCompactionMode: o.storage.compactionMode, AutoCompactionRetention: o.storage.compactionRetention, QuotaBackendBytes: o.storage.quota,
 		})
 		if err != nil {
 			return err
@@ -245,7 +311,37 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 		return err
 	}
 	layout, _ := schema.NewLayout(o.coord.Prefix)
-	h := &handlers{co: co, c: c, layout: layout, reg: reg, timeout: 2 * time.Second, fatal: func() error {
+	mctx, mstop := context.WithCancel(context.Background())
+	var mwg sync.WaitGroup
+	defer func() {
+		mstop()
+		mwg.Wait()
+	}()
+	slog := log.WithField("component", "storage")
+	mon := &etcdspace.Monitor{Client: c, Maintain: !external && storageMaintain, Log: slog,
+		Interval: storageCheckInterval, DefragMinInterval: storageDefragMinInterval,
+		Published: func(u etcdspace.Usage) { m.EtcdDB(u.Size, u.InUse, u.Quota) }}
+	mwg.Add(1)
+	go func() {
+		defer mwg.Done()
+		mon.Run(mctx)
+	}()
+	if external && o.storage.compactionInterval > 0 {
+		k := &etcdspace.Compactor{Client: c, Interval: o.storage.compactionInterval, Key: layout.Revision(), Log: slog,
+			Leading: func() bool { return co.Status().Leading }}
+		mwg.Add(1)
+		go func() {
+			defer mwg.Done()
+			k.Run(mctx)
+		}()
+	}
+	if external {
+		slog.WithField("compaction_interval", o.storage.compactionInterval).Info("resyncd: external etcd: compaction by resyncd is " + onOff(o.storage.compactionInterval > 0))
+	} else {
+		slog.WithFields(logrus.Fields{"auto_compaction_mode": o.storage.compactionMode, "auto_compaction_retention": o.storage.compactionRetention,
+			"quota_backend_bytes": o.storage.quota}).Info("resyncd: embedded etcd compacts, defragments and recovers from NOSPACE by itself")
+	}
+	h := &handlers{co: co, c: c, layout: layout, reg: reg, timeout: 2 * time.Second, storage: mon, fatal: func() error {
 		select {
 		case err := <-etcdErr:
 			return fmt.Errorf("embedded etcd failed: %w", err)
@@ -280,6 +376,13 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	defer cancel()
 	hs.Shutdown(sctx)
 	return runErr
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // selfEndpoint is how resyncd's own client reaches its embedded etcd

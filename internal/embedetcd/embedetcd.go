@@ -35,6 +35,10 @@ type Config struct {
 	TickMs, ElectionMs uint
 	// QuotaBackendBytes bounds the backend (default etcd's 2 GiB).
 	QuotaBackendBytes int64
+	// AutoCompactionMode ("periodic" or "revision") and
+	// AutoCompactionRetention are etcd's --auto-compaction-mode and
+	// --auto-compaction-retention (default: no compaction, as etcd's).
+	AutoCompactionMode, AutoCompactionRetention string
 	// Logger receives etcd's logs (default: none).
 	Logger *zap.Logger
 	// TLS, when CertFile and KeyFile are set, serves clients over TLS; with
@@ -82,6 +86,12 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	}
 	if c.QuotaBackendBytes != 0 {
 		cfg.QuotaBackendBytes = c.QuotaBackendBytes
+	}
+	if c.AutoCompactionMode != "" {
+		cfg.AutoCompactionMode = c.AutoCompactionMode
+	}
+	if c.AutoCompactionRetention != "" {
+		cfg.AutoCompactionRetention = c.AutoCompactionRetention
 	}
 	cu, err := url.Parse(c.ClientURL)
 	if err != nil || cu.Host == "" {

@@ -111,8 +111,25 @@ func (a *Agent) onStarted(ctx context.Context, rev schema.Revision) {
 	}
 	a.seen = rev.Revision
 	a.mu.Unlock()
+	var part map[string]bool // nil: all
+	if !rev.Scope.IsAll() {
+		part = map[string]bool{}
+		resp, err := a.c.Get(ctx, layout.RoundAgent(rev.Revision, a.Name))
+		if err != nil {
+			return
+		}
+		if len(resp.Kvs) == 1 {
+			ra, err := schema.DecodeRoundAgent(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+			if err != nil {
+				return
+			}
+			for _, p := range ra.Plugins {
+				part[p] = true
+			}
+		}
+	}
 	for _, p := range a.plugins {
-		if !rev.Scope.Includes(a.Name, p) {
+		if part != nil && !part[p] {
 			continue
 		}
 		a.mu.Lock()

@@ -123,7 +123,7 @@ func (m *Metrics) Leading(l bool) {
 
 // RoundStarted implements coordinator.Hooks.
 func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {
-	m.participants.Set(float64(len(r.Participants)))
+	m.participants.Set(float64(r.Counts.Participants))
 	m.revision.Set(float64(r.Revision))
 	m.deadline.Set(unixSeconds(r.Deadline))
 	if resumed {

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	resync "github.com/resyncd/resync"
+	"github.com/resyncd/resync/internal/embedetcd"
+	"github.com/resyncd/resync/internal/etcdspace"
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/schema"
+)
+
+// `resyncctl watch` and `trigger --wait`, and a real agent's watcher,
+// keep working while etcd's history is compacted every 20 ms (each of them
+// re-lists or re-reads when its watch loses its history).
+func TestWatchAndTriggerWaitSurviveFrequentCompaction(t *testing.T) {
+	m := etcdtest.Start(t)
+	ep := m.Endpoint()
+	c := m.Client(t)
+	p, err := resync.New(resync.Deps{Client: c, Log: quietLogger(t)}, resync.Config{Agent: "a1", TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	for _, name := range []string{"p1", "p2"} {
+		reg := p.Register(name)
+		go func() {
+			for ev := range reg.StatusChan() {
+				ev.Ack()
+			}
+		}()
+	}
+	startCoordinator(t, ep, "c1")
+	waitRound(t, c, 1, schema.NotActive)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	compactions := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+			resp, err := c.Get(ctx, "compact-probe")
+			if err == nil {
+				if _, err := c.Compact(ctx, resp.Header.Revision); err == nil {
+					compactions++
+				}
+			}
+		}
+	}()
+	var text etcdtest.Buffer
+	var errText etcdtest.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"watch", "--endpoints", ep}, &text, &errText) }()
+	for i := 1; i <= 5; i++ {
+		code, out, _ := cli(t, ctxT(t, 30*time.Second), "trigger", "--endpoints", ep, "--wait", "--timeout", "20s", "--reason", fmt.Sprintf("compacted %d", i))
+		if code != 0 || !strings.Contains(out, "clean") {
+			t.Fatalf("trigger --wait %d under compaction: exit %d\n%s", i, code, out)
+		}
+	}
+	etcdtest.WaitFor(t, 20*time.Second, "watch lines of the 5 rounds", func() bool {
+		return strings.Count(text.String(), "finished clean") >= 5
+	})
+	cancel()
+	wg.Wait()
+	if code := <-done; code != 0 {
+		t.Errorf("watch exited %d: %s", code, errText.String())
+	}
+	if compactions < 10 {
+		t.Fatalf("only %d compactions ran", compactions)
+	}
+	t.Logf("%d compactions; watch:\n%s", compactions, text.String())
+}
+
+// With etcd's quota full, resyncctl's error is one line saying what
+// happened and what to do, and status shows the alarm.
+func TestNoSpaceIsOneClearLine(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), ClientURL: "http://127.0.0.1:0", TickMs: etcdtest.TickMs, ElectionMs: etcdtest.ElectionMs,
+		QuotaBackendBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ep := s.Endpoint()
+	c := etcdtest.Client(t, ep)
+	value := strings.Repeat("f", 1<<20)
+	for i := 0; ; i++ {
+		if _, err := c.Put(ctx, "/filler", value); err != nil {
+			if !etcdspace.IsNoSpace(err) {
+				t.Fatal(err)
+			}
+			break
+		}
+		if i > 32 {
+			t.Fatal("no NOSPACE after 32 MiB in an 8 MiB quota")
+		}
+	}
+	code, _, errOut := cli(t, ctxT(t, 20*time.Second), "trigger", "--endpoints", ep, "--reason", "full")
+	if code != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 ||
+		!strings.Contains(errOut, "database space exceeded") || !strings.Contains(errOut, "etcdctl alarm disarm") || !strings.Contains(errOut, "etcdctl defrag") {
+		t.Fatalf("trigger on a full etcd: exit %d, stderr %q", code, errOut)
+	}
+	code, out, errOut := cli(t, ctxT(t, 20*time.Second), "status", "--endpoints", ep)
+	if code != 0 || !strings.Contains(out, "etcd db") || !strings.Contains(out, "NOSPACE alarm raised") || !strings.Contains(errOut, "NOSPACE") {
+		t.Fatalf("status on a full etcd: exit %d\n%s\n%s", code, out, errOut)
+	}
+	code, out, _ = cli(t, ctxT(t, 20*time.Second), "status", "-o", "json", "--endpoints", ep)
+	var d statusDoc
+	if code != 0 || json.Unmarshal([]byte(out), &d) != nil || d.Storage == nil || !d.Storage.NoSpace || d.Storage.Quota != 8<<20 {
+		t.Fatalf("status -o json: %d %s", code, out)
+	}
+	// After compaction, defragmentation and disarm, trigger works again.
+	if _, err := (&etcdspace.Monitor{Client: c, Maintain: true}).Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := cli(t, ctxT(t, 20*time.Second), "trigger", "--endpoints", ep, "--reason", "after"); code != 0 {
+		t.Fatalf("trigger after recovery: %d %s", code, errOut)
+	}
+}

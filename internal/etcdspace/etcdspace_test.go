@@ -1,0 +1,284 @@
+package etcdspace_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/resyncd/resync/internal/embedetcd"
+	"github.com/resyncd/resync/internal/etcdspace"
+	"github.com/resyncd/resync/internal/etcdtest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
+
+func TestIsNoSpaceAndExplain(t *testing.T) {
+	for _, err := range []error{
+		rpctypes.ErrNoSpace, rpctypes.ErrGRPCNoSpace,
+		fmt.Errorf("watcher: write acks: %w", rpctypes.ErrNoSpace),
+		errors.New("put: etcdserver: mvcc: database space exceeded"),
+	} {
+		if !etcdspace.IsNoSpace(err) {
+			t.Errorf("IsNoSpace(%v) = false", err)
+		}
+		ex := etcdspace.Explain(err)
+		if !errors.Is(ex, err) || !strings.HasPrefix(ex.Error(), err.Error()) || !strings.Contains(ex.Error(), "etcdctl alarm disarm") ||
+			!strings.Contains(ex.Error(), "etcdctl defrag") || !strings.Contains(ex.Error(), "etcdctl compact") {
+			t.Errorf("Explain(%v) = %q", err, ex)
+		}
+		if twice := etcdspace.Explain(ex); twice.Error() != ex.Error() {
+			t.Errorf("explained twice: %q", twice)
+		}
+	}
+	for _, err := range []error{nil, rpctypes.ErrCompacted, context.DeadlineExceeded, errors.New("no space left on device")} {
+		if etcdspace.IsNoSpace(err) || etcdspace.Explain(err) != err {
+			t.Errorf("%v taken for NOSPACE", err)
+		}
+	}
+}
+
+func TestValidateFlags(t *testing.T) {
+	for _, ok := range [][2]string{{"periodic", "1m"}, {"periodic", "1"}, {"periodic", "0"}, {"periodic", "72h"}, {"revision", "10000"}, {"revision", "0"}} {
+		if err := etcdspace.ValidateAutoCompaction(ok[0], ok[1]); err != nil {
+			t.Errorf("%v: %v", ok, err)
+		}
+	}
+	for _, bad := range [][2]string{{"hourly", "1m"}, {"periodic", "x"}, {"periodic", "-1"}, {"periodic", "500ms"}, {"revision", "1m"}, {"revision", "-3"}} {
+		if err := etcdspace.ValidateAutoCompaction(bad[0], bad[1]); err == nil {
+			t.Errorf("%v accepted", bad)
+		}
+	}
+	if etcdspace.ValidateQuota(etcdspace.DefaultQuotaBackendBytes) != nil || etcdspace.ValidateQuota(0) == nil ||
+		etcdspace.ValidateQuota(-1) == nil || etcdspace.ValidateQuota(etcdspace.MaxQuotaBackendBytes+1) == nil {
+		t.Error("ValidateQuota")
+	}
+}
+
+// startMember starts an embedded member with a quota and compaction.
+func startMember(t *testing.T, quota int64, mode, retention string) *clientv3.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := embedetcd.Start(ctx, embedetcd.Config{Dir: t.TempDir(), ClientURL: "http://127.0.0.1:0", TickMs: etcdtest.TickMs, ElectionMs: etcdtest.ElectionMs,
+		QuotaBackendBytes: quota, AutoCompactionMode: mode, AutoCompactionRetention: retention})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return etcdtest.Client(t, s.Endpoint())
+}
+
+// The Compactor compacts only while leading, to the revision it saw one
+// interval earlier: younger history stays readable.
+func TestCompactorCompactsOneIntervalBehindWhileLeading(t *testing.T) {
+	c := etcdtest.Start(t).Client(t)
+	var leading atomic.Bool
+	compacted := make(chan int64, 16)
+	k := &etcdspace.Compactor{Client: c, Interval: 200 * time.Millisecond, Key: "/k", Leading: leading.Load,
+		Compacted: func(rev int64) { compacted <- rev }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); k.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	defer stop()
+
+	put := func() int64 {
+		resp, err := c.Put(context.Background(), "/k", "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	// Not leading: writes across several intervals, no compaction.
+	first := put()
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		put()
+		select {
+		case rev := <-compacted:
+			t.Fatalf("compacted to %d while not leading", rev)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := c.Get(context.Background(), "/k", clientv3.WithRev(first)); err != nil {
+		t.Fatalf("history lost while not leading: %v", err)
+	}
+	leading.Store(true)
+	var rev int64
+	for rev == 0 {
+		put()
+		select {
+		case rev = <-compacted:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	stop() // no further compaction while checking
+	now := put()
+	if _, err := c.Get(context.Background(), "/k", clientv3.WithRev(rev-1)); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Fatalf("revision %d below the compaction at %d still readable: %v", rev-1, rev, err)
+	}
+	if rev >= now {
+		t.Fatalf("compacted to %d, not behind the current revision %d", rev, now)
+	}
+	if _, err := c.Get(context.Background(), "/k", clientv3.WithRev(rev)); err != nil {
+		t.Fatalf("revision %d (one interval old) not readable: %v", rev, err)
+	}
+}
+
+// Monitor.Run on a member whose quota fills: it raises a warning, then
+// compacts, defragments and disarms by itself; writes succeed again.
+func TestMonitorRecoversFromNoSpaceByItself(t *testing.T) {
+	const quota = 8 << 20
+	c := startMember(t, quota, "periodic", "0")
+	value := strings.Repeat("v", 1<<20)
+	var err error
+	for i := 0; i < 32 && err == nil; i++ {
+		_, err = c.Put(context.Background(), "/big", value)
+	}
+	if !etcdspace.IsNoSpace(err) {
+		t.Fatalf("filling: %v", err)
+	}
+	var seen []etcdspace.Usage
+	published := make(chan etcdspace.Usage, 100)
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, Interval: 100 * time.Millisecond,
+		Published: func(u etcdspace.Usage) {
+			select {
+			case published <- u:
+			default:
+			}
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); mon.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	etcdtest.WaitFor(t, 30*time.Second, "recovery", func() bool {
+		_, rec := mon.Counts()
+		return rec >= 1
+	})
+	for len(published) > 0 {
+		seen = append(seen, <-published)
+	}
+	if len(seen) == 0 || !seen[0].NoSpace || !strings.Contains(seen[0].Warning, "NOSPACE") {
+		t.Fatalf("first usage published: %+v", seen)
+	}
+	if _, err := c.Put(context.Background(), "/after", "ok"); err != nil {
+		t.Fatalf("write after recovery: %v", err)
+	}
+	u, err := etcdspace.Read(context.Background(), c)
+	if err != nil || u.NoSpace || u.Size > quota/2 || u.Warning != "" {
+		t.Fatalf("after recovery: %+v %v", u, err)
+	}
+}
+
+// Defragmentation follows its rule: a file above DefragAbove of the quota
+// with at least half free pages is defragmented, once per interval.
+func TestMonitorDefragmentsByPolicy(t *testing.T) {
+	const quota = 64 << 20
+	c := startMember(t, quota, "periodic", "0")
+	value := strings.Repeat("v", 256<<10)
+	for i := range 40 {
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/k%d", i%4), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, DefragAbove: 0.05, DefragMinInterval: time.Hour}
+	// Before compaction most of the file is live history: no defrag.
+	if _, err := mon.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := mon.Counts(); d != 0 {
+		t.Fatalf("defragmented a file without free pages")
+	}
+	etcdtest.Compact(t, c)
+	before, _ := etcdspace.Read(context.Background(), c)
+	if _, err := mon.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := etcdspace.Read(context.Background(), c)
+	if d, _ := mon.Counts(); d != 1 || after.Size >= before.Size/2 {
+		t.Fatalf("defrags %d; size %d -> %d", d, before.Size, after.Size)
+	}
+	// Rate limit: more free pages, but within the interval: no second defrag.
+	for i := range 40 {
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/k%d", i%4), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.Compact(t, c)
+	if _, err := mon.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := mon.Counts(); d != 1 {
+		t.Fatalf("%d defragmentations within the rate limit", d)
+	}
+	t.Logf("defragmented %s -> %s", etcdspace.Bytes(before.Size), etcdspace.Bytes(after.Size))
+}
+
+// Past 80% of the quota the usage carries a warning, and the Monitor logs
+// it once (until it changes or 5 minutes pass).
+func TestWarningPastEightyPercent(t *testing.T) {
+	const quota = 8 << 20
+	c := startMember(t, quota, "periodic", "0")
+	value := strings.Repeat("w", 512<<10)
+	var logs etcdtest.Buffer
+	log := logrus.New()
+	log.SetOutput(&logs)
+	mon := &etcdspace.Monitor{Client: c, Log: log}
+	u, err := mon.Check(context.Background())
+	if err != nil || u.Warning != "" || u.Quota != quota {
+		t.Fatalf("empty member: %+v %v", u, err)
+	}
+	for i := 0; u.Fraction() < etcdspace.WarnFraction; i++ {
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/w%d", i), value); err != nil {
+			t.Fatalf("put %d: %v (usage %+v)", i, err, u)
+		}
+		if u, err = mon.Check(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if u.NoSpace || !strings.Contains(u.Warning, "% of its quota") || !strings.Contains(u.Warning, "compact and defragment") {
+		t.Fatalf("at %.0f%%: %+v", 100*u.Fraction(), u)
+	}
+	mon.Check(context.Background())
+	if n := strings.Count(logs.String(), "of its quota"); n != 1 {
+		t.Fatalf("%d warning lines, want 1:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "level=warning") {
+		t.Fatalf("not a warning: %s", logs.String())
+	}
+}
+
+// Past DefragMaxInUse the Monitor advises instead of blocking the member.
+func TestMonitorAdvisesInsteadOfALongDefrag(t *testing.T) {
+	c := startMember(t, 64<<20, "periodic", "0")
+	value := strings.Repeat("v", 256<<10)
+	for i := range 40 {
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/k%d", i%8), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.Compact(t, c)
+	var logs etcdtest.Buffer
+	log := logrus.New()
+	log.SetOutput(&logs)
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, DefragAbove: 0.05, DefragMaxInUse: 1 << 20, Log: log}
+	before, err := mon.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := mon.Counts(); d != 0 || before.InUse <= 1<<20 {
+		t.Fatalf("defragmented %d times with %d bytes in use", d, before.InUse)
+	}
+	if !strings.Contains(logs.String(), "defragment at a quiet time") {
+		t.Fatalf("no advice logged: %s", logs.String())
+	}
+}

@@ -1,0 +1,111 @@
+package etcdspace
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// WarnFraction is the share of the quota past which resync warns (log line,
+// /status and `resyncctl status` field).
+const WarnFraction = 0.8
+
+// Usage is etcd's database size against its quota, from the member with
+// the largest database among the client's endpoints (each member has its
+// own backend file and its own quota check).
+type Usage struct {
+	// Endpoint is the member reported.
+	Endpoint string `json:"endpoint"`
+	// Size is the backend file size in bytes: what the quota counts.
+	Size int64 `json:"db_size_bytes"`
+	// InUse is the part of Size holding data; Size-InUse is free pages
+	// that etcd reuses, and that defragmentation returns to the disk.
+	InUse int64 `json:"db_size_in_use_bytes"`
+	// Quota is --quota-backend-bytes (0: the server did not say).
+	Quota int64 `json:"db_quota_bytes"`
+	// NoSpace is true while the cluster has a NOSPACE alarm raised.
+	NoSpace bool `json:"nospace_alarm,omitempty"`
+	// Warning is set past WarnFraction of the quota, or with the alarm.
+	Warning string `json:"warning,omitempty"`
+}
+
+// Fraction is Size/Quota (0 when the quota is unknown).
+func (u Usage) Fraction() float64 {
+	if u.Quota <= 0 {
+		return 0
+	}
+	return float64(u.Size) / float64(u.Quota)
+}
+
+// warning words the state for operators; "" when all is well.
+func (u Usage) warning() string {
+	switch {
+	case u.NoSpace:
+		return "NOSPACE alarm raised: " + Hint
+	case u.Quota > 0 && u.Fraction() >= WarnFraction:
+		return fmt.Sprintf("etcd's database is at %.0f%% of its quota (%s of %s, %s in use): "+
+			"compact and defragment before it fills (NOSPACE stops every write; README: Storage and compaction)",
+			100*u.Fraction(), Bytes(u.Size), Bytes(u.Quota), Bytes(u.InUse))
+	}
+	return ""
+}
+
+// Read asks every endpoint of c for its status and the cluster for its
+// alarms. An endpoint that does not answer is skipped; Read fails only when
+// none answers.
+func Read(ctx context.Context, c *clientv3.Client) (Usage, error) {
+	var u Usage
+	var firstErr error
+	answered := false
+	for _, ep := range c.Endpoints() {
+		st, err := c.Status(ctx, ep)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("etcd status of %s: %w", ep, err)
+			}
+			continue
+		}
+		if !answered || st.DbSize > u.Size {
+			u.Endpoint, u.Size, u.InUse, u.Quota = ep, st.DbSize, st.DbSizeInUse, st.DbSizeQuota
+		}
+		answered = true
+		for _, e := range st.Errors {
+			if containsNoSpace(e) {
+				u.NoSpace = true
+			}
+		}
+	}
+	if !answered {
+		return Usage{}, firstErr
+	}
+	if al, err := c.AlarmList(ctx); err == nil {
+		for _, a := range al.Alarms {
+			if a.Alarm == pb.AlarmType_NOSPACE {
+				u.NoSpace = true
+			}
+		}
+	}
+	u.Warning = u.warning()
+	return u, nil
+}
+
+func containsNoSpace(s string) bool {
+	return strings.Contains(s, "NOSPACE") || strings.Contains(s, "database space exceeded")
+}
+
+// Bytes formats n in binary units (KiB, MiB, GiB), for humans.
+func Bytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 3; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGT"[exp])
+}

@@ -1,0 +1,383 @@
+package schema
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// Bounds of the round layout. Every value the leader writes for a round is
+// bounded whatever the fleet size:
+//
+//	revision                       fixed size (ScopeSummary, counts)
+//	rounds/<N>                     fixed size (Round: counts, MaxExamples names per outcome)
+//	rounds/<N>/agents/<agent>      one agent's plugins (and at the end their outcomes,
+//	                               errors cut to MaxReasonLen after JSON escaping);
+//	                               the writer's per-record budget drops error texts first
+//	rounds/<N>/scope/<i>           at most MaxScopeChunk targets of a set scope
+//
+// The number of keys grows with the fleet (one per participating agent), never the
+// size of one value; the leader writes them in fenced Txns of at most 128 operations
+// and a configured byte budget.
+const (
+	// MaxRequestTargets bounds Request.Targets.
+	MaxRequestTargets = 100
+	// MaxExamples bounds the names per outcome in a round summary and the
+	// first targets in a ScopeSummary.
+	MaxExamples = 5
+	// MaxScopeChunk bounds the targets in one rounds/<N>/scope/<i> value.
+	MaxScopeChunk = 200
+
+	maxExampleError    = 256
+	maxRoundAgentValue = 1 << 20
+	maxRoundScopeValue = 64 << 10
+)
+
+// ScopeSet is a round's scope: all registrations, or a set of agents and
+// agent/plugin pairs. The zero value is the empty set; Add(Scope{}) makes it
+// all. Union never widens beyond its members.
+type ScopeSet struct {
+	all     bool
+	agents  map[string]bool
+	plugins map[PluginID]bool
+}
+
+// AllScopes is the set of every registration.
+func AllScopes() ScopeSet { return ScopeSet{all: true} }
+
+// Add adds one target: an agent, one plugin, or (empty Scope) all.
+func (s *ScopeSet) Add(sc Scope) {
+	switch {
+	case s.all:
+	case sc.All():
+		*s = ScopeSet{all: true}
+	case sc.Plugin == "":
+		if s.agents == nil {
+			s.agents = map[string]bool{}
+		}
+		s.agents[sc.Agent] = true
+	default:
+		s.AddPlugin(PluginID{sc.Agent, sc.Plugin})
+	}
+}
+
+// AddPlugin adds one plugin.
+func (s *ScopeSet) AddPlugin(id PluginID) {
+	if s.all {
+		return
+	}
+	if s.plugins == nil {
+		s.plugins = map[PluginID]bool{}
+	}
+	s.plugins[id] = true
+}
+
+// Union adds every member of o.
+func (s *ScopeSet) Union(o ScopeSet) {
+	if o.all {
+		*s = ScopeSet{all: true}
+		return
+	}
+	for a := range o.agents {
+		s.Add(Scope{Agent: a})
+	}
+	for p := range o.plugins {
+		s.AddPlugin(p)
+	}
+}
+
+// IsAll reports whether the set is every registration.
+func (s ScopeSet) IsAll() bool { return s.all }
+
+// Empty reports whether the set selects nothing.
+func (s ScopeSet) Empty() bool { return !s.all && len(s.agents) == 0 && len(s.plugins) == 0 }
+
+// Includes reports whether the plugin is in the set.
+func (s ScopeSet) Includes(agent, plugin string) bool {
+	return s.all || s.agents[agent] || s.plugins[PluginID{agent, plugin}]
+}
+
+// Targets lists the set's members, agents first, then the plugins whose
+// agent is not a member itself, each sorted; nil for all.
+func (s ScopeSet) Targets() []string {
+	var agents, plugins []string
+	for a := range s.agents {
+		agents = append(agents, a)
+	}
+	for p := range s.plugins {
+		if !s.agents[p.Agent] {
+			plugins = append(plugins, p.String())
+		}
+	}
+	slices.Sort(agents)
+	slices.Sort(plugins)
+	return append(agents, plugins...)
+}
+
+// Summary is the set's fixed-size summary.
+func (s ScopeSet) Summary() ScopeSummary {
+	if s.all {
+		return ScopeSummary{All: true}
+	}
+	t := s.Targets()
+	sum := ScopeSummary{Agents: len(s.agents), Plugins: len(t) - len(s.agents)}
+	sum.First = strings.Join(t[:min(len(t), MaxExamples)], ",")
+	return sum
+}
+
+// ParseTargets turns "agent" and "agent/plugin" strings (as in Targets and
+// RoundScope) back into a set.
+func ParseTargets(targets []string) (ScopeSet, error) {
+	var s ScopeSet
+	for _, t := range targets {
+		sc, err := ParseTarget(t)
+		if err != nil {
+			return ScopeSet{}, err
+		}
+		s.Add(sc)
+	}
+	return s, nil
+}
+
+// ParseTarget parses "agent" or "agent/plugin".
+func ParseTarget(t string) (Scope, error) {
+	a, p, _ := strings.Cut(t, "/")
+	sc := Scope{Agent: a, Plugin: p}
+	if strings.HasSuffix(t, "/") {
+		return Scope{}, fmt.Errorf("target %q: the plugin name after \"/\" is empty", t)
+	}
+	if err := sc.Validate(); err != nil {
+		return Scope{}, fmt.Errorf("target %q: %w", t, err)
+	}
+	if sc.All() {
+		return Scope{}, errors.New("empty target: name an agent or agent/plugin")
+	}
+	return sc, nil
+}
+
+// ScopeSummary describes a round's scope in a fixed size: all, or the
+// numbers of agents and of single plugins targeted and the first few
+// targets (at most MaxExamples, comma-separated, so that the record stays
+// comparable with ==). The zero value means all.
+type ScopeSummary struct {
+	All     bool   `json:"all,omitempty"`
+	Agents  int    `json:"agents,omitempty"`
+	Plugins int    `json:"plugins,omitempty"`
+	First   string `json:"first,omitempty"`
+}
+
+// FirstTargets splits First.
+func (s ScopeSummary) FirstTargets() []string {
+	if s.First == "" {
+		return nil
+	}
+	return strings.Split(s.First, ",")
+}
+
+// IsAll reports whether the scope is every registration.
+func (s ScopeSummary) IsAll() bool { return s.Agents == 0 && s.Plugins == 0 }
+
+// Validate checks the summary.
+func (s ScopeSummary) Validate() error {
+	if s.Agents < 0 || s.Plugins < 0 {
+		return errors.New("scope: counts must be >= 0")
+	}
+	if s.All && !s.IsAll() {
+		return errors.New("scope: all with agents or plugins")
+	}
+	first := s.FirstTargets()
+	if len(first) > MaxExamples || len(first) > s.Agents+s.Plugins {
+		return fmt.Errorf("scope: first lists %d targets: at most %d and no more than the scope counts", len(first), MaxExamples)
+	}
+	for _, t := range first {
+		if _, err := ParseTarget(t); err != nil {
+			return fmt.Errorf("scope: %w", err)
+		}
+	}
+	return nil
+}
+
+// String is "all", or the targets' count and the first few names:
+// "3 targets (2 agents, 1 plugin): a1, a2, a3/p1".
+func (s ScopeSummary) String() string {
+	if s.IsAll() {
+		return "all"
+	}
+	n := s.Agents + s.Plugins
+	first := s.FirstTargets()
+	if n == 1 && len(first) == 1 {
+		if s.Agents == 1 {
+			return "agent " + first[0]
+		}
+		return "plugin " + first[0]
+	}
+	out := fmt.Sprintf("%d targets (%s, %s): %s", n, plural(s.Agents, "agent"), plural(s.Plugins, "plugin"), strings.Join(first, ", "))
+	if more := n - len(first); more > 0 {
+		out += fmt.Sprintf(", +%d more", more)
+	}
+	return out
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return strconv.Itoa(n) + " " + what + "s"
+}
+
+// RoundAgent is the value of rounds/<N>/agents/<agent>: which plugins of
+// the agent take part in round N (written before the revision says
+// Started, so an agent learns its participation with one Get of its own
+// key), and, once the round completed (State NotActive), their outcomes.
+type RoundAgent struct {
+	Revision uint64   `json:"revision"`
+	Agent    string   `json:"agent"`
+	State    Status   `json:"state"`
+	Plugins  []string `json:"plugins"`
+	Acked    []string `json:"acked,omitempty"`
+	Failed   []string `json:"failed,omitempty"`
+	TimedOut []string `json:"timed_out,omitempty"`
+	Departed []string `json:"departed,omitempty"`
+	// Errors maps a failed plugin to its error text, at most MaxReasonLen
+	// bytes after JSON escaping (see TruncateJSON).
+	Errors map[string]string `json:"errors,omitempty"`
+	// Truncated: error texts were dropped to keep the value within the
+	// writer's budget.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// Outcome returns the plugin's outcome ("acked", "failed", "timed_out",
+// "departed"), "" while pending or if it is no participant.
+func (r RoundAgent) Outcome(plugin string) string {
+	for _, l := range []struct {
+		name  string
+		names []string
+	}{{"acked", r.Acked}, {"failed", r.Failed}, {"timed_out", r.TimedOut}, {"departed", r.Departed}} {
+		if slices.Contains(l.names, plugin) {
+			return l.name
+		}
+	}
+	return ""
+}
+
+// Validate checks the record: valid unique names, and for a completed
+// round every plugin in exactly one outcome.
+func (r RoundAgent) Validate() error {
+	if r.Revision == 0 {
+		return errors.New("revision must be > 0")
+	}
+	if err := r.State.validate(); err != nil {
+		return err
+	}
+	if err := ValidateName("agent", r.Agent); err != nil {
+		return err
+	}
+	seen := make(map[string]string, len(r.Plugins))
+	for _, p := range r.Plugins {
+		if err := ValidateName("plugin", p); err != nil {
+			return err
+		}
+		if _, dup := seen[p]; dup {
+			return fmt.Errorf("plugin %s is listed twice", p)
+		}
+		seen[p] = ""
+	}
+	for _, l := range []struct {
+		name  string
+		names []string
+	}{{"acked", r.Acked}, {"failed", r.Failed}, {"timed_out", r.TimedOut}, {"departed", r.Departed}} {
+		for _, p := range l.names {
+			prev, ok := seen[p]
+			if !ok {
+				return fmt.Errorf("%s lists %s, which is not a participant", l.name, p)
+			}
+			if prev != "" {
+				return fmt.Errorf("%s is both %s and %s", p, prev, l.name)
+			}
+			seen[p] = l.name
+		}
+	}
+	if r.State == NotActive {
+		for p, o := range seen {
+			if o == "" {
+				return fmt.Errorf("participant %s has no outcome in a completed round", p)
+			}
+		}
+	}
+	for p, e := range r.Errors {
+		if seen[p] != "failed" {
+			return fmt.Errorf("errors names %s, which did not fail", p)
+		}
+		if err := checkText("error of "+p, e, MaxReasonLen+len(truncMarker)+20); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RoundScope is the value of rounds/<N>/scope/<i>: the i-th chunk (at most
+// MaxScopeChunk) of a set scope's targets, "agent" or "agent/plugin".
+type RoundScope struct {
+	Revision uint64   `json:"revision"`
+	Targets  []string `json:"targets"`
+}
+
+// Validate checks the record.
+func (r RoundScope) Validate() error {
+	if r.Revision == 0 {
+		return errors.New("revision must be > 0")
+	}
+	if len(r.Targets) > MaxScopeChunk {
+		return fmt.Errorf("%d targets in one chunk: the limit is %d", len(r.Targets), MaxScopeChunk)
+	}
+	for _, t := range r.Targets {
+		if _, err := ParseTarget(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DecodeRoundAgent decodes a rounds/<N>/agents/<agent> value.
+func DecodeRoundAgent(key string, value []byte) (RoundAgent, error) {
+	var r RoundAgent
+	err := decode(key, value, maxRoundAgentValue, "round agent", &r)
+	return r, err
+}
+
+// DecodeRoundScope decodes a rounds/<N>/scope/<i> value.
+func DecodeRoundScope(key string, value []byte) (RoundScope, error) {
+	var r RoundScope
+	err := decode(key, value, maxRoundScopeValue, "round scope", &r)
+	return r, err
+}
+
+// TruncateJSON cuts s (as Truncate does) so that its JSON encoding, quotes
+// excluded, is at most max bytes plus the truncation marker: escaping
+// (\u003c for "<", \" and control characters) can make a text six times
+// longer than its bytes.
+func TruncateJSON(s string, max int) string {
+	t := Truncate(s, max)
+	for cut := max; ; {
+		n := jsonLen(t)
+		if n <= max+len(truncMarker) || cut <= 0 {
+			return t
+		}
+		cut -= n - max - len(truncMarker)
+		if cut < 0 {
+			cut = 0
+		}
+		t = Truncate(s, cut)
+		if cut == 0 {
+			return t
+		}
+	}
+}
+
+func jsonLen(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b) - 2
+}
