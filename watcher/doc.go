@@ -46,15 +46,15 @@
 //
 // A join resync is never lost. A plugin that does not take it within the
 // accept timeout (a cn-infra plugin that registers in Init and reads from
-// AfterInit) is parked, not timed out: no timeout ack is written, the
-// agent's next plugins proceed, and the dispatcher offers the join again,
-// for the current record, whenever it has nothing else to deliver. The
-// plugin takes it when it reads, exactly once per revision (a parked event
-// was never taken; a newer record replaces it). If the plugin is a
-// participant of the open round, that round waits for it, up to the
-// coordinator's round deadline. Only the join is parked: a regular round's
-// Started not taken in time gets a timeout ack, and the coordinator's retry
-// round covers the plugin.
+// AfterInit) is parked: the agent's next plugins proceed, and the
+// dispatcher offers the join again, for the current record, whenever it has
+// nothing else to deliver, and in order to every round the plugin takes part
+// in. The plugin takes it when it reads, exactly once per revision (a parked
+// event was never taken; a newer record replaces it). Outside a round no ack
+// is written for it; as a participant of a Started round it gets a timeout
+// ack for that round (the round does not wait for a plugin that does not
+// read), and the coordinator's retry round then covers it. A regular
+// round's Started not taken in time gets a timeout ack as before.
 //
 // Nothing is delivered before Start when the Watcher was made with Held.
 //
