@@ -221,7 +221,7 @@ func (p *Plugin) Init() error {
 // AfterInit is the second step of the cn-infra lifecycle: events start to
 // be delivered (first each plugin's join resync, in registration order). A
 // plugin that reads its channel only later still gets its join resync when
-// it does (see package watcher: a join resync is never timed out). It is
+// it does (see package watcher: a join resync is never lost). It is
 // idempotent and never blocks.
 func (p *Plugin) AfterInit() error {
 	p.w.Start()
