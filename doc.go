@@ -18,8 +18,22 @@
 //
 //	// after
 //	import "github.com/resyncd/resync"
-//	rs, err := resync.New(resync.Deps{Log: log, Client: etcdClient}, resync.DefaultConfig("agent-1"))
+//	rs, err := resync.NewPlugin(resync.Deps{Log: log, Client: etcdClient}, resync.DefaultConfig("agent-1"))
 //	p.Resync = rs // a resync.Subscriber; Init calls p.Resync.Register("ifplugin") as before
+//
+// Plugin has a cn-infra plugin's lifecycle (Init, AfterInit, Close,
+// String): list it with the agent's plugins, before those that use it.
+// NewPlugin delivers no event before its AfterInit, so plugins may register
+// in Init and read from AfterInit. A program without a lifecycle uses New,
+// which delivers at once. Registration.StatusChan() is a chan StatusEvent,
+// exactly as the seed's.
+//
+// A join resync is never lost: a plugin that reads its channel late still
+// gets exactly one Started for the current revision when it reads.
+//
+// One process per agent name: a newer process with the same name takes the
+// name over at once, and the older one stops delivering, closes its status
+// channels and reports ErrDisplaced through Done and Err.
 //
 // A plugin registered before etcd is reachable gets its Registration at once;
 // it receives Started for the current resync revision (its join resync) as

@@ -18,8 +18,8 @@ import (
 )
 
 // IfPlugin is a plugin written against cn-infra's resync API. Porting it
-// changed only the import path: it registers in Init, reloads its state on
-// Started and acks every event.
+// changed only the import path: it registers in Init, starts reading in
+// AfterInit, reloads its state on Started and acks every event.
 type IfPlugin struct {
 	Resync resync.Subscriber // injected
 
@@ -30,14 +30,28 @@ type IfPlugin struct {
 // Init registers for resync events, as in the seed.
 func (p *IfPlugin) Init() error {
 	p.reg = p.Resync.Register("ifplugin")
-	p.done = make(chan struct{})
-	go p.watchResync()
 	return nil
 }
 
-func (p *IfPlugin) watchResync() {
+// AfterInit starts reading the status channel, as in the seed.
+func (p *IfPlugin) AfterInit() error {
+	p.done = make(chan struct{})
+	go p.watchResync(p.reg.StatusChan())
+	return nil
+}
+
+// Close waits for the reader: the resync plugin closes the channel.
+func (p *IfPlugin) Close() error {
+	<-p.done
+	return nil
+}
+
+func (p *IfPlugin) String() string { return "ifplugin" }
+
+// watchResync is typed as seed consumers are: chan, not <-chan.
+func (p *IfPlugin) watchResync(ch chan resync.StatusEvent) {
 	defer close(p.done)
-	for ev := range p.reg.StatusChan() {
+	for ev := range ch {
 		switch ev.ResyncStatus() {
 		case resync.Started:
 			fmt.Println("ifplugin: resync started: reloading interfaces")
@@ -49,9 +63,13 @@ func (p *IfPlugin) watchResync() {
 	fmt.Println("ifplugin: resync plugin closed")
 }
 
-// The agent side of resync with a seed-style plugin. The example starts an
-// embedded etcd and plays the coordinator itself by writing the resync
-// revision; in a cluster, cmd/resyncd does that.
+// The agent side of resync with a seed-style plugin, driven as a cn-infra
+// agent drives its plugins: every Init in order, then every AfterInit, and
+// Close in reverse order. resync.NewPlugin delivers nothing before its
+// AfterInit; a program without such a lifecycle uses resync.New, which
+// delivers at once. The example starts an embedded etcd and plays the
+// coordinator itself by writing the resync revision; in a cluster,
+// cmd/resyncd does that.
 func Example() {
 	etcd, client, err := startEtcd()
 	if err != nil {
@@ -63,15 +81,29 @@ func Example() {
 	// The only lines that differ from a cn-infra agent: build the plugin.
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	rs, err := resync.New(resync.Deps{Log: log, Client: client}, resync.DefaultConfig("agent-1"))
+	rs, err := resync.NewPlugin(resync.Deps{Log: log, Client: client}, resync.DefaultConfig("agent-1"))
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	ifp := &IfPlugin{Resync: rs}
-	if err := ifp.Init(); err != nil {
-		fmt.Println(err)
-		return
+	plugins := []interface {
+		Init() error
+		AfterInit() error
+		Close() error
+		String() string
+	}{rs, ifp}
+	for _, p := range plugins {
+		if err := p.Init(); err != nil {
+			fmt.Println(p, err)
+			return
+		}
+	}
+	for _, p := range plugins {
+		if err := p.AfterInit(); err != nil {
+			fmt.Println(p, err)
+			return
+		}
 	}
 
 	// The coordinator starts round 1, waits for the plugin's ack, finishes
@@ -87,9 +119,10 @@ func Example() {
 		time.Sleep(10 * time.Millisecond) // wait for the plugin to take NotActive
 	}
 
-	// Closing the resync plugin closes the status channels.
+	// Closing the resync plugin closes the status channels; the agent
+	// closes its plugins in reverse order.
 	rs.Close()
-	<-ifp.done
+	ifp.Close()
 	// Output:
 	// ifplugin: resync started: reloading interfaces
 	// ifplugin: resync finished

@@ -14,10 +14,25 @@ import (
 	"github.com/resyncd/resync/watcher"
 )
 
-// Errors returned by a Plugin.
+// Errors returned by a Plugin. The sentinels of the packages underneath are
+// re-exported, so that errors.Is works without importing them.
 var (
-	// ErrClosed is returned by RegisterE after Close.
+	// ErrClosed is returned by RegisterE after Close (or after the Plugin
+	// was displaced), and by Init after Close.
 	ErrClosed = errors.New("resync: closed")
+	// ErrDuplicate is wrapped by RegisterE for a plugin name registered
+	// before on this Plugin.
+	ErrDuplicate = registry.ErrDuplicate
+	// ErrInvalidName is wrapped by RegisterE and New for a name outside
+	// [A-Za-z0-9._-] or 1-128 characters.
+	ErrInvalidName = schema.ErrInvalidName
+	// ErrDisplaced is wrapped by Err when a newer process with the same
+	// agent name took the name over: this Plugin stopped delivering and
+	// closed every status channel (see Done).
+	ErrDisplaced = registry.ErrDisplaced
+	// ErrQueueFull is the error ReportError logs when too many resync
+	// requests wait to be written (etcd unreachable).
+	ErrQueueFull = watcher.ErrQueueFull
 )
 
 // Deps are the dependencies injected into a Plugin, grouped apart from its
@@ -92,19 +107,25 @@ func (c Config) watcherConfig() watcher.Config {
 }
 
 // Plugin is the resync plugin of one agent process: it implements Subscriber
-// and Reporter. It is safe for concurrent use.
+// and Reporter, and a cn-infra plugin's lifecycle (Init, AfterInit, Close,
+// String), so it can be listed with the agent's other plugins. It is safe
+// for concurrent use.
 type Plugin struct {
 	Deps
 
-	cfg  Config
-	log  logrus.FieldLogger
-	reg  *registry.Registry
-	w    *watcher.Watcher
-	once sync.Once
+	cfg     Config
+	log     logrus.FieldLogger
+	reg     *registry.Registry
+	w       *watcher.Watcher
+	once    sync.Once
+	stopc   chan struct{} // closed by Close: the supervisor ends
+	donec   chan struct{} // closed when the Plugin stops delivering
+	supdone chan struct{} // closed when the supervisor ended
 
 	mu     sync.Mutex
 	regs   map[string]Registration
 	closed bool
+	err    error
 }
 
 var (
@@ -112,13 +133,31 @@ var (
 	_ Reporter   = (*Plugin)(nil)
 )
 
-// New starts the resync plugin of agent cfg.Agent. It does not wait for
-// etcd: the agent's session, its registrations and the watch of the resync
-// revision are set up in the background and retried while etcd is
-// unreachable. It returns an error only for invalid deps or config.
+// New starts the resync plugin of agent cfg.Agent for a program that does
+// not drive a plugin lifecycle: events are delivered as soon as plugins
+// register (it is NewPlugin followed by Init and AfterInit). It does not
+// wait for etcd: the agent's session, its registrations and the watch of
+// the resync revision are set up in the background and retried while etcd
+// is unreachable. It returns an error only for invalid deps or config.
 func New(deps Deps, cfg Config) (*Plugin, error) {
+	p, err := NewPlugin(deps, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.w.Start()
+	return p, nil
+}
+
+// NewPlugin makes the resync plugin of agent cfg.Agent for a cn-infra style
+// agent, which calls Init on every plugin in order, then AfterInit on every
+// plugin: plugins Register in their Init and may start reading their
+// channels in their AfterInit, so no event is delivered before this
+// Plugin's AfterInit. The agent's session and registrations are set up at
+// once, in the background (Register works before Init). It returns an
+// error only for invalid deps or config.
+func NewPlugin(deps Deps, cfg Config) (*Plugin, error) {
 	if deps.Client == nil {
-		return nil, errors.New("resync: Deps.Client is nil")
+		return nil, errors.New("resync: Deps.Client is nil: give the etcd client (clientv3.New)")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -129,20 +168,81 @@ func New(deps Deps, cfg Config) (*Plugin, error) {
 	if deps.Clock == nil {
 		deps.Clock = watcher.SystemClock()
 	}
-	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log))
+	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log), registry.WithOwnerWatch())
 	if err != nil {
 		return nil, fmt.Errorf("resync: %w", err)
 	}
-	w, err := watcher.New(reg, cfg.watcherConfig(), watcher.WithLogger(deps.Log), watcher.WithClock(deps.Clock))
+	w, err := watcher.New(reg, cfg.watcherConfig(), watcher.WithLogger(deps.Log), watcher.WithClock(deps.Clock), watcher.Held())
 	if err != nil {
 		reg.Close()
 		return nil, fmt.Errorf("resync: %w", err)
 	}
-	return &Plugin{
+	p := &Plugin{
 		Deps: deps, cfg: cfg, reg: reg, w: w,
-		log:  deps.Log.WithField("agent", cfg.Agent),
-		regs: map[string]Registration{},
-	}, nil
+		log:   deps.Log.WithField("agent", cfg.Agent),
+		regs:  map[string]Registration{},
+		stopc: make(chan struct{}), donec: make(chan struct{}), supdone: make(chan struct{}),
+	}
+	go p.supervise()
+	return p, nil
+}
+
+// supervise waits for Close or a displacement. Displaced: stop delivering
+// (the watcher closes every status channel) and tell the owner (Done, Err).
+func (p *Plugin) supervise() {
+	defer close(p.supdone)
+	select {
+	case <-p.stopc:
+		return
+	case <-p.reg.Displaced():
+	}
+	err := p.reg.Err()
+	p.mu.Lock()
+	p.closed = true
+	p.err = err
+	p.mu.Unlock()
+	p.w.Close()
+	p.log.WithError(err).Error("resync: another process took over this agent name; status channels closed, no more resync events")
+	close(p.donec)
+}
+
+// Init is the first step of the cn-infra lifecycle. Nothing to do: the
+// Plugin was set up by NewPlugin, and plugins may Register before and
+// after it. It returns ErrClosed after Close.
+func (p *Plugin) Init() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// AfterInit is the second step of the cn-infra lifecycle: events start to
+// be delivered (first each plugin's join resync, in registration order). A
+// plugin that reads its channel only later still gets its join resync when
+// it does (see package watcher: a join resync is never lost). It is
+// idempotent and never blocks.
+func (p *Plugin) AfterInit() error {
+	p.w.Start()
+	return nil
+}
+
+// String is the plugin's name in a cn-infra agent: "resync".
+func (p *Plugin) String() string { return "resync" }
+
+// Done is closed when the Plugin stops delivering events: after Close, or
+// when a newer process with the same agent name took the name over (then
+// Err wraps ErrDisplaced). Its status channels are closed by then.
+func (p *Plugin) Done() <-chan struct{} { return p.donec }
+
+// Err is nil while the Plugin runs and after Close; an error wrapping
+// ErrDisplaced (naming the process and lease that now own the agent name)
+// once it was displaced.
+func (p *Plugin) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
 }
 
 // Agent is the agent's name.
@@ -165,10 +265,9 @@ func (p *Plugin) Register(resyncName string) Registration {
 	return r
 }
 
-// RegisterE is Register returning its error: one wrapping
-// registry.ErrDuplicate (with the existing Registration), one wrapping
-// schema.ErrInvalidName, or ErrClosed (both with a Registration whose
-// channel is closed).
+// RegisterE is Register returning its error: one wrapping ErrDuplicate
+// (with the existing Registration), one wrapping ErrInvalidName, or
+// ErrClosed (both with a Registration whose channel is closed).
 func (p *Plugin) RegisterE(resyncName string) (Registration, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -227,14 +326,24 @@ func (p *Plugin) Stats() Stats { return p.w.Stats() }
 // acks vanish at once. Every goroutine has ended when it returns. It is
 // idempotent and bounded (the revoke by 5 s; if it fails the keys vanish
 // within the TTL and its error is returned).
+//
+// After a displacement the Plugin has already stopped; Close then only
+// waits for it and returns nil (Err says why it stopped).
 func (p *Plugin) Close() error {
 	var err error
 	p.once.Do(func() {
 		p.mu.Lock()
 		p.closed = true
 		p.mu.Unlock()
+		close(p.stopc)
+		<-p.supdone
 		p.w.Close()
 		err = p.reg.Close()
+		select {
+		case <-p.donec: // displaced: already closed
+		default:
+			close(p.donec)
+		}
 	})
 	return err
 }

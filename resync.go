@@ -37,9 +37,12 @@ type Stats = watcher.Stats
 
 // Registration is returned by Register: the plugin's status channel.
 type Registration interface {
-	// StatusChan is the channel of the plugin's StatusEvents. It is closed
-	// when the resync Plugin is closed.
-	StatusChan() <-chan StatusEvent
+	// StatusChan is the channel of the plugin's StatusEvents, typed
+	// exactly as the seed's (chan, not <-chan, so that consumer code typed
+	// func(chan resync.StatusEvent) compiles). Only the resync Plugin sends
+	// on it; a plugin only receives. It is closed when the resync Plugin is
+	// closed or displaced (see Plugin.Done).
+	StatusChan() chan StatusEvent
 	fmt.Stringer
 }
 
@@ -61,7 +64,7 @@ type Reporter interface {
 
 type registration struct {
 	name string
-	ch   <-chan StatusEvent
+	ch   chan StatusEvent
 }
 
 // NewRegistration returns a Registration of the channel, for example to feed
@@ -70,5 +73,5 @@ func NewRegistration(resyncName string, statusChan chan StatusEvent) Registratio
 	return &registration{name: resyncName, ch: statusChan}
 }
 
-func (r *registration) StatusChan() <-chan StatusEvent { return r.ch }
-func (r *registration) String() string                 { return r.name }
+func (r *registration) StatusChan() chan StatusEvent { return r.ch }
+func (r *registration) String() string               { return r.name }

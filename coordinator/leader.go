@@ -86,6 +86,7 @@ type leader struct {
 	rejoins  map[string]rejoinWait     // rejoin requests: the registrations they wait for (rejoin.go)
 	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
+	epoch       string                     // the history's epoch, written in every revision record
 	lastN       uint64                     // highest round number written
 	rev         *schema.Revision           // last revision record (nil: none)
 	initial     string                     // non-empty: start a round at once with this reason
@@ -356,6 +357,12 @@ func (l *leader) tryLoad() (err error) {
 	if err != nil {
 		return err
 	}
+	// A new epoch whenever the record is missing or unreadable (a new
+	// cluster, a wiped prefix, a restore that lost it) or has none (an
+	// older version wrote it): the cluster id and the etcd revision of this
+	// read name the history uniquely within the cluster.
+	newEpoch := fmt.Sprintf("%x-%d", resp.Header.ClusterId, resp.Header.Revision)
+	l.epoch = newEpoch
 	defer func() {
 		// The error streaks survive failover: rebuilt from the history.
 		if err == nil {
@@ -366,11 +373,15 @@ func (l *leader) tryLoad() (err error) {
 	if len(resp.Kvs) == 1 {
 		rev, err := schema.DecodeRevision(l.layout.Revision(), resp.Kvs[0].Value)
 		if err == nil {
+			if rev.Epoch != "" {
+				l.epoch = rev.Epoch
+			}
 			return l.loadRevision(ctx, rev)
 		}
-		l.log.WithError(err).Error("coordinator: the revision record is malformed; recovering from the round records")
+		l.log.WithError(err).WithField("epoch", l.epoch).Error("coordinator: the revision record is malformed; recovering from the round records in a new epoch")
 		return l.loadRounds(ctx, "revision record unreadable")
 	}
+	l.log.WithField("epoch", l.epoch).Info("coordinator: no revision record: a new history (epoch) starts")
 	return l.loadRounds(ctx, "revision key missing")
 }
 
@@ -505,7 +516,7 @@ func (l *leader) loadRounds(ctx context.Context, why string) error {
 		l.lastN = last.Revision
 		rev := schema.Revision{Revision: last.Revision, State: schema.Started, Reason: last.Reason, Cause: last.Cause,
 			Scope: last.Scope, Participants: last.Counts.Participants, StartedAt: last.StartedAt, Deadline: last.Deadline,
-			Leader: last.StartedBy}
+			Leader: last.StartedBy, Epoch: l.epoch}
 		l.rev = &rev
 		l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 		l.log.WithField("revision", last.Revision).Warn("coordinator: " + why + "; resuming the running round from its record")

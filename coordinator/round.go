@@ -400,7 +400,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	}
 	rev := schema.Revision{
 		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum, Participants: len(parts),
-		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity,
+		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity, Epoch: l.epoch,
 	}
 	// Participation first: an agent reads its rounds/<N>/agents/<agent>
 	// when it sees the revision Started. Whatever an earlier attempt at
@@ -624,7 +624,7 @@ func (l *leader) finish(now time.Time) error {
 		rev = schema.Revision{Revision: rec.Revision, Reason: rec.Reason, Cause: rec.Cause, Scope: rec.Scope,
 			Participants: rec.Counts.Participants, StartedAt: rec.StartedAt, Deadline: rec.Deadline}
 	}
-	rev.State, rev.FinishedAt, rev.Leader = schema.NotActive, rec.FinishedAt, l.identity
+	rev.State, rev.FinishedAt, rev.Leader, rev.Epoch = schema.NotActive, rec.FinishedAt, l.identity, l.epoch
 	revVal, err := schema.Encode(rev)
 	if err != nil {
 		return err

@@ -9,6 +9,10 @@
 // new session, writes every registration again in the original order, and
 // signals its owner through Changed so that a join resync can follow.
 //
+// One process per agent name: the Registry that owns the name holds
+// owners/<agent> on its lease; a newer one takes it over at once and the
+// older one stops (Displaced, Err wrapping ErrDisplaced). See owner.go.
+//
 // Coordinator side: Snapshot reads every registration at one etcd revision,
 // and Watch follows their changes, surviving compaction. Both skip malformed
 // records and report them with their key; the rest is returned.

@@ -23,6 +23,10 @@ var (
 	ErrNotRegistered = errors.New("registry: plugin not registered")
 	// ErrClosed is returned by every method after Close.
 	ErrClosed = errors.New("registry: closed")
+	// ErrDisplaced is wrapped by Err when a newer process with the same
+	// agent name took the name over: this Registry stopped and writes
+	// nothing more.
+	ErrDisplaced = errors.New("registry: displaced by another process with the same agent name")
 )
 
 // Config configures a Registry.
@@ -98,6 +102,14 @@ func (c Config) withDefaults() Config {
 // Option sets an optional collaborator.
 type Option func(*Registry)
 
+// WithOwnerWatch makes the Registry watch its owner key (owners/<agent>)
+// from its first claim on, so that it notices within about a second when a
+// newer process takes the agent name over (resync.Plugin uses it). Without
+// it, a displaced Registry notices at its next write or new session. It
+// costs one watch per Registry: leave it off where one client serves many
+// Registries (tests, simulators).
+func WithOwnerWatch() Option { return func(r *Registry) { r.ownerWatch = true } }
+
 // WithLogger sets the logger (default: logrus.StandardLogger()).
 func WithLogger(l logrus.FieldLogger) Option { return func(r *Registry) { r.log = l } }
 
@@ -139,6 +151,17 @@ type Registry struct {
 	final     bool          // loop ended: changed stays closed
 	changed   chan struct{} // closed and replaced on every change
 	revokeErr error
+
+	// One process per agent name (owner.go).
+	process    string    // random id of this Registry
+	started    time.Time // when New ran
+	claimed    bool      // this process has owned the name
+	ownedGen   uint64    // generation whose lease is on the owner key; 0 = none
+	claimRev   int64     // etcd revision of the last claim
+	displaced  error
+	dispc      chan struct{}  // closed when displaced
+	ownerWG    sync.WaitGroup // the owner watch, started at the first claim
+	ownerWatch bool           // WithOwnerWatch
 }
 
 // New starts a Registry for cfg.Agent. It does not wait for etcd: the
@@ -158,6 +181,7 @@ func New(c *clientv3.Client, cfg Config, opts ...Option) (*Registry, error) {
 		cfg: cfg, layout: layout, c: c, log: logrus.StandardLogger(),
 		ctx: ctx, cancel: cancel, donec: make(chan struct{}), kick: make(chan struct{}, 1),
 		changed: make(chan struct{}),
+		process: newProcessID(), started: time.Now().UTC(), dispc: make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(r)
@@ -169,6 +193,9 @@ func New(c *clientv3.Client, cfg Config, opts ...Option) (*Registry, error) {
 
 // Agent is the agent's name.
 func (r *Registry) Agent() string { return r.cfg.Agent }
+
+// Process is this Registry's process id, as written in the owner key.
+func (r *Registry) Process() string { return r.process }
 
 // Layout is the key layout in use.
 func (r *Registry) Layout() schema.Layout { return r.layout }
@@ -288,7 +315,8 @@ func (r *Registry) Done() <-chan struct{} { return r.donec }
 // Close stops the session loop and revokes the lease, so every registration
 // (and every other key on the lease) vanishes at once. It is idempotent and
 // bounded by the OpTimeout; the error is that of the revoke (the keys then
-// vanish within the TTL).
+// vanish within the TTL). After a displacement the loop has already stopped
+// and revoked; Close then returns nil (Err says why it stopped).
 func (r *Registry) Close() error {
 	var err error
 	r.closeOnce.Do(func() {

@@ -23,13 +23,13 @@ var layout = schema.MustLayout(schema.DefaultPrefix)
 
 func testLogger(t *testing.T) logrus.FieldLogger { return etcdtest.Logger(t, "debug") }
 
-func newRegistry(t *testing.T, c *clientv3.Client, agent string, ttl time.Duration) *Registry {
+func newRegistry(t *testing.T, c *clientv3.Client, agent string, ttl time.Duration, opts ...Option) *Registry {
 	t.Helper()
 	cfg := DefaultConfig(agent)
 	cfg.TTL = ttl
 	cfg.RetryMax = 200 * time.Millisecond
 	cfg.OpTimeout = time.Second
-	r, err := New(c, cfg, WithLogger(testLogger(t)))
+	r, err := New(c, cfg, append([]Option{WithLogger(testLogger(t))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestRejectsDuplicateAndInvalidNamesWritingNothing(t *testing.T) {
 		t.Errorf("New with agent bad/agent: %v", err)
 	}
 	resp := get(t, c, layout.Prefix(), true)
-	if resp.Header.Revision != before || len(resp.Kvs) != 1 {
+	if resp.Header.Revision != before || len(resp.Kvs) != 2 { // the registration and the owner key
 		t.Fatalf("rejected registrations wrote something: revision %d -> %d, %d keys", before, resp.Header.Revision, len(resp.Kvs))
 	}
 	if got := r.Plugins(); len(got) != 1 || got[0].Plugin != "p" {

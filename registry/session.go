@@ -22,6 +22,7 @@ const maxTxnOps = 128
 // when it is lost, revoke it on Close.
 func (r *Registry) loop() {
 	defer func() {
+		r.ownerWG.Wait() // the owner watch ends with r.ctx, done whenever loop returns
 		r.mu.Lock()
 		r.state.Connected = false
 		close(r.changed)
@@ -55,6 +56,9 @@ func (r *Registry) loop() {
 
 		r.serve(sess, gen)
 		sess.Orphan()
+		r.mu.Lock()
+		r.ownedGen = 0
+		r.mu.Unlock()
 		if r.ctx.Err() != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.OpTimeout)
 			_, err := r.c.Revoke(ctx, sess.Lease())
@@ -99,8 +103,10 @@ func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
 			case <-r.ctx.Done():
 				return
 			}
-		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		case errors.Is(err, rpctypes.ErrLeaseNotFound), errors.Is(err, ErrDisplaced):
 			return
+		case errors.Is(err, errNotOwner), errors.Is(err, errRewrite):
+			continue // claim again (or find out we are displaced), or write all again
 		default:
 			if r.ctx.Err() != nil {
 				return
@@ -118,6 +124,7 @@ func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
 // deletes removed ones, in registration order, a Txn per maxTxnOps.
 func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	r.mu.Lock()
+	owned := r.ownedGen == gen
 	var todo []schema.Registration
 	for _, e := range r.entries {
 		if e.written != gen {
@@ -144,13 +151,29 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 		}
 		ops = append(ops, clientv3.OpPut(r.layout.Registration(reg.Agent, reg.Plugin), string(b), clientv3.WithLease(lease)))
 	}
+	if !owned && len(ops) > 0 {
+		// Own the agent name first (owner.go); the first registrations
+		// go in the claim's Txn when nobody owned it.
+		n, err := r.claim(lease, gen, ops[:min(len(ops), maxTxnOps-1)])
+		if err != nil {
+			return err
+		}
+		ops = ops[n:]
+	}
+	// Every other write is guarded by the owner key being on our lease: a
+	// displaced process never writes over the new owner.
+	owner := clientv3.Compare(clientv3.LeaseValue(r.layout.Owner(r.cfg.Agent)), "=", int64(lease))
 	for len(ops) > 0 {
 		n := min(len(ops), maxTxnOps)
 		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
-		_, err := r.c.Txn(ctx).Then(ops[:n]...).Commit()
+		resp, err := r.c.Txn(ctx).If(owner).Then(ops[:n]...).Commit()
 		cancel()
 		if err != nil {
 			return err
+		}
+		if !resp.Succeeded {
+			r.disowned()
+			return errNotOwner
 		}
 		ops = ops[n:]
 	}

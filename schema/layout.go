@@ -20,6 +20,7 @@ const (
 	agentRequestsDir    = "agent/"
 	operatorRequestsDir = "operator/"
 	roundsDir           = "rounds/"
+	ownersDir           = "owners/"
 )
 
 // roundDigits is the width of the zero-padded round number in rounds/<N>, so
@@ -145,6 +146,13 @@ func (l Layout) Round(n uint64) string {
 	return l.prefix + roundsDir + strings.Repeat("0", roundDigits-len(s)) + s
 }
 
+// Owners is the prefix of agent owner keys.
+func (l Layout) Owners() string { return l.prefix + ownersDir }
+
+// Owner is the key naming the one process that owns agent's name: written
+// by that process on its session lease (see package registry).
+func (l Layout) Owner(agent string) string { return l.prefix + ownersDir + agent }
+
 // RoundDir is the prefix of every key of round n: its summary's detail
 // (rounds/<N>/agents/, rounds/<N>/scope/). Pruning a round deletes
 // Round(n) and RoundDir(n).
@@ -185,9 +193,10 @@ const (
 	KindRound
 	KindRoundAgent
 	KindRoundScope
+	KindOwner
 )
 
-var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round", "round agent", "round scope"}
+var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round", "round agent", "round scope", "owner"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -199,7 +208,7 @@ func (k Kind) String() string {
 // Key is a parsed key. Only the fields of its Kind are set.
 type Key struct {
 	Kind   Kind
-	Agent  string // registration, ack, an agent's request (its writer), round agent
+	Agent  string // registration, ack, owner, an agent's request (its writer), round agent
 	Plugin string // registration, ack
 	ID     string // request id, election lease
 	Round  uint64 // round, round agent, round scope
@@ -243,6 +252,12 @@ func (l Layout) Parse(key string) (Key, error) {
 			return bad("%v", err)
 		}
 		return Key{Kind: kind, Agent: agent, Plugin: plugin}, nil
+	case strings.HasPrefix(rest, ownersDir):
+		agent := rest[len(ownersDir):]
+		if err := ValidateName("agent", agent); err != nil {
+			return bad("%v", err)
+		}
+		return Key{Kind: KindOwner, Agent: agent}, nil
 	case strings.HasPrefix(rest, requestsDir):
 		return l.parseRequest(key, rest[len(requestsDir):])
 	case strings.HasPrefix(rest, roundsDir):

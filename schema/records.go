@@ -183,6 +183,12 @@ type Revision struct {
 	FinishedAt   time.Time `json:"finished_at,omitzero"`
 	// Leader is the id of the coordinator that wrote this record.
 	Leader string `json:"leader"`
+	// Epoch names the history the revision belongs to: the coordinator
+	// makes a new one when it finds no revision record (a new cluster, a
+	// wiped prefix) and carries it over otherwise. An agent that sees a
+	// new epoch forgets the revisions it handled and takes the new rounds.
+	// Empty in records of older versions.
+	Epoch string `json:"epoch,omitempty"`
 }
 
 // Validate checks the record.
@@ -202,7 +208,7 @@ func (r Revision) Validate() error {
 	if r.State == NotActive && r.FinishedAt.IsZero() {
 		return errors.New("a NotActive revision needs finished_at")
 	}
-	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "leader", r.Leader)
+	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "leader", r.Leader, "epoch", r.Epoch)
 }
 
 // Ack is the value of acks/<agent>/<plugin>, written by the agent's watcher on

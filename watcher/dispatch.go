@@ -2,7 +2,9 @@ package watcher
 
 import (
 	"context"
+	"reflect"
 	"slices"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -11,14 +13,27 @@ import (
 
 // dispatch is the only sender on the plugins' status channels. It looks for
 // the next thing to deliver (first Started, in registration order, then
-// NotActive), delivers it, and otherwise waits for a new record or plugin.
-// When the Watcher closes it closes every status channel.
+// NotActive), delivers it, and otherwise waits for a new record or plugin,
+// meanwhile offering parked join resyncs. When the Watcher closes it closes
+// every status channel. Nothing is delivered before Start.
 func (w *Watcher) dispatch() {
 	defer w.closeChannels()
+	select {
+	case <-w.startc:
+	case <-w.ctx.Done():
+		return
+	}
+	var resets uint64
 	for w.ctx.Err() == nil {
 		w.mu.Lock()
-		rec, recCtx, plugins := w.rec, w.recCtx, slices.Clone(w.plugins)
+		rec, recCtx, plugins, r := w.rec, w.recCtx, slices.Clone(w.plugins), w.resets
 		w.mu.Unlock()
+		if r != resets {
+			resets = r
+			for _, p := range plugins {
+				p.handled, p.taken, p.notActive = 0, 0, 0
+			}
+		}
 		if rec != nil {
 			if p, join := w.nextStarted(*rec, plugins); p != nil {
 				w.deliverStarted(p, *rec, recCtx, join)
@@ -29,13 +44,52 @@ func (w *Watcher) dispatch() {
 				continue
 			}
 		}
-		select {
-		case <-w.ctx.Done():
-		case <-w.kick:
-		}
+		w.idle(rec, recCtx, plugins)
 	}
 }
 
+// idle waits for a new record, a new plugin or the end, offering meanwhile
+// the current record's Started to every parked plugin (its join resync). A
+// plugin that takes it is served like any Started: the dispatcher waits for
+// its ack or the ack timeout.
+func (w *Watcher) idle(rec *schema.Revision, recCtx context.Context, plugins []*plugin) {
+	var recDone <-chan struct{} // nil: blocks for ever
+	if recCtx != nil {
+		recDone = recCtx.Done()
+	}
+	select { // a change already there wins over a late offer
+	case <-w.ctx.Done():
+		return
+	case <-recDone:
+		return
+	default:
+	}
+	const fixed = 3
+	cases := []reflect.SelectCase{
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.ctx.Done())},
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.kick)},
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(recDone)},
+	}
+	var parked []*plugin
+	var events []*Event
+	if rec != nil && recCtx.Err() == nil {
+		for _, p := range plugins {
+			if p.parked {
+				ev := w.newEvent(p.name, schema.Started, *rec, true)
+				parked, events = append(parked, p), append(events, ev)
+				cases = append(cases, reflect.SelectCase{Dir: reflect.SelectSend, Chan: reflect.ValueOf(p.ch), Send: reflect.ValueOf(StatusEvent(ev))})
+			}
+		}
+	}
+	i, _, _ := reflect.Select(cases)
+	if i < fixed {
+		return
+	}
+	p, ev := parked[i-fixed], events[i-fixed]
+	log := w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision, "join": true})
+	log.Info("watcher: plugin took its join Started late (it was parked after the accept timeout)")
+	w.took(p, ev, *rec, w.clock.Now(), log)
+}
 func (w *Watcher) closeChannels() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -46,17 +100,24 @@ func (w *Watcher) closeChannels() {
 }
 
 // nextStarted is the first plugin, in registration order, that is owed
-// Started for rec: one in its scope while it is Started, or one that never
-// had any revision (its join resync, whatever the scope and state).
+// Started for rec: one in its scope while it is Started, or one that has not
+// had its join resync yet (whatever the scope and state). A parked plugin is
+// offered its join here only as a participant of a Started round (it then
+// gets a timeout ack like any participant); otherwise idle offers it.
 func (w *Watcher) nextStarted(rec schema.Revision, plugins []*plugin) (p *plugin, join bool) {
 	for _, p := range plugins {
 		if p.handled >= rec.Revision {
 			continue
 		}
-		if p.handled == 0 {
+		participant := rec.State == schema.Started && w.participates(rec, p.name)
+		switch {
+		case p.parked && participant:
+			return p, true // its join, offered in order to a round it is part of
+		case p.parked:
+			continue // idle offers it
+		case !p.joined:
 			return p, true
-		}
-		if rec.State == schema.Started && w.participates(rec, p.name) {
+		case participant:
 			return p, false
 		}
 	}
@@ -91,6 +152,21 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 	select {
 	case p.ch <- ev:
 	case <-w.clock.After(w.cfg.AcceptTimeout):
+		if join {
+			// A join resync is never lost: it stays offered (idle),
+			// and the next plugin proceeds. If the plugin is a
+			// participant of the round, the round gets its timeout ack
+			// (below), so it does not wait for a plugin that is not
+			// reading; the retry round, or the late join, covers it.
+			if !p.parked {
+				p.parked = true
+				w.stats.joinsParked.Add(1)
+			}
+			log.WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take its join Started; it stays offered, next plugin proceeds")
+			if rec.State != schema.Started || !w.participates(rec, p.name) {
+				return
+			}
+		}
 		p.handled = rec.Revision
 		w.stats.acceptTimeouts.Add(1)
 		ev.finish(schema.ResultTimeout, "event not taken from the status channel within the accept timeout of "+w.cfg.AcceptTimeout.String())
@@ -103,7 +179,14 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 		}
 		return
 	}
-	p.handled, p.taken = rec.Revision, rec.Revision
+	w.took(p, ev, rec, start, log)
+}
+
+// took records that p took Started ev for rec and waits for its ack or the
+// ack timeout. The wait is not cut short by a newer record: one plugin of an
+// agent reloads at a time.
+func (w *Watcher) took(p *plugin, ev *Event, rec schema.Revision, start time.Time, log logrus.FieldLogger) {
+	p.handled, p.taken, p.joined, p.parked = rec.Revision, rec.Revision, true, false
 	w.stats.started.Add(1)
 	log.WithField("accepted_in", w.clock.Now().Sub(start)).Debug("watcher: plugin took Started")
 	select {

@@ -44,6 +44,29 @@
 // not participants of an open round. A plugin registered while etcd is
 // unreachable gets its join resync once the record can be read.
 //
+// A join resync is never lost. A plugin that does not take it within the
+// accept timeout (a cn-infra plugin that registers in Init and reads from
+// AfterInit) is parked: the agent's next plugins proceed, and the
+// dispatcher offers the join again, for the current record, whenever it has
+// nothing else to deliver, and in order to every round the plugin takes part
+// in. The plugin takes it when it reads, exactly once per revision (a parked
+// event was never taken; a newer record replaces it). Outside a round no ack
+// is written for it; as a participant of a Started round it gets a timeout
+// ack for that round (the round does not wait for a plugin that does not
+// read), and the coordinator's retry round then covers it. A regular
+// round's Started not taken in time gets a timeout ack as before.
+//
+// Nothing is delivered before Start when the Watcher was made with Held.
+//
+// # History resets
+//
+// The revision record carries an epoch (schema.Revision.Epoch), new when the
+// coordinator finds no record (a new cluster, a wiped prefix). A record of
+// another epoch, or with a lower revision than the current one (an etcd
+// snapshot restored), resets the history: the dispatcher forgets the
+// revisions its plugins handled and delivers the new rounds (no second join
+// resync).
+//
 // # Rejoin after a lost session
 //
 // When the agent's registry re-creates a lost session (State().Generation

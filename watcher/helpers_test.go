@@ -91,6 +91,12 @@ func (a *agent) register(t *testing.T, plugins ...string) []<-chan StatusEvent {
 // plugins these tests use: p, q, r).
 func writeRev(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, scope schema.Scope) {
 	t.Helper()
+	writeRevEpoch(t, c, n, state, scope, "")
+}
+
+// writeRevEpoch is writeRev with an epoch.
+func writeRevEpoch(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, scope schema.Scope, epoch string) {
+	t.Helper()
 	now := time.Now().UTC()
 	var set schema.ScopeSet
 	set.Add(scope)
@@ -109,7 +115,7 @@ func writeRev(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, s
 	}
 	rec := schema.Revision{
 		Revision: n, State: state, Reason: "test round", Cause: schema.CauseManual, Scope: set.Summary(),
-		StartedAt: now, Deadline: now.Add(time.Minute), Leader: "test",
+		StartedAt: now, Deadline: now.Add(time.Minute), Leader: "test", Epoch: epoch,
 	}
 	if state == schema.NotActive {
 		rec.FinishedAt = now

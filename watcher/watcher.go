@@ -143,6 +143,12 @@ func WithLogger(l logrus.FieldLogger) Option {
 	}
 }
 
+// Held makes New start without delivering: the Watcher reads the revision
+// and registers plugins, but no event reaches a status channel until Start.
+// It is how a cn-infra style agent holds delivery until AfterInit, once every
+// plugin registered in its Init.
+func Held() Option { return func(w *Watcher) { w.held = true } }
+
 // WithClock sets the clock (default: the system clock).
 func WithClock(c Clock) Option {
 	return func(w *Watcher) {
@@ -156,8 +162,13 @@ func WithClock(c Clock) Option {
 type Stats struct {
 	// Started counts Started events taken by plugins.
 	Started uint64
-	// AcceptTimeouts counts Started events not taken within AcceptTimeout.
+	// AcceptTimeouts counts Started events not taken within AcceptTimeout
+	// (a timeout ack was written for them). Join resyncs are not among
+	// them: see JoinsParked.
 	AcceptTimeouts uint64
+	// JoinsParked counts join Started events not taken within
+	// AcceptTimeout: they stay offered until the plugin takes them.
+	JoinsParked uint64
 	// AckTimeouts counts Started events taken but not acked within
 	// AckTimeout.
 	AckTimeouts uint64
@@ -188,7 +199,7 @@ type Stats struct {
 type counters struct {
 	started, acceptTimeouts, ackTimeouts, withdrawn           atomic.Uint64
 	notActive, notActiveDropped, acksWritten, requestsWritten atomic.Uint64
-	rejoins, malformed, ackTxns, writesDropped                atomic.Uint64
+	rejoins, malformed, ackTxns, writesDropped, joinsParked   atomic.Uint64
 }
 
 // plugin is the dispatcher's state of one registered plugin. name and ch are
@@ -204,6 +215,15 @@ type plugin struct {
 	taken uint64
 	// notActive is the last revision whose NotActive was handled.
 	notActive uint64
+	// joined: the plugin's join resync is done (its first Started was
+	// taken, or timed out after being taken). Until then every record is
+	// owed to it as its join resync. It survives a history reset.
+	joined bool
+	// parked: the join Started was not taken within the accept timeout.
+	// It is not timed out (a join resync is never lost): the dispatcher
+	// offers it again, for the current record, whenever it is idle, and
+	// meanwhile the agent's later plugins proceed.
+	parked bool
 }
 
 // Watcher delivers resync events to the plugins of one agent and writes their
@@ -224,6 +244,9 @@ type Watcher struct {
 	closeOnce sync.Once
 	kick      chan struct{} // cap 1: the dispatcher has work
 	outKick   chan struct{} // cap 1: the outbox has work
+	held      bool          // New with Held: startc stays open until Start
+	startc    chan struct{} // closed when delivery may start
+	startOnce sync.Once
 
 	mu        sync.Mutex
 	plugins   []*plugin // registration order
@@ -231,6 +254,10 @@ type Watcher struct {
 	rec       *schema.Revision
 	recCtx    context.Context // cancelled when rec changes (revision or state)
 	recCancel context.CancelFunc
+	// resets counts history resets seen (a new epoch, or a revision lower
+	// than the current one): the dispatcher then forgets what its plugins
+	// handled.
+	resets uint64
 	// part names this agent's plugins that take part in rec when rec has a
 	// set scope (nil: rec's scope is all), read from
 	// rounds/<N>/agents/<agent>.
@@ -271,13 +298,16 @@ func New(reg *registry.Registry, cfg Config, opts ...Option) (*Watcher, error) {
 		cfg: cfg.withDefaults(), reg: reg, c: reg.Client(), layout: reg.Layout(), agent: reg.Agent(),
 		log: logrus.StandardLogger(), clock: systemClock{},
 		ctx: ctx, cancel: cancel,
-		kick: make(chan struct{}, 1), outKick: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), outKick: make(chan struct{}, 1), startc: make(chan struct{}),
 		pendingAcks: map[string]pendingAck{}, lastAcks: map[string]schema.Ack{},
 	}
 	for _, o := range opts {
 		o(w)
 	}
 	w.log = w.log.WithField("agent", w.agent)
+	if !w.held {
+		w.Start()
+	}
 	w.goTracked(w.watch)
 	w.goTracked(w.dispatch)
 	w.goTracked(w.outbox)
@@ -295,16 +325,22 @@ func (w *Watcher) goTracked(f func()) {
 // Agent is the agent's name.
 func (w *Watcher) Agent() string { return w.agent }
 
+// Start lets events reach the status channels of a Watcher made with Held;
+// without Held, New already started it. It is idempotent and never blocks.
+func (w *Watcher) Start() { w.startOnce.Do(func() { close(w.startc) }) }
+
 // Register adds plugin to the agent's registry (see registry.Registry.Add:
 // it does not wait for etcd) and returns the channel on which the plugin
 // receives its events. The channel is unbuffered; the Watcher is its only
-// sender and closes it when the Watcher is closed. The plugin receives its
-// join resync as soon as the revision record is read.
+// sender and closes it when the Watcher is closed. It is a bidirectional
+// channel only so that it fits the seed's Registration.StatusChan() type:
+// never send on it. The plugin receives its join resync as soon as the
+// revision record is read (and, with Held, Start was called).
 //
 // It returns an error wrapping registry.ErrDuplicate or
 // schema.ErrInvalidName (and no channel), or ErrClosed with a closed
 // channel.
-func (w *Watcher) Register(name string) (<-chan StatusEvent, error) {
+func (w *Watcher) Register(name string) (chan StatusEvent, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
@@ -360,7 +396,7 @@ func (w *Watcher) Request(req schema.Request) (id string, err error) {
 func (w *Watcher) Stats() Stats {
 	s := &w.stats
 	return Stats{
-		Started: s.started.Load(), AcceptTimeouts: s.acceptTimeouts.Load(), AckTimeouts: s.ackTimeouts.Load(),
+		Started: s.started.Load(), AcceptTimeouts: s.acceptTimeouts.Load(), JoinsParked: s.joinsParked.Load(), AckTimeouts: s.ackTimeouts.Load(),
 		Withdrawn: s.withdrawn.Load(), NotActive: s.notActive.Load(), NotActiveDropped: s.notActiveDropped.Load(),
 		AcksWritten: s.acksWritten.Load(), RequestsWritten: s.requestsWritten.Load(),
 		Rejoins: s.rejoins.Load(), Malformed: s.malformed.Load(),
@@ -439,13 +475,16 @@ func (w *Watcher) decode(key string, value []byte) (schema.Revision, bool) {
 	return rec, true
 }
 
-// setRecord makes rec the current record, unless it is older than the
-// current one. A change of revision or state withdraws events not yet taken.
+// setRecord makes rec the current record. A change of revision or state
+// withdraws events not yet taken. A record of another epoch, or with a lower
+// revision than the current one, means the history was reset (an etcd
+// restore, a wiped prefix): it is taken, and the dispatcher forgets the
+// revisions its plugins handled, so that the new rounds are delivered.
 func (w *Watcher) setRecord(rec schema.Revision) {
 	var part map[string]bool
 	if rec.State == schema.Started && !rec.Scope.IsAll() {
 		w.mu.Lock()
-		same := w.rec != nil && w.rec.Revision == rec.Revision && w.rec.State == rec.State
+		same := w.rec != nil && w.rec.Revision == rec.Revision && w.rec.State == rec.State && w.rec.Epoch == rec.Epoch
 		part = w.part
 		w.mu.Unlock()
 		if !same {
@@ -457,25 +496,29 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 	}
 	w.mu.Lock()
 	cur := w.rec
-	if cur != nil && rec.Revision < cur.Revision {
-		w.mu.Unlock()
-		w.log.WithFields(logrus.Fields{"revision": rec.Revision, "current": cur.Revision}).
-			Warn("watcher: ignoring a revision record older than the current one")
-		return
-	}
+	reset := cur != nil && (rec.Revision < cur.Revision ||
+		(cur.Epoch != "" && rec.Epoch != "" && cur.Epoch != rec.Epoch))
 	w.rec = &rec
 	w.part = part
-	if cur != nil && cur.Revision == rec.Revision && cur.State == rec.State {
+	if !reset && cur != nil && cur.Revision == rec.Revision && cur.State == rec.State {
 		w.mu.Unlock()
 		return
+	}
+	if reset {
+		w.resets++
 	}
 	if w.recCancel != nil {
 		w.recCancel()
 	}
 	w.recCtx, w.recCancel = context.WithCancel(w.ctx)
 	w.mu.Unlock()
-	w.log.WithFields(logrus.Fields{"revision": rec.Revision, "state": rec.State, "scope": rec.Scope.String()}).
-		Debug("watcher: revision record")
+	log := w.log.WithFields(logrus.Fields{"revision": rec.Revision, "state": rec.State, "scope": rec.Scope.String(), "epoch": rec.Epoch})
+	if reset {
+		log.WithFields(logrus.Fields{"previous_revision": cur.Revision, "previous_epoch": cur.Epoch}).
+			Warn("watcher: the resync history was reset (new epoch or lower revision); forgetting the revisions handled and taking the new rounds")
+	} else {
+		log.Debug("watcher: revision record")
+	}
 	w.poke(w.kick)
 }
 

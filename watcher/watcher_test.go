@@ -74,19 +74,25 @@ func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
 	c := m.Client(t)
 	a := newAgent(t, c, "a", 5*time.Second)
 	ch := a.register(t, "deaf", "mute", "failing", "good")
+	// Round 1 is the join resync (never timed out: see
+	// TestLateJoinIsParkedNotLost); round 2 is the regular round under test.
 	writeRev(t, c, 1, schema.Started, schema.Scope{})
-
+	for k := range ch {
+		recv(t, ch[k], "join").Ack()
+	}
 	start := time.Now()
+	writeRev(t, c, 2, schema.Started, schema.Scope{})
+
 	mute := recv(t, ch[1], "mute after deaf's accept timeout")
 	if d := time.Since(start); d < acceptTimeout {
 		t.Fatalf("mute got Started %v after the write, before deaf's accept timeout %v", d, acceptTimeout)
 	}
-	ack := waitAck(t, c, "a", "deaf", 1, schema.ResultTimeout)
+	ack := waitAck(t, c, "a", "deaf", 2, schema.ResultTimeout)
 	if !strings.Contains(ack.Error, "accept timeout") {
 		t.Errorf("deaf's timeout ack says %q", ack.Error)
 	}
 	failing := recv(t, ch[2], "failing after mute's ack timeout")
-	waitAck(t, c, "a", "mute", 1, schema.ResultTimeout)
+	waitAck(t, c, "a", "mute", 2, schema.ResultTimeout)
 
 	// A late Ack returns at once and does not overwrite the timeout ack.
 	returned := make(chan struct{})
@@ -103,11 +109,11 @@ func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
 
 	failing.AckError(errors.New("cannot reload: " + strings.Repeat("x", 2*schema.MaxReasonLen)))
 	recv(t, ch[3], "good").Ack()
-	ack = waitAck(t, c, "a", "failing", 1, schema.ResultError)
+	ack = waitAck(t, c, "a", "failing", 2, schema.ResultError)
 	if !strings.HasPrefix(ack.Error, "cannot reload: xxx") || len(ack.Error) > schema.MaxReasonLen+20 {
 		t.Errorf("failing's error ack has %d bytes: %.40q", len(ack.Error), ack.Error)
 	}
-	waitAck(t, c, "a", "good", 1, schema.ResultOK)
+	waitAck(t, c, "a", "good", 2, schema.ResultOK)
 	if ack, _, _ := getAck(t, c, "a", "mute"); ack.Result != schema.ResultTimeout {
 		t.Errorf("the late ack overwrote mute's timeout ack: %+v", ack)
 	}
@@ -117,16 +123,16 @@ func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
 			t.Errorf("%s's ack is on lease %x, want the agent's %x", p, l, lease)
 		}
 	}
-	if s := a.w.Stats(); s.AcceptTimeouts != 1 || s.AckTimeouts != 1 || s.Started != 3 {
+	if s := a.w.Stats(); s.AcceptTimeouts != 1 || s.AckTimeouts != 1 || s.Started != 7 {
 		t.Fatalf("stats %+v", s)
 	}
 
 	// NotActive reaches the plugins that took Started; one not read is
 	// dropped and counted, without holding up the others.
-	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
+	writeRev(t, c, 2, schema.NotActive, schema.Scope{})
 	for _, k := range []int{2, 3} {
-		if ev := recv(t, ch[k], "NotActive"); ev.ResyncStatus() != schema.NotActive || ev.Revision() != 1 {
-			t.Fatalf("got %s %d, want NotActive 1", ev.ResyncStatus(), ev.Revision())
+		if ev := recv(t, ch[k], "NotActive"); ev.ResyncStatus() != schema.NotActive || ev.Revision() != 2 {
+			t.Fatalf("got %s %d, want NotActive 2", ev.ResyncStatus(), ev.Revision())
 		}
 	}
 	etcdtest.WaitFor(t, wait, "mute's NotActive dropped", func() bool { return a.w.Stats().NotActiveDropped == 1 })
@@ -405,5 +411,145 @@ func TestNewerRevisionWhileAPluginHoldsTheOlder(t *testing.T) {
 	}
 	for _, p := range []string{"p0", "p1", "p2"} {
 		waitAck(t, c, "agent-a", p, 3, schema.ResultOK)
+	}
+}
+
+// A plugin that does not take its join Started within the accept timeout is
+// not timed out outside a round: the next plugin proceeds, no timeout ack is
+// written for it, and when it reads late it gets exactly one Started for the
+// current revision, whose ack is written. As a participant of a Started
+// round it gets a timeout ack (the round does not wait for it) and still its
+// one late Started.
+func TestLateJoinIsParkedNotLost(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "lj", 5*time.Second)
+	ch := a.register(t, "late", "prompt")
+	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
+
+	recv(t, ch[1], "prompt's join, after late's accept timeout").Ack()
+	waitAck(t, c, "lj", "prompt", 1, schema.ResultOK)
+	recv(t, ch[1], "prompt's NotActive 1")
+	etcdtest.WaitFor(t, wait, "late's join parked", func() bool { return a.w.Stats().JoinsParked == 1 })
+	if _, _, ok := getAck(t, c, "lj", "late"); ok {
+		t.Fatal("a timeout ack was written for a parked join resync outside a round")
+	}
+
+	ev := recv(t, ch[0], "late's join, read late")
+	if ev.Revision() != 1 || !ev.Join() || ev.ResyncStatus() != schema.Started {
+		t.Fatalf("late got %s %d join=%v", ev.ResyncStatus(), ev.Revision(), ev.Join())
+	}
+	ev.Ack()
+	waitAck(t, c, "lj", "late", 1, schema.ResultOK)
+	if ev := recv(t, ch[0], "late's NotActive 1"); ev.ResyncStatus() != schema.NotActive {
+		t.Fatalf("late got %s after its join", ev.ResyncStatus())
+	}
+	expectNone(t, ch[0], 2*acceptTimeout, "a second event for revision 1")
+	if s := a.w.Stats(); s.Started != 2 || s.AcceptTimeouts != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	// The next round reaches it like any other plugin.
+	writeRev(t, c, 2, schema.Started, schema.Scope{})
+	for k := range ch {
+		if ev := recv(t, ch[k], "round 2"); ev.Revision() != 2 || ev.Join() {
+			t.Fatalf("got %d join=%v", ev.Revision(), ev.Join())
+		}
+	}
+
+	// A new plugin that does not read during a round it is part of: a
+	// timeout ack for the round, then its one join when it reads.
+	chs := a.register(t, "later")
+	writeRev(t, c, 3, schema.Started, schema.Scope{Agent: "lj", Plugin: "later"})
+	waitAck(t, c, "lj", "later", 3, schema.ResultTimeout)
+	ev = recv(t, chs[0], "later's join, read after its timeout")
+	if ev.Revision() != 3 || !ev.Join() {
+		t.Fatalf("later got %d join=%v", ev.Revision(), ev.Join())
+	}
+	ev.Ack()
+	waitAck(t, c, "lj", "later", 3, schema.ResultOK)
+	expectNone(t, chs[0], 2*acceptTimeout, "a second Started for revision 3")
+}
+
+// A parked join follows the record: if a newer revision arrives before the
+// plugin reads, it gets that one only.
+func TestParkedJoinFollowsTheRecord(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "pj", 5*time.Second)
+	ch := a.register(t, "late")
+	writeRev(t, c, 1, schema.Started, schema.Scope{})
+	etcdtest.WaitFor(t, wait, "join parked", func() bool { return a.w.Stats().JoinsParked == 1 })
+	writeRev(t, c, 2, schema.Started, schema.Scope{Agent: "other"})
+	etcdtest.WaitFor(t, wait, "record 2 seen", func() bool { return a.w.current() == 2 })
+	ev := recv(t, ch[0], "join")
+	if ev.Revision() != 2 || !ev.Join() {
+		t.Fatalf("got %d join=%v, want the join for 2", ev.Revision(), ev.Join())
+	}
+	ev.Ack()
+	waitAck(t, c, "pj", "late", 2, schema.ResultOK)
+}
+
+// With Held nothing is delivered until Start.
+func TestHeldDeliversAfterStart(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	reg, err := registry.New(c, registry.DefaultConfig("held"), registry.WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	cfg := DefaultConfig()
+	cfg.AcceptTimeout = acceptTimeout
+	w, err := New(reg, cfg, WithLogger(testLogger(t)), Held())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ch, err := w.Register("p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRev(t, c, 1, schema.Started, schema.Scope{})
+	etcdtest.WaitFor(t, wait, "record read", func() bool { return w.current() == 1 })
+	expectNone(t, ch, 3*acceptTimeout, "an event before Start")
+	w.Start()
+	if ev := recv(t, ch, "join after Start"); ev.Revision() != 1 || !ev.Join() {
+		t.Fatalf("got %d join=%v", ev.Revision(), ev.Join())
+	}
+}
+
+// A record of a new epoch, or with a lower revision, is a history reset: the
+// agent forgets the revisions it handled and takes the new rounds (without a
+// second join resync).
+func TestHistoryResetTakesNewRounds(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	a := newAgent(t, c, "hr", 5*time.Second)
+	ch := a.register(t, "p")
+	writeRevEpoch(t, c, 5, schema.Started, schema.Scope{}, "e1")
+	recv(t, ch[0], "join 5").Ack()
+	writeRevEpoch(t, c, 5, schema.NotActive, schema.Scope{}, "e1")
+	recv(t, ch[0], "NotActive 5")
+
+	// Wiped: the new history starts over at 1 in a new epoch.
+	if _, err := c.Delete(ctxT(t, 5*time.Second), layout.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	writeRevEpoch(t, c, 1, schema.NotActive, schema.Scope{}, "e2")
+	expectNone(t, ch[0], 3*acceptTimeout, "an event for a NotActive record of the new epoch")
+	writeRevEpoch(t, c, 2, schema.Started, schema.Scope{}, "e2")
+	if ev := recv(t, ch[0], "round 2 of e2"); ev.Revision() != 2 || ev.Join() || ev.ResyncStatus() != schema.Started {
+		t.Fatalf("got %s %d join=%v", ev.ResyncStatus(), ev.Revision(), ev.Join())
+	} else {
+		ev.Ack()
+	}
+	waitAck(t, c, "hr", "p", 2, schema.ResultOK)
+
+	// A lower revision without an epoch change (a restored snapshot) is a
+	// reset too.
+	writeRevEpoch(t, c, 1, schema.Started, schema.Scope{}, "e2")
+	if ev := recv(t, ch[0], "round 1 after a restore"); ev.Revision() != 1 || ev.Join() {
+		t.Fatalf("got %d join=%v", ev.Revision(), ev.Join())
 	}
 }

@@ -144,10 +144,17 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		}()
 	}
 	log.WithField("agent", o.cfg.Agent).WithField("plugins", strings.Join(o.plugins, ",")).Info("resync-agent: running")
-	<-ctx.Done()
-	log.Info("resync-agent: signal received; closing")
+	select {
+	case <-ctx.Done():
+		log.Info("resync-agent: signal received; closing")
+	case <-p.Done(): // displaced: another process took the agent name over
+	}
 	p.Close() // closes every status channel: the loops end
 	wg.Wait()
+	if err := p.Err(); err != nil {
+		fmt.Fprintf(stderr, "resync-agent: %v\n", err)
+		return 3
+	}
 	return 0
 }
 

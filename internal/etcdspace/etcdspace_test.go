@@ -226,9 +226,12 @@ func TestMonitorDefragmentsByPolicy(t *testing.T) {
 // Past 80% of the quota the usage carries a warning, and the Monitor logs
 // it once (until it changes or 5 minutes pass).
 func TestWarningPastEightyPercent(t *testing.T) {
-	const quota = 8 << 20
+	// Small values against a roomy quota: bbolt's file grows in steps
+	// (a 512 KiB value needs contiguous overflow pages), and with 8 MiB
+	// and 512 KiB puts one step once jumped from 75% past the quota.
+	const quota = 16 << 20
 	c := startMember(t, quota, "periodic", "0")
-	value := strings.Repeat("w", 512<<10)
+	value := strings.Repeat("w", 128<<10)
 	var logs etcdtest.Buffer
 	log := logrus.New()
 	log.SetOutput(&logs)

@@ -12,11 +12,13 @@
 //	resync-agent-<a>     readwrite  P registrations/<a>/...
 //	                     readwrite  P acks/<a>/...
 //	                     readwrite  P requests/agent/<a>/...
+//	                     readwrite  P owners/<a>            (the key alone)
 //	                     read       P revision              (the key alone)
 //	                     read       P rounds/...
 //
 // That is all an agent needs: its registry writes and deletes its
-// registrations (on its lease), its watcher watches the revision key and
+// registrations (on its lease) and its owner key (one process per agent
+// name), its watcher watches the revision key and
 // writes its acks (on the same lease) and its own requests (ReportError,
 // rejoin). So etcd itself refuses an agent's request under another agent's
 // prefix, under the operators' prefix or at a legacy requests/<id> key, and
@@ -201,6 +203,7 @@ func (s Spec) Roles() map[string][]Perm {
 			withType(prefix(l.AgentRegistrations(a)), ReadWrite),
 			withType(prefix(l.AgentAcks(a)), ReadWrite),
 			withType(prefix(l.AgentRequests(a)), ReadWrite),
+			{Type: ReadWrite, Key: l.Owner(a)},
 			{Type: Read, Key: l.Revision()},
 			withType(prefix(l.Prefix()+"rounds/"), Read),
 		}

@@ -1,0 +1,305 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// One process per agent name.
+//
+// The process that owns an agent name writes owners/<agent> on its session
+// lease. A new process takes the name over at once, even while an older
+// process (alive, or crashed with its lease still alive) holds it: its first
+// claim overwrites the owner key and deletes the agent's registrations in
+// one Txn, then writes its own. Every later write of registrations is a Txn
+// guarded by the owner key still being on the writer's lease, so a displaced
+// process can never write over the new owner, also not after it loses its
+// session: once it has owned the name, it claims it again only if the owner
+// key is absent (its own key vanished with its lease, or the prefix was
+// wiped). A process that sees the owner key written by another process after
+// its own claim is displaced: its Registry stops (and revokes its lease), and
+// Displaced/Err report it.
+//
+// Which process is newer is decided by the claim order, with one guard: a
+// process that never owned the name does not take it from an owner that
+// started after it (a process that was cut off from etcd at start-up does
+// not displace the one that replaced it).
+
+// Owner is the value of owners/<agent>: the process that owns the agent name.
+type Owner struct {
+	Agent string `json:"agent"`
+	// Lease is the owner's session lease, in hex as etcdctl prints it.
+	Lease string `json:"lease"`
+	// Process identifies the process: random, new for every Registry.
+	Process string `json:"process"`
+	Host    string `json:"host,omitempty"`
+	PID     int    `json:"pid,omitempty"`
+	// Started is when the owning Registry was created.
+	Started time.Time `json:"started"`
+	// ClaimedAt is when it claimed the name.
+	ClaimedAt time.Time `json:"claimed_at"`
+}
+
+// String is like "process 3f2a... (host h, pid 12, lease 694d...)".
+func (o Owner) String() string {
+	return fmt.Sprintf("process %s (host %s, pid %d, lease %s, started %s)",
+		o.Process, o.Host, o.PID, o.Lease, o.Started.Format(time.RFC3339Nano))
+}
+
+// DecodeOwner decodes an owner key's value.
+func DecodeOwner(key string, value []byte) (Owner, error) {
+	var o Owner
+	if err := json.Unmarshal(value, &o); err != nil {
+		return o, fmt.Errorf("registry: owner key %s: %w", key, err)
+	}
+	if o.Process == "" {
+		return o, fmt.Errorf("registry: owner key %s: no process id", key)
+	}
+	return o, nil
+}
+
+func newProcessID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (r *Registry) ownerValue(lease clientv3.LeaseID) string {
+	host, _ := os.Hostname()
+	b, _ := json.Marshal(Owner{
+		Agent: r.cfg.Agent, Lease: fmt.Sprintf("%x", int64(lease)), Process: r.process,
+		Host: host, PID: os.Getpid(), Started: r.started, ClaimedAt: time.Now().UTC(),
+	})
+	return string(b)
+}
+
+// errNotOwner: a guarded write found the owner key not on our lease; the
+// loop claims again (or finds it is displaced).
+var errNotOwner = errors.New("registry: the owner key is not on this session's lease")
+
+// errRewrite: the name was taken over from another process and the agent's
+// registrations deleted; the loop writes them all again.
+var errRewrite = errors.New("registry: agent name taken over; writing every registration again")
+
+// claim makes this session's lease the owner of the agent name, or finds
+// that this process is displaced (then it returns ErrDisplaced). When nobody
+// owns the name, first (at most maxTxnOps-1 registration writes) go in the
+// same Txn, and n is len(first). When another process owns it, its owner key
+// is overwritten and the agent's registrations deleted, and errRewrite asks
+// the loop to write them all again.
+func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op) (n int, err error) {
+	key := r.layout.Owner(r.cfg.Agent)
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
+	defer cancel()
+	// The common case, nobody owns the name: one round trip, as many as
+	// a registry without ownership.
+	then := append([]clientv3.Op{clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease))}, first...)
+	tresp, err := r.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(then...).Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return 0, err
+	}
+	n = len(first)
+	if !tresp.Succeeded {
+		n = 0
+		kvs := tresp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) != 1 {
+			return 0, errNotOwner // gone meanwhile: look again
+		}
+		kv := kvs[0]
+		o, derr := DecodeOwner(key, kv.Value)
+		r.mu.Lock()
+		claimed := r.claimed
+		r.mu.Unlock()
+		switch {
+		case derr != nil:
+			r.log.WithError(derr).Warn("registry: overwriting a malformed owner key")
+		case o.Process == r.process:
+			// Our own key, from a lease we no longer use: take it back.
+		case claimed:
+			return 0, r.displace(o, kv.ModRevision)
+		case o.Started.After(r.started):
+			return 0, r.displace(o, kv.ModRevision)
+		}
+		// Take the name over: our owner key, and none of the other
+		// process's registrations (some may be of plugins we lack).
+		tresp, err = r.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease)),
+				clientv3.OpDelete(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix())).
+			Commit()
+		if err != nil {
+			return 0, err
+		}
+		if !tresp.Succeeded {
+			return 0, errNotOwner // changed meanwhile: look again
+		}
+		if derr == nil && o.Process != r.process {
+			r.log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "other_host": o.Host, "other_pid": o.PID}).
+				Warn("registry: took this agent name over from another process (one process per agent name); it is told and stops")
+		}
+	}
+	r.mu.Lock()
+	if !r.claimed && r.ownerWatch {
+		// Watch from the first claim on: before it there is nothing to
+		// lose, and an agent that never gets etcd costs no watch.
+		r.ownerWG.Add(1)
+		go func() {
+			defer r.ownerWG.Done()
+			r.watchOwner()
+		}()
+	}
+	r.claimed = true
+	r.ownedGen = gen
+	r.claimRev = tresp.Header.Revision
+	if n == 0 {
+		for _, e := range r.entries {
+			e.written = 0 // deleted by the take-over (or never written): write again
+		}
+		if r.state.Connected {
+			r.state.Connected = false
+			r.notifyLocked()
+		}
+	}
+	r.mu.Unlock()
+	r.log.WithFields(logrus.Fields{"lease": fmt.Sprintf("%x", int64(lease)), "process": r.process, "owner_key": key}).
+		Info("registry: this process owns the agent name")
+	if n == 0 {
+		return 0, errRewrite
+	}
+	return n, nil
+}
+
+// displace records that another process owns the agent name: the Registry
+// stops. It returns the error Err reports.
+func (r *Registry) displace(other Owner, rev int64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.displaced != nil {
+		return r.displaced
+	}
+	r.displaced = fmt.Errorf("%w: agent %q is now owned by %s (owner key written at etcd revision %d); this process stops delivering resync events",
+		ErrDisplaced, r.cfg.Agent, other, rev)
+	r.log.WithFields(logrus.Fields{"process": r.process, "other_process": other.Process, "other_lease": other.Lease,
+		"other_host": other.Host, "other_pid": other.PID}).
+		Error("registry: another process took over this agent name; stopping (one process per agent name)")
+	close(r.dispc)
+	r.cancel()
+	return r.displaced
+}
+
+// watchOwner follows the owner key: written by another process after our
+// claim means displaced; deleted while we own it (a wiped prefix) means
+// claim again.
+func (r *Registry) watchOwner() {
+	key := r.layout.Owner(r.cfg.Agent)
+	check := func(value []byte, modRev int64, deleted bool) {
+		r.mu.Lock()
+		claimRev := r.claimRev
+		r.mu.Unlock()
+		if claimRev == 0 || modRev <= claimRev {
+			return // before our claim: our old key expiring, or the one we replaced
+		}
+		if deleted {
+			r.log.Warn("registry: the owner key vanished while this process owns the agent name (a wiped prefix?); claiming it again and writing every registration again")
+			r.disowned()
+			return
+		}
+		o, err := DecodeOwner(key, value)
+		if err != nil {
+			r.log.WithError(err).Warn("registry: malformed owner key; claiming the name again")
+			r.disowned()
+			return
+		}
+		if o.Process != r.process {
+			r.displace(o, modRev)
+		}
+	}
+	// Not a list-then-watch from the list's revision: a watch that starts
+	// in the past is "unsynced" in etcd and costs a scan of the history
+	// each time etcd catches it up, which a thousand agents' watches on a
+	// busy cluster turn into a stall. Instead: watch from now, then read
+	// the key once, then follow the events.
+	pause := r.cfg.RetryMin
+	for r.ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.ctx))
+		wch := r.c.Watch(wctx, key, clientv3.WithCreatedNotify())
+		healthy := r.followOwner(key, wch, check)
+		cancel()
+		for range wch {
+		}
+		if healthy {
+			pause = r.cfg.RetryMin
+		}
+		if !r.wait(nil, pause) {
+			return
+		}
+		pause = min(2*pause, r.cfg.RetryMax)
+	}
+}
+
+// followOwner reads the owner key once the watch is created, then hands
+// every change to check, until the watch ends. It reports whether the
+// watch got as far as its first read.
+func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]byte, int64, bool)) bool {
+	if resp, ok := <-wch; !ok || resp.Err() != nil || !resp.Created {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
+	g, err := r.c.Get(ctx, key)
+	cancel()
+	if err != nil {
+		return false
+	}
+	if len(g.Kvs) == 0 {
+		check(nil, g.Header.Revision, true)
+	} else {
+		check(g.Kvs[0].Value, g.Kvs[0].ModRevision, false)
+	}
+	for resp := range wch {
+		if resp.Err() != nil {
+			r.log.WithError(resp.Err()).Debug("registry: owner watch ended; watching again")
+			return true
+		}
+		for _, e := range resp.Events {
+			check(e.Kv.Value, e.Kv.ModRevision, e.Type == clientv3.EventTypeDelete)
+		}
+	}
+	return true
+}
+
+// disowned makes the loop claim the name again and write every
+// registration again (they may be gone with the owner key).
+func (r *Registry) disowned() {
+	r.mu.Lock()
+	r.ownedGen = 0
+	for _, e := range r.entries {
+		e.written = 0
+	}
+	if r.state.Connected {
+		r.state.Connected = false
+		r.notifyLocked()
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+// Displaced is closed when another process took over the agent name; Err
+// then says which. The Registry has stopped by then (its lease revoked).
+func (r *Registry) Displaced() <-chan struct{} { return r.dispc }
+
+// Err is nil, or an error wrapping ErrDisplaced that names the process
+// (host, pid, lease) that now owns the agent name.
+func (r *Registry) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.displaced
+}
