@@ -25,10 +25,13 @@ type Config struct {
 	// CoalesceWindow is how long the leader waits after a first request for
 	// more to merge into the same round (default 100 ms).
 	CoalesceWindow time.Duration
-	// BackoffMin and BackoffMax bound the delay before a retry round (after
-	// a round with failed or timed-out participants, or a ReportError): it
-	// starts at BackoffMin, doubles per consecutive unclean round up to
-	// BackoffMax, and resets after a clean round (defaults 1 s and 1 min).
+	// BackoffMin and BackoffMax pace error-triggered rounds per agent (a
+	// ReportError, or a retry of failed or timed-out participants): the
+	// first comes BackoffMin after the error, each further one of the
+	// agent's streak twice as long after the previous one, up to
+	// BackoffMax. The streak ends after a quiet period of 2 x BackoffMax
+	// without a new error from the agent (not after a clean round), and
+	// survives failover (defaults 1 s and 1 min). See backoff.go.
 	BackoffMin, BackoffMax time.Duration
 	// History is how many round summaries are kept under rounds/ (default 100).
 	History int

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -66,9 +67,14 @@ type Coordinator struct {
 	cancel    context.CancelFunc
 	donec     chan struct{}
 	closeOnce sync.Once
+	// hardCtx ends when a Shutdown's budget is spent: the revoke on the way
+	// out gives up then.
+	hardCtx    context.Context
+	hardCancel context.CancelCauseFunc
 
-	mu     sync.Mutex
-	status Status
+	mu       sync.Mutex
+	status   Status
+	closeErr error // the revoke's error on close
 }
 
 // New validates cfg and starts campaigning in the background. It does not
@@ -83,9 +89,10 @@ func New(c *clientv3.Client, cfg Config, opts ...Option) (*Coordinator, error) {
 	cfg = cfg.withDefaults()
 	layout, _ := schema.NewLayout(cfg.Prefix)
 	ctx, cancel := context.WithCancel(context.Background())
+	hardCtx, hardCancel := context.WithCancelCause(context.Background())
 	co := &Coordinator{
 		cfg: cfg, layout: layout, c: c, log: logrus.StandardLogger(), hooks: NopHooks{},
-		ctx: ctx, cancel: cancel, donec: make(chan struct{}),
+		ctx: ctx, cancel: cancel, donec: make(chan struct{}), hardCtx: hardCtx, hardCancel: hardCancel,
 	}
 	for _, o := range opts {
 		o(co)
@@ -124,20 +131,39 @@ func (co *Coordinator) setStatus(f func(*Status)) {
 // Done is closed when the coordinator has stopped (after Close).
 func (co *Coordinator) Done() <-chan struct{} { return co.donec }
 
-// Close stops leader work at once, resigns (a standby takes over in one
-// round trip), revokes the session and waits for every goroutine. It is
-// idempotent and bounded by OpTimeout.
+// Close is Shutdown with a budget of OpTimeout: it returns within about
+// OpTimeout, also while etcd is unreachable.
 func (co *Coordinator) Close() error {
-	co.closeOnce.Do(func() {
-		co.cancel()
-		<-co.donec
+	ctx, cancel := context.WithTimeout(context.Background(), co.cfg.OpTimeout)
+	defer cancel()
+	return co.Shutdown(ctx)
+}
+
+// Shutdown stops the coordinator within the budget of ctx, in this order:
+// leader work or the campaign stops at once (nothing waits for etcd); the
+// session's lease is revoked, which deletes the election key, so a standby
+// takes over in one round trip; every goroutine has ended when it returns.
+// The revoke is bounded by ctx and by OpTimeout: while etcd is unreachable
+// Shutdown returns when ctx ends, and the key then vanishes within the
+// session TTL. The error is the revoke's (nil if the key was deleted).
+// Shutdown and Close are idempotent: later calls wait for the first and
+// return its error.
+func (co *Coordinator) Shutdown(ctx context.Context) error {
+	co.closeOnce.Do(co.cancel)
+	stop := context.AfterFunc(ctx, func() {
+		co.hardCancel(fmt.Errorf("shutdown budget spent: %w", context.Cause(ctx)))
 	})
-	return nil
+	<-co.donec
+	stop()
+	co.mu.Lock()
+	defer co.mu.Unlock()
+	return co.closeErr
 }
 
 // run is the campaign loop: session, campaign, lead until deposed, repeat.
 func (co *Coordinator) run() {
 	defer close(co.donec)
+	defer co.hardCancel(nil)
 	pause := 100 * time.Millisecond
 	for co.ctx.Err() == nil {
 		err := co.term()
@@ -172,47 +198,37 @@ func (co *Coordinator) term() error {
 	if err != nil {
 		return fmt.Errorf("coordinator: create session: %w", err)
 	}
+	log := co.log.WithField("lease", fmt.Sprintf("%x", int64(lease.ID)))
 	sess, err := concurrency.NewSession(co.c, concurrency.WithLease(lease.ID), concurrency.WithTTL(ttl), concurrency.WithContext(co.ctx))
 	if err != nil {
+		co.revoke(lease.ID, log)
 		return fmt.Errorf("coordinator: create session: %w", err)
 	}
-	log := co.log.WithField("lease", fmt.Sprintf("%x", int64(lease.ID)))
 	defer func() {
-		// Revoke with a fresh ctx: the session's own ctx may be cancelled.
+		// The revoke deletes our election key: on Close that is the
+		// resignation, and a standby takes over in one round trip.
 		sess.Orphan()
-		ctx, cancel := context.WithTimeout(context.Background(), co.cfg.OpTimeout)
-		defer cancel()
-		if _, err := co.c.Revoke(ctx, lease.ID); err != nil {
-			log.WithError(err).Debug("coordinator: revoke session")
-		}
+		co.revoke(lease.ID, log)
 		co.setStatus(func(s *Status) { s.Campaigning = false })
 	}()
 	co.setStatus(func(s *Status) { s.Campaigning = true; s.LastError = "" })
 
-	elec := concurrency.NewElection(sess, co.layout.Election())
-	if err := co.campaign(sess, elec); err != nil {
+	cd := newCandidate(co.c, co.layout, co.cfg.ID, lease.ID, log)
+	if err := co.campaign(sess, cd); err != nil {
 		return err
 	}
-	term := elec.Rev()
+	term := cd.term
 	log = log.WithField("term", term)
 	log.Info("coordinator: elected leader")
 	co.setStatus(func(s *Status) { s.Leading = true; s.Term = term })
 	co.hooks.Leading(true)
 
-	l := newLeader(co, sess, elec.Key(), term, log)
+	l := newLeader(co, sess, cd.key, term, log)
 	err = l.run()
 
 	co.setStatus(func(s *Status) { s.Leading = false; s.Term = 0; s.Progress = nil })
 	co.hooks.Leading(false)
 	if co.ctx.Err() != nil {
-		// Graceful: resign so a standby takes over in one round trip.
-		ctx, cancel := context.WithTimeout(context.Background(), co.cfg.OpTimeout)
-		defer cancel()
-		if rerr := elec.Resign(ctx); rerr != nil {
-			log.WithError(rerr).Warn("coordinator: resign failed; the standby takes over after the session TTL")
-		} else {
-			log.Info("coordinator: resigned")
-		}
 		return nil
 	}
 	log.WithError(err).Warn("coordinator: stopped leading")
@@ -222,43 +238,46 @@ func (co *Coordinator) term() error {
 	return err
 }
 
-// campaign waits until elected. Campaign does not return when its session
-// expires, so it is raced against the session's Done: a candidate whose
-// session is gone never believes it leads.
-func (co *Coordinator) campaign(sess *concurrency.Session, elec *concurrency.Election) error {
-	ctx, cancel := context.WithCancel(co.ctx)
+// revoke ends a session's lease, deleting its election key. It is bounded
+// by OpTimeout and by a Shutdown's budget; on Close its error is kept for
+// Close to return.
+func (co *Coordinator) revoke(id clientv3.LeaseID, log logrus.FieldLogger) {
+	ctx, cancel := context.WithTimeout(co.hardCtx, co.cfg.OpTimeout)
 	defer cancel()
-	errc := make(chan error, 1)
-	go func() { errc <- elec.Campaign(ctx, co.cfg.ID) }()
-	select {
-	case err := <-errc:
-		if err != nil {
-			return fmt.Errorf("coordinator: campaign: %w", err)
-		}
-	case <-sess.Done():
-		cancel()
-		<-errc
-		return fmt.Errorf("coordinator: campaign: %w: session expired while campaigning", ErrDeposed)
+	_, err := co.c.Revoke(ctx, id)
+	switch {
+	case err != nil && errors.Is(err, rpctypes.ErrLeaseNotFound):
+		err = nil // expired already: the key is gone
+	case err != nil && co.hardCtx.Err() != nil:
+		err = context.Cause(co.hardCtx)
 	}
-	// Elected as far as Campaign knows; the session may have expired in the
-	// same instant. Check it and the key before claiming leadership.
+	closing := co.ctx.Err() != nil
+	switch {
+	case err != nil && closing:
+		log.WithError(err).Warn("coordinator: revoking the session on close failed; a standby takes over after the session TTL")
+		co.setStatus(func(*Status) {
+			co.closeErr = fmt.Errorf("coordinator: close: revoke session (the election key vanishes within the session TTL instead): %w", err)
+		})
+	case err != nil:
+		log.WithError(err).Debug("coordinator: revoke session")
+	case closing:
+		log.Info("coordinator: session revoked (resigned)")
+	}
+}
+
+// campaign waits until elected. The campaign's etcd calls are each bounded
+// by OpTimeout, its wait ends with the session (a candidate whose session is
+// gone never believes it leads) or with Close.
+func (co *Coordinator) campaign(sess *concurrency.Session, cd *candidate) error {
+	if err := cd.campaign(co.ctx, sess.Done(), co.cfg.OpTimeout); err != nil {
+		return fmt.Errorf("coordinator: campaign: %w", err)
+	}
+	// Elected as far as the keys say; the session may have expired in the
+	// same instant. Check it before claiming leadership.
 	select {
 	case <-sess.Done():
 		return fmt.Errorf("coordinator: campaign: %w: session expired", ErrDeposed)
 	default:
 	}
 	return nil
-}
-
-// Leader returns the current leader's id and the leader key's create
-// revision, read from etcd ("" if none leads).
-func Leader(ctx context.Context, c *clientv3.Client, layout schema.Layout) (id string, term int64, err error) {
-	resp, err := c.Get(ctx, layout.Election()+"/", clientv3.WithFirstCreate()...)
-	if err != nil {
-		return "", 0, fmt.Errorf("coordinator: read leader: %w", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return "", 0, nil
-	}
-	return string(resp.Kvs[0].Value), resp.Kvs[0].CreateRevision, nil
 }

@@ -348,9 +348,16 @@ func TestLeaderKeyDeletedByHandDeposes(t *testing.T) {
 	if _, err := obs.Delete(ctxT(t, 5*time.Second), string(resp.Kvs[0].Key)); err != nil {
 		t.Fatal(err)
 	}
-	etcdtest.WaitFor(t, 10*time.Second, "a new term", func() bool {
-		l := leaderOf(t, coords)
-		return l != nil && l.Status().Term > term
+	// The deposed leader notices the deletion while the standby (which
+	// watched the same key) is elected: wait until exactly one leads.
+	etcdtest.WaitFor(t, 10*time.Second, "one leader in a new term", func() bool {
+		var leaders []*testCoord
+		for _, c := range coords {
+			if c.Status().Leading {
+				leaders = append(leaders, c)
+			}
+		}
+		return len(leaders) == 1 && leaders[0].Status().Term > term
 	})
 	request(t, obs, schema.CauseManual, schema.Scope{}, "after deposition")
 	waitFinished(t, obs, 2, 10*time.Second)

@@ -1,7 +1,8 @@
 // Package coordinator runs resync rounds across a cluster of agents.
 //
-// Any number of Coordinators campaign for leadership with etcd's
-// concurrency.Election under <prefix>election. The leader alone writes the
+// Any number of Coordinators campaign for leadership under <prefix>election,
+// as etcd's concurrency.Election does but ignoring keys that are not a
+// coordinator's (election.go). The leader alone writes the
 // resync revision and the round records, each write one Txn guarded by its
 // leader key's create revision (fencing): a deposed leader's write is refused
 // and it steps down at once, without retrying.
@@ -18,8 +19,9 @@
 // under requests/ (from ReportError, resyncctl, re-registered agents) are
 // consumed by the leader, coalesced within a window and while a round runs
 // (one follow-up round, not one per request). A round that did not complete
-// clean, and every error request, plan a new round after a backoff that
-// doubles on repeated failure and resets after a clean round. A request
+// clean, and every error request, plan a new round after a backoff per
+// agent that doubles with each error-triggered round of the agent's streak
+// and resets only after a quiet period (backoff.go). A request
 // wider than its writer may ask for (an agent's, under
 // requests/agent/<agent>/, for all or for another agent; see
 // schema.Request.AllowedFor) is ignored: logged with its key and writer,
@@ -27,6 +29,7 @@
 // schema.ErrRefused.
 //
 // A new leader that finds the revision Started resumes that round (same N,
-// same participants, same deadline). Close resigns, so a standby takes over
-// in one round trip instead of a session TTL.
+// same participants, same deadline). Close resigns (revokes its session), so
+// a standby takes over in one round trip instead of a session TTL; it is
+// bounded by OpTimeout even while etcd is unreachable.
 package coordinator

@@ -26,7 +26,9 @@ type Hooks interface {
 	// than their writer may ask for, see schema.Request.AllowedFor) with
 	// the request and an error wrapping schema.ErrRefused.
 	Request(req schema.Request, err error)
-	// Backoff is called when a retry round is delayed by d.
+	// Backoff is called for each new error request (a ReportError, a
+	// retry of failed participants) with its agent's current backoff d:
+	// the pause before the error-triggered round it asks for.
 	Backoff(d time.Duration)
 }
 

@@ -82,7 +82,9 @@ type leader struct {
 	acks     map[schema.PluginID]schema.Ack
 	requests map[string]schema.Request // pending, not yet consumed
 	firstReq time.Time                 // when the oldest pending request was seen
-	errorDue time.Time                 // error-only requests wait until then
+	errSeen  map[string]time.Time      // error requests: when each was seen (backoff.go)
+	rejoins  map[string]rejoinWait     // rejoin requests: the registrations they wait for (rejoin.go)
+	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
 	epoch       string                     // the history's epoch, written in every revision record
 	lastN       uint64                     // highest round number written
@@ -92,8 +94,8 @@ type leader struct {
 	resumeParts []schema.PluginID          // its participants, from rounds/<N>/agents/
 	rebuild     bool                       // resume has no participant list: use the live registrations
 	round       *roundState                // the running round
-	streak      int                        // consecutive unclean rounds
 	retries     map[uint64]schema.ScopeSet // failed and timed-out participants of the last unclean round
+	errKeys     []string                   // streak keys of the running round if error-triggered (backoff.go)
 }
 
 func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int64, log logrus.FieldLogger) *leader {
@@ -107,6 +109,9 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		regs:     map[schema.PluginID]schema.Registration{},
 		acks:     map[schema.PluginID]schema.Ack{},
 		requests: map[string]schema.Request{},
+		errSeen:  map[string]time.Time{},
+		rejoins:  map[string]rejoinWait{},
+		streaks:  newErrorStreaks(co.cfg.BackoffMin, co.cfg.BackoffMax),
 	}
 }
 
@@ -345,7 +350,7 @@ func (l *leader) load() error {
 	}
 }
 
-func (l *leader) tryLoad() error {
+func (l *leader) tryLoad() (err error) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
 	defer cancel()
 	resp, err := l.c.Get(ctx, l.layout.Revision())
@@ -358,6 +363,13 @@ func (l *leader) tryLoad() error {
 	// read name the history uniquely within the cluster.
 	newEpoch := fmt.Sprintf("%x-%d", resp.Header.ClusterId, resp.Header.Revision)
 	l.epoch = newEpoch
+	defer func() {
+		// The error streaks survive failover: rebuilt from the history.
+		if err == nil {
+			l.streaks = newErrorStreaks(l.cfg.BackoffMin, l.cfg.BackoffMax)
+			err = l.streaks.replayHistory(ctx, l.c, l.layout, l.lastN)
+		}
+	}()
 	if len(resp.Kvs) == 1 {
 		rev, err := schema.DecodeRevision(l.layout.Revision(), resp.Kvs[0].Value)
 		if err == nil {

@@ -134,6 +134,8 @@ func (l *leader) onRequests(ev reqEvent) error {
 	now := time.Now()
 	if ev.reset {
 		l.requests = map[string]schema.Request{}
+		l.errSeen = map[string]time.Time{}
+		l.rejoins = map[string]rejoinWait{}
 		l.reqsSynced = true
 	}
 	var garbage []string
@@ -141,6 +143,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 		switch {
 		case it.deleted:
 			delete(l.requests, it.key)
+			delete(l.errSeen, it.key)
 		case errors.Is(it.err, schema.ErrRefused):
 			l.log.WithError(it.err).WithFields(logrus.Fields{"request": it.key, "writer": it.writer.String(),
 				"scope": it.req.Scope.String(), "cause": it.req.Cause, "requested_by": it.req.RequestedBy}).
@@ -160,11 +163,13 @@ func (l *leader) onRequests(ev reqEvent) error {
 				l.log.WithField("request", it.key).WithField("writer", it.writer.String()).WithField("cause", it.req.Cause).WithField("scope", it.req.ScopeText()).
 					WithField("reason", it.req.Reason).Info("coordinator: resync requested")
 			}
+			_, seen := l.requests[it.key]
 			l.requests[it.key] = it.req
-			if it.req.Cause == schema.CauseError && l.errorDue.IsZero() {
-				d := l.backoff()
-				l.errorDue = now.Add(d)
-				l.co.hooks.Backoff(d)
+			if !seen && it.req.Cause == schema.CauseError {
+				l.errorSeen(it.key, it.req, now)
+			}
+			if !seen && it.req.Cause == schema.CauseRejoin {
+				l.rejoinSeen(it.key, it.req, now)
 			}
 		}
 	}
@@ -179,27 +184,20 @@ func (l *leader) onRequests(ev reqEvent) error {
 	return nil
 }
 
-// backoff is the delay before an error-caused round.
-func (l *leader) backoff() time.Duration {
-	d := l.cfg.BackoffMin
-	for i := 1; i < l.streak && d < l.cfg.BackoffMax; i++ {
-		d *= 2
-	}
-	return min(d, l.cfg.BackoffMax)
-}
-
-// due is when pending requests may start a round.
+// due is when pending requests may start a round: after the coalescing
+// window, and for error requests not before their backoff (backoff.go).
 func (l *leader) due() time.Time {
-	at := l.firstReq.Add(l.cfg.CoalesceWindow)
-	for _, r := range l.requests {
+	at := maxTime(l.firstReq.Add(l.cfg.CoalesceWindow), l.rejoinDue())
+	var first time.Time
+	for k, r := range l.requests {
 		if r.Cause != schema.CauseError {
 			return at
 		}
+		if d := l.errorDue(k); first.IsZero() || d.Before(first) {
+			first = d
+		}
 	}
-	if l.errorDue.After(at) {
-		return l.errorDue
-	}
-	return at
+	return maxTime(at, first)
 }
 
 func (l *leader) nextWake() (time.Time, bool) {
@@ -252,7 +250,11 @@ func (l *leader) step(now time.Time) error {
 			return err
 		}
 	case len(l.requests) > 0 && !now.Before(l.due()):
-		scope, cause, reason, keys, err := mergeRequests(l.requests, l.retrySet)
+		ready := l.readyRequests(now)
+		if len(ready) == 0 {
+			return nil
+		}
+		scope, cause, reason, keys, err := mergeRequests(ready, l.retrySet)
 		if err != nil {
 			return err
 		}
@@ -269,6 +271,7 @@ func (l *leader) step(now time.Time) error {
 		if err := l.start(now, cause, reason, scope, keys); err != nil {
 			return err
 		}
+		l.errorRoundStarted(cause, scope, ready, now)
 	default:
 		return nil
 	}
@@ -482,7 +485,9 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	for _, k := range reqKeys {
 		delete(l.requests, k)
 	}
-	l.errorDue = time.Time{}
+	for _, k := range reqKeys {
+		delete(l.errSeen, k)
+	}
 	l.initial = ""
 	l.lastN, l.rev = n, &rev
 	l.round = newRoundState(rec, parts)
@@ -698,14 +703,7 @@ func (l *leader) finish(now time.Time) error {
 	if !clean {
 		l.retries = map[uint64]schema.ScopeSet{rec.Revision: retry}
 	}
-	if clean {
-		l.streak = 0
-	} else {
-		l.streak++
-		d := l.backoff()
-		l.errorDue = now.Add(d)
-		l.co.hooks.Backoff(d)
-	}
+	l.errorRoundFinished(now)
 	l.log.WithField("revision", rec.Revision).WithField("acked", rec.Counts.Acked).WithField("failed", rec.Counts.Failed).
 		WithField("timed_out", rec.Counts.TimedOut).WithField("departed", rec.Counts.Departed).WithField("truncated", rec.Truncated).
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")

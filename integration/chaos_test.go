@@ -35,6 +35,17 @@ const (
 	// the successor may need etcd retries while a member restarts, and the
 	// race detector on two shared cores is slow.
 	chaosAllowance = chaosSessionTTL + 8*time.Second
+	// The coordinators' pacing of error-triggered rounds, and their
+	// coalescing window (the checker's slack).
+	chaosBackoffMin = 200 * time.Millisecond
+	chaosBackoffMax = 2 * time.Second
+	chaosCoalesce   = 100 * time.Millisecond
+	chaosOpTimeout  = 2 * time.Second
+	// closeSlack is what a Close may take beyond its documented bound on a
+	// loaded machine with the race detector.
+	closeSlack = 3 * time.Second
+	// pluginCloseBound is resync.Plugin.Close's documented bound.
+	pluginCloseBound = 5 * time.Second
 	// defaultChaosDuration is the fault schedule's length per seed in
 	// `go test` (the whole run takes about twice that).
 	defaultChaosDuration = 20 * time.Second
@@ -102,6 +113,7 @@ type chaosEnv struct {
 	faults   map[string]int
 	undo     []pendingUndo
 	memberUp []bool
+	loops    sync.WaitGroup // ReportError loops
 }
 
 type pendingUndo struct {
@@ -111,6 +123,7 @@ type pendingUndo struct {
 }
 
 type chaosCoord struct {
+	env       *chaosEnv
 	slot, gen int
 	c         *clientv3.Client
 	co        *coordinator.Coordinator
@@ -148,6 +161,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 			t.Logf("chaos seed=%d FAILED; logs: %s; replay: make chaos SEED=%d DURATION=%v", o.seed, sink.dump(fmt.Sprintf("resync-chaos-%d.log", o.seed)), o.seed, o.duration)
 		}
 	}()
+	env.h.Backoff = BackoffConfig{Min: chaosBackoffMin, Max: chaosBackoffMax, Slack: chaosCoalesce + 10*time.Millisecond}
 	env.cluster = etcdtest.StartCluster(t, 3)
 	env.memberUp = []bool{true, true, true}
 	eps := env.cluster.Endpoints()
@@ -160,6 +174,9 @@ func runChaos(t *testing.T, o chaosOptions) {
 		a.start()
 		env.agents = append(env.agents, a)
 	}
+	// Stray keys under election/ before any coordinator campaigns: a
+	// leader must still be elected.
+	env.faults[env.electionGarbage()+"-before"]++
 	for i := range chaosCoordinators {
 		env.startCoord(i, 0)
 	}
@@ -200,16 +217,25 @@ func (env *chaosEnv) startCoord(slot, gen int) {
 	if err != nil {
 		env.t.Fatal(err)
 	}
+	env.setCoord(env.newCoord(c, slot, gen, ""))
+}
+
+// newCoord starts a coordinator on client c (closed with it).
+func (env *chaosEnv) newCoord(c *clientv3.Client, slot, gen int, suffix string) *chaosCoord {
 	cfg := coordinator.Config{
-		ID: fmt.Sprintf("c%d-%d", slot, gen), SessionTTL: chaosSessionTTL, RoundDeadline: chaosRoundDeadline,
-		BackoffMin: 200 * time.Millisecond, BackoffMax: 2 * time.Second, History: 10000, OpTimeout: 2 * time.Second,
+		ID: fmt.Sprintf("c%d-%d%s", slot, gen, suffix), SessionTTL: chaosSessionTTL, RoundDeadline: chaosRoundDeadline,
+		CoalesceWindow: chaosCoalesce, BackoffMin: chaosBackoffMin, BackoffMax: chaosBackoffMax, History: 10000, OpTimeout: chaosOpTimeout,
 	}
 	opts := []coordinator.Option{coordinator.WithLogger(env.log.WithField("test_coord", cfg.ID))}
 	co, err := coordinator.New(c, cfg, opts...)
 	if err != nil {
 		env.t.Fatal(err)
 	}
-	cc := &chaosCoord{slot: slot, gen: gen, c: c, co: co}
+	return &chaosCoord{env: env, slot: slot, gen: gen, c: c, co: co}
+}
+
+func (env *chaosEnv) setCoord(cc *chaosCoord) {
+	slot := cc.slot
 	if slot < len(env.coords) {
 		env.coords[slot] = cc
 	} else {
@@ -229,12 +255,20 @@ func (env *chaosEnv) leaderSlot() int {
 // crash closes the coordinator's client first (no resign), then stops it.
 func (cc *chaosCoord) crash() {
 	cc.c.Close()
-	cc.co.Close()
+	cc.closeTimed("crashed")
 }
 
 func (cc *chaosCoord) close() {
-	cc.co.Close()
+	cc.closeTimed("closed")
 	cc.c.Close()
+}
+
+// closeTimed closes the coordinator and records how long Close took
+// against its bound (OpTimeout).
+func (cc *chaosCoord) closeTimed(how string) {
+	began := time.Now()
+	cc.co.Close()
+	cc.env.h.RecordClose(fmt.Sprintf("coordinator %s (%s)", cc.co.ID(), how), time.Since(began), chaosOpTimeout+closeSlack)
 }
 
 // --- agents ---
@@ -310,11 +344,16 @@ func (a *chaosAgent) runPlugin(p *resync.Plugin, inc int, name string, ch <-chan
 // itself).
 func (a *chaosAgent) closeIncarnation(crash bool) {
 	close(a.stop)
+	closePlugin := func() {
+		began := time.Now()
+		a.p.Close()
+		a.env.h.RecordClose(fmt.Sprintf("plugin of %s incarnation %d", a.name, a.inc), time.Since(began), pluginCloseBound+closeSlack)
+	}
 	if crash {
 		a.c.Close()
-		a.p.Close()
+		closePlugin()
 	} else {
-		a.p.Close()
+		closePlugin()
 		a.c.Close()
 	}
 	a.wg.Wait()
@@ -385,6 +424,7 @@ var faultKinds = []struct {
 	{"coord-kill-leader", 3}, {"coord-restart", 3},
 	{"agent-blackhole", 5}, {"agent-cut", 4}, {"agent-restart", 3}, {"agent-crash", 3},
 	{"member-restart", 3}, {"compact", 3}, {"garbage", 6}, {"request", 6},
+	{"coord-standby-partition", 2}, {"report-error-loop", 2},
 	{"scoped-burst", 4}, {"report-burst", 4},
 }
 
@@ -526,6 +566,10 @@ func (env *chaosEnv) inject(kind string) string {
 		}
 	case "garbage":
 		return env.garbage()
+	case "coord-standby-partition":
+		return env.partitionStandby()
+	case "report-error-loop":
+		return env.reportErrorLoop()
 	case "request":
 		scope := schema.Scope{}
 		switch env.pick(3) {
@@ -611,7 +655,7 @@ func (env *chaosEnv) garbage() string {
 	a := env.agents[env.pick(len(env.agents))]
 	plugin := chaosPlugins[env.pick(len(chaosPlugins))]
 	var key, kind string
-	switch env.pick(7) {
+	switch env.pick(8) {
 	case 0:
 		key, kind = layout.Revision(), "garbage-revision"
 	case 1:
@@ -636,6 +680,8 @@ func (env *chaosEnv) garbage() string {
 		key, kind = layout.Round(env.currentRevision()+1000), "garbage-round-future"
 	case 6:
 		key, kind = layout.Prefix()+"no-such-family/"+strconv.Itoa(env.pick(100)), "garbage-unknown-family"
+	case 7:
+		return env.electionGarbage()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -757,6 +803,7 @@ func (env *chaosEnv) liveAcked(n uint64) bool {
 // was alive at the end of the run.
 func (env *chaosEnv) teardown() {
 	env.runUndos(true)
+	env.loops.Wait()
 	var wg sync.WaitGroup
 	for _, a := range env.agents {
 		if a.p == nil {
@@ -783,4 +830,100 @@ func (env *chaosEnv) teardown() {
 		env.obs.stop()
 		env.obs = nil
 	}
+}
+
+// electionGarbage writes a key under election/ that is not a coordinator's:
+// without a lease, or on a lease whose id is not its name. Coordinators
+// must ignore it (neither wait for it nor take it for a leader).
+func (env *chaosEnv) electionGarbage() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	key := fmt.Sprintf("%s/garbage-%d", layout.Election(), env.pick(1000))
+	var opts []clientv3.OpOption
+	if env.pick(2) == 0 {
+		lease, err := env.admin.Grant(ctx, 3600)
+		if err != nil {
+			env.log.WithError(err).Warn("chaos: election garbage lease failed")
+			return ""
+		}
+		key = fmt.Sprintf("%s/%x", layout.Election(), int64(lease.ID)+1) // a lease id, not its own
+		opts = append(opts, clientv3.WithLease(lease.ID))
+	}
+	val := []string{"x", "", "not an id!", "c9-9"}[env.pick(4)]
+	resp, err := env.admin.Put(ctx, key, val, opts...)
+	if err != nil {
+		env.log.WithError(err).Warn("chaos: election garbage write failed")
+		return ""
+	}
+	env.h.RecordGarbage(resp.Header.Revision, key)
+	return "garbage-election"
+}
+
+// partitionStandby replaces a standby coordinator by one that reaches etcd
+// through a proxy; a little later the proxy blackholes it and it is closed
+// while partitioned: Close must return within its bound (it may have become
+// leader meanwhile: then a leader's Close is checked).
+func (env *chaosEnv) partitionStandby() string {
+	lead := env.leaderSlot()
+	slot := env.pick(len(env.coords))
+	if slot == lead {
+		slot = (slot + 1) % len(env.coords)
+	}
+	member := env.pick(3)
+	if !env.memberUp[member] {
+		return ""
+	}
+	old := env.coords[slot]
+	old.close()
+	proxy := etcdtest.NewProxy(env.t, env.cluster.Members[member].Endpoint())
+	c, err := etcdtest.NewClient(proxy.Endpoint)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	cc := env.newCoord(c, slot, old.gen+1, "p")
+	env.setCoord(cc)
+	env.addUndo(env.between(300*time.Millisecond, 2*time.Second), "partition and close "+cc.co.ID(), func() {
+		proxy.Blackhole()
+		role := "standby"
+		if cc.co.Status().Leading {
+			role = "leader"
+		}
+		if env.coords[slot] != cc {
+			proxy.Heal() // replaced (closed) by another fault meanwhile
+			return
+		}
+		cc.closeTimed(role + ", blackholed")
+		c.Close()
+		proxy.Heal()
+		env.startCoord(slot, cc.gen+1)
+	})
+	return "coord-standby-partition"
+}
+
+// reportErrorLoop makes a plugin of a live agent call ReportError in a loop
+// (every 5 ms) for 2-6 s: the leader must pace its rounds by the backoff.
+func (env *chaosEnv) reportErrorLoop() string {
+	up := env.upAgents()
+	if len(up) == 0 {
+		return ""
+	}
+	a := up[env.pick(len(up))]
+	p, plugin := a.p, chaosPlugins[env.pick(len(chaosPlugins))]
+	stop := make(chan struct{})
+	env.loops.Add(1)
+	go func() {
+		defer env.loops.Done()
+		tick := time.NewTicker(5 * time.Millisecond) // the workload's pace
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				p.ReportError(plugin, errors.New("chaos: error reported in a loop"))
+			}
+		}
+	}()
+	env.addUndo(env.between(2*time.Second, 6*time.Second), "stop the ReportError loop of "+a.name, func() { close(stop) })
+	return "report-error-loop"
 }

@@ -139,6 +139,18 @@ func TestCheckerCatchesViolations(t *testing.T) {
 			r.Participants, r.Acked = r.Participants[:1], r.Acked[:1]
 		}, "a/p2 got Started but is no participant"},
 		{"observer compacted away", func(h *History) { h.HarnessError("observer: history compacted") }, "harness: observer"},
+		{"error rounds faster than the backoff", func(h *History) {
+			h.Backoff = BackoffConfig{Min: 100 * time.Millisecond, Max: time.Second, Slack: 10 * time.Millisecond}
+			t0 := time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)
+			// 100 ms apart, then 200 ms: the third needed 400 ms.
+			for i, at := range []time.Duration{0, 200 * time.Millisecond, 400 * time.Millisecond} {
+				h.RecordRoundWrite(RoundWrite{ModRev: int64(100 + i), Key: uint64(10 + i), Round: coordinator.RoundView{Round: schema.Round{Revision: uint64(10 + i),
+					State: schema.Started, Cause: schema.CauseError, Scope: schema.ScopeSummary{Agents: 1, First: "a"}, StartedAt: t0.Add(at), StartedBy: "c0@10"}}})
+			}
+		}, "the backoff allows 400ms (streak of 2)"},
+		{"Close past its bound", func(h *History) {
+			h.RecordClose("coordinator c1-0 (standby, blackholed)", 9*time.Second, 5*time.Second)
+		}, "Close of coordinator c1-0 (standby, blackholed) took 9s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := goodHistory()
@@ -153,6 +165,23 @@ func TestCheckerCatchesViolations(t *testing.T) {
 			}
 		})
 	}
+	// Error rounds at the pace of the backoff, and a new leader's first
+	// one, are not violations.
+	h0 := goodHistory()
+	h0.Backoff = BackoffConfig{Min: 100 * time.Millisecond, Max: time.Second, Slack: 10 * time.Millisecond}
+	t0 := time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)
+	for i, at := range []time.Duration{0, 200 * time.Millisecond, 600 * time.Millisecond, 1400 * time.Millisecond, 2400 * time.Millisecond, 2500 * time.Millisecond} {
+		by := "c0@10"
+		if i == 5 {
+			by = "c1@50"
+		}
+		h0.RecordRoundWrite(RoundWrite{ModRev: int64(100 + i), Key: uint64(10 + i), Round: coordinator.RoundView{Round: schema.Round{Revision: uint64(10 + i),
+			State: schema.Started, Cause: schema.CauseError, Scope: schema.ScopeSummary{Agents: 1, First: "a"}, StartedAt: t0.Add(at), StartedBy: by}}})
+	}
+	h0.RecordClose("plugin", time.Second, 5*time.Second)
+	if rep := h0.Check(); rep.ErrorRounds != 6 || rep.Closes != 1 || len(backoffViolations(rep)) != 0 {
+		t.Errorf("paced error rounds: %s %v", rep.Summary(), backoffViolations(rep))
+	}
 	// The test's own garbage is skipped, not reported.
 	h := goodHistory()
 	h.RecordRevWrite(RevWrite{ModRev: 55, Malformed: true})
@@ -160,4 +189,14 @@ func TestCheckerCatchesViolations(t *testing.T) {
 	if rep := h.Check(); len(rep.Violations) != 0 || rep.GarbageSkipped != 1 {
 		t.Errorf("injected garbage: %s %v", rep.Summary(), rep.Violations)
 	}
+}
+
+func backoffViolations(r *Report) []string {
+	var out []string
+	for _, v := range r.Violations {
+		if strings.Contains(v, "backoff") || strings.Contains(v, "Close of") {
+			out = append(out, v)
+		}
+	}
+	return out
 }

@@ -86,7 +86,7 @@ func pausedLeaderRun(t *testing.T, fenced bool) *Report {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cc := &chaosCoord{c: c, co: co}
+		cc := &chaosCoord{env: env, c: c, co: co}
 		env.coords = append(env.coords, cc)
 		return cc
 	}

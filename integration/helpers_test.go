@@ -226,6 +226,9 @@ func (o *observer) observe(e *clientv3.Event) {
 			}
 			return
 		}
+		if _, err := coordinator.CandidateKey(layout, e.Kv); err != nil {
+			return // a stray key (the test's garbage): no coordinator's, as the coordinators see it
+		}
 		if _, ok := o.live[key]; !ok {
 			o.live[key] = e.Kv.CreateRevision
 			o.h.RecordElection(key, string(e.Kv.Value), e.Kv.CreateRevision, mod, false)

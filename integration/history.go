@@ -107,6 +107,25 @@ type History struct {
 	// HarnessErrors are failures of the recording itself (the observer
 	// compacted away, for example): they make the history untrustworthy.
 	HarnessErrors []string
+	// Backoff is the coordinators' pacing of error-triggered rounds (zero:
+	// not checked).
+	Backoff BackoffConfig
+	// Closes are the measured Close calls.
+	Closes []CloseCall
+}
+
+// BackoffConfig is the coordinators' BackoffMin and BackoffMax, and the
+// slack a round may start early (the coalescing window: due requests of
+// other agents join a round).
+type BackoffConfig struct {
+	Min, Max, Slack time.Duration
+}
+
+// CloseCall is one Close (of a coordinator or a plugin) and how long it
+// took, against its documented bound.
+type CloseCall struct {
+	What        string
+	Took, Bound time.Duration
 }
 
 // NewHistory returns an empty history.
@@ -203,6 +222,13 @@ func (h *History) RecordElection(key, id string, create, modRev int64, deleted b
 	}
 }
 
+// RecordClose records a Close call that took took against its bound.
+func (h *History) RecordClose(what string, took, bound time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.Closes = append(h.Closes, CloseCall{What: what, Took: took, Bound: bound})
+}
+
 // HarnessError records a failure of the recording.
 func (h *History) HarnessError(format string, a ...any) {
 	h.mu.Lock()
@@ -219,6 +245,8 @@ type Report struct {
 	AcksMatched     int // acked/failed participants matched to a recorded ack
 	FinalAcks       int // live plugins that acked the final round
 	GarbageSkipped  int
+	ErrorRounds     int // error-triggered rounds checked against the backoff
+	Closes          int // Close calls checked against their bound
 	ScopesChecked   int // rounds whose participants were checked against their requests
 	Violations      []string
 }
@@ -229,8 +257,8 @@ func (r *Report) violate(format string, a ...any) {
 
 // Summary is the one-line result.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d violations=%d",
-		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, len(r.Violations))
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d violations=%d",
+		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, r.ErrorRounds, r.Closes, len(r.Violations))
 }
 
 // termOf parses the term out of a leader identity <id>@<term>.
@@ -267,6 +295,11 @@ func termOf(identity string) (int64, bool) {
 //     the requests it consumed (a retry: the failed and timed-out
 //     participants of its round), and in a round with a set scope no plugin
 //     outside its participants got a Started that was not its join resync.
+//   - error-triggered rounds of one agent (of one scope's agent, or of
+//     scope all) started by one leader are no closer than the backoff
+//     allows: once a streak runs (rounds less than Backoff.Max apart) the
+//     k-th waits min(Backoff.Min x 2^k, Backoff.Max) after the previous;
+//   - every Close returned within its bound.
 func (h *History) Check() *Report {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -281,7 +314,87 @@ func (h *History) Check() *Report {
 	h.checkEvents(r)
 	h.checkAcks(r)
 	h.checkFinal(r)
+	h.checkBackoff(r)
+	h.checkCloses(r)
 	return r
+}
+
+// checkBackoff checks the pacing of error-triggered rounds per agent
+// (coordinator/backoff.go). A new leader's first error round is not
+// checked against its predecessor's (the streak is replayed from history,
+// which garbage may have hidden); a gap of Backoff.Max or more may be a new
+// streak, so the check restarts from the shortest delay there.
+func (h *History) checkBackoff(r *Report) {
+	if h.Backoff.Min <= 0 {
+		return
+	}
+	type start struct {
+		n  uint64
+		at time.Time
+		by string
+	}
+	seen := map[uint64]bool{}
+	byAgent := map[string][]start{}
+	for _, w := range h.RoundWrites {
+		if w.Malformed || w.Round.State != schema.Started || seen[w.Key] {
+			continue
+		}
+		seen[w.Key] = true
+		// Rounds of one agent (or all): a round of several agents counts
+		// in each one's streak, but its summary may not name them all, so
+		// it is not checked (gaps between the others only grow).
+		sum := w.Round.Scope
+		agent := ""
+		switch {
+		case w.Round.Cause != schema.CauseError:
+			continue
+		case sum.All:
+		case sum.Agents+sum.Plugins >= 1 && len(targetAgentsOf(sum.FirstTargets())) == 1 && (sum.Agents+sum.Plugins) == len(sum.FirstTargets()):
+			agent = targetAgentsOf(sum.FirstTargets())[0]
+		default:
+			continue
+		}
+		byAgent[agent] = append(byAgent[agent], start{w.Key, w.Round.StartedAt, w.Round.StartedBy})
+	}
+	for agent, ss := range byAgent {
+		sort.Slice(ss, func(i, j int) bool { return ss[i].n < ss[j].n })
+		if agent == "" {
+			agent = "(all agents)"
+		}
+		streak := 0
+		for i, s := range ss {
+			r.ErrorRounds++
+			if i == 0 || s.by != ss[i-1].by {
+				streak = 1
+				continue
+			}
+			gap := s.at.Sub(ss[i-1].at)
+			if gap >= h.Backoff.Max {
+				streak = 1
+				continue
+			}
+			need := h.Backoff.Min
+			for k := 0; k < streak && need < h.Backoff.Max; k++ {
+				need *= 2
+			}
+			need = min(need, h.Backoff.Max)
+			if gap < need-h.Backoff.Slack {
+				r.violate("error-triggered rounds %d and %d of %s started %v apart by %s: the backoff allows %v (streak of %d)",
+					ss[i-1].n, s.n, agent, gap, s.by, need, streak)
+			}
+			streak++
+		}
+	}
+}
+
+// checkCloses checks that every Close returned within its bound.
+func (h *History) checkCloses(r *Report) {
+	for _, c := range h.Closes {
+		r.Closes++
+		if c.Took > c.Bound {
+			r.violate("Close of %s took %v: its bound is %v", c.What, c.Took, c.Bound)
+		}
+	}
 }
 
 func (h *History) checkRevisions(r *Report) {
@@ -420,7 +533,11 @@ func (h *History) checkScopes(r *Report) {
 		var union schema.ScopeSet
 		consumed := 0
 		for _, l := range h.Requests {
-			if l.Deleted < st.ModRev || l.Deleted >= next || l.Put > st.ModRev {
+			// A round that consumes more requests than one Txn holds deletes
+			// the rest after it started; if its leader dies in between, the
+			// next round deletes them: so a request pending at the start
+			// counts whenever it was deleted afterwards.
+			if l.Deleted < st.ModRev || l.Put > st.ModRev || (l.Deleted >= next && !pendingAt(*l, st.ModRev)) {
 				continue
 			}
 			consumed++
@@ -675,3 +792,19 @@ func (h *History) checkFinal(r *Report) {
 		}
 	}
 }
+
+// targetAgentsOf are the distinct agents of "agent" and "agent/plugin"
+// targets.
+func targetAgentsOf(targets []string) []string {
+	var out []string
+	for _, t := range targets {
+		a, _, _ := strings.Cut(t, "/")
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// pendingAt reports whether request l was pending at etcd revision rev.
+func pendingAt(l RequestLog, rev int64) bool { return l.Put <= rev && l.Deleted > rev }

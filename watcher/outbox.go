@@ -53,7 +53,10 @@ func (w *Watcher) outbox() {
 		default:
 		}
 		st := w.reg.State()
-		if st.Generation > seenGen {
+		// A rejoin request goes out only once every registration is
+		// written on the new session, so that the round it asks for finds
+		// all of them.
+		if st.Generation > seenGen && (st.Generation == 1 || st.Connected) {
 			if st.Generation > 1 {
 				w.rejoin(st.Generation)
 			}

@@ -58,6 +58,7 @@ type options struct {
 	embedCA        string
 	embedClientTLS bool
 	probe          string
+	shutdown       time.Duration
 	storage        storageOptions
 	// set lists the flags given on the command line or the environment.
 	set map[string]bool
@@ -103,9 +104,10 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	fs.DurationVar(&o.coord.SessionTTL, "session-ttl", o.coord.SessionTTL, "election session TTL: crash failover bound")
 	fs.DurationVar(&o.coord.RoundDeadline, "round-deadline", o.coord.RoundDeadline, "participants still pending then are timed out")
 	fs.DurationVar(&o.coord.CoalesceWindow, "coalesce-window", o.coord.CoalesceWindow, "wait this long after a request for more to merge")
-	fs.DurationVar(&o.coord.BackoffMin, "backoff-min", o.coord.BackoffMin, "first retry delay after a failed round or a reported error")
-	fs.DurationVar(&o.coord.BackoffMax, "backoff-max", o.coord.BackoffMax, "retry delay cap (the delay doubles per unclean round)")
+	fs.DurationVar(&o.coord.BackoffMin, "backoff-min", o.coord.BackoffMin, "first retry delay after a failed round or a reported error, per agent")
+	fs.DurationVar(&o.coord.BackoffMax, "backoff-max", o.coord.BackoffMax, "retry delay cap (the delay doubles per error-triggered round of an agent's streak; the streak ends after 2 x backoff-max without errors)")
 	fs.IntVar(&o.coord.History, "history", o.coord.History, "round summaries kept under rounds/")
+	fs.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "bound on SIGINT/SIGTERM shutdown (resign, HTTP, etcd client), also while etcd is unreachable; the embedded etcd's own stop comes after it")
 	fs.StringVar(&o.probe, "probe", "", "probe mode: GET this URL, exit 0 on 200 (a healthcheck for images without a shell)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
@@ -166,6 +168,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err := o.coord.Validate(); err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
+		return 2
+	}
+	if o.shutdown <= 0 {
+		fmt.Fprintf(stderr, "resyncd: --shutdown-timeout %v must be positive (for example 5s)\n", o.shutdown)
 		return 2
 	}
 	if err := checkHTTPAddr(o.httpAddr, o.httpPublic); err != nil {
@@ -368,14 +374,29 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	case err := <-httpErr:
 		runErr = fmt.Errorf("http server: %w", err)
 	}
-	// Shutdown order: resign (a standby takes over at once), stop HTTP,
-	// then the client and the embedded etcd (deferred).
-	co.Close()
-	log.Info("resyncd: coordinator closed (resigned if leading)")
-	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	hs.Shutdown(sctx)
+	shutdown(co, hs, o.shutdown, log)
 	return runErr
+}
+
+// shutdown stops the coordinator (its revoke resigns: a standby takes over at
+// once) and the HTTP server, together within one budget: while etcd is
+// unreachable the revoke gives up when the budget is spent. The client and
+// the embedded etcd close after it (deferred by serve).
+func shutdown(co *coordinator.Coordinator, hs *http.Server, budget time.Duration, log logrus.FieldLogger) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- hs.Shutdown(ctx) }()
+	if err := co.Shutdown(ctx); err != nil {
+		log.WithError(err).Warn("resyncd: coordinator closed without resigning; a standby takes over after the session TTL")
+	} else {
+		log.Info("resyncd: coordinator closed (resigned if leading)")
+	}
+	if err := <-httpDone; err != nil {
+		log.WithError(err).Warn("resyncd: HTTP server shutdown cut short")
+	}
+	log.WithField("took", time.Since(start).Round(time.Millisecond)).Info("resyncd: shut down")
 }
 
 func onOff(b bool) string {
