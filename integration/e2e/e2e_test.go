@@ -57,15 +57,20 @@ func newEnv(t *testing.T) *env {
 }
 
 func (e *env) run(timeout time.Duration, name string, args ...string) (string, error) {
+	var out bytes.Buffer
+	err := e.runTo(&out, &out, timeout, name, args...)
+	return out.String(), err
+}
+
+// runTo runs a command with its stdout and stderr going to the writers given.
+func (e *env) runTo(stdout, stderr *bytes.Buffer, timeout time.Duration, name string, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "AGENT_RELOAD_TIME=1s")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	return cmd.Run()
 }
 
 func (e *env) must(timeout time.Duration, name string, args ...string) string {
@@ -92,12 +97,18 @@ func (e *env) ctl(args ...string) (string, error) {
 	return e.run(2*time.Minute, filepath.Join(root, "bin/resyncctl"), append([]string{"--endpoints", endpoints, "--dial-timeout", "3s"}, args...)...)
 }
 
+// ctlJSON decodes resyncctl's JSON document from its stdout alone: stderr
+// may carry warnings (an etcd member down while a step stops one).
 func (e *env) ctlJSON(v any, args ...string) error {
-	out, err := e.ctl(append(args, "-o", "json")...)
-	if err != nil {
-		return fmt.Errorf("%v: %s", err, out)
+	var stdout, stderr bytes.Buffer
+	args = append([]string{"--endpoints", endpoints, "--dial-timeout", "3s"}, append(args, "-o", "json")...)
+	if err := e.runTo(&stdout, &stderr, 2*time.Minute, filepath.Join(root, "bin/resyncctl"), args...); err != nil {
+		return fmt.Errorf("%v: %s%s", err, stdout.String(), stderr.String())
 	}
-	return json.Unmarshal([]byte(out), v)
+	if err := json.Unmarshal(stdout.Bytes(), v); err != nil {
+		return fmt.Errorf("resyncctl %s -o json: %v (stderr: %s)", args[4], err, stderr.String())
+	}
+	return nil
 }
 
 type status struct {

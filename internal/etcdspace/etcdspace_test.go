@@ -285,3 +285,29 @@ func TestMonitorAdvisesInsteadOfALongDefrag(t *testing.T) {
 		t.Fatalf("no advice logged: %s", logs.String())
 	}
 }
+
+// A member that does not answer (blackholed) costs Read one
+// EndpointTimeout, not the caller's whole budget: the other members'
+// usage is still reported. (resyncctl status with one etcd member stopped
+// once spent its 10 s on that member and reported no usage.)
+func TestReadSkipsAMemberThatDoesNotAnswer(t *testing.T) {
+	m := etcdtest.Start(t)
+	p := etcdtest.NewProxy(t, m.Endpoint())
+	c := etcdtest.Client(t, m.Endpoint(), p.Endpoint)
+	if _, err := c.Put(context.Background(), "/k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	p.Blackhole()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	u, err := etcdspace.Read(ctx, c)
+	if err != nil {
+		t.Fatalf("Read with one of two endpoints blackholed: %v", err)
+	}
+	if u.Endpoint != m.Endpoint() || u.Size <= 0 {
+		t.Fatalf("usage %+v, want the answering member %s", u, m.Endpoint())
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Read used the caller's whole budget")
+	}
+}

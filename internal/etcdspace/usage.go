@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -53,15 +55,31 @@ func (u Usage) warning() string {
 	return ""
 }
 
-// Read asks every endpoint of c for its status and the cluster for its
-// alarms. An endpoint that does not answer is skipped; Read fails only when
-// none answers.
+// EndpointTimeout bounds Read's status call to one endpoint, so that a
+// member that is down costs Read this much, not the caller's whole budget.
+const EndpointTimeout = 2 * time.Second
+
+// Read asks every endpoint of c for its status (all at once, each bounded
+// by EndpointTimeout) and the cluster for its alarms. An endpoint that does
+// not answer is skipped; Read fails only when none answers.
 func Read(ctx context.Context, c *clientv3.Client) (Usage, error) {
+	eps := c.Endpoints()
+	sts := make([]*clientv3.StatusResponse, len(eps))
+	errs := make([]error, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Go(func() {
+			ectx, cancel := context.WithTimeout(ctx, EndpointTimeout)
+			defer cancel()
+			sts[i], errs[i] = c.Status(ectx, ep)
+		})
+	}
+	wg.Wait()
 	var u Usage
 	var firstErr error
 	answered := false
-	for _, ep := range c.Endpoints() {
-		st, err := c.Status(ctx, ep)
+	for i, ep := range eps {
+		st, err := sts[i], errs[i]
 		if err != nil {
 			if firstErr == nil {
 				firstErr = fmt.Errorf("etcd status of %s: %w", ep, err)
