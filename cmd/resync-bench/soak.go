@@ -121,7 +121,7 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 	s.Coordinator = "coordinator.DefaultConfig (resyncd's defaults); a request is written as soon as the previous round finished"
 	s.HeapNote = "one process: etcd, the coordinator and the agents share the Go heap; heap_live is the heap after a forced GC at each sample (runtime.GC, then HeapAlloc), heap_alloc the allocated heap just before it"
 	s.Method = "growth over the last third = least-squares slope of its samples x its duration / its mean (a trend, insensitive to sample noise); latency drift: the same over every round's latency in the last third"
-	s.LoadNote = "other work shared the 2 CPUs during the run (other helpers' builds and tests): latency includes that load"
+	s.LoadNote = "latency includes whatever else ran on the machine: compare loadavg_at_start and loadavg_at_end"
 	s.LoadAvgAtStart = loadavg()
 
 	progress("soak: starting embedded etcd (compaction %s, quota %s)", s.AutoCompaction, etcdspace.Bytes(s.QuotaBytes))
