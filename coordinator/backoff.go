@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"slices"
-	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -146,7 +144,7 @@ func setKeys(set schema.ScopeSet) []string {
 	if set.IsAll() || set.Empty() {
 		return []string{allAgents}
 	}
-	return targetAgents(set.Targets())
+	return schema.TargetAgents(set.Targets())
 }
 
 // summaryKeys are the streak keys of a round record's scope summary: its
@@ -155,18 +153,7 @@ func summaryKeys(sum schema.ScopeSummary) []string {
 	if sum.All || sum.First == "" {
 		return []string{allAgents}
 	}
-	return targetAgents(sum.FirstTargets())
-}
-
-func targetAgents(targets []string) []string {
-	var out []string
-	for _, t := range targets {
-		a, _, _ := strings.Cut(t, "/")
-		if !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
-	return out
+	return schema.TargetAgents(sum.FirstTargets())
 }
 
 // requestKeys are the streak keys of a request: its scope's agents; a

@@ -349,8 +349,8 @@ func (h *History) checkBackoff(r *Report) {
 		case w.Round.Cause != schema.CauseError:
 			continue
 		case sum.All:
-		case sum.Agents+sum.Plugins >= 1 && len(targetAgentsOf(sum.FirstTargets())) == 1 && (sum.Agents+sum.Plugins) == len(sum.FirstTargets()):
-			agent = targetAgentsOf(sum.FirstTargets())[0]
+		case sum.Agents+sum.Plugins >= 1 && len(schema.TargetAgents(sum.FirstTargets())) == 1 && (sum.Agents+sum.Plugins) == len(sum.FirstTargets()):
+			agent = schema.TargetAgents(sum.FirstTargets())[0]
 		default:
 			continue
 		}
@@ -791,19 +791,6 @@ func (h *History) checkFinal(r *Report) {
 			}
 		}
 	}
-}
-
-// targetAgentsOf are the distinct agents of "agent" and "agent/plugin"
-// targets.
-func targetAgentsOf(targets []string) []string {
-	var out []string
-	for _, t := range targets {
-		a, _, _ := strings.Cut(t, "/")
-		if !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
-	return out
 }
 
 // pendingAt reports whether request l was pending at etcd revision rev.

@@ -177,6 +177,19 @@ func (s ScopeSummary) FirstTargets() []string {
 	return strings.Split(s.First, ",")
 }
 
+// TargetAgents are the distinct agents of "agent" and "agent/plugin"
+// targets (as FirstTargets and ScopeSet.Targets give them), in order.
+func TargetAgents(targets []string) []string {
+	var out []string
+	for _, t := range targets {
+		a, _, _ := strings.Cut(t, "/")
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // IsAll reports whether the scope is every registration.
 func (s ScopeSummary) IsAll() bool { return s.Agents == 0 && s.Plugins == 0 }
 
