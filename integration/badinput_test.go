@@ -186,7 +186,11 @@ func TestEtcdGoneMidRound(t *testing.T) {
 		if i == 0 {
 			h = map[string]chan struct{}{"p2": hold}
 		}
-		agents = append(agents, startSimpleAgent(t, etcdtest.Client(t, eps...), log.WithField("agent", name), name, []string{"p1", "p2"}, h, nil))
+		// A 10 s lease: the test is about registrations and acks surviving
+		// etcd's absence, so their leases must outlive the restart of all
+		// three members plus the clients' reconnect backoff; with 2 s a
+		// slow -race run once expired them and the round saw departures.
+		agents = append(agents, startSimpleAgentTTL(t, etcdtest.Client(t, eps...), log.WithField("agent", name), name, []string{"p1", "p2"}, h, nil, 10*time.Second))
 	}
 	waitRegistered(t, obs, 6)
 	startCoordinator(t, etcdtest.Client(t, eps...), log, "c0")
