@@ -12,7 +12,6 @@ import (
 
 	"github.com/resyncd/resync"
 	"github.com/resyncd/resync/internal/etcdtest"
-	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -269,12 +268,13 @@ func TestRegisterNamesAndClose(t *testing.T) {
 	if again := p.Register("ifplugin"); again != r {
 		t.Fatal("a duplicate Register did not return the existing registration")
 	}
-	if again, err := p.RegisterE("ifplugin"); !errors.Is(err, registry.ErrDuplicate) || again != r {
+	// The root package's sentinels: no import of registry or schema needed.
+	if again, err := p.RegisterE("ifplugin"); !errors.Is(err, resync.ErrDuplicate) || again != r {
 		t.Fatalf("duplicate RegisterE: %v", err)
 	}
 	for _, name := range []string{"", "a/b", strings.Repeat("x", 200)} {
 		bad, err := p.RegisterE(name)
-		if !errors.Is(err, schema.ErrInvalidName) {
+		if !errors.Is(err, resync.ErrInvalidName) {
 			t.Errorf("RegisterE(%q): %v", name, err)
 		}
 		if _, ok := <-bad.StatusChan(); ok {
@@ -330,6 +330,9 @@ func TestNewRejectsBadInput(t *testing.T) {
 		if _, err := resync.New(resync.Deps{Client: c}, tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v) = %v, want %q", tc.cfg, err, tc.want)
 		}
+	}
+	if _, err := resync.New(resync.Deps{Client: c}, resync.DefaultConfig("a/b")); !errors.Is(err, resync.ErrInvalidName) {
+		t.Errorf("New with agent a/b: %v, want one wrapping resync.ErrInvalidName", err)
 	}
 	if err := resync.DefaultConfig("a").Validate(); err != nil {
 		t.Fatal(err)

@@ -214,7 +214,7 @@ func (b *errorStreaks) replayHistory(ctx context.Context, c *clientv3.Client, la
 	rounds := make([]schema.Round, 0, n)
 	for _, r := range resp.Responses {
 		for _, kv := range r.GetResponseRange().Kvs {
-			if rec, err := schema.DecodeRound(string(kv.Key), kv.Value); err == nil {
+			if rec, err := layout.DecodeRound(string(kv.Key), kv.Value); err == nil {
 				rounds = append(rounds, rec)
 			}
 		}

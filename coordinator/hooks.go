@@ -18,9 +18,9 @@ type Hooks interface {
 	RoundStarted(round schema.Round, resumed bool)
 	// RoundFinished is called after the leader wrote a round's summary.
 	RoundFinished(round schema.Round)
-	// Resolved is called once per participant of a round: its outcome
-	// ("acked", "failed", "timed_out", "departed").
-	Resolved(id schema.PluginID, outcome string)
+	// Resolved is called once per participant of a round with its final
+	// outcome (never schema.OutcomePending).
+	Resolved(id schema.PluginID, outcome schema.Outcome)
 	// Request is called for every request the leader consumes: malformed
 	// ones with a zero Request and the decode error; refused ones (wider
 	// than their writer may ask for, see schema.Request.AllowedFor) with
@@ -35,9 +35,9 @@ type Hooks interface {
 // NopHooks does nothing.
 type NopHooks struct{}
 
-func (NopHooks) Leading(bool)                     {}
-func (NopHooks) RoundStarted(schema.Round, bool)  {}
-func (NopHooks) RoundFinished(schema.Round)       {}
-func (NopHooks) Resolved(schema.PluginID, string) {}
-func (NopHooks) Request(schema.Request, error)    {}
-func (NopHooks) Backoff(time.Duration)            {}
+func (NopHooks) Leading(bool)                             {}
+func (NopHooks) RoundStarted(schema.Round, bool)          {}
+func (NopHooks) RoundFinished(schema.Round)               {}
+func (NopHooks) Resolved(schema.PluginID, schema.Outcome) {}
+func (NopHooks) Request(schema.Request, error)            {}
+func (NopHooks) Backoff(time.Duration)                    {}

@@ -13,7 +13,6 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/resyncd/resync/internal/listwatch"
-	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -272,48 +271,30 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 // watched range give an empty item.
 func (l *leader) decodeStateKV(kv *mvccpb.KeyValue) (stateItem, error) {
 	key := string(kv.Key)
-	if strings.HasPrefix(key, l.layout.Registrations()) {
-		reg, err := registry.DecodeKV(l.layout, kv)
+	switch {
+	case strings.HasPrefix(key, l.layout.Registrations()):
+		reg, err := l.layout.DecodeRegistration(key, kv.Value)
 		if err != nil {
 			return stateItem{}, err
 		}
 		return stateItem{id: reg.ID(), reg: &reg}, nil
+	case strings.HasPrefix(key, l.layout.Acks()):
+		id, ack, err := l.layout.DecodeAck(key, kv.Value)
+		if err != nil {
+			return stateItem{}, err
+		}
+		return stateItem{id: id, ack: &ack, isAck: true}, nil
 	}
-	if !strings.HasPrefix(key, l.layout.Acks()) {
-		return stateItem{}, nil
-	}
-	id, ack, err := l.decodeAck(key, kv.Value)
-	if err != nil {
-		return stateItem{}, err
-	}
-	return stateItem{id: id, ack: &ack, isAck: true}, nil
-}
-
-func (l *leader) decodeAck(key string, value []byte) (schema.PluginID, schema.Ack, error) {
-	k, err := l.layout.Parse(key)
-	if err != nil {
-		return schema.PluginID{}, schema.Ack{}, err
-	}
-	if k.Kind != schema.KindAck {
-		return schema.PluginID{}, schema.Ack{}, &schema.DecodeError{Key: key, Reason: "not an ack key"}
-	}
-	ack, err := schema.DecodeAck(key, value)
-	return schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}, ack, err
+	return stateItem{}, nil
 }
 
 func (l *leader) decodeRequests(ev listwatch.Event) reqEvent {
 	decode := func(key string, value []byte) reqItem {
-		k, err := l.layout.Parse(key)
-		if err != nil {
-			return reqItem{key: key, err: err}
-		} else if k.Kind != schema.KindRequest {
-			return reqItem{key: key, err: &schema.DecodeError{Key: key, Reason: "not a request key"}}
-		}
-		req, err := schema.DecodeRequest(key, value)
+		w, req, err := l.layout.DecodeRequest(key, value)
 		if err == nil {
-			err = req.AllowedFor(k.Writer)
+			err = req.AllowedFor(w)
 		}
-		return reqItem{key: key, writer: k.Writer, req: req, err: err}
+		return reqItem{key: key, writer: w, req: req, err: err}
 	}
 	var out reqEvent
 	if ev.Reset {
@@ -371,7 +352,7 @@ func (l *leader) tryLoad() (err error) {
 		}
 	}()
 	if len(resp.Kvs) == 1 {
-		rev, err := schema.DecodeRevision(l.layout.Revision(), resp.Kvs[0].Value)
+		rev, err := l.layout.DecodeRevision(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
 		if err == nil {
 			if rev.Epoch != "" {
 				l.epoch = rev.Epoch
@@ -379,10 +360,10 @@ func (l *leader) tryLoad() (err error) {
 			return l.loadRevision(ctx, rev)
 		}
 		l.log.WithError(err).WithField("epoch", l.epoch).Error("coordinator: the revision record is malformed; recovering from the round records in a new epoch")
-		return l.loadRounds(ctx, "revision record unreadable")
+		return l.loadRounds(ctx, revisionUnreadable)
 	}
 	l.log.WithField("epoch", l.epoch).Info("coordinator: no revision record: a new history (epoch) starts")
-	return l.loadRounds(ctx, "revision key missing")
+	return l.loadRounds(ctx, revisionMissing)
 }
 
 // loadRevision continues from a readable revision record: it is the truth
@@ -403,8 +384,8 @@ func (l *leader) loadRevision(ctx context.Context, rev schema.Revision) error {
 		Scope: rev.Scope, StartedAt: rev.StartedAt, Deadline: rev.Deadline, StartedBy: rev.Leader,
 		Counts: schema.RoundCounts{Participants: rev.Participants, Pending: rev.Participants}}
 	if len(rr.Kvs) == 1 {
-		round, err := schema.DecodeRound(l.layout.Round(rev.Revision), rr.Kvs[0].Value)
-		if err == nil && round.Revision == rev.Revision && round.State == schema.Started {
+		round, err := l.layout.DecodeRound(string(rr.Kvs[0].Key), rr.Kvs[0].Value)
+		if err == nil && round.State == schema.Started {
 			resume = round
 		} else {
 			l.log.WithError(err).WithField("revision", rev.Revision).Error("coordinator: the running round's summary is malformed; resuming from the revision record")
@@ -448,6 +429,21 @@ func (l *leader) setResume(_ context.Context, round schema.Round) error {
 	return nil
 }
 
+// lostRevision says why the revision record cannot be continued from.
+type lostRevision int
+
+const (
+	revisionMissing    lostRevision = iota // no revision key: a new cluster or a wiped prefix
+	revisionUnreadable                     // the revision key does not decode
+)
+
+func (w lostRevision) String() string {
+	if w == revisionMissing {
+		return "revision key missing"
+	}
+	return "revision record unreadable"
+}
+
 // roundScan bounds how many round summaries loadRounds considers, newest
 // first, looking for one that decodes.
 const roundScan = 100
@@ -459,7 +455,7 @@ const roundScan = 100
 // skipped, so that garbage under rounds/ neither makes N skip nor abandons
 // a running round. Keys are scanned without values, in pages, so the
 // per-agent records under rounds/<N>/ cost little.
-func (l *leader) loadRounds(ctx context.Context, why string) error {
+func (l *leader) loadRounds(ctx context.Context, why lostRevision) error {
 	var cands []uint64
 	var highest uint64 // highest round number of any rounds/ key, decodable or not
 	from, end := l.layout.Rounds(), clientv3.GetPrefixRangeEnd(l.layout.Rounds())
@@ -494,10 +490,7 @@ func (l *leader) loadRounds(ctx context.Context, why string) error {
 		if len(resp.Kvs) == 0 {
 			continue
 		}
-		r, err := schema.DecodeRound(key, resp.Kvs[0].Value)
-		if err == nil && r.Revision != n {
-			err = &schema.DecodeError{Key: key, Reason: fmt.Sprintf("holds round %d", r.Revision)}
-		}
+		r, err := l.layout.DecodeRound(key, resp.Kvs[0].Value)
 		if err != nil {
 			l.log.WithError(err).WithField("key", key).Warn("coordinator: skipping a malformed round record")
 			continue
@@ -506,7 +499,7 @@ func (l *leader) loadRounds(ctx context.Context, why string) error {
 		break
 	}
 	switch {
-	case last == nil && highest == 0 && why == "revision key missing":
+	case last == nil && highest == 0 && why == revisionMissing:
 		l.initial = "initial resync: first coordinator leader"
 	case last == nil:
 		// Nothing readable: never reuse a round number.
@@ -519,7 +512,7 @@ func (l *leader) loadRounds(ctx context.Context, why string) error {
 			Leader: last.StartedBy, Epoch: l.epoch}
 		l.rev = &rev
 		l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
-		l.log.WithField("revision", last.Revision).Warn("coordinator: " + why + "; resuming the running round from its record")
+		l.log.WithField("revision", last.Revision).Warn("coordinator: " + why.String() + "; resuming the running round from its record")
 		return l.setResume(ctx, *last)
 	default:
 		l.lastN = last.Revision

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -11,93 +12,71 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
-)
-
-// Outcomes of a participant.
-const (
-	OutcomeAcked    = "acked"
-	OutcomeFailed   = "failed"
-	OutcomeTimedOut = "timed_out"
-	OutcomeDeparted = "departed"
 )
 
 // roundState tracks one running round incrementally: every event resolves at
 // most one participant, and completion is a counter reaching zero.
 type roundState struct {
-	rec     schema.Round               // the summary as written at start
-	parts   []schema.PluginID          // by agent and registration order
-	outcome map[schema.PluginID]string // "" while pending
+	rec     schema.Round      // the summary as written at start
+	parts   []schema.PluginID // by agent and registration order
+	outcome map[schema.PluginID]schema.Outcome
 	errs    map[schema.PluginID]string
 	counts  schema.RoundCounts
 	lost    int // detail records degraded or skipped (etcd refused them for good)
 }
 
 func newRoundState(rec schema.Round, parts []schema.PluginID) *roundState {
-	rs := &roundState{rec: rec, parts: parts, outcome: make(map[schema.PluginID]string, len(parts))}
+	rs := &roundState{rec: rec, parts: parts, outcome: make(map[schema.PluginID]schema.Outcome, len(parts))}
 	for _, p := range parts {
-		rs.outcome[p] = ""
+		rs.outcome[p] = schema.OutcomePending
 	}
 	rs.counts = schema.RoundCounts{Participants: len(rs.outcome), Pending: len(rs.outcome)}
 	rs.rec.Counts = rs.counts
 	return rs
 }
 
-// resolve sets p's outcome once; later calls for p do nothing.
-func (l *leader) resolve(p schema.PluginID, outcome, errText string) {
+// resolve applies schema.Resolve to pending participant p with the current
+// acks and registrations (expired: the round's deadline passed). The first
+// outcome other than pending sticks; later calls for p do nothing.
+func (l *leader) resolve(p schema.PluginID, expired bool) {
 	rs := l.round
 	if rs == nil {
 		return
 	}
-	if o, ok := rs.outcome[p]; !ok || o != "" {
+	if o, ok := rs.outcome[p]; !ok || o != schema.OutcomePending {
+		return
+	}
+	_, registered := l.regs[p]
+	ack := l.acks[p]
+	outcome := schema.Resolve(rs.rec.Revision, ack, registered, expired)
+	if outcome == schema.OutcomePending {
 		return
 	}
 	rs.outcome[p] = outcome
 	rs.counts.Pending--
 	switch outcome {
-	case OutcomeAcked:
+	case schema.OutcomeAcked:
 		rs.counts.Acked++
-	case OutcomeFailed:
+	case schema.OutcomeFailed:
 		rs.counts.Failed++
 		if rs.errs == nil {
 			rs.errs = map[schema.PluginID]string{}
 		}
-		rs.errs[p] = schema.TruncateJSON(errText, schema.MaxReasonLen)
-	case OutcomeTimedOut:
+		rs.errs[p] = schema.TruncateJSON(ack.Error, schema.MaxReasonLen)
+	case schema.OutcomeTimedOut:
 		rs.counts.TimedOut++
-	case OutcomeDeparted:
+	case schema.OutcomeDeparted:
 		rs.counts.Departed++
 	}
 	l.co.hooks.Resolved(p, outcome)
 }
 
-// resolveAck resolves p from its ack if the ack is for the running round.
-func (l *leader) resolveAck(p schema.PluginID, a schema.Ack) {
-	if l.round == nil || a.Revision != l.round.rec.Revision {
-		return
-	}
-	switch a.Result {
-	case schema.ResultOK:
-		l.resolve(p, OutcomeAcked, "")
-	case schema.ResultError:
-		l.resolve(p, OutcomeFailed, a.Error)
-	case schema.ResultTimeout:
-		l.resolve(p, OutcomeTimedOut, "")
-	}
-}
-
-// reconcile resolves every pending participant from the current state: gone
-// registrations depart, acks for this round count.
+// reconcile resolves every pending participant from the current state.
 func (l *leader) reconcile() {
 	for p, o := range l.round.outcome {
-		if o != "" {
-			continue
-		}
-		if a, ok := l.acks[p]; ok && a.Revision == l.round.rec.Revision {
-			l.resolveAck(p, a)
-		} else if _, ok := l.regs[p]; !ok {
-			l.resolve(p, OutcomeDeparted, "")
+		if o == schema.OutcomePending {
+			l.resolve(p, false)
 		}
 	}
 }
@@ -120,10 +99,10 @@ func (l *leader) onState(ev stateEvent) {
 			delete(l.acks, it.id)
 		case it.isAck:
 			l.acks[it.id] = *it.ack
-			l.resolveAck(it.id, *it.ack)
+			l.resolve(it.id, false)
 		case it.deleted:
 			delete(l.regs, it.id)
-			l.resolve(it.id, OutcomeDeparted, "")
+			l.resolve(it.id, false)
 		default:
 			l.regs[it.id] = *it.reg
 		}
@@ -229,8 +208,8 @@ func (l *leader) step(now time.Time) error {
 	if l.round != nil {
 		if !now.Before(l.round.rec.Deadline) && l.round.counts.Pending > 0 {
 			for p, o := range l.round.outcome {
-				if o == "" {
-					l.resolve(p, OutcomeTimedOut, "")
+				if o == schema.OutcomePending {
+					l.resolve(p, true)
 				}
 			}
 		}
@@ -368,7 +347,7 @@ func (l *leader) participants(scope schema.ScopeSet) []schema.PluginID {
 			regs = append(regs, r)
 		}
 	}
-	registry.SortRegistrations(regs)
+	slices.SortFunc(regs, schema.CompareRegistrations)
 	out := make([]schema.PluginID, len(regs))
 	for i, r := range regs {
 		out[i] = r.ID()
@@ -516,9 +495,9 @@ func (l *leader) agentOutcomes(rs *roundState) ([]put, error) {
 		for i, p := range ps {
 			ra.Plugins[i] = p.Plugin
 			switch rs.outcome[p] {
-			case OutcomeAcked:
+			case schema.OutcomeAcked:
 				ra.Acked = append(ra.Acked, p.Plugin)
-			case OutcomeFailed:
+			case schema.OutcomeFailed:
 				ra.Failed = append(ra.Failed, p.Plugin)
 				if e, ok := rs.errs[p]; ok && e != "" {
 					if ra.Errors == nil {
@@ -526,7 +505,7 @@ func (l *leader) agentOutcomes(rs *roundState) ([]put, error) {
 					}
 					ra.Errors[p.Plugin] = e
 				}
-			case OutcomeTimedOut:
+			case schema.OutcomeTimedOut:
 				ra.TimedOut = append(ra.TimedOut, p.Plugin)
 			default:
 				ra.Departed = append(ra.Departed, p.Plugin)
@@ -571,7 +550,7 @@ func examples(rs *roundState) *schema.RoundExamples {
 	var ex schema.RoundExamples
 	for _, p := range rs.parts {
 		switch o := rs.outcome[p]; {
-		case o == OutcomeFailed && len(ex.Failed) < schema.MaxExamples:
+		case o == schema.OutcomeFailed && len(ex.Failed) < schema.MaxExamples:
 			ex.Failed = append(ex.Failed, p)
 			if e := rs.errs[p]; e != "" {
 				if ex.Errors == nil {
@@ -579,9 +558,9 @@ func examples(rs *roundState) *schema.RoundExamples {
 				}
 				ex.Errors[p.String()] = schema.TruncateJSON(e, 256)
 			}
-		case o == OutcomeTimedOut && len(ex.TimedOut) < schema.MaxExamples:
+		case o == schema.OutcomeTimedOut && len(ex.TimedOut) < schema.MaxExamples:
 			ex.TimedOut = append(ex.TimedOut, p)
-		case o == OutcomeDeparted && len(ex.Departed) < schema.MaxExamples:
+		case o == schema.OutcomeDeparted && len(ex.Departed) < schema.MaxExamples:
 			ex.Departed = append(ex.Departed, p)
 		}
 	}
@@ -645,7 +624,7 @@ func (l *leader) finish(now time.Time) error {
 	var retry schema.ScopeSet
 	if !clean {
 		for _, p := range rs.parts {
-			if o := rs.outcome[p]; o == OutcomeFailed || o == OutcomeTimedOut {
+			if o := rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
 				retry.AddPlugin(p)
 			}
 		}

@@ -217,18 +217,7 @@ func ReadRoundAgents(ctx context.Context, kv clientv3.KV, layout schema.Layout, 
 		}
 		rev = resp.Header.Revision
 		for _, item := range resp.Kvs {
-			key := string(item.Key)
-			k, err := layout.Parse(key)
-			if err == nil && (k.Kind != schema.KindRoundAgent || k.Round != n) {
-				err = &schema.DecodeError{Key: key, Reason: "not a round agent key"}
-			}
-			var r schema.RoundAgent
-			if err == nil {
-				r, err = schema.DecodeRoundAgent(key, item.Value)
-			}
-			if err == nil && (r.Revision != n || r.Agent != k.Agent) {
-				err = &schema.DecodeError{Key: key, Reason: fmt.Sprintf("holds round %d of agent %s", r.Revision, r.Agent)}
-			}
+			r, err := layout.DecodeRoundAgent(string(item.Key), item.Value)
 			if err != nil {
 				bad = append(bad, err)
 				continue
@@ -251,7 +240,7 @@ func ReadRoundScope(ctx context.Context, kv clientv3.KV, layout schema.Layout, n
 		return nil, nil, fmt.Errorf("read %s: %w", prefix, err)
 	}
 	for _, item := range resp.Kvs {
-		r, err := schema.DecodeRoundScope(string(item.Key), item.Value)
+		r, err := layout.DecodeRoundScope(string(item.Key), item.Value)
 		if err != nil {
 			bad = append(bad, err)
 			continue
@@ -310,7 +299,7 @@ func ReadRoundView(ctx context.Context, kv clientv3.KV, layout schema.Layout, n 
 	if err != nil || len(resp.Kvs) == 0 {
 		return RoundView{}, false, err
 	}
-	r, err := schema.DecodeRound(layout.Round(n), resp.Kvs[0].Value)
+	r, err := layout.DecodeRound(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
 	if err != nil {
 		return RoundView{}, false, err
 	}

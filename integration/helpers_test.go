@@ -183,13 +183,13 @@ func (o *observer) observe(e *clientv3.Event) {
 			o.h.RecordRevWrite(RevWrite{ModRev: mod, Deleted: true})
 			return
 		}
-		rec, err := schema.DecodeRevision(key, e.Kv.Value)
+		rec, err := layout.DecodeRevision(key, e.Kv.Value)
 		o.h.RecordRevWrite(RevWrite{ModRev: mod, Rec: rec, Malformed: err != nil})
 	case schema.KindRound:
 		if del {
 			return // history trimming
 		}
-		rd, err := schema.DecodeRound(key, e.Kv.Value)
+		rd, err := layout.DecodeRound(key, e.Kv.Value)
 		var recs []schema.RoundAgent
 		for _, a := range o.agents[k.Round] {
 			recs = append(recs, a)
@@ -201,7 +201,7 @@ func (o *observer) observe(e *clientv3.Event) {
 			delete(o.agents[k.Round], k.Agent)
 			return
 		}
-		ra, err := schema.DecodeRoundAgent(key, e.Kv.Value)
+		ra, err := layout.DecodeRoundAgent(key, e.Kv.Value)
 		if err != nil {
 			o.h.HarnessError("observer: malformed round agent record %s: %v", key, err)
 			return
@@ -215,7 +215,7 @@ func (o *observer) observe(e *clientv3.Event) {
 			o.h.RecordRequest(key, schema.Request{}, mod, true)
 			return
 		}
-		if req, err := schema.DecodeRequest(key, e.Kv.Value); err == nil {
+		if _, req, err := layout.DecodeRequest(key, e.Kv.Value); err == nil {
 			o.h.RecordRequest(key, req, mod, false)
 		}
 	case schema.KindElection:

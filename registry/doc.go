@@ -1,7 +1,6 @@
-// Package registry keeps an agent's plugin registrations in etcd, and lets a
-// coordinator read and watch all agents' registrations.
+// Package registry keeps an agent's plugin registrations in etcd.
 //
-// Agent side: a Registry owns one etcd session (a lease kept alive) and
+// A Registry owns one etcd session (a lease kept alive) and
 // writes registrations/<agent>/<plugin> on it, with each plugin's
 // registration order. When the agent dies its lease expires and its keys
 // vanish; nobody waits for a dead agent. When the session is lost while the
@@ -13,7 +12,8 @@
 // owners/<agent> on its lease; a newer one takes it over at once and the
 // older one stops (Displaced, Err wrapping ErrDisplaced). See owner.go.
 //
-// Coordinator side: Snapshot reads every registration at one etcd revision,
-// and Watch follows their changes, surviving compaction. Both skip malformed
-// records and report them with their key; the rest is returned.
+// The package is the writer's side only. Readers (the coordinator, which
+// follows registrations and acks in one watch, and resyncctl) decode each
+// record with schema's Layout.DecodeRegistration, which checks that the key
+// and the value name the same plugin.
 package registry

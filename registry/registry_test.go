@@ -3,9 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -71,7 +69,7 @@ func TestRegisterWritesOrderedRecordsOnTheLease(t *testing.T) {
 	}
 	want := map[string]int{"ifplugin": 0, "l3plugin": 1, "aclplugin": 2}
 	for _, kv := range resp.Kvs {
-		reg, err := schema.DecodeRegistration(string(kv.Key), kv.Value)
+		reg, err := layout.DecodeRegistration(string(kv.Key), kv.Value)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +240,7 @@ func TestPartitionedAgentReRegistersInOrder(t *testing.T) {
 		t.Fatalf("%d keys after healing, want %d", len(resp.Kvs), len(plugins))
 	}
 	for _, kv := range resp.Kvs {
-		reg, err := schema.DecodeRegistration(string(kv.Key), kv.Value)
+		reg, err := layout.DecodeRegistration(string(kv.Key), kv.Value)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,173 +251,4 @@ func TestPartitionedAgentReRegistersInOrder(t *testing.T) {
 			t.Errorf("%s is on lease %x, want the new session's %x", kv.Key, kv.Lease, r.State().Lease)
 		}
 	}
-}
-
-func TestSnapshotOfThousandAgentsSkipsGarbage(t *testing.T) {
-	m := etcdtest.Start(t)
-	c := m.Client(t)
-	const agents = 1000
-	var wg sync.WaitGroup
-	errc := make(chan error, agents)
-	for i := 0; i < agents; i++ {
-		r := newRegistryQuiet(t, c, fmt.Sprintf("agent-%04d", i))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for _, p := range []string{"p0", "p1"} {
-				if _, err := r.Register(ctxT(t, 30*time.Second), p); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errc)
-	for err := range errc {
-		t.Fatal(err)
-	}
-	garbage := map[string]string{
-		layout.Registration("agent-0500", "junk"): "{not json",
-		layout.Registration("agent-0500", "lie"):  `{"agent":"other","plugin":"lie","order":0,"registered_at":"2026-01-01T00:00:00Z"}`,
-		layout.Registrations() + "no-plugin":      `{}`,
-	}
-	for k, v := range garbage {
-		if _, err := c.Put(ctxT(t, 5*time.Second), k, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s, err := ReadSnapshot(ctxT(t, 30*time.Second), c, layout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(s.Registrations) != 2*agents {
-		t.Fatalf("snapshot has %d registrations, want %d", len(s.Registrations), 2*agents)
-	}
-	if len(s.Malformed) != len(garbage) {
-		t.Fatalf("snapshot reported %d malformed, want %d: %v", len(s.Malformed), len(garbage), s.Malformed)
-	}
-	for _, err := range s.Malformed {
-		var de *schema.DecodeError
-		if !errors.As(err, &de) || garbage[de.Key] == "" {
-			t.Errorf("malformed report %v does not name a garbage key", err)
-		}
-	}
-	// One revision: every key's ModRevision is at or below it.
-	for i := 1; i < len(s.Registrations); i++ {
-		a, b := s.Registrations[i-1], s.Registrations[i]
-		if a.Agent > b.Agent || a.Agent == b.Agent && a.Order >= b.Order {
-			t.Fatalf("snapshot not sorted at %d: %+v then %+v", i, a, b)
-		}
-	}
-	if _, err := c.Put(ctxT(t, 5*time.Second), "unrelated", "x"); err != nil {
-		t.Fatal(err)
-	}
-	if s.Revision <= 0 || s.Revision >= get(t, c, "unrelated", false).Header.Revision {
-		t.Fatalf("snapshot revision %d is not the read's revision", s.Revision)
-	}
-}
-
-func newRegistryQuiet(t *testing.T, c *clientv3.Client, agent string) *Registry {
-	t.Helper()
-	cfg := DefaultConfig(agent)
-	cfg.TTL = 30 * time.Second
-	r, err := New(c, cfg, WithLogger(etcdtest.Logger(t, "error")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
-}
-
-func TestWatchSurvivesCompaction(t *testing.T) {
-	m := etcdtest.Start(t)
-	c := m.Client(t)
-	proxy := etcdtest.NewProxy(t, m.Endpoint())
-	watchClient := etcdtest.Client(t, proxy.Endpoint)
-	ctx, cancel := context.WithCancel(context.Background())
-	changes := make(chan Change, 100)
-	done := make(chan error, 1)
-	go func() {
-		done <- Watch(ctx, watchClient, layout, testLogger(t), func(ch Change) error {
-			changes <- ch
-			return nil
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Watch returned %v", err)
-		}
-	})
-	var nextWithin func(string, time.Duration, func(Change) bool) Change
-	next := func(what string, ok func(Change) bool) Change {
-		t.Helper()
-		return nextWithin(what, 10*time.Second, ok)
-	}
-	nextWithin = func(what string, within time.Duration, ok func(Change) bool) Change {
-		t.Helper()
-		deadline := time.After(within)
-		for {
-			select {
-			case ch := <-changes:
-				if ok(ch) {
-					return ch
-				}
-			case <-deadline:
-				t.Fatalf("no change: %s", what)
-			}
-		}
-	}
-	first := next("initial reset", func(ch Change) bool { return ch.Reset != nil })
-	if len(first.Reset.Registrations) != 0 {
-		t.Fatalf("initial reset has %d registrations", len(first.Reset.Registrations))
-	}
-	r := newRegistry(t, c, "w", 5*time.Second)
-	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); err != nil {
-		t.Fatal(err)
-	}
-	next("put of w/p", func(ch Change) bool { return ch.Put != nil && ch.Put.Plugin == "p" })
-	if _, err := c.Put(ctxT(t, 5*time.Second), layout.Registration("w", "garbage"), "]["); err != nil {
-		t.Fatal(err)
-	}
-	mal := next("malformed report", func(ch Change) bool { return ch.Malformed != nil })
-	if !strings.Contains(mal.Malformed.Error(), layout.Registration("w", "garbage")) {
-		t.Fatalf("malformed report does not name the key: %v", mal.Malformed)
-	}
-	if err := r.Deregister("p"); err != nil {
-		t.Fatal(err)
-	}
-	next("delete of w/p", func(ch Change) bool { return ch.Deleted != nil && ch.Deleted.Plugin == "p" })
-
-	// Let the watcher fall behind a compaction: cut its connection, change
-	// registrations and compact them away, then restore. It must re-list (a
-	// Reset with the current set) and go on watching.
-	proxy.Cut()
-	if _, err := r.Register(ctxT(t, 5*time.Second), "q"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Register(ctxT(t, 5*time.Second), "gone"); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Deregister("gone"); err != nil {
-		t.Fatal(err)
-	}
-	etcdtest.WaitFor(t, 5*time.Second, "gone deleted", func() bool {
-		return len(get(t, c, layout.Registration("w", "gone"), false).Kvs) == 0
-	})
-	etcdtest.Compact(t, c)
-	proxy.Restore()
-	reset := nextWithin("reset after compaction", 20*time.Second, func(ch Change) bool { return ch.Reset != nil })
-	var names []string
-	for _, reg := range reset.Reset.Registrations {
-		names = append(names, reg.Plugin)
-	}
-	if strings.Join(names, ",") != "q" || len(reset.Reset.Malformed) != 1 {
-		t.Fatalf("reset after compaction has %v and %d malformed, want [q] and the garbage key", names, len(reset.Reset.Malformed))
-	}
-	if _, err := r.Register(ctxT(t, 5*time.Second), "after-compact"); err != nil {
-		t.Fatal(err)
-	}
-	next("put after compaction", func(ch Change) bool { return ch.Put != nil && ch.Put.Plugin == "after-compact" })
 }

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -146,6 +147,13 @@ type Registration struct {
 	// Order is the plugin's registration index within its agent, from 0.
 	Order        int       `json:"order"`
 	RegisteredAt time.Time `json:"registered_at"`
+}
+
+// CompareRegistrations orders registrations by agent, then registration
+// order (the order in which a round's participants are listed and
+// resynced).
+func CompareRegistrations(a, b Registration) int {
+	return cmp.Or(cmp.Compare(a.Agent, b.Agent), cmp.Compare(a.Order, b.Order), cmp.Compare(a.Plugin, b.Plugin))
 }
 
 // ID is the registration's plugin id.

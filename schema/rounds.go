@@ -262,16 +262,26 @@ type RoundAgent struct {
 	Truncated bool `json:"truncated,omitempty"`
 }
 
-// Outcome returns the plugin's outcome ("acked", "failed", "timed_out",
-// "departed"), "" while pending or if it is no participant.
-func (r RoundAgent) Outcome(plugin string) string {
-	for _, l := range []struct {
-		name  string
-		names []string
-	}{{"acked", r.Acked}, {"failed", r.Failed}, {"timed_out", r.TimedOut}, {"departed", r.Departed}} {
+// outcomeList is one outcome's list of plugins in a RoundAgent.
+type outcomeList struct {
+	name  Outcome
+	names []string
+}
+
+func (r RoundAgent) outcomeLists() []outcomeList {
+	return []outcomeList{{OutcomeAcked, r.Acked}, {OutcomeFailed, r.Failed}, {OutcomeTimedOut, r.TimedOut}, {OutcomeDeparted, r.Departed}}
+}
+
+// Outcome returns the plugin's outcome: OutcomePending while the round
+// runs (or if the record lists none for it), "" if it is no participant.
+func (r RoundAgent) Outcome(plugin string) Outcome {
+	for _, l := range r.outcomeLists() {
 		if slices.Contains(l.names, plugin) {
 			return l.name
 		}
+	}
+	if slices.Contains(r.Plugins, plugin) {
+		return OutcomePending
 	}
 	return ""
 }
@@ -288,7 +298,7 @@ func (r RoundAgent) Validate() error {
 	if err := ValidateName("agent", r.Agent); err != nil {
 		return err
 	}
-	seen := make(map[string]string, len(r.Plugins))
+	seen := make(map[string]Outcome, len(r.Plugins))
 	for _, p := range r.Plugins {
 		if err := ValidateName("plugin", p); err != nil {
 			return err
@@ -296,18 +306,15 @@ func (r RoundAgent) Validate() error {
 		if _, dup := seen[p]; dup {
 			return fmt.Errorf("plugin %s is listed twice", p)
 		}
-		seen[p] = ""
+		seen[p] = OutcomePending
 	}
-	for _, l := range []struct {
-		name  string
-		names []string
-	}{{"acked", r.Acked}, {"failed", r.Failed}, {"timed_out", r.TimedOut}, {"departed", r.Departed}} {
+	for _, l := range r.outcomeLists() {
 		for _, p := range l.names {
 			prev, ok := seen[p]
 			if !ok {
 				return fmt.Errorf("%s lists %s, which is not a participant", l.name, p)
 			}
-			if prev != "" {
+			if prev != OutcomePending {
 				return fmt.Errorf("%s is both %s and %s", p, prev, l.name)
 			}
 			seen[p] = l.name
@@ -315,13 +322,13 @@ func (r RoundAgent) Validate() error {
 	}
 	if r.State == NotActive {
 		for p, o := range seen {
-			if o == "" {
+			if o == OutcomePending {
 				return fmt.Errorf("participant %s has no outcome in a completed round", p)
 			}
 		}
 	}
 	for p, e := range r.Errors {
-		if seen[p] != "failed" {
+		if seen[p] != OutcomeFailed {
 			return fmt.Errorf("errors names %s, which did not fail", p)
 		}
 		if err := checkText("error of "+p, e, MaxReasonLen+len(truncMarker)+20); err != nil {

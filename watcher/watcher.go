@@ -538,10 +538,7 @@ func (w *Watcher) readParticipation(n uint64) (part map[string]bool, ok bool) {
 			if len(resp.Kvs) == 0 {
 				return part, true
 			}
-			rec, err := schema.DecodeRoundAgent(key, resp.Kvs[0].Value)
-			if err == nil && (rec.Revision != n || rec.Agent != w.agent) {
-				err = &schema.DecodeError{Key: key, Reason: fmt.Sprintf("holds round %d of agent %s", rec.Revision, rec.Agent)}
-			}
+			rec, err := w.layout.DecodeRoundAgent(key, resp.Kvs[0].Value)
 			if err != nil {
 				w.stats.malformed.Add(1)
 				w.log.WithError(err).WithField("key", key).Warn("watcher: skipping a malformed participation record: no plugin takes part")

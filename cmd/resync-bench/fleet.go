@@ -121,7 +121,9 @@ type roundHooks struct {
 	lastResolved atomic.Int64
 }
 
-func (h *roundHooks) Resolved(schema.PluginID, string) { h.lastResolved.Store(time.Now().UnixNano()) }
+func (h *roundHooks) Resolved(schema.PluginID, schema.Outcome) {
+	h.lastResolved.Store(time.Now().UnixNano())
+}
 
 type roundEvent struct {
 	at      time.Time

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -37,7 +36,7 @@ func (e *env) readRevision(ctx context.Context, c *clientv3.Client) (*schema.Rev
 	if len(resp.Kvs) == 0 {
 		return nil, resp.Header.Revision, nil
 	}
-	r, err := schema.DecodeRevision(key, resp.Kvs[0].Value)
+	r, err := e.layout.DecodeRevision(key, resp.Kvs[0].Value)
 	if err != nil {
 		e.skipped(err)
 		return nil, resp.Header.Revision, nil
@@ -55,7 +54,7 @@ func (e *env) readRound(ctx context.Context, c *clientv3.Client, n uint64) (*sch
 	if len(resp.Kvs) == 0 {
 		return nil, nil
 	}
-	r, err := schema.DecodeRound(key, resp.Kvs[0].Value)
+	r, err := e.layout.DecodeRound(key, resp.Kvs[0].Value)
 	if err != nil {
 		e.skipped(err)
 		return nil, nil
@@ -78,39 +77,19 @@ type regRow struct {
 	Lease clientv3.LeaseID
 }
 
-// decodeRegistration decodes a registration key-value and checks that key
-// and value agree.
+// decodeRegistration decodes a registration key-value (schema's decoder)
+// with the lease that holds it.
 func (e *env) decodeRegistration(kv *mvccpb.KeyValue) (regRow, error) {
-	key := string(kv.Key)
-	k, err := e.layout.Parse(key)
+	reg, err := e.layout.DecodeRegistration(string(kv.Key), kv.Value)
 	if err != nil {
 		return regRow{}, err
-	}
-	if k.Kind != schema.KindRegistration {
-		return regRow{}, &schema.DecodeError{Key: key, Reason: "not a registration key"}
-	}
-	reg, err := schema.DecodeRegistration(key, kv.Value)
-	if err != nil {
-		return regRow{}, err
-	}
-	if reg.Agent != k.Agent || reg.Plugin != k.Plugin {
-		return regRow{}, &schema.DecodeError{Key: key, Reason: fmt.Sprintf("value names %s/%s, the key %s/%s", reg.Agent, reg.Plugin, k.Agent, k.Plugin)}
 	}
 	return regRow{Registration: reg, Lease: clientv3.LeaseID(kv.Lease)}, nil
 }
 
-// decodeAck decodes an ack key-value.
+// decodeAck decodes an ack key-value (schema's decoder).
 func (e *env) decodeAck(kv *mvccpb.KeyValue) (schema.PluginID, schema.Ack, error) {
-	key := string(kv.Key)
-	k, err := e.layout.Parse(key)
-	if err != nil {
-		return schema.PluginID{}, schema.Ack{}, err
-	}
-	if k.Kind != schema.KindAck {
-		return schema.PluginID{}, schema.Ack{}, &schema.DecodeError{Key: key, Reason: "not an ack key"}
-	}
-	a, err := schema.DecodeAck(key, kv.Value)
-	return schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}, a, err
+	return e.layout.DecodeAck(string(kv.Key), kv.Value)
 }
 
 // readRegistrations reads the live registrations at rev (0: now), sorted by
@@ -129,9 +108,7 @@ func (e *env) readRegistrations(ctx context.Context, c *clientv3.Client, rev int
 		}
 		rows = append(rows, r)
 	}
-	slices.SortFunc(rows, func(a, b regRow) int {
-		return cmp.Or(cmp.Compare(a.Agent, b.Agent), cmp.Compare(a.Order, b.Order), cmp.Compare(a.Plugin, b.Plugin))
-	})
+	slices.SortFunc(rows, func(a, b regRow) int { return schema.CompareRegistrations(a.Registration, b.Registration) })
 	return rows, nil
 }
 
@@ -154,9 +131,9 @@ func (e *env) readAcks(ctx context.Context, c *clientv3.Client, rev int64) (map[
 	return acks, nil
 }
 
-// progress is where a running round stands, computed as the coordinator
-// does: each participant is acked, failed or timed out by its ack for the
-// round, departed when its registration is gone, else pending.
+// progress is where a running round stands: each participant's outcome by
+// schema.Resolve, the coordinator's rule (never timed out by the deadline
+// here: only the coordinator decides that).
 type progress struct {
 	Counts   schema.RoundCounts `json:"counts"`
 	Pending  []schema.PluginID  `json:"pending,omitempty"`
@@ -169,21 +146,21 @@ type progress struct {
 func computeProgress(round *schema.Round, parts []schema.PluginID, acks map[schema.PluginID]schema.Ack, live map[schema.PluginID]bool) progress {
 	p := progress{Counts: schema.RoundCounts{Participants: len(parts)}}
 	for _, id := range parts {
-		a, ok := acks[id]
-		switch {
-		case ok && a.Revision == round.Revision && a.Result == schema.ResultOK:
+		a := acks[id]
+		switch schema.Resolve(round.Revision, a, live[id], false) {
+		case schema.OutcomeAcked:
 			p.Counts.Acked++
-		case ok && a.Revision == round.Revision && a.Result == schema.ResultError:
+		case schema.OutcomeFailed:
 			p.Counts.Failed++
 			p.Failed = append(p.Failed, id)
 			if p.Errors == nil {
 				p.Errors = map[string]string{}
 			}
 			p.Errors[id.String()] = a.Error
-		case ok && a.Revision == round.Revision && a.Result == schema.ResultTimeout:
+		case schema.OutcomeTimedOut:
 			p.Counts.TimedOut++
 			p.TimedOut = append(p.TimedOut, id)
-		case !live[id]:
+		case schema.OutcomeDeparted:
 			p.Counts.Departed++
 			p.Departed = append(p.Departed, id)
 		default:
@@ -304,8 +281,7 @@ func (e *env) readSummaries(ctx context.Context, c *clientv3.Client, n int) ([]s
 		}
 		for _, r := range resp.Responses {
 			for _, kv := range r.GetResponseRange().Kvs {
-				key := string(kv.Key)
-				rd, err := schema.DecodeRound(key, kv.Value)
+				rd, err := e.layout.DecodeRound(string(kv.Key), kv.Value)
 				if err != nil {
 					e.skipped(err)
 					continue

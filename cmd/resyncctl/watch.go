@@ -72,7 +72,7 @@ func (s *streamer) handle(ev listwatch.Event) error {
 			if string(kv.Key) != s.e.layout.Revision() {
 				continue
 			}
-			r, err := schema.DecodeRevision(string(kv.Key), kv.Value)
+			r, err := s.e.layout.DecodeRevision(string(kv.Key), kv.Value)
 			if err != nil {
 				s.e.skipped(err)
 				break
@@ -111,7 +111,7 @@ func (s *streamer) change(ev *clientv3.Event) {
 			s.print(watchLine{Kind: "revision", Event: "delete", Key: key}, "deleted (the leader writes it again)")
 			return
 		}
-		r, err := schema.DecodeRevision(key, ev.Kv.Value)
+		r, err := s.e.layout.DecodeRevision(key, ev.Kv.Value)
 		if err != nil {
 			s.e.skipped(err)
 			return
@@ -121,7 +121,7 @@ func (s *streamer) change(ev *clientv3.Event) {
 		if del {
 			return // history pruning
 		}
-		r, err := schema.DecodeRound(key, ev.Kv.Value)
+		r, err := s.e.layout.DecodeRound(key, ev.Kv.Value)
 		if err != nil {
 			s.e.skipped(err)
 			return
@@ -164,7 +164,7 @@ func (s *streamer) change(ev *clientv3.Event) {
 			s.print(watchLine{Kind: "request", Event: "delete", Key: key, RequestID: k.ID}, k.ID+" consumed")
 			return
 		}
-		r, err := schema.DecodeRequest(key, ev.Kv.Value)
+		_, r, err := s.e.layout.DecodeRequest(key, ev.Kv.Value)
 		if err != nil {
 			s.e.skipped(err)
 			return

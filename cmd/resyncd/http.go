@@ -117,7 +117,7 @@ func (h *handlers) read(ctx context.Context, doc *statusDoc) error {
 	if len(resp.Kvs) == 0 {
 		return nil
 	}
-	rev, err := schema.DecodeRevision(h.layout.Revision(), resp.Kvs[0].Value)
+	rev, err := h.layout.DecodeRevision(h.layout.Revision(), resp.Kvs[0].Value)
 	if err != nil {
 		return err
 	}
@@ -127,7 +127,7 @@ func (h *handlers) read(ctx context.Context, doc *statusDoc) error {
 		return fmt.Errorf("read %s: %w", h.layout.Round(rev.Revision), err)
 	}
 	if len(rr.Kvs) == 1 {
-		round, err := schema.DecodeRound(h.layout.Round(rev.Revision), rr.Kvs[0].Value)
+		round, err := h.layout.DecodeRound(h.layout.Round(rev.Revision), rr.Kvs[0].Value)
 		if err != nil {
 			return err
 		}

@@ -20,7 +20,7 @@ func ReadRevision(ctx context.Context, c *clientv3.Client, l schema.Layout) (rec
 	if err != nil || len(resp.Kvs) == 0 {
 		return schema.Revision{}, false, err
 	}
-	rec, err = schema.DecodeRevision(l.Revision(), resp.Kvs[0].Value)
+	rec, err = l.DecodeRevision(l.Revision(), resp.Kvs[0].Value)
 	return rec, err == nil, err
 }
 
@@ -30,7 +30,7 @@ func ReadRound(ctx context.Context, c *clientv3.Client, l schema.Layout, n uint6
 	if err != nil || len(resp.Kvs) == 0 {
 		return schema.Round{}, false, err
 	}
-	rec, err = schema.DecodeRound(l.Round(n), resp.Kvs[0].Value)
+	rec, err = l.DecodeRound(l.Round(n), resp.Kvs[0].Value)
 	return rec, err == nil, err
 }
 

@@ -119,7 +119,7 @@ func (a *Agent) onStarted(ctx context.Context, rev schema.Revision) {
 			return
 		}
 		if len(resp.Kvs) == 1 {
-			ra, err := schema.DecodeRoundAgent(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+			ra, err := layout.DecodeRoundAgent(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
 			if err != nil {
 				return
 			}

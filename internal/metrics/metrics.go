@@ -100,8 +100,8 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{"clean", "unclean"} {
 		m.rounds.WithLabelValues(r)
 	}
-	for _, o := range []string{coordinator.OutcomeAcked, coordinator.OutcomeFailed, coordinator.OutcomeTimedOut, coordinator.OutcomeDeparted} {
-		m.resolved.WithLabelValues(o)
+	for _, o := range schema.Outcomes {
+		m.resolved.WithLabelValues(string(o))
 	}
 	for _, c := range []schema.Cause{schema.CauseManual, schema.CauseError, schema.CauseRejoin} {
 		m.requests.WithLabelValues(string(c))
@@ -151,8 +151,8 @@ func unixSeconds(t time.Time) float64 {
 }
 
 // Resolved implements coordinator.Hooks.
-func (m *Metrics) Resolved(_ schema.PluginID, outcome string) {
-	m.resolved.WithLabelValues(outcome).Inc()
+func (m *Metrics) Resolved(_ schema.PluginID, outcome schema.Outcome) {
+	m.resolved.WithLabelValues(string(outcome)).Inc()
 }
 
 // Request implements coordinator.Hooks.

@@ -46,3 +46,39 @@ func gauge(t *testing.T, g prometheus.Gauge) float64 {
 	}
 	return d.GetGauge().GetValue()
 }
+
+// TestResolvedCountsByOutcome: every final outcome is a label from the
+// start (dashboards see zeros), spelled as schema.Outcome, and Resolved
+// counts under its outcome.
+func TestResolvedCountsByOutcome(t *testing.T) {
+	m, err := New(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range schema.Outcomes {
+		if v := counter(t, m.resolved.WithLabelValues(string(o))); v != 0 {
+			t.Fatalf("%s before any round: %v", o, v)
+		}
+	}
+	id := schema.PluginID{Agent: "a", Plugin: "p"}
+	m.Resolved(id, schema.OutcomeFailed)
+	m.Resolved(id, schema.OutcomeFailed)
+	m.Resolved(id, schema.OutcomeDeparted)
+	for o, want := range map[schema.Outcome]float64{schema.OutcomeAcked: 0, schema.OutcomeFailed: 2, schema.OutcomeTimedOut: 0, schema.OutcomeDeparted: 1} {
+		if v := counter(t, m.resolved.WithLabelValues(string(o))); v != want {
+			t.Errorf("%s = %v, want %v", o, v, want)
+		}
+	}
+	if string(schema.OutcomeTimedOut) != "timed_out" {
+		t.Fatal("the outcome label changed spelling")
+	}
+}
+
+func counter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	return d.GetCounter().GetValue()
+}
