@@ -25,7 +25,7 @@ func ownerOf(t *testing.T, c *clientv3.Client, agent string) (registry.Owner, cl
 	if len(resp.Kvs) == 0 {
 		return registry.Owner{}, 0, false
 	}
-	o, err := registry.DecodeOwner(key, resp.Kvs[0].Value)
+	o, err := layout.DecodeOwner(key, resp.Kvs[0].Value)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/schema"
 )
 
 // One process per agent name.
@@ -34,38 +36,9 @@ import (
 // started after it (a process that was cut off from etcd at start-up does
 // not displace the one that replaced it).
 
-// Owner is the value of owners/<agent>: the process that owns the agent name.
-type Owner struct {
-	Agent string `json:"agent"`
-	// Lease is the owner's session lease, in hex as etcdctl prints it.
-	Lease string `json:"lease"`
-	// Process identifies the process: random, new for every Registry.
-	Process string `json:"process"`
-	Host    string `json:"host,omitempty"`
-	PID     int    `json:"pid,omitempty"`
-	// Started is when the owning Registry was created.
-	Started time.Time `json:"started"`
-	// ClaimedAt is when it claimed the name.
-	ClaimedAt time.Time `json:"claimed_at"`
-}
-
-// String is like "process 3f2a... (host h, pid 12, lease 694d...)".
-func (o Owner) String() string {
-	return fmt.Sprintf("process %s (host %s, pid %d, lease %s, started %s)",
-		o.Process, o.Host, o.PID, o.Lease, o.Started.Format(time.RFC3339Nano))
-}
-
-// DecodeOwner decodes an owner key's value.
-func DecodeOwner(key string, value []byte) (Owner, error) {
-	var o Owner
-	if err := json.Unmarshal(value, &o); err != nil {
-		return o, fmt.Errorf("registry: owner key %s: %w", key, err)
-	}
-	if o.Process == "" {
-		return o, fmt.Errorf("registry: owner key %s: no process id", key)
-	}
-	return o, nil
-}
+// Owner is the value of owners/<agent> (schema.Owner): the process that
+// owns the agent name.
+type Owner = schema.Owner
 
 func newProcessID() string {
 	b := make([]byte, 8)
@@ -116,7 +89,7 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 			return 0, errNotOwner // gone meanwhile: look again
 		}
 		kv := kvs[0]
-		o, derr := DecodeOwner(key, kv.Value)
+		o, derr := r.layout.DecodeOwner(key, kv.Value)
 		r.mu.Lock()
 		claimed := r.claimed
 		r.mu.Unlock()
@@ -213,7 +186,7 @@ func (r *Registry) watchOwner() {
 			r.disowned()
 			return
 		}
-		o, err := DecodeOwner(key, value)
+		o, err := r.layout.DecodeOwner(key, value)
 		if err != nil {
 			r.log.WithError(err).Warn("registry: malformed owner key; claiming the name again")
 			r.disowned()

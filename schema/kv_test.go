@@ -28,6 +28,7 @@ func TestLayoutDecodeChecksKeyAndValue(t *testing.T) {
 	ra := enc(RoundAgent{Revision: 3, Agent: "a", State: Started, Plugins: []string{"p"}})
 	scope := enc(RoundScope{Revision: 3, Targets: []string{"a"}})
 	rev := enc(Revision{Revision: 3, State: Started, StartedAt: at, Deadline: at})
+	owner := enc(Owner{Agent: "a", Lease: "694d", Process: "3f2a", Started: at, ClaimedAt: at})
 
 	dec := map[Kind]func(key, value string) error{
 		KindRevision:     func(k, v string) error { _, err := l.DecodeRevision(k, []byte(v)); return err },
@@ -37,6 +38,7 @@ func TestLayoutDecodeChecksKeyAndValue(t *testing.T) {
 		KindRound:        func(k, v string) error { _, err := l.DecodeRound(k, []byte(v)); return err },
 		KindRoundAgent:   func(k, v string) error { _, err := l.DecodeRoundAgent(k, []byte(v)); return err },
 		KindRoundScope:   func(k, v string) error { _, err := l.DecodeRoundScope(k, []byte(v)); return err },
+		KindOwner:        func(k, v string) error { _, err := l.DecodeOwner(k, []byte(v)); return err },
 	}
 	for _, tc := range []struct {
 		kind       Kind
@@ -65,6 +67,10 @@ func TestLayoutDecodeChecksKeyAndValue(t *testing.T) {
 		{KindRoundAgent, l.Round(3), ra, "not a round agent key"},
 		{KindRoundScope, l.RoundScope(3, 0), scope, ""},
 		{KindRoundScope, l.RoundScope(4, 0), scope, "holds round 3"},
+		{KindOwner, l.Owner("a"), owner, ""},
+		{KindOwner, l.Owner("b"), owner, "value names agent a, the key b"},
+		{KindOwner, l.Owner("a"), `{"agent":"a","lease":"1","process":"","started":"2026-01-01T00:00:00Z","claimed_at":"2026-01-01T00:00:00Z"}`, "no process id"},
+		{KindOwner, l.Registration("a", "p"), owner, "not an owner key"},
 	} {
 		t.Run(tc.kind.String()+" "+tc.key, func(t *testing.T) {
 			err := dec[tc.kind](tc.key, tc.value)

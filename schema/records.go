@@ -62,6 +62,7 @@ const (
 	MaxIDLen = 256
 
 	maxRegistrationValue = 4 << 10
+	maxOwnerValue        = 4 << 10
 	maxAckValue          = 8 << 10
 	maxRequestValue      = 64 << 10
 	maxRevisionValue     = 16 << 10
@@ -171,6 +172,39 @@ func (r Registration) Validate() error {
 		return fmt.Errorf("order %d is negative", r.Order)
 	}
 	return nil
+}
+
+// Owner is the value of owners/<agent>: the process that owns the agent
+// name, written by that process's registry on its session lease.
+type Owner struct {
+	Agent string `json:"agent"`
+	// Lease is the owner's session lease, in hex as etcdctl prints it.
+	Lease string `json:"lease"`
+	// Process identifies the process: random, new for every Registry.
+	Process string `json:"process"`
+	Host    string `json:"host,omitempty"`
+	PID     int    `json:"pid,omitempty"`
+	// Started is when the owning Registry was created.
+	Started time.Time `json:"started"`
+	// ClaimedAt is when it claimed the name.
+	ClaimedAt time.Time `json:"claimed_at"`
+}
+
+// String is like "process 3f2a... (host h, pid 12, lease 694d...)".
+func (o Owner) String() string {
+	return fmt.Sprintf("process %s (host %s, pid %d, lease %s, started %s)",
+		o.Process, o.Host, o.PID, o.Lease, o.Started.Format(time.RFC3339Nano))
+}
+
+// Validate checks the record.
+func (o Owner) Validate() error {
+	if err := ValidateName("agent", o.Agent); err != nil {
+		return err
+	}
+	if o.Process == "" {
+		return errors.New("no process id")
+	}
+	return checkText("host", o.Host, MaxIDLen, "process", o.Process, "lease", o.Lease)
 }
 
 // Revision is the value of the revision key, written only by the leading
@@ -492,6 +526,13 @@ func DecodeRegistration(key string, value []byte) (Registration, error) {
 	var r Registration
 	err := decode(key, value, maxRegistrationValue, "registration", &r)
 	return r, err
+}
+
+// DecodeOwner decodes an owner value.
+func DecodeOwner(key string, value []byte) (Owner, error) {
+	var o Owner
+	err := decode(key, value, maxOwnerValue, "owner", &o)
+	return o, err
 }
 
 // DecodeRevision decodes the revision record.

@@ -38,13 +38,17 @@ func TestRoundDeadlineGauge(t *testing.T) {
 	}
 }
 
-func gauge(t *testing.T, g prometheus.Gauge) float64 {
+func gauge(t *testing.T, g prometheus.Gauge) float64 { return write(t, g).GetGauge().GetValue() }
+
+func counter(t *testing.T, c prometheus.Counter) float64 { return write(t, c).GetCounter().GetValue() }
+
+func write(t *testing.T, m prometheus.Metric) *dto.Metric {
 	t.Helper()
 	var d dto.Metric
-	if err := g.Write(&d); err != nil {
+	if err := m.Write(&d); err != nil {
 		t.Fatal(err)
 	}
-	return d.GetGauge().GetValue()
+	return &d
 }
 
 // TestResolvedCountsByOutcome: every final outcome is a label from the
@@ -72,13 +76,4 @@ func TestResolvedCountsByOutcome(t *testing.T) {
 	if string(schema.OutcomeTimedOut) != "timed_out" {
 		t.Fatal("the outcome label changed spelling")
 	}
-}
-
-func counter(t *testing.T, c prometheus.Counter) float64 {
-	t.Helper()
-	var d dto.Metric
-	if err := c.Write(&d); err != nil {
-		t.Fatal(err)
-	}
-	return d.GetCounter().GetValue()
 }
