@@ -521,46 +521,49 @@ func decode(key string, value []byte, limit int, what string, v validator) error
 	return nil
 }
 
+// decodeAs decodes value as a T with decode.
+func decodeAs[T any, P interface {
+	*T
+	validator
+}](key string, value []byte, limit int, what string) (T, error) {
+	var v T
+	err := decode(key, value, limit, what, P(&v))
+	return v, err
+}
+
+// The package-level Decode functions decode a record's value alone; key
+// is used in errors. A reader of etcd keys uses the Layout's Decode method
+// of the record's family, which also checks the key and that key and
+// value agree (kv.go).
+
 // DecodeRegistration decodes a registration value; key is used in errors.
 func DecodeRegistration(key string, value []byte) (Registration, error) {
-	var r Registration
-	err := decode(key, value, maxRegistrationValue, "registration", &r)
-	return r, err
+	return decodeAs[Registration](key, value, maxRegistrationValue, "registration")
 }
 
 // DecodeOwner decodes an owner value.
 func DecodeOwner(key string, value []byte) (Owner, error) {
-	var o Owner
-	err := decode(key, value, maxOwnerValue, "owner", &o)
-	return o, err
+	return decodeAs[Owner](key, value, maxOwnerValue, "owner")
 }
 
 // DecodeRevision decodes the revision record.
 func DecodeRevision(key string, value []byte) (Revision, error) {
-	var r Revision
-	err := decode(key, value, maxRevisionValue, "revision", &r)
-	return r, err
+	return decodeAs[Revision](key, value, maxRevisionValue, "revision")
 }
 
 // DecodeAck decodes an ack.
 func DecodeAck(key string, value []byte) (Ack, error) {
-	var a Ack
-	err := decode(key, value, maxAckValue, "ack", &a)
-	return a, err
+	return decodeAs[Ack](key, value, maxAckValue, "ack")
 }
 
 // DecodeRequest decodes a resync request.
 func DecodeRequest(key string, value []byte) (Request, error) {
-	var r Request
-	err := decode(key, value, maxRequestValue, "request", &r)
-	return r, err
+	return decodeAs[Request](key, value, maxRequestValue, "request")
 }
 
 // DecodeRound decodes a round record.
 func DecodeRound(key string, value []byte) (Round, error) {
-	var r Round
-	err := decode(key, value, maxRoundValue, "round", &r)
-	return r, err
+	return decodeAs[Round](key, value, maxRoundValue, "round")
 }
 
 // Encode marshals a record to one line of JSON after validating it, so that

@@ -363,16 +363,12 @@ func (r RoundScope) Validate() error {
 
 // DecodeRoundAgent decodes a rounds/<N>/agents/<agent> value.
 func DecodeRoundAgent(key string, value []byte) (RoundAgent, error) {
-	var r RoundAgent
-	err := decode(key, value, maxRoundAgentValue, "round agent", &r)
-	return r, err
+	return decodeAs[RoundAgent](key, value, maxRoundAgentValue, "round agent")
 }
 
 // DecodeRoundScope decodes a rounds/<N>/scope/<i> value.
 func DecodeRoundScope(key string, value []byte) (RoundScope, error) {
-	var r RoundScope
-	err := decode(key, value, maxRoundScopeValue, "round scope", &r)
-	return r, err
+	return decodeAs[RoundScope](key, value, maxRoundScopeValue, "round scope")
 }
 
 // TruncateJSON cuts s (as Truncate does) so that its JSON encoding, quotes
