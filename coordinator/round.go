@@ -18,9 +18,9 @@ import (
 // roundState tracks one running round incrementally: every event resolves at
 // most one participant, and completion is a counter reaching zero.
 type roundState struct {
-	rec     schema.Round      // the summary as written at start
-	parts   []schema.PluginID // by agent and registration order
-	outcome map[schema.PluginID]schema.Outcome
+	rec     schema.Round                       // the summary as written at start
+	parts   []schema.PluginID                  // by agent and registration order
+	outcome map[schema.PluginID]schema.Outcome // OutcomePending until resolved
 	errs    map[schema.PluginID]string
 	counts  schema.RoundCounts
 	lost    int // detail records degraded or skipped (etcd refused them for good)
