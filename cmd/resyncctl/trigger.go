@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,10 +10,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/coordinator"
+	rcli "github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
 )
@@ -49,6 +50,9 @@ type triggerOpts struct {
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+// Type names the value in --help (pflag.Value).
+func (l *listFlag) Type() string { return "list" }
 
 func (l *listFlag) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
@@ -115,7 +119,7 @@ func dedupTargets(in []schema.Scope) []schema.Scope {
 	return out
 }
 
-func setupTrigger(fs *flag.FlagSet) func(context.Context, *env) error {
+func setupTrigger(fs *pflag.FlagSet) func(context.Context, *env) error {
 	var o triggerOpts
 	fs.Var(&o.agents, "agent", "resync only these agents' plugins: a comma-separated list, or repeat the flag (each must have live registrations)")
 	fs.Var(&o.plugins, "plugin", "resync only these plugins: agent/plugin, comma-separated or repeated (or a plugin of the one --agent)")
@@ -237,7 +241,7 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 			bad = append(bad, "timed out "+id.String())
 		}
 		e.warn("round %d did not complete clean: %s (the coordinator plans a retry round)", final.Revision, listFirst(bad, 10))
-		return exitCode(exitFailure)
+		return exitCode(rcli.ExitFailure)
 	}
 	return nil
 }
