@@ -66,14 +66,7 @@ func newRoot(g *globals, stdout, stderr io.Writer, exec func(*cobra.Command, fun
 	}
 	root.AddCommand(completionCmd())
 
-	defaultHelp := root.HelpFunc()
-	root.SetHelpFunc(func(c *cobra.Command, args []string) {
-		if c.Parent() != nil && c.Parent().Name() == "completion" {
-			defaultHelp(c, args)
-			return
-		}
-		printHelp(c.OutOrStdout(), c)
-	})
+	root.SetHelpFunc(func(c *cobra.Command, _ []string) { printHelp(c.OutOrStdout(), c) })
 	return root
 }
 
