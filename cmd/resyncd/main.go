@@ -5,7 +5,8 @@
 //
 // Every flag can also be set by the environment variable RESYNC_<FLAG>,
 // upper-cased with '-' as '_' (RESYNC_ENDPOINTS, RESYNC_HTTP_ADDR, ...); the
-// command line wins.
+// command line wins. Flags, exit statuses and logging are internal/cli's
+// (pflag flags; Go flag's -name spelling still works).
 package main
 
 import (
