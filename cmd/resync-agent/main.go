@@ -4,36 +4,32 @@
 // configurable rate.
 //
 // Every flag can also be set by RESYNC_<FLAG> (RESYNC_NAME, RESYNC_PLUGINS,
-// RESYNC_ENDPOINTS, ...); the command line wins.
+// RESYNC_ENDPOINTS, ...); the command line wins. Exit status: 0 after a
+// signal, 1 etcd unreachable, 2 usage error, 3 displaced by another process
+// with the same --name (internal/cli's Exit*).
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/signal"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 
 	resync "github.com/resyncd/resync"
+	"github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/etcdflags"
 	"github.com/resyncd/resync/schema"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { cli.Main(run) }
 
 type options struct {
 	etcd        *etcdflags.Flags
@@ -42,12 +38,11 @@ type options struct {
 	reload      time.Duration
 	jitter      time.Duration
 	failureRate float64
-	logLevel    string
-	logFormat   string
+	log         cli.LogFlags
 }
 
 func parse(args []string, stderr io.Writer) (*options, error) {
-	fs := flag.NewFlagSet("resync-agent", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("resync-agent", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	host, _ := os.Hostname()
 	ef := etcdflags.Default()
@@ -63,15 +58,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.reload, "reload-time", 50*time.Millisecond, "simulated reload time per plugin")
 	fs.DurationVar(&o.jitter, "reload-jitter", 50*time.Millisecond, "random extra reload time, up to this")
 	fs.Float64Var(&o.failureRate, "failure-rate", 0, "probability (0-1) that a reload fails (acked with an error)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (resync-agent takes only flags; see -h)", fs.Arg(0))
-	}
-	if err := etcdflags.ApplyEnv(fs, "RESYNC_", os.LookupEnv, etcdflags.Visited(fs)); err != nil {
+	o.log.Register(fs)
+	cli.SetUsage(fs, "resync-agent --name A --plugins p1,p2 [flags]")
+	if err := cli.Parse(fs, "resync-agent", args); err != nil {
 		return nil, err
 	}
 	for _, p := range strings.Split(plugins, ",") {
@@ -94,36 +83,25 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+// run is resync-agent; it returns the exit status (cli.Exit*).
+func run(ctx context.Context, args []string, _, stderr io.Writer) int {
 	o, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	if errors.Is(err, pflag.ErrHelp) {
+		return cli.ExitOK
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "resync-agent:", err)
-		return 2
+		return cli.ExitUsage
 	}
-	log := logrus.New()
-	log.SetOutput(stderr)
-	if lv, err := logrus.ParseLevel(o.logLevel); err == nil {
-		log.SetLevel(lv)
-	} else {
-		fmt.Fprintf(stderr, "resync-agent: --log-level %q: use debug, info, warn or error\n", o.logLevel)
-		return 2
-	}
-	switch o.logFormat {
-	case "json":
-		log.SetFormatter(&logrus.JSONFormatter{})
-	case "text":
-		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
-	default:
-		fmt.Fprintf(stderr, "resync-agent: --log-format %q: use text or json\n", o.logFormat)
-		return 2
+	log, err := o.log.Logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "resync-agent:", err)
+		return cli.ExitUsage
 	}
 	c, err := o.etcd.Dial(ctx)
 	if err != nil {
 		fmt.Fprintln(stderr, "resync-agent:", err)
-		return 1
+		return cli.ExitFailure
 	}
 	defer c.Close()
 
@@ -132,7 +110,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	p, err := resync.New(resync.Deps{Log: log, Client: c}, o.cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "resync-agent:", err)
-		return 2
+		return cli.ExitUsage
 	}
 	var wg sync.WaitGroup
 	for _, name := range o.plugins {
@@ -153,9 +131,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	wg.Wait()
 	if err := p.Err(); err != nil {
 		fmt.Fprintf(stderr, "resync-agent: %v\n", err)
-		return 3
+		return cli.ExitDisplaced
 	}
-	return 0
+	return cli.ExitOK
 }
 
 // loop is a seed-style plugin: reload on Started, then Ack.

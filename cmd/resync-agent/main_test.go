@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func TestDisplacedAgentExitsNonZero(t *testing.T) {
 	var stderr etcdtest.Buffer
 	code := make(chan int, 1)
 	go func() {
-		code <- run(context.Background(), []string{"--name", "twin", "--plugins", "p", "--endpoints", m.Endpoint(), "--log-level", "error"}, &stderr)
+		code <- run(context.Background(), []string{"--name", "twin", "--plugins", "p", "--endpoints", m.Endpoint(), "--log-level", "error"}, io.Discard, &stderr)
 	}()
 	layout := schema.MustLayout(schema.DefaultPrefix)
 	etcdtest.WaitFor(t, 10*time.Second, "the first agent owning the name", func() bool {

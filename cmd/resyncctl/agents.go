@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"time"
 
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
@@ -42,7 +42,7 @@ type agentsDoc struct {
 	Agents   []agentDoc    `json:"agents"`
 }
 
-func setupAgents(*flag.FlagSet) func(context.Context, *env) error {
+func setupAgents(*pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
 		c, err := e.dial(ctx)
 		if err != nil {

@@ -2,7 +2,8 @@ package main
 
 import (
 	"context"
-	"flag"
+
+	"github.com/spf13/pflag"
 
 	"github.com/resyncd/resync/schema"
 )
@@ -10,8 +11,8 @@ import (
 // maxHistory bounds -n: the coordinator keeps 100 round summaries by default.
 const maxHistory = 100000
 
-func setupHistory(fs *flag.FlagSet) func(context.Context, *env) error {
-	n := fs.Int("n", 10, "how many of the latest rounds to show")
+func setupHistory(fs *pflag.FlagSet) func(context.Context, *env) error {
+	n := fs.IntP("n", "n", 10, "how many of the latest rounds to show")
 	return func(ctx context.Context, e *env) error {
 		if *n < 1 || *n > maxHistory {
 			return usagef("-n %d: give 1 to %d", *n, maxHistory)

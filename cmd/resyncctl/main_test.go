@@ -338,8 +338,14 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, 2, "no command given"},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
-		{[]string{"status", "--nope"}, 2, "flag provided but not defined: -nope"},
-		{[]string{"--nope", "status"}, 2, "flag provided but not defined: -nope"},
+		{[]string{"status", "--nope"}, 2, "resyncctl status: unknown flag: --nope\nRun 'resyncctl status --help' for usage."},
+		{[]string{"--nope", "status"}, 2, "unknown flag: --nope"},
+		{[]string{"status", "-xyz"}, 2, "unknown flag: --xyz"},
+		{[]string{"status", "-nope"}, 2, "unknown shorthand flag: 'n' in -nope (long flags take two dashes: --name)"},
+		{[]string{"status", "--dial-timeout", "soon"}, 2, `invalid argument "soon" for "--dial-timeout" flag`},
+		{[]string{"status", "-dial-timeout", "0s"}, 2, "--dial-timeout"}, // Go flag's single-dash spelling still works
+		{[]string{"-o=yaml", "status"}, 2, `-o "yaml": use text or json`},
+		{[]string{"completion"}, 2, "completion needs one shell"},
 		{[]string{"status", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"status", "-o", "yaml"}, 2, `-o "yaml": use text or json`},
 		{[]string{"--prefix", "relative", "status"}, 2, "must start with"},

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"flag"
 	"fmt"
 	"io/fs"
 	"os"
@@ -13,8 +12,10 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	rcli "github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/etcdflags"
 	"github.com/resyncd/resync/internal/rbac"
 )
@@ -23,7 +24,7 @@ import (
 // RESYNC_PASSWORD_<USER>, upper-cased, every character outside [A-Z0-9] as
 // '_' (agent-1 -> RESYNC_PASSWORD_AGENT_1).
 func passwordEnv(user string) string {
-	return envPrefix + "PASSWORD_" + strings.Map(func(r rune) rune {
+	return rcli.EnvPrefix + "PASSWORD_" + strings.Map(func(r rune) rune {
 		switch {
 		case r >= 'a' && r <= 'z':
 			return r - 'a' + 'A'
@@ -99,7 +100,7 @@ func (p *cliPasswords) New(user string) (string, error) {
 	return pw, nil
 }
 
-func setupRBACApply(fs *flag.FlagSet) func(context.Context, *env) error {
+func setupRBACApply(fs *pflag.FlagSet) func(context.Context, *env) error {
 	agents := fs.String("agents", "", "comma-separated agent names: each gets a user of that name and the role resync-agent-<name> (required)")
 	coordUser := fs.String("coordinator-user", rbac.DefaultCoordinatorUser, "user of resyncd (the coordinators): read and write on the whole prefix")
 	operators := fs.String("operators", "", "comma-separated operator users (optional): role "+rbac.OperatorRole+", read the whole prefix and trigger resyncs of any scope (root may too)")
@@ -177,7 +178,7 @@ type permDoc struct {
 	Keys     string `json:"keys"`
 }
 
-func setupRBACStatus(fs *flag.FlagSet) func(context.Context, *env) error {
+func setupRBACStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
 		c, err := e.dial(ctx)
 		if err != nil {

@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // registrationDoc is one row of `registrations -o json`.
@@ -17,7 +18,7 @@ type registrationDoc struct {
 	Lease string `json:"lease"`
 }
 
-func setupRegistrations(fs *flag.FlagSet) func(context.Context, *env) error {
+func setupRegistrations(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
 		c, err := e.dial(ctx)
 		if err != nil {

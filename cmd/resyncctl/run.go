@@ -3,43 +3,33 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	rcli "github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/etcdflags"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
-// envPrefix is the prefix of the environment variables of global flags.
-const envPrefix = "RESYNC_"
-
-// Exit statuses.
-const (
-	exitOK      = 0
-	exitFailure = 1
-	exitUsage   = 2
-)
-
-// globals are the flags accepted before and after the command.
+// globals are the flags accepted before and after the command (cobra's
+// persistent flags of the root command).
 type globals struct {
 	output string
 	prefix string
 	etcd   etcdflags.Flags
 }
 
-// register defines the global flags on fs, bound to g; g's current values
-// are the defaults, so registering on a command's FlagSet after the global
-// parse keeps what was parsed.
-func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.output, "o", g.output, "output format: text or json (same as --output)")
-	fs.StringVar(&g.output, "output", g.output, "output format: text or json")
+// register defines the global flags on fs, bound to g.
+func (g *globals) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&g.output, "output", "o", g.output, "output format: text or json")
 	fs.StringVar(&g.prefix, "prefix", g.prefix, "etcd key prefix of resync")
 	g.etcd.Register(fs)
 }
@@ -50,7 +40,7 @@ type command struct {
 	name    string
 	args    string // synopsis of its own flags
 	summary string
-	setup   func(fs *flag.FlagSet) func(ctx context.Context, e *env) error
+	setup   func(fs *pflag.FlagSet) func(ctx context.Context, e *env) error
 }
 
 func commands() []command {
@@ -75,7 +65,7 @@ type env struct {
 	client         *clientv3.Client // set by dial
 }
 
-// usageError is a bad invocation: reported with a hint, exit 2.
+// usageError is a bad invocation: reported with a hint, exit rcli.ExitUsage.
 type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
@@ -112,26 +102,6 @@ func (e *env) skipped(err error) {
 	e.warn("skipping a malformed record: %v", err)
 }
 
-func printUsage(w io.Writer) {
-	fmt.Fprint(w, `Usage: resyncctl [global flags] <command> [flags]
-
-Commands:
-`)
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-16s %s\n", c.name, c.summary)
-	}
-	fmt.Fprint(w, `  help [command]   show this help, or a command's flags
-
-Global flags (before or after the command; each also read from RESYNC_<NAME>,
-e.g. RESYNC_ENDPOINTS, RESYNC_OUTPUT, when not given):
-`)
-	fs := flag.NewFlagSet("resyncctl", flag.ContinueOnError)
-	g := defaultGlobals()
-	g.register(fs)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-}
-
 func defaultGlobals() globals {
 	return globals{output: "text", prefix: schema.DefaultPrefix, etcd: etcdflags.Default()}
 }
@@ -140,136 +110,71 @@ func defaultGlobals() globals {
 // status. Results go to stdout, errors and progress notes to stderr.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := defaultGlobals()
-	gfs := flag.NewFlagSet("resyncctl", flag.ContinueOnError)
-	gfs.SetOutput(io.Discard)
-	g.register(gfs)
-	if err := gfs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			printUsage(stdout)
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "resyncctl: %v\n\n", err)
-		printUsage(stderr)
-		return exitUsage
-	}
-	rest := gfs.Args()
-	if len(rest) == 0 {
-		fmt.Fprint(stderr, "resyncctl: no command given\n\n")
-		printUsage(stderr)
-		return exitUsage
-	}
-	name := rest[0]
-	if name == "rbac" {
-		// Two-word commands: rbac apply, rbac status.
-		if len(rest) < 2 || strings.HasPrefix(rest[1], "-") {
-			fmt.Fprint(stderr, "resyncctl: rbac needs a command: apply or status\n\n")
-			printUsage(stderr)
-			return exitUsage
-		}
-		name, rest = "rbac "+rest[1], append([]string{"rbac " + rest[1]}, rest[2:]...)
-	}
-	if name == "help" {
-		if len(rest) > 1 {
-			return run(ctx, append(rest[1:], "-h"), stdout, stderr)
-		}
-		printUsage(stdout)
-		return exitOK
-	}
-	var cmd *command
-	for _, c := range commands() {
-		if c.name == name {
-			cmd = &c
-			break
-		}
-	}
-	if cmd == nil {
-		fmt.Fprintf(stderr, "resyncctl: unknown command %q\n\n", name)
-		printUsage(stderr)
-		return exitUsage
-	}
-
-	fs := flag.NewFlagSet("resyncctl "+cmd.name, flag.ContinueOnError)
-	g.register(fs)
-	runCmd := cmd.setup(fs)
-	fs.Usage = func() {
-		w := fs.Output()
-		fmt.Fprintf(w, "Usage: resyncctl %s %s\n\n%s.\n\nFlags (global flags included):\n", cmd.name, cmd.args, cmd.summary)
-		fs.PrintDefaults()
-	}
-	fs.SetOutput(stderr)
-	for _, a := range rest[1:] {
-		if a == "-h" || a == "-help" || a == "--help" {
-			fs.SetOutput(stdout) // asked-for help is output, not an error
-		}
-	}
-	if err := fs.Parse(rest[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage // flag printed the error and the usage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "resyncctl %s: unexpected argument %q\n", cmd.name, fs.Arg(0))
-		fs.Usage()
-		return exitUsage
-	}
-
-	// Environment fallbacks for global flags not given anywhere.
-	set := etcdflags.Visited(gfs, fs)
-	if set["o"] {
-		set["output"] = true
-	}
-	efs := flag.NewFlagSet("env", flag.ContinueOnError)
-	efs.SetOutput(io.Discard)
-	g.register(efs)
-	if err := etcdflags.ApplyEnv(efs, envPrefix, os.LookupEnv, set); err != nil {
-		fmt.Fprintf(stderr, "resyncctl: %s\n", oneLine(err.Error()))
-		return exitUsage
-	}
-
-	e := &env{stdout: stdout, stderr: stderr, etcd: &g.etcd}
-	badUsage := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "resyncctl %s: %s\nRun 'resyncctl %s -h' for usage.\n", cmd.name, fmt.Sprintf(format, a...), cmd.name)
-		return exitUsage
-	}
-	switch g.output {
-	case "text":
-	case "json":
-		e.json = true
-	default:
-		return badUsage("-o %q: use text or json", g.output)
-	}
-	layout, err := schema.NewLayout(g.prefix)
-	if err != nil {
-		return badUsage("--prefix: %v", err)
-	}
-	e.layout = layout
-	if err := g.etcd.Validate(); err != nil {
-		return badUsage("%v", err)
-	}
+	var (
+		ran     bool // a command's own code ran: its errors are failures
+		cleanup func()
+	)
 	defer func() {
-		if e.client != nil {
-			e.client.Close()
+		if cleanup != nil {
+			cleanup()
 		}
 	}()
-
-	err = runCmd(ctx, e)
+	exec := func(c *cobra.Command, runCmd func(context.Context, *env) error) error {
+		// Environment fallbacks for global flags not given on the line.
+		if err := rcli.ApplyEnv(c.Root().PersistentFlags(), os.LookupEnv); err != nil {
+			return usagef("%s", oneLine(err.Error()))
+		}
+		e := &env{stdout: stdout, stderr: stderr, etcd: &g.etcd}
+		switch g.output {
+		case "text":
+		case "json":
+			e.json = true
+		default:
+			return usagef("-o %q: use text or json", g.output)
+		}
+		layout, err := schema.NewLayout(g.prefix)
+		if err != nil {
+			return usagef("--prefix: %v", err)
+		}
+		e.layout = layout
+		if err := g.etcd.Validate(); err != nil {
+			return usagef("%v", err)
+		}
+		cleanup = func() {
+			if e.client != nil {
+				e.client.Close()
+			}
+		}
+		ran = true
+		return runCmd(ctx, e)
+	}
+	root := newRoot(&g, stdout, stderr, exec)
+	root.SetArgs(rcli.Normalize(args, flagLookup(root)))
+	c, err := root.ExecuteC()
 	var ue *usageError
 	var code exitCode
 	switch {
 	case err == nil:
-		return exitOK
-	case errors.As(err, &ue):
-		return badUsage("%s", ue.msg)
+		return rcli.ExitOK
 	case errors.As(err, &code):
 		return int(code)
+	case errors.As(err, &ue) || !ran:
+		// Usage errors: ours, pflag's (unknown flag, bad value) and
+		// cobra's (unknown command).
+		msg := err.Error()
+		if ue != nil {
+			msg = ue.msg
+		}
+		path := c.CommandPath()
+		fmt.Fprintf(stderr, "%s: %s\nRun '%s --help' for usage.\n", path, msg, path)
+		return rcli.ExitUsage
 	default:
 		msg := oneLine(etcdspace.Explain(err).Error())
 		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") && !strings.Contains(msg, "needs an operator") {
 			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"
 		}
 		fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
-		return exitFailure
+		return rcli.ExitFailure
 	}
 }
 

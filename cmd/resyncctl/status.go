@@ -2,10 +2,11 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/etcdspace"
@@ -40,7 +41,7 @@ type statusDoc struct {
 	Storage *etcdspace.Usage `json:"storage,omitempty"`
 }
 
-func setupStatus(fs *flag.FlagSet) func(context.Context, *env) error {
+func setupStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
 		c, err := e.dial(ctx)
 		if err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,10 +10,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/coordinator"
+	rcli "github.com/resyncd/resync/internal/cli"
+	"github.com/resyncd/resync/internal/listwatch"
 	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
 )
@@ -49,6 +51,9 @@ type triggerOpts struct {
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+// Type names the value in --help (pflag.Value).
+func (l *listFlag) Type() string { return "list" }
 
 func (l *listFlag) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
@@ -115,7 +120,7 @@ func dedupTargets(in []schema.Scope) []schema.Scope {
 	return out
 }
 
-func setupTrigger(fs *flag.FlagSet) func(context.Context, *env) error {
+func setupTrigger(fs *pflag.FlagSet) func(context.Context, *env) error {
 	var o triggerOpts
 	fs.Var(&o.agents, "agent", "resync only these agents' plugins: a comma-separated list, or repeat the flag (each must have live registrations)")
 	fs.Var(&o.plugins, "plugin", "resync only these plugins: agent/plugin, comma-separated or repeated (or a plugin of the one --agent)")
@@ -237,7 +242,7 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 			bad = append(bad, "timed out "+id.String())
 		}
 		e.warn("round %d did not complete clean: %s (the coordinator plans a retry round)", final.Revision, listFirst(bad, 10))
-		return exitCode(exitFailure)
+		return exitCode(rcli.ExitFailure)
 	}
 	return nil
 }
@@ -340,73 +345,74 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// listwatch follows the prefix from the request's write (Since: load
+	// read the state at it) and re-lists when compaction took the history;
+	// its events come here, where the heartbeat interleaves with them.
+	events := make(chan listwatch.Event)
+	done := make(chan error, 1)
+	go func() {
+		done <- listwatch.Run(wctx, w.c, w.e.layout.Prefix(), listwatch.Options{Prefix: true, Since: w.rev}, func(ev listwatch.Event) error {
+			select {
+			case events <- ev:
+				return nil
+			case <-wctx.Done():
+				return wctx.Err()
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
-	next := w.rev + 1
 	for {
-		var err error
-		next, err = w.follow(wctx, tick.C, next)
-		switch {
-		case w.final != nil:
-			return w.final, nil
-		case wctx.Err() != nil:
-			return nil, w.stopped(ctx, timeout)
-		case err != nil:
-			return nil, err
-		}
-		// The watch lost its history (compaction): catch up by reading the
-		// current state, then watch again from there.
-		rctx, rcancel := w.e.etcd.CommandContext(wctx)
-		r, err := w.resync(rctx)
-		rcancel()
-		if err != nil {
+		select {
+		case <-tick.C:
+			w.report(true)
+			continue
+		case err := <-done:
+			done <- err // for the deferred wait
 			if wctx.Err() != nil {
 				return nil, w.stopped(ctx, timeout)
 			}
 			return nil, err
+		case ev := <-events:
+			err := w.handle(wctx, ev)
+			switch {
+			case w.final != nil:
+				return w.final, nil
+			case wctx.Err() != nil:
+				return nil, w.stopped(ctx, timeout)
+			case err != nil:
+				return nil, err
+			}
 		}
-		next = r + 1
 	}
 }
 
-// follow watches the prefix from etcd revision next until the round is
-// final (w.final set), ctx ends, an error, or the watch fails (nil error:
-// the caller re-syncs). It returns the next etcd revision to watch from.
-// The watch is cancelled and drained before it returns.
-func (w *waiter) follow(ctx context.Context, tick <-chan time.Time, next int64) (int64, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	wch := w.c.Watch(ctx, w.e.layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(next))
-	defer func() {
+// handle follows one listwatch event: the changes of one watch response, or
+// after the watch lost its history (compaction) a Reset, on which the
+// waiter reads the state at the Reset's revision.
+func (w *waiter) handle(ctx context.Context, ev listwatch.Event) error {
+	if ev.Reset {
+		rctx, cancel := w.e.etcd.CommandContext(ctx)
+		err := w.resync(rctx, ev.Revision)
 		cancel()
-		for range wch {
+		if err != nil {
+			return err
 		}
-	}()
-	for {
-		var resp clientv3.WatchResponse
-		var ok bool
-		select {
-		case resp, ok = <-wch:
-		case <-tick:
-			w.report(true)
-			continue
-		}
-		if !ok || ctx.Err() != nil {
-			return next, ctx.Err()
-		}
-		if resp.Err() != nil {
-			return next, nil
-		}
-		for _, ev := range resp.Events {
-			if err := w.apply(ev); err != nil {
-				return next, err
-			}
-			next = ev.Kv.ModRevision + 1
-		}
-		if err := w.settle(ctx); err != nil || w.final != nil {
-			return next, err
-		}
-		w.report(false)
 	}
+	for _, ch := range ev.Changes {
+		if err := w.apply(ch); err != nil {
+			return err
+		}
+	}
+	if err := w.settle(ctx); err != nil || w.final != nil {
+		return err
+	}
+	w.report(false)
+	return nil
 }
 
 // load reads the acks, registrations and revision at etcd revision rev.
@@ -563,26 +569,25 @@ func (w *waiter) settle(ctx context.Context) error {
 	return nil
 }
 
-// resync catches up after the watch lost its history: it reads the current
-// state and returns its etcd revision. If the request was consumed unseen,
-// the first round after the request's write is taken as its round.
-func (w *waiter) resync(ctx context.Context) (int64, error) {
-	resp, err := w.c.Get(ctx, w.reqKey)
+// resync catches up after the watch lost its history: it reads the state
+// at etcd revision rev. If the request was consumed unseen, the first round
+// after the request's write is taken as its round.
+func (w *waiter) resync(ctx context.Context, rev int64) error {
+	resp, err := w.c.Get(ctx, w.reqKey, clientv3.WithRev(rev))
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", w.reqKey, err)
+		return fmt.Errorf("read %s: %w", w.reqKey, err)
 	}
-	rev := resp.Header.Revision
 	if w.consumed == 0 && len(resp.Kvs) == 0 {
 		w.consumed = w.n0 + 1
 		w.line(fmt.Sprintf("round %d started for the request", w.consumed))
 	}
 	if err := w.load(ctx, rev); err != nil {
-		return 0, err
+		return err
 	}
 	if w.consumed != 0 {
 		delete(w.records, w.consumed) // settle reads it again
 	}
-	return rev, nil
+	return nil
 }
 
 // report prints the state when it changed, or again on a heartbeat.

@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/listwatch"
@@ -35,7 +35,7 @@ type watchLine struct {
 	Leader       *string              `json:"leader,omitempty"`
 }
 
-func setupWatch(fs *flag.FlagSet) func(context.Context, *env) error {
+func setupWatch(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
 		c, err := e.dial(ctx)
 		if err != nil {

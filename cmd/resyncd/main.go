@@ -5,30 +5,29 @@
 //
 // Every flag can also be set by the environment variable RESYNC_<FLAG>,
 // upper-cased with '-' as '_' (RESYNC_ENDPOINTS, RESYNC_HTTP_ADDR, ...); the
-// command line wins.
+// command line wins. Flags, exit statuses and logging are internal/cli's
+// (pflag flags; Go flag's -name spelling still works).
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
 
 	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/embedetcd"
 	"github.com/resyncd/resync/internal/etcdflags"
 	"github.com/resyncd/resync/internal/etcdspace"
@@ -36,12 +35,7 @@ import (
 	"github.com/resyncd/resync/schema"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { cli.Main(run) }
 
 type options struct {
 	etcd           *etcdflags.Flags
@@ -51,8 +45,7 @@ type options struct {
 	httpAddr       string
 	httpPublic     bool
 	coord          coordinator.Config
-	logLevel       string
-	logFormat      string
+	log            cli.LogFlags
 	embedCert      string
 	embedKey       string
 	embedCA        string
@@ -74,7 +67,7 @@ type storageOptions struct {
 }
 
 func parse(args []string, stderr io.Writer) (*options, bool, error) {
-	fs := flag.NewFlagSet("resyncd", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("resyncd", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	ef := etcdflags.Default()
 	ef.Endpoints = "" // unset: the embedded etcd (--help shows no default)
@@ -109,90 +102,65 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	fs.IntVar(&o.coord.History, "history", o.coord.History, "round summaries kept under rounds/")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "bound on SIGINT/SIGTERM shutdown (resign, HTTP, etcd client), also while etcd is unreachable; the embedded etcd's own stop comes after it")
 	fs.StringVar(&o.probe, "probe", "", "probe mode: GET this URL, exit 0 on 200 (a healthcheck for images without a shell)")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
-		return nil, false, err
-	}
-	if fs.NArg() > 0 {
-		return nil, false, fmt.Errorf("unexpected argument %q (resyncd takes only flags; see -h)", fs.Arg(0))
-	}
-	visited := etcdflags.Visited(fs)
-	if err := etcdflags.ApplyEnv(fs, "RESYNC_", os.LookupEnv, visited); err != nil {
+	o.log.Register(fs)
+	cli.SetUsage(fs, "resyncd [flags]")
+	if err := cli.Parse(fs, "resyncd", args); err != nil {
 		return nil, false, err
 	}
 	if o.coord.ID == "" {
 		o.coord.ID = defaultID
 	}
-	// Visited now includes flags set from the environment.
-	o.set = etcdflags.Visited(fs)
+	// Changed includes the flags set from the environment.
+	o.set = map[string]bool{}
+	fs.Visit(func(fl *pflag.Flag) { o.set[fl.Name] = true })
 	return o, o.set["endpoints"], nil
-}
-
-func newLogger(level, format string, out io.Writer) (*logrus.Logger, error) {
-	l := logrus.New()
-	l.SetOutput(out)
-	lv, err := logrus.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
-	}
-	l.SetLevel(lv)
-	switch format {
-	case "text":
-		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
-	case "json":
-		l.SetFormatter(&logrus.JSONFormatter{})
-	default:
-		return nil, fmt.Errorf("--log-format %q: use text or json", format)
-	}
-	return l, nil
 }
 
 // run is resyncd; it returns the exit code. Errors are one line on stderr.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, external, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	if errors.Is(err, pflag.ErrHelp) {
+		return cli.ExitOK
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
-		return 2
+		return cli.ExitUsage
 	}
 	if o.probe != "" {
 		return probe(ctx, o.probe, stdout, stderr)
 	}
-	log, err := newLogger(o.logLevel, o.logFormat, stderr)
+	log, err := o.log.Logger(stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
-		return 2
+		return cli.ExitUsage
 	}
 	if err := o.coord.Validate(); err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
-		return 2
+		return cli.ExitUsage
 	}
 	if o.shutdown <= 0 {
 		fmt.Fprintf(stderr, "resyncd: --shutdown-timeout %v must be positive (for example 5s)\n", o.shutdown)
-		return 2
+		return cli.ExitUsage
 	}
 	if err := checkHTTPAddr(o.httpAddr, o.httpPublic); err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
-		return 2
+		return cli.ExitUsage
 	}
 	if err := checkStorage(o, external); err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
-		return 2
+		return cli.ExitUsage
 	}
 	if !external {
 		if err := checkEmbedTLS(o); err != nil {
 			fmt.Fprintln(stderr, "resyncd:", err)
-			return 2
+			return cli.ExitUsage
 		}
 	}
 	if err := serve(ctx, o, external, log); err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
-		return 1
+		return cli.ExitFailure
 	}
-	return 0
+	return cli.ExitOK
 }
 
 // checkHTTPAddr keeps the unauthenticated HTTP endpoints on loopback unless
@@ -428,18 +396,18 @@ func probe(ctx context.Context, url string, stdout, stderr io.Writer) int {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "resyncd: --probe:", err)
-		return 2
+		return cli.ExitUsage
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		fmt.Fprintln(stderr, "resyncd: --probe:", err)
-		return 1
+		return cli.ExitFailure
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	fmt.Fprintf(stdout, "%s %s", resp.Status, body)
 	if resp.StatusCode != http.StatusOK {
-		return 1
+		return cli.ExitFailure
 	}
-	return 0
+	return cli.ExitOK
 }

@@ -194,8 +194,11 @@ func TestBadFlagsAndUnreachableEtcd(t *testing.T) {
 		code int
 		want string
 	}{
-		{"unknown flag", []string{"--nope"}, 2, "flag provided but not defined: -nope"},
-		{"bad duration", []string{"--session-ttl", "soon"}, 2, "invalid value"},
+		{"unknown flag", []string{"--nope"}, 2, "unknown flag: --nope (run 'resyncd --help' for the flags)"},
+		{"unknown single-dash flag", []string{"-nope"}, 2, "unknown flag: --nope"},
+		{"single-dash long flag", []string{"-http-addr", "0.0.0.0:0"}, 2, "add --http-public"},
+		{"single-dash long flag with =", []string{"-http-addr=0.0.0.0:0"}, 2, "add --http-public"},
+		{"bad duration", []string{"--session-ttl", "soon"}, 2, `invalid argument "soon" for "--session-ttl" flag`},
 		{"short ttl", []string{"--session-ttl", "10ms"}, 2, "below the 1s minimum"},
 		{"bad log format", []string{"--log-format", "xml"}, 2, "use text or json"},
 		{"public http", []string{"--http-addr", "0.0.0.0:0"}, 2, "add --http-public"},

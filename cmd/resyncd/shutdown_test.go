@@ -119,20 +119,20 @@ func TestHelpShowsNoEndpointsDefault(t *testing.T) {
 		t.Fatalf("--help exit %d", code)
 	}
 	help := stderr.String()
-	i := strings.Index(help, "\n  -endpoints ")
+	i := strings.Index(help, "\n      --endpoints ")
 	if i < 0 {
 		t.Fatalf("--help lacks --endpoints:\n%s", help)
 	}
-	entry, _, _ := strings.Cut(help[i+1:], "\n  -")
+	entry, _, _ := strings.Cut(help[i+1:], "\n      --")
 	if strings.Contains(entry, "default") || !strings.Contains(entry, "unset: resyncd starts an embedded etcd") {
 		t.Errorf("--endpoints help %q: want no default and \"unset: resyncd starts an embedded etcd\"", entry)
 	}
-	if i := strings.Index(help, "\n  -id "); i < 0 || !strings.Contains(help[i:], "unset: <hostname>-<pid>") {
+	if i := strings.Index(help, "\n      --id "); i < 0 || !strings.Contains(help[i:], "unset: <hostname>-<pid>") {
 		t.Errorf("--id help lacks \"unset: <hostname>-<pid>\" (README's default)")
-	} else if entry, _, _ := strings.Cut(help[i+1:], "\n  -"); strings.Contains(entry, "default") {
+	} else if entry, _, _ := strings.Cut(help[i+1:], "\n      --"); strings.Contains(entry, "default") {
 		t.Errorf("--id help %q shows a per-process default", entry)
 	}
-	for _, want := range []string{`-http-addr string`, `(default "127.0.0.1:9090")`, `(default "resyncd.etcd")`, `(default 5s)`, `(default 2m0s)`} {
+	for _, want := range []string{`--http-addr string`, `(default "127.0.0.1:9090")`, `(default "resyncd.etcd")`, `(default 5s)`, `(default 2m0s)`} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q (README's resyncd table says so)", want)
 		}

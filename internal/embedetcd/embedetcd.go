@@ -44,7 +44,8 @@ type Config struct {
 	// TLS, when CertFile and KeyFile are set, serves clients over TLS; with
 	// TrustedCAFile and ClientCertAuth it requires client certificates.
 	TLS TLS
-	// ReadyTimeout bounds the wait for the member to serve (default 60 s).
+	// ReadyTimeout bounds the wait for the member to serve (default
+	// DefaultReadyTimeout, 60 s).
 	ReadyTimeout time.Duration
 	// Front serves clients through an in-process TCP front on ClientURL
 	// (etcd itself listens on a private loopback port). Close cuts the
@@ -67,9 +68,50 @@ type Server struct {
 	front *front
 }
 
-// Start starts the member and waits until it serves clients, the ctx ends,
-// or ReadyTimeout passes.
+// Start starts the member (StartEtcd on NewConfig's configuration, with
+// the front when asked) and waits until it serves clients, the ctx ends, or
+// ReadyTimeout passes (waitReady).
 func Start(ctx context.Context, c Config) (*Server, error) {
+	cfg, err := NewConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	var fr *front
+	if c.Front {
+		adv := cfg.AdvertiseClientUrls[0]
+		fr, err = listenFront(adv.Host)
+		if err != nil {
+			return nil, fmt.Errorf("embedetcd: client URL %s: %w", c.ClientURL, err)
+		}
+		adv.Host = fr.ln.Addr().String()
+		cfg.AdvertiseClientUrls = []url.URL{adv}
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		if fr != nil {
+			fr.close()
+		}
+		return nil, fmt.Errorf("embedetcd: start %s (data dir %s): %w", cfg.Name, c.Dir, err)
+	}
+	if err := waitReady(ctx, cfg.Name, e.Server.ReadyNotify(), e.Err(), c.ReadyTimeout); err != nil {
+		e.Close()
+		if fr != nil {
+			fr.close()
+		}
+		return nil, err
+	}
+	if fr != nil {
+		fr.start(e.Clients[0].Addr().String())
+	}
+	return &Server{etcd: e, front: fr}, nil
+}
+
+// NewConfig builds etcd's configuration of member c and validates it as
+// etcd will (embed.Config.Validate, logging nowhere), without listening or
+// touching the data dir. With Front, etcd listens on a private loopback port
+// of ClientURL's scheme and advertises ClientURL; Start replaces the
+// advertised host with the front's real address.
+func NewConfig(c Config) (*embed.Config, error) {
 	if c.Dir == "" {
 		return nil, errors.New("embedetcd: a data dir is required")
 	}
@@ -106,18 +148,10 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		return nil, fmt.Errorf("embedetcd: peer URL %q is not a URL like http://127.0.0.1:2380", peer)
 	}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	var fr *front
 	if c.Front {
-		fr, err = listenFront(cu.Host)
-		if err != nil {
-			return nil, fmt.Errorf("embedetcd: client URL %s: %w", c.ClientURL, err)
-		}
 		private := *cu
 		private.Host = "127.0.0.1:0"
 		cfg.ListenClientUrls = []url.URL{private}
-		adv := *cu
-		adv.Host = fr.ln.Addr().String()
-		cfg.AdvertiseClientUrls = []url.URL{adv}
 	}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	if c.InitialCluster != "" {
@@ -135,45 +169,43 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		cfg.ClientTLSInfo.TrustedCAFile = c.TLS.TrustedCAFile
 		cfg.ClientTLSInfo.ClientCertAuth = c.TLS.ClientCertAuth
 	}
+	// Validate a copy that logs nowhere: StartEtcd validates again, and
+	// its notes must reach c.Logger once.
+	check := *cfg
+	check.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	if err := check.Validate(); err != nil {
+		return nil, fmt.Errorf("embedetcd: %s: %w", cfg.Name, err)
+	}
 	lg := c.Logger
 	if lg == nil {
 		lg = zap.NewNop()
 	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		if fr != nil {
-			fr.close()
-		}
-		return nil, fmt.Errorf("embedetcd: start %s (data dir %s): %w", cfg.Name, c.Dir, err)
+	return cfg, nil
+}
+
+// DefaultReadyTimeout bounds waitReady when Config.ReadyTimeout is 0.
+const DefaultReadyTimeout = 60 * time.Second
+
+// waitReady waits until member name serves clients (ready, etcd's
+// ReadyNotify, closes); it returns an error naming the member when the
+// member fails (errc, etcd's Err), ctx ends or timeout (0:
+// DefaultReadyTimeout) passes first. The caller closes the member on error.
+func waitReady(ctx context.Context, name string, ready <-chan struct{}, errc <-chan error, timeout time.Duration) error {
+	if timeout == 0 {
+		timeout = DefaultReadyTimeout
 	}
-	fail := func() {
-		e.Close()
-		if fr != nil {
-			fr.close()
-		}
-	}
-	wait := c.ReadyTimeout
-	if wait == 0 {
-		wait = 60 * time.Second
-	}
-	t := time.NewTimer(wait)
+	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case <-e.Server.ReadyNotify():
-		if fr != nil {
-			fr.start(e.Clients[0].Addr().String())
-		}
-		return &Server{etcd: e, front: fr}, nil
-	case err := <-e.Err():
-		fail()
-		return nil, fmt.Errorf("embedetcd: %s failed while starting: %w", cfg.Name, err)
+	case <-ready:
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("embedetcd: %s failed while starting: %w", name, err)
 	case <-ctx.Done():
-		fail()
-		return nil, fmt.Errorf("embedetcd: %s: %w", cfg.Name, ctx.Err())
+		return fmt.Errorf("embedetcd: %s: %w", name, ctx.Err())
 	case <-t.C:
-		fail()
-		return nil, fmt.Errorf("embedetcd: %s not ready after %v (is a quorum of its cluster up?)", cfg.Name, wait)
+		return fmt.Errorf("embedetcd: %s not ready after %v (is a quorum of its cluster up?)", name, timeout)
 	}
 }
 

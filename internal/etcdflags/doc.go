@@ -2,7 +2,7 @@
 // named as etcdctl names them, with environment fallbacks, and turns them into
 // a connected *clientv3.Client or one clear error.
 //
-// Flags (Register adds them to a *flag.FlagSet; defaults from Default):
+// Flags (Register adds them to a *pflag.FlagSet; defaults from Default):
 //
 //	--endpoints        comma-separated host:port list (default 127.0.0.1:2379);
 //	                   an https:// endpoint turns TLS on
@@ -14,13 +14,10 @@
 //	--password         password (prefer the RESYNC_PASSWORD variable: flags
 //	                   show in the process list)
 //
-// Environment: ApplyEnv sets every flag of a FlagSet that was not given on
-// the command line from the variable <prefix><NAME>, NAME being the flag's name
-// upper-cased with '-' turned into '_': with the prefix "RESYNC_",
-// --endpoints reads RESYNC_ENDPOINTS and --dial-timeout reads
-// RESYNC_DIAL_TIMEOUT. The command line wins over the environment, which wins
-// over the default. One-letter flags (short aliases) are not read from the
-// environment.
+// Environment: internal/cli's ApplyEnv sets every flag not given on the
+// command line from RESYNC_<NAME> (RESYNC_ENDPOINTS, RESYNC_DIAL_TIMEOUT,
+// ...); the command line wins over the environment, which wins over the
+// default.
 //
 // Connecting: clientv3.New does not fail on an unreachable endpoint, so Dial
 // probes the cluster with one read bounded by the dial timeout and returns an
@@ -32,13 +29,12 @@
 //
 // Typical use in a main package:
 //
-//	fs := flag.NewFlagSet("resyncd", flag.ContinueOnError)
+//	fs := pflag.NewFlagSet("resyncd", pflag.ContinueOnError)
 //	ef := etcdflags.Default()
 //	ef.Register(fs)
-//	if err := fs.Parse(os.Args[1:]); err != nil { ... exit 2 }
-//	if err := etcdflags.ApplyEnv(fs, "RESYNC_", os.LookupEnv, etcdflags.Visited(fs)); err != nil { ... exit 2 }
+//	if err := cli.Parse(fs, "resyncd", os.Args[1:]); err != nil { ... exit cli.ExitUsage }
 //	c, err := ef.Dial(ctx)
-//	if err != nil { fmt.Fprintln(os.Stderr, "resyncd:", err); os.Exit(1) }
+//	if err != nil { fmt.Fprintln(os.Stderr, "resyncd:", err); os.Exit(cli.ExitFailure) }
 //	defer c.Close()
 //
 // Nothing here holds mutable package state; a Flags value is not safe for

@@ -4,11 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -42,7 +42,7 @@ func (e *sentinelError) Error() string        { return e.msg }
 func (e *sentinelError) Is(target error) bool { return target == e.is }
 
 // Flags are the connection settings. Build one with Default, then Register
-// it on a FlagSet (or fill it by hand).
+// it on a pflag FlagSet (or fill it by hand).
 type Flags struct {
 	// Endpoints is the comma-separated list of host:port (or
 	// http(s)://host:port) client URLs.
@@ -68,10 +68,8 @@ func Default() Flags {
 }
 
 // Register defines the connection flags on fs, bound to f's fields; f's
-// current values are the flags' defaults. Registering the same Flags on a
-// second FlagSet (say, a subcommand's, after the global one was parsed)
-// keeps the values parsed so far.
-func (f *Flags) Register(fs *flag.FlagSet) {
+// current values are the flags' defaults.
+func (f *Flags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.Endpoints, "endpoints", f.Endpoints, "comma-separated etcd client endpoints (host:port or http(s)://host:port)")
 	fs.DurationVar(&f.DialTimeout, "dial-timeout", f.DialTimeout, "how long to try to reach etcd before giving up")
 	fs.DurationVar(&f.CommandTimeout, "command-timeout", f.CommandTimeout, "bound of each etcd request")
@@ -262,42 +260,4 @@ func (f *Flags) classify(ctx context.Context, err error, unreachable func(error)
 // CommandContext returns ctx bounded by the command timeout.
 func (f *Flags) CommandContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, f.CommandTimeout)
-}
-
-// EnvName is the environment variable of flag name under prefix:
-// EnvName("RESYNC_", "dial-timeout") is "RESYNC_DIAL_TIMEOUT".
-func EnvName(prefix, name string) string {
-	return prefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
-}
-
-// Visited returns the names of the flags set on the command line of any of
-// the FlagSets (after Parse).
-func Visited(sets ...*flag.FlagSet) map[string]bool {
-	set := map[string]bool{}
-	for _, fs := range sets {
-		fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
-	}
-	return set
-}
-
-// ApplyEnv sets every flag of fs whose name is not in set (see Visited) and
-// is longer than one letter from its variable EnvName(prefix, name), when
-// lookup finds it (pass os.LookupEnv). An empty variable counts as set. A
-// value the flag rejects is an error naming the variable.
-func ApplyEnv(fs *flag.FlagSet, prefix string, lookup func(string) (string, bool), set map[string]bool) error {
-	var errs []error
-	fs.VisitAll(func(fl *flag.Flag) {
-		if set[fl.Name] || len(fl.Name) < 2 {
-			return
-		}
-		name := EnvName(prefix, fl.Name)
-		v, ok := lookup(name)
-		if !ok {
-			return
-		}
-		if err := fs.Set(fl.Name, v); err != nil {
-			errs = append(errs, fmt.Errorf("environment variable %s=%q: %v", name, v, err))
-		}
-	})
-	return errors.Join(errs...)
 }

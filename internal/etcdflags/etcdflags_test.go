@@ -3,14 +3,15 @@ package etcdflags
 import (
 	"context"
 	"errors"
-	"flag"
 	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
 	"go.uber.org/goleak"
 
+	"github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/etcdtest"
 )
 
@@ -18,7 +19,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...
 
 func parse(t *testing.T, args []string, env map[string]string) (Flags, error) {
 	t.Helper()
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	f := Default()
 	f.Register(fs)
@@ -26,7 +27,7 @@ func parse(t *testing.T, args []string, env map[string]string) (Flags, error) {
 		return f, err
 	}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	return f, ApplyEnv(fs, "RESYNC_", lookup, Visited(fs))
+	return f, cli.ApplyEnv(fs, lookup)
 }
 
 func TestFlagsEnvAndDefaults(t *testing.T) {

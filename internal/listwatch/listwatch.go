@@ -24,7 +24,8 @@ import (
 // Event is one delivery to the handler.
 type Event struct {
 	// Reset: Kvs is the whole state under the key at Revision; the handler
-	// replaces what it knew. The first event of Run is always a Reset.
+	// replaces what it knew. The first event of Run is always a Reset,
+	// unless Options.Since is set.
 	Reset bool
 	Kvs   []*mvccpb.KeyValue
 	// Changes (when !Reset) are the watch events of one response, in order.
@@ -48,6 +49,11 @@ type Options struct {
 	Log logrus.FieldLogger
 	// OnListError, if set, sees every failed list (for metrics or readiness).
 	OnListError func(error)
+	// Since, if positive, is the revision the handler is already in sync
+	// with (it read the state itself): Run skips the first list and
+	// watches from Since+1. If that history is compacted, Run lists and
+	// delivers a Reset as usual.
+	Since int64
 }
 
 // Run lists and watches until ctx ends or the handler returns an error. It
@@ -85,7 +91,7 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 	if end == "" && o.Prefix {
 		end = clientv3.GetPrefixRangeEnd(key)
 	}
-	var rev int64 // last revision the handler is in sync with; 0 = must list
+	rev := max(o.Since, 0) // last revision the handler is in sync with; 0 = must list
 	for {
 		if rev == 0 {
 			kvs, r, err := ListRange(ctx, c, key, end, o.PageSize)

@@ -108,3 +108,43 @@ func TestRunResetsAfterCompactionAndReturnsHandlerErrors(t *testing.T) {
 		t.Fatal("Run did not return the handler's error")
 	}
 }
+
+// With Since, Run does not list: it delivers the changes after Since, and
+// lists (a Reset) only when that history is compacted.
+func TestRunSinceWatchesFromThere(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	put := func(k string) int64 {
+		t.Helper()
+		resp, err := c.Put(ctx, k, "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	first := func(since int64) Event {
+		t.Helper()
+		var got Event
+		stop := errors.New("stop")
+		err := Run(ctx, c, "/s/", Options{Prefix: true, Since: since}, func(ev Event) error {
+			got = ev
+			return stop
+		})
+		if !errors.Is(err, stop) {
+			t.Fatalf("Run(Since %d) = %v", since, err)
+		}
+		return got
+	}
+	r1 := put("/s/a")
+	r2 := put("/s/b")
+	if ev := first(r1); ev.Reset || len(ev.Changes) != 1 || string(ev.Changes[0].Kv.Key) != "/s/b" || ev.Revision != r2 {
+		t.Fatalf("Since %d: first event %+v, want the change of /s/b at %d", r1, ev, r2)
+	}
+	put("/s/c")
+	etcdtest.Compact(t, c)
+	if ev := first(r1); !ev.Reset || len(ev.Kvs) != 3 {
+		t.Fatalf("Since %d after compaction: reset=%v with %d keys, want a reset with a, b, c", r1, ev.Reset, len(ev.Kvs))
+	}
+}
