@@ -149,7 +149,7 @@ func setupRBACApply(fs *pflag.FlagSet) func(context.Context, *env) error {
 		defer cancel()
 		if err := rbac.Apply(cctx, c, spec, opts); err != nil {
 			if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
-				return fmt.Errorf("%v (authentication is on: connect as root, with --user root and its password or a client certificate with CN root)", err)
+				return permissionHint(fmt.Errorf("%w (authentication is on: connect as root, with --user root and its password or a client certificate with CN root)", err))
 			}
 			return err
 		}
@@ -189,7 +189,7 @@ func setupRBACStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
 		st, err := rbac.ReadStatus(cctx, c)
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
-				return fmt.Errorf("%v (rbac status needs root: --user root, or a client certificate with CN root)", err)
+				return permissionHint(fmt.Errorf("%w (rbac status needs root: --user root, or a client certificate with CN root)", err))
 			}
 			return err
 		}

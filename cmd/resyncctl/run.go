@@ -170,13 +170,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return rcli.ExitUsage
 	default:
 		msg := oneLine(etcdspace.Explain(err).Error())
-		if errors.Is(err, rpctypes.ErrPermissionDenied) && !strings.Contains(msg, "needs root") && !strings.Contains(msg, "needs an operator") {
+		var hinted *hintedError
+		if errors.Is(err, rpctypes.ErrPermissionDenied) && !errors.As(err, &hinted) {
 			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"
 		}
 		fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
 		return rcli.ExitFailure
 	}
 }
+
+// hintedError is an error whose message already says which credentials
+// the command needs, so run adds no generic permission hint to it.
+type hintedError struct{ err error }
+
+func (h *hintedError) Error() string { return h.err.Error() }
+func (h *hintedError) Unwrap() error { return h.err }
+
+// permissionHint marks err as carrying its own permission hint.
+func permissionHint(err error) error { return &hintedError{err: err} }
 
 // oneLine keeps an error message on one line.
 func oneLine(s string) string {

@@ -191,8 +191,8 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	key := e.layout.RequestOf(writer, id)
 	put, err := c.Put(cctx, key, string(val))
 	if errors.Is(err, rpctypes.ErrPermissionDenied) {
-		return fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
-			key, err, rbac.OperatorRole)
+		return permissionHint(fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
+			key, err, rbac.OperatorRole))
 	}
 	if err != nil {
 		return fmt.Errorf("write request %s: %w", key, err)
@@ -432,7 +432,7 @@ func (w *waiter) load(ctx context.Context, rev int64) error {
 		return fmt.Errorf("read %s: %w", w.e.layout.Revision(), err)
 	}
 	if len(resp.Kvs) == 1 {
-		if r, err := schema.DecodeRevision(w.e.layout.Revision(), resp.Kvs[0].Value); err == nil {
+		if r, err := w.e.layout.DecodeRevision(w.e.layout.Revision(), resp.Kvs[0].Value); err == nil {
 			w.n0 = r.Revision
 		}
 	}
@@ -475,7 +475,7 @@ func (w *waiter) apply(ev *clientv3.Event) error {
 		if del {
 			return nil
 		}
-		r, err := schema.DecodeRevision(key, ev.Kv.Value)
+		r, err := w.e.layout.DecodeRevision(key, ev.Kv.Value)
 		if err != nil {
 			w.e.skipped(err)
 			return nil
@@ -488,7 +488,7 @@ func (w *waiter) apply(ev *clientv3.Event) error {
 		if del {
 			return nil
 		}
-		r, err := schema.DecodeRound(key, ev.Kv.Value)
+		r, err := w.e.layout.DecodeRound(key, ev.Kv.Value)
 		if err != nil {
 			w.e.skipped(err)
 			return nil
@@ -501,7 +501,7 @@ func (w *waiter) apply(ev *clientv3.Event) error {
 		if del {
 			return nil
 		}
-		ra, err := schema.DecodeRoundAgent(key, ev.Kv.Value)
+		ra, err := w.e.layout.DecodeRoundAgent(key, ev.Kv.Value)
 		if err != nil {
 			w.e.skipped(err)
 			return nil
