@@ -70,18 +70,15 @@ type Config struct {
 	AckTimeout time.Duration
 }
 
-// DefaultConfig returns the defaults for agent.
+// DefaultConfig returns the defaults for agent: those of the registry and
+// the watcher underneath, which fill a zero field the same way.
 func DefaultConfig(agent string) Config {
-	return Config{
-		Agent:         agent,
-		Prefix:        schema.DefaultPrefix,
-		TTL:           10 * time.Second,
-		AcceptTimeout: time.Second,
-		AckTimeout:    10 * time.Second,
-	}
+	rc, wc := registry.DefaultConfig(agent), watcher.DefaultConfig()
+	return Config{Agent: agent, Prefix: rc.Prefix, TTL: rc.TTL, AcceptTimeout: wc.AcceptTimeout, AckTimeout: wc.AckTimeout}
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration that runs: zero fields take their
+// defaults first.
 func (c Config) Validate() error {
 	if err := c.registryConfig().Validate(); err != nil {
 		return fmt.Errorf("resync: %w", err)
@@ -92,18 +89,14 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// registryConfig and watcherConfig hand c's fields down; the packages fill
+// the zero ones from their DefaultConfig.
 func (c Config) registryConfig() registry.Config {
-	rc := registry.DefaultConfig(c.Agent)
-	rc.Prefix = c.Prefix
-	rc.TTL = c.TTL
-	return rc
+	return registry.Config{Agent: c.Agent, Prefix: c.Prefix, TTL: c.TTL}
 }
 
 func (c Config) watcherConfig() watcher.Config {
-	wc := watcher.DefaultConfig()
-	wc.AcceptTimeout = c.AcceptTimeout
-	wc.AckTimeout = c.AckTimeout
-	return wc
+	return watcher.Config{AcceptTimeout: c.AcceptTimeout, AckTimeout: c.AckTimeout}
 }
 
 // Plugin is the resync plugin of one agent process: it implements Subscriber

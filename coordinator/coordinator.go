@@ -83,10 +83,10 @@ func New(c *clientv3.Client, cfg Config, opts ...Option) (*Coordinator, error) {
 	if c == nil {
 		return nil, errors.New("coordinator: nil etcd client")
 	}
+	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
 	layout, _ := schema.NewLayout(cfg.Prefix)
 	ctx, cancel := context.WithCancel(context.Background())
 	hardCtx, hardCancel := context.WithCancelCause(context.Background())

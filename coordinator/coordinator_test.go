@@ -252,6 +252,9 @@ func TestConfigValidate(t *testing.T) {
 		{Config{ID: "a/b"}, "coordinator id name"},
 		{Config{RoundDeadline: time.Millisecond, CoalesceWindow: time.Second}, "RoundDeadline"},
 		{Config{Prefix: "relative/"}, "must start with"},
+		// Cross-field rules hold against the defaults of the other field.
+		{Config{BackoffMin: 2 * time.Minute}, "BackoffMax 1m0s is below BackoffMin 2m0s"},
+		{Config{CoalesceWindow: 3 * time.Minute}, "RoundDeadline 2m0s is below CoalesceWindow 3m0s"},
 	} {
 		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Validate(%+v) = %v, want %q", tc.cfg, err, tc.want)
