@@ -12,13 +12,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/listwatch"
 	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
-
-// maxTxnOps stays within etcd's default --max-txn-ops (128).
-const maxTxnOps = 128
 
 // stateItem is one change of a registration or an ack.
 type stateItem struct {
@@ -126,16 +124,16 @@ func (l *leader) run() error {
 	if err := l.load(); err != nil {
 		return err
 	}
-	timer := time.NewTimer(time.Hour)
+	timer := l.co.clock.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		if l.stateSynced && l.reqsSynced {
-			if err := l.step(time.Now()); err != nil {
+			if err := l.step(l.co.clock.Now()); err != nil {
 				return err
 			}
 		}
 		if wake, ok := l.nextWake(); ok {
-			timer.Reset(max(time.Until(wake), 0))
+			timer.Reset(max(l.co.clock.Until(wake), 0))
 		} else {
 			timer.Stop()
 		}
@@ -152,14 +150,15 @@ func (l *leader) run() error {
 			if err := l.onRequests(ev); err != nil {
 				return err
 			}
-		case <-timer.C:
+		case <-timer.Chan():
 		}
 	}
 }
 
-// sleep pauses for d, or returns at once with why leadership ended.
+// sleep pauses for d on the clock, or returns at once with why leadership
+// ended.
 func (l *leader) sleep(d time.Duration) error {
-	t := time.NewTimer(d)
+	t := l.co.clock.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-l.ctx.Done():
@@ -168,7 +167,7 @@ func (l *leader) sleep(d time.Duration) error {
 		return fmt.Errorf("%w: session expired", ErrDeposed)
 	case err := <-l.deposedC:
 		return err
-	case <-t.C:
+	case <-t.Chan():
 		return nil
 	}
 }
@@ -336,17 +335,16 @@ func (l *leader) decodeRequests(ev listwatch.Event) reqEvent {
 // load reads the revision record (retrying while etcd fails) and decides
 // what this term starts with: round 1, a resumed round, or idling.
 func (l *leader) load() error {
-	pause := 100 * time.Millisecond
+	bo := backoff.New(retryMin, retryMax)
 	for {
 		err := l.tryLoad()
 		if err == nil {
 			return nil
 		}
 		l.log.WithError(err).Warn("coordinator: reading the revision failed; retrying")
-		if err := l.sleep(pause); err != nil {
+		if err := l.sleep(bo.Next()); err != nil {
 			return err
 		}
-		pause = min(2*pause, 2*time.Second)
 	}
 }
 

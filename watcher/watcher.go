@@ -8,9 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/defaults"
 	"github.com/resyncd/resync/internal/listwatch"
 	"github.com/resyncd/resync/registry"
@@ -105,19 +107,14 @@ func (c Config) Validate() error {
 }
 
 // Clock is the time source of a Watcher: timestamps of acks and requests,
-// and the accept and ack timeouts. The default is the system clock.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+// the accept and ack timeouts, and the pauses between retries (not the
+// timeouts of etcd calls, nor AckBatchWindow). It is clockwork's Clock, the
+// one the coordinator takes too (coordinator.WithClock): tests drive both
+// with clockwork.NewFakeClock. The default is the system clock.
+type Clock = clockwork.Clock
 
 // SystemClock returns the system clock.
-func SystemClock() Clock { return systemClock{} }
+func SystemClock() Clock { return clockwork.NewRealClock() }
 
 // Option sets an optional collaborator.
 type Option func(*Watcher)
@@ -285,7 +282,7 @@ func New(reg *registry.Registry, cfg Config, opts ...Option) (*Watcher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Watcher{
 		cfg: cfg, reg: reg, c: reg.Client(), layout: reg.Layout(), agent: reg.Agent(),
-		log: logrus.StandardLogger(), clock: systemClock{},
+		log: logrus.StandardLogger(), clock: SystemClock(),
 		ctx: ctx, cancel: cancel,
 		kick: make(chan struct{}, 1), outKick: make(chan struct{}, 1), startc: make(chan struct{}),
 		pendingAcks: map[string]pendingAck{}, lastAcks: map[string]schema.Ack{},
@@ -517,7 +514,7 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 // them). It retries while etcd fails; ok is false when the Watcher closes.
 func (w *Watcher) readParticipation(n uint64) (part map[string]bool, ok bool) {
 	key := w.layout.RoundAgent(n, w.agent)
-	pause := w.cfg.RetryMin
+	bo := backoff.New(w.cfg.RetryMin, w.cfg.RetryMax)
 	for {
 		ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
 		resp, err := w.c.Get(ctx, key)
@@ -544,13 +541,11 @@ func (w *Watcher) readParticipation(n uint64) (part map[string]bool, ok bool) {
 		if w.ctx.Err() != nil {
 			return nil, false
 		}
+		pause := bo.Next()
 		w.log.WithError(err).WithField("key", key).WithField("retry_in", pause).Warn("watcher: reading this agent's participation failed; retrying")
-		select {
-		case <-w.ctx.Done():
+		if backoff.Sleep(w.ctx, w.clock, pause) != nil {
 			return nil, false
-		case <-w.clock.After(pause):
 		}
-		pause = min(2*pause, w.cfg.RetryMax)
 	}
 }
 

@@ -63,13 +63,20 @@ func (b *Backoff) Next() time.Duration {
 // Reset makes the next pause Min again: call it after a success.
 func (b *Backoff) Reset() { b.n = 0 }
 
-// Wait pauses for Next() on clk (the real clock if nil). It returns nil when
-// the pause is over, or ctx's error as soon as ctx ends.
+// Wait pauses for Next() on clk (the real clock if nil): Sleep(ctx, clk,
+// b.Next()).
 func (b *Backoff) Wait(ctx context.Context, clk clockwork.Clock) error {
+	return Sleep(ctx, clk, b.Next())
+}
+
+// Sleep pauses for d on clk (the real clock if nil). It returns nil when the
+// pause is over, or ctx's error as soon as ctx ends. A loop that logs its
+// pause takes it from Next and sleeps it here.
+func Sleep(ctx context.Context, clk clockwork.Clock, d time.Duration) error {
 	if clk == nil {
 		clk = clockwork.NewRealClock()
 	}
-	t := clk.NewTimer(b.Next())
+	t := clk.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
