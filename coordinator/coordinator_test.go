@@ -37,14 +37,14 @@ type testCoord struct {
 	hooks *recHooks
 }
 
-func newCoord(t *testing.T, endpoints []string, cfg Config) *testCoord {
+func newCoord(t *testing.T, endpoints []string, cfg Config, opts ...Option) *testCoord {
 	t.Helper()
 	c, err := etcdtest.NewClient(endpoints...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := &recHooks{}
-	co, err := New(c, cfg, WithLogger(testLogger(t).WithField("test_coord", cfg.ID)), WithHooks(h))
+	co, err := New(c, cfg, append([]Option{WithLogger(testLogger(t).WithField("test_coord", cfg.ID)), WithHooks(h)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,14 +69,24 @@ type recHooks struct {
 	finished []schema.Round
 	backoffs []time.Duration
 	refused  []schema.Request
+	accepted int
 }
 
 func (h *recHooks) Request(r schema.Request, err error) {
-	if errors.Is(err, schema.ErrRefused) {
-		h.mu.Lock()
-		defer h.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case errors.Is(err, schema.ErrRefused):
 		h.refused = append(h.refused, r)
+	case err == nil:
+		h.accepted++
 	}
+}
+
+func (h *recHooks) acceptedCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.accepted
 }
 
 func (h *recHooks) refusedCount() int {
