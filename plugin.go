@@ -36,7 +36,10 @@ var (
 )
 
 // Deps are the dependencies injected into a Plugin, grouped apart from its
-// other fields as in the seed.
+// configuration as in the seed. They are given to New or NewPlugin and fixed
+// then: unlike the seed's Plugin, which embedded Deps, a Plugin has no
+// exported fields, so that no assignment after New (p.Log = ...) can be
+// silently ignored.
 type Deps struct {
 	// Log receives the plugin's logs, with fields agent, plugin, revision.
 	// Default logrus.StandardLogger().
@@ -102,10 +105,9 @@ func (c Config) watcherConfig() watcher.Config {
 // Plugin is the resync plugin of one agent process: it implements Subscriber
 // and Reporter, and a cn-infra plugin's lifecycle (Init, AfterInit, Close,
 // String), so it can be listed with the agent's other plugins. It is safe
-// for concurrent use.
+// for concurrent use. Its dependencies (Deps) and Config are given to New or
+// NewPlugin.
 type Plugin struct {
-	Deps
-
 	cfg     Config
 	log     logrus.FieldLogger
 	reg     *registry.Registry
@@ -171,7 +173,7 @@ func NewPlugin(deps Deps, cfg Config) (*Plugin, error) {
 		return nil, fmt.Errorf("resync: %w", err)
 	}
 	p := &Plugin{
-		Deps: deps, cfg: cfg, reg: reg, w: w,
+		cfg: cfg, reg: reg, w: w,
 		log:   deps.Log.WithField("agent", cfg.Agent),
 		regs:  map[string]Registration{},
 		stopc: make(chan struct{}), donec: make(chan struct{}), supdone: make(chan struct{}),
