@@ -149,8 +149,11 @@ func (co *Coordinator) setStatus(f func(*Status)) {
 // Done is closed when the coordinator has stopped (after Close).
 func (co *Coordinator) Done() <-chan struct{} { return co.donec }
 
-// Close is Shutdown with a budget of OpTimeout: it returns within about
-// OpTimeout, also while etcd is unreachable.
+// Close is Shutdown with a budget of OpTimeout (the steps are Shutdown's):
+// the revoke is the only step that waits for etcd, and it is cut at the
+// budget, so Close returns within about OpTimeout, also while etcd is
+// unreachable. It returns the revoke's error (the election key then
+// vanishes within the session TTL), or nil, as etcd's Session.Close does.
 func (co *Coordinator) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), co.cfg.OpTimeout)
 	defer cancel()

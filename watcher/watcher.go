@@ -395,7 +395,9 @@ func (w *Watcher) Stats() Stats {
 // closed (after the dispatcher stopped sending), and every goroutine has
 // ended when it returns. It does not close the registry. It is idempotent;
 // it returns once the goroutines end, which takes at most one etcd call
-// cancelled in flight.
+// cancelled in flight. It returns nil: it writes nothing on the way out
+// (the registry's Close revokes the lease, and its error is the one to
+// check).
 func (w *Watcher) Close() error {
 	w.closeOnce.Do(func() {
 		w.cancel()
