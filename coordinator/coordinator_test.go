@@ -387,7 +387,7 @@ func TestFencedWriteRefusedAfterDeposition(t *testing.T) {
 	// and reported as deposition, and nothing written.
 	before, _ := readRevision(t, obs)
 	l := &leader{co: co.Coordinator, cfg: co.cfg, layout: layout, c: obs, key: layout.Election() + "/stale", term: 1,
-		log: testLogger(t), ctx: context.Background(), deposedC: make(chan error, 1)}
+		log: testLogger(t), ctx: context.Background(), endc: make(chan struct{})}
 	err := l.fencedTxn([]clientv3.Op{clientv3.OpPut(layout.Revision(), "forged")})
 	if !errors.Is(err, ErrDeposed) {
 		t.Fatalf("fenced write with a stale term: %v, want ErrDeposed", err)

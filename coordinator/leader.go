@@ -70,9 +70,14 @@ type leader struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	stateC   chan stateEvent
-	reqC     chan reqEvent
-	deposedC chan error
+	stateC chan stateEvent
+	reqC   chan reqEvent
+	// endc is closed when leadership ends (deposed, session expired,
+	// closed); why says how. The leader's loop and its retry pauses wait
+	// on it.
+	endc    chan struct{}
+	endOnce sync.Once
+	why     error
 
 	stateSynced, reqsSynced bool
 
@@ -103,7 +108,7 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		identity: fmt.Sprintf("%s@%d", co.cfg.ID, term), log: log,
 		ctx: ctx, cancel: cancel,
 		stateC: make(chan stateEvent, 64), reqC: make(chan reqEvent, 64),
-		deposedC: make(chan error, 1),
+		endc:     make(chan struct{}),
 		regs:     map[schema.PluginID]schema.Registration{},
 		acks:     map[schema.PluginID]schema.Ack{},
 		requests: map[string]schema.Request{},
@@ -121,6 +126,14 @@ func (l *leader) run() error {
 		l.wg.Wait()
 	}()
 	l.startFeeders()
+	l.spawn(func() {
+		select {
+		case <-l.sess.Done():
+			l.end(fmt.Errorf("%w: session expired", ErrDeposed))
+		case <-l.ctx.Done():
+			l.end(l.ctx.Err())
+		}
+	})
 	if err := l.load(); err != nil {
 		return err
 	}
@@ -138,12 +151,8 @@ func (l *leader) run() error {
 			timer.Stop()
 		}
 		select {
-		case <-l.ctx.Done():
-			return l.ctx.Err()
-		case <-l.sess.Done():
-			return fmt.Errorf("%w: session expired", ErrDeposed)
-		case err := <-l.deposedC:
-			return err
+		case <-l.endc:
+			return l.why
 		case ev := <-l.stateC:
 			l.onState(ev)
 		case ev := <-l.reqC:
@@ -161,15 +170,19 @@ func (l *leader) sleep(d time.Duration) error {
 	t := l.co.clock.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-l.ctx.Done():
-		return l.ctx.Err()
-	case <-l.sess.Done():
-		return fmt.Errorf("%w: session expired", ErrDeposed)
-	case err := <-l.deposedC:
-		return err
+	case <-l.endc:
+		return l.why
 	case <-t.Chan():
 		return nil
 	}
+}
+
+// end ends leadership with why; the first call wins.
+func (l *leader) end(why error) {
+	l.endOnce.Do(func() {
+		l.why = why
+		close(l.endc)
+	})
 }
 
 func (l *leader) spawn(f func()) {
@@ -189,12 +202,7 @@ func send[T any](ctx context.Context, ch chan<- T, v T) error {
 	}
 }
 
-func (l *leader) deposed(why string) {
-	select {
-	case l.deposedC <- fmt.Errorf("%w: %s", ErrDeposed, why):
-	default:
-	}
-}
+func (l *leader) deposed(why string) { l.end(fmt.Errorf("%w: %s", ErrDeposed, why)) }
 
 func (l *leader) startFeeders() {
 	wlog := l.log.WithField("role", "leader")
