@@ -137,7 +137,10 @@ func (l *leader) run() error {
 	if err := l.load(); err != nil {
 		return err
 	}
+	// Armed only by nextWake: on a fake clock, the leader's one waiter is
+	// the wake-up it needs.
 	timer := l.co.clock.NewTimer(time.Hour)
+	timer.Stop()
 	defer timer.Stop()
 	for {
 		if l.stateSynced && l.reqsSynced {
