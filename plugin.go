@@ -36,7 +36,10 @@ var (
 )
 
 // Deps are the dependencies injected into a Plugin, grouped apart from its
-// other fields as in the seed.
+// configuration as in the seed. They are given to New or NewPlugin and fixed
+// then: unlike the seed's Plugin, which embedded Deps, a Plugin has no
+// exported fields, so that no assignment after New (p.Log = ...) can be
+// silently ignored.
 type Deps struct {
 	// Log receives the plugin's logs, with fields agent, plugin, revision.
 	// Default logrus.StandardLogger().
@@ -70,18 +73,15 @@ type Config struct {
 	AckTimeout time.Duration
 }
 
-// DefaultConfig returns the defaults for agent.
+// DefaultConfig returns the defaults for agent: those of the registry and
+// the watcher underneath, which fill a zero field the same way.
 func DefaultConfig(agent string) Config {
-	return Config{
-		Agent:         agent,
-		Prefix:        schema.DefaultPrefix,
-		TTL:           10 * time.Second,
-		AcceptTimeout: time.Second,
-		AckTimeout:    10 * time.Second,
-	}
+	rc, wc := registry.DefaultConfig(agent), watcher.DefaultConfig()
+	return Config{Agent: agent, Prefix: rc.Prefix, TTL: rc.TTL, AcceptTimeout: wc.AcceptTimeout, AckTimeout: wc.AckTimeout}
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration that runs: zero fields take their
+// defaults first.
 func (c Config) Validate() error {
 	if err := c.registryConfig().Validate(); err != nil {
 		return fmt.Errorf("resync: %w", err)
@@ -92,27 +92,22 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// registryConfig and watcherConfig hand c's fields down; the packages fill
+// the zero ones from their DefaultConfig.
 func (c Config) registryConfig() registry.Config {
-	rc := registry.DefaultConfig(c.Agent)
-	rc.Prefix = c.Prefix
-	rc.TTL = c.TTL
-	return rc
+	return registry.Config{Agent: c.Agent, Prefix: c.Prefix, TTL: c.TTL}
 }
 
 func (c Config) watcherConfig() watcher.Config {
-	wc := watcher.DefaultConfig()
-	wc.AcceptTimeout = c.AcceptTimeout
-	wc.AckTimeout = c.AckTimeout
-	return wc
+	return watcher.Config{AcceptTimeout: c.AcceptTimeout, AckTimeout: c.AckTimeout}
 }
 
 // Plugin is the resync plugin of one agent process: it implements Subscriber
 // and Reporter, and a cn-infra plugin's lifecycle (Init, AfterInit, Close,
 // String), so it can be listed with the agent's other plugins. It is safe
-// for concurrent use.
+// for concurrent use. Its dependencies (Deps) and Config are given to New or
+// NewPlugin.
 type Plugin struct {
-	Deps
-
 	cfg     Config
 	log     logrus.FieldLogger
 	reg     *registry.Registry
@@ -178,7 +173,7 @@ func NewPlugin(deps Deps, cfg Config) (*Plugin, error) {
 		return nil, fmt.Errorf("resync: %w", err)
 	}
 	p := &Plugin{
-		Deps: deps, cfg: cfg, reg: reg, w: w,
+		cfg: cfg, reg: reg, w: w,
 		log:   deps.Log.WithField("agent", cfg.Agent),
 		regs:  map[string]Registration{},
 		stopc: make(chan struct{}), donec: make(chan struct{}), supdone: make(chan struct{}),

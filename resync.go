@@ -29,7 +29,10 @@ type StatusEvent = watcher.StatusEvent
 // Event is the concrete StatusEvent delivered by a Plugin.
 type Event = watcher.Event
 
-// Clock is the time source of a Plugin (timestamps and timeouts).
+// Clock is the time source of a Plugin: timestamps, the accept and ack
+// timeouts, retry pauses (not the timeouts of etcd calls). It is clockwork's
+// Clock (github.com/jonboulle/clockwork), as watcher.Clock and the
+// coordinator's WithClock: tests pass clockwork.NewFakeClock().
 type Clock = watcher.Clock
 
 // Stats are a Plugin's delivery counters.

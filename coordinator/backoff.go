@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -88,11 +89,7 @@ func (b *errorStreaks) Delay(agent string) time.Duration {
 	if s == nil {
 		return b.min
 	}
-	d := b.min
-	for i := 0; i < s.rounds && d < b.max; i++ {
-		d *= 2
-	}
-	return min(d, b.max)
+	return backoff.Delay(b.min, b.max, s.rounds)
 }
 
 // Due is the earliest start of an error-triggered round for an error of

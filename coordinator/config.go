@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/resyncd/resync/internal/defaults"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -51,7 +52,8 @@ type Config struct {
 	OpTimeout time.Duration
 }
 
-// DefaultConfig returns the documented defaults.
+// DefaultConfig returns the defaults; New fills every zero field of a Config
+// from it (withDefaults), and Validate checks the result.
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	id := fmt.Sprintf("%s-%d", host, os.Getpid())
@@ -59,71 +61,53 @@ func DefaultConfig() Config {
 		id = fmt.Sprintf("coordinator-%d", os.Getpid())
 	}
 	return Config{
-		ID:             id,
-		Prefix:         schema.DefaultPrefix,
-		SessionTTL:     5 * time.Second,
-		RoundDeadline:  2 * time.Minute,
+		// Unique enough per process; logged and written in every record.
+		ID: id,
+		// The prefix agents and resyncctl use by default.
+		Prefix: schema.DefaultPrefix,
+		// A crashed leader is replaced within 5 s; the keepalive runs every
+		// TTL/3, so a loaded etcd does not depose a live leader.
+		SessionTTL: 5 * time.Second,
+		// Twelve of the agents' default ack timeouts (10 s): only alive but
+		// unresponsive agents reach it.
+		RoundDeadline: 2 * time.Minute,
+		// Long enough to merge a burst of requests into one round, short
+		// beside a resync.
 		CoalesceWindow: 100 * time.Millisecond,
-		BackoffMin:     time.Second,
-		BackoffMax:     time.Minute,
-		History:        100,
-		DetailHistory:  10,
-		WriteBudget:    512 << 10,
-		OpTimeout:      5 * time.Second,
+		// An agent in trouble is resynced within a second, then at most
+		// once a minute while its errors go on.
+		BackoffMin: time.Second,
+		BackoffMax: time.Minute,
+		// More than the 64 recent rounds a new leader replays to rebuild
+		// the backoff streaks (historyScan); each summary is bounded in size.
+		History: 100,
+		// Per-agent records cost a key per agent and round: keep 10 rounds.
+		DetailHistory: 10,
+		// A third of etcd's default --max-request-bytes (1.5 MiB).
+		WriteBudget: 512 << 10,
+		// An etcd call slower than this is treated as failed and retried.
+		OpTimeout: 5 * time.Second,
 	}
 }
 
+// withDefaults is c with its zero fields from DefaultConfig, and DetailHistory
+// capped at History: the configuration New runs and Validate checks.
 func (c Config) withDefaults() Config {
-	d := DefaultConfig()
-	if c.ID == "" {
-		c.ID = d.ID
-	}
-	if c.Prefix == "" {
-		c.Prefix = d.Prefix
-	}
-	if c.SessionTTL == 0 {
-		c.SessionTTL = d.SessionTTL
-	}
-	if c.RoundDeadline == 0 {
-		c.RoundDeadline = d.RoundDeadline
-	}
-	if c.CoalesceWindow == 0 {
-		c.CoalesceWindow = d.CoalesceWindow
-	}
-	if c.BackoffMin == 0 {
-		c.BackoffMin = d.BackoffMin
-	}
-	if c.BackoffMax == 0 {
-		c.BackoffMax = d.BackoffMax
-	}
-	if c.History == 0 {
-		c.History = d.History
-	}
-	if c.OpTimeout == 0 {
-		c.OpTimeout = d.OpTimeout
-	}
-	if c.DetailHistory == 0 {
-		c.DetailHistory = d.DetailHistory
-	}
+	c = defaults.Fill(c, DefaultConfig())
 	c.DetailHistory = min(c.DetailHistory, max(c.History, 1))
-	if c.WriteBudget == 0 {
-		c.WriteBudget = d.WriteBudget
-	}
 	return c
 }
 
-// Validate checks ranges and cross-field rules; zero fields are valid (they
-// take defaults).
+// Validate checks ranges and cross-field rules of the configuration that
+// runs: c with its zero fields from DefaultConfig.
 func (c Config) Validate() error {
-	if c.ID != "" {
-		if err := schema.ValidateName("coordinator id", c.ID); err != nil {
-			return fmt.Errorf("coordinator: config: %w", err)
-		}
+	c = c.withDefaults()
+	if err := schema.ValidateName("coordinator id", c.ID); err != nil {
+		return fmt.Errorf("coordinator: config: %w", err)
 	}
 	if _, err := schema.NewLayout(c.Prefix); err != nil {
 		return fmt.Errorf("coordinator: config: %w", err)
 	}
-	c = c.withDefaults()
 	switch {
 	case c.SessionTTL < time.Second:
 		return fmt.Errorf("coordinator: config: SessionTTL %v is below the 1s minimum of etcd leases", c.SessionTTL)

@@ -8,11 +8,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/sirupsen/logrus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
@@ -30,6 +32,21 @@ func WithLogger(l logrus.FieldLogger) Option { return func(c *Coordinator) { c.l
 
 // WithHooks sets the hooks (default NopHooks).
 func WithHooks(h Hooks) Option { return func(c *Coordinator) { c.hooks = h } }
+
+// WithClock sets the clock (default: the real clock) of every time the
+// coordinator decides on: round start, deadline and finish times, the
+// coalescing window, the per-agent error backoff and its quiet period, and
+// the pauses between retries. The timeouts of etcd calls (OpTimeout, the
+// session TTL) stay on real time: they bound network calls to a real etcd.
+// A test with a fake clock (clockwork.NewFakeClock) advances it past each of
+// these exactly; watcher.Clock is the same interface.
+func WithClock(c clockwork.Clock) Option {
+	return func(co *Coordinator) {
+		if c != nil {
+			co.clock = c
+		}
+	}
+}
 
 // Status is a Coordinator's view, for /status and readiness.
 type Status struct {
@@ -59,6 +76,7 @@ type Coordinator struct {
 	c      *clientv3.Client
 	log    logrus.FieldLogger
 	hooks  Hooks
+	clock  clockwork.Clock
 	faults testFaults // zero unless built with the resync_chaos tag (testfaults.go)
 
 	largestWrite atomic.Int64 // bytes of the largest request written (Status.LargestWrite)
@@ -83,15 +101,15 @@ func New(c *clientv3.Client, cfg Config, opts ...Option) (*Coordinator, error) {
 	if c == nil {
 		return nil, errors.New("coordinator: nil etcd client")
 	}
+	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
 	layout, _ := schema.NewLayout(cfg.Prefix)
 	ctx, cancel := context.WithCancel(context.Background())
 	hardCtx, hardCancel := context.WithCancelCause(context.Background())
 	co := &Coordinator{
-		cfg: cfg, layout: layout, c: c, log: logrus.StandardLogger(), hooks: NopHooks{},
+		cfg: cfg, layout: layout, c: c, log: logrus.StandardLogger(), hooks: NopHooks{}, clock: clockwork.NewRealClock(),
 		ctx: ctx, cancel: cancel, donec: make(chan struct{}), hardCtx: hardCtx, hardCancel: hardCancel,
 	}
 	for _, o := range opts {
@@ -131,8 +149,11 @@ func (co *Coordinator) setStatus(f func(*Status)) {
 // Done is closed when the coordinator has stopped (after Close).
 func (co *Coordinator) Done() <-chan struct{} { return co.donec }
 
-// Close is Shutdown with a budget of OpTimeout: it returns within about
-// OpTimeout, also while etcd is unreachable.
+// Close is Shutdown with a budget of OpTimeout (the steps are Shutdown's):
+// the revoke is the only step that waits for etcd, and it is cut at the
+// budget, so Close returns within about OpTimeout, also while etcd is
+// unreachable. It returns the revoke's error (the election key then
+// vanishes within the session TTL), or nil, as etcd's Session.Close does.
 func (co *Coordinator) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), co.cfg.OpTimeout)
 	defer cancel()
@@ -164,7 +185,9 @@ func (co *Coordinator) Shutdown(ctx context.Context) error {
 func (co *Coordinator) run() {
 	defer close(co.donec)
 	defer co.hardCancel(nil)
-	pause := 100 * time.Millisecond
+	// A standby takes over within SessionTTL: campaigning again less often
+	// than that gains nothing.
+	bo := backoff.New(retryMin, co.cfg.SessionTTL)
 	for co.ctx.Err() == nil {
 		err := co.term()
 		if co.ctx.Err() != nil {
@@ -173,18 +196,14 @@ func (co *Coordinator) run() {
 		if err != nil {
 			err = etcdspace.Explain(err)
 			co.setStatus(func(s *Status) { s.LastError = err.Error() })
+			pause := bo.Next()
 			co.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: campaign ended; campaigning again")
-			t := time.NewTimer(pause)
-			select {
-			case <-co.ctx.Done():
-				t.Stop()
+			if backoff.Sleep(co.ctx, co.clock, pause) != nil {
 				return
-			case <-t.C:
 			}
-			pause = min(2*pause, co.cfg.SessionTTL)
 			continue
 		}
-		pause = 100 * time.Millisecond
+		bo.Reset()
 	}
 }
 

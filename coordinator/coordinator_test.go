@@ -37,14 +37,14 @@ type testCoord struct {
 	hooks *recHooks
 }
 
-func newCoord(t *testing.T, endpoints []string, cfg Config) *testCoord {
+func newCoord(t *testing.T, endpoints []string, cfg Config, opts ...Option) *testCoord {
 	t.Helper()
 	c, err := etcdtest.NewClient(endpoints...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := &recHooks{}
-	co, err := New(c, cfg, WithLogger(testLogger(t).WithField("test_coord", cfg.ID)), WithHooks(h))
+	co, err := New(c, cfg, append([]Option{WithLogger(testLogger(t).WithField("test_coord", cfg.ID)), WithHooks(h)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,14 +69,24 @@ type recHooks struct {
 	finished []schema.Round
 	backoffs []time.Duration
 	refused  []schema.Request
+	accepted int
 }
 
 func (h *recHooks) Request(r schema.Request, err error) {
-	if errors.Is(err, schema.ErrRefused) {
-		h.mu.Lock()
-		defer h.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case errors.Is(err, schema.ErrRefused):
 		h.refused = append(h.refused, r)
+	case err == nil:
+		h.accepted++
 	}
+}
+
+func (h *recHooks) acceptedCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.accepted
 }
 
 func (h *recHooks) refusedCount() int {
@@ -252,6 +262,9 @@ func TestConfigValidate(t *testing.T) {
 		{Config{ID: "a/b"}, "coordinator id name"},
 		{Config{RoundDeadline: time.Millisecond, CoalesceWindow: time.Second}, "RoundDeadline"},
 		{Config{Prefix: "relative/"}, "must start with"},
+		// Cross-field rules hold against the defaults of the other field.
+		{Config{BackoffMin: 2 * time.Minute}, "BackoffMax 1m0s is below BackoffMin 2m0s"},
+		{Config{CoalesceWindow: 3 * time.Minute}, "RoundDeadline 2m0s is below CoalesceWindow 3m0s"},
 	} {
 		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Validate(%+v) = %v, want %q", tc.cfg, err, tc.want)
@@ -374,7 +387,7 @@ func TestFencedWriteRefusedAfterDeposition(t *testing.T) {
 	// and reported as deposition, and nothing written.
 	before, _ := readRevision(t, obs)
 	l := &leader{co: co.Coordinator, cfg: co.cfg, layout: layout, c: obs, key: layout.Election() + "/stale", term: 1,
-		log: testLogger(t), ctx: context.Background(), deposedC: make(chan error, 1)}
+		log: testLogger(t), ctx: context.Background(), endc: make(chan struct{})}
 	err := l.fencedTxn([]clientv3.Op{clientv3.OpPut(layout.Revision(), "forged")})
 	if !errors.Is(err, ErrDeposed) {
 		t.Fatalf("fenced write with a stale term: %v, want ErrDeposed", err)

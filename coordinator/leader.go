@@ -12,12 +12,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/listwatch"
 	"github.com/resyncd/resync/schema"
 )
-
-// maxTxnOps stays within etcd's default --max-txn-ops (128).
-const maxTxnOps = 128
 
 // stateItem is one change of a registration or an ack.
 type stateItem struct {
@@ -71,9 +69,14 @@ type leader struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	stateC   chan stateEvent
-	reqC     chan reqEvent
-	deposedC chan error
+	stateC chan stateEvent
+	reqC   chan reqEvent
+	// endc is closed when leadership ends (deposed, session expired,
+	// closed); why says how. The leader's loop and its retry pauses wait
+	// on it.
+	endc    chan struct{}
+	endOnce sync.Once
+	why     error
 
 	stateSynced, reqsSynced bool
 
@@ -104,7 +107,7 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		identity: fmt.Sprintf("%s@%d", co.cfg.ID, term), log: log,
 		ctx: ctx, cancel: cancel,
 		stateC: make(chan stateEvent, 64), reqC: make(chan reqEvent, 64),
-		deposedC: make(chan error, 1),
+		endc:     make(chan struct{}),
 		regs:     map[schema.PluginID]schema.Registration{},
 		acks:     map[schema.PluginID]schema.Ack{},
 		requests: map[string]schema.Request{},
@@ -122,54 +125,66 @@ func (l *leader) run() error {
 		l.wg.Wait()
 	}()
 	l.startFeeders()
+	l.spawn(func() {
+		select {
+		case <-l.sess.Done():
+			l.end(fmt.Errorf("%w: session expired", ErrDeposed))
+		case <-l.ctx.Done():
+			l.end(l.ctx.Err())
+		}
+	})
 	if err := l.load(); err != nil {
 		return err
 	}
-	timer := time.NewTimer(time.Hour)
+	// Armed only by nextWake: on a fake clock, the leader's one waiter is
+	// the wake-up it needs.
+	timer := l.co.clock.NewTimer(time.Hour)
+	timer.Stop()
 	defer timer.Stop()
 	for {
 		if l.stateSynced && l.reqsSynced {
-			if err := l.step(time.Now()); err != nil {
+			if err := l.step(l.co.clock.Now()); err != nil {
 				return err
 			}
 		}
 		if wake, ok := l.nextWake(); ok {
-			timer.Reset(max(time.Until(wake), 0))
+			timer.Reset(max(l.co.clock.Until(wake), 0))
 		} else {
 			timer.Stop()
 		}
 		select {
-		case <-l.ctx.Done():
-			return l.ctx.Err()
-		case <-l.sess.Done():
-			return fmt.Errorf("%w: session expired", ErrDeposed)
-		case err := <-l.deposedC:
-			return err
+		case <-l.endc:
+			return l.why
 		case ev := <-l.stateC:
 			l.onState(ev)
 		case ev := <-l.reqC:
 			if err := l.onRequests(ev); err != nil {
 				return err
 			}
-		case <-timer.C:
+		case <-timer.Chan():
 		}
 	}
 }
 
-// sleep pauses for d, or returns at once with why leadership ended.
+// sleep pauses for d on the clock, or returns at once with why leadership
+// ended.
 func (l *leader) sleep(d time.Duration) error {
-	t := time.NewTimer(d)
+	t := l.co.clock.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-l.ctx.Done():
-		return l.ctx.Err()
-	case <-l.sess.Done():
-		return fmt.Errorf("%w: session expired", ErrDeposed)
-	case err := <-l.deposedC:
-		return err
-	case <-t.C:
+	case <-l.endc:
+		return l.why
+	case <-t.Chan():
 		return nil
 	}
+}
+
+// end ends leadership with why; the first call wins.
+func (l *leader) end(why error) {
+	l.endOnce.Do(func() {
+		l.why = why
+		close(l.endc)
+	})
 }
 
 func (l *leader) spawn(f func()) {
@@ -189,12 +204,7 @@ func send[T any](ctx context.Context, ch chan<- T, v T) error {
 	}
 }
 
-func (l *leader) deposed(why string) {
-	select {
-	case l.deposedC <- fmt.Errorf("%w: %s", ErrDeposed, why):
-	default:
-	}
-}
+func (l *leader) deposed(why string) { l.end(fmt.Errorf("%w: %s", ErrDeposed, why)) }
 
 func (l *leader) startFeeders() {
 	wlog := l.log.WithField("role", "leader")
@@ -317,17 +327,16 @@ func (l *leader) decodeRequests(ev listwatch.Event) reqEvent {
 // load reads the revision record (retrying while etcd fails) and decides
 // what this term starts with: round 1, a resumed round, or idling.
 func (l *leader) load() error {
-	pause := 100 * time.Millisecond
+	bo := backoff.New(retryMin, retryMax)
 	for {
 		err := l.tryLoad()
 		if err == nil {
 			return nil
 		}
 		l.log.WithError(err).Warn("coordinator: reading the revision failed; retrying")
-		if err := l.sleep(pause); err != nil {
+		if err := l.sleep(bo.Next()); err != nil {
 			return err
 		}
-		pause = min(2*pause, 2*time.Second)
 	}
 }
 

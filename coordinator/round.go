@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -110,7 +111,7 @@ func (l *leader) onState(ev stateEvent) {
 }
 
 func (l *leader) onRequests(ev reqEvent) error {
-	now := time.Now()
+	now := l.co.clock.Now()
 	if ev.reset {
 		l.requests = map[string]schema.Request{}
 		l.errSeen = map[string]time.Time{}
@@ -184,7 +185,7 @@ func (l *leader) nextWake() (time.Time, bool) {
 	case l.round != nil:
 		return l.round.rec.Deadline, true
 	case l.initial != "":
-		return time.Now(), true
+		return l.co.clock.Now(), true
 	case len(l.requests) > 0:
 		return l.due(), true
 	}
@@ -310,7 +311,7 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 	if s, ok := l.retries[n]; ok {
 		return s, nil
 	}
-	pause := 100 * time.Millisecond
+	bo := backoff.New(retryMin, retryMax)
 	for {
 		ctx, cancel := context.WithTimeout(l.ctx, 4*l.cfg.OpTimeout)
 		recs, bad, err := ReadRoundAgents(ctx, l.c, l.layout, n, 0)
@@ -332,10 +333,9 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 			return s, nil
 		}
 		l.log.WithError(err).Warn("coordinator: reading a retried round's participants failed; retrying")
-		if err := l.sleep(pause); err != nil {
+		if err := l.sleep(bo.Next()); err != nil {
 			return schema.ScopeSet{}, err
 		}
-		pause = min(2*pause, 2*time.Second)
 	}
 }
 
@@ -432,7 +432,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		return err
 	}
 	ops := []clientv3.Op{clientv3.OpPut(l.layout.Round(n), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}
-	inTxn := min(len(reqKeys), maxTxnOps-len(ops))
+	inTxn := min(len(reqKeys), schema.MaxTxnOps-len(ops))
 	for _, k := range reqKeys[:inTxn] {
 		ops = append(ops, clientv3.OpDelete(k))
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
@@ -19,8 +20,19 @@ import (
 // too large, has too many operations, or is not permitted.
 var errPermanent = errors.New("etcd refuses this write for good")
 
-// Pauses between attempts of a failing write.
+// Pauses between attempts while etcd fails (internal/backoff doubles them
+// from the minimum to the maximum, and starts again after a success).
 const (
+	// retryMin is the first pause after a failed etcd call of the campaign
+	// or of the leader's reads: most failures are brief (a leader change
+	// in etcd, a dropped connection), so the first retry comes soon.
+	retryMin = 100 * time.Millisecond
+	// retryMax caps the pause of the leader's reads (the revision at the
+	// start of a term, a retried round's participants): the leader makes
+	// no progress meanwhile, so it must notice soon that etcd is back.
+	retryMax = 2 * time.Second
+	// pauseMin and pauseMax pace a failing fenced write: half the read
+	// pauses, as a write holds up a round (its start, its completion).
 	pauseMin = 50 * time.Millisecond
 	pauseMax = time.Second
 )
@@ -65,7 +77,7 @@ func opsSize(ops []clientv3.Op) int {
 }
 
 // writePuts writes puts (after the ops in first, which go in the first
-// Txn) in fenced Txns of at most maxTxnOps operations and WriteBudget
+// Txn) in fenced Txns of at most schema.MaxTxnOps operations and WriteBudget
 // bytes. A batch etcd refuses for good is split into single puts; a single
 // put refused for good is retried with its degraded value, and otherwise
 // logged with its key and size and skipped. It returns how many puts were
@@ -77,7 +89,7 @@ func (l *leader) writePuts(first []clientv3.Op, puts []put) (lost int, err error
 		size := opsSize(first)
 		first = nil
 		n := 0
-		for n < len(puts) && len(ops) < maxTxnOps && (n == 0 && len(ops) == 0 || size+puts[n].size() <= budget) {
+		for n < len(puts) && len(ops) < schema.MaxTxnOps && (n == 0 && len(ops) == 0 || size+puts[n].size() <= budget) {
 			ops = append(ops, clientv3.OpPut(puts[n].key, string(puts[n].val)))
 			size += puts[n].size()
 			n++
@@ -138,7 +150,7 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 		l.co.largestWrite.Store(int64(size))
 		l.co.setStatus(func(s *Status) { s.LargestWrite = max(s.LargestWrite, size) })
 	}
-	pause := pauseMin
+	bo := backoff.New(pauseMin, pauseMax)
 	for {
 		if l.co.faults.beforeWrite != nil {
 			l.co.faults.beforeWrite()
@@ -168,18 +180,18 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 				Warn("coordinator: etcd refused a write for good; not retrying it as is")
 			return fmt.Errorf("%w: %d ops, %d bytes, first key %s: %v", errPermanent, len(ops), size, first, err)
 		}
+		pause := bo.Next()
 		l.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
 		if err := l.sleep(pause); err != nil {
 			return err
 		}
-		pause = min(2*pause, pauseMax)
 	}
 }
 
 // fencedDelete deletes keys in fenced batches.
 func (l *leader) fencedDelete(keys []string) error {
 	for len(keys) > 0 {
-		n := min(len(keys), maxTxnOps)
+		n := min(len(keys), schema.MaxTxnOps)
 		ops := make([]clientv3.Op, n)
 		for i, k := range keys[:n] {
 			ops[i] = clientv3.OpDelete(k)

@@ -65,7 +65,7 @@ var errRewrite = errors.New("registry: agent name taken over; writing every regi
 
 // claim makes this session's lease the owner of the agent name, or finds
 // that this process is displaced (then it returns ErrDisplaced). When nobody
-// owns the name, first (at most maxTxnOps-1 registration writes) go in the
+// owns the name, first (at most schema.MaxTxnOps-1 registration writes) go in the
 // same Txn, and n is len(first). When another process owns it, its owner key
 // is overwritten and the agent's registrations deleted, and errRewrite asks
 // the loop to write them all again.
@@ -201,7 +201,7 @@ func (r *Registry) watchOwner() {
 	// each time etcd catches it up, which a thousand agents' watches on a
 	// busy cluster turn into a stall. Instead: watch from now, then read
 	// the key once, then follow the events.
-	pause := r.cfg.RetryMin
+	bo := r.backoff()
 	for r.ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.ctx))
 		wch := r.c.Watch(wctx, key, clientv3.WithCreatedNotify())
@@ -210,12 +210,11 @@ func (r *Registry) watchOwner() {
 		for range wch {
 		}
 		if healthy {
-			pause = r.cfg.RetryMin
+			bo.Reset()
 		}
-		if !r.wait(nil, pause) {
+		if !r.wait(nil, bo.Next()) {
 			return
 		}
-		pause = min(2*pause, r.cfg.RetryMax)
 	}
 }
 

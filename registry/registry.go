@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/defaults"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -47,56 +48,49 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 }
 
-// DefaultConfig returns the defaults for agent.
+// DefaultConfig returns the defaults for agent; New fills every zero field
+// of a Config from it, and Validate checks the result.
 func DefaultConfig(agent string) Config {
 	return Config{
-		Agent:     agent,
-		Prefix:    schema.DefaultPrefix,
-		TTL:       10 * time.Second,
+		Agent: agent,
+		// The prefix the coordinator and resyncctl use by default.
+		Prefix: schema.DefaultPrefix,
+		// A dead agent's registrations vanish within 10 s; the keepalive
+		// runs every TTL/3, so a busy etcd does not expire a live agent.
+		TTL: 10 * time.Second,
+		// An etcd call slower than this is treated as failed and retried.
 		OpTimeout: 5 * time.Second,
-		RetryMin:  100 * time.Millisecond,
-		RetryMax:  5 * time.Second,
+		// First retry soon enough to ride out an etcd leader election;
+		// at most one attempt per agent every 5 s while etcd is down, so a
+		// fleet does not hammer it.
+		RetryMin: 100 * time.Millisecond,
+		RetryMax: 5 * time.Second,
 	}
 }
 
-// Validate checks the configuration; zero durations mean their defaults.
+// withDefaults is c with its zero fields from DefaultConfig: the
+// configuration New runs and Validate checks.
+func (c Config) withDefaults() Config { return defaults.Fill(c, DefaultConfig(c.Agent)) }
+
+// Validate checks the configuration that runs: c with its zero fields from
+// DefaultConfig.
 func (c Config) Validate() error {
+	c = c.withDefaults()
 	if err := schema.ValidateName("agent", c.Agent); err != nil {
 		return fmt.Errorf("registry: config: %w", err)
 	}
 	if _, err := schema.NewLayout(c.Prefix); err != nil {
 		return fmt.Errorf("registry: config: %w", err)
 	}
-	if c.TTL != 0 && c.TTL < time.Second {
+	switch {
+	case c.TTL < time.Second:
 		return fmt.Errorf("registry: config: TTL %v is below the 1s minimum of etcd leases", c.TTL)
-	}
-	if c.RetryMin < 0 || c.RetryMax < 0 || c.OpTimeout < 0 {
+	case c.RetryMin < 0 || c.RetryMax < 0 || c.OpTimeout < 0:
 		return errors.New("registry: config: durations must not be negative")
-	}
-	if c.RetryMin != 0 && c.RetryMax != 0 && c.RetryMax < c.RetryMin {
+	case c.RetryMax < c.RetryMin:
 		return fmt.Errorf("registry: config: RetryMax %v is below RetryMin %v", c.RetryMax, c.RetryMin)
 	}
 	return nil
-}
-
-func (c Config) withDefaults() Config {
-	d := DefaultConfig(c.Agent)
-	if c.Prefix == "" {
-		c.Prefix = d.Prefix
-	}
-	if c.TTL == 0 {
-		c.TTL = d.TTL
-	}
-	if c.OpTimeout == 0 {
-		c.OpTimeout = d.OpTimeout
-	}
-	if c.RetryMin == 0 {
-		c.RetryMin = d.RetryMin
-	}
-	if c.RetryMax == 0 {
-		c.RetryMax = d.RetryMax
-	}
-	return c
 }
 
 // Option sets an optional collaborator.
@@ -171,10 +165,10 @@ func New(c *clientv3.Client, cfg Config, opts ...Option) (*Registry, error) {
 	if c == nil {
 		return nil, errors.New("registry: nil etcd client")
 	}
+	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
 	layout, _ := schema.NewLayout(cfg.Prefix)
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Registry{

@@ -171,11 +171,21 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Agent: "a", TTL: 500 * time.Millisecond}, "below the 1s minimum"},
 		{Config{Agent: "a", Prefix: "nope"}, "must start with"},
 		{Config{Agent: "a", RetryMin: time.Second, RetryMax: time.Millisecond}, "RetryMax"},
+		// Regression: Validate checks the configuration that runs, so a
+		// RetryMin above the default RetryMax (5 s) is refused, as the
+		// watcher refuses it.
+		{Config{Agent: "a", RetryMin: 10 * time.Second}, "RetryMax 5s is below RetryMin 10s"},
 		{Config{}, "agent name is empty"},
 	} {
 		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Validate(%+v) = %v, want %q", tc.cfg, err, tc.want)
 		}
+	}
+	if err := DefaultConfig("a").Validate(); err != nil {
+		t.Errorf("DefaultConfig is invalid: %v", err)
+	}
+	if err := (Config{Agent: "a"}).Validate(); err != nil {
+		t.Errorf("a Config with only the agent (all defaults) is invalid: %v", err)
 	}
 }
 

@@ -11,12 +11,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
-
-// maxTxnOps stays within etcd's default --max-txn-ops (128).
-const maxTxnOps = 128
 
 // loop owns the session: create it, write registrations on it, re-create it
 // when it is lost, revoke it on Close.
@@ -30,7 +28,7 @@ func (r *Registry) loop() {
 		r.mu.Unlock()
 		close(r.donec)
 	}()
-	pause := r.cfg.RetryMin
+	bo := r.backoff()
 	var gen uint64
 	for r.ctx.Err() == nil {
 		sess, err := r.newSession()
@@ -38,14 +36,14 @@ func (r *Registry) loop() {
 			if r.ctx.Err() != nil {
 				return
 			}
+			pause := bo.Next()
 			r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("registry: cannot create an etcd session; retrying")
 			if !r.wait(nil, pause) {
 				return
 			}
-			pause = min(2*pause, r.cfg.RetryMax)
 			continue
 		}
-		pause = r.cfg.RetryMin
+		bo.Reset()
 		gen++
 		r.mu.Lock()
 		r.state = State{Lease: sess.Lease(), Generation: gen}
@@ -90,12 +88,12 @@ func (r *Registry) newSession() (*concurrency.Session, error) {
 
 // serve writes registrations on sess until it is lost or ctx ends.
 func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
-	pause := r.cfg.RetryMin
+	bo := r.backoff()
 	for {
 		err := r.sync(sess.Lease(), gen)
 		switch {
 		case err == nil:
-			pause = r.cfg.RetryMin
+			bo.Reset()
 			select {
 			case <-r.kick:
 			case <-sess.Done():
@@ -111,17 +109,17 @@ func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
 			if r.ctx.Err() != nil {
 				return
 			}
+			pause := bo.Next()
 			r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("registry: writing registrations failed; retrying")
 			if !r.wait(sess.Done(), pause) {
 				return
 			}
-			pause = min(2*pause, r.cfg.RetryMax)
 		}
 	}
 }
 
 // sync writes every registration not yet on this generation's lease and
-// deletes removed ones, in registration order, a Txn per maxTxnOps.
+// deletes removed ones, in registration order, a Txn per schema.MaxTxnOps.
 func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	r.mu.Lock()
 	owned := r.ownedGen == gen
@@ -154,7 +152,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	if !owned && len(ops) > 0 {
 		// Own the agent name first (owner.go); the first registrations
 		// go in the claim's Txn when nobody owned it.
-		n, err := r.claim(lease, gen, ops[:min(len(ops), maxTxnOps-1)])
+		n, err := r.claim(lease, gen, ops[:min(len(ops), schema.MaxTxnOps-1)])
 		if err != nil {
 			return err
 		}
@@ -164,7 +162,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	// displaced process never writes over the new owner.
 	owner := clientv3.Compare(clientv3.LeaseValue(r.layout.Owner(r.cfg.Agent)), "=", int64(lease))
 	for len(ops) > 0 {
-		n := min(len(ops), maxTxnOps)
+		n := min(len(ops), schema.MaxTxnOps)
 		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
 		resp, err := r.c.Txn(ctx).If(owner).Then(ops[:n]...).Commit()
 		cancel()
@@ -200,6 +198,9 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	}
 	return nil
 }
+
+// backoff paces one of the Registry's retry loops (RetryMin to RetryMax).
+func (r *Registry) backoff() *backoff.Backoff { return backoff.New(r.cfg.RetryMin, r.cfg.RetryMax) }
 
 // wait pauses for d; false if ctx ended or lost closed first.
 func (r *Registry) wait(lost <-chan struct{}, d time.Duration) bool {

@@ -9,6 +9,11 @@ import (
 // DefaultPrefix is the key prefix used when none is configured.
 const DefaultPrefix = "/resync/"
 
+// MaxTxnOps is etcd's default --max-txn-ops: the most operations one Txn may
+// carry. Every writer (the leader, an agent's registry and outbox) splits
+// its writes into Txns of at most this many operations.
+const MaxTxnOps = 128
+
 // Key families under the prefix.
 const (
 	electionDir      = "election"

@@ -149,9 +149,13 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 	}
 	ev := w.newEvent(p.name, schema.Started, rec, join)
 	start := w.clock.Now()
+	// Timers are stopped as soon as they are not needed, so that a fake
+	// clock's waiters are exactly the timeouts running.
+	accept := w.clock.NewTimer(w.cfg.AcceptTimeout)
 	select {
 	case p.ch <- ev:
-	case <-w.clock.After(w.cfg.AcceptTimeout):
+		accept.Stop()
+	case <-accept.Chan():
 		if join {
 			// A join resync is never lost: it stays offered (idle),
 			// and the next plugin proceeds. If the plugin is a
@@ -173,6 +177,7 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 		log.WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take Started; timeout ack written, next plugin proceeds")
 		return
 	case <-recCtx.Done():
+		accept.Stop()
 		if w.ctx.Err() == nil {
 			w.stats.withdrawn.Add(1)
 			log.Info("watcher: Started withdrawn before the plugin took it: the revision record changed")
@@ -189,10 +194,12 @@ func (w *Watcher) took(p *plugin, ev *Event, rec schema.Revision, start time.Tim
 	p.handled, p.taken, p.joined, p.parked = rec.Revision, rec.Revision, true, false
 	w.stats.started.Add(1)
 	log.WithField("accepted_in", w.clock.Now().Sub(start)).Debug("watcher: plugin took Started")
+	timeout := w.clock.NewTimer(w.cfg.AckTimeout)
+	defer timeout.Stop()
 	select {
 	case <-ev.ackc:
 		log.WithField("acked_in", w.clock.Now().Sub(start)).Debug("watcher: plugin acked")
-	case <-w.clock.After(w.cfg.AckTimeout):
+	case <-timeout.Chan():
 		if ev.finish(schema.ResultTimeout, "not acked within the ack timeout of "+w.cfg.AckTimeout.String()) {
 			w.stats.ackTimeouts.Add(1)
 			log.WithField("ack_timeout", w.cfg.AckTimeout).Warn("watcher: plugin did not ack; timeout ack written, next plugin proceeds")
@@ -213,10 +220,12 @@ func (w *Watcher) deliverNotActive(p *plugin, rec schema.Revision, recCtx contex
 		return
 	}
 	ev := w.newEvent(p.name, schema.NotActive, rec, false)
+	accept := w.clock.NewTimer(w.cfg.AcceptTimeout)
+	defer accept.Stop()
 	select {
 	case p.ch <- ev:
 		w.stats.notActive.Add(1)
-	case <-w.clock.After(w.cfg.AcceptTimeout):
+	case <-accept.Chan():
 		w.stats.notActiveDropped.Add(1)
 		log.Warn("watcher: plugin did not take NotActive within the accept timeout; dropped")
 	case <-recCtx.Done():

@@ -41,6 +41,12 @@ type agent struct {
 
 func newAgent(t *testing.T, c *clientv3.Client, name string, ttl time.Duration, tune ...func(*Config)) *agent {
 	t.Helper()
+	return newAgentWith(t, c, name, ttl, nil, tune...)
+}
+
+// newAgentWith is newAgent with options for the Watcher.
+func newAgentWith(t *testing.T, c *clientv3.Client, name string, ttl time.Duration, opts []Option, tune ...func(*Config)) *agent {
+	t.Helper()
 	rc := registry.DefaultConfig(name)
 	rc.TTL = ttl
 	rc.OpTimeout = time.Second
@@ -58,7 +64,7 @@ func newAgent(t *testing.T, c *clientv3.Client, name string, ttl time.Duration, 
 	for _, f := range tune {
 		f(&cfg)
 	}
-	w, err := New(reg, cfg, WithLogger(log))
+	w, err := New(reg, cfg, append([]Option{WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
@@ -44,7 +45,7 @@ const maxAckBatchWindow = time.Second
 // one goroutine writes, oldest first.
 func (w *Watcher) outbox() {
 	var seenGen uint64
-	pause := w.cfg.RetryMin
+	bo := backoff.New(w.cfg.RetryMin, w.cfg.RetryMax)
 	for w.ctx.Err() == nil {
 		changed := w.reg.Changed()
 		select {
@@ -68,11 +69,11 @@ func (w *Watcher) outbox() {
 			if w.ctx.Err() != nil {
 				return
 			}
+			pause := bo.Next()
 			w.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
-			retry = time.After(pause)
-			pause = min(2*pause, w.cfg.RetryMax)
+			retry = w.clock.After(pause)
 		} else {
-			pause = w.cfg.RetryMin
+			bo.Reset()
 		}
 		select {
 		case <-w.ctx.Done():
@@ -112,7 +113,7 @@ func (w *Watcher) gather() {
 		}
 		w.omu.Unlock()
 		wait := time.Until(oldest.Add(w.cfg.AckBatchWindow))
-		if n == 0 || n >= maxTxnOps || wait <= 0 || !w.acksExpected() {
+		if n == 0 || n >= schema.MaxTxnOps || wait <= 0 || !w.acksExpected() {
 			return
 		}
 		t := time.NewTimer(wait)
@@ -226,7 +227,7 @@ func (w *Watcher) op(it outItem, lease clientv3.LeaseID) (clientv3.Op, error) {
 }
 
 // flush writes every queued ack (when there is a lease) and request: acks
-// in the order given, then requests, in Txns of at most maxTxnOps
+// in the order given, then requests, in Txns of at most schema.MaxTxnOps
 // operations (one raft entry, one fsync, one etcd revision each). It
 // returns the first error that a retry may cure.
 func (w *Watcher) flush(lease clientv3.LeaseID) error {
@@ -243,7 +244,7 @@ func (w *Watcher) flush(lease clientv3.LeaseID) error {
 	}
 	w.omu.Unlock()
 	for len(items) > 0 {
-		batch := items[:min(len(items), maxTxnOps)]
+		batch := items[:min(len(items), schema.MaxTxnOps)]
 		items = items[len(batch):]
 		if err := w.write(batch, lease); err != nil {
 			return err
@@ -339,9 +340,6 @@ func (w *Watcher) dropRequest(id string) {
 	w.pendingReqs = slices.DeleteFunc(w.pendingReqs, func(p pendingRequest) bool { return p.id == id })
 	w.omu.Unlock()
 }
-
-// maxTxnOps stays within etcd's default --max-txn-ops (128).
-const maxTxnOps = 128
 
 func (w *Watcher) txn(ops []clientv3.Op) error {
 	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)

@@ -245,7 +245,7 @@ func TestAckBatchesRespectTheTxnLimit(t *testing.T) {
 	c := m.Client(t)
 	rec := newRecorder(t)
 	a := newAgent(t, c, "wide", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = maxAckBatchWindow })
-	names := make([]string, maxTxnOps+2)
+	names := make([]string, schema.MaxTxnOps+2)
 	for i := range names {
 		names[i] = fmt.Sprintf("p%03d", i)
 	}
@@ -262,8 +262,8 @@ func TestAckBatchesRespectTheTxnLimit(t *testing.T) {
 		}
 		perRev[w.modRev]++
 	}
-	if len(perRev) != 2 || perRev[acks[0].modRev] != maxTxnOps {
-		t.Fatalf("acks per etcd revision %v, want %d then 2", perRev, maxTxnOps)
+	if len(perRev) != 2 || perRev[acks[0].modRev] != schema.MaxTxnOps {
+		t.Fatalf("acks per etcd revision %v, want %d then 2", perRev, schema.MaxTxnOps)
 	}
 }
 

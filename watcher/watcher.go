@@ -8,9 +8,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/backoff"
+	"github.com/resyncd/resync/internal/defaults"
 	"github.com/resyncd/resync/internal/listwatch"
 	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
@@ -59,77 +62,59 @@ type Config struct {
 	AckBatchWindow time.Duration
 }
 
-// DefaultConfig returns the defaults.
+// DefaultConfig returns the defaults; New fills every zero field of a Config
+// from it, and Validate checks the result.
 func DefaultConfig() Config {
 	return Config{
-		AcceptTimeout:      time.Second,
-		AckTimeout:         10 * time.Second,
-		OpTimeout:          5 * time.Second,
-		RetryMin:           100 * time.Millisecond,
-		RetryMax:           5 * time.Second,
+		// The seed's values: a plugin that neither takes nor acks its event
+		// holds up the agent's next plugins no longer than this.
+		AcceptTimeout: time.Second,
+		AckTimeout:    10 * time.Second,
+		// An etcd call slower than this is treated as failed and retried.
+		OpTimeout: 5 * time.Second,
+		// As registry.DefaultConfig: the first retry rides out an etcd
+		// leader election, and a fleet retries at most every 5 s per agent.
+		RetryMin: 100 * time.Millisecond,
+		RetryMax: 5 * time.Second,
+		// Requests are rare (errors, rejoins); 64 waiting means etcd is
+		// down, and more would only be merged into one round anyway.
 		MaxPendingRequests: 64,
-		AckBatchWindow:     2 * time.Millisecond,
+		// Plugins that ack at once share a Txn; a slow one's predecessor
+		// waits 2 ms at most.
+		AckBatchWindow: 2 * time.Millisecond,
 	}
 }
 
-// Validate checks the configuration; zero values mean their defaults.
+// withDefaults is c with its zero fields from DefaultConfig: the
+// configuration New runs and Validate checks.
+func (c Config) withDefaults() Config { return defaults.Fill(c, DefaultConfig()) }
+
+// Validate checks the configuration that runs: c with its zero fields from
+// DefaultConfig.
 func (c Config) Validate() error {
-	if c.AcceptTimeout < 0 || c.AckTimeout < 0 || c.OpTimeout < 0 || c.RetryMin < 0 || c.RetryMax < 0 {
+	c = c.withDefaults()
+	switch {
+	case c.AcceptTimeout < 0 || c.AckTimeout < 0 || c.OpTimeout < 0 || c.RetryMin < 0 || c.RetryMax < 0:
 		return errors.New("watcher: config: durations must not be negative")
-	}
-	if c.MaxPendingRequests < 0 {
+	case c.MaxPendingRequests < 0:
 		return errors.New("watcher: config: MaxPendingRequests must not be negative")
-	}
-	if c.AckBatchWindow > maxAckBatchWindow {
+	case c.AckBatchWindow > maxAckBatchWindow:
 		return fmt.Errorf("watcher: config: AckBatchWindow %v is above %v: it delays every ack that long; use a few milliseconds", c.AckBatchWindow, maxAckBatchWindow)
-	}
-	d := c.withDefaults()
-	if d.RetryMax < d.RetryMin {
-		return fmt.Errorf("watcher: config: RetryMax %v is below RetryMin %v", d.RetryMax, d.RetryMin)
+	case c.RetryMax < c.RetryMin:
+		return fmt.Errorf("watcher: config: RetryMax %v is below RetryMin %v", c.RetryMax, c.RetryMin)
 	}
 	return nil
 }
 
-func (c Config) withDefaults() Config {
-	d := DefaultConfig()
-	if c.AcceptTimeout == 0 {
-		c.AcceptTimeout = d.AcceptTimeout
-	}
-	if c.AckTimeout == 0 {
-		c.AckTimeout = d.AckTimeout
-	}
-	if c.OpTimeout == 0 {
-		c.OpTimeout = d.OpTimeout
-	}
-	if c.RetryMin == 0 {
-		c.RetryMin = d.RetryMin
-	}
-	if c.RetryMax == 0 {
-		c.RetryMax = d.RetryMax
-	}
-	if c.MaxPendingRequests == 0 {
-		c.MaxPendingRequests = d.MaxPendingRequests
-	}
-	if c.AckBatchWindow == 0 {
-		c.AckBatchWindow = d.AckBatchWindow
-	}
-	return c
-}
-
 // Clock is the time source of a Watcher: timestamps of acks and requests,
-// and the accept and ack timeouts. The default is the system clock.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+// the accept and ack timeouts, and the pauses between retries (not the
+// timeouts of etcd calls, nor AckBatchWindow). It is clockwork's Clock, the
+// one the coordinator takes too (coordinator.WithClock): tests drive both
+// with clockwork.NewFakeClock. The default is the system clock.
+type Clock = clockwork.Clock
 
 // SystemClock returns the system clock.
-func SystemClock() Clock { return systemClock{} }
+func SystemClock() Clock { return clockwork.NewRealClock() }
 
 // Option sets an optional collaborator.
 type Option func(*Watcher)
@@ -290,13 +275,14 @@ func New(reg *registry.Registry, cfg Config, opts ...Option) (*Watcher, error) {
 	if reg == nil {
 		return nil, errors.New("watcher: nil registry")
 	}
+	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Watcher{
-		cfg: cfg.withDefaults(), reg: reg, c: reg.Client(), layout: reg.Layout(), agent: reg.Agent(),
-		log: logrus.StandardLogger(), clock: systemClock{},
+		cfg: cfg, reg: reg, c: reg.Client(), layout: reg.Layout(), agent: reg.Agent(),
+		log: logrus.StandardLogger(), clock: SystemClock(),
 		ctx: ctx, cancel: cancel,
 		kick: make(chan struct{}, 1), outKick: make(chan struct{}, 1), startc: make(chan struct{}),
 		pendingAcks: map[string]pendingAck{}, lastAcks: map[string]schema.Ack{},
@@ -409,7 +395,9 @@ func (w *Watcher) Stats() Stats {
 // closed (after the dispatcher stopped sending), and every goroutine has
 // ended when it returns. It does not close the registry. It is idempotent;
 // it returns once the goroutines end, which takes at most one etcd call
-// cancelled in flight.
+// cancelled in flight. It returns nil: it writes nothing on the way out
+// (the registry's Close revokes the lease, and its error is the one to
+// check).
 func (w *Watcher) Close() error {
 	w.closeOnce.Do(func() {
 		w.cancel()
@@ -528,7 +516,7 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 // them). It retries while etcd fails; ok is false when the Watcher closes.
 func (w *Watcher) readParticipation(n uint64) (part map[string]bool, ok bool) {
 	key := w.layout.RoundAgent(n, w.agent)
-	pause := w.cfg.RetryMin
+	bo := backoff.New(w.cfg.RetryMin, w.cfg.RetryMax)
 	for {
 		ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
 		resp, err := w.c.Get(ctx, key)
@@ -552,13 +540,11 @@ func (w *Watcher) readParticipation(n uint64) (part map[string]bool, ok bool) {
 		if w.ctx.Err() != nil {
 			return nil, false
 		}
+		pause := bo.Next()
 		w.log.WithError(err).WithField("key", key).WithField("retry_in", pause).Warn("watcher: reading this agent's participation failed; retrying")
-		select {
-		case <-w.ctx.Done():
+		if backoff.Sleep(w.ctx, w.clock, pause) != nil {
 			return nil, false
-		case <-w.clock.After(pause):
 		}
-		pause = min(2*pause, w.cfg.RetryMax)
 	}
 }
 

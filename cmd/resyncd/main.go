@@ -281,8 +281,7 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 		return err
 	}
 	if err := metrics.RegisterTerm(reg, func() int64 { return co.Status().Term }); err != nil {
-		co.Close()
-		return err
+		return errors.Join(err, co.Close())
 	}
 	layout, _ := schema.NewLayout(o.coord.Prefix)
 	mctx, mstop := context.WithCancel(context.Background())
@@ -325,8 +324,7 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	}}
 	ln, err := net.Listen("tcp", o.httpAddr)
 	if err != nil {
-		co.Close()
-		return fmt.Errorf("--http-addr %s: %w", o.httpAddr, err)
+		return errors.Join(fmt.Errorf("--http-addr %s: %w", o.httpAddr, err), co.Close())
 	}
 	hs := &http.Server{Handler: h.mux(), ReadHeaderTimeout: 5 * time.Second}
 	httpErr := make(chan error, 1)

@@ -19,6 +19,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/internal/backoff"
 )
 
 // Event is one delivery to the handler.
@@ -34,6 +36,17 @@ type Event struct {
 	Revision int64
 }
 
+// Pauses after a failed list or watch (Options.Retry).
+const (
+	// defaultRetry: most failures are brief (an etcd leader change, a
+	// dropped stream), so the first retry comes soon.
+	defaultRetry = 100 * time.Millisecond
+	// maxRetryFactor caps the doubling at 1.6 s by default: a watch that
+	// keeps failing costs etcd little, and a recovered etcd is noticed
+	// within about two seconds.
+	maxRetryFactor = 16
+)
+
 // Options tune Run. The zero value works.
 type Options struct {
 	// Prefix watches every key under Key instead of Key alone.
@@ -42,8 +55,9 @@ type Options struct {
 	End string
 	// PageSize bounds one page of a list (default 1000).
 	PageSize int64
-	// Retry is the pause after a failed list or watch, doubled up to 16x
-	// (default 100 ms).
+	// Retry is the pause after a failed list or watch, doubled up to
+	// maxRetryFactor x Retry and back to Retry once events flow (default
+	// 100 ms).
 	Retry time.Duration
 	// Log receives retries and resets (default: discarded).
 	Log logrus.FieldLogger
@@ -64,7 +78,7 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 		o.PageSize = 1000
 	}
 	if o.Retry <= 0 {
-		o.Retry = 100 * time.Millisecond
+		o.Retry = defaultRetry
 	}
 	log := o.Log
 	if log == nil {
@@ -73,20 +87,8 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 		log = l
 	}
 	log = log.WithField("watch", key)
-	pause := o.Retry
-	sleep := func() error {
-		t := time.NewTimer(pause)
-		defer t.Stop()
-		if pause < 16*o.Retry {
-			pause *= 2
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-			return nil
-		}
-	}
+	bo := backoff.New(o.Retry, maxRetryFactor*o.Retry)
+	sleep := func() error { return bo.Wait(ctx, nil) }
 	end := o.End
 	if end == "" && o.Prefix {
 		end = clientv3.GetPrefixRangeEnd(key)
@@ -133,7 +135,7 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 				if len(resp.Events) == 0 {
 					continue
 				}
-				pause = o.Retry
+				bo.Reset()
 				last := resp.Events[len(resp.Events)-1].Kv.ModRevision
 				if err := handler(Event{Changes: resp.Events, Revision: last}); err != nil {
 					return err
