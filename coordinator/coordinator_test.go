@@ -415,7 +415,7 @@ func TestPartitionedLeaderIsFenced(t *testing.T) {
 	a.Release() // the participant acks; the successor completes round 2
 	waitFinished(t, obs, 2, 10*time.Second)
 	etcdtest.WaitFor(t, 15*time.Second, "the partitioned leader to step down", func() bool { return !old.Status().Leading })
-	proxy.Heal()
+	proxy.HealReset()
 	request(t, obs, schema.CauseManual, schema.Scope{}, "after heal")
 	waitFinished(t, obs, 3, 15*time.Second)
 	hist := revisionHistory(t, obs)

@@ -58,7 +58,7 @@ func TestRejoinRoundIncludesEveryReRegisteredPlugin(t *testing.T) {
 	etcdtest.WaitFor(t, 20*time.Second, "the registrations", func() bool { return countRegs() == plugins })
 	proxy.Blackhole()
 	etcdtest.WaitFor(t, 20*time.Second, "the lease to expire", func() bool { return countRegs() == 0 })
-	proxy.Heal()
+	proxy.HealReset()
 	var rejoin RoundView
 	etcdtest.WaitFor(t, 60*time.Second, "a finished rejoin round", func() bool {
 		for n := uint64(2); ; n++ {

@@ -240,7 +240,7 @@ func TestPartitionedAgentReRegistersInOrder(t *testing.T) {
 	default:
 		t.Fatal("owner was not told of the lost session")
 	}
-	p.Heal()
+	p.HealReset()
 	etcdtest.WaitFor(t, 20*time.Second, "re-registration on a new session", func() bool {
 		st := r.State()
 		return st.Connected && st.Generation == first.Generation+1

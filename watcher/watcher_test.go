@@ -288,7 +288,7 @@ func TestRejoinAfterLostSession(t *testing.T) {
 		_, _, ok := getAck(t, c, "rj", "p")
 		return !ok
 	})
-	proxy.Heal()
+	proxy.HealReset()
 	etcdtest.WaitFor(t, 30*time.Second, "a new session", func() bool {
 		st := a.reg.State()
 		return st.Connected && st.Generation > first.Generation

@@ -96,3 +96,16 @@ func (p *Proxy) Heal() {
 	p.srv.UnblackholeTx()
 	p.srv.UnblackholeRx()
 }
+
+// HealReset ends a partition that outlived a lease the way a real one ends:
+// traffic flows again and the connections that lived through it are reset
+// (Heal, then Cut and Restore). A connection healed after a short blackhole
+// has lost frames mid-stream, and its HTTP/2 state can stay corrupt for
+// good: every new stream fails with PROTOCOL_ERROR while pings still pass,
+// so a client never re-grants its lease. Use Heal alone only where the
+// test needs the old connection to carry on.
+func (p *Proxy) HealReset() {
+	p.Heal()
+	p.Cut()
+	p.Restore()
+}
