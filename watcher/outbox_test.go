@@ -262,9 +262,26 @@ func TestAckBatchesRespectTheTxnLimit(t *testing.T) {
 		}
 		perRev[w.modRev]++
 	}
-	if len(perRev) != 2 || perRev[acks[0].modRev] != schema.MaxTxnOps {
-		t.Fatalf("acks per etcd revision %v, want %d then 2", perRev, schema.MaxTxnOps)
+	// Where the window expires between two acks (a loaded machine takes
+	// more than the 1 s window to pass Started down 130 plugins) a Txn
+	// closes early, so the split is checked against the limit, not fixed:
+	// no Txn over 128 acks, none refused, and the watcher's count of Txns
+	// is etcd's.
+	for rev, n := range perRev {
+		if n > schema.MaxTxnOps {
+			t.Fatalf("etcd revision %d carries %d acks: over the %d-operation limit", rev, n, schema.MaxTxnOps)
+		}
 	}
+	if len(perRev) < 2 {
+		t.Fatalf("acks per etcd revision %v: 130 acks cannot fit one Txn", perRev)
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "the watcher to count its ack Txns", func() bool {
+		return a.w.Stats().AckTxns == uint64(len(perRev))
+	})
+	if s := a.w.Stats(); s.WritesDropped != 0 {
+		t.Fatalf("stats %+v: acks dropped", s)
+	}
+	t.Logf("acks per etcd revision: %v (128 then 2 unless the window expired)", perRev)
 }
 
 type fixedPasswords struct{}
