@@ -53,6 +53,7 @@ type options struct {
 	dir             string
 	logFile         string
 	cpuProfile      string
+	memProfile      string
 }
 
 func main() {
@@ -86,6 +87,7 @@ func run() int {
 	flag.StringVar(&o.dir, "dir", "", "parent of the temporary etcd data dir (default: the system's temp dir)")
 	flag.StringVar(&o.logFile, "log", "", "file for agents' and coordinators' logs at warn level (default: discarded)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each size's measured rounds to FILE.AxP")
+	flag.StringVar(&o.memProfile, "memprofile", "", "write allocation profiles before and after each size's measured rounds to FILE.AxP.base and FILE.AxP (pprof -base)")
 	var so soakOptions
 	var soakSize string
 	flag.DurationVar(&so.duration, "soak", 0, "instead of the experiments, run the soak for this long (make soak): rounds back to back, sampled")

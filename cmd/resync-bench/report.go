@@ -181,7 +181,7 @@ func printTable(w io.Writer, res *Results) {
 	if len(res.Rounds) > 0 {
 		fmt.Fprintln(w, "\nRound latency (request written -> revision NotActive, every participant acked), ms")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "agents x plugins[@targeted]\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tfloor p99\tfloor txn p50\tbarrier p50\tbarrier p99\tours/floor\tours/floor txn\tours/barrier\tlargest write B\t")
+		fmt.Fprintln(tw, "agents x plugins[@targeted]\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tfloor p99\tfloor txn p50\tbarrier p50\tbarrier p99\tours/floor\tours/floor txn\tours/barrier\tlargest write B\tack Txns/agent\tCPU ms/round\tfloor txn CPU ms\t")
 		for _, r := range res.Rounds {
 			bp50, bp99, rb := "-", "-", "-"
 			switch {
@@ -195,14 +195,20 @@ func printTable(w io.Writer, res *Results) {
 			if r.Barrier.N > 0 && r.BarrierTimedOut {
 				bp99 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%d\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Participants, r.Clients,
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%d\t%.2f\t%.0f\t%.0f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Participants, r.Clients,
 				f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50), f1(r.Floor.P50), f1(r.Floor.P99), f1(r.FloorTxn.P50),
-				bp50, bp99, r.OursOverFloor, r.OursOverFloorTxn, rb, r.LargestWrite)
+				bp50, bp99, r.OursOverFloor, r.OursOverFloorTxn, rb, r.LargestWrite, r.AckTxnsPerAgent, r.CPUPerRound, r.FloorTxnCPU)
 		}
 		tw.Flush()
 		for _, r := range res.Rounds {
 			if r.NotActiveMissing > 0 {
 				fmt.Fprintf(w, "  %dx%d: %d NotActive events not taken within 30 s\n", r.Agents, r.Plugins, r.NotActiveMissing)
+			}
+			for _, u := range r.Unclean {
+				fmt.Fprintf(w, "  %s: unclean measured round, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, u)
+			}
+			for _, x := range r.Extra {
+				fmt.Fprintf(w, "  %s: extra round, not requested, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, x)
 			}
 			if r.BarrierError != "" {
 				fmt.Fprintf(w, "  %dx%d: DoubleBarrier failed: %s\n", r.Agents, r.Plugins, r.BarrierError)
