@@ -34,6 +34,17 @@ type fleet struct {
 	notActive atomic.Int64 // NotActive events taken
 }
 
+// The bench's plugins take and ack every event at once, so these timeouts
+// never fire on a machine with CPU to spare. They are wider than the
+// defaults (1 s, 10 s) because with 50,000 plugin goroutines on 2 busy
+// cores a goroutine that is ready can wait over a second for a CPU: with
+// the default accept timeout 1 to 10 of 50,000 plugins timed out in most
+// 5000x10 rounds, each adding a retry round.
+const (
+	benchAcceptTimeout = 10 * time.Second
+	benchAckTimeout    = 30 * time.Second
+)
+
 // startFleet starts the agents and waits until every registration is in
 // etcd. Agents are spread over ceil(agents/perClient) clients, agent i on
 // client i/perClient.
@@ -46,6 +57,7 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 	for a := range sz.Agents {
 		cfg := resync.DefaultConfig(fmt.Sprintf("agent-%05d", a))
 		cfg.Prefix = prefix
+		cfg.AcceptTimeout, cfg.AckTimeout = benchAcceptTimeout, benchAckTimeout
 		p, err := resync.New(resync.Deps{Log: log, Client: f.clients[a/perClient]}, cfg)
 		if err != nil {
 			f.Close()

@@ -45,7 +45,7 @@ type options struct {
 	failovers       int
 	sessionTTL      time.Duration
 	standbySettle   time.Duration
-	memParticipants int
+	memParticipants []int
 	keyRounds       []int
 	keySize         size
 	only            map[string]bool
@@ -79,7 +79,7 @@ func run() int {
 	flag.IntVar(&o.failovers, "failovers", 5, "failover samples of each kind")
 	flag.DurationVar(&o.sessionTTL, "session-ttl", 2*time.Second, "coordinator SessionTTL in the failover test")
 	flag.DurationVar(&o.standbySettle, "standby-settle", 250*time.Millisecond, "how long the standby campaigns before the leader stops (etcd catches up new watches every 100ms)")
-	flag.IntVar(&o.memParticipants, "mem-participants", 10000, "participants of the memory test")
+	memParticipants := flag.String("mem-participants", "sizes", "participant counts of the memory test, comma separated; \"sizes\": those of -sizes' measured rounds (at least 1000)")
 	flag.StringVar(&keyRounds, "key-rounds", "1,10,50", "count etcd keys after these rounds")
 	flag.StringVar(&keySize, "key-size", "100x10", "agents x plugins of the key-count test")
 	flag.StringVar(&only, "only", "rounds,failover,memory,keys", "experiments to run")
@@ -106,6 +106,9 @@ func run() int {
 
 	var err error
 	if o.sizes, err = parseSizes(sizes); err != nil {
+		return fail(err)
+	}
+	if o.memParticipants, err = memCounts(*memParticipants, o.sizes); err != nil {
 		return fail(err)
 	}
 	if o.keySize, err = parseSize(keySize); err != nil {
