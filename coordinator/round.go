@@ -463,10 +463,11 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	if err != nil {
 		return err
 	}
-	ops := []clientv3.Op{clientv3.OpPut(l.layout.Round(n), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}
+	var ops []clientv3.Op
 	if !before {
-		ops = append(ops, wipe)
+		ops = append(ops, wipe) // first: watchers see leftovers go before the round starts
 	}
+	ops = append(ops, clientv3.OpPut(l.layout.Round(n), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
 	fixed := len(ops)
 	inTxn := min(len(reqKeys), maxTxnOps-len(ops))
 	for _, k := range reqKeys[:inTxn] {
