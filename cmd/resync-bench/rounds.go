@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/pprof"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	recipe "go.etcd.io/etcd/client/v3/experimental/recipes"
@@ -287,7 +289,7 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 					}
 					for len(ops) > 0 {
 						n := min(len(ops), 128)
-						if _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+						if err := busyRetry(ctx, func() error { _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); return err }); err != nil {
 							errc <- err
 							return
 						}
@@ -296,7 +298,8 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 					return
 				}
 				for p := range sz.Plugins {
-					if _, err := c.Put(ctx, layout.Ack(agent, fmt.Sprintf("plugin-%03d", p)), string(val), clientv3.WithLease(leases[a])); err != nil {
+					key := layout.Ack(agent, fmt.Sprintf("plugin-%03d", p))
+					if err := busyRetry(ctx, func() error { _, err := c.Put(ctx, key, string(val), clientv3.WithLease(leases[a])); return err }); err != nil {
 						errc <- err
 						return
 					}
@@ -314,6 +317,23 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 		}
 	}
 	return dist(samples), nil
+}
+
+// busyRetry calls f until it returns anything but etcd's "too many
+// requests" (its apply backlog is full: 10,000 writers at once reach it),
+// pausing 10 ms between attempts, as the watcher's outbox retries.
+func busyRetry(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if !errors.Is(err, rpctypes.ErrTooManyRequests) && !errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // measureBarrier runs etcd's recipes.DoubleBarrier with agents x plugins
