@@ -69,7 +69,7 @@ func run() int {
 		sizes, keyRounds, keySize string
 		only                      string
 	)
-	flag.StringVar(&sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); add 10000x10 on a machine that holds it")
+	flag.StringVar(&sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10,10000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); 10000x10 needs about 4 GiB of memory")
 	flag.IntVar(&o.rounds, "rounds", 20, "measured rounds per size (and floor samples)")
 	flag.IntVar(&o.warmup, "warmup", 2, "unmeasured rounds per size after the initial round")
 	flag.IntVar(&o.agentsPerClient, "agents-per-client", 50, "agents sharing one etcd client")
