@@ -81,6 +81,12 @@ func (w *Watcher) outbox() {
 				w.gather()
 			}
 		case <-changed:
+			// A new lease or owner state: write what waits, but
+			// still let the acks of an agent's round share one Txn
+			// (the owner claim lands just after the first ack).
+			if retry == nil {
+				w.gather()
+			}
 		case <-retry:
 		}
 	}
