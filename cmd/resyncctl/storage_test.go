@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,7 +42,7 @@ func TestWatchAndTriggerWaitSurviveFrequentCompaction(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	compactions := 0
+	var compactions atomic.Int64
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -56,7 +57,7 @@ func TestWatchAndTriggerWaitSurviveFrequentCompaction(t *testing.T) {
 			resp, err := c.Get(ctx, "compact-probe")
 			if err == nil {
 				if _, err := c.Compact(ctx, resp.Header.Revision); err == nil {
-					compactions++
+					compactions.Add(1)
 				}
 			}
 		}
@@ -65,24 +66,28 @@ func TestWatchAndTriggerWaitSurviveFrequentCompaction(t *testing.T) {
 	var errText etcdtest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"watch", "--endpoints", ep}, &text, &errText) }()
-	for i := 1; i <= 5; i++ {
+	// At least 5 rounds, and as many more as it takes for 10 compactions
+	// to run meanwhile (a round takes a few milliseconds).
+	rounds := 0
+	for i := 1; i <= 5 || (compactions.Load() < 10 && i <= 200); i++ {
+		rounds = i
 		code, out, _ := cli(t, ctxT(t, 30*time.Second), "trigger", "--endpoints", ep, "--wait", "--timeout", "20s", "--reason", fmt.Sprintf("compacted %d", i))
 		if code != 0 || !strings.Contains(out, "clean") {
 			t.Fatalf("trigger --wait %d under compaction: exit %d\n%s", i, code, out)
 		}
 	}
-	etcdtest.WaitFor(t, 20*time.Second, "watch lines of the 5 rounds", func() bool {
-		return strings.Count(text.String(), "finished clean") >= 5
+	etcdtest.WaitFor(t, 20*time.Second, "watch lines of the rounds", func() bool {
+		return strings.Count(text.String(), "finished clean") >= rounds
 	})
 	cancel()
 	wg.Wait()
 	if code := <-done; code != 0 {
 		t.Errorf("watch exited %d: %s", code, errText.String())
 	}
-	if compactions < 10 {
-		t.Fatalf("only %d compactions ran", compactions)
+	if n := compactions.Load(); n < 10 {
+		t.Fatalf("only %d compactions ran", n)
 	}
-	t.Logf("%d compactions; watch:\n%s", compactions, text.String())
+	t.Logf("%d compactions, %d rounds; watch:\n%s", compactions.Load(), rounds, text.String())
 }
 
 // With etcd's quota full, resyncctl's error is one line saying what
