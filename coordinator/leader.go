@@ -427,6 +427,13 @@ func (l *leader) setResume(_ context.Context, round schema.Round) error {
 		}
 	}
 	l.resume, l.resumeParts, l.rebuild = &round, parts, false
+	if round.Scope.IsAll() && len(recs) > 0 && len(recs)+len(bad) < round.Agents {
+		// An all-scope round's records follow its start (round.go): the
+		// leader died while writing them.
+		l.log.WithField("revision", round.Revision).WithField("records", len(recs)).WithField("agents", round.Agents).
+			Warn("coordinator: the running round's participant records are incomplete; resuming with the current registrations")
+		l.rebuild = true
+	}
 	if len(recs) == 0 && round.Counts.Participants > 0 {
 		if round.Scope.IsAll() {
 			l.log.WithField("revision", round.Revision).Error("coordinator: the running round's participant records are missing; resuming with the current registrations")

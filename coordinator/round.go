@@ -381,10 +381,17 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum, Participants: len(parts),
 		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity, Epoch: l.epoch,
 	}
-	// Participation first: an agent reads its rounds/<N>/agents/<agent>
-	// when it sees the revision Started. Whatever an earlier attempt at
-	// round N left under rounds/<N>/ goes first, in its own Txn (etcd
-	// refuses a Txn whose delete range overlaps its puts).
+	// A set scope's participation goes first: an agent reads its
+	// rounds/<N>/agents/<agent> when it sees such a revision Started.
+	// Whatever an earlier attempt at round N left under rounds/<N>/ goes
+	// before, in its own Txn (etcd refuses a Txn whose delete range
+	// overlaps its puts). An all-scope round needs no record for agents
+	// to start (every plugin takes part), so its records follow the start
+	// Txn (which then carries the delete) and are written while agents
+	// already work: the fixed cost before Started is one Txn whatever the
+	// fleet size. A successor that finds fewer records than the summary's
+	// agents (the leader died between) rebuilds the participants of an
+	// all-scope round from the live registrations (setResume).
 	var puts []put
 	var err error
 	byAgent(parts, func(agent string, ps []schema.PluginID) {
@@ -415,12 +422,16 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 			t = t[k:]
 		}
 	}
-	if err := l.fencedTxn([]clientv3.Op{clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())}); err != nil && !errors.Is(err, errPermanent) {
-		return err
-	}
-	lost, err := l.writePuts(nil, puts)
-	if err != nil {
-		return err
+	wipe := clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())
+	var lost int
+	before := !scope.IsAll()
+	if before {
+		if err := l.fencedTxn([]clientv3.Op{wipe}); err != nil && !errors.Is(err, errPermanent) {
+			return err
+		}
+		if lost, err = l.writePuts(nil, puts); err != nil {
+			return err
+		}
 	}
 	rec.Truncated = lost > 0
 	roundVal, err := schema.Encode(rec)
@@ -431,7 +442,12 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	if err != nil {
 		return err
 	}
-	ops := []clientv3.Op{clientv3.OpPut(l.layout.Round(n), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}
+	var ops []clientv3.Op
+	if !before {
+		ops = append(ops, wipe) // first: watchers see leftovers go before the round starts
+	}
+	ops = append(ops, clientv3.OpPut(l.layout.Round(n), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
+	fixed := len(ops)
 	inTxn := min(len(reqKeys), schema.MaxTxnOps-len(ops))
 	for _, k := range reqKeys[:inTxn] {
 		ops = append(ops, clientv3.OpDelete(k))
@@ -439,7 +455,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	err = l.fencedTxn(ops)
 	if errors.Is(err, errPermanent) && inTxn > 0 {
 		inTxn = 0
-		err = l.fencedTxn(ops[:2])
+		err = l.fencedTxn(ops[:fixed])
 	}
 	if errors.Is(err, errPermanent) {
 		// Nothing smaller to write: drop the requests rather than retry
@@ -475,6 +491,13 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		WithField("cause", cause).WithField("reason", reason).Info("coordinator: round started")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 	l.co.hooks.RoundStarted(l.round.rec, false)
+	if !before {
+		lost, err := l.writePuts(nil, puts)
+		l.round.lost += lost
+		if err != nil {
+			return err
+		}
+	}
 	l.reconcile()
 	return nil
 }
@@ -590,9 +613,19 @@ func (l *leader) finish(now time.Time) error {
 	if err != nil {
 		return err
 	}
-	lost, err := l.writePuts(nil, puts)
-	if err != nil {
-		return err
+	// A small round's outcomes share the summary's Txn (below): one
+	// write, one fsync fewer per round. Otherwise they go first.
+	together := len(puts) <= schema.MaxTxnOps/2
+	size := 0
+	for _, p := range puts {
+		size += p.size()
+	}
+	together = together && size <= l.cfg.WriteBudget/2
+	var lost int
+	if !together {
+		if lost, err = l.writePuts(nil, puts); err != nil {
+			return err
+		}
 	}
 	rec.Truncated = rec.Truncated || rs.lost+lost > 0
 
@@ -652,6 +685,27 @@ func (l *leader) finish(now time.Time) error {
 			return err
 		}
 		var ops []clientv3.Op
+		if together && attempt == 0 {
+			for _, p := range puts {
+				ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
+			}
+			ops = append(ops, clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
+			if err = l.fencedTxn(append(ops, extra...)); err == nil {
+				break
+			}
+			if !errors.Is(err, errPermanent) {
+				return err
+			}
+			// Refused for good: the outcomes alone (degraded where
+			// needed), then the summary as for a large round.
+			together = false
+			if lost, err = l.writePuts(nil, puts); err != nil {
+				return err
+			}
+			rec.Truncated = rec.Truncated || lost > 0
+			attempt = -1
+			continue
+		}
 		switch attempt {
 		case 0, 1:
 			ops = append([]clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}, extra...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -76,14 +77,28 @@ func opsSize(ops []clientv3.Op) int {
 	return n
 }
 
+// parallelWrites is how many of writePuts' Txns are in flight at once:
+// etcd commits concurrent Txns in shared raft entries and fsyncs, so a
+// round's per-agent records (agents/128 Txns) cost a fraction of the
+// round trips they cost one after another.
+const parallelWrites = 4
+
 // writePuts writes puts (after the ops in first, which go in the first
 // Txn) in fenced Txns of at most schema.MaxTxnOps operations and WriteBudget
-// bytes. A batch etcd refuses for good is split into single puts; a single
-// put refused for good is retried with its degraded value, and otherwise
-// logged with its key and size and skipped. It returns how many puts were
-// degraded or skipped; an error only when leadership ended.
+// bytes, up to parallelWrites at once (the keys are distinct, so their
+// order does not matter). A batch etcd refuses for good is split into
+// single puts; a single put refused for good is retried with its degraded
+// value, and otherwise logged with its key and size and skipped. It
+// returns how many puts were degraded or skipped; an error only when
+// leadership ended.
 func (l *leader) writePuts(first []clientv3.Op, puts []put) (lost int, err error) {
+	type txnBatch struct {
+		ops   []clientv3.Op
+		first int // ops from first
+		puts  []put
+	}
 	budget := l.cfg.WriteBudget
+	var batches []txnBatch
 	for len(first) > 0 || len(puts) > 0 {
 		ops := first
 		size := opsSize(first)
@@ -94,26 +109,46 @@ func (l *leader) writePuts(first []clientv3.Op, puts []put) (lost int, err error
 			size += puts[n].size()
 			n++
 		}
-		batch := puts[:n]
+		batches = append(batches, txnBatch{ops: ops, first: len(ops) - n, puts: puts[:n]})
 		puts = puts[n:]
-		err := l.fencedTxn(ops)
-		if err == nil {
-			continue
+	}
+	for len(batches) > 0 {
+		wave := batches[:min(len(batches), parallelWrites)]
+		batches = batches[len(wave):]
+		errs := make([]error, len(wave))
+		var wg sync.WaitGroup
+		for i, b := range wave {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = l.fencedTxn(b.ops)
+				if errs[i] != nil && !errors.Is(errs[i], errPermanent) {
+					// Leadership ended; fencedTxn may have taken the
+					// reason from deposedC: pass it on to the others.
+					l.deposed(errs[i].Error())
+				}
+			}()
 		}
-		if !errors.Is(err, errPermanent) {
-			return lost, err
-		}
-		// One by one, degraded when refused.
-		if len(ops) > len(batch) {
-			if err := l.fencedTxn(ops[:len(ops)-len(batch)]); err != nil && !errors.Is(err, errPermanent) {
-				return lost, err
+		wg.Wait()
+		for i, b := range wave {
+			if errs[i] == nil {
+				continue
 			}
-		}
-		for _, p := range batch {
-			l2, err := l.writeOne(p)
-			lost += l2
-			if err != nil {
-				return lost, err
+			if !errors.Is(errs[i], errPermanent) {
+				return lost, errs[i]
+			}
+			// One by one, degraded when refused.
+			if b.first > 0 {
+				if err := l.fencedTxn(b.ops[:b.first]); err != nil && !errors.Is(err, errPermanent) {
+					return lost, err
+				}
+			}
+			for _, p := range b.puts {
+				l2, err := l.writeOne(p)
+				lost += l2
+				if err != nil {
+					return lost, err
+				}
 			}
 		}
 	}

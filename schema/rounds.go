@@ -242,9 +242,10 @@ func plural(n int, what string) string {
 }
 
 // RoundAgent is the value of rounds/<N>/agents/<agent>: which plugins of
-// the agent take part in round N (written before the revision says
-// Started, so an agent learns its participation with one Get of its own
-// key), and, once the round completed (State NotActive), their outcomes.
+// the agent take part in round N (for a set scope written before the
+// revision says Started, so an agent learns its participation with one Get
+// of its own key; for all, right after), and, once the round completed
+// (State NotActive), their outcomes.
 type RoundAgent struct {
 	Revision uint64   `json:"revision"`
 	Agent    string   `json:"agent"`

@@ -3,7 +3,6 @@ package watcher
 import (
 	"context"
 	"reflect"
-	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -26,7 +25,9 @@ func (w *Watcher) dispatch() {
 	var resets uint64
 	for w.ctx.Err() == nil {
 		w.mu.Lock()
-		rec, recCtx, plugins, r := w.rec, w.recCtx, slices.Clone(w.plugins), w.resets
+		// w.plugins only grows by append, which never writes the
+		// elements below its length: a capped view is a snapshot.
+		rec, recCtx, plugins, r := w.rec, w.recCtx, w.plugins[:len(w.plugins):len(w.plugins)], w.resets
 		w.mu.Unlock()
 		if r != resets {
 			resets = r
@@ -86,10 +87,22 @@ func (w *Watcher) idle(rec *schema.Revision, recCtx context.Context, plugins []*
 		return
 	}
 	p, ev := parked[i-fixed], events[i-fixed]
-	log := w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision, "join": true})
-	log.Info("watcher: plugin took its join Started late (it was parked after the accept timeout)")
+	log := func() logrus.FieldLogger {
+		return w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision, "join": true})
+	}
+	log().Info("watcher: plugin took its join Started late (it was parked after the accept timeout)")
 	w.took(p, ev, *rec, w.clock.Now(), log)
 }
+
+// debug reports whether debug lines would be logged, so that the hot path
+// builds none that are discarded (an unknown logger: assume yes).
+func (w *Watcher) debug() bool {
+	if e, ok := w.log.(*logrus.Entry); ok && e.Logger != nil {
+		return e.Logger.IsLevelEnabled(logrus.DebugLevel)
+	}
+	return true
+}
+
 func (w *Watcher) closeChannels() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -143,7 +156,11 @@ func (w *Watcher) nextNotActive(rec schema.Revision, plugins []*plugin) *plugin 
 // withdrawn and the dispatcher looks again. Once taken, the wait is not cut
 // short by a newer record: one plugin of an agent reloads at a time.
 func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.Context, join bool) {
-	log := w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision, "join": join})
+	// Built only when something is logged: this runs once per plugin and
+	// round, thousands of times per round in a fleet.
+	log := func() logrus.FieldLogger {
+		return w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision, "join": join})
+	}
 	if recCtx.Err() != nil {
 		return // the record changed since it was read
 	}
@@ -166,7 +183,7 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 				p.parked = true
 				w.stats.joinsParked.Add(1)
 			}
-			log.WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take its join Started; it stays offered, next plugin proceeds")
+			log().WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take its join Started; it stays offered, next plugin proceeds")
 			if rec.State != schema.Started || !w.participates(rec, p.name) {
 				return
 			}
@@ -174,13 +191,13 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 		p.handled = rec.Revision
 		w.stats.acceptTimeouts.Add(1)
 		ev.finish(schema.ResultTimeout, "event not taken from the status channel within the accept timeout of "+w.cfg.AcceptTimeout.String())
-		log.WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take Started; timeout ack written, next plugin proceeds")
+		log().WithField("accept_timeout", w.cfg.AcceptTimeout).Warn("watcher: plugin did not take Started; timeout ack written, next plugin proceeds")
 		return
 	case <-recCtx.Done():
 		accept.Stop()
 		if w.ctx.Err() == nil {
 			w.stats.withdrawn.Add(1)
-			log.Info("watcher: Started withdrawn before the plugin took it: the revision record changed")
+			log().Info("watcher: Started withdrawn before the plugin took it: the revision record changed")
 		}
 		return
 	}
@@ -190,19 +207,24 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 // took records that p took Started ev for rec and waits for its ack or the
 // ack timeout. The wait is not cut short by a newer record: one plugin of an
 // agent reloads at a time.
-func (w *Watcher) took(p *plugin, ev *Event, rec schema.Revision, start time.Time, log logrus.FieldLogger) {
+func (w *Watcher) took(p *plugin, ev *Event, rec schema.Revision, start time.Time, log func() logrus.FieldLogger) {
 	p.handled, p.taken, p.joined, p.parked = rec.Revision, rec.Revision, true, false
 	w.stats.started.Add(1)
-	log.WithField("accepted_in", w.clock.Now().Sub(start)).Debug("watcher: plugin took Started")
+	debug := w.debug()
+	if debug {
+		log().WithField("accepted_in", w.clock.Now().Sub(start)).Debug("watcher: plugin took Started")
+	}
 	timeout := w.clock.NewTimer(w.cfg.AckTimeout)
 	defer timeout.Stop()
 	select {
 	case <-ev.ackc:
-		log.WithField("acked_in", w.clock.Now().Sub(start)).Debug("watcher: plugin acked")
+		if debug {
+			log().WithField("acked_in", w.clock.Now().Sub(start)).Debug("watcher: plugin acked")
+		}
 	case <-timeout.Chan():
 		if ev.finish(schema.ResultTimeout, "not acked within the ack timeout of "+w.cfg.AckTimeout.String()) {
 			w.stats.ackTimeouts.Add(1)
-			log.WithField("ack_timeout", w.cfg.AckTimeout).Warn("watcher: plugin did not ack; timeout ack written, next plugin proceeds")
+			log().WithField("ack_timeout", w.cfg.AckTimeout).Warn("watcher: plugin did not ack; timeout ack written, next plugin proceeds")
 		}
 	case <-w.ctx.Done():
 	}
@@ -212,7 +234,9 @@ func (w *Watcher) took(p *plugin, ev *Event, rec schema.Revision, start time.Tim
 // within the accept timeout or overtaken by a newer record.
 func (w *Watcher) deliverNotActive(p *plugin, rec schema.Revision, recCtx context.Context) {
 	p.notActive = rec.Revision
-	log := w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision})
+	log := func() logrus.FieldLogger {
+		return w.log.WithFields(logrus.Fields{"plugin": p.name, "revision": rec.Revision})
+	}
 	if recCtx.Err() != nil {
 		if w.ctx.Err() == nil {
 			w.stats.notActiveDropped.Add(1)
@@ -227,11 +251,11 @@ func (w *Watcher) deliverNotActive(p *plugin, rec schema.Revision, recCtx contex
 		w.stats.notActive.Add(1)
 	case <-accept.Chan():
 		w.stats.notActiveDropped.Add(1)
-		log.Warn("watcher: plugin did not take NotActive within the accept timeout; dropped")
+		log().Warn("watcher: plugin did not take NotActive within the accept timeout; dropped")
 	case <-recCtx.Done():
 		if w.ctx.Err() == nil {
 			w.stats.notActiveDropped.Add(1)
-			log.Info("watcher: NotActive dropped: a newer revision arrived")
+			log().Info("watcher: NotActive dropped: a newer revision arrived")
 		}
 	}
 }

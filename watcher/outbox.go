@@ -82,6 +82,12 @@ func (w *Watcher) outbox() {
 				w.gather()
 			}
 		case <-changed:
+			// A new lease or owner state: write what waits, but
+			// still let the acks of an agent's round share one Txn
+			// (the owner claim lands just after the first ack).
+			if retry == nil {
+				w.gather()
+			}
 		case <-retry:
 		}
 	}
@@ -232,7 +238,7 @@ func (w *Watcher) op(it outItem, lease clientv3.LeaseID) (clientv3.Op, error) {
 // returns the first error that a retry may cure.
 func (w *Watcher) flush(lease clientv3.LeaseID) error {
 	w.omu.Lock()
-	var items []outItem
+	items := make([]outItem, 0, len(w.pendingAcks)+len(w.pendingReqs))
 	if lease != 0 {
 		for plugin, p := range w.pendingAcks {
 			items = append(items, outItem{plugin: plugin, ack: p})
@@ -305,6 +311,9 @@ func (w *Watcher) written(it outItem) {
 	if it.plugin != "" {
 		w.dropAck(it.plugin, it.ack.seq)
 		w.stats.acksWritten.Add(1)
+		if !w.debug() {
+			return
+		}
 		w.log.WithFields(logrus.Fields{"plugin": it.plugin, "revision": it.ack.ack.Revision, "result": it.ack.ack.Result}).Debug("watcher: ack written")
 		return
 	}

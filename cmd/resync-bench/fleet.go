@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,17 @@ type fleet struct {
 	notActive atomic.Int64 // NotActive events taken
 }
 
+// The bench's plugins take and ack every event at once, so these timeouts
+// never fire on a machine with CPU to spare. They are wider than the
+// defaults (1 s, 10 s) because with 50,000 plugin goroutines on 2 busy
+// cores a goroutine that is ready can wait over a second for a CPU: with
+// the default accept timeout 1 to 10 of 50,000 plugins timed out in most
+// 5000x10 rounds, each adding a retry round.
+const (
+	benchAcceptTimeout = 10 * time.Second
+	benchAckTimeout    = 30 * time.Second
+)
+
 // startFleet starts the agents and waits until every registration is in
 // etcd. Agents are spread over ceil(agents/perClient) clients, agent i on
 // client i/perClient.
@@ -45,6 +57,7 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 	for a := range sz.Agents {
 		cfg := resync.DefaultConfig(fmt.Sprintf("agent-%05d", a))
 		cfg.Prefix = prefix
+		cfg.AcceptTimeout, cfg.AckTimeout = benchAcceptTimeout, benchAckTimeout
 		p, err := resync.New(resync.Deps{Log: log, Client: f.clients[a/perClient]}, cfg)
 		if err != nil {
 			f.Close()
@@ -199,6 +212,83 @@ func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reas
 }
 
 var errRound = errors.New("round")
+
+// benchReason is the reason of the bench's requests: a round whose reason
+// holds it is a measured one (requests that coalesce keep every reason).
+const benchReason = "resync-bench"
+
+// ours reports whether r was started by a bench request.
+func ours(r schema.Round) bool { return strings.Contains(r.Reason, benchReason) }
+
+func describe(r schema.Round) string {
+	c := r.Counts
+	return fmt.Sprintf("round %d (%s: %s): %d participants, %d acked, %d failed, %d timed out, %d departed",
+		r.Revision, r.Cause, r.Reason, c.Participants, c.Acked, c.Failed, c.TimedOut, c.Departed)
+}
+
+// drainExtra records rounds already reported that the bench did not ask
+// for.
+func (h *roundHooks) drainExtra(row *RoundRow) {
+	for {
+		select {
+		case ev := <-h.finished:
+			h.extra(row, ev.round)
+		case <-h.started:
+		default:
+			return
+		}
+	}
+}
+
+func (h *roundHooks) extra(row *RoundRow, r schema.Round) {
+	d := describe(r)
+	row.Extra = append(row.Extra, d)
+	progress("extra %s", d)
+}
+
+// waitOurs waits for the round that takes the bench's request: its start
+// and its finish. Rounds in between that are not ours (a retry, a rejoin)
+// are recorded in row.Extra.
+func (h *roundHooks) waitOurs(ctx context.Context, row *RoundRow) (s, fin roundEvent, err error) {
+	for {
+		if s, err = waitRound(ctx, h.started, time.Minute, "RoundStarted"); err != nil {
+			return s, fin, err
+		}
+		if ours(s.round) {
+			break
+		}
+		if _, err := h.waitFinish(ctx, row, s.round.Revision); err != nil {
+			return s, fin, err
+		}
+	}
+	fin, err = h.waitFinish(ctx, row, s.round.Revision)
+	return s, fin, err
+}
+
+// waitFinish waits for round n's finish, recording other rounds' finishes
+// as extra.
+func (h *roundHooks) waitFinish(ctx context.Context, row *RoundRow, n uint64) (roundEvent, error) {
+	for {
+		fin, err := waitRound(ctx, h.finished, 5*time.Minute, "RoundFinished")
+		if err != nil || fin.round.Revision == n {
+			if err == nil && !ours(fin.round) {
+				h.extra(row, fin.round)
+			}
+			return fin, err
+		}
+		h.extra(row, fin.round)
+	}
+}
+
+// waitExtra waits for the next round (the retry of an unclean one) to
+// finish, at most d.
+func (h *roundHooks) waitExtra(ctx context.Context, row *RoundRow, d time.Duration) (roundEvent, error) {
+	s, err := waitRound(ctx, h.started, d, "retry RoundStarted")
+	if err != nil {
+		return s, err
+	}
+	return h.waitFinish(ctx, row, s.round.Revision)
+}
 
 // waitRound waits for the next event on ch, at most d.
 func waitRound(ctx context.Context, ch <-chan roundEvent, d time.Duration, what string) (roundEvent, error) {

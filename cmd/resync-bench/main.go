@@ -45,7 +45,7 @@ type options struct {
 	failovers       int
 	sessionTTL      time.Duration
 	standbySettle   time.Duration
-	memParticipants int
+	memParticipants []int
 	keyRounds       []int
 	keySize         size
 	only            map[string]bool
@@ -53,6 +53,7 @@ type options struct {
 	dir             string
 	logFile         string
 	cpuProfile      string
+	memProfile      string
 }
 
 func main() {
@@ -68,7 +69,7 @@ func run() int {
 		sizes, keyRounds, keySize string
 		only                      string
 	)
-	flag.StringVar(&sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); add 10000x10 on a machine that holds it")
+	flag.StringVar(&sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10,10000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); 10000x10 needs about 4 GiB of memory")
 	flag.IntVar(&o.rounds, "rounds", 20, "measured rounds per size (and floor samples)")
 	flag.IntVar(&o.warmup, "warmup", 2, "unmeasured rounds per size after the initial round")
 	flag.IntVar(&o.agentsPerClient, "agents-per-client", 50, "agents sharing one etcd client")
@@ -78,7 +79,7 @@ func run() int {
 	flag.IntVar(&o.failovers, "failovers", 5, "failover samples of each kind")
 	flag.DurationVar(&o.sessionTTL, "session-ttl", 2*time.Second, "coordinator SessionTTL in the failover test")
 	flag.DurationVar(&o.standbySettle, "standby-settle", 250*time.Millisecond, "how long the standby campaigns before the leader stops (etcd catches up new watches every 100ms)")
-	flag.IntVar(&o.memParticipants, "mem-participants", 10000, "participants of the memory test")
+	memParticipants := flag.String("mem-participants", "sizes", "participant counts of the memory test, comma separated; \"sizes\": those of -sizes' measured rounds (at least 1000)")
 	flag.StringVar(&keyRounds, "key-rounds", "1,10,50", "count etcd keys after these rounds")
 	flag.StringVar(&keySize, "key-size", "100x10", "agents x plugins of the key-count test")
 	flag.StringVar(&only, "only", "rounds,failover,memory,keys", "experiments to run")
@@ -86,6 +87,7 @@ func run() int {
 	flag.StringVar(&o.dir, "dir", "", "parent of the temporary etcd data dir (default: the system's temp dir)")
 	flag.StringVar(&o.logFile, "log", "", "file for agents' and coordinators' logs at warn level (default: discarded)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each size's measured rounds to FILE.AxP")
+	flag.StringVar(&o.memProfile, "memprofile", "", "write allocation profiles before and after each size's measured rounds to FILE.AxP.base and FILE.AxP (pprof -base)")
 	var so soakOptions
 	var soakSize string
 	flag.DurationVar(&so.duration, "soak", 0, "instead of the experiments, run the soak for this long (make soak): rounds back to back, sampled")
@@ -104,6 +106,9 @@ func run() int {
 
 	var err error
 	if o.sizes, err = parseSizes(sizes); err != nil {
+		return fail(err)
+	}
+	if o.memParticipants, err = memCounts(*memParticipants, o.sizes); err != nil {
 		return fail(err)
 	}
 	if o.keySize, err = parseSize(keySize); err != nil {

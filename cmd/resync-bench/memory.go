@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,9 +52,27 @@ const childMemoryArg = "internal-child-memory"
 const memoryMethod = "coordinator alone in a child process; registrations and acks written directly as leased keys by the parent; " +
 	"live heap (HeapAlloc after 2 GCs) after the rounds minus before the coordinator started, divided by participants"
 
-func measureMemory(ctx context.Context, e *env, o options) (*MemoryResult, error) {
+// memCounts parses -mem-participants: a list, or "sizes" for the distinct
+// participant counts of the sizes' measured rounds, at least 1000 (below
+// that the coordinator's fixed heap, not the per-participant one, shows).
+func memCounts(flagValue string, sizes []size) ([]int, error) {
+	if flagValue != "sizes" {
+		return parseInts(flagValue)
+	}
+	var out []int
+	for _, sz := range sizes {
+		if n := sz.measured().participants(); n >= 1000 && !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		out = []int{10000}
+	}
+	return out, nil
+}
+
+func measureMemory(ctx context.Context, e *env, n int) (*MemoryResult, error) {
 	const plugins = 10
-	n := o.memParticipants
 	agents := (n + plugins - 1) / plugins
 	prefix := "/bench/memory/"
 	layout := schema.MustLayout(prefix)

@@ -48,7 +48,7 @@ type Results struct {
 	WallS    float64         `json:"wall_s"`
 	Rounds   []RoundRow      `json:"rounds,omitempty"`
 	Failover *FailoverResult `json:"failover,omitempty"`
-	Memory   *MemoryResult   `json:"memory,omitempty"`
+	Memory   []MemoryResult  `json:"memory,omitempty"`
 	Keys     []KeysRow       `json:"keys,omitempty"`
 	Targets  []Target        `json:"targets"`
 	Error    string          `json:"error,omitempty"`
@@ -63,7 +63,7 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 		CoalesceWindowMs: ms(o.coalesce),
 		BarrierRounds:    o.barrierRounds,
 		BarrierTimeoutMs: ms(o.barrierTimeout),
-		AgentConfig:      "resync.DefaultConfig: TTL 10s, accept 1s, ack 10s; plugins ack at once",
+		AgentConfig:      fmt.Sprintf("resync.DefaultConfig (TTL 10s) with accept %v, ack %v; plugins ack at once", benchAcceptTimeout, benchAckTimeout),
 	}}
 	defer func() { res.WallS = time.Since(res.Start).Seconds(); res.Targets = targets(res, o) }()
 	progress("starting embedded etcd")
@@ -93,10 +93,13 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 		}
 	}
 	if o.only["memory"] {
-		progress("memory: %d participants", o.memParticipants)
-		res.Memory, err = measureMemory(ctx, e, o)
-		if err != nil {
-			return fail(fmt.Errorf("memory: %w", err))
+		for _, n := range o.memParticipants {
+			progress("memory: %d participants", n)
+			m, err := measureMemory(ctx, e, n)
+			if err != nil {
+				return fail(fmt.Errorf("memory %d: %w", n, err))
+			}
+			res.Memory = append(res.Memory, *m)
 		}
 	}
 	if o.only["keys"] {
@@ -155,9 +158,14 @@ func targets(res *Results, o options) []Target {
 			Target{Name: "graceful failover", Goal: "median <= 50 ms",
 				Measured: fmt.Sprintf("%.1f ms (n=%d)", f.Graceful.P50, f.Graceful.N), Met: f.Graceful.N > 0 && f.Graceful.P50 <= 50})
 	}
-	if m := res.Memory; m != nil {
-		out = append(out, Target{Name: "coordinator heap", Goal: "<= 2048 B per participant",
-			Measured: fmt.Sprintf("%.0f B per participant at %d", m.PerParticipant, m.Participants), Met: m.PerParticipant <= 2048})
+	for _, m := range res.Memory {
+		// 1 KiB at fleet scale (50,000 participants and more), 2 KiB below.
+		limit := 2048.0
+		if m.Participants >= 50000 {
+			limit = 1024
+		}
+		out = append(out, Target{Name: fmt.Sprintf("coordinator heap at %d participants", m.Participants), Goal: fmt.Sprintf("<= %.0f B per participant", limit),
+			Measured: fmt.Sprintf("%.0f B per participant", m.PerParticipant), Met: m.PerParticipant <= limit})
 	}
 	if len(res.Keys) > 0 {
 		same := true
@@ -181,7 +189,7 @@ func printTable(w io.Writer, res *Results) {
 	if len(res.Rounds) > 0 {
 		fmt.Fprintln(w, "\nRound latency (request written -> revision NotActive, every participant acked), ms")
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "agents x plugins[@targeted]\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tfloor p99\tfloor txn p50\tbarrier p50\tbarrier p99\tours/floor\tours/floor txn\tours/barrier\tlargest write B\t")
+		fmt.Fprintln(tw, "agents x plugins[@targeted]\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tfloor p99\tfloor txn p50\tbarrier p50\tbarrier p99\tours/floor\tours/floor txn\tours/barrier\tlargest write B\tcoord heap B/participant\tack Txns/agent\tCPU ms/round\tfloor txn CPU ms\t")
 		for _, r := range res.Rounds {
 			bp50, bp99, rb := "-", "-", "-"
 			switch {
@@ -195,14 +203,20 @@ func printTable(w io.Writer, res *Results) {
 			if r.Barrier.N > 0 && r.BarrierTimedOut {
 				bp99 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%d\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Participants, r.Clients,
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%s\t%d\t%s\t%.2f\t%.0f\t%.0f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Participants, r.Clients,
 				f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50), f1(r.Floor.P50), f1(r.Floor.P99), f1(r.FloorTxn.P50),
-				bp50, bp99, r.OursOverFloor, r.OursOverFloorTxn, rb, r.LargestWrite)
+				bp50, bp99, r.OursOverFloor, r.OursOverFloorTxn, rb, r.LargestWrite, heapOf(res, r.Participants), r.AckTxnsPerAgent, r.CPUPerRound, r.FloorTxnCPU)
 		}
 		tw.Flush()
 		for _, r := range res.Rounds {
 			if r.NotActiveMissing > 0 {
 				fmt.Fprintf(w, "  %dx%d: %d NotActive events not taken within 30 s\n", r.Agents, r.Plugins, r.NotActiveMissing)
+			}
+			for _, u := range r.Unclean {
+				fmt.Fprintf(w, "  %s: unclean measured round, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, u)
+			}
+			for _, x := range r.Extra {
+				fmt.Fprintf(w, "  %s: extra round, not requested, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, x)
 			}
 			if r.BarrierError != "" {
 				fmt.Fprintf(w, "  %dx%d: DoubleBarrier failed: %s\n", r.Agents, r.Plugins, r.BarrierError)
@@ -218,8 +232,10 @@ func printTable(w io.Writer, res *Results) {
 		fmt.Fprintf(tw, "graceful (Close: resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Graceful.N, f1(f.Graceful.P50), f1(f.Graceful.Min), f1(f.Graceful.Max), f1(f.GracefulLeading.P50))
 		tw.Flush()
 	}
-	if mm := res.Memory; mm != nil {
-		fmt.Fprintf(w, "\nCoordinator memory (%s)\n", mm.Method)
+	for i, mm := range res.Memory {
+		if i == 0 {
+			fmt.Fprintf(w, "\nCoordinator memory (%s)\n", mm.Method)
+		}
 		fmt.Fprintf(w, "  %d participants (%d agents), %d rounds: live heap %.1f MiB -> %.1f MiB = %.0f B per participant; peak HeapAlloc %.1f MiB; %d goroutines\n",
 			mm.Participants, mm.Agents, mm.Rounds, mib(mm.HeapBefore), mib(mm.HeapAfter), mm.PerParticipant, mib(mm.PeakHeap), mm.Goroutines)
 	}
@@ -248,6 +264,17 @@ func printTable(w io.Writer, res *Results) {
 	if res.Error != "" {
 		fmt.Fprintf(w, "\nrun stopped early: %s\n", res.Error)
 	}
+}
+
+// heapOf is the coordinator's heap per participant measured (memory
+// experiment) at n participants, "-" if not measured.
+func heapOf(res *Results, n int) string {
+	for _, m := range res.Memory {
+		if m.Participants == n {
+			return fmt.Sprintf("%.0f", m.PerParticipant)
+		}
+	}
+	return "-"
 }
 
 func f1(v float64) string { return fmt.Sprintf("%.1f", v) }

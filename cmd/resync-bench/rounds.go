@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/pprof"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	recipe "go.etcd.io/etcd/client/v3/experimental/recipes"
@@ -39,6 +42,22 @@ type RoundRow struct {
 	// participant (its Resolved hook); the rest of Round is writing the
 	// round's summary and the revision NotActive.
 	AllAcked Dist `json:"to_all_acked"`
+	// AckTxnsPerAgent is the agents' ack Txns per agent per measured
+	// round (1.0: each agent's acks in one Txn, as in the batched floor).
+	AckTxnsPerAgent float64 `json:"ack_txns_per_agent_round"`
+	// CPUPerRound is the bench process's CPU time (user+sys: agents,
+	// coordinator and etcd together) per measured round, ms; FloorTxnCPU
+	// the same per batched floor sample. Less sensitive than wall time to
+	// other load on the machine.
+	CPUPerRound float64 `json:"cpu_ms_per_round"`
+	FloorTxnCPU float64 `json:"floor_txn_cpu_ms"`
+	// Unclean lists measured rounds that were not clean (a participant
+	// timed out, failed or departed): not samples; each was followed by its
+	// retry round before the next request.
+	Unclean []string `json:"unclean_rounds,omitempty"`
+	// Extra lists rounds the bench did not request (retries, rejoins)
+	// that ran between measured ones: not samples, never hidden.
+	Extra []string `json:"extra_rounds,omitempty"`
 	// NotActiveMissing counts plugins that had not taken NotActive 30 s
 	// after a round finished (should be 0).
 	NotActiveMissing int64 `json:"notactive_missing"`
@@ -62,18 +81,20 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 	row := RoundRow{Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
 	var err error
 	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
-	if row.Round, row.ToStarted, row.AllAcked, row.NotActiveMissing, row.LargestWrite, err = measureRounds(ctx, e, o, sz, log); err != nil {
+	if err = measureRounds(ctx, e, o, sz, log, &row); err != nil {
 		return row, err
 	}
-	progress("%s: round p50 %.1f ms (largest write %d B); etcd floor", sz, row.Round.P50, row.LargestWrite)
+	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent); etcd floor", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent)
 	// The floors and the barrier: the participants a measured round has.
 	sz = sz.measured()
 	if row.Floor, err = measureFloor(ctx, e, o, sz, false); err != nil {
 		return row, err
 	}
+	c0 := cpuTime()
 	if row.FloorTxn, err = measureFloor(ctx, e, o, sz, true); err != nil {
 		return row, err
 	}
+	row.FloorTxnCPU = ms(cpuTime()-c0) / float64(o.rounds+1)
 	row.OursOverFloor = ratio(row.Round.P50, row.Floor.P50)
 	row.OursOverFloorTxn = ratio(row.Round.P50, row.FloorTxn.P50)
 	progress("%s: floor p50 %.1f ms; DoubleBarrier", sz, row.Floor.P50)
@@ -93,31 +114,37 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 	return row, ctx.Err()
 }
 
-func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (round, toStarted, allAcked Dist, missing int64, largest int, err error) {
-	round, toStarted, allAcked, missing, k, err := measureRoundsOf(ctx, e, o, sz, log)
+func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger, row *RoundRow) error {
+	var txns uint64
+	k, err := measureRoundsOf(ctx, e, o, sz, log, row, &txns)
 	if k != nil {
-		largest = k.co.Status().LargestWrite
+		row.LargestWrite = k.co.Status().LargestWrite
 		k.Close()
 	}
-	return round, toStarted, allAcked, missing, largest, err
+	if n := sz.measured().Agents * o.rounds; err == nil && n > 0 {
+		row.AckTxnsPerAgent = float64(txns) / float64(n)
+	}
+	return err
 }
 
-func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (round, toStarted, allAcked Dist, missing int64, k *coord, err error) {
+func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger, row *RoundRow, txns *uint64) (k *coord, err error) {
+	var lat, st, acked []time.Duration
+	defer func() { row.Round, row.ToStarted, row.AllAcked = dist(lat), dist(st), dist(acked) }()
 	prefix := fmt.Sprintf("/bench/rounds-%s/", sz)
 	f, err := startFleet(ctx, e, sz, prefix, o.agentsPerClient, log)
 	if err != nil {
-		return round, toStarted, allAcked, 0, k, err
+		return nil, err
 	}
 	defer f.Close()
 	k, err = startCoord(e, coordinator.Config{ID: "bench", Prefix: prefix, CoalesceWindow: o.coalesce}, log)
 	if err != nil {
-		return round, toStarted, allAcked, 0, nil, err
+		return nil, err
 	}
 	want, wantMeasured := sz.participants(), sz.measured().participants()
 	waitNotActive := func(base int64, want int) {
 		err := waitFor(ctx, 30*time.Second, "NotActive", func() (bool, error) { return f.notActive.Load()-base >= int64(want), nil })
 		if err != nil {
-			missing += int64(want) - (f.notActive.Load() - base)
+			row.NotActiveMissing += int64(want) - (f.notActive.Load() - base)
 		}
 	}
 
@@ -125,55 +152,90 @@ func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus
 	// resyncs); it is not measured.
 	base := f.notActive.Load()
 	if _, err := waitRound(ctx, k.hooks.started, 2*time.Minute, "initial RoundStarted"); err != nil {
-		return round, toStarted, allAcked, 0, k, err
+		return k, err
 	}
 	fin, err := waitRound(ctx, k.hooks.finished, 5*time.Minute, "initial RoundFinished")
 	if err != nil {
-		return round, toStarted, allAcked, 0, k, err
+		return k, err
 	}
 	if err := checkClean(fin.round, want); err != nil {
-		return round, toStarted, allAcked, 0, k, err
+		return k, err
 	}
 	waitNotActive(base, want)
-	n := fin.round.Revision
 
-	var lat, st, acked []time.Duration
-	for i := range o.warmup + o.rounds {
-		if i == o.warmup && o.cpuProfile != "" {
+	for i := 0; i < o.warmup+o.rounds; {
+		if i == o.warmup && o.memProfile != "" && len(lat) == 0 {
+			if err := writeAllocs(fmt.Sprintf("%s.%s.base", o.memProfile, sz)); err != nil {
+				return k, err
+			}
+		}
+		if i == o.warmup && o.cpuProfile != "" && len(lat) == 0 {
 			stop, err := startProfile(fmt.Sprintf("%s.%s", o.cpuProfile, sz))
 			if err != nil {
-				return round, toStarted, allAcked, missing, k, err
+				return k, err
 			}
 			defer stop()
 		}
+		k.hooks.drainExtra(row)
 		base := f.notActive.Load()
-		t0 := time.Now()
-		if err := request(ctx, e.kv, f.layout, "resync-bench", sz.Target); err != nil {
-			return round, toStarted, allAcked, missing, k, err
+		t0, c0 := txnsOf(f), cpuTime()
+		start := time.Now()
+		if err := request(ctx, e.kv, f.layout, benchReason, sz.Target); err != nil {
+			return k, err
 		}
-		s, err := waitRound(ctx, k.hooks.started, time.Minute, "RoundStarted")
+		s, fin, err := k.hooks.waitOurs(ctx, row)
 		if err != nil {
-			return round, toStarted, allAcked, missing, k, err
+			return k, err
 		}
-		fin, err := waitRound(ctx, k.hooks.finished, 5*time.Minute, "RoundFinished")
-		if err != nil {
-			return round, toStarted, allAcked, missing, k, err
+		if cerr := checkClean(fin.round, wantMeasured); cerr != nil {
+			// Reported, never silently: the round is not a sample; its
+			// retry round (if any) runs before the next request.
+			row.Unclean = append(row.Unclean, cerr.Error())
+			progress("%s: %v; waiting for its retry", sz, cerr)
+			if !fin.round.Clean() {
+				if _, err := k.hooks.waitExtra(ctx, row, 3*time.Minute); err != nil {
+					return k, err
+				}
+			}
+			if len(row.Unclean) > o.rounds {
+				return k, fmt.Errorf("%w: %d unclean rounds", errRound, len(row.Unclean))
+			}
+			continue
 		}
-		if err := checkClean(fin.round, wantMeasured); err != nil {
-			return round, toStarted, allAcked, missing, k, err
-		}
-		if fin.round.Revision != n+1 || s.round.Revision != n+1 {
-			return round, toStarted, allAcked, missing, k, fmt.Errorf("%w: revision %d after %d", errRound, fin.round.Revision, n)
-		}
-		n++
 		if i >= o.warmup {
-			lat = append(lat, fin.at.Sub(t0))
-			st = append(st, s.at.Sub(t0))
-			acked = append(acked, time.Unix(0, k.hooks.lastResolved.Load()).Sub(t0))
+			*txns += txnsOf(f) - t0
+			row.CPUPerRound += ms(cpuTime()-c0) / float64(o.rounds)
+			lat = append(lat, fin.at.Sub(start))
+			st = append(st, s.at.Sub(start))
+			acked = append(acked, time.Unix(0, k.hooks.lastResolved.Load()).Sub(start))
 		}
+		i++
 		waitNotActive(base, wantMeasured)
 	}
-	return dist(lat), dist(st), dist(acked), missing, k, nil
+	if o.memProfile != "" {
+		if err := writeAllocs(fmt.Sprintf("%s.%s", o.memProfile, sz)); err != nil {
+			return k, err
+		}
+	}
+	return k, nil
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// txnsOf sums the fleet's ack Txns.
+func txnsOf(f *fleet) uint64 {
+	var n uint64
+	for _, p := range f.agents {
+		n += p.Stats().AckTxns
+	}
+	return n
 }
 
 // measureFloor is the etcd floor of a round: the same number of ack writes
@@ -227,7 +289,7 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 					}
 					for len(ops) > 0 {
 						n := min(len(ops), 128)
-						if _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); err != nil {
+						if err := busyRetry(ctx, func() error { _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); return err }); err != nil {
 							errc <- err
 							return
 						}
@@ -236,7 +298,8 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 					return
 				}
 				for p := range sz.Plugins {
-					if _, err := c.Put(ctx, layout.Ack(agent, fmt.Sprintf("plugin-%03d", p)), string(val), clientv3.WithLease(leases[a])); err != nil {
+					key := layout.Ack(agent, fmt.Sprintf("plugin-%03d", p))
+					if err := busyRetry(ctx, func() error { _, err := c.Put(ctx, key, string(val), clientv3.WithLease(leases[a])); return err }); err != nil {
 						errc <- err
 						return
 					}
@@ -254,6 +317,23 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 		}
 	}
 	return dist(samples), nil
+}
+
+// busyRetry calls f until it returns anything but etcd's "too many
+// requests" (its apply backlog is full: 10,000 writers at once reach it),
+// pausing 10 ms between attempts, as the watcher's outbox retries.
+func busyRetry(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if !errors.Is(err, rpctypes.ErrTooManyRequests) && !errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // measureBarrier runs etcd's recipes.DoubleBarrier with agents x plugins
@@ -344,6 +424,16 @@ func measureBarrier(ctx context.Context, e *env, o options, sz size) (Dist, bool
 		samples = append(samples, d)
 	}
 	return dist(samples), false, nil
+}
+
+// writeAllocs writes the allocation profile to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
 }
 
 // startProfile starts a CPU profile into path; stop ends it.
