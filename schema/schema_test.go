@@ -333,3 +333,32 @@ func TestRequestAllowedFor(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeReusesDecodersSafely interleaves rejected values (bad JSON,
+// trailing data, a stray closing brace, unknown fields) with good ones:
+// each good value decodes to itself, whatever decoder the pool hands out.
+func TestDecodeReusesDecodersSafely(t *testing.T) {
+	bad := []string{"not json", `{"revision":1,"result":"ok","acked_at":"2026-01-01T00:00:00Z"} {}`,
+		`{"revision":1,"result":"ok","acked_at":"2026-01-01T00:00:00Z"}}`, `{"revision":1,"x":1}`, `{"revision":`}
+	for i := range 50 {
+		want := Ack{Revision: uint64(i + 1), Result: ResultError, Error: strings.Repeat("e", i*19+1), AckedAt: time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC)}
+		b, err := Encode(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			b = append(b, " \n"...)
+		}
+		got, err := DecodeAck("k", b)
+		if err != nil || got != want {
+			t.Fatalf("value %d: got %+v, %v; want %+v", i, got, err, want)
+		}
+		v := bad[i%len(bad)]
+		// A stray closing brace after the object has always been accepted
+		// (json.Decoder.More is false before it); it must not poison the
+		// decoder for the next value either.
+		if _, err := DecodeAck("k", []byte(v)); err == nil && !strings.HasSuffix(v, "}}") {
+			t.Fatalf("%q decoded without error", v)
+		}
+	}
+}
