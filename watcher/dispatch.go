@@ -166,6 +166,14 @@ func (w *Watcher) deliverStarted(p *plugin, rec schema.Revision, recCtx context.
 	}
 	ev := w.newEvent(p.name, schema.Started, rec, join)
 	start := w.clock.Now()
+	// A plugin that is already waiting takes the event without an accept
+	// timer (one timer less per plugin and round).
+	select {
+	case p.ch <- ev:
+		w.took(p, ev, rec, start, log)
+		return
+	default:
+	}
 	// Timers are stopped as soon as they are not needed, so that a fake
 	// clock's waiters are exactly the timeouts running.
 	accept := w.clock.NewTimer(w.cfg.AcceptTimeout)
@@ -244,6 +252,12 @@ func (w *Watcher) deliverNotActive(p *plugin, rec schema.Revision, recCtx contex
 		return
 	}
 	ev := w.newEvent(p.name, schema.NotActive, rec, false)
+	select {
+	case p.ch <- ev: // the plugin was waiting: no accept timer needed
+		w.stats.notActive.Add(1)
+		return
+	default:
+	}
 	accept := w.clock.NewTimer(w.cfg.AcceptTimeout)
 	defer accept.Stop()
 	select {
