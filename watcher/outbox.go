@@ -103,6 +103,7 @@ func (w *Watcher) gather() {
 	if w.cfg.AckBatchWindow <= 0 {
 		return
 	}
+	var t *time.Timer
 	for {
 		w.omu.Lock()
 		n := len(w.pendingAcks) + len(w.pendingReqs)
@@ -122,10 +123,16 @@ func (w *Watcher) gather() {
 		if n == 0 || n >= schema.MaxTxnOps || wait <= 0 || !w.acksExpected() {
 			return
 		}
-		t := time.NewTimer(wait)
+		// One timer for the whole gathering, reset per kick (each ack of
+		// the agent's round kicks).
+		if t == nil {
+			t = time.NewTimer(wait)
+			defer t.Stop()
+		} else {
+			t.Reset(wait)
+		}
 		select {
 		case <-w.ctx.Done():
-			t.Stop()
 			return
 		case <-t.C:
 			return
@@ -238,7 +245,7 @@ func (w *Watcher) op(it outItem, lease clientv3.LeaseID) (clientv3.Op, error) {
 // returns the first error that a retry may cure.
 func (w *Watcher) flush(lease clientv3.LeaseID) error {
 	w.omu.Lock()
-	items := make([]outItem, 0, len(w.pendingAcks)+len(w.pendingReqs))
+	items := w.outItems[:0]
 	if lease != 0 {
 		for plugin, p := range w.pendingAcks {
 			items = append(items, outItem{plugin: plugin, ack: p})
@@ -249,6 +256,8 @@ func (w *Watcher) flush(lease clientv3.LeaseID) error {
 		items = append(items, outItem{req: r})
 	}
 	w.omu.Unlock()
+	w.outItems = items
+	defer clear(items) // keep no acks alive until the next flush
 	for len(items) > 0 {
 		batch := items[:min(len(items), schema.MaxTxnOps)]
 		items = items[len(batch):]
@@ -264,8 +273,7 @@ func (w *Watcher) flush(lease clientv3.LeaseID) error {
 // (say, a request the agent's etcd role does not allow) neither blocks the
 // others nor is retried for ever: it is dropped, logged and counted.
 func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
-	ops := make([]clientv3.Op, 0, len(batch))
-	sent := make([]outItem, 0, len(batch))
+	ops, sent := w.outOps[:0], w.outSent[:0]
 	for _, it := range batch {
 		op, err := w.op(it, lease)
 		if err != nil {
@@ -275,6 +283,9 @@ func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
 		ops = append(ops, op)
 		sent = append(sent, it)
 	}
+	w.outOps, w.outSent = ops, sent
+	defer clear(ops)
+	defer clear(sent)
 	if len(ops) == 0 {
 		return nil
 	}
@@ -291,7 +302,8 @@ func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
 		w.drop(sent[0], err)
 		return nil
 	}
-	for i, it := range sent {
+	// The one-by-one writes reuse the scratch slices: go through a copy.
+	for i, it := range slices.Clone(sent) {
 		if err := w.write([]outItem{it}, lease); err != nil {
 			return fmt.Errorf("%w (%d more waiting)", err, len(sent)-i-1)
 		}

@@ -253,6 +253,13 @@ type Watcher struct {
 	pendingAcks map[string]pendingAck // plugin -> ack to write
 	lastAcks    map[string]schema.Ack // plugin -> last ack given
 	pendingReqs []pendingRequest
+
+	// Scratch of the outbox goroutine (flush and write), reused across
+	// writes: one Txn per agent and round would otherwise allocate them
+	// each time, thousands of times per round in a fleet.
+	outItems []outItem
+	outOps   []clientv3.Op
+	outSent  []outItem
 }
 
 type pendingAck struct {
