@@ -507,12 +507,16 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 	}
 	w.recCtx, w.recCancel = context.WithCancel(w.ctx)
 	w.mu.Unlock()
-	log := w.log.WithFields(logrus.Fields{"revision": rec.Revision, "state": rec.State, "scope": rec.Scope.String(), "epoch": rec.Epoch})
-	if reset {
-		log.WithFields(logrus.Fields{"previous_revision": cur.Revision, "previous_epoch": cur.Epoch}).
-			Warn("watcher: the resync history was reset (new epoch or lower revision); forgetting the revisions handled and taking the new rounds")
-	} else {
-		log.Debug("watcher: revision record")
+	// The fields are built only when logged: every agent runs this twice a
+	// round.
+	if reset || w.debug() {
+		log := w.log.WithFields(logrus.Fields{"revision": rec.Revision, "state": rec.State, "scope": rec.Scope.String(), "epoch": rec.Epoch})
+		if reset {
+			log.WithFields(logrus.Fields{"previous_revision": cur.Revision, "previous_epoch": cur.Epoch}).
+				Warn("watcher: the resync history was reset (new epoch or lower revision); forgetting the revisions handled and taking the new rounds")
+		} else {
+			log.Debug("watcher: revision record")
+		}
 	}
 	w.poke(w.kick)
 }
