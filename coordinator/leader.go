@@ -257,6 +257,7 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 		}
 		return out
 	}
+	out.items = make([]stateItem, 0, len(ev.Changes))
 	for _, e := range ev.Changes {
 		if e.Type == clientv3.EventTypeDelete {
 			k, err := l.layout.Parse(string(e.Kv.Key))

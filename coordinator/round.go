@@ -341,7 +341,7 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 
 // participants are the live registrations in scope, by agent and order.
 func (l *leader) participants(scope schema.ScopeSet) []schema.PluginID {
-	var regs []schema.Registration
+	regs := make([]schema.Registration, 0, len(l.regs)) // no regrowth: 10,000 at 1000x10
 	for id, r := range l.regs {
 		if scope.Includes(id.Agent, id.Plugin) {
 			regs = append(regs, r)
