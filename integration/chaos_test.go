@@ -662,7 +662,7 @@ func (env *chaosEnv) inject(kind string) string {
 			a.proxy.Cut()
 			env.addUndo(d, "restore "+a.name, func() { a.proxy.Restore(); a.faulted = false })
 		}
-	case "agent-restart", "agent-crash":
+	case "agent-restart", "agent-crash", "late-join":
 		up := env.upAgents()
 		if len(up) == 0 {
 			return ""
@@ -671,6 +671,11 @@ func (env *chaosEnv) inject(kind string) string {
 		old := a.cur.inc
 		a.closeIncarnation(kind == "agent-crash")
 		env.h.EndIncarnation(old)
+		if kind == "late-join" {
+			// Its first plugin reads its channel only 1-3 s after
+			// registering: its join is parked, never lost.
+			a.lateNext = env.between(time.Second, 3*time.Second)
+		}
 		a.start()
 	case "member-restart":
 		for _, up := range env.memberUp {
@@ -721,25 +726,13 @@ func (env *chaosEnv) inject(kind string) string {
 		return env.reportErrorLoop()
 	case "late-take":
 		return env.lateTake()
-	case "late-join":
-		up := env.upAgents()
-		if len(up) == 0 {
-			return ""
-		}
-		a := up[env.pick(len(up))]
-		old := a.cur.inc
-		a.closeIncarnation(false)
-		env.h.EndIncarnation(old)
-		a.lateNext = env.between(time.Second, 3*time.Second)
-		a.start()
 	case "agent-duplicate":
 		return env.duplicate()
 	case "error-1k":
-		up := env.upAgents()
-		if len(up) == 0 {
+		a := env.someUpAgent()
+		if a == nil {
 			return ""
 		}
-		a := up[env.pick(len(up))]
 		a.cur.bigErrUntil.Store(time.Now().Add(env.between(time.Second, 4*time.Second)).UnixNano())
 		if !env.request(schema.Scope{Agent: a.name}, "chaos: 1 KiB errors of "+a.name) {
 			return ""
@@ -1137,15 +1130,23 @@ func (env *chaosEnv) request(scope schema.Scope, reason string) bool {
 	return true
 }
 
+// someUpAgent picks an agent that is not partitioned (nil if none is).
+func (env *chaosEnv) someUpAgent() *chaosAgent {
+	up := env.upAgents()
+	if len(up) == 0 {
+		return nil
+	}
+	return up[env.pick(len(up))]
+}
+
 // lateTake makes a plugin of a live agent stop reading its channel for
 // 1.5-4 s and asks for a round that includes it: its accept times out, the
 // round records it timed_out, and a retry round must deliver it later.
 func (env *chaosEnv) lateTake() string {
-	up := env.upAgents()
-	if len(up) == 0 {
+	a := env.someUpAgent()
+	if a == nil {
 		return ""
 	}
-	a := up[env.pick(len(up))]
 	plugin := a.somePlugin()
 	select {
 	case a.cur.late[plugin] <- env.between(1500*time.Millisecond, 4*time.Second):
@@ -1167,11 +1168,10 @@ func (env *chaosEnv) lateTake() string {
 // first one must be told (Done) and stop; then the first is closed and the
 // second goes on as the agent.
 func (env *chaosEnv) duplicate() string {
-	up := env.upAgents()
-	if len(up) == 0 {
+	a := env.someUpAgent()
+	if a == nil {
 		return ""
 	}
-	a := up[env.pick(len(up))]
 	member := env.pick(3)
 	if !env.memberUp[member] {
 		return ""

@@ -883,48 +883,33 @@ type Duplicate struct {
 	Closed bool
 }
 
+// appendLocked appends v to the history's list *to.
+func appendLocked[T any](h *History, to *[]T, v T) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	*to = append(*to, v)
+}
+
 // RecordOwner, RecordKeyWrite and RecordSize are called by the observer.
-func (h *History) RecordOwner(w OwnerWrite) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.Owners = append(h.Owners, w)
-}
+func (h *History) RecordOwner(w OwnerWrite)  { appendLocked(h, &h.Owners, w) }
+func (h *History) RecordKeyWrite(w KeyWrite) { appendLocked(h, &h.KeyWrites, w) }
+func (h *History) RecordSize(s RecordSize)   { appendLocked(h, &h.Sizes, s) }
 
-func (h *History) RecordKeyWrite(w KeyWrite) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.KeyWrites = append(h.KeyWrites, w)
-}
+// RecordLate records that a plugin did not read its channel from From to
+// Until.
+func (h *History) RecordLate(w LateWindow) { appendLocked(h, &h.Late, w) }
 
-func (h *History) RecordSize(s RecordSize) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.Sizes = append(h.Sizes, s)
-}
+// AddDuplicate records a duplicate start.
+func (h *History) AddDuplicate(d *Duplicate) { appendLocked(h, &h.Duplicates, d) }
 
-// RecordLate records that a plugin did not read its channel from from to
-// until.
-func (h *History) RecordLate(w LateWindow) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.Late = append(h.Late, w)
-}
-
-// AddDuplicate records a duplicate start; Displaced records when Old's Done
-// fired.
-func (h *History) AddDuplicate(d *Duplicate) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.Duplicates = append(h.Duplicates, d)
-}
-
+// Displaced records when Old's Done fired; ChannelsClosed that its status
+// channels were closed after that.
 func (h *History) Displaced(d *Duplicate, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	d.DoneAt = at
 }
 
-// ChannelsClosed records that Old's status channels were closed.
 func (h *History) ChannelsClosed(d *Duplicate) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
