@@ -250,6 +250,16 @@ func runChaos(t *testing.T, o chaosOptions) {
 	if rep.RoundsCompleted < 2 || rep.Events == 0 || rep.FinalAcks != chaosAgents*len(chaosPlugins)+1 || rep.LongNames == 0 {
 		t.Errorf("the run checked too little: %s", rep.Summary())
 	}
+	// The new fault classes were checked, not only injected.
+	late := env.faults["late-take"] + env.faults["late-join"]
+	switch {
+	case rep.Takeovers != env.faults["agent-duplicate"]:
+		t.Errorf("%d duplicate agents started, %d take-overs checked", env.faults["agent-duplicate"], rep.Takeovers)
+	case late >= 5 && rep.LateTimeouts == 0:
+		t.Errorf("%d late takers, but no round timed one out: the fault did not bite", late)
+	case env.faults["error-1k"] > 0 && rep.TextsChecked == 0:
+		t.Errorf("%d 1 KiB error faults, but no error text checked", env.faults["error-1k"])
+	}
 	failed = t.Failed()
 }
 
@@ -985,6 +995,9 @@ func (env *chaosEnv) liveAcked(n uint64) bool {
 func (env *chaosEnv) teardown() {
 	env.runUndos(true)
 	env.loops.Wait()
+	if env.obs != nil && len(env.coords) > 0 {
+		env.quiesce()
+	}
 	var wg sync.WaitGroup
 	for _, a := range env.agents {
 		if a.cur == nil {
@@ -1010,6 +1023,47 @@ func (env *chaosEnv) teardown() {
 		}
 		env.obs.stop()
 		env.obs = nil
+	}
+}
+
+// quiesce waits (at most 30 s) until no round runs and no request is
+// pending, then records the etcd revision from which the coordinators are
+// closed: a round that starts later may be cut short by the teardown.
+func (env *chaosEnv) quiesce() {
+	quiet := func() bool {
+		env.h.mu.Lock()
+		defer env.h.mu.Unlock()
+		for i := len(env.h.RevWrites) - 1; i >= 0; i-- {
+			if w := env.h.RevWrites[i]; !w.Malformed && !w.Deleted {
+				if w.Rec.State != schema.NotActive {
+					return false
+				}
+				break
+			}
+		}
+		for _, l := range env.h.Requests {
+			if l.Deleted == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for calm := 0; calm < 3 && time.Now().Before(deadline); {
+		if quiet() {
+			calm++
+		} else {
+			calm = 0
+		}
+		timer := time.NewTimer(200 * time.Millisecond) // polling the observer's record
+		<-timer.C
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := env.admin.Get(ctx, layout.Revision()); err == nil {
+		env.h.mu.Lock()
+		env.h.TeardownRev = resp.Header.Revision
+		env.h.mu.Unlock()
 	}
 }
 

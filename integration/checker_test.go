@@ -109,6 +109,10 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		{"round never completed", func(h *History) {
 			h.RoundWrites = h.RoundWrites[:len(h.RoundWrites)-1]
 		}, "revision 2 has no completed round record"},
+		{"round never completed, started before the teardown", func(h *History) {
+			h.RoundWrites = h.RoundWrites[:len(h.RoundWrites)-1]
+			h.TeardownRev = 40 // round 2 started at 40: before the teardown
+		}, "revision 2 has no completed round record"},
 		{"round finished long after its deadline", func(h *History) {
 			r := lastRound(h, 2)
 			r.FinishedAt = r.Deadline.Add(time.Minute)
@@ -233,6 +237,13 @@ func TestCheckerCatchesViolations(t *testing.T) {
 	h0.RecordClose("plugin", time.Second, 5*time.Second)
 	if rep := h0.Check(); rep.ErrorRounds != 6 || rep.Closes != 1 || len(backoffViolations(rep)) != 0 {
 		t.Errorf("paced error rounds: %s %v", rep.Summary(), backoffViolations(rep))
+	}
+	// A round started after the teardown began may stay incomplete.
+	cut := goodHistory()
+	cut.RoundWrites = cut.RoundWrites[:len(cut.RoundWrites)-1]
+	cut.TeardownRev = 35
+	if rep := cut.Check(); len(rep.Violations) != 0 {
+		t.Errorf("a round cut short by the teardown: %v", rep.Violations)
 	}
 	// The test's own garbage is skipped, not reported.
 	h := goodHistory()
