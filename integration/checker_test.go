@@ -283,7 +283,11 @@ func lateTimeout(h *History, n uint64) {
 func TestCheckerNewFaultsPass(t *testing.T) {
 	h := goodHistory()
 	takeover(h)
-	h.RecordKeyWrite(KeyWrite{Agent: "a", Plugin: "p1", ModRev: 18, Lease: 2})
+	// The displaced process's ack of round 1, started (at 20) before a
+	// take-over at 25, written at 26: in flight, not a violation.
+	h.Owners[len(h.Owners)-1].ModRev = 25
+	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p2", ModRev: 26, Lease: 1, Revision: 1})
+	h.RecordKeyWrite(KeyWrite{Agent: "a", Plugin: "p1", ModRev: 25, Lease: 2})
 	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p1", ModRev: 19, Lease: 2, Revision: 2,
 		Error: schema.Truncate(strings.Repeat("<&>", 400), schema.MaxReasonLen)})
 	lateTimeout(h, 1)
@@ -312,7 +316,7 @@ func TestCheckerNewFaultsPass(t *testing.T) {
 	if len(rep.Violations) != 0 {
 		t.Fatalf("violations: %q", rep.Violations)
 	}
-	if rep.Takeovers != 1 || rep.OwnedWrites != 1 || rep.LateTimeouts != 1 || rep.TextsChecked != 2 || rep.LongNames != 1 {
+	if rep.Takeovers != 1 || rep.InflightAcks != 1 || rep.OwnedWrites != 1 || rep.LateTimeouts != 1 || rep.TextsChecked != 2 || rep.LongNames != 1 {
 		t.Errorf("checked too little: %s", rep.Summary())
 	}
 }
