@@ -84,9 +84,9 @@ bench-go:
 ## paused-leader run that proves the checker catches an unfenced write.
 ## Replay a failed CI seed with the SEED it printed. A run takes DURATION
 ## plus about a minute (build, cluster start, final phase, teardown, the
-## checker, the paused-leader run: 10m took 10m13s); CHAOS_TIMEOUT leaves
+## checker, the paused-leader run: 10m took 10m14s); CHAOS_TIMEOUT leaves
 ## room for DURATION=30m many times over. A steady trigger keeps rounds at
-## ~0.9/s (557 in 10m), so 30m gives well over 1,000 rounds.
+## ~0.9/s (559 in 10m), so 30m gives well over 1,000 rounds.
 DURATION ?= 2m
 SEED ?=
 CHAOS_TIMEOUT ?= 3h
