@@ -82,7 +82,11 @@ bench-go:
 ## chaos: one long chaos run against a 3-member etcd cluster (make chaos
 ## DURATION=10m SEED=42; no SEED: from the clock, printed), then the
 ## paused-leader run that proves the checker catches an unfenced write.
-## Replay a failed CI seed with the SEED it printed.
+## Replay a failed CI seed with the SEED it printed. A run takes DURATION
+## plus about a minute (build, cluster start, final phase, teardown, the
+## checker, the paused-leader run: 10m took 10m14s); CHAOS_TIMEOUT leaves
+## room for DURATION=30m many times over. A steady trigger keeps rounds at
+## ~0.9/s (557-598 in 10m), so 30m gives well over 1,000 rounds.
 DURATION ?= 2m
 SEED ?=
 CHAOS_TIMEOUT ?= 3h

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,6 +42,12 @@ const (
 	chaosBackoffMax = 2 * time.Second
 	chaosCoalesce   = 100 * time.Millisecond
 	chaosOpTimeout  = 2 * time.Second
+	// chaosWriteBudget is the coordinators' WriteBudget: small, so that
+	// rounds with 1 KiB error texts press against it.
+	chaosWriteBudget = 32 << 10
+	// dupBound is how soon a process displaced by a newer one with its
+	// agent name must be told (Done).
+	dupBound = 10 * time.Second
 	// closeSlack is what a Close may take beyond its documented bound on a
 	// loaded machine with the race detector.
 	closeSlack = 3 * time.Second
@@ -111,6 +118,8 @@ type chaosEnv struct {
 	coords   []*chaosCoord
 	agents   []*chaosAgent
 	faults   map[string]int
+	long     *chaosAgent  // the agent with 128-character names
+	triggers atomic.Int64 // the pacer's requests
 	undo     []pendingUndo
 	memberUp []bool
 	loops    sync.WaitGroup // ReportError loops
@@ -132,15 +141,41 @@ type chaosCoord struct {
 type chaosAgent struct {
 	env     *chaosEnv
 	name    string
+	plugins []string // nil: chaosPlugins
 	member  int
 	proxy   *etcdtest.Proxy
 	faulted bool // blackholed or cut: not restarted until healed
+	// lateNext: the next incarnation's first plugin reads its channel only
+	// this long after registering (then reset).
+	lateNext time.Duration
 
+	cur *agentProc // the running incarnation (nil after teardown)
+}
+
+// agentProc is one process (incarnation) of an agent: its own etcd client
+// and resync.Plugin.
+type agentProc struct {
 	c    *clientv3.Client
 	p    *resync.Plugin
 	inc  int
 	wg   sync.WaitGroup
 	stop chan struct{}
+	// late[plugin] makes the plugin stop reading its channel for a while.
+	late map[string]chan time.Duration
+	// bigErrUntil (unix ns): until then its plugins ack with 1 KiB errors.
+	bigErrUntil atomic.Int64
+}
+
+func (a *chaosAgent) pluginNames() []string {
+	if a.plugins == nil {
+		return chaosPlugins
+	}
+	return a.plugins
+}
+
+func (a *chaosAgent) somePlugin() string {
+	ps := a.pluginNames()
+	return ps[a.env.pick(len(ps))]
 }
 
 func runChaos(t *testing.T, o chaosOptions) {
@@ -162,6 +197,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 		}
 	}()
 	env.h.Backoff = BackoffConfig{Min: chaosBackoffMin, Max: chaosBackoffMax, Slack: chaosCoalesce + 10*time.Millisecond}
+	env.h.WriteBudget = chaosWriteBudget
 	env.cluster = etcdtest.StartCluster(t, 3)
 	env.memberUp = []bool{true, true, true}
 	eps := env.cluster.Endpoints()
@@ -170,6 +206,13 @@ func runChaos(t *testing.T, o chaosOptions) {
 
 	for i := range chaosAgents {
 		a := &chaosAgent{env: env, name: fmt.Sprintf("agent-%02d", i), member: i % 3}
+		if i == chaosAgents-1 {
+			// The longest legal names: a 128-character agent with a
+			// 128-character plugin besides the usual ones.
+			a.name = longName(a.name + "-")
+			a.plugins = append(slices.Clone(chaosPlugins), longName("plugin-"))
+			env.long = a
+		}
 		a.proxy = etcdtest.NewProxy(t, env.cluster.Members[a.member].Endpoint())
 		a.start()
 		env.agents = append(env.agents, a)
@@ -196,7 +239,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 		total += n
 	}
 	sort.Strings(kinds)
-	t.Logf("chaos seed=%d faults=%d [%s] %s", o.seed, total, strings.Join(kinds, " "), rep.Summary())
+	t.Logf("chaos seed=%d faults=%d [%s] triggers=%d %s", o.seed, total, strings.Join(kinds, " "), env.triggers.Load(), rep.Summary())
 	for i, v := range rep.Violations {
 		if i == 50 {
 			t.Errorf("... %d more violations", len(rep.Violations)-50)
@@ -204,8 +247,18 @@ func runChaos(t *testing.T, o chaosOptions) {
 		}
 		t.Errorf("violation: %s", v)
 	}
-	if rep.RoundsCompleted < 2 || rep.Events == 0 || rep.FinalAcks != chaosAgents*len(chaosPlugins) {
+	if rep.RoundsCompleted < 2 || rep.Events == 0 || rep.FinalAcks != chaosAgents*len(chaosPlugins)+1 || rep.LongNames == 0 {
 		t.Errorf("the run checked too little: %s", rep.Summary())
+	}
+	// The new fault classes were checked, not only injected.
+	late := env.faults["late-take"] + env.faults["late-join"]
+	switch {
+	case rep.Takeovers != env.faults["agent-duplicate"]:
+		t.Errorf("%d duplicate agents started, %d take-overs checked", env.faults["agent-duplicate"], rep.Takeovers)
+	case late >= 5 && rep.LateTimeouts == 0:
+		t.Errorf("%d late takers, but no round timed one out: the fault did not bite", late)
+	case env.faults["error-1k"] > 0 && rep.TextsChecked == 0:
+		t.Errorf("%d 1 KiB error faults, but no error text checked", env.faults["error-1k"])
 	}
 	failed = t.Failed()
 }
@@ -225,6 +278,7 @@ func (env *chaosEnv) newCoord(c *clientv3.Client, slot, gen int, suffix string) 
 	cfg := coordinator.Config{
 		ID: fmt.Sprintf("c%d-%d%s", slot, gen, suffix), SessionTTL: chaosSessionTTL, RoundDeadline: chaosRoundDeadline,
 		CoalesceWindow: chaosCoalesce, BackoffMin: chaosBackoffMin, BackoffMax: chaosBackoffMax, History: 10000, OpTimeout: chaosOpTimeout,
+		WriteBudget: chaosWriteBudget,
 	}
 	opts := []coordinator.Option{coordinator.WithLogger(env.log.WithField("test_coord", cfg.ID))}
 	co, err := coordinator.New(c, cfg, opts...)
@@ -287,23 +341,48 @@ func (a *chaosAgent) start() {
 	if err != nil {
 		env.t.Fatal(err)
 	}
-	a.c, a.p, a.inc, a.stop = c, p, inc, make(chan struct{})
-	env.h.AddIncarnation(inc, a.name, chaosPlugins)
-	for i, name := range chaosPlugins {
+	ap := &agentProc{c: c, p: p, inc: inc, stop: make(chan struct{}), late: map[string]chan time.Duration{}}
+	a.cur = ap
+	env.h.AddIncarnation(inc, a.name, a.pluginNames())
+	for i, name := range a.pluginNames() {
 		reg := p.Register(name)
 		rng := rand.New(rand.NewPCG(env.seed, uint64(inc)<<8|uint64(i)))
-		a.wg.Add(1)
-		go a.runPlugin(p, inc, name, reg.StatusChan(), rng, a.stop)
+		late := make(chan time.Duration, 1)
+		ap.late[name] = late
+		if i == 0 && a.lateNext > 0 {
+			late <- a.lateNext // read before the first event
+			a.lateNext = 0
+		}
+		ap.wg.Add(1)
+		go a.runPlugin(ap, name, reg.StatusChan(), late, rng)
 	}
 }
 
 // runPlugin is one plugin: it records every event, "reloads" for 0-50 ms
 // and acks; now and then it fails (AckError), reports an error
 // (ReportError) or never acks, until the final phase calms it down.
-func (a *chaosAgent) runPlugin(p *resync.Plugin, inc int, name string, ch <-chan resync.StatusEvent, rng *rand.Rand, stop chan struct{}) {
-	defer a.wg.Done()
+func (a *chaosAgent) runPlugin(ap *agentProc, name string, ch <-chan resync.StatusEvent, late <-chan time.Duration, rng *rand.Rand) {
+	defer ap.wg.Done()
 	h := a.env.h
-	for sev := range ch {
+	p, inc, stop := ap.p, ap.inc, ap.stop
+	for {
+		var sev resync.StatusEvent
+		select {
+		case d := <-late: // a pending pause comes before any event
+			a.takeLate(ap, name, d)
+			continue
+		default:
+		}
+		select {
+		case d := <-late:
+			a.takeLate(ap, name, d)
+			continue
+		case e, ok := <-ch:
+			if !ok {
+				return
+			}
+			sev = e
+		}
 		ev := sev.(*resync.Event)
 		h.RecordEvent(Event{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(),
 			Status: ev.ResyncStatus(), Join: ev.Join(), At: time.Now()})
@@ -318,10 +397,16 @@ func (a *chaosAgent) runPlugin(p *resync.Plugin, inc int, name string, ch <-chan
 		reload.Stop()
 		ack := AckSent{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(), Result: schema.ResultOK, At: time.Now()}
 		x := rng.IntN(1000)
+		big := time.Now().UnixNano() < ap.bigErrUntil.Load()
 		if a.env.calm.Load() {
-			x = 1000
+			x, big = 1000, false
 		}
 		switch {
+		case big || (x < 10):
+			// A 1 KiB error text, full of what JSON escapes.
+			ack.Result = schema.ResultError
+			h.RecordAck(ack)
+			ev.AckError(errors.New(bigErrorText(a.name, name, ev.Revision(), rng)))
 		case x < 20:
 			ack.Result = schema.ResultError
 			h.RecordAck(ack)
@@ -339,24 +424,53 @@ func (a *chaosAgent) runPlugin(p *resync.Plugin, inc int, name string, ch <-chan
 	}
 }
 
-// closeIncarnation stops the current incarnation: gracefully (Close revokes
-// the lease) or as a crash (the client goes first, the lease expires by
-// itself).
-func (a *chaosAgent) closeIncarnation(crash bool) {
-	close(a.stop)
+// takeLate is a plugin that does not read its channel for d (or until
+// its incarnation stops): its events' accept times out meanwhile.
+func (a *chaosAgent) takeLate(ap *agentProc, plugin string, d time.Duration) {
+	from := time.Now()
+	timer := time.NewTimer(d) // the fault: a plugin busy elsewhere
+	select {
+	case <-timer.C:
+	case <-ap.stop:
+	}
+	timer.Stop()
+	a.env.h.RecordLate(LateWindow{Agent: a.name, Plugin: plugin, Incarnation: ap.inc, From: from, Until: time.Now()})
+}
+
+// bigErrorText is an error text of about 1 KiB (sometimes a little more,
+// to be cut) with characters JSON escapes (< > & " \ control characters)
+// and multi-byte UTF-8.
+func bigErrorText(agent, plugin string, rev uint64, rng *rand.Rand) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "chaos: %s/%s failed to reload revision %d: ", agent, plugin, rev)
+	parts := []string{"<vpp-error code=\"-1\">", "a & b", "</vpp-error>", "\\path\\to", "\t", "\n", "ümläut ☃", "plain text "}
+	want := 1024 + rng.IntN(2)*rng.IntN(512)
+	for b.Len() < want {
+		b.WriteString(parts[rng.IntN(len(parts))])
+	}
+	return b.String()
+}
+
+// closeIncarnation stops the current incarnation.
+func (a *chaosAgent) closeIncarnation(crash bool) { a.cur.close(a, crash) }
+
+// close stops an incarnation: gracefully (Close revokes the lease) or as a
+// crash (the client goes first, the lease expires by itself).
+func (ap *agentProc) close(a *chaosAgent, crash bool) {
+	close(ap.stop)
 	closePlugin := func() {
 		began := time.Now()
-		a.p.Close()
-		a.env.h.RecordClose(fmt.Sprintf("plugin of %s incarnation %d", a.name, a.inc), time.Since(began), pluginCloseBound+closeSlack)
+		ap.p.Close()
+		a.env.h.RecordClose(fmt.Sprintf("plugin of %s incarnation %d", a.name, ap.inc), time.Since(began), pluginCloseBound+closeSlack)
 	}
 	if crash {
-		a.c.Close()
+		ap.c.Close()
 		closePlugin()
 	} else {
 		closePlugin()
-		a.c.Close()
+		ap.c.Close()
 	}
-	a.wg.Wait()
+	ap.wg.Wait()
 }
 
 // --- the schedule ---
@@ -404,6 +518,8 @@ func (env *chaosEnv) upAgents() []*chaosAgent {
 // are undone by timers.
 func (env *chaosEnv) schedule(d time.Duration) {
 	end := time.Now().Add(d)
+	stopPacer := env.pacer()
+	defer stopPacer()
 	for time.Now().Before(end) {
 		env.runUndos(false)
 		env.fault()
@@ -417,6 +533,48 @@ func (env *chaosEnv) schedule(d time.Duration) {
 	env.runUndos(true)
 }
 
+// pacer asks for a round every 0.6-1.2 s (all agents, one agent or one
+// plugin, from its own seeded generator) until it is stopped: a steady
+// operator's trigger, so that a long run completes rounds at least ~0.7/s
+// whatever faults (some synchronous, some holding rounds up) are drawn.
+func (env *chaosEnv) pacer() (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	rng := rand.New(rand.NewPCG(env.seed, 0xface))
+	names := make([]*chaosAgent, len(env.agents))
+	copy(names, env.agents)
+	go func() {
+		defer close(done)
+		for {
+			timer := time.NewTimer(time.Duration(600+rng.IntN(601)) * time.Millisecond) // the trigger's pace
+			select {
+			case <-quit:
+				timer.Stop()
+				return
+			case <-timer.C:
+			}
+			scope := schema.Scope{}
+			if x := rng.IntN(4); x > 0 {
+				a := names[rng.IntN(len(names))]
+				scope.Agent = a.name
+				if x == 3 {
+					ps := a.pluginNames()
+					scope.Plugin = ps[rng.IntN(len(ps))]
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := putRequest(ctx, env.admin, schema.CauseManual, scope, "chaos: steady trigger "+scope.String())
+			cancel()
+			if err == nil {
+				env.triggers.Add(1)
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
 var faultKinds = []struct {
 	name   string
 	weight int
@@ -426,6 +584,7 @@ var faultKinds = []struct {
 	{"member-restart", 3}, {"compact", 3}, {"garbage", 6}, {"request", 6},
 	{"coord-standby-partition", 2}, {"report-error-loop", 2},
 	{"scoped-burst", 4}, {"report-burst", 4},
+	{"late-take", 4}, {"late-join", 2}, {"agent-duplicate", 3}, {"error-1k", 3}, {"name-128", 2},
 }
 
 func (env *chaosEnv) fault() {
@@ -513,15 +672,20 @@ func (env *chaosEnv) inject(kind string) string {
 			a.proxy.Cut()
 			env.addUndo(d, "restore "+a.name, func() { a.proxy.Restore(); a.faulted = false })
 		}
-	case "agent-restart", "agent-crash":
+	case "agent-restart", "agent-crash", "late-join":
 		up := env.upAgents()
 		if len(up) == 0 {
 			return ""
 		}
 		a := up[env.pick(len(up))]
-		old := a.inc
+		old := a.cur.inc
 		a.closeIncarnation(kind == "agent-crash")
 		env.h.EndIncarnation(old)
+		if kind == "late-join" {
+			// Its first plugin reads its channel only 1-3 s after
+			// registering: its join is parked, never lost.
+			a.lateNext = env.between(time.Second, 3*time.Second)
+		}
 		a.start()
 	case "member-restart":
 		for _, up := range env.memberUp {
@@ -570,14 +734,40 @@ func (env *chaosEnv) inject(kind string) string {
 		return env.partitionStandby()
 	case "report-error-loop":
 		return env.reportErrorLoop()
+	case "late-take":
+		return env.lateTake()
+	case "agent-duplicate":
+		return env.duplicate()
+	case "error-1k":
+		a := env.someUpAgent()
+		if a == nil {
+			return ""
+		}
+		a.cur.bigErrUntil.Store(time.Now().Add(env.between(time.Second, 4*time.Second)).UnixNano())
+		if !env.request(schema.Scope{Agent: a.name}, "chaos: 1 KiB errors of "+a.name) {
+			return ""
+		}
+	case "name-128":
+		a := env.long
+		targets := []schema.Scope{{Agent: a.name, Plugin: a.plugins[len(a.plugins)-1]}}
+		if env.pick(2) == 0 {
+			targets = append(targets, schema.Scope{Agent: env.agents[env.pick(len(env.agents)-1)].name})
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := putTargets(ctx, env.admin, schema.CauseManual, targets, "chaos: 128-character names")
+		cancel()
+		if err != nil {
+			env.log.WithError(err).Warn("chaos: request failed")
+			return ""
+		}
 	case "request":
 		scope := schema.Scope{}
 		switch env.pick(3) {
 		case 1:
 			scope.Agent = env.agents[env.pick(len(env.agents))].name
 		case 2:
-			scope.Agent = env.agents[env.pick(len(env.agents))].name
-			scope.Plugin = chaosPlugins[env.pick(len(chaosPlugins))]
+			a := env.agents[env.pick(len(env.agents))]
+			scope.Agent, scope.Plugin = a.name, a.somePlugin()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := putRequest(ctx, env.admin, schema.CauseManual, scope, "chaos: manual request "+scope.String())
@@ -594,9 +784,10 @@ func (env *chaosEnv) inject(kind string) string {
 		for range 2 + env.pick(3) {
 			var targets []schema.Scope
 			for range 1 + env.pick(3) {
-				sc := schema.Scope{Agent: env.agents[env.pick(len(env.agents))].name}
+				a := env.agents[env.pick(len(env.agents))]
+				sc := schema.Scope{Agent: a.name}
 				if env.pick(2) == 0 {
-					sc.Plugin = chaosPlugins[env.pick(len(chaosPlugins))]
+					sc.Plugin = a.somePlugin()
 				}
 				targets = append(targets, sc)
 			}
@@ -624,7 +815,7 @@ func (env *chaosEnv) inject(kind string) string {
 		var wg sync.WaitGroup
 		for range 2 + env.pick(min(3, len(up)-1)) {
 			a := up[env.pick(len(up))]
-			p, plugin := a.p, chaosPlugins[env.pick(len(chaosPlugins))]
+			p, plugin := a.cur.p, a.somePlugin()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -746,7 +937,7 @@ func (env *chaosEnv) finalPhase() {
 	etcdtest.WaitFor(t, 30*time.Second, "a coordinator leader after the faults", func() bool { return env.leaderSlot() >= 0 })
 	want := map[schema.PluginID]bool{}
 	for _, a := range env.agents {
-		for _, p := range chaosPlugins {
+		for _, p := range a.pluginNames() {
 			want[schema.PluginID{Agent: a.name, Plugin: p}] = true
 		}
 	}
@@ -804,16 +995,19 @@ func (env *chaosEnv) liveAcked(n uint64) bool {
 func (env *chaosEnv) teardown() {
 	env.runUndos(true)
 	env.loops.Wait()
+	if env.obs != nil && len(env.coords) > 0 {
+		env.quiesce()
+	}
 	var wg sync.WaitGroup
 	for _, a := range env.agents {
-		if a.p == nil {
+		if a.cur == nil {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			a.closeIncarnation(false)
-			a.p = nil
+			a.cur = nil
 		}()
 	}
 	wg.Wait()
@@ -829,6 +1023,47 @@ func (env *chaosEnv) teardown() {
 		}
 		env.obs.stop()
 		env.obs = nil
+	}
+}
+
+// quiesce waits (at most 30 s) until no round runs and no request is
+// pending, then records the etcd revision from which the coordinators are
+// closed: a round that starts later may be cut short by the teardown.
+func (env *chaosEnv) quiesce() {
+	quiet := func() bool {
+		env.h.mu.Lock()
+		defer env.h.mu.Unlock()
+		for i := len(env.h.RevWrites) - 1; i >= 0; i-- {
+			if w := env.h.RevWrites[i]; !w.Malformed && !w.Deleted {
+				if w.Rec.State != schema.NotActive {
+					return false
+				}
+				break
+			}
+		}
+		for _, l := range env.h.Requests {
+			if l.Deleted == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for calm := 0; calm < 3 && time.Now().Before(deadline); {
+		if quiet() {
+			calm++
+		} else {
+			calm = 0
+		}
+		timer := time.NewTimer(200 * time.Millisecond) // polling the observer's record
+		<-timer.C
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := env.admin.Get(ctx, layout.Revision()); err == nil {
+		env.h.mu.Lock()
+		env.h.TeardownRev = resp.Header.Revision
+		env.h.mu.Unlock()
 	}
 }
 
@@ -908,7 +1143,7 @@ func (env *chaosEnv) reportErrorLoop() string {
 		return ""
 	}
 	a := up[env.pick(len(up))]
-	p, plugin := a.p, chaosPlugins[env.pick(len(chaosPlugins))]
+	p, plugin := a.cur.p, a.somePlugin()
 	stop := make(chan struct{})
 	env.loops.Add(1)
 	go func() {
@@ -926,4 +1161,111 @@ func (env *chaosEnv) reportErrorLoop() string {
 	}()
 	env.addUndo(env.between(2*time.Second, 6*time.Second), "stop the ReportError loop of "+a.name, func() { close(stop) })
 	return "report-error-loop"
+}
+
+// longName pads prefix to schema.MaxNameLen legal characters.
+func longName(prefix string) string {
+	const pad = "0123456789abcdefghijklmnopqrstuvwxyz._-ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	b := []byte(prefix)
+	for i := 0; len(b) < schema.MaxNameLen; i++ {
+		b = append(b, pad[i%len(pad)])
+	}
+	return string(b)
+}
+
+// request writes a manual request for scope; false if it failed.
+func (env *chaosEnv) request(scope schema.Scope, reason string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := putRequest(ctx, env.admin, schema.CauseManual, scope, reason); err != nil {
+		env.log.WithError(err).Warn("chaos: request failed")
+		return false
+	}
+	return true
+}
+
+// someUpAgent picks an agent that is not partitioned (nil if none is).
+func (env *chaosEnv) someUpAgent() *chaosAgent {
+	up := env.upAgents()
+	if len(up) == 0 {
+		return nil
+	}
+	return up[env.pick(len(up))]
+}
+
+// lateTake makes a plugin of a live agent stop reading its channel for
+// 1.5-4 s and asks for a round that includes it: its accept times out, the
+// round records it timed_out, and a retry round must deliver it later.
+func (env *chaosEnv) lateTake() string {
+	a := env.someUpAgent()
+	if a == nil {
+		return ""
+	}
+	plugin := a.somePlugin()
+	select {
+	case a.cur.late[plugin] <- env.between(1500*time.Millisecond, 4*time.Second):
+	default:
+		return "" // already late
+	}
+	scope := schema.Scope{Agent: a.name}
+	if env.pick(2) == 0 {
+		scope.Plugin = plugin
+	}
+	if !env.request(scope, "chaos: late taker "+a.name+"/"+plugin) {
+		return ""
+	}
+	return "late-take"
+}
+
+// duplicate starts a second process with a live agent's name, on its own
+// etcd client (through a new proxy): it must take the name over, and the
+// first one must be told (Done) and stop; then the first is closed and the
+// second goes on as the agent.
+func (env *chaosEnv) duplicate() string {
+	a := env.someUpAgent()
+	if a == nil {
+		return ""
+	}
+	member := env.pick(3)
+	if !env.memberUp[member] {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	resp, err := env.admin.Get(ctx, layout.Owner(a.name))
+	cancel()
+	if err != nil {
+		env.log.WithError(err).Warn("chaos: duplicate: reading the owner key failed")
+		return ""
+	}
+	old := a.cur
+	a.proxy, a.member = etcdtest.NewProxy(env.t, env.cluster.Members[member].Endpoint()), member
+	d := &Duplicate{Agent: a.name, Old: old.inc, StartRev: resp.Header.Revision, Started: time.Now(), Bound: dupBound}
+	a.start()
+	d.New = a.cur.inc
+	env.h.AddDuplicate(d)
+	timer := time.NewTimer(dupBound + closeSlack) // a bound, not synchronisation
+	select {
+	case <-old.p.Done():
+		env.h.Displaced(d, time.Now())
+		if !errors.Is(old.p.Err(), resync.ErrDisplaced) {
+			env.h.HarnessError("duplicate %s: Done fired, but Err is %v, not ErrDisplaced", a.name, old.p.Err())
+		}
+		// Its status channels are closed: its plugins' loops end (one
+		// taking an event late ends its pause first).
+		exited := make(chan struct{})
+		go func() {
+			old.wg.Wait()
+			close(exited)
+		}()
+		select {
+		case <-exited:
+			env.h.ChannelsClosed(d)
+		case <-timer.C:
+		}
+	case <-timer.C:
+	}
+	timer.Stop()
+	env.h.EndIncarnation(old.inc)
+	old.close(a, false)
+	return "agent-duplicate"
 }

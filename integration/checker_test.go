@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -108,6 +109,10 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		{"round never completed", func(h *History) {
 			h.RoundWrites = h.RoundWrites[:len(h.RoundWrites)-1]
 		}, "revision 2 has no completed round record"},
+		{"round never completed, started before the teardown", func(h *History) {
+			h.RoundWrites = h.RoundWrites[:len(h.RoundWrites)-1]
+			h.TeardownRev = 40 // round 2 started at 40: before the teardown
+		}, "revision 2 has no completed round record"},
 		{"round finished long after its deadline", func(h *History) {
 			r := lastRound(h, 2)
 			r.FinishedAt = r.Deadline.Add(time.Minute)
@@ -148,6 +153,57 @@ func TestCheckerCatchesViolations(t *testing.T) {
 					State: schema.Started, Cause: schema.CauseError, Scope: schema.ScopeSummary{Agents: 1, First: "a"}, StartedAt: t0.Add(at), StartedBy: "c0@10"}}})
 			}
 		}, "the backoff allows 400ms (streak of 2)"},
+		{"registration by a process that does not own the agent", func(h *History) {
+			h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 15, Lease: 1, Process: "old"})
+			h.RecordKeyWrite(KeyWrite{Agent: "a", Plugin: "p1", ModRev: 16, Lease: 2})
+		}, "two live owners"},
+		{"registration while nobody owns the agent", func(h *History) {
+			h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 15, Lease: 1, Process: "old"})
+			h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 16, Deleted: true})
+			h.RecordKeyWrite(KeyWrite{Agent: "a", Plugin: "p1", ModRev: 17, Lease: 1})
+		}, "while nobody owned the agent name"},
+		{"displaced process never told", func(h *History) {
+			takeover(h)
+			h.Duplicates[0].DoneAt = time.Time{}
+		}, "Done never fired: two live owners"},
+		{"displaced process told late", func(h *History) {
+			d := takeover(h)
+			d.DoneAt = d.Started.Add(11 * time.Second)
+		}, "Done fired 11s after the newer one started"},
+		{"displaced process's channels left open", func(h *History) {
+			takeover(h).Closed = false
+		}, "Done fired, but its status channels stayed open"},
+		{"newer process never took over", func(h *History) {
+			takeover(h)
+			h.Owners = h.Owners[:1]
+		}, "never took the owner key over from process old"},
+		{"displaced process wrote after the take-over", func(h *History) {
+			takeover(h)
+			h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p2", ModRev: 19, Lease: 1, Revision: 2})
+		}, "the displaced process wrote the ack (revision 2) of p2 at 19 on its lease 1 after the take-over at 18"},
+		{"displaced process received an event after Done", func(h *History) {
+			d := takeover(h)
+			h.RecordEvent(Event{Agent: "a", Plugin: "p1", Incarnation: 1, Revision: 3, Status: schema.NotActive, At: d.DoneAt.Add(time.Second)})
+		}, "received NotActive 3 after its Done fired"},
+		{"late taker timed out without a retry", func(h *History) {
+			lateTimeout(h, 1)
+		}, "round 1 recorded late taker a/p2 timed_out but asked for no retry"},
+		{"late taker lost", func(h *History) {
+			lateTimeout(h, 2)
+		}, "round 2 recorded late taker a/p2 timed_out, and no later round delivered it"},
+		{"error text over its cap", func(h *History) {
+			lastRound(h, 2).Errors = map[string]string{"a/p2": strings.Repeat("<", 300)}
+		}, "round 2's error of a/p2 is 1800 bytes after JSON escaping: the cap is 1038"},
+		{"ack error text over its cap", func(h *History) {
+			h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p1", ModRev: 19, Lease: 1, Revision: 1, Error: strings.Repeat("&", 1100)})
+		}, "the error of ack a/p1 at 19 is 1100 bytes: the cap is 1038"},
+		{"round record over the write budget", func(h *History) {
+			h.WriteBudget = 16 << 10
+			h.RecordSize(RecordSize{Key: "/resync/rounds/2/agents/a", Agent: "a", ModRev: 40, Bytes: 9000})
+		}, "is 9000 bytes: its budget is 8192"},
+		{"participant name cut short", func(h *History) {
+			h.Incarnations[1].Plugins[1] = longName("p2-")
+		}, "round 2 lists participant a/p2 (1+2 bytes), a name no incarnation registered"},
 		{"Close past its bound", func(h *History) {
 			h.RecordClose("coordinator c1-0 (standby, blackholed)", 9*time.Second, 5*time.Second)
 		}, "Close of coordinator c1-0 (standby, blackholed) took 9s"},
@@ -182,12 +238,86 @@ func TestCheckerCatchesViolations(t *testing.T) {
 	if rep := h0.Check(); rep.ErrorRounds != 6 || rep.Closes != 1 || len(backoffViolations(rep)) != 0 {
 		t.Errorf("paced error rounds: %s %v", rep.Summary(), backoffViolations(rep))
 	}
+	// A round started after the teardown began may stay incomplete.
+	cut := goodHistory()
+	cut.RoundWrites = cut.RoundWrites[:len(cut.RoundWrites)-1]
+	cut.TeardownRev = 35
+	if rep := cut.Check(); len(rep.Violations) != 0 {
+		t.Errorf("a round cut short by the teardown: %v", rep.Violations)
+	}
 	// The test's own garbage is skipped, not reported.
 	h := goodHistory()
 	h.RecordRevWrite(RevWrite{ModRev: 55, Malformed: true})
 	h.RecordGarbage(55, layout.Revision())
 	if rep := h.Check(); len(rep.Violations) != 0 || rep.GarbageSkipped != 1 {
 		t.Errorf("injected garbage: %s %v", rep.Summary(), rep.Violations)
+	}
+}
+
+// takeover doctors h: agent a owned by process old (incarnation 1, lease
+// 1), a duplicate (incarnation 2) started after revision 16 that took the
+// name over at 18 on lease 2; the old one was told at once.
+func takeover(h *History) *Duplicate {
+	t0 := time.Date(2026, 11, 25, 12, 5, 0, 0, time.UTC)
+	h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 15, Lease: 1, Process: "old"})
+	h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 18, Lease: 2, Process: "new"})
+	d := &Duplicate{Agent: "a", Old: 1, New: 2, StartRev: 16, Started: t0, Bound: 10 * time.Second}
+	h.AddDuplicate(d)
+	h.Displaced(d, t0.Add(time.Second))
+	h.ChannelsClosed(d)
+	return d
+}
+
+// lateTimeout doctors h: plugin a/p2 did not read its channel around round
+// n's start, and round n recorded it timed_out.
+func lateTimeout(h *History, n uint64) {
+	r := lastRound(h, n)
+	r.Acked, r.TimedOut = r.Acked[:1], []schema.PluginID{{Agent: "a", Plugin: "p2"}}
+	h.RecordLate(LateWindow{Agent: "a", Plugin: "p2", Incarnation: 1, From: r.StartedAt.Add(-time.Second), Until: r.StartedAt.Add(time.Second)})
+}
+
+// TestCheckerNewFaultsPass: the new fault classes' good outcomes are no
+// violations: a take-over the displaced process heeded, a late taker
+// retried and delivered by the next round, 1 KiB error texts cut to their
+// cap, 128-character names.
+func TestCheckerNewFaultsPass(t *testing.T) {
+	h := goodHistory()
+	takeover(h)
+	// The displaced process's ack of round 1, started (at 20) before a
+	// take-over at 25, written at 26: in flight, not a violation.
+	h.Owners[len(h.Owners)-1].ModRev = 25
+	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p2", ModRev: 26, Lease: 1, Revision: 1})
+	h.RecordKeyWrite(KeyWrite{Agent: "a", Plugin: "p1", ModRev: 25, Lease: 2})
+	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p1", ModRev: 19, Lease: 2, Revision: 2,
+		Error: schema.Truncate(strings.Repeat("<&>", 400), schema.MaxReasonLen)})
+	lateTimeout(h, 1)
+	h.RecordRequest("/resync/requests/operator/r1", schema.Request{Cause: schema.CauseError, RetryOf: 1}, 31, false)
+	h.WriteBudget = 16 << 10
+	h.RecordSize(RecordSize{Key: "/resync/rounds/2/agents/a", Agent: "a", ModRev: 40, Bytes: 8000})
+	lastRound(h, 2).Errors = map[string]string{"a/p2": schema.TruncateJSON(strings.Repeat("<", 2000), schema.MaxReasonLen)}
+	long := schema.PluginID{Agent: longName("a-"), Plugin: longName("p-")}
+	h.AddIncarnation(3, long.Agent, []string{long.Plugin})
+	r := lastRound(h, 2)
+	r.Participants = append(slices.Clone(r.Participants), long)
+	r.Acked = append(slices.Clone(r.Acked), long)
+	r.Counts.Participants++
+	h.RecordAck(AckSent{Agent: long.Agent, Plugin: long.Plugin, Incarnation: 3, Revision: 2, Result: schema.ResultOK})
+	// A parked join taken at the end of a late window, after the next
+	// plugin's Started: not against registration order.
+	t1 := time.Date(2026, 11, 25, 12, 10, 0, 0, time.UTC)
+	h.AddIncarnation(4, "b", []string{"q1", "q2"})
+	h.RecordEvent(Event{Agent: "b", Plugin: "q2", Incarnation: 4, Revision: 2, Status: schema.Started, Join: true, At: t1})
+	h.RecordEvent(Event{Agent: "b", Plugin: "q1", Incarnation: 4, Revision: 2, Status: schema.Started, Join: true, At: t1.Add(2 * time.Second)})
+	h.RecordLate(LateWindow{Agent: "b", Plugin: "q1", Incarnation: 4, From: t1.Add(-time.Second), Until: t1.Add(2 * time.Second)})
+	for _, p := range []string{"q1", "q2"} {
+		h.RecordAck(AckSent{Agent: "b", Plugin: p, Incarnation: 4, Revision: 2, Result: schema.ResultOK})
+	}
+	rep := h.Check()
+	if len(rep.Violations) != 0 {
+		t.Fatalf("violations: %q", rep.Violations)
+	}
+	if rep.Takeovers != 1 || rep.InflightAcks != 1 || rep.OwnedWrites != 1 || rep.LateTimeouts != 1 || rep.TextsChecked != 2 || rep.LongNames != 1 {
+		t.Errorf("checked too little: %s", rep.Summary())
 	}
 }
 

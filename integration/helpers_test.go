@@ -190,6 +190,7 @@ func (o *observer) observe(e *clientv3.Event) {
 			return // history trimming
 		}
 		rd, err := layout.DecodeRound(key, e.Kv.Value)
+		o.h.RecordSize(RecordSize{Key: key, ModRev: mod, Bytes: len(key) + len(e.Kv.Value)})
 		var recs []schema.RoundAgent
 		for _, a := range o.agents[k.Round] {
 			recs = append(recs, a)
@@ -201,6 +202,7 @@ func (o *observer) observe(e *clientv3.Event) {
 			delete(o.agents[k.Round], k.Agent)
 			return
 		}
+		o.h.RecordSize(RecordSize{Key: key, Agent: k.Agent, ModRev: mod, Bytes: len(key) + len(e.Kv.Value)})
 		ra, err := layout.DecodeRoundAgent(key, e.Kv.Value)
 		if err != nil {
 			o.h.HarnessError("observer: malformed round agent record %s: %v", key, err)
@@ -218,6 +220,26 @@ func (o *observer) observe(e *clientv3.Event) {
 		if _, req, err := layout.DecodeRequest(key, e.Kv.Value); err == nil {
 			o.h.RecordRequest(key, req, mod, false)
 		}
+	case schema.KindOwner:
+		w := OwnerWrite{Agent: k.Agent, ModRev: mod, Deleted: del}
+		if !del {
+			w.Lease = e.Kv.Lease
+			if ow, err := layout.DecodeOwner(key, e.Kv.Value); err == nil {
+				w.Process = ow.Process
+			}
+		}
+		o.h.RecordOwner(w)
+	case schema.KindRegistration, schema.KindAck:
+		if del {
+			return
+		}
+		w := KeyWrite{Ack: k.Kind == schema.KindAck, Agent: k.Agent, Plugin: k.Plugin, ModRev: mod, Lease: e.Kv.Lease, Bytes: len(key) + len(e.Kv.Value)}
+		if w.Ack {
+			if _, a, err := layout.DecodeAck(key, e.Kv.Value); err == nil {
+				w.Revision, w.Error = a.Revision, a.Error
+			}
+		}
+		o.h.RecordKeyWrite(w)
 	case schema.KindElection:
 		if del {
 			if create, ok := o.live[key]; ok {

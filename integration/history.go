@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
@@ -112,6 +113,20 @@ type History struct {
 	Backoff BackoffConfig
 	// Closes are the measured Close calls.
 	Closes []CloseCall
+	// Owners are the writes of owners/<agent>; KeyWrites the puts of
+	// registration and ack keys; Sizes the sizes of the round records.
+	Owners    []OwnerWrite
+	KeyWrites []KeyWrite
+	Sizes     []RecordSize
+	// WriteBudget is the coordinators' WriteBudget (0: sizes not checked).
+	WriteBudget int
+	// TeardownRev is the etcd revision from which the coordinators were
+	// closed (0: none): a revision started after it may stay incomplete.
+	TeardownRev int64
+	// Late are the windows plugins did not read their channels;
+	// Duplicates the second processes started with a live agent's name.
+	Late       []LateWindow
+	Duplicates []*Duplicate
 }
 
 // BackoffConfig is the coordinators' BackoffMin and BackoffMax, and the
@@ -248,6 +263,12 @@ type Report struct {
 	ErrorRounds     int // error-triggered rounds checked against the backoff
 	Closes          int // Close calls checked against their bound
 	ScopesChecked   int // rounds whose participants were checked against their requests
+	OwnedWrites     int // registration writes checked against the agent's owner key
+	Takeovers       int // duplicate agent names checked
+	InflightAcks    int // acks a displaced process wrote after the take-over for a round started before it
+	LateTimeouts    int // rounds that timed a late taker out, checked for its retry
+	TextsChecked    int // error texts checked against their cap
+	LongNames       int // participants with a 128-character agent or plugin name
 	Violations      []string
 }
 
@@ -257,8 +278,9 @@ func (r *Report) violate(format string, a ...any) {
 
 // Summary is the one-line result.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d violations=%d",
-		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, r.ErrorRounds, r.Closes, len(r.Violations))
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d violations=%d",
+		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, r.ErrorRounds, r.Closes,
+		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, len(r.Violations))
 }
 
 // termOf parses the term out of a leader identity <id>@<term>.
@@ -299,7 +321,9 @@ func termOf(identity string) (int64, bool) {
 //     scope all) started by one leader are no closer than the backoff
 //     allows: once a streak runs (rounds less than Backoff.Max apart) the
 //     k-th waits min(Backoff.Min x 2^k, Backoff.Max) after the previous;
-//   - every Close returned within its bound.
+//   - every Close returned within its bound;
+//   - one process per agent name, late takers and record sizes: see
+//     checkOwners, checkLate and checkTexts.
 func (h *History) Check() *Report {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -316,6 +340,9 @@ func (h *History) Check() *Report {
 	h.checkFinal(r)
 	h.checkBackoff(r)
 	h.checkCloses(r)
+	h.checkOwners(r)
+	h.checkLate(r)
+	h.checkTexts(r)
 	return r
 }
 
@@ -490,13 +517,17 @@ func (h *History) checkRounds(r *Report) {
 			}
 		}
 	}
-	// Every revision that started has a completed round record.
+	// Every revision that started (before the teardown) has a completed
+	// round record.
 	seen := map[uint64]bool{}
 	for _, w := range h.RevWrites {
 		if w.Malformed || w.Deleted || seen[w.Rec.Revision] {
 			continue
 		}
 		seen[w.Rec.Revision] = true
+		if h.TeardownRev != 0 && w.ModRev > h.TeardownRev {
+			continue // cut short by the teardown
+		}
 		if lg := rounds[w.Rec.Revision]; lg == nil || !lg.finished {
 			r.violate("revision %d has no completed round record", w.Rec.Revision)
 		}
@@ -720,6 +751,11 @@ func (h *History) checkEvents(r *Report) {
 		}
 		prev := -1
 		for _, e := range evs {
+			if h.tookLate(e) {
+				// A parked join taken late: the agent's next plugins
+				// went ahead meanwhile (package watcher).
+				continue
+			}
 			idx := slices.Index(inc.Plugins, e.Plugin)
 			if idx < prev {
 				r.violate("incarnation %d (%s) revision %d: %s got Started before %s, against registration order",
@@ -795,3 +831,337 @@ func (h *History) checkFinal(r *Report) {
 
 // pendingAt reports whether request l was pending at etcd revision rev.
 func pendingAt(l RequestLog, rev int64) bool { return l.Put <= rev && l.Deleted > rev }
+
+// --- the fault classes of issue 17: late takers, duplicate agent names,
+// 1 KiB error texts, 128-character names ---
+
+// OwnerWrite is one write or deletion of owners/<agent> seen by the
+// observer, with the lease the key is on.
+type OwnerWrite struct {
+	Agent   string
+	ModRev  int64
+	Lease   int64
+	Process string
+	Deleted bool
+}
+
+// KeyWrite is one put of a registration or an ack key seen by the
+// observer: the lease it is on, and for an ack its revision and error text.
+type KeyWrite struct {
+	Ack      bool // else a registration
+	Agent    string
+	Plugin   string
+	ModRev   int64
+	Lease    int64
+	Revision uint64
+	Error    string
+	Bytes    int // key and value
+}
+
+// RecordSize is the size (key and value) of one round record the leader
+// wrote: the summary rounds/<N> (Agent "") or a per-agent record.
+type RecordSize struct {
+	Key    string
+	Agent  string
+	ModRev int64
+	Bytes  int
+}
+
+// LateWindow is a time a plugin of an incarnation did not read its status
+// channel.
+type LateWindow struct {
+	Agent, Plugin string
+	Incarnation   int
+	From, Until   time.Time
+}
+
+// Duplicate is a second process started with a live agent's name: New must
+// take the name over from Old, whose Done must fire within Bound.
+type Duplicate struct {
+	Agent    string
+	Old, New int
+	// StartRev is an etcd revision read before New was created: the
+	// take-over is the first write of the owner key after it by another
+	// process than the one that owned the name then.
+	StartRev int64
+	Started  time.Time
+	DoneAt   time.Time // zero: Old's Done never fired
+	Bound    time.Duration
+	// Closed: Old's status channels were closed after Done fired.
+	Closed bool
+}
+
+// appendLocked appends v to the history's list *to.
+func appendLocked[T any](h *History, to *[]T, v T) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	*to = append(*to, v)
+}
+
+// RecordOwner, RecordKeyWrite and RecordSize are called by the observer.
+func (h *History) RecordOwner(w OwnerWrite)  { appendLocked(h, &h.Owners, w) }
+func (h *History) RecordKeyWrite(w KeyWrite) { appendLocked(h, &h.KeyWrites, w) }
+func (h *History) RecordSize(s RecordSize)   { appendLocked(h, &h.Sizes, s) }
+
+// RecordLate records that a plugin did not read its channel from From to
+// Until.
+func (h *History) RecordLate(w LateWindow) { appendLocked(h, &h.Late, w) }
+
+// AddDuplicate records a duplicate start.
+func (h *History) AddDuplicate(d *Duplicate) { appendLocked(h, &h.Duplicates, d) }
+
+// Displaced records when Old's Done fired; ChannelsClosed that its status
+// channels were closed after that.
+func (h *History) Displaced(d *Duplicate, at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d.DoneAt = at
+}
+
+func (h *History) ChannelsClosed(d *Duplicate) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d.Closed = true
+}
+
+// checkOwners checks one process per agent name: every registration is
+// written on the lease of the agent's owner key as it stands at that
+// revision (never by a process that does not own the name); for every
+// duplicate start, the newer process took the name over, the displaced one
+// was told (Done) within its bound, received no event after that, and wrote
+// on its lease after the take-over no registration and no ack of a round
+// that started after the take-over (an ack of a round it took part in,
+// written before it noticed, is counted as in flight).
+func (h *History) checkOwners(r *Report) {
+	byAgent := map[string][]OwnerWrite{}
+	for _, o := range h.Owners {
+		byAgent[o.Agent] = append(byAgent[o.Agent], o)
+	}
+	ownerAt := func(agent string, rev int64) (OwnerWrite, bool) {
+		ws := byAgent[agent]
+		i := sort.Search(len(ws), func(i int) bool { return ws[i].ModRev > rev })
+		if i == 0 || ws[i-1].Deleted {
+			return OwnerWrite{}, false
+		}
+		return ws[i-1], true
+	}
+	for _, w := range h.KeyWrites {
+		if w.Ack {
+			continue
+		}
+		if _, ok := h.Garbage[w.ModRev]; ok {
+			continue
+		}
+		r.OwnedWrites++
+		o, ok := ownerAt(w.Agent, w.ModRev)
+		switch {
+		case !ok:
+			r.violate("registration %s/%s written at %d on lease %x while nobody owned the agent name", w.Agent, w.Plugin, w.ModRev, w.Lease)
+		case o.Lease != w.Lease:
+			r.violate("registration %s/%s written at %d on lease %x, but the agent name is owned by process %s on lease %x: two live owners",
+				w.Agent, w.Plugin, w.ModRev, w.Lease, o.Process, o.Lease)
+		}
+	}
+	startRev := map[uint64]int64{} // etcd revision at which each round started
+	for _, w := range h.RevWrites {
+		if _, ok := startRev[w.Rec.Revision]; !ok && !w.Malformed && !w.Deleted && w.Rec.State == schema.Started {
+			startRev[w.Rec.Revision] = w.ModRev
+		}
+	}
+	for _, d := range h.Duplicates {
+		r.Takeovers++
+		what := fmt.Sprintf("duplicate %s (incarnation %d displaced by %d)", d.Agent, d.Old, d.New)
+		if d.DoneAt.IsZero() {
+			r.violate("%s: the displaced incarnation's Done never fired: two live owners", what)
+		} else if took := d.DoneAt.Sub(d.Started); took > d.Bound {
+			r.violate("%s: the displaced incarnation's Done fired %v after the newer one started (bound %v)", what, took.Round(time.Millisecond), d.Bound)
+		} else if !d.Closed {
+			r.violate("%s: the displaced incarnation's Done fired, but its status channels stayed open", what)
+		}
+		for _, e := range h.Events {
+			if e.Incarnation == d.Old && !d.DoneAt.IsZero() && e.At.After(d.DoneAt) {
+				r.violate("%s: the displaced incarnation received %s %d after its Done fired", what, e.Status, e.Revision)
+			}
+		}
+		old, ok := ownerAt(d.Agent, d.StartRev)
+		if !ok {
+			continue // nobody owned the name then (the agent was cut off): no take-over to check
+		}
+		var take *OwnerWrite
+		for i, o := range byAgent[d.Agent] {
+			if o.ModRev > d.StartRev && !o.Deleted && o.Process != old.Process {
+				take = &byAgent[d.Agent][i]
+				break
+			}
+		}
+		if take == nil {
+			r.violate("%s: the newer process never took the owner key over from process %s", what, old.Process)
+			continue
+		}
+		for _, w := range h.KeyWrites {
+			if w.Agent == d.Agent && w.Lease == old.Lease && w.ModRev > take.ModRev {
+				kind := "registration"
+				if w.Ack {
+					if st, ok := startRev[w.Revision]; ok && st < take.ModRev {
+						// The ack of a round it took part in, written
+						// before it noticed the take-over: acks are not
+						// fenced by the owner key (only registrations).
+						r.InflightAcks++
+						continue
+					}
+					kind = fmt.Sprintf("ack (revision %d)", w.Revision)
+				}
+				r.violate("%s: the displaced process wrote the %s of %s at %d on its lease %x after the take-over at %d",
+					what, kind, w.Plugin, w.ModRev, w.Lease, take.ModRev)
+			}
+		}
+	}
+}
+
+// tookLate reports whether e was taken at the end of a window in which its
+// plugin did not read its channel.
+func (h *History) tookLate(e Event) bool {
+	for _, lw := range h.Late {
+		if lw.Incarnation == e.Incarnation && lw.Plugin == e.Plugin && !e.At.Before(lw.From) && !e.At.After(lw.Until.Add(time.Second)) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkLate checks plugins that took events late: every round that
+// recorded such a plugin timed_out while it was not reading asked for a
+// retry (a request with RetryOf set to it), and a later round delivered the
+// plugin its Started and recorded it acked or failed: nothing is lost.
+func (h *History) checkLate(r *Report) {
+	if len(h.Late) == 0 {
+		return
+	}
+	final := map[uint64]coordinator.RoundView{}
+	var ns []uint64
+	for _, w := range h.RoundWrites {
+		if !w.Malformed && w.Round.State == schema.NotActive {
+			if _, ok := final[w.Key]; !ok {
+				final[w.Key] = w.Round
+				ns = append(ns, w.Key)
+			}
+		}
+	}
+	slices.Sort(ns)
+	retried := map[uint64]bool{}
+	for _, l := range h.Requests {
+		if l.Req.RetryOf != 0 {
+			retried[l.Req.RetryOf] = true
+		}
+	}
+	got := map[schema.PluginID]map[uint64]bool{} // Started events received
+	for _, e := range h.Events {
+		if e.Status == schema.Started {
+			id := schema.PluginID{Agent: e.Agent, Plugin: e.Plugin}
+			if got[id] == nil {
+				got[id] = map[uint64]bool{}
+			}
+			got[id][e.Revision] = true
+		}
+	}
+	checked := map[uint64]map[schema.PluginID]bool{}
+	for _, lw := range h.Late {
+		id := schema.PluginID{Agent: lw.Agent, Plugin: lw.Plugin}
+		for _, n := range ns {
+			rd := final[n]
+			if rd.StartedAt.Before(lw.From) || rd.StartedAt.After(lw.Until) || !slices.Contains(rd.TimedOut, id) || checked[n][id] {
+				continue
+			}
+			if checked[n] == nil {
+				checked[n] = map[schema.PluginID]bool{}
+			}
+			checked[n][id] = true
+			r.LateTimeouts++
+			if !retried[n] {
+				r.violate("round %d recorded late taker %s timed_out but asked for no retry", n, id)
+			}
+			delivered := false
+			for _, m := range ns[sort.Search(len(ns), func(i int) bool { return ns[i] > n }):] {
+				later := final[m]
+				if (slices.Contains(later.Acked, id) || slices.Contains(later.Failed, id)) && got[id][m] {
+					delivered = true
+					break
+				}
+			}
+			if !delivered {
+				r.violate("round %d recorded late taker %s timed_out, and no later round delivered it and recorded its answer: lost", n, id)
+			}
+		}
+	}
+}
+
+// checkTexts checks the records' sizes and texts: every round record within
+// the write budget (a per-agent record within half of it), every error
+// text of a round record at most schema.MaxReasonLen bytes after JSON
+// escaping (plus the truncation marker; the summary's examples at most
+// 256), every ack's error at most schema.MaxReasonLen bytes, and every
+// participant a name that some incarnation registered (128-character names
+// intact).
+func (h *History) checkTexts(r *Report) {
+	const marker = len("...[truncated]")
+	if h.WriteBudget > 0 {
+		for _, s := range h.Sizes {
+			limit := h.WriteBudget
+			if s.Agent != "" {
+				limit /= 2
+			}
+			if s.Bytes > limit {
+				r.violate("record %s written at %d is %d bytes: its budget is %d", s.Key, s.ModRev, s.Bytes, limit)
+			}
+		}
+	}
+	checkText := func(what string, text string, max int) {
+		r.TextsChecked++
+		if n := jsonTextLen(text); n > max+marker {
+			r.violate("%s is %d bytes after JSON escaping: the cap is %d", what, n, max+marker)
+		}
+	}
+	for _, w := range h.KeyWrites {
+		// An ack's error is cut in bytes (the watcher's Truncate); the
+		// coordinator cuts it again, after escaping, for its records.
+		if w.Ack && w.Error != "" {
+			r.TextsChecked++
+			if n := len(w.Error); n > schema.MaxReasonLen+marker {
+				r.violate("the error of ack %s/%s at %d is %d bytes: the cap is %d", w.Agent, w.Plugin, w.ModRev, n, schema.MaxReasonLen+marker)
+			}
+		}
+	}
+	known := map[schema.PluginID]bool{}
+	for _, inc := range h.Incarnations {
+		for _, p := range inc.Plugins {
+			known[schema.PluginID{Agent: inc.Agent, Plugin: p}] = true
+		}
+	}
+	for _, w := range h.RoundWrites {
+		if w.Malformed || w.Round.State != schema.NotActive {
+			continue
+		}
+		for id, e := range w.Round.Errors {
+			checkText(fmt.Sprintf("round %d's error of %s", w.Key, id), e, schema.MaxReasonLen)
+		}
+		if ex := w.Round.Examples; ex != nil {
+			for id, e := range ex.Errors {
+				checkText(fmt.Sprintf("round %d's example error of %s", w.Key, id), e, 256)
+			}
+		}
+		for _, p := range w.Round.Participants {
+			if !known[p] {
+				r.violate("round %d lists participant %s (%d+%d bytes), a name no incarnation registered", w.Key, p, len(p.Agent), len(p.Plugin))
+			} else if len(p.Agent) == schema.MaxNameLen || len(p.Plugin) == schema.MaxNameLen {
+				r.LongNames++
+			}
+		}
+	}
+}
+
+// jsonTextLen is the length of s's JSON encoding, quotes excluded (as the
+// coordinator's encoder escapes it: < > & too).
+func jsonTextLen(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b) - 2
+}
