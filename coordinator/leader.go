@@ -96,7 +96,7 @@ type leader struct {
 	resumeParts []schema.PluginID          // its participants, from rounds/<N>/agents/
 	rebuild     bool                       // resume has no participant list: use the live registrations
 	round       *roundState                // the running round
-	retries     map[uint64]schema.ScopeSet // failed and timed-out participants of the last unclean round
+	retries     map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
 	errKeys     []string                   // streak keys of the running round if error-triggered (backoff.go)
 }
 

@@ -304,6 +304,29 @@ func mergeRequests(reqs map[string]schema.Request, resolve func(uint64) (schema.
 	return scope, cause, schema.Truncate(reason, schema.MaxReasonLen), keys, nil
 }
 
+// maxRetrySets bounds the unclean rounds whose retry sets a leader
+// remembers. One is not enough: when two rounds in a row fail for an agent,
+// the first one's retry may still be pending when the second finishes, and
+// forgetting its set would pace it by the cluster-wide streak instead of
+// its agent's (two retry rounds of one agent closer than the backoff).
+const maxRetrySets = 64
+
+// rememberRetry remembers round n's retry set, forgetting the oldest
+// beyond maxRetrySets.
+func (l *leader) rememberRetry(n uint64, s schema.ScopeSet) {
+	if l.retries == nil {
+		l.retries = map[uint64]schema.ScopeSet{}
+	}
+	l.retries[n] = s
+	for len(l.retries) > maxRetrySets {
+		oldest := n
+		for k := range l.retries {
+			oldest = min(oldest, k)
+		}
+		delete(l.retries, oldest)
+	}
+}
+
 // retrySet is the set of failed and timed-out participants of round n:
 // remembered from this term's finish, else read from rounds/<n>/agents/
 // (after a failover), retried while etcd fails.
@@ -329,7 +352,7 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 			if len(recs) == 0 {
 				l.log.WithField("round", n).Warn("coordinator: a retry names a round whose per-agent records are gone; it selects nobody")
 			}
-			l.retries = map[uint64]schema.ScopeSet{n: s}
+			l.rememberRetry(n, s)
 			return s, nil
 		}
 		l.log.WithError(err).Warn("coordinator: reading a retried round's participants failed; retrying")
@@ -734,7 +757,7 @@ func (l *leader) finish(now time.Time) error {
 	l.rev = &rev
 	l.round = nil
 	if !clean {
-		l.retries = map[uint64]schema.ScopeSet{rec.Revision: retry}
+		l.rememberRetry(rec.Revision, retry)
 	}
 	l.errorRoundFinished(now)
 	l.log.WithField("revision", rec.Revision).WithField("acked", rec.Counts.Acked).WithField("failed", rec.Counts.Failed).
