@@ -46,6 +46,13 @@ const opOverhead = 16
 // retry: etcd's request size or Txn operation limits, a permission denial,
 // a Txn that names a key twice, or the client's own message size limit.
 func permanent(err error) bool {
+	// etcd says "too many requests" (its apply backlog is full) and NOSPACE
+	// (a quota alarm, which resyncd's embedded etcd clears by itself) with
+	// the same gRPC code as "too large": both pass, so they are retried.
+	if errors.Is(err, rpctypes.ErrTooManyRequests) || errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) ||
+		errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace) {
+		return false
+	}
 	if errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrTooManyOps) ||
 		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCRequestTooLarge) ||
 		errors.Is(err, rpctypes.ErrGRPCTooManyOps) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) ||
