@@ -58,6 +58,20 @@ func (p *Proxy) start() proxy.Server {
 	case err := <-srv.Error():
 		p.t.Fatalf("etcdtest: proxy: %v", err)
 	}
+	// The proxy reports every failed dial to the member and every broken
+	// copy on a 16-slot channel, and its accept loop blocks on a full one:
+	// unread, the 17th error (a long chaos run of member restarts and cuts
+	// reaches it) stops it accepting for good, and its client never
+	// reconnects. Drain it until the proxy closes.
+	go func() {
+		for {
+			select {
+			case <-srv.Error():
+			case <-srv.Done():
+				return
+			}
+		}
+	}()
 	return srv
 }
 
