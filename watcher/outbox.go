@@ -289,7 +289,7 @@ func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	err := w.txn(ops)
+	err := w.txn(ops, lease)
 	switch {
 	case err == nil:
 		for _, it := range sent {
@@ -362,12 +362,30 @@ func (w *Watcher) dropRequest(id string) {
 	w.omu.Unlock()
 }
 
-func (w *Watcher) txn(ops []clientv3.Op) error {
+func (w *Watcher) txn(ops []clientv3.Op, lease clientv3.LeaseID) error {
 	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
 	defer cancel()
-	_, err := w.c.Txn(ctx).Then(ops...).Commit()
-	if err == nil {
-		w.stats.ackTxns.Add(1)
+	t := w.c.Txn(ctx)
+	if lease != 0 {
+		// Acks are fenced by the agent name's owner key, as registrations
+		// are (registry/session.go): a process displaced by a newer one
+		// with the same name writes no ack in the second before it
+		// notices, not even of a round it took part in.
+		t = t.If(clientv3.Compare(clientv3.LeaseValue(w.layout.Owner(w.agent)), "=", int64(lease)))
 	}
-	return err
+	resp, err := t.Then(ops...).Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return errNotOwner
+	}
+	w.stats.ackTxns.Add(1)
+	return nil
 }
+
+// errNotOwner: the agent name's owner key is not on this session's lease.
+// The process was displaced (the registry notices and closes it) or is
+// claiming the name again (a wiped prefix, a new session): the acks stay
+// queued and are retried.
+var errNotOwner = errors.New("the agent name's owner key is not on this session's lease (displaced, or claiming the name again)")
