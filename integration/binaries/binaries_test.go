@@ -55,25 +55,32 @@ func bins(t *testing.T) string {
 
 // proc is a running command whose output is collected.
 type proc struct {
-	cmd  *exec.Cmd
-	out  *etcdtest.Buffer
-	done chan error
+	cmd    *exec.Cmd
+	out    *etcdtest.Buffer
+	done   chan error    // Wait's result, once
+	exited chan struct{} // closed when Wait returned
 }
 
 func start(t *testing.T, dir string, name string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(bins(t), name), args...)
 	cmd.Dir = dir
-	p := &proc{cmd: cmd, out: &etcdtest.Buffer{}, done: make(chan error, 1)}
+	p := &proc{cmd: cmd, out: &etcdtest.Buffer{}, done: make(chan error, 1), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- cmd.Wait() }()
+	go func() {
+		p.done <- cmd.Wait()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		// Not cmd.ProcessState: Wait writes it on its own goroutine.
+		select {
+		case <-p.exited:
+		default:
 			cmd.Process.Kill()
-			<-p.done
+			<-p.exited
 		}
 		if t.Failed() {
 			t.Logf("%s output:\n%s", name, p.out.String())
