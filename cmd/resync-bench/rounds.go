@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -66,6 +67,10 @@ type RoundRow struct {
 	// FloorTxn: the same, each agent writing its plugins' acks in one Txn
 	// (as the watcher's outbox batches the acks that piled up).
 	FloorTxn Dist `json:"etcd_floor_txn"`
+	// WatchedFloor: the batched floor plus the notification of every agent
+	// and the collection of every ack by one watcher (see
+	// measureWatchedFloor): etcd's price of the protocol, without resync.
+	WatchedFloor Dist `json:"etcd_watched_floor"`
 	// Barrier: recipes.DoubleBarrier, Enter+Leave, same participants.
 	Barrier         Dist    `json:"double_barrier"`
 	BarrierTimedOut bool    `json:"double_barrier_timed_out,omitempty"`
@@ -74,6 +79,8 @@ type RoundRow struct {
 	// Ratios of p50s.
 	OursOverFloor    float64 `json:"ours_over_floor_p50"`
 	OursOverFloorTxn float64 `json:"ours_over_floor_txn_p50"`
+	OursOverWatched  float64 `json:"ours_over_watched_floor_p50"`
+	WatchedOverTxn   float64 `json:"watched_floor_over_floor_txn_p50"`
 	OursOverBarrier  float64 `json:"ours_over_barrier_p50,omitempty"`
 }
 
@@ -95,9 +102,14 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 		return row, err
 	}
 	row.FloorTxnCPU = ms(cpuTime()-c0) / float64(o.rounds+1)
+	if row.WatchedFloor, err = measureWatchedFloor(ctx, e, o, sz); err != nil {
+		return row, err
+	}
 	row.OursOverFloor = ratio(row.Round.P50, row.Floor.P50)
 	row.OursOverFloorTxn = ratio(row.Round.P50, row.FloorTxn.P50)
-	progress("%s: floor p50 %.1f ms; DoubleBarrier", sz, row.Floor.P50)
+	row.OursOverWatched = ratio(row.Round.P50, row.WatchedFloor.P50)
+	row.WatchedOverTxn = ratio(row.WatchedFloor.P50, row.FloorTxn.P50)
+	progress("%s: floor p50 %.1f ms, batched %.1f ms, watched %.1f ms; DoubleBarrier", sz, row.Floor.P50, row.FloorTxn.P50, row.WatchedFloor.P50)
 	row.Barrier, row.BarrierTimedOut, err = measureBarrier(ctx, e, o, sz)
 	if err != nil {
 		row.BarrierError = err.Error()
@@ -317,6 +329,149 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 		}
 	}
 	return dist(samples), nil
+}
+
+// measureWatchedFloor is the etcd floor of a round's whole protocol, with
+// none of resync's code: one put of a key that every agent watches (its own
+// watch; agents share clients as the fleet's do), each agent writing its
+// plugins' acks (an encoded schema.Ack, on its lease) in one Txn when the
+// put reaches it, and one watcher on the acks' prefix counting them; from
+// the put to the last ack event received. What a round adds to the
+// batched floor is the notification of every agent and the collection of
+// every ack: this floor pays both, at etcd's price, on the same CPUs. No
+// coordinator, no fencing, no order among an agent's plugins, no records.
+// One unmeasured sample first.
+func measureWatchedFloor(ctx context.Context, e *env, o options, sz size) (Dist, error) {
+	prefix := fmt.Sprintf("/bench/watched-floor-%s/", sz)
+	layout := schema.MustLayout(prefix)
+	defer e.wipe(ctx, prefix)
+	clients, err := e.clients(sz.clients(o.agentsPerClient) + 1)
+	if err != nil {
+		return Dist{}, err
+	}
+	defer closeClients(clients)
+	collector := clients[len(clients)-1]
+	leases := make([]clientv3.LeaseID, sz.Agents)
+	for a := range leases {
+		l, err := clients[a/o.agentsPerClient].Grant(ctx, 60)
+		if err != nil {
+			return Dist{}, err
+		}
+		leases[a] = l.ID
+	}
+	defer func() {
+		for a, l := range leases {
+			clients[a/o.agentsPerClient].Revoke(context.Background(), l)
+		}
+	}()
+	samples := o.rounds + 1
+	vals := make([]string, samples)
+	for i := range vals {
+		v, err := schema.Encode(schema.Ack{Revision: uint64(i + 1), Result: schema.ResultOK, AckedAt: time.Now().UTC()})
+		if err != nil {
+			return Dist{}, err
+		}
+		vals[i] = string(v)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	ready := make(chan struct{}, sz.Agents+1)
+	errc := make(chan error, sz.Agents+1)
+	trigger := layout.Revision()
+	for a := range sz.Agents {
+		c := clients[a/o.agentsPerClient]
+		agent := fmt.Sprintf("agent-%05d", a)
+		keys := make([]string, sz.Plugins)
+		for p := range keys {
+			keys[p] = layout.Ack(agent, fmt.Sprintf("plugin-%03d", p))
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for resp := range c.Watch(wctx, trigger, clientv3.WithCreatedNotify()) {
+				if resp.Created {
+					ready <- struct{}{}
+				}
+				for _, ev := range resp.Events {
+					i, err := strconv.Atoi(string(ev.Kv.Value))
+					if err != nil || i < 0 || i >= samples {
+						errc <- fmt.Errorf("watched floor: trigger value %q", ev.Kv.Value)
+						return
+					}
+					ops := make([]clientv3.Op, 0, len(keys))
+					for _, k := range keys {
+						ops = append(ops, clientv3.OpPut(k, vals[i], clientv3.WithLease(leases[a])))
+					}
+					for len(ops) > 0 {
+						n := min(len(ops), schema.MaxTxnOps)
+						if err := busyRetry(wctx, func() error { _, err := c.Txn(wctx).Then(ops[:n]...).Commit(); return err }); err != nil {
+							if wctx.Err() == nil {
+								errc <- fmt.Errorf("watched floor: %w", err)
+							}
+							return
+						}
+						ops = ops[n:]
+					}
+				}
+			}
+		}()
+	}
+	// The collector: every sample puts each ack key once, so sample i is
+	// complete when (i+1) x participants events have arrived.
+	want := sz.participants()
+	complete := make(chan int, samples)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n := 0
+		for resp := range collector.Watch(wctx, layout.Acks(), clientv3.WithPrefix(), clientv3.WithCreatedNotify()) {
+			if resp.Created {
+				ready <- struct{}{}
+			}
+			if err := resp.Err(); err != nil {
+				if wctx.Err() == nil {
+					errc <- fmt.Errorf("watched floor: collector: %w", err)
+				}
+				return
+			}
+			for range resp.Events {
+				if n++; n%want == 0 {
+					complete <- n / want
+				}
+			}
+		}
+	}()
+	for range sz.Agents + 1 {
+		select {
+		case <-ready:
+		case err := <-errc:
+			return Dist{}, err
+		case <-ctx.Done():
+			return Dist{}, ctx.Err()
+		}
+	}
+	var out []time.Duration
+	for i := range samples {
+		start := time.Now()
+		if _, err := e.kv.Put(ctx, trigger, strconv.Itoa(i)); err != nil {
+			return Dist{}, fmt.Errorf("watched floor: %w", err)
+		}
+		select {
+		case <-complete:
+		case err := <-errc:
+			return Dist{}, err
+		case <-time.After(5 * time.Minute):
+			return Dist{}, fmt.Errorf("watched floor %s: sample %d incomplete after 5 minutes", sz, i)
+		case <-ctx.Done():
+			return Dist{}, ctx.Err()
+		}
+		if i > 0 {
+			out = append(out, time.Since(start))
+		}
+	}
+	return dist(out), nil
 }
 
 // busyRetry calls f until it returns anything but etcd's "too many
