@@ -88,6 +88,7 @@ func (l *leader) onState(ev stateEvent) {
 	}
 	if ev.reset {
 		l.regs, l.acks = ev.regs, ev.acks
+		l.ordered = nil
 		l.stateSynced = true
 		if l.round != nil {
 			l.reconcile()
@@ -103,9 +104,11 @@ func (l *leader) onState(ev stateEvent) {
 			l.resolve(it.id, false)
 		case it.deleted:
 			delete(l.regs, it.id)
+			l.ordered = nil
 			l.resolve(it.id, false)
 		default:
 			l.regs[it.id] = *it.reg
+			l.ordered = nil
 		}
 	}
 }
@@ -364,16 +367,25 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 
 // participants are the live registrations in scope, by agent and order.
 func (l *leader) participants(scope schema.ScopeSet) []schema.PluginID {
-	regs := make([]schema.Registration, 0, len(l.regs)) // no regrowth: 10,000 at 1000x10
-	for id, r := range l.regs {
-		if scope.Includes(id.Agent, id.Plugin) {
+	if l.ordered == nil {
+		regs := make([]schema.Registration, 0, len(l.regs)) // no regrowth: 10,000 at 1000x10
+		for _, r := range l.regs {
 			regs = append(regs, r)
 		}
+		slices.SortFunc(regs, schema.CompareRegistrations)
+		l.ordered = make([]schema.PluginID, len(regs))
+		for i, r := range regs {
+			l.ordered[i] = r.ID()
+		}
 	}
-	slices.SortFunc(regs, schema.CompareRegistrations)
-	out := make([]schema.PluginID, len(regs))
-	for i, r := range regs {
-		out[i] = r.ID()
+	if scope.IsAll() {
+		return slices.Clone(l.ordered)
+	}
+	var out []schema.PluginID
+	for _, id := range l.ordered {
+		if scope.Includes(id.Agent, id.Plugin) {
+			out = append(out, id)
+		}
 	}
 	return out
 }
@@ -415,41 +427,49 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	// fleet size. A successor that finds fewer records than the summary's
 	// agents (the leader died between) rebuilds the participants of an
 	// all-scope round from the live registrations (setResume).
-	var puts []put
-	var err error
-	byAgent(parts, func(agent string, ps []schema.PluginID) {
-		if err != nil {
-			return
+	//
+	// records are the per-agent records (and a set scope's chunks); an
+	// all-scope round encodes them only once its start is committed.
+	records := func() ([]put, error) {
+		var puts []put
+		var err error
+		byAgent(parts, func(agent string, ps []schema.PluginID) {
+			if err != nil {
+				return
+			}
+			ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.Started, Plugins: make([]string, len(ps))}
+			for i, p := range ps {
+				ra.Plugins[i] = p.Plugin
+			}
+			var b []byte
+			b, err = schema.Encode(ra)
+			puts = append(puts, put{key: l.layout.RoundAgent(n, agent), val: b})
+		})
+		if err != nil || scope.IsAll() {
+			return puts, err
 		}
-		ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.Started, Plugins: make([]string, len(ps))}
-		for i, p := range ps {
-			ra.Plugins[i] = p.Plugin
-		}
-		var b []byte
-		b, err = schema.Encode(ra)
-		puts = append(puts, put{key: l.layout.RoundAgent(n, agent), val: b})
-		rec.Agents++
-	})
-	if err != nil {
-		return err
-	}
-	if !scope.IsAll() {
 		t := scope.Targets()
 		for i := 0; len(t) > 0; i++ {
 			k := min(len(t), schema.MaxScopeChunk)
 			b, err := schema.Encode(schema.RoundScope{Revision: n, Targets: t[:k]})
 			if err != nil {
-				return err
+				return nil, err
 			}
 			puts = append(puts, put{key: l.layout.RoundScope(n, i), val: b})
 			t = t[k:]
 		}
+		return puts, nil
 	}
+	byAgent(parts, func(string, []schema.PluginID) { rec.Agents++ })
 	wipe := clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())
 	var lost int
 	before := !scope.IsAll()
 	if before {
 		if err := l.fencedTxn([]clientv3.Op{wipe}); err != nil && !errors.Is(err, errPermanent) {
+			return err
+		}
+		puts, err := records()
+		if err != nil {
 			return err
 		}
 		if lost, err = l.writePuts(nil, puts); err != nil {
@@ -515,6 +535,10 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 	l.co.hooks.RoundStarted(l.round.rec, false)
 	if !before {
+		puts, err := records()
+		if err != nil {
+			return err
+		}
 		lost, err := l.writePuts(nil, puts)
 		l.round.lost += lost
 		if err != nil {
