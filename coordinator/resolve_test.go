@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/sirupsen/logrus"
@@ -76,4 +77,54 @@ func TestLeaderResolvesByTheSchemaRule(t *testing.T) {
 	if o := l.round.outcome[id("stale")]; o != schema.OutcomeDeparted || l.round.counts.Pending != 0 {
 		t.Errorf("stale after its registration went: %s, pending %d", o, l.round.counts.Pending)
 	}
+}
+
+// TestParticipantsFollowRegistrationChanges: the leader keeps its
+// registrations in order between rounds; every change (a new plugin, a
+// re-registration with another order, a departure, a whole reset) must
+// show in the next round's participants, all-scope and set-scope alike.
+func TestParticipantsFollowRegistrationChanges(t *testing.T) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	l := &leader{co: &Coordinator{hooks: NopHooks{}, log: log}, layout: layout, log: log, ctx: context.Background(),
+		acks: map[schema.PluginID]schema.Ack{}, regs: map[schema.PluginID]schema.Registration{}}
+	reg := func(agent, plugin string, order int) stateItem {
+		return stateItem{id: schema.PluginID{Agent: agent, Plugin: plugin}, reg: &schema.Registration{Agent: agent, Plugin: plugin, Order: order}}
+	}
+	gone := func(agent, plugin string) stateItem {
+		return stateItem{id: schema.PluginID{Agent: agent, Plugin: plugin}, deleted: true}
+	}
+	want := func(scope schema.ScopeSet, ids ...string) {
+		t.Helper()
+		var got []string
+		for _, p := range l.participants(scope) {
+			got = append(got, p.String())
+		}
+		if strings.Join(got, " ") != strings.Join(ids, " ") {
+			t.Fatalf("participants(%s) = %v, want %v", scope.Summary().String(), got, ids)
+		}
+	}
+	all := schema.AllScopes()
+	var b schema.ScopeSet
+	b.Add(schema.Scope{Agent: "b"})
+
+	l.onState(stateEvent{items: []stateItem{reg("b", "x", 0), reg("a", "z", 0), reg("a", "y", 1)}})
+	want(all, "a/z", "a/y", "b/x")
+	want(b, "b/x")
+	got := l.participants(all)
+	got[0] = schema.PluginID{Agent: "mutated", Plugin: "by-caller"}
+	want(all, "a/z", "a/y", "b/x") // callers get their own copy
+
+	l.onState(stateEvent{items: []stateItem{reg("b", "w", 1)}})
+	want(all, "a/z", "a/y", "b/x", "b/w")
+	l.onState(stateEvent{items: []stateItem{reg("a", "z", 2)}}) // re-registered after y
+	want(all, "a/y", "a/z", "b/x", "b/w")
+	l.onState(stateEvent{items: []stateItem{gone("b", "x")}})
+	want(all, "a/y", "a/z", "b/w")
+	want(b, "b/w")
+	l.onState(stateEvent{reset: true, regs: map[schema.PluginID]schema.Registration{
+		{Agent: "c", Plugin: "v"}: {Agent: "c", Plugin: "v"},
+	}, acks: map[schema.PluginID]schema.Ack{}})
+	want(all, "c/v")
+	want(b)
 }
