@@ -266,19 +266,11 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 		return Dist{}, err
 	}
 	defer closeClients(clients)
-	leases := make([]clientv3.LeaseID, sz.Agents)
-	for a := range leases {
-		l, err := clients[a/o.agentsPerClient].Grant(ctx, 60)
-		if err != nil {
-			return Dist{}, err
-		}
-		leases[a] = l.ID
+	leases, err := grantLeases(ctx, clients, sz.Agents, o.agentsPerClient)
+	if err != nil {
+		return Dist{}, err
 	}
-	defer func() {
-		for a, l := range leases {
-			clients[a/o.agentsPerClient].Revoke(context.Background(), l)
-		}
-	}()
+	defer revokeLeases(clients, leases, o.agentsPerClient)
 	val, err := schema.Encode(schema.Ack{Revision: 1000, Result: schema.ResultOK, AckedAt: time.Now().UTC()})
 	if err != nil {
 		return Dist{}, err
@@ -351,19 +343,11 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size) (Dist,
 	}
 	defer closeClients(clients)
 	collector := clients[len(clients)-1]
-	leases := make([]clientv3.LeaseID, sz.Agents)
-	for a := range leases {
-		l, err := clients[a/o.agentsPerClient].Grant(ctx, 60)
-		if err != nil {
-			return Dist{}, err
-		}
-		leases[a] = l.ID
+	leases, err := grantLeases(ctx, clients, sz.Agents, o.agentsPerClient)
+	if err != nil {
+		return Dist{}, err
 	}
-	defer func() {
-		for a, l := range leases {
-			clients[a/o.agentsPerClient].Revoke(context.Background(), l)
-		}
-	}()
+	defer revokeLeases(clients, leases, o.agentsPerClient)
 	samples := o.rounds + 1
 	vals := make([]string, samples)
 	for i := range vals {
@@ -472,6 +456,28 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size) (Dist,
 		}
 	}
 	return dist(out), nil
+}
+
+// grantLeases grants one 60 s lease per agent, agent a's on client
+// a/perClient, as the fleet's agents have theirs.
+func grantLeases(ctx context.Context, clients []*clientv3.Client, agents, perClient int) ([]clientv3.LeaseID, error) {
+	leases := make([]clientv3.LeaseID, 0, agents)
+	for a := range agents {
+		l, err := clients[a/perClient].Grant(ctx, 60)
+		if err != nil {
+			revokeLeases(clients, leases, perClient)
+			return nil, err
+		}
+		leases = append(leases, l.ID)
+	}
+	return leases, nil
+}
+
+// revokeLeases revokes what grantLeases granted.
+func revokeLeases(clients []*clientv3.Client, leases []clientv3.LeaseID, perClient int) {
+	for a, l := range leases {
+		clients[a/perClient].Revoke(context.Background(), l)
+	}
 }
 
 // busyRetry calls f until it returns anything but etcd's "too many
