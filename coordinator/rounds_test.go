@@ -292,35 +292,84 @@ func TestGarbageIsSkippedAndTheRoundCompletes(t *testing.T) {
 	})
 }
 
+// TestDeadlineTimesOutAndHistoryIsBounded: on the fake clock, a plugin that
+// never acks times out exactly at the round's deadline while its agent's
+// other plugin acks; the retry (scoped to the silent plugin) comes exactly
+// BackoffMin after and times out too; once the plugin answers, the next
+// retry, 2 x BackoffMin after, is clean. History 2 keeps exactly the last
+// two rounds and no key of a pruned one.
 func TestDeadlineTimesOutAndHistoryIsBounded(t *testing.T) {
 	m := etcdtest.Start(t)
 	obs := m.Client(t)
 	eps := []string{m.Endpoint()}
 	agents := startAgents(t, eps, 1, []string{"ok", "silent"}, func(string) map[string]string { return map[string]string{"silent": "never"} })
+	fc := newFakeClock()
 	cfg := testConfig("c0")
-	cfg.RoundDeadline = time.Second
+	cfg.RoundDeadline = time.Minute
 	cfg.History = 2
-	newCoord(t, eps, cfg)
-	r := waitFinished(t, obs, 1, 10*time.Second)
-	if fmt.Sprint(r.TimedOut) != "[agent-00/silent]" || fmt.Sprint(r.Acked) != "[agent-00/ok]" {
-		t.Fatalf("round 1 timed_out %v acked %v", r.TimedOut, r.Acked)
-	}
-	if r.FinishedAt.Before(r.Deadline) {
-		t.Errorf("timed out at %v, before the deadline %v", r.FinishedAt, r.Deadline)
-	}
-	// The retry (scoped to the silent plugin) times out too, until the
-	// plugin answers.
-	waitFinished(t, obs, 2, 10*time.Second)
-	agents[0].SetBehaviour("silent", "ok")
-	etcdtest.WaitFor(t, 20*time.Second, "a clean round", func() bool {
-		rev, ok := readRevision(t, obs)
-		if !ok || rev.State != schema.NotActive {
-			return false
+	t0 := fc.Now()
+	co := newCoord(t, eps, cfg, WithClock(fc))
+
+	// timeOut ends round n at its deadline once the leader has seen every
+	// ack it will get (acked of them).
+	timeOut := func(n uint64, acked int) RoundView {
+		t.Helper()
+		etcdtest.WaitFor(t, 10*time.Second, fmt.Sprintf("round %d's acks seen", n), func() bool {
+			p := co.Status().Progress
+			return p != nil && p.Acked == acked && p.Pending == 1
+		})
+		armed(t, fc, fmt.Sprintf("round %d's deadline", n))
+		fc.Advance(cfg.RoundDeadline - time.Nanosecond)
+		stillAt(t, co, n, schema.Started, "1ns before the deadline")
+		fc.Advance(time.Nanosecond)
+		v := waitFinished(t, obs, n, 10*time.Second)
+		if !v.FinishedAt.Equal(v.Deadline) || fmt.Sprint(v.TimedOut) != "[agent-00/silent]" {
+			t.Fatalf("round %d finished at %v (deadline %v), timed out %v: want at the deadline, agent-00/silent timed out", n, v.FinishedAt, v.Deadline, v.TimedOut)
 		}
-		rr, ok := readRound(t, obs, rev.Revision)
-		return ok && rr.Clean()
-	})
+		return v
+	}
+	// retry waits for the retry of round n-1, due pause after it.
+	retry := func(n uint64, after time.Time, pause time.Duration) {
+		t.Helper()
+		armed(t, fc, fmt.Sprintf("the retry of round %d", n-1))
+		fc.Advance(pause - time.Nanosecond)
+		stillAt(t, co, n-1, schema.NotActive, fmt.Sprintf("1ns before the retry of round %d is due", n-1))
+		fc.Advance(time.Nanosecond)
+		// Started, or already over: a plugin that answers acks at once.
+		var r RoundView
+		etcdtest.WaitFor(t, 10*time.Second, fmt.Sprintf("round %d", n), func() bool {
+			var ok bool
+			r, ok = readRound(t, obs, n)
+			return ok
+		})
+		if want := after.Add(pause); !r.StartedAt.Equal(want) || r.Cause != schema.CauseError {
+			t.Fatalf("round %d (%s) started at %v, want the retry at %v (%v after round %d)", n, r.Cause, r.StartedAt, want, pause, n-1)
+		}
+	}
+
+	r1 := waitRevision(t, co, 1, schema.Started)
+	if !r1.StartedAt.Equal(t0) || !r1.Deadline.Equal(t0.Add(cfg.RoundDeadline)) {
+		t.Fatalf("round 1 started %v with deadline %v, want %v and %v", r1.StartedAt, r1.Deadline, t0, t0.Add(cfg.RoundDeadline))
+	}
+	v1 := timeOut(1, 1)
+	if fmt.Sprint(v1.Acked) != "[agent-00/ok]" {
+		t.Fatalf("round 1 acked %v, want [agent-00/ok]", v1.Acked)
+	}
+	retry(2, v1.FinishedAt, cfg.BackoffMin)
+	v2 := timeOut(2, 0)
+	if fmt.Sprint(v2.Participants) != "[agent-00/silent]" {
+		t.Fatalf("round 2 participants %v, want the retry of [agent-00/silent] only", v2.Participants)
+	}
+	agents[0].SetBehaviour("silent", "ok")
+	retry(3, v2.FinishedAt, 2*cfg.BackoffMin)
+	if v3 := waitFinished(t, obs, 3, 10*time.Second); !v3.Clean() || fmt.Sprint(v3.Acked) != "[agent-00/silent]" {
+		t.Fatalf("round 3 acked %v timed out %v failed %v: want a clean retry of agent-00/silent", v3.Acked, v3.TimedOut, v3.Failed)
+	}
+
 	rev, _ := readRevision(t, obs)
+	if rev.Revision != 3 || rev.State != schema.NotActive {
+		t.Fatalf("revision %d %s after the clean retry, want 3 NotActive", rev.Revision, rev.State)
+	}
 	resp, err := obs.Get(ctxT(t, 5*time.Second), layout.Rounds(), clientv3WithPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +389,7 @@ func TestDeadlineTimesOutAndHistoryIsBounded(t *testing.T) {
 			summaries = append(summaries, k.Round)
 		}
 	}
-	if fmt.Sprint(summaries) != fmt.Sprint([]uint64{rev.Revision - 1, rev.Revision}) {
-		t.Fatalf("history holds rounds %v (want the last 2, up to %d)", summaries, rev.Revision)
+	if fmt.Sprint(summaries) != "[2 3]" {
+		t.Fatalf("history holds rounds %v (want the last 2: [2 3])", summaries)
 	}
 }

@@ -7,18 +7,17 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/resyncd/resync/internal/backoff"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
-// errPermanent wraps an etcd error that retrying cannot fix: the request is
-// too large, has too many operations, or is not permitted.
+// errPermanent wraps an etcd error that retrying cannot fix
+// (etcderr.Permanent): the request is too large, has too many operations,
+// or is not permitted.
 var errPermanent = errors.New("etcd refuses this write for good")
 
 // Pauses between attempts while etcd fails (internal/backoff doubles them
@@ -41,30 +40,6 @@ const (
 // opOverhead approximates the bytes etcd's request encoding adds per
 // operation beyond its key and value.
 const opOverhead = 16
-
-// permanent reports whether err is an etcd error that cannot succeed on
-// retry: etcd's request size or Txn operation limits, a permission denial,
-// a Txn that names a key twice, or the client's own message size limit.
-func permanent(err error) bool {
-	// etcd says "too many requests" (its apply backlog is full) and NOSPACE
-	// (a quota alarm, which resyncd's embedded etcd clears by itself) with
-	// the same gRPC code as "too large": both pass, so they are retried.
-	if errors.Is(err, rpctypes.ErrTooManyRequests) || errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) ||
-		errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace) {
-		return false
-	}
-	if errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrTooManyOps) ||
-		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCRequestTooLarge) ||
-		errors.Is(err, rpctypes.ErrGRPCTooManyOps) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) ||
-		errors.Is(err, rpctypes.ErrDuplicateKey) || errors.Is(err, rpctypes.ErrGRPCDuplicateKey) {
-		return true
-	}
-	switch status.Code(err) {
-	case codes.ResourceExhausted, codes.PermissionDenied:
-		return true
-	}
-	return false
-}
 
 // put is one key the leader writes; degrade, when set, returns a smaller
 // value to try when etcd refuses the full one for good.
@@ -213,7 +188,7 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 		if l.ctx.Err() != nil {
 			return l.ctx.Err()
 		}
-		if permanent(err) {
+		if etcderr.Permanent(err) {
 			first := ""
 			if len(ops) > 0 {
 				first = string(ops[0].KeyBytes())

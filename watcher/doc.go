@@ -94,8 +94,9 @@
 // delays an agent's last ack of a round). An agent whose plugins ack within
 // the window writes all their acks, and any pending request, in one Txn:
 // one etcd revision, in the order given. A write etcd refuses for good
-// (permission denied, too large) is dropped, logged with its key and
-// counted (Stats.WritesDropped), never retried for ever.
+// (permission denied, too large for etcd or for a gRPC message limit) is
+// dropped, logged with its key and counted (Stats.WritesDropped), never
+// retried for ever; "too many requests" and NOSPACE pass, and are retried.
 //
 // An agent may request a resync only of itself (its agent or one of its
 // plugins; see schema.Request.AllowedFor); Request refuses a wider scope.

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/backoff"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
@@ -269,7 +269,7 @@ func (w *Watcher) flush(lease clientv3.LeaseID) error {
 }
 
 // write writes batch in one Txn. If etcd refuses it for good (see
-// permanent), the items are written one by one, so that one refused item
+// etcderr.Permanent), the items are written one by one, so that one refused item
 // (say, a request the agent's etcd role does not allow) neither blocks the
 // others nor is retried for ever: it is dropped, logged and counted.
 func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
@@ -296,7 +296,7 @@ func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
 			w.written(it)
 		}
 		return nil
-	case !permanent(err):
+	case !etcderr.Permanent(err):
 		return fmt.Errorf("watcher: write %d acks and requests (first %s): %w", len(ops), sent[0], err)
 	case len(ops) == 1:
 		w.drop(sent[0], err)
@@ -309,12 +309,6 @@ func (w *Watcher) write(batch []outItem, lease clientv3.LeaseID) error {
 		}
 	}
 	return nil
-}
-
-// permanent reports whether etcd will refuse the same write again.
-func permanent(err error) bool {
-	return errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrRequestTooLarge) ||
-		errors.Is(err, rpctypes.ErrTooManyOps)
 }
 
 // written takes a written item off the queue (unless it was replaced
@@ -345,7 +339,9 @@ func (w *Watcher) drop(it outItem, err error) {
 		w.dropRequest(it.req.id)
 		log = log.WithField("key", w.layout.AgentRequest(w.agent, it.req.id))
 	}
-	log.Error("watcher: etcd refuses this write for good; dropped (is the agent's etcd role up to date? run resyncctl rbac apply)")
+	// The error says why: most likely a denial (an agent's etcd role older
+	// than its resync version), else a size limit.
+	log.Error("watcher: etcd refuses this write for good; dropped (if permission denied: is the agent's etcd role up to date? run resyncctl rbac apply)")
 }
 
 func (w *Watcher) dropAck(plugin string, seq uint64) {

@@ -2,13 +2,19 @@ package watcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/internal/rbac"
@@ -321,5 +327,50 @@ func TestRefusedRequestDoesNotBlockAcks(t *testing.T) {
 	etcdtest.WaitFor(t, wait, "the refused request dropped", func() bool { return a.w.Stats().WritesDropped == 1 })
 	if s := a.w.Stats(); s.RequestsWritten != 0 || s.AcksWritten != 1 {
 		t.Fatalf("stats %+v: want the ack written and no request", s)
+	}
+}
+
+// An ack larger than the client's gRPC message limit is refused by the
+// client itself with a bare gRPC status (ResourceExhausted, not one of
+// etcd's errors): it too is refused for good, so it is dropped, logged
+// with its key and counted, never retried, and the plugin's next ack is
+// written.
+func TestAckOverTheMessageLimitIsDropped(t *testing.T) {
+	m := etcdtest.Start(t)
+	root := m.Client(t)
+	// Room for the registry's and the watcher's own requests, not for an
+	// ack carrying a 1 KiB error text.
+	c := etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{m.Endpoint()}, MaxCallSendMsgSize: 700})
+	log := etcdtest.Logger(t, "debug")
+	hook := logtest.NewLocal(log)
+	a := newAgentWith(t, c, "big", 10*time.Second, []Option{WithLogger(log)})
+	chs := a.register(t, "p")
+	writeRev(t, root, 1, schema.Started, schema.Scope{})
+	recv(t, chs[0], "join resync of p").AckError(errors.New(strings.Repeat("x", schema.MaxReasonLen)))
+	etcdtest.WaitFor(t, wait, "the oversized ack dropped", func() bool { return a.w.Stats().WritesDropped == 1 })
+
+	writeRev(t, root, 2, schema.Started, schema.Scope{})
+	recv(t, chs[0], "round 2 of p").Ack()
+	waitAck(t, root, "big", "p", 2, schema.ResultOK)
+	if s := a.w.Stats(); s.AcksWritten != 1 || s.WritesDropped != 1 {
+		t.Fatalf("stats %+v: want one ack dropped, the next written", s)
+	}
+	var dropped int
+	for _, e := range hook.AllEntries() {
+		switch {
+		case strings.HasPrefix(e.Message, "watcher: etcd refuses this write for good"):
+			dropped++
+			if e.Data["key"] != layout.Ack("big", "p") || e.Data["revision"] != uint64(1) {
+				t.Errorf("drop logged with %v, want the key %s and revision 1", e.Data, layout.Ack("big", "p"))
+			}
+			if err, _ := e.Data[logrus.ErrorKey].(error); status.Code(err) != codes.ResourceExhausted {
+				t.Errorf("drop logged with error %v, want the client's ResourceExhausted", err)
+			}
+		case strings.HasPrefix(e.Message, "watcher: writing acks or requests failed"):
+			t.Errorf("the refused ack was retried: %s: %v", e.Message, e.Data[logrus.ErrorKey])
+		}
+	}
+	if dropped != 1 {
+		t.Fatalf("the drop was logged %d times, want once", dropped)
 	}
 }

@@ -97,12 +97,13 @@ func measureFailover(ctx context.Context, e *env, o options, log logrus.FieldLog
 			old := leader
 			closed := make(chan struct{})
 			var closeTook time.Duration
+			var closeErr error // read after closed
 			t0 := time.Now()
 			if kind == "crash" {
 				old.c.Close() // no resign, no revoke: its lease expires after the TTL
 				close(closed)
 			} else {
-				go func() { old.co.Close(); closeTook = time.Since(t0); close(closed) }()
+				go func() { closeErr = old.co.Close(); closeTook = time.Since(t0); close(closed) }()
 			}
 			if err := request(ctx, e.kv, f.layout, "failover "+kind, 0); err != nil {
 				standby.Close()
@@ -124,6 +125,11 @@ func measureFailover(ctx context.Context, e *env, o options, log logrus.FieldLog
 				return res, err
 			}
 			<-closed
+			if closeErr != nil {
+				// The revoke failed: the old leader's election key stayed
+				// until its session TTL, which this handover then waited for.
+				progress("failover %s: closing the old leader %s: %v (its election key vanished only after the session TTL)", kind, old.co.ID(), closeErr)
+			}
 			old.Close() // after a crash: stops its goroutines (its client is closed)
 			leader = standby
 			if st.resumed {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,6 +153,9 @@ func measureMemory(ctx context.Context, e *env, n int) (*MemoryResult, error) {
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("memory child: %w: %s", err, errb.String())
 	}
+	if msg := strings.TrimSpace(errb.String()); msg != "" {
+		progress("memory child: %s", msg)
+	}
 	var res MemoryResult
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 		return nil, fmt.Errorf("memory child: %w: %q", err, out.String())
@@ -264,7 +268,13 @@ func childMemoryRun(ep, prefix string, n, rounds int) (*MemoryResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer co.Close()
+	defer func() {
+		// After the measurement: reported on stderr, which measureMemory
+		// passes on, without failing the run.
+		if err := co.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "closing the coordinator: %v\n", err)
+		}
+	}()
 	for r := range rounds {
 		if r > 0 {
 			if err := request(ctx, c, layout, "memory", 0); err != nil {

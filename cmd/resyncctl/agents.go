@@ -44,11 +44,10 @@ type agentsDoc struct {
 
 func setupAgents(*pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
-		c, err := e.dial(ctx)
+		c, ctx, cancel, err := e.connect(ctx)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := e.etcd.CommandContext(ctx)
 		defer cancel()
 		doc, err := e.readAgents(ctx, c)
 		if err != nil {

@@ -17,11 +17,10 @@ func setupHistory(fs *pflag.FlagSet) func(context.Context, *env) error {
 		if *n < 1 || *n > maxHistory {
 			return usagef("-n %d: give 1 to %d", *n, maxHistory)
 		}
-		c, err := e.dial(ctx)
+		c, ctx, cancel, err := e.connect(ctx)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := e.etcd.CommandContext(ctx)
 		defer cancel()
 		rounds, err := e.readSummaries(ctx, c, *n)
 		if err != nil {

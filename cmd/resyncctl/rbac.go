@@ -180,11 +180,10 @@ type permDoc struct {
 
 func setupRBACStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
-		c, err := e.dial(ctx)
+		c, cctx, cancel, err := e.connect(ctx)
 		if err != nil {
 			return err
 		}
-		cctx, cancel := e.etcd.CommandContext(ctx)
 		defer cancel()
 		st, err := rbac.ReadStatus(cctx, c)
 		if err != nil {

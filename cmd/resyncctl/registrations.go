@@ -20,11 +20,10 @@ type registrationDoc struct {
 
 func setupRegistrations(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
-		c, err := e.dial(ctx)
+		c, ctx, cancel, err := e.connect(ctx)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := e.etcd.CommandContext(ctx)
 		defer cancel()
 		rows, err := e.readRegistrations(ctx, c, 0)
 		if err != nil {

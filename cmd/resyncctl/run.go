@@ -91,6 +91,18 @@ func (e *env) dial(ctx context.Context) (*clientv3.Client, error) {
 	return c, nil
 }
 
+// connect is the preamble of a command that makes a few etcd calls and
+// returns: the client (dial) and ctx bounded by --command-timeout
+// (etcdflags.Flags.CommandContext), whose cancel the caller defers.
+func (e *env) connect(ctx context.Context) (*clientv3.Client, context.Context, context.CancelFunc, error) {
+	c, err := e.dial(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cctx, cancel := e.etcd.CommandContext(ctx)
+	return c, cctx, cancel, nil
+}
+
 // warn prints one line on stderr.
 func (e *env) warn(format string, a ...any) {
 	fmt.Fprintf(e.stderr, "resyncctl: "+format+"\n", a...)

@@ -43,11 +43,10 @@ type statusDoc struct {
 
 func setupStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error {
-		c, err := e.dial(ctx)
+		c, ctx, cancel, err := e.connect(ctx)
 		if err != nil {
 			return err
 		}
-		ctx, cancel := e.etcd.CommandContext(ctx)
 		defer cancel()
 		doc := statusDoc{}
 		if doc.Leader, err = e.leader(ctx, c); err != nil {

@@ -169,11 +169,10 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 		return usagef("%v", err)
 	}
 
-	c, err := e.dial(ctx)
+	c, cctx, cancel, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
-	cctx, cancel := e.etcd.CommandContext(ctx)
 	defer cancel()
 	if len(targets) > 0 || !scope.All() {
 		if err := e.checkScope(cctx, c, append([]schema.Scope{scope}, targets...)); err != nil {
