@@ -190,8 +190,13 @@ func startCoord(e *env, cfg coordinator.Config, log logrus.FieldLogger) (*coord,
 	return &coord{c: c, co: co, hooks: h}, nil
 }
 
+// Close closes the coordinator and its client; a Close error (the
+// coordinator did not stop within its bound) is printed, not fatal: the
+// experiment's numbers are already taken.
 func (k *coord) Close() {
-	k.co.Close()
+	if err := k.co.Close(); err != nil {
+		progress("coordinator %s: Close: %v", k.co.ID(), err)
+	}
 	k.c.Close()
 }
 
