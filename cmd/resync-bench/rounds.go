@@ -71,17 +71,22 @@ type RoundRow struct {
 	// and the collection of every ack by one watcher (see
 	// measureWatchedFloor): etcd's price of the protocol, without resync.
 	WatchedFloor Dist `json:"etcd_watched_floor"`
+	// DeliveredFloor: the watched floor with each agent handing the round
+	// to its plugins' goroutines in order before writing (the seed's
+	// channel API at its barest).
+	DeliveredFloor Dist `json:"delivered_floor"`
 	// Barrier: recipes.DoubleBarrier, Enter+Leave, same participants.
 	Barrier         Dist    `json:"double_barrier"`
 	BarrierTimedOut bool    `json:"double_barrier_timed_out,omitempty"`
 	BarrierTimeout  float64 `json:"double_barrier_timeout_ms,omitempty"`
 	BarrierError    string  `json:"double_barrier_error,omitempty"`
 	// Ratios of p50s.
-	OursOverFloor    float64 `json:"ours_over_floor_p50"`
-	OursOverFloorTxn float64 `json:"ours_over_floor_txn_p50"`
-	OursOverWatched  float64 `json:"ours_over_watched_floor_p50"`
-	WatchedOverTxn   float64 `json:"watched_floor_over_floor_txn_p50"`
-	OursOverBarrier  float64 `json:"ours_over_barrier_p50,omitempty"`
+	OursOverFloor     float64 `json:"ours_over_floor_p50"`
+	OursOverFloorTxn  float64 `json:"ours_over_floor_txn_p50"`
+	OursOverWatched   float64 `json:"ours_over_watched_floor_p50"`
+	OursOverDelivered float64 `json:"ours_over_delivered_floor_p50"`
+	WatchedOverTxn    float64 `json:"watched_floor_over_floor_txn_p50"`
+	OursOverBarrier   float64 `json:"ours_over_barrier_p50,omitempty"`
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
@@ -102,14 +107,18 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 		return row, err
 	}
 	row.FloorTxnCPU = ms(cpuTime()-c0) / float64(o.rounds+1)
-	if row.WatchedFloor, err = measureWatchedFloor(ctx, e, o, sz); err != nil {
+	if row.WatchedFloor, err = measureWatchedFloor(ctx, e, o, sz, false); err != nil {
+		return row, err
+	}
+	if row.DeliveredFloor, err = measureWatchedFloor(ctx, e, o, sz, true); err != nil {
 		return row, err
 	}
 	row.OursOverFloor = ratio(row.Round.P50, row.Floor.P50)
 	row.OursOverFloorTxn = ratio(row.Round.P50, row.FloorTxn.P50)
 	row.OursOverWatched = ratio(row.Round.P50, row.WatchedFloor.P50)
 	row.WatchedOverTxn = ratio(row.WatchedFloor.P50, row.FloorTxn.P50)
-	progress("%s: floor p50 %.1f ms, batched %.1f ms, watched %.1f ms; DoubleBarrier", sz, row.Floor.P50, row.FloorTxn.P50, row.WatchedFloor.P50)
+	row.OursOverDelivered = ratio(row.Round.P50, row.DeliveredFloor.P50)
+	progress("%s: floor p50 %.1f ms, batched %.1f ms, watched %.1f ms, delivered %.1f ms; DoubleBarrier", sz, row.Floor.P50, row.FloorTxn.P50, row.WatchedFloor.P50, row.DeliveredFloor.P50)
 	row.Barrier, row.BarrierTimedOut, err = measureBarrier(ctx, e, o, sz)
 	if err != nil {
 		row.BarrierError = err.Error()
@@ -332,8 +341,11 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 // batched floor is the notification of every agent and the collection of
 // every ack: this floor pays both, at etcd's price, on the same CPUs. No
 // coordinator, no fencing, no order among an agent's plugins, no records.
-// One unmeasured sample first.
-func measureWatchedFloor(ctx context.Context, e *env, o options, sz size) (Dist, error) {
+// With deliver, each agent first hands the round to its plugins, one
+// goroutine each, through a channel, in order, each plugin signalling back
+// before the next gets it (the seed's StatusChan and Ack, and DESIGN
+// invariant 4, at their barest), then writes. One unmeasured sample first.
+func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, deliver bool) (Dist, error) {
 	prefix := fmt.Sprintf("/bench/watched-floor-%s/", sz)
 	layout := schema.MustLayout(prefix)
 	defer e.wipe(ctx, prefix)
@@ -371,9 +383,29 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size) (Dist,
 		for p := range keys {
 			keys[p] = layout.Ack(agent, fmt.Sprintf("plugin-%03d", p))
 		}
+		var plugins []chan int
+		acked := make(chan int)
+		if deliver {
+			plugins = make([]chan int, sz.Plugins)
+			for p := range plugins {
+				plugins[p] = make(chan int)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range plugins[p] {
+						acked <- i
+					}
+				}()
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() {
+				for _, ch := range plugins {
+					close(ch)
+				}
+			}()
 			for resp := range c.Watch(wctx, trigger, clientv3.WithCreatedNotify()) {
 				if resp.Created {
 					ready <- struct{}{}
@@ -383,6 +415,10 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size) (Dist,
 					if err != nil || i < 0 || i >= samples {
 						errc <- fmt.Errorf("watched floor: trigger value %q", ev.Kv.Value)
 						return
+					}
+					for _, ch := range plugins {
+						ch <- i
+						<-acked
 					}
 					ops := make([]clientv3.Op, 0, len(keys))
 					for _, k := range keys {
@@ -458,12 +494,18 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size) (Dist,
 	return dist(out), nil
 }
 
-// grantLeases grants one 60 s lease per agent, agent a's on client
-// a/perClient, as the fleet's agents have theirs.
+// floorLeaseTTL is the floors' lease TTL, in seconds. Nothing keeps the
+// leases alive, so it must outlast every sample: at 5000x10 the per-put
+// floor's 21 samples take over a minute after the 5,000 grants. They are
+// revoked at the end.
+const floorLeaseTTL = 3600
+
+// grantLeases grants one lease per agent, agent a's on client a/perClient,
+// as the fleet's agents have theirs.
 func grantLeases(ctx context.Context, clients []*clientv3.Client, agents, perClient int) ([]clientv3.LeaseID, error) {
 	leases := make([]clientv3.LeaseID, 0, agents)
 	for a := range agents {
-		l, err := clients[a/perClient].Grant(ctx, 60)
+		l, err := clients[a/perClient].Grant(ctx, floorLeaseTTL)
 		if err != nil {
 			revokeLeases(clients, leases, perClient)
 			return nil, err
