@@ -52,6 +52,32 @@ func stillAt(t *testing.T, obs *testCoord, n uint64, st schema.Status, why strin
 	}
 }
 
+// timesOutAtDeadline advances fc through round n's deadline (deadline
+// after its start): the round must still run 1 ns before it and finish
+// exactly at it, with exactly timedOut (printed, e.g. "[a/p]") timed out.
+func timesOutAtDeadline(t *testing.T, fc *clockwork.FakeClock, co *testCoord, n uint64, deadline time.Duration, timedOut string) RoundView {
+	t.Helper()
+	armed(t, fc, fmt.Sprintf("round %d's deadline", n))
+	fc.Advance(deadline - time.Nanosecond)
+	stillAt(t, co, n, schema.Started, "1ns before the deadline")
+	fc.Advance(time.Nanosecond)
+	v := waitFinished(t, co.c, n, 10*time.Second)
+	if !v.FinishedAt.Equal(v.Deadline) || fmt.Sprint(v.TimedOut) != timedOut {
+		t.Fatalf("round %d finished at %v (deadline %v), timed out %v: want at the deadline, %s timed out", n, v.FinishedAt, v.Deadline, v.TimedOut, timedOut)
+	}
+	return v
+}
+
+// retryDue advances fc to the retry of round n, pause after it finished:
+// 1 ns before, round n must still be the last one.
+func retryDue(t *testing.T, fc *clockwork.FakeClock, co *testCoord, n uint64, pause time.Duration) {
+	t.Helper()
+	armed(t, fc, fmt.Sprintf("the retry of round %d", n))
+	fc.Advance(pause - time.Nanosecond)
+	stillAt(t, co, n, schema.NotActive, fmt.Sprintf("1ns before the retry of round %d is due", n))
+	fc.Advance(time.Nanosecond)
+}
+
 // TestCoalescingWindowIsExact: requests seen within the window of the first
 // make one round, started exactly CoalesceWindow after the first was seen.
 func TestCoalescingWindowIsExact(t *testing.T) {
@@ -100,24 +126,10 @@ func TestDeadlineAndBackoffAreExact(t *testing.T) {
 	if !r1.StartedAt.Equal(t0) || !r1.Deadline.Equal(t0.Add(cfg.RoundDeadline)) {
 		t.Fatalf("round 1 started %v with deadline %v, want %v and %v", r1.StartedAt, r1.Deadline, t0, t0.Add(cfg.RoundDeadline))
 	}
-	finish := func(n uint64) RoundView {
-		t.Helper()
-		armed(t, fc, fmt.Sprintf("round %d's deadline", n))
-		fc.Advance(cfg.RoundDeadline - time.Nanosecond)
-		stillAt(t, co, n, schema.Started, "1ns before the deadline")
-		fc.Advance(time.Nanosecond)
-		v := waitFinished(t, co.c, n, 10*time.Second)
-		if !v.FinishedAt.Equal(v.Deadline) || fmt.Sprint(v.TimedOut) != "[agent-00/p]" {
-			t.Fatalf("round %d finished at %v (deadline %v), timed out %v: want at the deadline, agent-00/p timed out", n, v.FinishedAt, v.Deadline, v.TimedOut)
-		}
-		return v
-	}
+	finish := func(n uint64) RoundView { return timesOutAtDeadline(t, fc, co, n, cfg.RoundDeadline, "[agent-00/p]") }
 	retry := func(n uint64, after time.Time, pause time.Duration) {
 		t.Helper()
-		armed(t, fc, fmt.Sprintf("the retry of round %d", n-1))
-		fc.Advance(pause - time.Nanosecond)
-		stillAt(t, co, n-1, schema.NotActive, fmt.Sprintf("1ns before the retry of round %d is due", n-1))
-		fc.Advance(time.Nanosecond)
+		retryDue(t, fc, co, n-1, pause)
 		r := waitRevision(t, co, n, schema.Started)
 		if want := after.Add(pause); !r.StartedAt.Equal(want) || r.Cause != schema.CauseError {
 			t.Fatalf("round %d (%s) started at %v, want the retry at %v (%v after round %d)", n, r.Cause, r.StartedAt, want, pause, n-1)

@@ -318,23 +318,12 @@ func TestDeadlineTimesOutAndHistoryIsBounded(t *testing.T) {
 			p := co.Status().Progress
 			return p != nil && p.Acked == acked && p.Pending == 1
 		})
-		armed(t, fc, fmt.Sprintf("round %d's deadline", n))
-		fc.Advance(cfg.RoundDeadline - time.Nanosecond)
-		stillAt(t, co, n, schema.Started, "1ns before the deadline")
-		fc.Advance(time.Nanosecond)
-		v := waitFinished(t, obs, n, 10*time.Second)
-		if !v.FinishedAt.Equal(v.Deadline) || fmt.Sprint(v.TimedOut) != "[agent-00/silent]" {
-			t.Fatalf("round %d finished at %v (deadline %v), timed out %v: want at the deadline, agent-00/silent timed out", n, v.FinishedAt, v.Deadline, v.TimedOut)
-		}
-		return v
+		return timesOutAtDeadline(t, fc, co, n, cfg.RoundDeadline, "[agent-00/silent]")
 	}
 	// retry waits for the retry of round n-1, due pause after it.
 	retry := func(n uint64, after time.Time, pause time.Duration) {
 		t.Helper()
-		armed(t, fc, fmt.Sprintf("the retry of round %d", n-1))
-		fc.Advance(pause - time.Nanosecond)
-		stillAt(t, co, n-1, schema.NotActive, fmt.Sprintf("1ns before the retry of round %d is due", n-1))
-		fc.Advance(time.Nanosecond)
+		retryDue(t, fc, co, n-1, pause)
 		// Started, or already over: a plugin that answers acks at once.
 		var r RoundView
 		etcdtest.WaitFor(t, 10*time.Second, fmt.Sprintf("round %d", n), func() bool {
