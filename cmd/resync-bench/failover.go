@@ -34,6 +34,10 @@ type FailoverResult struct {
 	// Discarded counts samples thrown away because the old leader took the
 	// request before it stopped (the successor then resumed a round).
 	Discarded int `json:"discarded"`
+	// CloseFailed counts graceful samples thrown away because the old
+	// leader's Close failed: its lease was not revoked, so the handover
+	// waited for the session TTL and was no graceful one.
+	CloseFailed int `json:"graceful_close_failed"`
 }
 
 var failoverSize = size{Agents: 10, Plugins: 10}
@@ -128,12 +132,16 @@ func measureFailover(ctx context.Context, e *env, o options, log logrus.FieldLog
 			if closeErr != nil {
 				// The revoke failed: the old leader's election key stayed
 				// until its session TTL, which this handover then waited for.
-				progress("failover %s: closing the old leader %s: %v (its election key vanished only after the session TTL)", kind, old.co.ID(), closeErr)
+				progress("failover %s: closing the old leader %s: %v (its election key vanished only after the session TTL; not a sample)", kind, old.co.ID(), closeErr)
 			}
 			old.Close() // after a crash: stops its goroutines (its client is closed)
 			leader = standby
 			if st.resumed {
 				res.Discarded++
+				continue
+			}
+			if closeErr != nil {
+				res.CloseFailed++
 				continue
 			}
 			*samples = append(*samples, d)
