@@ -300,13 +300,8 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 					for p := range sz.Plugins {
 						ops = append(ops, clientv3.OpPut(layout.Ack(agent, fmt.Sprintf("plugin-%03d", p)), string(val), clientv3.WithLease(leases[a])))
 					}
-					for len(ops) > 0 {
-						n := min(len(ops), 128)
-						if err := busyRetry(ctx, func() error { _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); return err }); err != nil {
-							errc <- err
-							return
-						}
-						ops = ops[n:]
+					if err := putInTxns(ctx, c, ops); err != nil {
+						errc <- err
 					}
 					return
 				}
@@ -424,15 +419,11 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, delive
 					for _, k := range keys {
 						ops = append(ops, clientv3.OpPut(k, vals[i], clientv3.WithLease(leases[a])))
 					}
-					for len(ops) > 0 {
-						n := min(len(ops), schema.MaxTxnOps)
-						if err := busyRetry(wctx, func() error { _, err := c.Txn(wctx).Then(ops[:n]...).Commit(); return err }); err != nil {
-							if wctx.Err() == nil {
-								errc <- fmt.Errorf("watched floor: %w", err)
-							}
-							return
+					if err := putInTxns(wctx, c, ops); err != nil {
+						if wctx.Err() == nil {
+							errc <- fmt.Errorf("watched floor: %w", err)
 						}
-						ops = ops[n:]
+						return
 					}
 				}
 			}
@@ -520,6 +511,19 @@ func revokeLeases(clients []*clientv3.Client, leases []clientv3.LeaseID, perClie
 	for a, l := range leases {
 		clients[a/perClient].Revoke(context.Background(), l)
 	}
+}
+
+// putInTxns writes ops in Txns of at most schema.MaxTxnOps, one after
+// another, each retried while etcd is busy (busyRetry).
+func putInTxns(ctx context.Context, c *clientv3.Client, ops []clientv3.Op) error {
+	for len(ops) > 0 {
+		n := min(len(ops), schema.MaxTxnOps)
+		if err := busyRetry(ctx, func() error { _, err := c.Txn(ctx).Then(ops[:n]...).Commit(); return err }); err != nil {
+			return err
+		}
+		ops = ops[n:]
+	}
+	return nil
 }
 
 // busyRetry calls f until it returns anything but etcd's "too many
