@@ -239,8 +239,8 @@ func printTable(w io.Writer, res *Results) {
 		fmt.Fprintf(tw, "crash (client closed, no resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Crash.N, f1(f.Crash.P50), f1(f.Crash.Min), f1(f.Crash.Max), f1(f.CrashLeading.P50))
 		fmt.Fprintf(tw, "graceful (Close: resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Graceful.N, f1(f.Graceful.P50), f1(f.Graceful.Min), f1(f.Graceful.Max), f1(f.GracefulLeading.P50))
 		tw.Flush()
-		if f.Discarded > 0 || f.CloseFailed > 0 {
-			fmt.Fprintf(w, "  not samples: %d handovers where the old leader had taken the request (the successor resumed its round), %d graceful ones whose Close failed (no resign: the TTL was waited for)\n", f.Discarded, f.CloseFailed)
+		if f.Discarded > 0 || f.CloseFailed > 0 || f.NotLeading > 0 {
+			fmt.Fprintf(w, "  not samples: %d handovers where the old leader had taken the request (the successor resumed its round), %d graceful ones whose Close failed (no resign: the TTL was waited for), %d where the leader to stop no longer led\n", f.Discarded, f.CloseFailed, f.NotLeading)
 		}
 	}
 	for i, mm := range res.Memory {
