@@ -444,3 +444,46 @@ func TestExternalCompactionOnlyWhenAsked(t *testing.T) {
 		t.Fatalf("logs:\n%s\n---\n%s", errOn.String(), errOff.String())
 	}
 }
+
+// When the live data alone fills the embedded etcd's quota, resyncd does
+// not loop on compact, defragment and disarm: /status carries
+// space_exhausted with a warning naming the fix, and
+// resync_etcd_space_exhausted is 1 (ResyncEtcdSpaceExhausted fires on it).
+// resyncd bounds automatic defragmentation by the shortest session TTL in
+// use: here its --session-ttl of 2 s, a 500 ms pause.
+func TestLiveDataOverQuotaIsReportedNotLooped(t *testing.T) {
+	const quota = 8 << 20
+	setStorageTiming(t, 100*time.Millisecond, time.Hour, true)
+	httpAddr, c, stderr := startEmbedded(t, "--quota-backend-bytes", fmt.Sprint(quota), "--session-ttl", "2s",
+		"--auto-compaction-retention", "0")
+	defer http.DefaultClient.CloseIdleConnections()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("resyncd:\n%s", stderr.String())
+		}
+	})
+	if !strings.Contains(stderr.String(), "defrag_max_pause=500ms") {
+		t.Fatalf("the defragmentation bound does not follow --session-ttl 2s:\n%s", stderr.String())
+	}
+	if v := metricValue(t, httpAddr, metrics.EtcdSpaceExhausted); v != 0 {
+		t.Fatalf("%s = %v before any NOSPACE, want 0", metrics.EtcdSpaceExhausted, v)
+	}
+	value := strings.Repeat("l", 256<<10)
+	var err error
+	for i := 0; i < 256 && err == nil; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = c.Put(ctx, fmt.Sprintf("/live/%03d", i), value)
+		cancel()
+	}
+	if !etcdspace.IsNoSpace(err) {
+		t.Fatalf("filling 64 MiB of live data into an 8 MiB quota: %v, want NOSPACE", err)
+	}
+	etcdtest.WaitFor(t, 30*time.Second, "/status space_exhausted and the metric", func() bool {
+		s := statusStorage(t, httpAddr)
+		return s != nil && s.NoSpace && s.Exhausted && strings.Contains(s.Warning, "live data") &&
+			strings.Contains(s.Warning, "--quota-backend-bytes") && metricValue(t, httpAddr, metrics.EtcdSpaceExhausted) == 1
+	})
+	if n := strings.Count(stderr.String(), "NOSPACE alarm disarmed"); n != 0 {
+		t.Fatalf("resyncd disarmed the alarm %d times with the live data over the quota", n)
+	}
+}
