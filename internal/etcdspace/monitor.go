@@ -363,11 +363,13 @@ func (m *Monitor) recover(ctx context.Context, before Usage) error {
 	}
 	fields := logrus.Fields{"db_size": Bytes(before.Size), "db_in_use": Bytes(before.InUse), "db_quota": Bytes(before.Quota), "endpoint": before.Endpoint}
 	m.mu.Lock()
-	last, exhausted, recovered := m.lastRecovery, m.exhausted, m.recoveries > 0
+	last, exhausted := m.lastRecovery, m.exhausted
 	m.mu.Unlock()
 	if !last.IsZero() && time.Since(last) < every {
-		if exhausted == "" && recovered {
-			m.exhaust(fmt.Sprintf("NOSPACE alarm raised again %s after resyncd cleared it: the live data fills the quota (%s in use of %s); "+
+		// Raised again soon after a recovery (or after the alarm an
+		// earlier assessment left standing was cleared by hand).
+		if exhausted == "" {
+			m.exhaust(fmt.Sprintf("NOSPACE alarm raised again %s after resyncd last freed space: the live data fills the quota (%s in use of %s); "+
 				"resyncd leaves the alarm standing (writes stay refused) and looks again %s after its last recovery: %s",
 				time.Since(last).Round(time.Second), Bytes(before.InUse), Bytes(before.Quota), every, exhaustedFix), fields)
 		}
