@@ -62,7 +62,10 @@ type env struct {
 	json           bool
 	layout         schema.Layout
 	etcd           *etcdflags.Flags
-	client         *clientv3.Client // set by dial
+	client         *clientv3.Client // set by dial (setClient)
+	// retried, if set, hears of each retry of a transient etcd error
+	// (tests).
+	retried func(err error)
 }
 
 // usageError is a bad invocation: reported with a hint, exit rcli.ExitUsage.
@@ -78,7 +81,9 @@ type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
-// dial connects to etcd (once) and proves it answers within the dial timeout.
+// dial connects to etcd (once) and proves it answers within the dial
+// timeout. The client's reads retry transient etcd errors within each
+// call's ctx (setClient).
 func (e *env) dial(ctx context.Context) (*clientv3.Client, error) {
 	if e.client != nil {
 		return e.client, nil
@@ -87,7 +92,7 @@ func (e *env) dial(ctx context.Context) (*clientv3.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.client = c
+	e.setClient(c)
 	return c, nil
 }
 

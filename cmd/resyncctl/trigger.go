@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -188,7 +189,7 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	}
 	id := schema.NewRequestID(time.Now())
 	key := e.layout.RequestOf(writer, id)
-	put, err := c.Put(cctx, key, string(val))
+	wrote, err := e.writeRequest(cctx, c, key, string(val))
 	if errors.Is(err, rpctypes.ErrPermissionDenied) {
 		return permissionHint(fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
 			key, err, rbac.OperatorRole))
@@ -211,7 +212,7 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 		progressOut = e.stderr
 	}
 	fmt.Fprintf(progressOut, "requested resync %s (scope %s): %s\n", id, req.ScopeText(), req.Reason)
-	w := &waiter{e: e, c: c, out: progressOut, reqKey: key, rev: put.Header.Revision}
+	w := &waiter{e: e, c: c, out: progressOut, reqKey: key, rev: wrote}
 	summary, err := w.wait(ctx, o.timeout)
 	if err != nil {
 		return err
@@ -244,6 +245,112 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 		return exitCode(rcli.ExitFailure)
 	}
 	return nil
+}
+
+// writeRequest writes the request key once, retrying transient etcd errors
+// within ctx (--command-timeout), and returns the etcd revision of the
+// write. It is safe to retry: every attempt writes the same key (so a
+// duplicate merges into the one pending request), and no round runs twice
+// for it.
+//
+// The danger is an attempt that failed on the client (a timeout, a leader
+// change) but was applied: the coordinator may consume the key (deleting
+// it in the Txn that starts a round) before the retry, which would then
+// write it again and cause a second round. So every attempt is a Txn that
+// writes only if the key was never written and the revision key has not
+// changed since this writer last read it (no round started or finished).
+// The coordinator deletes a request only in or after the start Txn of the
+// round that serves it, which changes the revision key: once that happened
+// no attempt can apply any more. When an attempt finds the revision key
+// changed and the key absent after an earlier attempt failed, it asks etcd
+// whether the key existed just before the first change of the revision
+// key since its read (an attempt could only apply before it): if so, a
+// round consumed the request and it is done; if not, no attempt ever
+// applied, and it reads again and writes. If etcd compacted that history
+// away it cannot tell, and fails rather than risk a second round.
+func (e *env) writeRequest(ctx context.Context, c *clientv3.Client, key, val string) (int64, error) {
+	// A member without a leader answers "no leader" at once (retried)
+	// instead of holding the write until the budget ends.
+	ctx = clientv3.WithRequireLeader(ctx)
+	revKey := e.layout.Revision()
+	base, err := c.Get(ctx, revKey)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", revKey, err)
+	}
+	mod, from := modRevision(base.Kvs), base.Header.Revision
+	r := e.retrier()
+	doubt := false // an attempt failed, and may have been applied
+	var wrote int64
+	err = r.do(ctx, func() error {
+		for {
+			resp, err := c.Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(revKey), "=", mod), clientv3.Compare(clientv3.Version(key), "=", 0)).
+				Then(clientv3.OpPut(key, val)).
+				Else(clientv3.OpGet(key), clientv3.OpGet(revKey)).Commit()
+			switch {
+			case err != nil:
+				doubt = true
+				return err
+			case resp.Succeeded:
+				wrote = resp.Header.Revision
+				return nil
+			}
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				wrote = kvs[0].ModRevision // an earlier attempt's write, pending
+				return nil
+			}
+			if doubt {
+				w, err := e.writtenBefore(ctx, c, key, revKey, from)
+				if err != nil || w != 0 {
+					wrote = w
+					return err
+				}
+			}
+			// No attempt applied: the revision key changed meanwhile.
+			mod, from, doubt = modRevision(resp.Responses[1].GetResponseRange().Kvs), resp.Header.Revision, false
+		}
+	})
+	return wrote, err
+}
+
+// writtenBefore tells whether key existed just before the first change of
+// revKey after etcd revision from, and returns the revision of its write
+// then (0: it did not exist).
+func (e *env) writtenBefore(ctx context.Context, c *clientv3.Client, key, revKey string, from int64) (int64, error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	var change int64
+	for resp := range c.Watch(wctx, revKey, clientv3.WithRev(from+1)) {
+		if resp.CompactRevision != 0 {
+			return 0, fmt.Errorf("an earlier attempt may have been written and served by a round, and etcd cannot tell (%w): not writing it again, "+
+				"which could run a second round; check resyncctl history and trigger again if no round served it", rpctypes.ErrCompacted)
+		}
+		if err := resp.Err(); err != nil {
+			return 0, fmt.Errorf("watch %s: %w", revKey, err)
+		}
+		if len(resp.Events) > 0 {
+			change = resp.Events[0].Kv.ModRevision
+			break
+		}
+	}
+	if change == 0 {
+		return 0, fmt.Errorf("watch %s: %w", revKey, context.Cause(wctx))
+	}
+	resp, err := c.Get(ctx, key, clientv3.WithRev(change-1))
+	if err != nil {
+		return 0, fmt.Errorf("read %s at revision %d: %w", key, change-1, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
+
+func modRevision(kvs []*mvccpb.KeyValue) int64 {
+	if len(kvs) == 0 {
+		return 0
+	}
+	return kvs[0].ModRevision
 }
 
 // checkScope fails unless every target's agent (and plugin) has live

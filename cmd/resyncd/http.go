@@ -30,7 +30,8 @@ type statusDoc struct {
 	Progress *schema.RoundCounts `json:"progress,omitempty"`
 	// Storage is etcd's database size against its quota, as last read
 	// (every 30 s); its warning is set past 80% of the quota or with a
-	// NOSPACE alarm.
+	// NOSPACE alarm, and space_exhausted while the alarm stands and resyncd
+	// will not clear it by itself (the warning then names the fix).
 	Storage *etcdspace.Usage `json:"storage,omitempty"`
 	Error   string           `json:"error,omitempty"`
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/resyncd/resync/internal/etcdflags"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/internal/metrics"
+	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -291,9 +292,13 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 		mwg.Wait()
 	}()
 	slog := log.WithField("component", "storage")
+	// Automatic defragmentation must not outlast the shortest session it
+	// blocks: the coordinator's, or the agents' (their default; an agent
+	// with a shorter TTL is the operator's choice to document).
+	sessionTTL := min(o.coord.SessionTTL, registry.DefaultConfig("").TTL)
 	mon := &etcdspace.Monitor{Client: c, Maintain: !external && storageMaintain, Log: slog,
-		Interval: storageCheckInterval, DefragMinInterval: storageDefragMinInterval,
-		Published: func(u etcdspace.Usage) { m.EtcdDB(u.Size, u.InUse, u.Quota) }}
+		Interval: storageCheckInterval, DefragMinInterval: storageDefragMinInterval, SessionTTL: sessionTTL,
+		Published: func(u etcdspace.Usage) { m.EtcdDB(u.Size, u.InUse, u.Quota, u.Exhausted) }}
 	mwg.Add(1)
 	go func() {
 		defer mwg.Done()
@@ -311,8 +316,10 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	if external {
 		slog.WithField("compaction_interval", o.storage.compactionInterval).Info("resyncd: external etcd: compaction by resyncd is " + onOff(o.storage.compactionInterval > 0))
 	} else {
+		limit, pause := mon.DefragLimit()
 		slog.WithFields(logrus.Fields{"auto_compaction_mode": o.storage.compactionMode, "auto_compaction_retention": o.storage.compactionRetention,
-			"quota_backend_bytes": o.storage.quota}).Info("resyncd: embedded etcd compacts, defragments and recovers from NOSPACE by itself")
+			"quota_backend_bytes": o.storage.quota, "defrag_max_in_use": etcdspace.Bytes(limit), "defrag_max_pause": pause, "session_ttl": sessionTTL}).
+			Info("resyncd: embedded etcd compacts, defragments and recovers from NOSPACE by itself (defragmenting only within 1/4 of the shortest session TTL)")
 	}
 	h := &handlers{co: co, c: c, layout: layout, reg: reg, timeout: 2 * time.Second, storage: mon, fatal: func() error {
 		select {

@@ -444,3 +444,70 @@ func TestExternalCompactionOnlyWhenAsked(t *testing.T) {
 		t.Fatalf("logs:\n%s\n---\n%s", errOn.String(), errOff.String())
 	}
 }
+
+// When the live data alone fills the embedded etcd's quota, resyncd does
+// not loop on compact, defragment and disarm: /status carries
+// space_exhausted with a warning naming the fix, and
+// resync_etcd_space_exhausted is 1 (ResyncEtcdSpaceExhausted fires on it).
+// resyncd bounds automatic defragmentation by the shortest session TTL in
+// use: here its --session-ttl of 2 s, a 500 ms pause.
+func TestLiveDataOverQuotaIsReportedNotLooped(t *testing.T) {
+	const quota = 8 << 20
+	setStorageTiming(t, 100*time.Millisecond, time.Hour, true)
+	httpAddr, c, stderr := startEmbedded(t, "--quota-backend-bytes", fmt.Sprint(quota), "--session-ttl", "2s",
+		"--auto-compaction-retention", "0")
+	defer http.DefaultClient.CloseIdleConnections()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("resyncd:\n%s", stderr.String())
+		}
+	})
+	if !strings.Contains(stderr.String(), "defrag_max_pause=500ms") {
+		t.Fatalf("the defragmentation bound does not follow --session-ttl 2s:\n%s", stderr.String())
+	}
+	if v := metricValue(t, httpAddr, metrics.EtcdSpaceExhausted); v != 0 {
+		t.Fatalf("%s = %v before any NOSPACE, want 0", metrics.EtcdSpaceExhausted, v)
+	}
+	// Live data written as long as etcd takes it: the first NOSPACE may
+	// still leave room after compaction (one recovery), the growth then
+	// brings the alarm back.
+	value := strings.Repeat("l", 256<<10)
+	n, noSpace := 0, 0
+	put := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := c.Put(ctx, fmt.Sprintf("/live/%04d", n), value); etcdspace.IsNoSpace(err) {
+			noSpace++
+		} else if err != nil {
+			t.Fatalf("put %d: %v", n, err)
+		}
+		n++
+	}
+	etcdtest.WaitFor(t, time.Minute, "/status space_exhausted and the metric", func() bool {
+		put()
+		s := statusStorage(t, httpAddr)
+		return s != nil && s.NoSpace && s.Exhausted && strings.Contains(s.Warning, "live data") &&
+			strings.Contains(s.Warning, "--quota-backend-bytes") && metricValue(t, httpAddr, metrics.EtcdSpaceExhausted) == 1
+	})
+	if noSpace == 0 {
+		t.Fatalf("%d puts and no NOSPACE", n)
+	}
+	// Standing, not looping: an observation window of about ten checks
+	// (100 ms apart here), writes still refused, starts no recovery (the
+	// etcdspace tests count the checks exactly).
+	checks := strings.Count(stderr.String(), "NOSPACE alarm on the embedded etcd")
+	window := time.Now().Add(10 * 100 * time.Millisecond)
+	etcdtest.WaitFor(t, 30*time.Second, "ten checks while exhausted", func() bool {
+		put()
+		return time.Now().After(window)
+	})
+	if s := statusStorage(t, httpAddr); s == nil || !s.Exhausted {
+		t.Fatalf("the exhausted state ended by itself: %+v", s)
+	}
+	if now := strings.Count(stderr.String(), "NOSPACE alarm on the embedded etcd"); now != checks {
+		t.Fatalf("%d more recoveries started while exhausted", now-checks)
+	}
+	if d := strings.Count(stderr.String(), "NOSPACE alarm disarmed"); d > 1 {
+		t.Fatalf("resyncd disarmed the alarm %d times with the live data filling the quota: a loop", d)
+	}
+}

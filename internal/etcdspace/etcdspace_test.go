@@ -311,3 +311,202 @@ func TestReadSkipsAMemberThatDoesNotAnswer(t *testing.T) {
 		t.Fatal("Read used the caller's whole budget")
 	}
 }
+
+// putUntilNoSpace writes value under keys from next() until etcd answers
+// NOSPACE (at most max puts); any other error fails the test. etcd checks
+// the quota against the file as of its last backend commit (every 100 ms),
+// so fast puts overshoot the quota before the first NOSPACE.
+func putUntilNoSpace(t *testing.T, c *clientv3.Client, max int, next func(i int) string, value string) {
+	t.Helper()
+	for i := range max {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := c.Put(ctx, next(i), value)
+		cancel()
+		if etcdspace.IsNoSpace(err) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+	}
+	u, err := etcdspace.Read(context.Background(), c)
+	t.Fatalf("no NOSPACE after %d puts of %s: usage %+v %v", max, etcdspace.Bytes(int64(len(value))), u, err)
+}
+
+func monitorLog() (*etcdtest.Buffer, logrus.FieldLogger) {
+	var logs etcdtest.Buffer
+	log := logrus.New()
+	log.SetOutput(&logs)
+	return &logs, log
+}
+
+// NOSPACE recovery is bounded like a routine defragmentation: when the
+// bytes in use after compaction would take longer to defragment than a
+// quarter of the shortest session TTL (here 4 s at 1 MiB/s: 1 MiB), the
+// Monitor does not defragment (nor disarm: without a defragmentation the
+// file stays at the quota and the alarm would come back at the next
+// write); it reports the state and the fix. (It used to defragment
+// whatever the size: a 110 MiB defragmentation blocked the member 4.8 s,
+// longer than a 5 s coordinator session survives.)
+func TestNoSpaceRecoveryRefusesADefragLongerThanTheSessionsAllow(t *testing.T) {
+	const quota = 16 << 20
+	c := startMember(t, quota, "periodic", "0")
+	live := strings.Repeat("l", 256<<10)
+	for i := range 12 { // 3 MiB of live data
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/live/%d", i), live); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putUntilNoSpace(t, c, 64, func(int) string { return "/history" }, strings.Repeat("h", 1<<20))
+	logs, log := monitorLog()
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, SessionTTL: 4 * time.Second, DefragRate: 1 << 20, Log: log}
+	u, err := mon.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, rec := mon.Counts(); d != 0 || rec != 0 {
+		t.Fatalf("%d defragmentations, %d recoveries with %s in use against a 1 MiB bound", d, rec, etcdspace.Bytes(u.InUse))
+	}
+	last, _, _ := mon.Last()
+	if !last.NoSpace || !last.Exhausted || !strings.Contains(last.Warning, "etcdctl defrag") ||
+		!strings.Contains(last.Warning, "etcdctl alarm disarm") || !strings.Contains(last.Warning, "--quota-backend-bytes") {
+		t.Fatalf("state after a refused recovery: %+v", last)
+	}
+	if !strings.Contains(logs.String(), "session TTL") || !strings.Contains(logs.String(), "etcdctl defrag") {
+		t.Fatalf("no advice logged:\n%s", logs.String())
+	}
+	if now, err := etcdspace.Read(context.Background(), c); err != nil || !now.NoSpace {
+		t.Fatalf("the alarm was disarmed without freeing the file: %+v %v", now, err)
+	}
+}
+
+// When the live data alone fills the quota, compaction frees nothing and a
+// defragmentation only shrinks the file until the next write: the alarm
+// comes back. The Monitor says so once and stays in that state, instead of
+// compacting, defragmenting and disarming at every check (at most one
+// recovery per DefragMinInterval). An operator's fix (here: delete data,
+// compact, defragment, disarm) clears the state.
+func TestLiveDataOverQuotaIsAStateNotALoop(t *testing.T) {
+	const quota = 8 << 20
+	c := startMember(t, quota, "periodic", "0")
+	value := strings.Repeat("v", 256<<10)
+	n := 0
+	fill := func() {
+		putUntilNoSpace(t, c, 256, func(int) string { n++; return fmt.Sprintf("/live/%03d", n) }, value)
+	}
+	fill()
+	logs, log := monitorLog()
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, Interval: time.Hour, DefragMinInterval: time.Hour, Log: log}
+	for range 3 {
+		u, err := mon.Check(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("checked at %d keys: %+v", n, u)
+		fill() // the live data grows again (or the alarm still stands)
+	}
+	if _, rec := mon.Counts(); rec > 1 {
+		t.Fatalf("%d NOSPACE recoveries within DefragMinInterval: a loop", rec)
+	}
+	last, _, _ := mon.Last()
+	if !last.NoSpace || !last.Exhausted || !strings.Contains(last.Warning, "live data") || !strings.Contains(last.Warning, "--quota-backend-bytes") {
+		t.Fatalf("state: %+v\n%s", last, logs.String())
+	}
+	t.Logf("exhausted after %d recoveries: %s", func() int { _, r := mon.Counts(); return r }(), last.Warning)
+	if k := strings.Count(logs.String(), "live data"); k != 1 {
+		t.Fatalf("the state logged %d times, want once:\n%s", k, logs.String())
+	}
+	// The operator's fix.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.Delete(ctx, "/live/", clientv3.WithPrefix()); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.Compact(t, c)
+	if _, err := c.Defragment(ctx, c.Endpoints()[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AlarmDisarm(ctx, &clientv3.AlarmMember{}); err != nil {
+		t.Fatal(err)
+	}
+	u, err := mon.Check(ctx)
+	if err != nil || u.NoSpace || u.Exhausted || u.Warning != "" {
+		t.Fatalf("after the operator's fix: %+v %v", u, err)
+	}
+	if last, _, _ := mon.Last(); last.Exhausted {
+		t.Fatalf("Last still exhausted: %+v", last)
+	}
+}
+
+// The routine defragmentation is bounded by the session TTL too: 2 MiB in
+// use at 1 MiB/s would block the member 2 s, more than a quarter of a 4 s
+// session; the Monitor advises instead (DefragMaxInUse, 64 MiB, alone
+// allowed it).
+func TestRoutineDefragRespectsTheSessionTTL(t *testing.T) {
+	c := startMember(t, 64<<20, "periodic", "0")
+	value := strings.Repeat("v", 256<<10)
+	for i := range 40 {
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/k%d", i%8), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.Compact(t, c)
+	logs, log := monitorLog()
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, DefragAbove: 0.05, SessionTTL: 4 * time.Second, DefragRate: 1 << 20, Log: log}
+	u, err := mon.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := mon.Counts(); d != 0 || u.InUse <= 1<<20 {
+		t.Fatalf("defragmented %d times with %s in use", d, etcdspace.Bytes(u.InUse))
+	}
+	if !strings.Contains(logs.String(), "defragment at a quiet time") || !strings.Contains(logs.String(), "session TTL") {
+		t.Fatalf("no advice naming the session bound: %s", logs.String())
+	}
+	// The same file with a fast enough estimate is defragmented.
+	fast := &etcdspace.Monitor{Client: c, Maintain: true, DefragAbove: 0.05, SessionTTL: 4 * time.Second, DefragRate: 1 << 30}
+	if _, err := fast.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := fast.Counts(); d != 1 {
+		t.Fatalf("%d defragmentations within the bound, want 1", d)
+	}
+}
+
+// A NOSPACE alarm that comes back within DefragMinInterval of a recovery
+// (the live data grew into the quota again) is not recovered again at the
+// next check: the Monitor reports the exhausted state instead of repeating
+// compact, defragment, disarm every check.
+func TestNoSpaceComingBackIsAStateNotALoop(t *testing.T) {
+	const quota = 16 << 20
+	c := startMember(t, quota, "periodic", "0")
+	value := strings.Repeat("l", 256<<10)
+	for i := range 24 { // 6 MiB of live data
+		if _, err := c.Put(context.Background(), fmt.Sprintf("/live/%03d", i), value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putUntilNoSpace(t, c, 256, func(int) string { return "/history" }, strings.Repeat("h", 1<<20))
+	logs, log := monitorLog()
+	mon := &etcdspace.Monitor{Client: c, Maintain: true, Interval: time.Hour, DefragMinInterval: time.Hour, Log: log}
+	if _, err := mon.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, rec := mon.Counts(); rec != 1 {
+		t.Fatalf("%d recoveries of history over quota, want 1:\n%s", rec, logs.String())
+	}
+	n := 24
+	putUntilNoSpace(t, c, 256, func(int) string { n++; return fmt.Sprintf("/live/%03d", n) }, value)
+	for range 2 {
+		if _, err := mon.Check(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, rec := mon.Counts(); rec != 1 {
+		t.Fatalf("%d recoveries within DefragMinInterval, want 1: a loop", rec)
+	}
+	last, _, _ := mon.Last()
+	if !last.NoSpace || !last.Exhausted || !strings.Contains(last.Warning, "raised again") || !strings.Contains(last.Warning, "--quota-backend-bytes") {
+		t.Fatalf("state: %+v", last)
+	}
+}

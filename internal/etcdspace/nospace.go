@@ -21,8 +21,8 @@ import (
 const Hint = "etcd's database is full (NOSPACE alarm: the backend reached its quota, --quota-backend-bytes) " +
 	"and etcd refuses every write until space is freed: compact old revisions (etcdctl compact <revision>), " +
 	"defragment (etcdctl defrag), then clear the alarm (etcdctl alarm disarm); " +
-	"resyncd does all three by itself for its embedded etcd, and work resumes by itself once the alarm is cleared " +
-	"(README: Storage and compaction)"
+	"resyncd does all three by itself for its embedded etcd (unless its /status reports space_exhausted: then see its warning), " +
+	"and work resumes by itself once the alarm is cleared (README: Storage and compaction)"
 
 // IsNoSpace reports whether err is etcd's "database space exceeded"
 // (rpctypes.ErrGRPCNoSpace on the server side, rpctypes.ErrNoSpace in the

@@ -30,6 +30,11 @@ type Usage struct {
 	Quota int64 `json:"db_quota_bytes"`
 	// NoSpace is true while the cluster has a NOSPACE alarm raised.
 	NoSpace bool `json:"nospace_alarm,omitempty"`
+	// Exhausted is set by a Monitor while the NOSPACE alarm stands and it
+	// will not clear it by itself: the live data alone fills the quota, or
+	// freeing space needs a defragmentation longer than the sessions
+	// allow. Warning then says which, and the fix.
+	Exhausted bool `json:"space_exhausted,omitempty"`
 	// Warning is set past WarnFraction of the quota, or with the alarm.
 	Warning string `json:"warning,omitempty"`
 }

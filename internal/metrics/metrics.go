@@ -30,6 +30,7 @@ type Metrics struct {
 	dbSize       prometheus.Gauge
 	dbInUse      prometheus.Gauge
 	dbQuota      prometheus.Gauge
+	exhausted    prometheus.Gauge
 	deadline     prometheus.Gauge
 }
 
@@ -47,6 +48,7 @@ const (
 	EtcdDBSize         = "resync_etcd_db_size_bytes"
 	EtcdDBSizeInUse    = "resync_etcd_db_size_in_use_bytes"
 	EtcdDBQuota        = "resync_etcd_db_quota_bytes"
+	EtcdSpaceExhausted = "resync_etcd_space_exhausted"
 	RoundDeadline      = "resync_round_deadline_timestamp_seconds"
 	LeaderTerm         = "resync_leader_term"
 )
@@ -88,10 +90,12 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Bytes of etcd's backend database in use; size minus in-use is what defragmentation would reclaim."}),
 		dbQuota: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdDBQuota,
 			Help: "etcd's backend quota in bytes (--quota-backend-bytes); past it etcd raises NOSPACE and refuses writes. 0 if unknown."}),
+		exhausted: prometheus.NewGauge(prometheus.GaugeOpts{Name: EtcdSpaceExhausted,
+			Help: "1 while the embedded etcd's NOSPACE alarm stands and resyncd will not clear it by itself (the live data fills the quota, or freeing space needs a defragmentation longer than the sessions allow); /status says which and the fix. Else 0."}),
 		deadline: prometheus.NewGauge(prometheus.GaugeOpts{Name: RoundDeadline,
 			Help: "Deadline of the round this coordinator runs, as unix seconds; 0 when it runs none (an alert compares it with time())."}),
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.deadline} {
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.exhausted, m.deadline} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -170,9 +174,15 @@ func (m *Metrics) Request(r schema.Request, err error) {
 // Backoff implements coordinator.Hooks.
 func (m *Metrics) Backoff(d time.Duration) { m.backoff.Set(d.Seconds()) }
 
-// EtcdDB records etcd's database size, bytes in use and quota (0: unknown).
-func (m *Metrics) EtcdDB(size, inUse, quota int64) {
+// EtcdDB records etcd's database size, bytes in use and quota (0: unknown),
+// and whether its space is exhausted (etcdspace.Usage.Exhausted).
+func (m *Metrics) EtcdDB(size, inUse, quota int64, exhausted bool) {
 	m.dbSize.Set(float64(size))
 	m.dbInUse.Set(float64(inUse))
 	m.dbQuota.Set(float64(quota))
+	if exhausted {
+		m.exhausted.Set(1)
+	} else {
+		m.exhausted.Set(0)
+	}
 }
