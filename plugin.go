@@ -24,7 +24,8 @@ var (
 	// before on this Plugin.
 	ErrDuplicate = registry.ErrDuplicate
 	// ErrInvalidName is wrapped by RegisterE and New for a name outside
-	// [A-Za-z0-9._-] or 1-128 characters.
+	// what schema.ValidateName accepts (empty, invalid UTF-8, a control
+	// character, over 128 bytes).
 	ErrInvalidName = schema.ErrInvalidName
 	// ErrDisplaced is wrapped by Err when a newer process with the same
 	// agent name took the name over: this Plugin stopped delivering and
@@ -53,7 +54,8 @@ type Deps struct {
 
 // Config configures a Plugin. Zero durations mean their defaults.
 type Config struct {
-	// Agent is this agent process's name ([A-Za-z0-9._-], 1-128), unique in
+	// Agent is this agent process's name (any UTF-8 of 1-128 bytes without
+	// control characters: schema.ValidateName), unique in
 	// the cluster. Required. A restarted agent uses the same name.
 	Agent string
 	// Prefix is the etcd key prefix. Default schema.DefaultPrefix

@@ -272,7 +272,7 @@ func TestRegisterNamesAndClose(t *testing.T) {
 	if again, err := p.RegisterE("ifplugin"); !errors.Is(err, resync.ErrDuplicate) || again != r {
 		t.Fatalf("duplicate RegisterE: %v", err)
 	}
-	for _, name := range []string{"", "a/b", strings.Repeat("x", 200)} {
+	for _, name := range []string{"", "a\nb", strings.Repeat("x", 200)} {
 		bad, err := p.RegisterE(name)
 		if !errors.Is(err, resync.ErrInvalidName) {
 			t.Errorf("RegisterE(%q): %v", name, err)
@@ -322,7 +322,7 @@ func TestNewRejectsBadInput(t *testing.T) {
 		want string
 	}{
 		{resync.Config{}, "agent name is empty"},
-		{resync.Config{Agent: "a/b"}, "invalid name"},
+		{resync.Config{Agent: "a\tb"}, "control character"},
 		{resync.Config{Agent: "a", TTL: time.Millisecond}, "TTL"},
 		{resync.Config{Agent: "a", AckTimeout: -time.Second}, "negative"},
 		{resync.Config{Agent: "a", Prefix: "relative/"}, "must start with"},
@@ -331,8 +331,8 @@ func TestNewRejectsBadInput(t *testing.T) {
 			t.Errorf("New(%+v) = %v, want %q", tc.cfg, err, tc.want)
 		}
 	}
-	if _, err := resync.New(resync.Deps{Client: c}, resync.DefaultConfig("a/b")); !errors.Is(err, resync.ErrInvalidName) {
-		t.Errorf("New with agent a/b: %v, want one wrapping resync.ErrInvalidName", err)
+	if _, err := resync.New(resync.Deps{Client: c}, resync.DefaultConfig("a\x01b")); !errors.Is(err, resync.ErrInvalidName) {
+		t.Errorf("New with agent a\\x01b: %v, want one wrapping resync.ErrInvalidName", err)
 	}
 	if err := resync.DefaultConfig("a").Validate(); err != nil {
 		t.Fatal(err)

@@ -32,7 +32,8 @@ var (
 
 // Config configures a Registry.
 type Config struct {
-	// Agent is this agent's name ([A-Za-z0-9._-], 1-128). Required.
+	// Agent is this agent's name (schema.ValidateName: any UTF-8 of 1-128
+	// bytes without control characters). Required.
 	Agent string
 	// Prefix is the key prefix (default schema.DefaultPrefix).
 	Prefix string

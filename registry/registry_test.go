@@ -145,13 +145,13 @@ func TestRejectsDuplicateAndInvalidNamesWritingNothing(t *testing.T) {
 	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); !errors.Is(err, ErrDuplicate) {
 		t.Fatalf("duplicate: %v, want ErrDuplicate", err)
 	}
-	for _, name := range []string{"a/b", "", strings.Repeat("x", 129), ".."} {
+	for _, name := range []string{"a\x00b", "", strings.Repeat("x", 129), "\xff"} {
 		_, err := r.Register(ctxT(t, 5*time.Second), name)
 		if !errors.Is(err, schema.ErrInvalidName) {
 			t.Errorf("Register(%q) = %v, want ErrInvalidName", name, err)
 		}
 	}
-	if _, err := New(c, DefaultConfig("bad/agent")); !errors.Is(err, schema.ErrInvalidName) {
+	if _, err := New(c, DefaultConfig("bad\nagent")); !errors.Is(err, schema.ErrInvalidName) {
 		t.Errorf("New with agent bad/agent: %v", err)
 	}
 	resp := get(t, c, layout.Prefix(), true)

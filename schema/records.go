@@ -114,27 +114,35 @@ func (s Scope) String() string {
 }
 
 // PluginID names one plugin of one agent. It is stored in JSON as the string
-// "agent/plugin".
+// "agent/plugin" of the escaped names (Key), so that a "/" in a name does
+// not make it ambiguous.
 type PluginID struct {
 	Agent  string
 	Plugin string
 }
 
+// String is "agent/plugin" of the real names, for people (logs, displays).
 func (p PluginID) String() string { return p.Agent + "/" + p.Plugin }
 
-// MarshalText encodes "agent/plugin".
-func (p PluginID) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+// Key is "agent/plugin" of the escaped names (EscapeName), the form stored
+// in records and accepted by ParseTarget: reversible whatever the names.
+func (p PluginID) Key() string { return EscapeName(p.Agent) + "/" + EscapeName(p.Plugin) }
 
-// UnmarshalText decodes and validates "agent/plugin".
+// MarshalText encodes Key.
+func (p PluginID) MarshalText() ([]byte, error) { return []byte(p.Key()), nil }
+
+// UnmarshalText decodes and validates Key's form.
 func (p *PluginID) UnmarshalText(b []byte) error {
-	a, pl, ok := strings.Cut(string(b), "/")
+	ea, ep, ok := strings.Cut(string(b), "/")
 	if !ok {
 		return fmt.Errorf("participant %q is not agent/plugin", string(b))
 	}
-	if err := ValidateName("agent", a); err != nil {
+	a, err := UnescapeName("agent", ea)
+	if err != nil {
 		return err
 	}
-	if err := ValidateName("plugin", pl); err != nil {
+	pl, err := UnescapeName("plugin", ep)
+	if err != nil {
 		return err
 	}
 	*p = PluginID{Agent: a, Plugin: pl}

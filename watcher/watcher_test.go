@@ -329,7 +329,7 @@ func TestRegisterErrorsAndClose(t *testing.T) {
 	if _, err := a.w.Register("p"); !errors.Is(err, registry.ErrDuplicate) {
 		t.Fatalf("duplicate: %v", err)
 	}
-	if _, err := a.w.Register("a/b"); !errors.Is(err, schema.ErrInvalidName) {
+	if _, err := a.w.Register("a\nb"); !errors.Is(err, schema.ErrInvalidName) {
 		t.Fatalf("invalid: %v", err)
 	}
 	if _, err := a.w.Request(schema.Request{Cause: "bogus"}); err == nil {

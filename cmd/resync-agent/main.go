@@ -49,7 +49,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	o := &options{etcd: &ef, cfg: resync.DefaultConfig(host)}
 	o.etcd.Register(fs)
 	var plugins string
-	fs.StringVar(&o.cfg.Agent, "name", o.cfg.Agent, "agent name, unique in the cluster ([A-Za-z0-9._-], 1-128)")
+	fs.StringVar(&o.cfg.Agent, "name", o.cfg.Agent, "agent name, unique in the cluster (UTF-8, 1-128 bytes, no control characters)")
 	fs.StringVar(&plugins, "plugins", "ifplugin,l3plugin,aclplugin", "comma-separated plugin names, in registration order")
 	fs.StringVar(&o.cfg.Prefix, "prefix", o.cfg.Prefix, "etcd key prefix")
 	fs.DurationVar(&o.cfg.TTL, "ttl", o.cfg.TTL, "session lease TTL: registrations vanish this long after a crash")
