@@ -24,6 +24,7 @@ type IfPlugin struct {
 	Resync resync.Subscriber // injected
 
 	reg  resync.Registration
+	stop chan struct{}
 	done chan struct{}
 }
 
@@ -35,13 +36,15 @@ func (p *IfPlugin) Init() error {
 
 // AfterInit starts reading the status channel, as in the seed.
 func (p *IfPlugin) AfterInit() error {
-	p.done = make(chan struct{})
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
 	go p.watchResync(p.reg.StatusChan())
 	return nil
 }
 
-// Close waits for the reader: the resync plugin closes the channel.
+// Close stops the reader and waits for it. The resync plugin never closes
+// the status channel (nor did the seed's).
 func (p *IfPlugin) Close() error {
+	close(p.stop)
 	<-p.done
 	return nil
 }
@@ -51,16 +54,21 @@ func (p *IfPlugin) String() string { return "ifplugin" }
 // watchResync is typed as seed consumers are: chan, not <-chan.
 func (p *IfPlugin) watchResync(ch chan resync.StatusEvent) {
 	defer close(p.done)
-	for ev := range ch {
-		switch ev.ResyncStatus() {
-		case resync.Started:
-			fmt.Println("ifplugin: resync started: reloading interfaces")
-		case resync.NotActive:
-			fmt.Println("ifplugin: resync finished")
+	for {
+		select {
+		case ev := <-ch:
+			switch ev.ResyncStatus() {
+			case resync.Started:
+				fmt.Println("ifplugin: resync started: reloading interfaces")
+			case resync.NotActive:
+				fmt.Println("ifplugin: resync finished")
+			}
+			ev.Ack()
+		case <-p.stop:
+			fmt.Println("ifplugin: closed")
+			return
 		}
-		ev.Ack()
 	}
-	fmt.Println("ifplugin: resync plugin closed")
 }
 
 // The agent side of resync with a seed-style plugin, driven as a cn-infra
@@ -119,14 +127,13 @@ func Example() {
 		time.Sleep(10 * time.Millisecond) // wait for the plugin to take NotActive
 	}
 
-	// Closing the resync plugin closes the status channels; the agent
-	// closes its plugins in reverse order.
-	rs.Close()
+	// The agent closes its plugins in reverse order.
 	ifp.Close()
+	rs.Close()
 	// Output:
 	// ifplugin: resync started: reloading interfaces
 	// ifplugin: resync finished
-	// ifplugin: resync plugin closed
+	// ifplugin: closed
 }
 
 func writeRevision(ctx context.Context, c *clientv3.Client, layout schema.Layout, state schema.Status) {

@@ -377,11 +377,12 @@ func (a *chaosAgent) runPlugin(ap *agentProc, name string, ch <-chan resync.Stat
 		case d := <-late:
 			a.takeLate(ap, name, d)
 			continue
-		case e, ok := <-ch:
-			if !ok {
-				return
-			}
+		case e := <-ch:
 			sev = e
+		case <-stop: // status channels are never closed
+			return
+		case <-p.Done(): // closed or displaced
+			return
 		}
 		ev := sev.(*resync.Event)
 		h.RecordEvent(Event{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(),

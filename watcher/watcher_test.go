@@ -347,8 +347,13 @@ func TestRegisterErrorsAndClose(t *testing.T) {
 	if !errors.Is(err, ErrClosed) {
 		t.Fatalf("Register after Close: %v", err)
 	}
-	if _, ok := <-ch; ok {
-		t.Fatal("channel after Close is open")
+	select { // open and silent: never closed, nothing sent
+	case _, ok := <-ch:
+		t.Fatalf("channel after Close delivered (open %v)", ok)
+	default:
+	}
+	if s := a.w.Stats(); s.Refused != 2 { // the invalid name, and this one
+		t.Fatalf("Stats().Refused = %d, want 2", s.Refused)
 	}
 	if _, err := a.w.Request(schema.Request{Cause: schema.CauseManual, Scope: schema.Scope{Agent: "a"}}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Request after Close: %v", err)

@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o.loop(reg, log.WithField("agent", o.cfg.Agent).WithField("plugin", name))
+			o.loop(reg, p.Done(), log.WithField("agent", o.cfg.Agent).WithField("plugin", name))
 		}()
 	}
 	log.WithField("agent", o.cfg.Agent).WithField("plugins", strings.Join(o.plugins, ",")).Info("resync-agent: running")
@@ -127,7 +127,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) int {
 		log.Info("resync-agent: signal received; closing")
 	case <-p.Done(): // displaced: another process took the agent name over
 	}
-	p.Close() // closes every status channel: the loops end
+	p.Close() // closes Done: the loops end (status channels are never closed)
 	wg.Wait()
 	if err := p.Err(); err != nil {
 		fmt.Fprintf(stderr, "resync-agent: %v\n", err)
@@ -136,9 +136,16 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) int {
 	return cli.ExitOK
 }
 
-// loop is a seed-style plugin: reload on Started, then Ack.
-func (o *options) loop(reg resync.Registration, log logrus.FieldLogger) {
-	for ev := range reg.StatusChan() {
+// loop is a seed-style plugin: reload on Started, then Ack, until done
+// (the resync plugin's Done: status channels are never closed).
+func (o *options) loop(reg resync.Registration, done <-chan struct{}, log logrus.FieldLogger) {
+	for {
+		var ev resync.StatusEvent
+		select {
+		case ev = <-reg.StatusChan():
+		case <-done:
+			return
+		}
 		e, _ := ev.(*resync.Event)
 		fields := logrus.Fields{"status": ev.ResyncStatus()}
 		if e != nil {

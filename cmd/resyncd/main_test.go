@@ -83,7 +83,13 @@ func TestServesMetricsStatusAndHealthAfterARound(t *testing.T) {
 	for _, name := range []string{"ok", "flaky"} {
 		reg := p.Register(name)
 		go func() {
-			for ev := range reg.StatusChan() {
+			for {
+				var ev resync.StatusEvent
+				select {
+				case ev = <-reg.StatusChan():
+				case <-p.Done(): // status channels are never closed
+					return
+				}
 				e := ev.(*resync.Event)
 				if name == "flaky" && e.ResyncStatus() == resync.Started && !e.Join() {
 					done := false
