@@ -1251,8 +1251,8 @@ func (env *chaosEnv) duplicate() string {
 		if !errors.Is(old.p.Err(), resync.ErrDisplaced) {
 			env.h.HarnessError("duplicate %s: Done fired, but Err is %v, not ErrDisplaced", a.name, old.p.Err())
 		}
-		// Its status channels are closed: its plugins' loops end (one
-		// taking an event late ends its pause first).
+		// Its plugins' loops end on Done (status channels are never
+		// closed; one taking an event late ends its pause first).
 		exited := make(chan struct{})
 		go func() {
 			old.wg.Wait()
