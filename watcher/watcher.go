@@ -373,6 +373,11 @@ func (w *Watcher) RegisterOn(name string, ch chan StatusEvent) error {
 	return nil
 }
 
+// Done is closed when Close is called: no event is delivered after it.
+// Status channels are never closed; a plugin's loop that wants to end
+// selects on Done.
+func (w *Watcher) Done() <-chan struct{} { return w.ctx.Done() }
+
 // Request asks the coordinator for a resync: req is written under the
 // agent's own requests/agent/<agent>/<id> in the background (with the acks
 // queued meanwhile, in one Txn), retried until written or the Watcher is

@@ -25,7 +25,7 @@ func TestStartedInRegistrationOrderAgentsInParallel(t *testing.T) {
 	chA := a.register(t, names...)
 	var countB []*counter
 	for _, ch := range b.register(t, names...) {
-		countB = append(countB, autoAck(ch))
+		countB = append(countB, autoAck(b, ch))
 	}
 
 	// Round 1 is every plugin's join resync; round 2 a regular round.
@@ -138,13 +138,17 @@ func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
 	etcdtest.WaitFor(t, wait, "mute's NotActive dropped", func() bool { return a.w.Stats().NotActiveDropped == 1 })
 	expectNone(t, ch[0], 20*time.Millisecond, "deaf never took Started, so gets no NotActive")
 
-	// Closing removes the acks with the lease and closes every channel.
+	// Closing removes the acks with the lease; every channel stays open
+	// and silent (never closed: consumers may not check ok).
 	a.close()
 	if resp, err := c.Get(ctxT(t, 5*time.Second), layout.AgentAcks("a"), clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("acks after Close: %v %v", resp, err)
 	}
 	for k := range ch {
-		for range ch[k] {
+		select {
+		case ev, ok := <-ch[k]:
+			t.Fatalf("%d's channel after Close: %v (open %v), want open and silent", k, ev, ok)
+		default:
 		}
 	}
 }
@@ -161,7 +165,7 @@ func TestNoDuplicatesAcrossReconnectAndCompaction(t *testing.T) {
 	chs := a.register(t, "p0", "p1", "p2")
 	var counters []*counter
 	for _, ch := range chs {
-		counters = append(counters, autoAck(ch))
+		counters = append(counters, autoAck(a, ch))
 	}
 	round := func(n uint64) {
 		t.Helper()
@@ -278,7 +282,7 @@ func TestRejoinAfterLostSession(t *testing.T) {
 	agentClient := etcdtest.Client(t, proxy.Endpoint)
 	const ttl = 2 * time.Second
 	a := newAgent(t, agentClient, "rj", ttl)
-	cnt := autoAck(a.register(t, "p")[0])
+	cnt := autoAck(a, a.register(t, "p")[0])
 	writeRev(t, c, 1, schema.Started, schema.Scope{})
 	waitAck(t, c, "rj", "p", 1, schema.ResultOK)
 	first := a.reg.State()
