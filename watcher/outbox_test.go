@@ -358,6 +358,9 @@ func TestAckOverTheMessageLimitIsDropped(t *testing.T) {
 	writeRev(t, root, 2, schema.Started, schema.Scope{})
 	recv(t, chs[0], "round 2 of p").Ack()
 	waitAck(t, root, "big", "p", 2, schema.ResultOK)
+	// The counter follows the Txn's return, which etcd's reply to waitAck
+	// may overtake.
+	etcdtest.WaitFor(t, wait, "the ack counted", func() bool { return a.w.Stats().AcksWritten == 1 })
 	if s := a.w.Stats(); s.AcksWritten != 1 || s.WritesDropped != 1 {
 		t.Fatalf("stats %+v: want one ack dropped, the next written", s)
 	}
