@@ -31,6 +31,7 @@ type Metrics struct {
 	dbInUse      prometheus.Gauge
 	dbQuota      prometheus.Gauge
 	deadline     prometheus.Gauge
+	refused      prometheus.Gauge
 }
 
 // Series names, for documentation and tests.
@@ -49,6 +50,7 @@ const (
 	EtcdDBQuota        = "resync_etcd_db_quota_bytes"
 	RoundDeadline      = "resync_round_deadline_timestamp_seconds"
 	LeaderTerm         = "resync_leader_term"
+	RefusedRegs        = "resync_registrations_refused"
 )
 
 // RegisterTerm registers resync_leader_term on reg, read from term at each
@@ -90,8 +92,10 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "etcd's backend quota in bytes (--quota-backend-bytes); past it etcd raises NOSPACE and refuses writes. 0 if unknown."}),
 		deadline: prometheus.NewGauge(prometheus.GaugeOpts{Name: RoundDeadline,
 			Help: "Deadline of the round this coordinator runs, as unix seconds; 0 when it runs none (an alert compares it with time())."}),
+		refused: prometheus.NewGauge(prometheus.GaugeOpts{Name: RefusedRegs,
+			Help: "Registrations the live agents refused (names that cannot be stored: those plugins never resync), from their owner records, while this coordinator leads; else 0. resyncctl agents names them."}),
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.deadline} {
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.deadline, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -118,8 +122,12 @@ func (m *Metrics) Leading(l bool) {
 	} else {
 		m.leader.Set(0)
 		m.deadline.Set(0) // a round left Started is the next leader's
+		m.refused.Set(0)  // the next leader reports them
 	}
 }
+
+// RefusedRegistrations implements coordinator.RefusalHooks.
+func (m *Metrics) RefusedRegistrations(total int) { m.refused.Set(float64(total)) }
 
 // RoundStarted implements coordinator.Hooks.
 func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {
