@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync"
@@ -111,5 +114,42 @@ func TestRealNamesEndToEnd(t *testing.T) {
 	}
 	if !seen {
 		t.Errorf("no ack key in its escaped form among the keys")
+	}
+}
+
+// TestRBACApplyAgentNamedWithASpace: `rbac apply --agents "node 1,node 10"`
+// makes users of those names (passwords in node%201.password and
+// node%2010.password); a resync agent logged in as "node 1" registers a
+// plugin named as real ones are, and may write none of node 10's keys
+// (whose escaped name starts with node 1's).
+func TestRBACApplyAgentNamedWithASpace(t *testing.T) {
+	m := etcdtest.Start(t)
+	ep := m.Endpoint()
+	dir := filepath.Join(t.TempDir(), "secrets")
+	t.Setenv("RESYNC_DIAL_TIMEOUT", "30s")
+	t.Setenv("RESYNC_COMMAND_TIMEOUT", "30s")
+	code, out, errOut := cli(t, ctxT(t, 60*time.Second), "rbac", "apply", "--endpoints", ep, "--agents", "node 1,node 10", "--secrets-dir", dir)
+	if code != 0 || !strings.Contains(out, "role resync-agent-node 1: granted readwrite prefix /resync/acks/node%201/") {
+		t.Fatalf("rbac apply: exit %d\n%s\n%s", code, out, errOut)
+	}
+	pw := readSecret(t, dir, "node%201")
+	readSecret(t, dir, "node%2010")
+	agentClient := etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{ep}, Username: "node 1", Password: pw})
+	p, err := resync.New(resync.Deps{Client: agentClient, Log: quietLogger(t)}, resync.DefaultConfig("node 1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const plugin = "Config VPP default plug:IF/L2/L3"
+	p.Register(plugin)
+	root := etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{ep}, Username: "root", Password: readSecret(t, dir, "root")})
+	etcdtest.WaitFor(t, 20*time.Second, "node 1's registration", func() bool {
+		resp, err := root.Get(ctxT(t, 5*time.Second), layout.Registration("node 1", plugin))
+		return err == nil && len(resp.Kvs) == 1
+	})
+	for _, key := range []string{layout.Registration("node 10", plugin), layout.Ack("node 10", plugin), layout.Owner("node 10"), layout.AgentRequest("node 10", "1-a")} {
+		if _, err := agentClient.Put(ctxT(t, 10*time.Second), key, "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("node 1 writes %s: %v, want permission denied", key, err)
+		}
 	}
 }
