@@ -70,7 +70,7 @@ func mustRoundTrip(t *testing.T, r any, dec func([]byte) (any, error)) {
 
 func FuzzParseKey(f *testing.F) {
 	l := MustLayout(DefaultPrefix)
-	for _, s := range []string{l.Revision(), l.Registration("a", "p"), l.Ack("a", "p"), l.AgentRequest("a", "1-2"), l.OperatorRequest("1-2"), l.LegacyRequest("1-2"), "/resync/requests/agent/a", l.Round(7), l.Election() + "/abc", "/resync/acks/a/", "/x"} {
+	for _, s := range []string{l.Revision(), l.Registration("a", "p"), l.Registration("node 1", "Config VPP default plug:IF/L2/L3"), l.Owner("node 1"), l.RoundAgent(3, "a b"), l.Ack("%", ".."), l.Ack("a", "p"), l.AgentRequest("a", "1-2"), l.OperatorRequest("1-2"), l.LegacyRequest("1-2"), "/resync/requests/agent/a", l.Round(7), l.Election() + "/abc", "/resync/acks/a/", "/x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, key string) {
@@ -92,6 +92,17 @@ func FuzzParseKey(f *testing.F) {
 			back = l.Round(k.Round)
 		case KindElection:
 			back = l.Election() + "/" + k.ID
+		case KindOwner:
+			back = l.Owner(k.Agent)
+		case KindRoundAgent:
+			back = l.RoundAgent(k.Round, k.Agent)
+		case KindRoundScope:
+			// The chunk number is parsed leniently (Atoi): compare what
+			// the canonical key parses to.
+			if k2, err := l.Parse(l.RoundScope(k.Round, k.Chunk)); err != nil || k2 != k {
+				t.Fatalf("Parse(%q) = %+v, whose canonical key parses to %+v, %v", key, k, k2, err)
+			}
+			return
 		default:
 			t.Fatalf("Parse(%q) gave kind %v without error", key, k.Kind)
 		}
