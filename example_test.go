@@ -192,3 +192,67 @@ func stopEtcd(e *embed.Etcd, c *clientv3.Client) {
 	e.Close()
 	os.RemoveAll(dir)
 }
+
+// Flavor is a cn-infra style flavor: it holds its plugins, the resync
+// plugin included, by value, and injects dependencies by field.
+type Flavor struct {
+	IfPlugin   IfPlugin
+	ResyncOrch resync.Plugin // the zero value works; listed last
+}
+
+// Inject wires the flavor. Without Deps.Client the resync plugin would
+// read RESYNC_ENDPOINTS; without Config.Agent, RESYNC_AGENT or
+// MICROSERVICE_LABEL.
+func (f *Flavor) Inject(log logrus.FieldLogger, client *clientv3.Client) {
+	f.IfPlugin.Resync = &f.ResyncOrch
+	f.ResyncOrch.Deps.Log = log
+	f.ResyncOrch.Deps.Client = client
+	f.ResyncOrch.Config.Agent = "node 1"
+}
+
+// A flavor holding a zero-value resync.Plugin, as cn-infra flavors do: the
+// plugin that uses it registers in its Init, before the resync plugin's
+// own Init (it is listed last), and the agent closes the plugins in
+// reverse order.
+func Example_flavor() {
+	etcd, client, err := startEtcd()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer stopEtcd(etcd, client)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+
+	var f Flavor
+	f.Inject(log, client)
+	plugins := []interface {
+		Init() error
+		AfterInit() error
+		Close() error
+	}{&f.IfPlugin, &f.ResyncOrch}
+	for _, p := range plugins {
+		if err := p.Init(); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	for _, p := range plugins {
+		if err := p.AfterInit(); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	layout := schema.MustLayout(schema.DefaultPrefix)
+	acks := client.Watch(ctx, layout.Ack("node 1", "ifplugin"))
+	writeRevision(ctx, client, layout, schema.Started)
+	<-acks
+	for i := len(plugins) - 1; i >= 0; i-- {
+		plugins[i].Close()
+	}
+	// Output:
+	// ifplugin: resync started: reloading interfaces
+	// ifplugin: closed
+}
