@@ -47,7 +47,7 @@ cover:
 ## worker is busy) or a duration (FUZZTIME=10m for a long run).
 FUZZTIME ?= 200000x
 fuzz:
-	@for target in FuzzDecodeRecords FuzzParseKey FuzzValidateName; do \
+	@for target in FuzzDecodeRecords FuzzParseKey FuzzValidateName FuzzNameEscape; do \
 		echo "== $$target ($(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) ./schema || exit 1; \
 	done

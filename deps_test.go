@@ -2,7 +2,6 @@ package resync_test
 
 import (
 	"errors"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,27 +15,33 @@ import (
 	"github.com/resyncd/resync/schema"
 )
 
-// TestDepsAreFixedAtNew: the seed's Plugin embedded Deps, so p.Log = x
-// after New compiled and was silently ignored. A Plugin has no exported
-// field: its dependencies are the Deps given to New, and those are used:
-// its logs go to Deps.Log, its timestamps come from Deps.Clock.
-func TestDepsAreFixedAtNew(t *testing.T) {
-	typ := reflect.TypeOf((*resync.Plugin)(nil)).Elem()
-	for i := 0; i < typ.NumField(); i++ {
-		if f := typ.Field(i); f.IsExported() {
-			t.Errorf("Plugin has the exported field %s: an assignment after New would be ignored", f.Name)
-		}
-	}
-
+// TestDepsAreReadAtInit: as the seed's, a Plugin embeds Deps, so a cn-infra
+// flavor injects them by field before Init (a Plugin held by value, no
+// constructor). Init reads them once and uses them: its logs go to that Log,
+// its timestamps come from that Clock. This reverses the earlier rule that
+// a Plugin has no exported field (so that p.Log = x after New could not be
+// silently ignored): real flavors set the fields, so the zero value must
+// work; an assignment after Init is documented as ignored, and this test
+// checks that it is (no log reaches a logger set after Init).
+func TestDepsAreReadAtInit(t *testing.T) {
 	m := etcdtest.Start(t)
 	c := m.Client(t)
 	log, hook := test.NewNullLogger()
 	fc := clockwork.NewFakeClockAt(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
-	p, err := resync.New(resync.Deps{Log: log, Client: c, Clock: fc}, resync.DefaultConfig("deps"))
-	if err != nil {
+	var p resync.Plugin
+	p.Log = log // the embedded Deps, as cn-infra flavors set them
+	p.Deps.Client = c
+	p.Clock = fc
+	p.Config = resync.DefaultConfig("deps")
+	if err := p.Init(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AfterInit(); err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
+	late, lateHook := test.NewNullLogger()
+	p.Log = late // after Init: ignored
 	p.ReportError("p1", errors.New("boom"))
 
 	etcdtest.WaitFor(t, wait, "the report logged on Deps.Log", func() bool {
@@ -56,6 +61,9 @@ func TestDepsAreFixedAtNew(t *testing.T) {
 		req, err = schema.DecodeRequest(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
 		return err == nil
 	})
+	if n := len(lateHook.AllEntries()); n != 0 {
+		t.Errorf("%d lines logged on a logger set after Init", n)
+	}
 	if !req.RequestedAt.Equal(fc.Now()) {
 		t.Errorf("the request is stamped %v, want Deps.Clock's %v", req.RequestedAt, fc.Now())
 	}

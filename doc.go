@@ -21,6 +21,13 @@
 //	rs, err := resync.NewPlugin(resync.Deps{Log: log, Client: etcdClient}, resync.DefaultConfig("agent-1"))
 //	p.Resync = rs // a resync.Subscriber; Init calls p.Resync.Register("ifplugin") as before
 //
+// A flavor that holds the plugin by value (ResyncOrch resync.Plugin) and
+// sets its dependencies by field needs no constructor at all: the zero
+// Plugin reads what is not set (the etcd endpoints, the agent name) from
+// the environment in Init (RESYNC_ENDPOINTS, RESYNC_AGENT or cn-infra's
+// MICROSERVICE_LABEL, or the file RESYNC_CONFIG names). Any name cn-infra
+// accepts works ("K8s resources", "Config VPP default plug:IF/L2/L3").
+//
 // Plugin has a cn-infra plugin's lifecycle (Init, AfterInit, Close,
 // String): list it with the agent's plugins, before those that use it.
 // NewPlugin delivers no event before its AfterInit, so plugins may register
@@ -32,8 +39,9 @@
 // gets exactly one Started for the current revision when it reads.
 //
 // One process per agent name: a newer process with the same name takes the
-// name over at once, and the older one stops delivering, closes its status
-// channels and reports ErrDisplaced through Done and Err.
+// name over at once, and the older one stops delivering (its status
+// channels stay open and silent) and reports ErrDisplaced through Done and
+// Err.
 //
 // A plugin registered before etcd is reachable gets its Registration at once;
 // it receives Started for the current resync revision (its join resync) as
@@ -50,6 +58,13 @@
 // rounds/: everything a Plugin does.
 //
 // Plugin.Close deregisters the agent (revokes its lease), stops delivering
-// events, cancels pending timeouts and closes every status channel, so that
-// `for ev := range reg.StatusChan()` loops end.
+// events and cancels pending timeouts. It never closes a status channel: a
+// cn-infra agent closes its plugins in reverse order, resync (listed last)
+// first, while consumers still `select { case ev := <-ch: ev.ResyncStatus() }`
+// without checking ok; a closed channel would hand them nil events. A loop
+// that wants to end selects on Plugin.Done.
+//
+// DoResync asks for a resync of this agent's plugins and returns at once;
+// the round runs when the coordinator starts it (cn-infra's ran
+// synchronously).
 package resync

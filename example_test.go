@@ -24,6 +24,7 @@ type IfPlugin struct {
 	Resync resync.Subscriber // injected
 
 	reg  resync.Registration
+	stop chan struct{}
 	done chan struct{}
 }
 
@@ -35,13 +36,15 @@ func (p *IfPlugin) Init() error {
 
 // AfterInit starts reading the status channel, as in the seed.
 func (p *IfPlugin) AfterInit() error {
-	p.done = make(chan struct{})
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
 	go p.watchResync(p.reg.StatusChan())
 	return nil
 }
 
-// Close waits for the reader: the resync plugin closes the channel.
+// Close stops the reader and waits for it. The resync plugin never closes
+// the status channel (nor did the seed's).
 func (p *IfPlugin) Close() error {
+	close(p.stop)
 	<-p.done
 	return nil
 }
@@ -51,16 +54,21 @@ func (p *IfPlugin) String() string { return "ifplugin" }
 // watchResync is typed as seed consumers are: chan, not <-chan.
 func (p *IfPlugin) watchResync(ch chan resync.StatusEvent) {
 	defer close(p.done)
-	for ev := range ch {
-		switch ev.ResyncStatus() {
-		case resync.Started:
-			fmt.Println("ifplugin: resync started: reloading interfaces")
-		case resync.NotActive:
-			fmt.Println("ifplugin: resync finished")
+	for {
+		select {
+		case ev := <-ch:
+			switch ev.ResyncStatus() {
+			case resync.Started:
+				fmt.Println("ifplugin: resync started: reloading interfaces")
+			case resync.NotActive:
+				fmt.Println("ifplugin: resync finished")
+			}
+			ev.Ack()
+		case <-p.stop:
+			fmt.Println("ifplugin: closed")
+			return
 		}
-		ev.Ack()
 	}
-	fmt.Println("ifplugin: resync plugin closed")
 }
 
 // The agent side of resync with a seed-style plugin, driven as a cn-infra
@@ -119,14 +127,13 @@ func Example() {
 		time.Sleep(10 * time.Millisecond) // wait for the plugin to take NotActive
 	}
 
-	// Closing the resync plugin closes the status channels; the agent
-	// closes its plugins in reverse order.
-	rs.Close()
+	// The agent closes its plugins in reverse order.
 	ifp.Close()
+	rs.Close()
 	// Output:
 	// ifplugin: resync started: reloading interfaces
 	// ifplugin: resync finished
-	// ifplugin: resync plugin closed
+	// ifplugin: closed
 }
 
 func writeRevision(ctx context.Context, c *clientv3.Client, layout schema.Layout, state schema.Status) {
@@ -184,4 +191,68 @@ func stopEtcd(e *embed.Etcd, c *clientv3.Client) {
 	dir := e.Config().Dir
 	e.Close()
 	os.RemoveAll(dir)
+}
+
+// Flavor is a cn-infra style flavor: it holds its plugins, the resync
+// plugin included, by value, and injects dependencies by field.
+type Flavor struct {
+	IfPlugin   IfPlugin
+	ResyncOrch resync.Plugin // the zero value works; listed last
+}
+
+// Inject wires the flavor. Without Deps.Client the resync plugin would
+// read RESYNC_ENDPOINTS; without Config.Agent, RESYNC_AGENT or
+// MICROSERVICE_LABEL.
+func (f *Flavor) Inject(log logrus.FieldLogger, client *clientv3.Client) {
+	f.IfPlugin.Resync = &f.ResyncOrch
+	f.ResyncOrch.Deps.Log = log
+	f.ResyncOrch.Deps.Client = client
+	f.ResyncOrch.Config.Agent = "node 1"
+}
+
+// A flavor holding a zero-value resync.Plugin, as cn-infra flavors do: the
+// plugin that uses it registers in its Init, before the resync plugin's
+// own Init (it is listed last), and the agent closes the plugins in
+// reverse order.
+func Example_flavor() {
+	etcd, client, err := startEtcd()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer stopEtcd(etcd, client)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+
+	var f Flavor
+	f.Inject(log, client)
+	plugins := []interface {
+		Init() error
+		AfterInit() error
+		Close() error
+	}{&f.IfPlugin, &f.ResyncOrch}
+	for _, p := range plugins {
+		if err := p.Init(); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	for _, p := range plugins {
+		if err := p.AfterInit(); err != nil {
+			fmt.Println(err)
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	layout := schema.MustLayout(schema.DefaultPrefix)
+	acks := client.Watch(ctx, layout.Ack("node 1", "ifplugin"))
+	writeRevision(ctx, client, layout, schema.Started)
+	<-acks
+	for i := len(plugins) - 1; i >= 0; i-- {
+		plugins[i].Close()
+	}
+	// Output:
+	// ifplugin: resync started: reloading interfaces
+	// ifplugin: closed
 }

@@ -69,6 +69,7 @@ type lifecyclePlugin struct {
 	log   logrus.FieldLogger
 
 	reg  resync.Registration
+	stop chan struct{} // closed by Close: the loop ends (status channels never close)
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	seen []*resync.Event // every event taken, in order
@@ -80,11 +81,18 @@ func (p *lifecyclePlugin) Init() error {
 }
 
 func (p *lifecyclePlugin) AfterInit() error {
+	p.stop = make(chan struct{})
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		<-time.After(p.delay) // the plugin is slow to start reading: the scenario, not a wait
-		for ev := range p.reg.StatusChan() {
+		for {
+			var ev resync.StatusEvent
+			select {
+			case ev = <-p.reg.StatusChan():
+			case <-p.stop:
+				return
+			}
 			e := ev.(*resync.Event)
 			p.mu.Lock()
 			p.seen = append(p.seen, e)
@@ -96,7 +104,11 @@ func (p *lifecyclePlugin) AfterInit() error {
 	return nil
 }
 
-func (p *lifecyclePlugin) Close() error   { return nil }
+func (p *lifecyclePlugin) Close() error {
+	close(p.stop)
+	p.wg.Wait()
+	return nil
+}
 func (p *lifecyclePlugin) String() string { return p.name }
 
 // started counts the Started events taken for revision n.

@@ -11,13 +11,19 @@ import (
 	"github.com/resyncd/resync/schema"
 )
 
-// autoAck acks every event of reg until its channel closes.
-func autoAck(t *testing.T, reg resync.Registration) {
+// autoAck acks every event of reg until stop is closed (the resync
+// plugin's Done: status channels are never closed).
+func autoAck(t *testing.T, reg resync.Registration, stop <-chan struct{}) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for ev := range reg.StatusChan() {
-			ev.Ack()
+		for {
+			select {
+			case ev := <-reg.StatusChan():
+				ev.Ack()
+			case <-stop:
+				return
+			}
 		}
 	}()
 	t.Cleanup(func() { <-done })
@@ -38,7 +44,7 @@ func TestWipedPrefixStartsOverClean(t *testing.T) {
 	c := m.Client(t)
 	p := newPlugin(t, c, "ws")
 	for _, name := range []string{"ifplugin", "l3plugin"} {
-		autoAck(t, p.Register(name))
+		autoAck(t, p.Register(name), p.Done())
 	}
 	waitRegistrations(t, c, "ws", 2)
 	t.Cleanup(func() { p.Close() }) // before autoAck's cleanup waits

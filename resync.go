@@ -43,8 +43,10 @@ type Registration interface {
 	// StatusChan is the channel of the plugin's StatusEvents, typed
 	// exactly as the seed's (chan, not <-chan, so that consumer code typed
 	// func(chan resync.StatusEvent) compiles). Only the resync Plugin sends
-	// on it; a plugin only receives. It is closed when the resync Plugin is
-	// closed or displaced (see Plugin.Done).
+	// on it; a plugin only receives. It is never closed, as the seed's was
+	// not: after the resync Plugin is closed or displaced it stays open and
+	// silent (a consumer that wants to end its loop selects on
+	// Plugin.Done).
 	StatusChan() chan StatusEvent
 	fmt.Stringer
 }

@@ -3,6 +3,9 @@ package resync_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +81,22 @@ func recv(t *testing.T, r resync.Registration, status resync.Status, n uint64) *
 	return nil
 }
 
+// silent asserts that ch is open and holds no event: after Close, a
+// refused registration or a displacement, nothing is delivered and nothing
+// is closed (a consumer reading `ev := <-ch` without checking ok would get
+// a nil event from a closed channel).
+func silent(t *testing.T, what string, ch chan resync.StatusEvent) {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatalf("%s: the status channel is closed", what)
+		}
+		t.Fatalf("%s: delivered %v", what, ev)
+	default:
+	}
+}
+
 func waitAck(t *testing.T, c *clientv3.Client, agent, plugin string, n uint64) (schema.Ack, clientv3.LeaseID) {
 	t.Helper()
 	var (
@@ -134,17 +153,13 @@ func TestRestartedAgentGetsJoinResync(t *testing.T) {
 	writeRev(t, c, 1, resync.NotActive)
 	recv(t, r, resync.NotActive, 1).Ack()
 
-	// A clean restart: Close ends the plugin's loop and removes its keys.
-	ended := make(chan struct{})
-	go func() {
-		for range r.StatusChan() {
-		}
-		close(ended)
-	}()
+	// A clean restart: Close closes Done (the plugin's loop ends on it),
+	// leaves the status channel open and silent, and removes its keys.
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
-	<-ended
+	<-first.Done()
+	silent(t, "after Close", r.StatusChan())
 	if n := keys(t, c, layout.Prefix()+"acks/") + keys(t, c, layout.Registrations()); n != 0 {
 		t.Fatalf("%d registration and ack keys left after Close", n)
 	}
@@ -177,9 +192,8 @@ func TestRestartedAgentGetsJoinResync(t *testing.T) {
 	start := time.Now()
 	crashed.Close()
 	t.Logf("closing the crashed incarnation took %v", time.Since(start))
-	if _, ok := <-cr.StatusChan(); ok {
-		t.Fatal("crashed incarnation's channel still open")
-	}
+	<-crashed.Done()
+	silent(t, "the crashed incarnation after Close", cr.StatusChan())
 }
 
 // Register never fails the agent's start: while etcd is unreachable it
@@ -256,11 +270,17 @@ func TestReportErrorWritesRequest(t *testing.T) {
 }
 
 // Duplicate and invalid names, and Close: never a panic, errors from
-// RegisterE, channels closed, Close idempotent.
+// RegisterE, a refusal logged at error level, counted and listed in the
+// agent's owner record, channels never closed, Close idempotent.
 func TestRegisterNamesAndClose(t *testing.T) {
 	m := etcdtest.Start(t)
 	c := m.Client(t)
-	p := newPlugin(t, c, "names")
+	log, hook := test.NewNullLogger()
+	p, err := resync.New(resync.Deps{Log: log, Client: c}, resync.DefaultConfig("names"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
 	r := p.Register("ifplugin")
 	if r.String() != "ifplugin" {
 		t.Fatalf("String() = %q", r)
@@ -272,17 +292,39 @@ func TestRegisterNamesAndClose(t *testing.T) {
 	if again, err := p.RegisterE("ifplugin"); !errors.Is(err, resync.ErrDuplicate) || again != r {
 		t.Fatalf("duplicate RegisterE: %v", err)
 	}
-	for _, name := range []string{"", "a/b", strings.Repeat("x", 200)} {
-		bad, err := p.RegisterE(name)
+	bad := []string{"", "a\nb", strings.Repeat("x", 200)}
+	for _, name := range bad {
+		reg, err := p.RegisterE(name)
 		if !errors.Is(err, resync.ErrInvalidName) {
 			t.Errorf("RegisterE(%q): %v", name, err)
 		}
-		if _, ok := <-bad.StatusChan(); ok {
-			t.Errorf("RegisterE(%q) returned an open channel", name)
+		silent(t, fmt.Sprintf("RegisterE(%q)", name), reg.StatusChan())
+		silent(t, fmt.Sprintf("Register(%q)", name), p.Register(name).StatusChan())
+	}
+	refusals := 0
+	for _, e := range hook.AllEntries() {
+		if e.Level == logrus.ErrorLevel && strings.Contains(e.Message, "register refused") {
+			refusals++
 		}
-		if _, ok := <-p.Register(name).StatusChan(); ok {
-			t.Errorf("Register(%q) returned an open channel", name)
+	}
+	if refusals != len(bad) { // Register logs; RegisterE leaves it to its caller
+		t.Errorf("%d refusals logged at error level, want %d", refusals, len(bad))
+	}
+	if got := p.Stats().Refused; got != uint64(2*len(bad)) {
+		t.Errorf("Stats().Refused = %d, want %d", got, 2*len(bad))
+	}
+	// Operators see them: the owner record lists the count and the first names.
+	var owner schema.Owner
+	etcdtest.WaitFor(t, wait, "the refusals in the owner record", func() bool {
+		resp, err := c.Get(ctxT(t, 5*time.Second), layout.Owner("names"))
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
 		}
+		owner, err = layout.DecodeOwner(layout.Owner("names"), resp.Kvs[0].Value)
+		return err == nil && owner.Refused == 2*len(bad)
+	})
+	if len(owner.RefusedNames) != schema.MaxRefusedNames || owner.RefusedNames[2] != `"a\nb"` {
+		t.Errorf("owner record lists %q", owner.RefusedNames)
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
@@ -290,13 +332,15 @@ func TestRegisterNamesAndClose(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := <-r.StatusChan(); ok {
-		t.Fatal("channel open after Close")
-	}
+	<-p.Done()
+	silent(t, "after Close", r.StatusChan())
 	if after, err := p.RegisterE("late"); !errors.Is(err, resync.ErrClosed) {
 		t.Fatalf("RegisterE after Close: %v", err)
-	} else if _, ok := <-after.StatusChan(); ok {
-		t.Fatal("Register after Close returned an open channel")
+	} else {
+		silent(t, "Register after Close", after.StatusChan())
+	}
+	if got := p.Stats().Refused; got != uint64(2*len(bad)+1) {
+		t.Errorf("Stats().Refused after a Register after Close = %d, want %d", got, 2*len(bad)+1)
 	}
 	p.ReportError("late", errors.New("x")) // logged, no panic
 	if n := keys(t, c, layout.Prefix()); n != 0 {
@@ -321,8 +365,8 @@ func TestNewRejectsBadInput(t *testing.T) {
 		cfg  resync.Config
 		want string
 	}{
-		{resync.Config{}, "agent name is empty"},
-		{resync.Config{Agent: "a/b"}, "invalid name"},
+		{resync.Config{}, "no agent name: set Plugin.Config.Agent, RESYNC_AGENT or MICROSERVICE_LABEL"},
+		{resync.Config{Agent: "a\tb"}, "control character"},
 		{resync.Config{Agent: "a", TTL: time.Millisecond}, "TTL"},
 		{resync.Config{Agent: "a", AckTimeout: -time.Second}, "negative"},
 		{resync.Config{Agent: "a", Prefix: "relative/"}, "must start with"},
@@ -331,8 +375,8 @@ func TestNewRejectsBadInput(t *testing.T) {
 			t.Errorf("New(%+v) = %v, want %q", tc.cfg, err, tc.want)
 		}
 	}
-	if _, err := resync.New(resync.Deps{Client: c}, resync.DefaultConfig("a/b")); !errors.Is(err, resync.ErrInvalidName) {
-		t.Errorf("New with agent a/b: %v, want one wrapping resync.ErrInvalidName", err)
+	if _, err := resync.New(resync.Deps{Client: c}, resync.DefaultConfig("a\x01b")); !errors.Is(err, resync.ErrInvalidName) {
+		t.Errorf("New with agent a\\x01b: %v, want one wrapping resync.ErrInvalidName", err)
 	}
 	if err := resync.DefaultConfig("a").Validate(); err != nil {
 		t.Fatal(err)

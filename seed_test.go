@@ -27,6 +27,11 @@ type (
 		Register(resyncName string) resync.Registration
 	}
 
+	// cn-infra v1.3's resync.Subscriber gained DoResync.
+	seedResyncer interface {
+		DoResync()
+	}
+
 	// cn-infra's infra.Plugin: what an agent's plugin list holds.
 	cnInfraPlugin interface {
 		Init() error
@@ -45,6 +50,7 @@ var (
 	_ resync.Subscriber                                         = (*resync.Plugin)(nil)
 	_ resync.Reporter                                           = (*resync.Plugin)(nil)
 	_ cnInfraPlugin                                             = (*resync.Plugin)(nil)
+	_ seedResyncer                                              = (*resync.Plugin)(nil)
 	_ seedStatusEvent                                           = resync.StatusEvent(nil)
 	_ resync.StatusEvent                                        = seedStatusEvent(nil)
 	_ seedStatusEvent                                           = (*resync.Event)(nil)

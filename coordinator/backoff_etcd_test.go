@@ -49,8 +49,15 @@ type pluginEvents struct {
 	notActive uint64 // the last NotActive revision taken
 }
 
-func (pe *pluginEvents) run(ch <-chan resync.StatusEvent) {
-	for ev := range ch {
+// It ends on done (the resync plugin's Done: status channels never close).
+func (pe *pluginEvents) run(ch <-chan resync.StatusEvent, done <-chan struct{}) {
+	for {
+		var ev resync.StatusEvent
+		select {
+		case ev = <-ch:
+		case <-done:
+			return
+		}
 		ev.Ack()
 		e := ev.(*resync.Event)
 		pe.mu.Lock()
@@ -105,7 +112,7 @@ func TestReportErrorLoopObeysBackoffAcrossFailover(t *testing.T) {
 	acked := make(chan struct{})
 	go func() {
 		defer close(acked)
-		events.run(reg.StatusChan()) // every round clean: only the reports ask for rounds
+		events.run(reg.StatusChan(), p.Done()) // every round clean: only the reports ask for rounds
 	}()
 	defer func() { p.Close(); <-acked }()
 	// The agent registers first, so that the leader knows it from the

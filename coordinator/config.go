@@ -57,7 +57,7 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	id := fmt.Sprintf("%s-%d", host, os.Getpid())
-	if schema.ValidateName("coordinator id", id) != nil {
+	if schema.ValidateToken("coordinator id", id) != nil {
 		id = fmt.Sprintf("coordinator-%d", os.Getpid())
 	}
 	return Config{
@@ -102,7 +102,7 @@ func (c Config) withDefaults() Config {
 // runs: c with its zero fields from DefaultConfig.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	if err := schema.ValidateName("coordinator id", c.ID); err != nil {
+	if err := schema.ValidateToken("coordinator id", c.ID); err != nil {
 		return fmt.Errorf("coordinator: config: %w", err)
 	}
 	if _, err := schema.NewLayout(c.Prefix); err != nil {

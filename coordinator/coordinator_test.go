@@ -259,7 +259,7 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{Config{SessionTTL: 100 * time.Millisecond}, "below the 1s minimum"},
 		{Config{BackoffMin: time.Minute, BackoffMax: time.Second}, "BackoffMax"},
-		{Config{ID: "a/b"}, "coordinator id name"},
+		{Config{ID: "a/b"}, `coordinator id "a/b" has '/'`},
 		{Config{RoundDeadline: time.Millisecond, CoalesceWindow: time.Second}, "RoundDeadline"},
 		{Config{Prefix: "relative/"}, "must start with"},
 		// Cross-field rules hold against the defaults of the other field.

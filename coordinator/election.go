@@ -58,7 +58,7 @@ func CandidateKey(layout schema.Layout, kv *mvccpb.KeyValue) (Candidate, error) 
 	if int64(lease) != kv.Lease {
 		return bad("name %q is not the id of its lease %x", name, kv.Lease)
 	}
-	if err := schema.ValidateName("coordinator id", string(kv.Value)); err != nil {
+	if err := schema.ValidateToken("coordinator id", string(kv.Value)); err != nil {
 		return bad("value: %v", err)
 	}
 	return Candidate{Key: key, ID: string(kv.Value), Lease: clientv3.LeaseID(kv.Lease), Term: kv.CreateRevision}, nil

@@ -32,6 +32,14 @@ type Hooks interface {
 	Backoff(d time.Duration)
 }
 
+// RefusalHooks is optional: a Hooks that implements it is told, while this
+// coordinator leads, how many registrations the agents refused (names that
+// cannot be stored: schema.Owner.Refused, summed over the live owner
+// records), at the start of leadership and whenever the sum changes.
+type RefusalHooks interface {
+	RefusedRegistrations(total int)
+}
+
 // NopHooks does nothing.
 type NopHooks struct{}
 

@@ -80,6 +80,13 @@ type leader struct {
 
 	stateSynced, reqsSynced bool
 
+	// refused is each agent's refused registrations from its owner
+	// record, and refusedSum their last reported sum; both belong to the
+	// state watch's goroutine (decodeState).
+	refused     map[string]int
+	refusedSum  int
+	refusedSent bool
+
 	regs map[schema.PluginID]schema.Registration
 	// ordered is regs' keys in registration order (participants), kept
 	// until regs changes: a stable fleet's rounds skip the sort (3.7 ms
@@ -212,8 +219,9 @@ func (l *leader) deposed(why string) { l.end(fmt.Errorf("%w: %s", ErrDeposed, wh
 
 func (l *leader) startFeeders() {
 	wlog := l.log.WithField("role", "leader")
-	// acks/ < election/ < registrations/ in key order: one range watch
-	// covers acks and registrations (and skips the few election keys).
+	// acks/ < election/ < owners/ < registrations/ in key order: one range
+	// watch covers acks, owners (their refused registrations) and
+	// registrations (and skips the few election keys).
 	end := clientv3.GetPrefixRangeEnd(l.layout.Registrations())
 	l.spawn(func() {
 		listwatch.Run(l.ctx, l.c, l.layout.Acks(), listwatch.Options{End: end, Log: wlog}, func(ev listwatch.Event) error {
@@ -243,12 +251,17 @@ func (l *leader) startFeeders() {
 }
 
 func (l *leader) decodeState(ev listwatch.Event) stateEvent {
+	defer l.reportRefused()
 	var out stateEvent
 	if ev.Reset {
+		l.refused = map[string]int{}
 		out.reset = true
 		out.regs = map[schema.PluginID]schema.Registration{}
 		out.acks = map[schema.PluginID]schema.Ack{}
 		for _, kv := range ev.Kvs {
+			if l.noteOwner(kv, false) {
+				continue
+			}
 			it, err := l.decodeStateKV(kv)
 			switch {
 			case err != nil:
@@ -263,6 +276,9 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 	}
 	out.items = make([]stateItem, 0, len(ev.Changes))
 	for _, e := range ev.Changes {
+		if l.noteOwner(e.Kv, e.Type == clientv3.EventTypeDelete) {
+			continue
+		}
 		if e.Type == clientv3.EventTypeDelete {
 			k, err := l.layout.Parse(string(e.Kv.Key))
 			if err == nil && (k.Kind == schema.KindAck || k.Kind == schema.KindRegistration) {
@@ -280,6 +296,45 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 		}
 	}
 	return out
+}
+
+// noteOwner records the refused registrations of an owner key (false: kv
+// is not one). A malformed owner record counts as none refused.
+func (l *leader) noteOwner(kv *mvccpb.KeyValue, deleted bool) bool {
+	key := string(kv.Key)
+	if !strings.HasPrefix(key, l.layout.Owners()) {
+		return false
+	}
+	if l.refused == nil {
+		l.refused = map[string]int{}
+	}
+	if deleted {
+		if k, err := l.layout.Parse(key); err == nil {
+			delete(l.refused, k.Agent)
+		}
+		return true
+	}
+	if o, err := l.layout.DecodeOwner(key, kv.Value); err == nil {
+		l.refused[o.Agent] = o.Refused
+	}
+	return true
+}
+
+// reportRefused tells RefusalHooks the sum of refused registrations when
+// it changed (always once, at the first state read of a leadership).
+func (l *leader) reportRefused() {
+	rh, ok := l.co.hooks.(RefusalHooks)
+	if !ok {
+		return
+	}
+	sum := 0
+	for _, n := range l.refused {
+		sum += n
+	}
+	if sum != l.refusedSum || !l.refusedSent {
+		l.refusedSum, l.refusedSent = sum, true
+		rh.RefusedRegistrations(sum)
+	}
 }
 
 // decodeStateKV decodes an ack or a registration; election keys in the

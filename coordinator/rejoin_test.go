@@ -42,10 +42,15 @@ func TestRejoinRoundIncludesEveryReRegisteredPlugin(t *testing.T) {
 	}
 	for _, r := range regs {
 		go func() {
-			for ev := range r.StatusChan() {
-				ev.Ack()
+			defer func() { done <- struct{}{} }()
+			for {
+				select {
+				case ev := <-r.StatusChan():
+					ev.Ack()
+				case <-p.Done(): // status channels are never closed
+					return
+				}
 			}
-			done <- struct{}{}
 		}()
 	}
 	defer func() {

@@ -290,7 +290,8 @@ type RoundView struct {
 	Failed       []schema.PluginID `json:"failed,omitempty"`
 	TimedOut     []schema.PluginID `json:"timed_out,omitempty"`
 	Departed     []schema.PluginID `json:"departed,omitempty"`
-	// Errors maps "agent/plugin" of failed participants to their error.
+	// Errors maps "agent/plugin" of failed participants (escaped names, as
+	// the participants' JSON: schema.PluginID.Key) to their error.
 	Errors map[string]string `json:"errors,omitempty"`
 }
 
@@ -314,7 +315,7 @@ func NewRoundView(r schema.Round, agents []schema.RoundAgent) RoundView {
 			if v.Errors == nil {
 				v.Errors = map[string]string{}
 			}
-			v.Errors[a.Agent+"/"+p] = e
+			v.Errors[schema.PluginID{Agent: a.Agent, Plugin: p}.Key()] = e
 		}
 	}
 	return v

@@ -44,7 +44,13 @@ func startSimpleAgentTTL(t *testing.T, c *clientv3.Client, log logrus.FieldLogge
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			for sev := range ch {
+			for {
+				var sev resync.StatusEvent
+				select {
+				case sev = <-ch:
+				case <-p.Done(): // status channels are never closed
+					return
+				}
 				ev := sev.(*resync.Event)
 				if ev.ResyncStatus() != resync.Started {
 					continue

@@ -377,11 +377,12 @@ func (a *chaosAgent) runPlugin(ap *agentProc, name string, ch <-chan resync.Stat
 		case d := <-late:
 			a.takeLate(ap, name, d)
 			continue
-		case e, ok := <-ch:
-			if !ok {
-				return
-			}
+		case e := <-ch:
 			sev = e
+		case <-stop: // status channels are never closed
+			return
+		case <-p.Done(): // closed or displaced
+			return
 		}
 		ev := sev.(*resync.Event)
 		h.RecordEvent(Event{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(),
@@ -1250,8 +1251,8 @@ func (env *chaosEnv) duplicate() string {
 		if !errors.Is(old.p.Err(), resync.ErrDisplaced) {
 			env.h.HarnessError("duplicate %s: Done fired, but Err is %v, not ErrDisplaced", a.name, old.p.Err())
 		}
-		// Its status channels are closed: its plugins' loops end (one
-		// taking an event late ends its pause first).
+		// Its plugins' loops end on Done (status channels are never
+		// closed; one taking an event late ends its pause first).
 		exited := make(chan struct{})
 		go func() {
 			old.wg.Wait()

@@ -172,7 +172,7 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		}, "Done fired 11s after the newer one started"},
 		{"displaced process's channels left open", func(h *History) {
 			takeover(h).Closed = false
-		}, "Done fired, but its status channels stayed open"},
+		}, "Done fired, but its plugin loops did not end"},
 		{"newer process never took over", func(h *History) {
 			takeover(h)
 			h.Owners = h.Owners[:1]

@@ -887,7 +887,8 @@ type Duplicate struct {
 	Started  time.Time
 	DoneAt   time.Time // zero: Old's Done never fired
 	Bound    time.Duration
-	// Closed: Old's status channels were closed after Done fired.
+	// Closed: Old's plugin loops ended after Done fired (status channels
+	// are never closed: the loops select on Done, as resync-agent's do).
 	Closed bool
 }
 
@@ -910,8 +911,8 @@ func (h *History) RecordLate(w LateWindow) { appendLocked(h, &h.Late, w) }
 // AddDuplicate records a duplicate start.
 func (h *History) AddDuplicate(d *Duplicate) { appendLocked(h, &h.Duplicates, d) }
 
-// Displaced records when Old's Done fired; ChannelsClosed that its status
-// channels were closed after that.
+// Displaced records when Old's Done fired; ChannelsClosed that its plugin
+// loops ended after that (on Done: status channels are never closed).
 func (h *History) Displaced(d *Duplicate, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -976,7 +977,7 @@ func (h *History) checkOwners(r *Report) {
 		} else if took := d.DoneAt.Sub(d.Started); took > d.Bound {
 			r.violate("%s: the displaced incarnation's Done fired %v after the newer one started (bound %v)", what, took.Round(time.Millisecond), d.Bound)
 		} else if !d.Closed {
-			r.violate("%s: the displaced incarnation's Done fired, but its status channels stayed open", what)
+			r.violate("%s: the displaced incarnation's Done fired, but its plugin loops did not end", what)
 		}
 		for _, e := range h.Events {
 			if e.Incarnation == d.Old && !d.DoneAt.IsZero() && e.At.After(d.DoneAt) {

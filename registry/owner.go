@@ -48,9 +48,11 @@ func newProcessID() string {
 
 func (r *Registry) ownerValue(lease clientv3.LeaseID) string {
 	host, _ := os.Hostname()
+	refused, names := r.Refused()
 	b, _ := json.Marshal(Owner{
 		Agent: r.cfg.Agent, Lease: fmt.Sprintf("%x", int64(lease)), Process: r.process,
 		Host: host, PID: os.Getpid(), Started: r.started, ClaimedAt: time.Now().UTC(),
+		Refused: refused, RefusedNames: names,
 	})
 	return string(b)
 }

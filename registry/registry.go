@@ -32,7 +32,8 @@ var (
 
 // Config configures a Registry.
 type Config struct {
-	// Agent is this agent's name ([A-Za-z0-9._-], 1-128). Required.
+	// Agent is this agent's name (schema.ValidateName: any UTF-8 of 1-128
+	// bytes without control characters). Required.
 	Agent string
 	// Prefix is the key prefix (default schema.DefaultPrefix).
 	Prefix string
@@ -115,6 +116,10 @@ type State struct {
 	Lease clientv3.LeaseID
 	// Generation counts sessions: 1 for the first, more after each loss.
 	Generation uint64
+	// Owned: the agent name's owner key is on Lease (this process claimed
+	// the name on this session). Writes fenced by the owner key (acks)
+	// wait for it instead of failing.
+	Owned bool
 }
 
 type entry struct {
@@ -156,6 +161,11 @@ type Registry struct {
 	dispc      chan struct{}  // closed when displaced
 	ownerWG    sync.WaitGroup // the owner watch, started at the first claim
 	ownerWatch bool           // WithOwnerWatch
+
+	// Refused registrations, listed in the owner key (Refused).
+	refused        int
+	refusedNames   []string
+	refusedWritten int // refused when sync last wrote the owner key
 }
 
 // New starts a Registry for cfg.Agent. It does not wait for etcd: the
@@ -201,8 +211,12 @@ func (r *Registry) Client() *clientv3.Client { return r.c }
 // next order, and written by the session loop as soon as a session exists
 // (and again after every session loss). It returns ErrDuplicate,
 // schema.ErrInvalidName or ErrClosed without writing anything.
+//
+// A name refused as invalid is counted and listed in the agent's owner key
+// (schema.Owner.Refused), so that operators see it (resyncctl agents).
 func (r *Registry) Add(plugin string) (schema.Registration, error) {
 	if err := schema.ValidateName("plugin", plugin); err != nil {
+		r.noteRefused(plugin)
 		return schema.Registration{}, fmt.Errorf("registry: register: %w", err)
 	}
 	r.mu.Lock()
@@ -287,11 +301,34 @@ func (r *Registry) Plugins() []schema.Registration {
 	return out
 }
 
+// noteRefused records a refused plugin name for the owner key; the session
+// loop writes it.
+func (r *Registry) noteRefused(plugin string) {
+	r.mu.Lock()
+	r.refused++
+	if len(r.refusedNames) < schema.MaxRefusedNames {
+		r.refusedNames = append(r.refusedNames, schema.RefusedName(plugin))
+	}
+	r.mu.Unlock()
+	r.poke()
+}
+
+// Refused returns how many registrations were refused as invalid, and the
+// first schema.MaxRefusedNames of their names (quoted by
+// schema.RefusedName), as the owner key lists them.
+func (r *Registry) Refused() (n int, names []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refused, slices.Clone(r.refusedNames)
+}
+
 // State returns the current session state.
 func (r *Registry) State() State {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.state
+	st := r.state
+	st.Owned = st.Lease != 0 && r.ownedGen == st.Generation
+	return st
 }
 
 // Changed returns a channel that is closed at the next change of State or

@@ -134,29 +134,46 @@ func TestCrashedAgentDisappearsWithinTTL(t *testing.T) {
 	t.Logf("gone %v after the crash (TTL %v)", time.Since(crashed).Round(time.Millisecond), ttl)
 }
 
-func TestRejectsDuplicateAndInvalidNamesWritingNothing(t *testing.T) {
+// A duplicate or invalid name writes no registration; an invalid one is
+// counted and listed in the owner record (operators see it), nothing more.
+func TestRejectsDuplicateAndInvalidNamesWritingOnlyTheRefusal(t *testing.T) {
 	m := etcdtest.Start(t)
 	c := m.Client(t)
 	r := newRegistry(t, c, "a", 5*time.Second)
 	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); err != nil {
 		t.Fatal(err)
 	}
-	before := get(t, c, layout.Prefix(), true).Header.Revision
+	regRev := get(t, c, layout.Registration("a", "p"), false).Kvs[0].ModRevision
 	if _, err := r.Register(ctxT(t, 5*time.Second), "p"); !errors.Is(err, ErrDuplicate) {
 		t.Fatalf("duplicate: %v, want ErrDuplicate", err)
 	}
-	for _, name := range []string{"a/b", "", strings.Repeat("x", 129), ".."} {
+	bad := []string{"a\x00b", "", strings.Repeat("x", 129), "\xff"}
+	for _, name := range bad {
 		_, err := r.Register(ctxT(t, 5*time.Second), name)
 		if !errors.Is(err, schema.ErrInvalidName) {
 			t.Errorf("Register(%q) = %v, want ErrInvalidName", name, err)
 		}
 	}
-	if _, err := New(c, DefaultConfig("bad/agent")); !errors.Is(err, schema.ErrInvalidName) {
+	if _, err := New(c, DefaultConfig("bad\nagent")); !errors.Is(err, schema.ErrInvalidName) {
 		t.Errorf("New with agent bad/agent: %v", err)
 	}
+	if n, names := r.Refused(); n != len(bad) || len(names) != len(bad) || names[0] != `"a\x00b"` {
+		t.Fatalf("Refused() = %d %q", n, names)
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "the refusals in the owner record", func() bool {
+		resp := get(t, c, layout.Owner("a"), false)
+		if len(resp.Kvs) != 1 {
+			return false
+		}
+		o, err := layout.DecodeOwner(layout.Owner("a"), resp.Kvs[0].Value)
+		return err == nil && o.Refused == len(bad) && len(o.RefusedNames) == len(bad)
+	})
 	resp := get(t, c, layout.Prefix(), true)
-	if resp.Header.Revision != before || len(resp.Kvs) != 2 { // the registration and the owner key
-		t.Fatalf("rejected registrations wrote something: revision %d -> %d, %d keys", before, resp.Header.Revision, len(resp.Kvs))
+	if len(resp.Kvs) != 2 { // the registration and the owner key
+		t.Fatalf("rejected registrations wrote keys: %d keys", len(resp.Kvs))
+	}
+	if rev := get(t, c, layout.Registration("a", "p"), false).Kvs[0].ModRevision; rev != regRev {
+		t.Fatalf("the registration was rewritten (mod revision %d -> %d)", regRev, rev)
 	}
 	if got := r.Plugins(); len(got) != 1 || got[0].Plugin != "p" {
 		t.Fatalf("Plugins() = %+v", got)

@@ -136,6 +136,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 		}
 	}
 	wasConnected := r.state.Connected
+	refused := r.refused
 	r.mu.Unlock()
 
 	var ops []clientv3.Op
@@ -149,9 +150,10 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 		}
 		ops = append(ops, clientv3.OpPut(r.layout.Registration(reg.Agent, reg.Plugin), string(b), clientv3.WithLease(lease)))
 	}
-	if !owned && len(ops) > 0 {
-		// Own the agent name first (owner.go); the first registrations
-		// go in the claim's Txn when nobody owned it.
+	if !owned && (len(ops) > 0 || refused != r.writtenRefused()) {
+		// Own the agent name first (owner.go); acks wait for the claim
+		// (State.Owned). The first registrations go in the claim's Txn
+		// when nobody owned it.
 		n, err := r.claim(lease, gen, ops[:min(len(ops), schema.MaxTxnOps-1)])
 		if err != nil {
 			return err
@@ -175,6 +177,9 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 		}
 		ops = ops[n:]
 	}
+	if err := r.writeRefused(lease, owner, refused); err != nil {
+		return err
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -193,9 +198,39 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	if all && r.state.Generation == gen {
 		r.state.Connected = true
 	}
-	if len(todo) > 0 || len(removed) > 0 || r.state.Connected != wasConnected {
+	if len(todo) > 0 || len(removed) > 0 || r.state.Connected != wasConnected || owned != (r.ownedGen == gen) {
 		r.notifyLocked()
 	}
+	return nil
+}
+
+func (r *Registry) writtenRefused() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refusedWritten
+}
+
+// writeRefused rewrites the owner key (guarded by owner) when refused
+// registrations were added since it was last written, so that the owner
+// record lists them.
+func (r *Registry) writeRefused(lease clientv3.LeaseID, owner clientv3.Cmp, refused int) error {
+	if refused == r.writtenRefused() {
+		return nil
+	}
+	key := r.layout.Owner(r.cfg.Agent)
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
+	resp, err := r.c.Txn(ctx).If(owner).Then(clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease))).Commit()
+	cancel()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		r.disowned()
+		return errNotOwner
+	}
+	r.mu.Lock()
+	r.refusedWritten = refused
+	r.mu.Unlock()
 	return nil
 }
 

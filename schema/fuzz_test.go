@@ -1,7 +1,10 @@
 package schema
 
 import (
+	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
 // The fuzz targets check that decoders and parsers never panic, and that
@@ -67,7 +70,7 @@ func mustRoundTrip(t *testing.T, r any, dec func([]byte) (any, error)) {
 
 func FuzzParseKey(f *testing.F) {
 	l := MustLayout(DefaultPrefix)
-	for _, s := range []string{l.Revision(), l.Registration("a", "p"), l.Ack("a", "p"), l.AgentRequest("a", "1-2"), l.OperatorRequest("1-2"), l.LegacyRequest("1-2"), "/resync/requests/agent/a", l.Round(7), l.Election() + "/abc", "/resync/acks/a/", "/x"} {
+	for _, s := range []string{l.Revision(), l.Registration("a", "p"), l.Registration("node 1", "Config VPP default plug:IF/L2/L3"), l.Owner("node 1"), l.RoundAgent(3, "a b"), l.Ack("%", ".."), l.Ack("a", "p"), l.AgentRequest("a", "1-2"), l.OperatorRequest("1-2"), l.LegacyRequest("1-2"), "/resync/requests/agent/a", l.Round(7), l.Election() + "/abc", "/resync/acks/a/", "/x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, key string) {
@@ -89,6 +92,17 @@ func FuzzParseKey(f *testing.F) {
 			back = l.Round(k.Round)
 		case KindElection:
 			back = l.Election() + "/" + k.ID
+		case KindOwner:
+			back = l.Owner(k.Agent)
+		case KindRoundAgent:
+			back = l.RoundAgent(k.Round, k.Agent)
+		case KindRoundScope:
+			// The chunk number is parsed leniently (Atoi): compare what
+			// the canonical key parses to.
+			if k2, err := l.Parse(l.RoundScope(k.Round, k.Chunk)); err != nil || k2 != k {
+				t.Fatalf("Parse(%q) = %+v, whose canonical key parses to %+v, %v", key, k, k2, err)
+			}
+			return
 		default:
 			t.Fatalf("Parse(%q) gave kind %v without error", key, k.Kind)
 		}
@@ -99,19 +113,19 @@ func FuzzParseKey(f *testing.F) {
 }
 
 func FuzzValidateName(f *testing.F) {
-	for _, s := range []string{"a", "", "a/b", "..", "x.y-z_1"} {
+	for _, s := range []string{"a", "", "a/b", "..", "x.y-z_1", "K8s resources", "a\x00", "\xff"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
 		if ValidateName("plugin", name) != nil {
 			return
 		}
-		if len(name) == 0 || len(name) > MaxNameLen {
-			t.Fatalf("accepted a name of %d bytes", len(name))
+		if len(name) == 0 || len(name) > MaxNameLen || !utf8.ValidString(name) {
+			t.Fatalf("accepted %q (%d bytes)", name, len(name))
 		}
-		for i := 0; i < len(name); i++ {
-			if !nameByte(name[i]) {
-				t.Fatalf("accepted %q with byte %q", name, name[i])
+		for _, r := range name {
+			if unicode.IsControl(r) {
+				t.Fatalf("accepted %q with control character %U", name, r)
 			}
 		}
 		// Every valid name makes a key that parses back to the same names.
@@ -119,6 +133,40 @@ func FuzzValidateName(f *testing.F) {
 		k, err := l.Parse(l.Registration(name, name))
 		if err != nil || k.Agent != name || k.Plugin != name {
 			t.Fatalf("valid name %q does not round-trip through a key: %+v %v", name, k, err)
+		}
+	})
+}
+
+// FuzzNameEscape: decode(encode(n)) == n for every valid name; an encoded
+// name has no "/" and is printable ASCII; every string that decodes is the
+// encoding of what it decodes to (so no two names share a key).
+func FuzzNameEscape(f *testing.F) {
+	for _, s := range []string{"a", ".", "..", "%2E", "node 1", "node%201", "Config VPP default plug:IF/L2/L3", "%41", "%2a", "é", "a%"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if ValidateName("plugin", s) == nil {
+			e := EscapeName(s)
+			if strings.Contains(e, "/") {
+				t.Fatalf("EscapeName(%q) = %q contains /", s, e)
+			}
+			for i := 0; i < len(e); i++ {
+				if e[i] < 0x21 || e[i] > 0x7e {
+					t.Fatalf("EscapeName(%q) = %q is not printable ASCII", s, e)
+				}
+			}
+			if e == "." || e == ".." {
+				t.Fatalf("EscapeName(%q) = %q is a path element", s, e)
+			}
+			back, err := UnescapeName("plugin", e)
+			if err != nil || back != s {
+				t.Fatalf("UnescapeName(EscapeName(%q)) = %q, %v", s, back, err)
+			}
+		}
+		// Read as an escaped form: if it decodes, it is the one encoding of
+		// its name (injective: two names never share a key).
+		if n, err := UnescapeName("plugin", s); err == nil && EscapeName(n) != s {
+			t.Fatalf("%q decodes to %q, whose encoding is %q", s, n, EscapeName(n))
 		}
 	})
 }

@@ -35,6 +35,10 @@ const roundDigits = 20
 // Layout is the etcd key layout under one prefix. The zero value is not
 // usable; build one with NewLayout. A Layout is an immutable value, safe for
 // concurrent use.
+//
+// Its methods take real agent and plugin names and put their escaped form
+// (EscapeName) in the keys; Parse returns the real names. No caller builds
+// or splits a key by hand.
 type Layout struct {
 	prefix string
 }
@@ -86,22 +90,24 @@ func (l Layout) Registrations() string { return l.prefix + registrationsDir }
 
 // AgentRegistrations is the prefix of one agent's registration keys.
 func (l Layout) AgentRegistrations(agent string) string {
-	return l.prefix + registrationsDir + agent + "/"
+	return l.prefix + registrationsDir + EscapeName(agent) + "/"
 }
 
 // Registration is the key of one plugin's registration.
 func (l Layout) Registration(agent, plugin string) string {
-	return l.prefix + registrationsDir + agent + "/" + plugin
+	return l.prefix + registrationsDir + EscapeName(agent) + "/" + EscapeName(plugin)
 }
 
 // Acks is the prefix of all ack keys.
 func (l Layout) Acks() string { return l.prefix + acksDir }
 
 // AgentAcks is the prefix of one agent's ack keys.
-func (l Layout) AgentAcks(agent string) string { return l.prefix + acksDir + agent + "/" }
+func (l Layout) AgentAcks(agent string) string { return l.prefix + acksDir + EscapeName(agent) + "/" }
 
 // Ack is the key of one plugin's ack.
-func (l Layout) Ack(agent, plugin string) string { return l.prefix + acksDir + agent + "/" + plugin }
+func (l Layout) Ack(agent, plugin string) string {
+	return l.prefix + acksDir + EscapeName(agent) + "/" + EscapeName(plugin)
+}
 
 // Requests is the prefix of every resync request key, whoever wrote it.
 func (l Layout) Requests() string { return l.prefix + requestsDir }
@@ -110,7 +116,7 @@ func (l Layout) Requests() string { return l.prefix + requestsDir }
 // (requests/agent/<agent>/): only that agent (and the coordinator) may write
 // there once `resyncctl rbac apply` secured etcd.
 func (l Layout) AgentRequests(agent string) string {
-	return l.prefix + requestsDir + agentRequestsDir + agent + "/"
+	return l.prefix + requestsDir + agentRequestsDir + EscapeName(agent) + "/"
 }
 
 // AgentRequest is the key of one request written by agent for itself
@@ -156,7 +162,7 @@ func (l Layout) Owners() string { return l.prefix + ownersDir }
 
 // Owner is the key naming the one process that owns agent's name: written
 // by that process on its session lease (see package registry).
-func (l Layout) Owner(agent string) string { return l.prefix + ownersDir + agent }
+func (l Layout) Owner(agent string) string { return l.prefix + ownersDir + EscapeName(agent) }
 
 // RoundDir is the prefix of every key of round n: its summary's detail
 // (rounds/<N>/agents/, rounds/<N>/scope/). Pruning a round deletes
@@ -168,7 +174,7 @@ func (l Layout) RoundAgents(n uint64) string { return l.Round(n) + "/" + roundAg
 
 // RoundAgent is the key of one agent's participation record in round n.
 func (l Layout) RoundAgent(n uint64, agent string) string {
-	return l.Round(n) + "/" + roundAgentsDir + agent
+	return l.Round(n) + "/" + roundAgentsDir + EscapeName(agent)
 }
 
 // RoundScopes is the prefix of round n's scope target chunks.
@@ -246,20 +252,22 @@ func (l Layout) Parse(key string) (Key, error) {
 		if strings.HasPrefix(rest, acksDir) {
 			kind, dir = KindAck, acksDir
 		}
-		agent, plugin, ok := strings.Cut(rest[len(dir):], "/")
+		ea, ep, ok := strings.Cut(rest[len(dir):], "/")
 		if !ok {
 			return bad("%s key must be %s<agent>/<plugin>", kind, dir)
 		}
-		if err := ValidateName("agent", agent); err != nil {
+		agent, err := UnescapeName("agent", ea)
+		if err != nil {
 			return bad("%v", err)
 		}
-		if err := ValidateName("plugin", plugin); err != nil {
+		plugin, err := UnescapeName("plugin", ep)
+		if err != nil {
 			return bad("%v", err)
 		}
 		return Key{Kind: kind, Agent: agent, Plugin: plugin}, nil
 	case strings.HasPrefix(rest, ownersDir):
-		agent := rest[len(ownersDir):]
-		if err := ValidateName("agent", agent); err != nil {
+		agent, err := UnescapeName("agent", rest[len(ownersDir):])
+		if err != nil {
 			return bad("%v", err)
 		}
 		return Key{Kind: KindOwner, Agent: agent}, nil
@@ -275,8 +283,8 @@ func (l Layout) Parse(key string) (Key, error) {
 		case !hasSub:
 			return Key{Kind: KindRound, Round: n}, nil
 		case strings.HasPrefix(sub, roundAgentsDir):
-			agent := sub[len(roundAgentsDir):]
-			if err := ValidateName("agent", agent); err != nil {
+			agent, err := UnescapeName("agent", sub[len(roundAgentsDir):])
+			if err != nil {
 				return bad("round agent key: %v", err)
 			}
 			return Key{Kind: KindRoundAgent, Round: n, Agent: agent}, nil
@@ -302,11 +310,12 @@ func (l Layout) parseRequest(key, rest string) (Key, error) {
 	k := Key{Kind: KindRequest}
 	switch {
 	case strings.HasPrefix(rest, agentRequestsDir):
-		agent, id, ok := strings.Cut(rest[len(agentRequestsDir):], "/")
+		ea, id, ok := strings.Cut(rest[len(agentRequestsDir):], "/")
 		if !ok {
 			return bad("request key must be one of %s", forms)
 		}
-		if err := ValidateName("agent", agent); err != nil {
+		agent, err := UnescapeName("agent", ea)
+		if err != nil {
 			return bad("%v", err)
 		}
 		k.Agent, k.ID, k.Writer = agent, id, Writer{Kind: WriterAgent, Agent: agent}
@@ -317,7 +326,7 @@ func (l Layout) parseRequest(key, rest string) (Key, error) {
 	default:
 		k.ID, k.Writer = rest, Writer{Kind: WriterLegacy}
 	}
-	if err := ValidateName("request id", k.ID); err != nil {
+	if err := ValidateToken("request id", k.ID); err != nil {
 		return bad("%v (request keys are %s)", err, forms)
 	}
 	return k, nil

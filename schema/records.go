@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -114,27 +115,35 @@ func (s Scope) String() string {
 }
 
 // PluginID names one plugin of one agent. It is stored in JSON as the string
-// "agent/plugin".
+// "agent/plugin" of the escaped names (Key), so that a "/" in a name does
+// not make it ambiguous.
 type PluginID struct {
 	Agent  string
 	Plugin string
 }
 
+// String is "agent/plugin" of the real names, for people (logs, displays).
 func (p PluginID) String() string { return p.Agent + "/" + p.Plugin }
 
-// MarshalText encodes "agent/plugin".
-func (p PluginID) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+// Key is "agent/plugin" of the escaped names (EscapeName), the form stored
+// in records and accepted by ParseTarget: reversible whatever the names.
+func (p PluginID) Key() string { return EscapeName(p.Agent) + "/" + EscapeName(p.Plugin) }
 
-// UnmarshalText decodes and validates "agent/plugin".
+// MarshalText encodes Key.
+func (p PluginID) MarshalText() ([]byte, error) { return []byte(p.Key()), nil }
+
+// UnmarshalText decodes and validates Key's form.
 func (p *PluginID) UnmarshalText(b []byte) error {
-	a, pl, ok := strings.Cut(string(b), "/")
+	ea, ep, ok := strings.Cut(string(b), "/")
 	if !ok {
 		return fmt.Errorf("participant %q is not agent/plugin", string(b))
 	}
-	if err := ValidateName("agent", a); err != nil {
+	a, err := UnescapeName("agent", ea)
+	if err != nil {
 		return err
 	}
-	if err := ValidateName("plugin", pl); err != nil {
+	pl, err := UnescapeName("plugin", ep)
+	if err != nil {
 		return err
 	}
 	*p = PluginID{Agent: a, Plugin: pl}
@@ -189,6 +198,30 @@ type Owner struct {
 	Started time.Time `json:"started"`
 	// ClaimedAt is when it claimed the name.
 	ClaimedAt time.Time `json:"claimed_at"`
+	// Refused counts the registrations this process refused (a name that
+	// cannot be stored: see ValidateName), so that operators see a plugin
+	// that will never resync (resyncctl agents).
+	Refused int `json:"refused,omitempty"`
+	// RefusedNames are the first MaxRefusedNames refused names, each
+	// quoted by RefusedName.
+	RefusedNames []string `json:"refused_names,omitempty"`
+}
+
+// MaxRefusedNames bounds Owner.RefusedNames.
+const MaxRefusedNames = 5
+
+// maxRefusedName bounds one refused name kept in an owner record, in bytes
+// of the name before quoting: the record stays well under its 4 KiB.
+const maxRefusedName = 64
+
+// RefusedName is how a refused name is kept in an owner record: Go-quoted
+// (control characters and invalid UTF-8 escaped) after cutting it to 64
+// bytes, so any name fits in a bounded, printable record.
+func RefusedName(name string) string {
+	if len(name) > maxRefusedName {
+		name = name[:maxRefusedName] + "..."
+	}
+	return strconv.Quote(name)
 }
 
 // String is like "process 3f2a... (host h, pid 12, lease 694d...)".
@@ -204,6 +237,14 @@ func (o Owner) Validate() error {
 	}
 	if o.Process == "" {
 		return errors.New("no process id")
+	}
+	if o.Refused < len(o.RefusedNames) || len(o.RefusedNames) > MaxRefusedNames {
+		return fmt.Errorf("%d refused names listed for a count of %d: at most %d and no more than the count", len(o.RefusedNames), o.Refused, MaxRefusedNames)
+	}
+	for _, n := range o.RefusedNames {
+		if len(n) > 4*maxRefusedName+8 {
+			return fmt.Errorf("a refused name of %d bytes: the limit is %d", len(n), 4*maxRefusedName+8)
+		}
 	}
 	return checkText("host", o.Host, MaxIDLen, "process", o.Process, "lease", o.Lease)
 }

@@ -100,16 +100,18 @@ func (s ScopeSet) Includes(agent, plugin string) bool {
 	return s.all || s.agents[agent] || s.plugins[PluginID{agent, plugin}]
 }
 
-// Targets lists the set's members, agents first, then the plugins whose
-// agent is not a member itself, each sorted; nil for all.
+// Targets lists the set's members in their escaped form (EscapeName, and
+// PluginID.Key: reversible by ParseTarget whatever the names, with no ","
+// in them), agents first, then the plugins whose agent is not a member
+// itself, each sorted; nil for all.
 func (s ScopeSet) Targets() []string {
 	var agents, plugins []string
 	for a := range s.agents {
-		agents = append(agents, a)
+		agents = append(agents, EscapeName(a))
 	}
 	for p := range s.plugins {
 		if !s.agents[p.Agent] {
-			plugins = append(plugins, p.String())
+			plugins = append(plugins, p.Key())
 		}
 	}
 	slices.Sort(agents)
@@ -128,8 +130,8 @@ func (s ScopeSet) Summary() ScopeSummary {
 	return sum
 }
 
-// ParseTargets turns "agent" and "agent/plugin" strings (as in Targets and
-// RoundScope) back into a set.
+// ParseTargets turns "agent" and "agent/plugin" strings of escaped names
+// (as in Targets and RoundScope) back into a set.
 func ParseTargets(targets []string) (ScopeSet, error) {
 	var s ScopeSet
 	for _, t := range targets {
@@ -142,18 +144,26 @@ func ParseTargets(targets []string) (ScopeSet, error) {
 	return s, nil
 }
 
-// ParseTarget parses "agent" or "agent/plugin".
+// ParseTarget parses "agent" or "agent/plugin", each name in its escaped
+// form (EscapeName: a name of [A-Za-z0-9._-] is itself, "node 1" is
+// "node%201").
 func ParseTarget(t string) (Scope, error) {
-	a, p, _ := strings.Cut(t, "/")
-	sc := Scope{Agent: a, Plugin: p}
-	if strings.HasSuffix(t, "/") {
+	if t == "" {
+		return Scope{}, errors.New("empty target: name an agent or agent/plugin")
+	}
+	ea, ep, hasPlugin := strings.Cut(t, "/")
+	if hasPlugin && ep == "" {
 		return Scope{}, fmt.Errorf("target %q: the plugin name after \"/\" is empty", t)
 	}
-	if err := sc.Validate(); err != nil {
+	a, err := UnescapeName("agent", ea)
+	if err != nil {
 		return Scope{}, fmt.Errorf("target %q: %w", t, err)
 	}
-	if sc.All() {
-		return Scope{}, errors.New("empty target: name an agent or agent/plugin")
+	sc := Scope{Agent: a}
+	if hasPlugin {
+		if sc.Plugin, err = UnescapeName("plugin", ep); err != nil {
+			return Scope{}, fmt.Errorf("target %q: %w", t, err)
+		}
 	}
 	return sc, nil
 }
@@ -177,12 +187,17 @@ func (s ScopeSummary) FirstTargets() []string {
 	return strings.Split(s.First, ",")
 }
 
-// TargetAgents are the distinct agents of "agent" and "agent/plugin"
-// targets (as FirstTargets and ScopeSet.Targets give them), in order.
+// TargetAgents are the distinct agents (real names) of "agent" and
+// "agent/plugin" targets (as FirstTargets and ScopeSet.Targets give them),
+// in order. A target that does not parse is skipped.
 func TargetAgents(targets []string) []string {
 	var out []string
 	for _, t := range targets {
-		a, _, _ := strings.Cut(t, "/")
+		ea, _, _ := strings.Cut(t, "/")
+		a, err := UnescapeName("agent", ea)
+		if err != nil {
+			continue
+		}
 		if !slices.Contains(out, a) {
 			out = append(out, a)
 		}
@@ -221,6 +236,14 @@ func (s ScopeSummary) String() string {
 	}
 	n := s.Agents + s.Plugins
 	first := s.FirstTargets()
+	for i, t := range first { // real names, for people
+		if sc, err := ParseTarget(t); err == nil {
+			first[i] = sc.Agent
+			if sc.Plugin != "" {
+				first[i] += "/" + sc.Plugin
+			}
+		}
+	}
 	if n == 1 && len(first) == 1 {
 		if s.Agents == 1 {
 			return "agent " + first[0]
@@ -340,7 +363,8 @@ func (r RoundAgent) Validate() error {
 }
 
 // RoundScope is the value of rounds/<N>/scope/<i>: the i-th chunk (at most
-// MaxScopeChunk) of a set scope's targets, "agent" or "agent/plugin".
+// MaxScopeChunk) of a set scope's targets, "agent" or "agent/plugin" of
+// escaped names (ScopeSet.Targets).
 type RoundScope struct {
 	Revision uint64   `json:"revision"`
 	Targets  []string `json:"targets"`

@@ -19,13 +19,22 @@ func TestValidateName(t *testing.T) {
 		{"a", true, ""},
 		{"vpp-agent_1.2", true, ""},
 		{strings.Repeat("x", 128), true, ""},
+		// Names real cn-infra agents register.
+		{"K8s resources", true, ""},
+		{"Config VPP default plug:IF/L2/L3", true, ""},
+		{"a/b", true, ""},
+		{".", true, ""},
+		{"..", true, ""},
+		{"é", true, ""},
+		{"%", true, ""},
+		{strings.Repeat("é", 64), true, ""}, // 128 bytes
 		{"", false, "empty"},
-		{strings.Repeat("x", 129), false, "129 bytes"},
-		{"a/b", false, `'/'`},
-		{"..", false, "reserved"},
-		{".", false, "reserved"},
-		{"a b", false, `' '`},
-		{"é", false, "only [A-Za-z0-9._-]"},
+		{strings.Repeat("x", 129), false, "129 bytes long: the limit is 128 bytes"},
+		{strings.Repeat("é", 65), false, "130 bytes long"},
+		{"a\xffb", false, "not valid UTF-8"},
+		{"a\nb", false, "control character U+000A"},
+		{"a\x00", false, "control character U+0000"},
+		{"a\u0085", false, "control character U+0085"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := ValidateName("plugin", tc.name)
@@ -39,6 +48,107 @@ func TestValidateName(t *testing.T) {
 				t.Fatalf("ValidateName(%q) = %v, want ErrInvalidName mentioning %q", tc.name, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestValidateToken(t *testing.T) {
+	for _, s := range []string{"", ".", "..", "a b", "a/b", strings.Repeat("x", 129)} {
+		if err := ValidateToken("request id", s); !errors.Is(err, ErrInvalidName) {
+			t.Errorf("ValidateToken(%q) = %v, want ErrInvalidName", s, err)
+		}
+	}
+	if err := ValidateToken("request id", "1-ab.C_d"); err != nil {
+		t.Error(err)
+	}
+}
+
+// Names of [A-Za-z0-9._-] keep their keys (a rolling upgrade finds the old
+// keys); every other byte is %XX; "." and ".." are escaped whole.
+func TestEscapeName(t *testing.T) {
+	for _, tc := range []struct{ name, esc string }{
+		{"vpp-agent_1.2", "vpp-agent_1.2"},
+		{"node 1", "node%201"},
+		{"Config VPP default plug:IF/L2/L3", "Config%20VPP%20default%20plug%3AIF%2FL2%2FL3"},
+		{"100%", "100%25"},
+		{"é", "%C3%A9"},
+		{".", "%2E"},
+		{"..", "%2E%2E"},
+		{"...", "..."},
+		{"a,b", "a%2Cb"},
+	} {
+		if got := EscapeName(tc.name); got != tc.esc {
+			t.Errorf("EscapeName(%q) = %q, want %q", tc.name, got, tc.esc)
+		}
+		if got, err := UnescapeName("plugin", tc.esc); err != nil || got != tc.name {
+			t.Errorf("UnescapeName(%q) = %q, %v, want %q", tc.esc, got, err, tc.name)
+		}
+	}
+}
+
+// Only the canonical escaped form decodes: one key per name.
+func TestUnescapeNameRefusesNonCanonical(t *testing.T) {
+	for _, tc := range []struct{ s, want string }{
+		{"node%2a", "upper-case hex"},
+		{"%41", "stands for itself"},
+		{"a%2", "truncated"},
+		{"a%", "truncated"},
+		{"a b", "unescaped byte"},
+		{"a/b", "unescaped byte"},
+		{".", "must be escaped"},
+		{"..", "must be escaped"},
+		{"%2E.", "stands for itself"},
+		{"", "empty"},
+		{"%FF", "not valid UTF-8"},
+		{"a%0A", "control character"},
+	} {
+		if _, err := UnescapeName("plugin", tc.s); !errors.Is(err, ErrInvalidName) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("UnescapeName(%q) = %v, want ErrInvalidName mentioning %q", tc.s, err, tc.want)
+		}
+	}
+}
+
+// Keys carry escaped names and parse back to the real ones; the key/value
+// agreement compares real names.
+func TestLayoutEscapesNames(t *testing.T) {
+	l := MustLayout(DefaultPrefix)
+	agent, plugin := "node 1", "Config VPP default plug:IF/L2/L3"
+	key := l.Registration(agent, plugin)
+	if want := "/resync/registrations/node%201/Config%20VPP%20default%20plug%3AIF%2FL2%2FL3"; key != want {
+		t.Fatalf("Registration = %q, want %q", key, want)
+	}
+	for _, k := range []string{key, l.Ack(agent, plugin), l.Owner(agent), l.AgentRequest(agent, "1-a"), l.RoundAgent(3, agent)} {
+		for _, c := range []byte(k) {
+			if c < 0x21 || c > 0x7e {
+				t.Fatalf("key %q is not readable ASCII", k)
+			}
+		}
+		p, err := l.Parse(k)
+		if err != nil || p.Agent != agent {
+			t.Fatalf("Parse(%q) = %+v, %v; want agent %q", k, p, err, agent)
+		}
+	}
+	if !strings.HasPrefix(key, l.AgentRegistrations(agent)) || strings.HasPrefix(l.Registration("node 10", "p"), l.AgentRegistrations(agent)) {
+		t.Fatal("an agent's prefix does not hold exactly its keys")
+	}
+	v, _ := Encode(Registration{Agent: agent, Plugin: plugin, RegisteredAt: time.Unix(1, 0).UTC()})
+	r, err := l.DecodeRegistration(key, v)
+	if err != nil || r.Agent != agent || r.Plugin != plugin {
+		t.Fatalf("DecodeRegistration = %+v, %v", r, err)
+	}
+	id := PluginID{agent, plugin}
+	var back PluginID
+	if err := back.UnmarshalText([]byte(id.Key())); err != nil || back != id {
+		t.Fatalf("PluginID round trip: %+v, %v", back, err)
+	}
+	var set ScopeSet
+	set.Add(Scope{Agent: "a,b"})
+	set.AddPlugin(id)
+	got, err := ParseTargets(set.Targets())
+	if err != nil || !got.Includes("a,b", "x") || !got.Includes(agent, plugin) || got.Includes(agent, "other") {
+		t.Fatalf("targets %q do not round-trip: %v", set.Targets(), err)
+	}
+	if s := set.Summary().String(); !strings.Contains(s, "node 1/Config VPP default plug:IF/L2/L3") {
+		t.Fatalf("summary %q does not show the real names", s)
 	}
 }
 
@@ -235,7 +345,7 @@ func TestDecodeRejectsWithKey(t *testing.T) {
 		{"bad result", `{"revision":1,"result":"maybe"}`, `result "maybe"`, decAck},
 		{"bad state", `{"revision":1,"state":"Running","leader":"x"}`, `state "Running"`, decRevision},
 		{"notactive without finish", `{"revision":1,"state":"NotActive"}`, "finished_at", decRevision},
-		{"bad registration name", `{"agent":"a/b","plugin":"p","order":0}`, "agent name", decRegistration},
+		{"bad registration name", `{"agent":"a\u0001b","plugin":"p","order":0}`, "agent name", decRegistration},
 		{"bad cause", `{"cause":"whim"}`, `cause "whim"`, decRequest},
 		{"plugin scope without agent", `{"cause":"manual","scope":{"plugin":"p"}}`, "needs its agent", decRequest},
 		{"huge", `{"reason":"` + strings.Repeat("x", 70000) + `"}`, "the limit is", decRequest},
@@ -266,7 +376,7 @@ func decRoundAgent(k string, v []byte) error   { _, err := DecodeRoundAgent(k, v
 func decRoundScope(k string, v []byte) error   { _, err := DecodeRoundScope(k, v); return err }
 
 func TestEncodeRefusesInvalid(t *testing.T) {
-	if _, err := Encode(Registration{Agent: "a/b", Plugin: "p"}); err == nil {
+	if _, err := Encode(Registration{Agent: "a\x01b", Plugin: "p"}); err == nil {
 		t.Fatal("Encode accepted an invalid agent name")
 	}
 }
@@ -295,7 +405,7 @@ func TestScope(t *testing.T) {
 func TestNewRequestIDIsAValidKeyAndSorts(t *testing.T) {
 	t0 := time.Unix(1700000000, 0)
 	a, b := NewRequestID(t0), NewRequestID(t0.Add(time.Nanosecond))
-	if err := ValidateName("request id", a); err != nil {
+	if err := ValidateToken("request id", a); err != nil {
 		t.Fatal(err)
 	}
 	if a >= b || NewRequestID(t0) == NewRequestID(t0) {

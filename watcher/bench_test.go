@@ -58,8 +58,13 @@ func benchDelivery(b *testing.B, plugins int, window time.Duration) {
 			b.Fatal(err)
 		}
 		go func() {
-			for ev := range ch {
-				ev.Ack()
+			for {
+				select {
+				case ev := <-ch:
+					ev.Ack()
+				case <-w.Done():
+					return
+				}
 			}
 		}()
 	}

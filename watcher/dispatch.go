@@ -16,7 +16,7 @@ import (
 // meanwhile offering parked join resyncs. When the Watcher closes it closes
 // every status channel. Nothing is delivered before Start.
 func (w *Watcher) dispatch() {
-	defer w.closeChannels()
+	defer w.markClosed()
 	select {
 	case <-w.startc:
 	case <-w.ctx.Done():
@@ -103,13 +103,13 @@ func (w *Watcher) debug() bool {
 	return true
 }
 
-func (w *Watcher) closeChannels() {
+// markClosed ends delivery for good. The status channels are not closed:
+// real cn-infra consumers read them with `ev := <-ch` without checking ok,
+// and a closed channel would hand them a nil event (see package doc).
+func (w *Watcher) markClosed() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.closed = true
-	for _, p := range w.plugins {
-		close(p.ch)
-	}
 }
 
 // nextStarted is the first plugin, in registration order, that is owed

@@ -5,8 +5,10 @@
 // revision key (through internal/listwatch, so it survives compaction, lost
 // raft leaders and reconnects), however many plugins the agent has. It
 // delivers events to the plugins' status channels from one goroutine, the
-// dispatcher, which is the only sender on those channels and closes them when
-// the Watcher is closed.
+// dispatcher, which is the only sender on those channels. It never closes
+// them: after Close they stay open and silent, as the seed's did, because
+// real cn-infra consumers `select { case ev := <-ch: ev.ResyncStatus() }`
+// without checking ok, and a closed channel hands them nil events.
 //
 // # Rounds
 //

@@ -199,11 +199,18 @@ type counter struct {
 	done   chan struct{}
 }
 
-func autoAck(ch <-chan StatusEvent) *counter {
+// It ends when a's Watcher is closed (status channels are never closed).
+func autoAck(a *agent, ch <-chan StatusEvent) *counter {
 	c := &counter{counts: map[schema.Status]map[uint64]int{schema.Started: {}, schema.NotActive: {}}, done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		for ev := range ch {
+		for {
+			var ev StatusEvent
+			select {
+			case ev = <-ch:
+			case <-a.w.Done():
+				return
+			}
 			e := ev.(*Event)
 			c.mu.Lock()
 			c.counts[e.ResyncStatus()][e.Revision()]++

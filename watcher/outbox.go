@@ -63,7 +63,13 @@ func (w *Watcher) outbox() {
 			}
 			seenGen = st.Generation
 		}
-		err := w.flush(st.Lease)
+		var err error
+		// Acks and requests are fenced by the owner key (txn): until the
+		// registry claimed the name on this session they wait, rather
+		// than fail and log (a clean start would always warn once).
+		if st.Lease == 0 || st.Owned {
+			err = w.flush(st.Lease)
+		}
 		var retry <-chan time.Time
 		if err != nil {
 			if w.ctx.Err() != nil {

@@ -83,7 +83,7 @@ func pluginNames(n int) []string {
 
 // recorder runs plugins and records the order in which they took Started.
 // Make it before the agent (its Cleanup waits for the plugins, which end
-// when the agent's Close closes their channels).
+// when the agent's Watcher is closed: status channels never close).
 type recorder struct {
 	wg    sync.WaitGroup
 	mu    sync.Mutex
@@ -110,14 +110,20 @@ func (r *recorder) startedOrder(rev uint64) []string {
 
 // run serves one plugin: behave says what it does with a Started event
 // ("ack", "hold": take it and never ack, "deaf": never read the channel).
-func (r *recorder) run(name string, ch <-chan StatusEvent, behave string) {
+func (r *recorder) run(a *agent, name string, ch <-chan StatusEvent, behave string) {
 	if behave == "deaf" {
 		return
 	}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		for ev := range ch {
+		for {
+			var ev StatusEvent
+			select {
+			case ev = <-ch:
+			case <-a.w.Done():
+				return
+			}
 			e := ev.(*Event)
 			if e.ResyncStatus() != schema.Started {
 				continue
@@ -144,7 +150,7 @@ func TestAcksWithinTheWindowShareOneTxn(t *testing.T) {
 	a := newAgent(t, c, "batch", 10*time.Second, func(cfg *Config) { cfg.AckBatchWindow = maxAckBatchWindow })
 	names := pluginNames(10)
 	for k, ch := range a.register(t, names...) {
-		rec.run(names[k], ch, "ack")
+		rec.run(a, names[k], ch, "ack")
 	}
 	wch := watchAcks(t, c, "batch")
 	for _, n := range []uint64{1, 2} {
@@ -188,7 +194,7 @@ func TestBatchedAcksKeepOrderAndTimeouts(t *testing.T) {
 		if b == "" {
 			b = "ack"
 		}
-		rec.run(names[k], ch, b)
+		rec.run(a, names[k], ch, b)
 	}
 	wch := watchAcks(t, c, "slow")
 	writeRev(t, c, 1, schema.Started, schema.Scope{})
@@ -234,7 +240,7 @@ func TestOnePluginDefaultWindow(t *testing.T) {
 	if a.w.cfg.AckBatchWindow != DefaultConfig().AckBatchWindow {
 		t.Fatalf("window %v, want the default %v", a.w.cfg.AckBatchWindow, DefaultConfig().AckBatchWindow)
 	}
-	cnt := autoAck(a.register(t, "p")[0])
+	cnt := autoAck(a, a.register(t, "p")[0])
 	for _, n := range []uint64{1, 2} {
 		writeRev(t, c, n, schema.Started, schema.Scope{})
 		waitAck(t, c, "solo", "p", n, schema.ResultOK)
@@ -256,7 +262,7 @@ func TestAckBatchesRespectTheTxnLimit(t *testing.T) {
 		names[i] = fmt.Sprintf("p%03d", i)
 	}
 	for k, ch := range a.register(t, names...) {
-		rec.run(names[k], ch, "ack")
+		rec.run(a, names[k], ch, "ack")
 	}
 	wch := watchAcks(t, c, "wide")
 	writeRev(t, c, 1, schema.Started, schema.Scope{})
@@ -322,7 +328,7 @@ func TestRefusedRequestDoesNotBlockAcks(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev.Ack()
-	rec.run("p", chs[0], "ack")
+	rec.run(a, "p", chs[0], "ack")
 	waitAck(t, root, "old", "p", 1, schema.ResultOK)
 	etcdtest.WaitFor(t, wait, "the refused request dropped", func() bool { return a.w.Stats().WritesDropped == 1 })
 	if s := a.w.Stats(); s.RequestsWritten != 0 || s.AcksWritten != 1 {
@@ -352,6 +358,9 @@ func TestAckOverTheMessageLimitIsDropped(t *testing.T) {
 	writeRev(t, root, 2, schema.Started, schema.Scope{})
 	recv(t, chs[0], "round 2 of p").Ack()
 	waitAck(t, root, "big", "p", 2, schema.ResultOK)
+	// The counter follows the Txn's return, which etcd's reply to waitAck
+	// may overtake.
+	etcdtest.WaitFor(t, wait, "the ack counted", func() bool { return a.w.Stats().AcksWritten == 1 })
 	if s := a.w.Stats(); s.AcksWritten != 1 || s.WritesDropped != 1 {
 		t.Fatalf("stats %+v: want one ack dropped, the next written", s)
 	}

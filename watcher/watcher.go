@@ -179,12 +179,16 @@ type Stats struct {
 	Rejoins uint64
 	// Malformed counts revision records skipped because they did not decode.
 	Malformed uint64
+	// Refused counts registrations refused: an invalid name, or Register
+	// after Close (each got an open channel that never delivers).
+	Refused uint64
 }
 
 type counters struct {
 	started, acceptTimeouts, ackTimeouts, withdrawn           atomic.Uint64
 	notActive, notActiveDropped, acksWritten, requestsWritten atomic.Uint64
 	rejoins, malformed, ackTxns, writesDropped, joinsParked   atomic.Uint64
+	refused                                                   atomic.Uint64
 }
 
 // plugin is the dispatcher's state of one registered plugin. name and ch are
@@ -325,31 +329,54 @@ func (w *Watcher) Start() { w.startOnce.Do(func() { close(w.startc) }) }
 // Register adds plugin to the agent's registry (see registry.Registry.Add:
 // it does not wait for etcd) and returns the channel on which the plugin
 // receives its events. The channel is unbuffered; the Watcher is its only
-// sender and closes it when the Watcher is closed. It is a bidirectional
-// channel only so that it fits the seed's Registration.StatusChan() type:
-// never send on it. The plugin receives its join resync as soon as the
-// revision record is read (and, with Held, Start was called).
+// sender and never closes it (after Close it stays open and silent). It is
+// a bidirectional channel only so that it fits the seed's
+// Registration.StatusChan() type: never send on it. The plugin receives its
+// join resync as soon as the revision record is read (and, with Held, Start
+// was called).
 //
-// It returns an error wrapping registry.ErrDuplicate or
-// schema.ErrInvalidName (and no channel), or ErrClosed with a closed
-// channel.
+// It returns an error wrapping registry.ErrDuplicate (and no channel), or
+// one wrapping schema.ErrInvalidName or ErrClosed with an open channel that
+// never delivers (Stats.Refused counts these; the registry lists a refused
+// name in the agent's owner record).
 func (w *Watcher) Register(name string) (chan StatusEvent, error) {
+	ch := make(chan StatusEvent)
+	if err := w.RegisterOn(name, ch); err != nil {
+		if errors.Is(err, registry.ErrDuplicate) {
+			return nil, err
+		}
+		return ch, err
+	}
+	return ch, nil
+}
+
+// RegisterOn is Register delivering on ch, a channel the caller made
+// (unbuffered, so that taking an event is the accept step): resync.Plugin
+// hands out channels before it has a Watcher. It returns Register's errors;
+// on an error nothing is ever sent on ch.
+func (w *Watcher) RegisterOn(name string, ch chan StatusEvent) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
-		ch := make(chan StatusEvent)
-		close(ch)
-		return ch, ErrClosed
+	if w.closed || w.ctx.Err() != nil {
+		w.stats.refused.Add(1)
+		return ErrClosed
 	}
 	// Held under w.mu so that the dispatcher's order is the registry's.
 	if _, err := w.reg.Add(name); err != nil {
-		return nil, fmt.Errorf("watcher: register: %w", err)
+		if !errors.Is(err, registry.ErrDuplicate) {
+			w.stats.refused.Add(1)
+		}
+		return fmt.Errorf("watcher: register: %w", err)
 	}
-	p := &plugin{name: name, ch: make(chan StatusEvent)}
-	w.plugins = append(w.plugins, p)
+	w.plugins = append(w.plugins, &plugin{name: name, ch: ch})
 	w.poke(w.kick)
-	return p.ch, nil
+	return nil
 }
+
+// Done is closed when Close is called: no event is delivered after it.
+// Status channels are never closed; a plugin's loop that wants to end
+// selects on Done.
+func (w *Watcher) Done() <-chan struct{} { return w.ctx.Done() }
 
 // Request asks the coordinator for a resync: req is written under the
 // agent's own requests/agent/<agent>/<id> in the background (with the acks
@@ -394,13 +421,14 @@ func (w *Watcher) Stats() Stats {
 		AcksWritten: s.acksWritten.Load(), RequestsWritten: s.requestsWritten.Load(),
 		Rejoins: s.rejoins.Load(), Malformed: s.malformed.Load(),
 		AckTxns: s.ackTxns.Load(), WritesDropped: s.writesDropped.Load(),
+		Refused: s.refused.Load(),
 	}
 }
 
 // Close stops the Watcher: no new event is delivered, pending timeouts are
-// cancelled, writes still waiting are abandoned, the status channels are
-// closed (after the dispatcher stopped sending), and every goroutine has
-// ended when it returns. It does not close the registry. It is idempotent;
+// cancelled, writes still waiting are abandoned, and every goroutine has
+// ended when it returns. The status channels stay open and silent (never
+// closed: a consumer that does not check ok would get nil events). It does not close the registry. It is idempotent;
 // it returns once the goroutines end, which takes at most one etcd call
 // cancelled in flight. It returns nil: it writes nothing on the way out
 // (the registry's Close revokes the lease, and its error is the one to

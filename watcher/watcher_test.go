@@ -25,7 +25,7 @@ func TestStartedInRegistrationOrderAgentsInParallel(t *testing.T) {
 	chA := a.register(t, names...)
 	var countB []*counter
 	for _, ch := range b.register(t, names...) {
-		countB = append(countB, autoAck(ch))
+		countB = append(countB, autoAck(b, ch))
 	}
 
 	// Round 1 is every plugin's join resync; round 2 a regular round.
@@ -138,13 +138,17 @@ func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
 	etcdtest.WaitFor(t, wait, "mute's NotActive dropped", func() bool { return a.w.Stats().NotActiveDropped == 1 })
 	expectNone(t, ch[0], 20*time.Millisecond, "deaf never took Started, so gets no NotActive")
 
-	// Closing removes the acks with the lease and closes every channel.
+	// Closing removes the acks with the lease; every channel stays open
+	// and silent (never closed: consumers may not check ok).
 	a.close()
 	if resp, err := c.Get(ctxT(t, 5*time.Second), layout.AgentAcks("a"), clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("acks after Close: %v %v", resp, err)
 	}
 	for k := range ch {
-		for range ch[k] {
+		select {
+		case ev, ok := <-ch[k]:
+			t.Fatalf("%d's channel after Close: %v (open %v), want open and silent", k, ev, ok)
+		default:
 		}
 	}
 }
@@ -161,7 +165,7 @@ func TestNoDuplicatesAcrossReconnectAndCompaction(t *testing.T) {
 	chs := a.register(t, "p0", "p1", "p2")
 	var counters []*counter
 	for _, ch := range chs {
-		counters = append(counters, autoAck(ch))
+		counters = append(counters, autoAck(a, ch))
 	}
 	round := func(n uint64) {
 		t.Helper()
@@ -278,7 +282,7 @@ func TestRejoinAfterLostSession(t *testing.T) {
 	agentClient := etcdtest.Client(t, proxy.Endpoint)
 	const ttl = 2 * time.Second
 	a := newAgent(t, agentClient, "rj", ttl)
-	cnt := autoAck(a.register(t, "p")[0])
+	cnt := autoAck(a, a.register(t, "p")[0])
 	writeRev(t, c, 1, schema.Started, schema.Scope{})
 	waitAck(t, c, "rj", "p", 1, schema.ResultOK)
 	first := a.reg.State()
@@ -329,7 +333,7 @@ func TestRegisterErrorsAndClose(t *testing.T) {
 	if _, err := a.w.Register("p"); !errors.Is(err, registry.ErrDuplicate) {
 		t.Fatalf("duplicate: %v", err)
 	}
-	if _, err := a.w.Register("a/b"); !errors.Is(err, schema.ErrInvalidName) {
+	if _, err := a.w.Register("a\nb"); !errors.Is(err, schema.ErrInvalidName) {
 		t.Fatalf("invalid: %v", err)
 	}
 	if _, err := a.w.Request(schema.Request{Cause: "bogus"}); err == nil {
@@ -347,8 +351,13 @@ func TestRegisterErrorsAndClose(t *testing.T) {
 	if !errors.Is(err, ErrClosed) {
 		t.Fatalf("Register after Close: %v", err)
 	}
-	if _, ok := <-ch; ok {
-		t.Fatal("channel after Close is open")
+	select { // open and silent: never closed, nothing sent
+	case _, ok := <-ch:
+		t.Fatalf("channel after Close delivered (open %v)", ok)
+	default:
+	}
+	if s := a.w.Stats(); s.Refused != 2 { // the invalid name, and this one
+		t.Fatalf("Stats().Refused = %d, want 2", s.Refused)
 	}
 	if _, err := a.w.Request(schema.Request{Cause: schema.CauseManual, Scope: schema.Scope{Agent: "a"}}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Request after Close: %v", err)

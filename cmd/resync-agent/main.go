@@ -49,7 +49,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	o := &options{etcd: &ef, cfg: resync.DefaultConfig(host)}
 	o.etcd.Register(fs)
 	var plugins string
-	fs.StringVar(&o.cfg.Agent, "name", o.cfg.Agent, "agent name, unique in the cluster ([A-Za-z0-9._-], 1-128)")
+	fs.StringVar(&o.cfg.Agent, "name", o.cfg.Agent, "agent name, unique in the cluster (UTF-8, 1-128 bytes, no control characters)")
 	fs.StringVar(&plugins, "plugins", "ifplugin,l3plugin,aclplugin", "comma-separated plugin names, in registration order")
 	fs.StringVar(&o.cfg.Prefix, "prefix", o.cfg.Prefix, "etcd key prefix")
 	fs.DurationVar(&o.cfg.TTL, "ttl", o.cfg.TTL, "session lease TTL: registrations vanish this long after a crash")
@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o.loop(reg, log.WithField("agent", o.cfg.Agent).WithField("plugin", name))
+			o.loop(reg, p.Done(), log.WithField("agent", o.cfg.Agent).WithField("plugin", name))
 		}()
 	}
 	log.WithField("agent", o.cfg.Agent).WithField("plugins", strings.Join(o.plugins, ",")).Info("resync-agent: running")
@@ -127,7 +127,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) int {
 		log.Info("resync-agent: signal received; closing")
 	case <-p.Done(): // displaced: another process took the agent name over
 	}
-	p.Close() // closes every status channel: the loops end
+	p.Close() // closes Done: the loops end (status channels are never closed)
 	wg.Wait()
 	if err := p.Err(); err != nil {
 		fmt.Fprintf(stderr, "resync-agent: %v\n", err)
@@ -136,9 +136,16 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) int {
 	return cli.ExitOK
 }
 
-// loop is a seed-style plugin: reload on Started, then Ack.
-func (o *options) loop(reg resync.Registration, log logrus.FieldLogger) {
-	for ev := range reg.StatusChan() {
+// loop is a seed-style plugin: reload on Started, then Ack, until done
+// (the resync plugin's Done: status channels are never closed).
+func (o *options) loop(reg resync.Registration, done <-chan struct{}, log logrus.FieldLogger) {
+	for {
+		var ev resync.StatusEvent
+		select {
+		case ev = <-reg.StatusChan():
+		case <-done:
+			return
+		}
 		e, _ := ev.(*resync.Event)
 		fields := logrus.Fields{"status": ev.ResyncStatus()}
 		if e != nil {

@@ -71,7 +71,7 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 				return nil, err
 			}
 			f.wg.Add(1)
-			go f.plugin(reg.StatusChan())
+			go f.plugin(reg.StatusChan(), p.Done())
 		}
 	}
 	want := int64(sz.participants())
@@ -87,9 +87,15 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 }
 
 // plugin is a plugin that reloads nothing: it acks every Started at once.
-func (f *fleet) plugin(ch <-chan resync.StatusEvent) {
+func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}) {
 	defer f.wg.Done()
-	for ev := range ch {
+	for {
+		var ev resync.StatusEvent
+		select {
+		case ev = <-ch:
+		case <-done:
+			return
+		}
 		if ev.ResyncStatus() == resync.Started {
 			ev.Ack()
 			f.started.Add(1)

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -31,6 +33,11 @@ type agentDoc struct {
 	// BehindPlugins.
 	Behind        bool     `json:"behind"`
 	BehindPlugins []string `json:"behind_plugins,omitempty"`
+	// Refused counts the registrations the agent's process refused (names
+	// that cannot be stored): those plugins never resync. RefusedNames are
+	// the first few, quoted. From the agent's owner record.
+	Refused      int      `json:"refused,omitempty"`
+	RefusedNames []string `json:"refused_names,omitempty"`
 }
 
 // agentsDoc is `agents -o json`.
@@ -57,7 +64,7 @@ func setupAgents(*pflag.FlagSet) func(context.Context, *env) error {
 			return writeJSON(e.stdout, doc)
 		}
 		tw := newTable(e.stdout)
-		row(tw, "AGENT", "PLUGINS", "LEASE_TTL", "ACKED", "RESULT", "BEHIND")
+		row(tw, "AGENT", "PLUGINS", "LEASE_TTL", "ACKED", "RESULT", "BEHIND", "REFUSED")
 		for _, a := range doc.Agents {
 			ttl := "expired"
 			if a.LeaseTTLSeconds >= 0 {
@@ -71,7 +78,11 @@ func setupAgents(*pflag.FlagSet) func(context.Context, *env) error {
 			if a.Behind {
 				behind = fmt.Sprintf("yes: %s not at %d", listFirst(a.BehindPlugins, 3), doc.Revision)
 			}
-			row(tw, a.Agent, fmt.Sprintf("%d: %s", len(a.Plugins), listFirst(a.Plugins, 3)), ttl, acked, string(a.Result), behind)
+			refused := "-"
+			if a.Refused > 0 {
+				refused = fmt.Sprintf("%d: %s", a.Refused, strings.Join(a.RefusedNames, " "))
+			}
+			row(tw, a.Agent, fmt.Sprintf("%d: %s", len(a.Plugins), listFirst(a.Plugins, 3)), ttl, acked, string(a.Result), behind, refused)
 		}
 		return tw.Flush()
 	}
@@ -100,6 +111,10 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 		return agentsDoc{}, err
 	}
 	acks, err := e.readAcks(ctx, c, at)
+	if err != nil {
+		return agentsDoc{}, err
+	}
+	owners, err := e.readOwners(ctx, c, at)
 	if err != nil {
 		return agentsDoc{}, err
 	}
@@ -149,6 +164,10 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 				}
 			}
 		}
+		if o, ok := owners[a.Agent]; ok {
+			a.Refused, a.RefusedNames = o.Refused, o.RefusedNames
+			delete(owners, a.Agent)
+		}
 		a.Lease = fmt.Sprintf("%x", int64(lease))
 		if lease != 0 {
 			ttl, seen := ttls[lease]
@@ -165,5 +184,14 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 		doc.Agents = append(doc.Agents, a)
 		i = j
 	}
+	// An agent whose every registration was refused has only its owner
+	// record: list it, so that the refusals show.
+	for _, o := range owners {
+		if o.Refused > 0 {
+			doc.Agents = append(doc.Agents, agentDoc{Agent: o.Agent, Plugins: []string{}, Lease: o.Lease, LeaseTTLSeconds: -1,
+				Refused: o.Refused, RefusedNames: o.RefusedNames})
+		}
+	}
+	slices.SortFunc(doc.Agents, func(a, b agentDoc) int { return strings.Compare(a.Agent, b.Agent) })
 	return doc, nil
 }

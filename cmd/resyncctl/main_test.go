@@ -198,7 +198,7 @@ func TestTriggerValidation(t *testing.T) {
 		{"no reason", []string{"--agent", "a1"}, 2, "--reason is required"},
 		{"blank reason", []string{"--reason", "  "}, 2, "--reason is required"},
 		{"invalid agent name", []string{"--agent", "a/b", "--reason", "x"}, 2, "invalid name"},
-		{"dot-dot agent name", []string{"--agent", "../x", "--reason", "x"}, 2, `invalid name: agent name "../x" has '/' at byte 2`},
+		{"dot-dot agent name", []string{"--agent", "../x", "--reason", "x"}, 2, `invalid name: agent key element "../x" has the unescaped byte '/' at 2`},
 		{"200-byte plugin name", []string{"--agent", "a1", "--plugin", strings.Repeat("p", 200), "--reason", "x"}, 2, "plugin name is 200 bytes long: the limit is 128"},
 		{"control characters", []string{"--agent", "a1\n", "--reason", "x"}, 2, "invalid name"},
 	} {

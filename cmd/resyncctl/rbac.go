@@ -18,6 +18,7 @@ import (
 	rcli "github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/etcdflags"
 	"github.com/resyncd/resync/internal/rbac"
+	"github.com/resyncd/resync/schema"
 )
 
 // passwordEnv is the variable that gives user's password to rbac apply:
@@ -46,7 +47,12 @@ type cliPasswords struct {
 	written []string
 }
 
-func (p *cliPasswords) file(user string) string { return filepath.Join(p.dir, user+".password") }
+// file is <dir>/<user>.password, the user's name escaped as in keys
+// (schema.EscapeName: "node 1" -> node%201.password), so that no name makes
+// a path outside dir.
+func (p *cliPasswords) file(user string) string {
+	return filepath.Join(p.dir, schema.EscapeName(user)+".password")
+}
 
 func (p *cliPasswords) Given(user string) (string, bool, error) {
 	if user == rbac.RootUser && p.root != "" {

@@ -137,7 +137,7 @@ func TestRBACUsage(t *testing.T) {
 		{[]string{"rbac"}, "rbac needs a command: apply or status"},
 		{[]string{"rbac", "nope"}, `unknown command "rbac nope"`},
 		{[]string{"rbac", "apply"}, "--agents is required"},
-		{[]string{"rbac", "apply", "--agents", "../x"}, "invalid name"},
+		{[]string{"rbac", "apply", "--agents", "a\x01"}, "control character"},
 		{[]string{"rbac", "apply", "--agents", strings.Repeat("p", 200)}, "200 bytes long"},
 		{[]string{"rbac", "apply", "--agents", "a,a"}, "named twice"},
 		{[]string{"rbac", "apply", "--agents", "a", "--coordinator-user", "root"}, "must not be root"},

@@ -112,6 +112,25 @@ func (e *env) readRegistrations(ctx context.Context, c *clientv3.Client, rev int
 	return rows, nil
 }
 
+// readOwners reads the owner records at rev (0: now) by agent; malformed
+// ones are reported and skipped.
+func (e *env) readOwners(ctx context.Context, c *clientv3.Client, rev int64) (map[string]schema.Owner, error) {
+	kvs, _, err := getPrefix(ctx, c, e.layout.Owners(), rev)
+	if err != nil {
+		return nil, err
+	}
+	owners := make(map[string]schema.Owner, len(kvs))
+	for _, kv := range kvs {
+		o, err := e.layout.DecodeOwner(string(kv.Key), kv.Value)
+		if err != nil {
+			e.skipped(err)
+			continue
+		}
+		owners[o.Agent] = o
+	}
+	return owners, nil
+}
+
 // readAcks reads every ack at rev (0: now); malformed ones are reported and
 // skipped.
 func (e *env) readAcks(ctx context.Context, c *clientv3.Client, rev int64) (map[schema.PluginID]schema.Ack, error) {

@@ -32,8 +32,13 @@ func TestWatchAndTriggerWaitSurviveFrequentCompaction(t *testing.T) {
 	for _, name := range []string{"p1", "p2"} {
 		reg := p.Register(name)
 		go func() {
-			for ev := range reg.StatusChan() {
-				ev.Ack()
+			for {
+				select {
+				case ev := <-reg.StatusChan():
+					ev.Ack()
+				case <-p.Done(): // status channels are never closed
+					return
+				}
 			}
 		}()
 	}

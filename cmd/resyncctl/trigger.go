@@ -65,10 +65,12 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
-// targets turns --agent and --plugin into the request's targets. A
-// --plugin without "/" is named within the one --agent (the older form
-// --agent a1 --plugin p1); otherwise each --agent and each --plugin
-// agent/plugin is a target. None means all.
+// targets turns --agent and --plugin into the request's targets. Names are
+// given as in keys (schema.EscapeName: a name of [A-Za-z0-9._-] as it is,
+// every other byte as %XX, "node 1" as node%201), so that a "/" or "," in
+// a name is never ambiguous. A --plugin without "/" is named within the one
+// --agent (the older form --agent a1 --plugin p1); otherwise each --agent
+// and each --plugin agent/plugin is a target. None means all.
 func (o triggerOpts) targets() ([]schema.Scope, error) {
 	var out []schema.Scope
 	short := 0
@@ -94,10 +96,11 @@ func (o triggerOpts) targets() ([]schema.Scope, error) {
 		return dedupTargets(out), nil
 	}
 	for _, a := range o.agents {
-		if err := schema.ValidateName("agent", a); err != nil {
-			return nil, fmt.Errorf("--agent: %w (for one plugin use --plugin agent/plugin)", err)
+		name, err := schema.UnescapeName("agent", a)
+		if err != nil {
+			return nil, fmt.Errorf("--agent: %w (names are given as in keys, every byte outside [A-Za-z0-9._-] as %%XX: \"node 1\" is node%%201; for one plugin use --plugin agent/plugin)", err)
 		}
-		out = append(out, schema.Scope{Agent: a})
+		out = append(out, schema.Scope{Agent: name})
 	}
 	for _, p := range o.plugins {
 		sc, err := schema.ParseTarget(p)
@@ -123,8 +126,8 @@ func dedupTargets(in []schema.Scope) []schema.Scope {
 
 func setupTrigger(fs *pflag.FlagSet) func(context.Context, *env) error {
 	var o triggerOpts
-	fs.Var(&o.agents, "agent", "resync only these agents' plugins: a comma-separated list, or repeat the flag (each must have live registrations)")
-	fs.Var(&o.plugins, "plugin", "resync only these plugins: agent/plugin, comma-separated or repeated (or a plugin of the one --agent)")
+	fs.Var(&o.agents, "agent", "resync only these agents' plugins: a comma-separated list, or repeat the flag (each must have live registrations); names as in keys (\"node 1\" is node%201)")
+	fs.Var(&o.plugins, "plugin", "resync only these plugins: agent/plugin, comma-separated or repeated (or a plugin of the one --agent); names as in keys (%2F for a \"/\" in a name)")
 	fs.StringVar(&o.reason, "reason", "", "why (required; shown by status and history)")
 	fs.BoolVar(&o.wait, "wait", false, "wait for the round that serves the request; exit 0 only if it completes clean")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "bound of --wait")

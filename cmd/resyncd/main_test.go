@@ -83,7 +83,13 @@ func TestServesMetricsStatusAndHealthAfterARound(t *testing.T) {
 	for _, name := range []string{"ok", "flaky"} {
 		reg := p.Register(name)
 		go func() {
-			for ev := range reg.StatusChan() {
+			for {
+				var ev resync.StatusEvent
+				select {
+				case ev = <-reg.StatusChan():
+				case <-p.Done(): // status channels are never closed
+					return
+				}
 				e := ev.(*resync.Event)
 				if name == "flaky" && e.ResyncStatus() == resync.Started && !e.Join() {
 					done := false
@@ -96,6 +102,7 @@ func TestServesMetricsStatusAndHealthAfterARound(t *testing.T) {
 			}
 		}()
 	}
+	p.Register("bad\x00name") // refused: a control character; counted in /metrics
 	// A manual request, then wait for the failure's retry round to be clean.
 	b, _ := schema.Encode(schema.Request{Reason: "test", Cause: schema.CauseManual, RequestedBy: "test", RequestedAt: time.Now().UTC()})
 	if _, err := c.Put(context.Background(), schema.MustLayout("").OperatorRequest(schema.NewRequestID(time.Now())), string(b)); err != nil {
@@ -165,6 +172,10 @@ func TestServesMetricsStatusAndHealthAfterARound(t *testing.T) {
 	if v := value(metrics.ParticipantsTotal, "outcome", "acked"); v < 2 {
 		t.Errorf("acked participants = %v", v)
 	}
+	etcdtest.WaitFor(t, 10*time.Second, "the refused registration in /metrics", func() bool {
+		_, body := get(t, base+"/metrics")
+		return strings.Contains(body, "\n"+metrics.RefusedRegs+" 1\n")
+	})
 	if v := value(metrics.Leader, "", ""); v != 1 {
 		t.Errorf("leader gauge = %v", v)
 	}

@@ -56,8 +56,13 @@ func startAgents(t *testing.T, c *clientv3.Client, n, plugins, pad int, log logr
 				t.Fatal(err)
 			}
 			go func() {
-				for ev := range reg.StatusChan() {
-					ev.Ack()
+				for {
+					select {
+					case ev := <-reg.StatusChan():
+						ev.Ack()
+					case <-p.Done(): // status channels are never closed
+						return
+					}
 				}
 			}()
 		}
@@ -317,8 +322,13 @@ func TestNoSpaceIsExplainedAndRecovered(t *testing.T) {
 		t.Logf("register late: %v", err)
 	}
 	go func() {
-		for ev := range late.StatusChan() {
-			ev.Ack()
+		for {
+			select {
+			case ev := <-late.StatusChan():
+				ev.Ack()
+			case <-ags[1].Done(): // status channels are never closed
+				return
+			}
 		}
 	}()
 	for _, what := range []string{"watcher: writing acks or requests failed", "registry: writing registrations failed"} {

@@ -204,9 +204,9 @@ func TestUnreachableEndpointsFailFast(t *testing.T) {
 			t.Errorf("%s took %v to give up with a 1s dial timeout", name, d)
 		}
 	}
-	out, code := runCmd(t, 20*time.Second, nil, "resync-agent", "--name", "a/b")
-	if code != 2 || !strings.Contains(out, "agent name") {
-		t.Errorf("resync-agent --name a/b: exit %d %q", code, out)
+	out, code := runCmd(t, 20*time.Second, nil, "resync-agent", "--name", "a\x01b")
+	if code != 2 || !strings.Contains(out, "agent name") || !strings.Contains(out, "control character") {
+		t.Errorf("resync-agent --name a\\x01b: exit %d %q", code, out)
 	}
 }
 

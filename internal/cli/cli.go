@@ -14,16 +14,20 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
 )
 
 // Exit statuses, the same for every binary.
@@ -226,4 +230,56 @@ func Parse(fs *pflag.FlagSet, name string, args []string) error {
 		return fmt.Errorf("unexpected argument %q (%s takes only flags; run '%s --help')", fs.Arg(0), name, name)
 	}
 	return ApplyEnv(fs, os.LookupEnv)
+}
+
+// ApplyFile sets every flag of fs that is not yet Changed (by the command
+// line or ApplyEnv) from the configuration file at path: a YAML or JSON
+// object whose keys are flag names ("endpoints", "dial-timeout", ...) and
+// whose values are scalars (a list is joined with commas). So the order is
+// command line, then environment, then file, then default. An unknown key
+// or a value the flag rejects is an error naming the file and the key.
+func ApplyFile(fs *pflag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return fmt.Errorf("config file %s: not YAML or JSON: %w", path, err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(j, &m); err != nil {
+		return fmt.Errorf("config file %s: want an object of flag names and values: %w", path, err)
+	}
+	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		fl := fs.Lookup(k)
+		if fl == nil || k == "help" {
+			errs = append(errs, fmt.Errorf("config file %s: unknown setting %q", path, k))
+			continue
+		}
+		if fl.Changed {
+			continue
+		}
+		v := m[k]
+		var s string
+		switch x := v.(type) {
+		case string:
+			s = x
+		case []any:
+			parts := make([]string, len(x))
+			for i, e := range x {
+				parts[i] = fmt.Sprint(e)
+			}
+			s = strings.Join(parts, ",")
+		case nil:
+			continue
+		default:
+			s = fmt.Sprint(x)
+		}
+		if err := fs.Set(k, s); err != nil {
+			errs = append(errs, fmt.Errorf("config file %s: %s: %q: %v", path, k, s, err))
+		}
+	}
+	return errors.Join(errs...)
 }

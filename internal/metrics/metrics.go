@@ -32,6 +32,7 @@ type Metrics struct {
 	dbQuota      prometheus.Gauge
 	exhausted    prometheus.Gauge
 	deadline     prometheus.Gauge
+	refused      prometheus.Gauge
 }
 
 // Series names, for documentation and tests.
@@ -51,6 +52,7 @@ const (
 	EtcdSpaceExhausted = "resync_etcd_space_exhausted"
 	RoundDeadline      = "resync_round_deadline_timestamp_seconds"
 	LeaderTerm         = "resync_leader_term"
+	RefusedRegs        = "resync_registrations_refused"
 )
 
 // RegisterTerm registers resync_leader_term on reg, read from term at each
@@ -94,8 +96,10 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "1 while the embedded etcd's NOSPACE alarm stands and resyncd will not clear it by itself (the live data fills the quota, or freeing space needs a defragmentation longer than the sessions allow); /status says which and the fix. Else 0."}),
 		deadline: prometheus.NewGauge(prometheus.GaugeOpts{Name: RoundDeadline,
 			Help: "Deadline of the round this coordinator runs, as unix seconds; 0 when it runs none (an alert compares it with time())."}),
+		refused: prometheus.NewGauge(prometheus.GaugeOpts{Name: RefusedRegs,
+			Help: "Registrations the live agents refused (names that cannot be stored: those plugins never resync), from their owner records, while this coordinator leads; else 0. resyncctl agents names them."}),
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.exhausted, m.deadline} {
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.exhausted, m.deadline, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -122,8 +126,12 @@ func (m *Metrics) Leading(l bool) {
 	} else {
 		m.leader.Set(0)
 		m.deadline.Set(0) // a round left Started is the next leader's
+		m.refused.Set(0)  // the next leader reports them
 	}
 }
+
+// RefusedRegistrations implements coordinator.RefusalHooks.
+func (m *Metrics) RefusedRegistrations(total int) { m.refused.Set(float64(total)) }
 
 // RoundStarted implements coordinator.Hooks.
 func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {

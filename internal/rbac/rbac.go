@@ -150,7 +150,7 @@ func (s Spec) coordinatorUser() string {
 // names, distinct, and none is root.
 func (s Spec) Validate() error {
 	cu := s.coordinatorUser()
-	if err := schema.ValidateName("coordinator user", cu); err != nil {
+	if err := schema.ValidateToken("coordinator user", cu); err != nil {
 		return fmt.Errorf("rbac: %w", err)
 	}
 	if cu == RootUser {
@@ -170,7 +170,7 @@ func (s Spec) Validate() error {
 		seen[a] = true
 	}
 	for _, o := range s.Operators {
-		if err := schema.ValidateName("operator user", o); err != nil {
+		if err := schema.ValidateToken("operator user", o); err != nil {
 			return fmt.Errorf("rbac: %w", err)
 		}
 		if seen[o] {

@@ -166,6 +166,38 @@ func TestApplyIsExactAndIdempotent(t *testing.T) {
 	}
 }
 
+// An agent named with a space (its keys carry the escaped name, node%201)
+// writes only its own keys: not those of "node 10", whose escaped name
+// node%2010 starts with node%201, nor those of "node".
+func TestAgentNamedWithASpaceWritesOnlyItsOwnKeys(t *testing.T) {
+	m := etcdtest.Start(t)
+	agents := []string{"node 1", "node 10", "node", "Config VPP/x"}
+	spec := Spec{Layout: layout, Agents: agents}
+	pws := &passwords{given: map[string]string{}}
+	if err := Apply(ctxT(t), m.Client(t), spec, Options{Passwords: pws}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := login(t, m, "node 1", "gen-node 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const plugin = "Config VPP default plug:IF/L2/L3"
+	for _, a := range agents {
+		var want error
+		if a != "node 1" {
+			want = rpctypes.ErrPermissionDenied
+		}
+		for _, key := range []string{layout.Registration(a, plugin), layout.Ack(a, plugin), layout.Owner(a), layout.AgentRequest(a, "1-a")} {
+			if _, err := c.Put(ctxT(t), key, "{}"); !errors.Is(err, want) && err != want {
+				t.Errorf("node 1 writes %s: %v, want %v", key, err, want)
+			}
+		}
+	}
+	if _, err := c.Get(ctxT(t), layout.Revision()); err != nil {
+		t.Errorf("node 1 reads the revision: %v", err)
+	}
+}
+
 func sortPerms(p []Perm) []Perm {
 	p = slices.Clone(p)
 	slices.SortFunc(p, func(a, b Perm) int { return strings.Compare(a.String(), b.String()) })
@@ -209,8 +241,8 @@ func TestSpecValidate(t *testing.T) {
 		spec Spec
 		want string
 	}{
-		{Spec{Agents: []string{"../x"}}, "invalid name"},
-		{Spec{Agents: []string{"a/b"}}, "invalid name"},
+		{Spec{Agents: []string{"a\nb"}}, "control character"},
+		{Spec{Agents: []string{"\xff"}}, "not valid UTF-8"},
 		{Spec{Agents: []string{strings.Repeat("p", 200)}}, "200 bytes long"},
 		{Spec{Agents: []string{""}}, "agent name is empty"},
 		{Spec{Agents: nil}, "no agents"},
@@ -221,7 +253,7 @@ func TestSpecValidate(t *testing.T) {
 		{Spec{Agents: []string{"a"}, CoordinatorUser: "co ord"}, "invalid name"},
 		{Spec{Agents: []string{"a"}, Operators: []string{"a"}}, `operator user "a" is named twice, or like an agent`},
 		{Spec{Agents: []string{"a"}, Operators: []string{"resyncd"}}, `operator user "resyncd" is named twice`},
-		{Spec{Agents: []string{"a"}, Operators: []string{""}}, "operator user name is empty"},
+		{Spec{Agents: []string{"a"}, Operators: []string{""}}, "operator user is empty"},
 	} {
 		t.Run(fmt.Sprint(tc.spec.Agents, tc.spec.CoordinatorUser), func(t *testing.T) {
 			tc.spec.Layout = layout
