@@ -197,8 +197,9 @@ func TestTriggerValidation(t *testing.T) {
 		{"plugin without agent", []string{"--plugin", "p1", "--reason", "x"}, 2, "--plugin needs --agent"},
 		{"no reason", []string{"--agent", "a1"}, 2, "--reason is required"},
 		{"blank reason", []string{"--reason", "  "}, 2, "--reason is required"},
-		{"invalid agent name", []string{"--agent", "a/b", "--reason", "x"}, 2, "invalid name"},
-		{"dot-dot agent name", []string{"--agent", "../x", "--reason", "x"}, 2, `invalid name: agent key element "../x" has the unescaped byte '/' at 2`},
+		{"agent name with a slash is a name", []string{"--agent", "a/b", "--reason", "x"}, 1, "resyncctl: agent a/b has no live registrations"},
+		{"invalid escape is taken as typed", []string{"--agent", "a%2fb", "--reason", "x"}, 1, "resyncctl: agent a%2fb has no live registrations"},
+		{"invalid UTF-8 agent name", []string{"--agent", "a\xff", "--reason", "x"}, 2, "invalid name"},
 		{"200-byte plugin name", []string{"--agent", "a1", "--plugin", strings.Repeat("p", 200), "--reason", "x"}, 2, "plugin name is 200 bytes long: the limit is 128"},
 		{"control characters", []string{"--agent", "a1\n", "--reason", "x"}, 2, "invalid name"},
 	} {

@@ -46,6 +46,19 @@ func TestRealNamesEndToEnd(t *testing.T) {
 	etcdtest.WaitFor(t, 10*time.Second, "the watch to show the ack", func() bool {
 		return strings.Contains(watched.String(), agent+"/"+plugin+" revision=2 result=ok")
 	})
+	// The same names as typed: the plugin's "/" needs no escape under the
+	// one --agent.
+	code, out, errOut = cli(t, ctxT(t, 40*time.Second), "trigger", "--endpoints", ep, "--agent", agent,
+		"--plugin", plugin, "--reason", "names as typed", "--wait", "--timeout", "30s")
+	if code != 0 || !strings.Contains(out, "round 3 finished clean") {
+		t.Fatalf("trigger --agent %q --plugin %q --wait: exit %d\n%s\n%s", agent, plugin, code, out, errOut)
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "the watch to show the plugin's ack of round 3", func() bool {
+		return strings.Contains(watched.String(), agent+"/"+plugin+" revision=3 result=ok")
+	})
+	if strings.Contains(watched.String(), agent+"/K8s resources revision=3") {
+		t.Errorf("a plugin outside the trigger's scope acked round 3:\n%s", watched.String())
+	}
 	cancel()
 	if c := <-done; c != 0 {
 		t.Errorf("watch exited %d", c)
@@ -63,8 +76,8 @@ func TestRealNamesEndToEnd(t *testing.T) {
 	}{
 		{[]string{"registrations"}, []string{agent, plugin, "K8s resources"}},
 		{[]string{"agents"}, []string{agent, "2: " + plugin + ", K8s resources"}},
-		{[]string{"status"}, []string{"agent " + agent}},
-		{[]string{"history"}, []string{"agent " + agent}},
+		{[]string{"status"}, []string{"plugin " + agent + "/" + plugin}},
+		{[]string{"history"}, []string{"agent " + agent, "plugin " + agent + "/" + plugin}},
 	} {
 		code, out, _ := cli(t, ctxT(t, 10*time.Second), append(tc.args, "--endpoints", ep)...)
 		for _, w := range tc.want {
@@ -76,7 +89,7 @@ func TestRealNamesEndToEnd(t *testing.T) {
 	code, out, _ = cli(t, ctxT(t, 10*time.Second), "agents", "-o", "json", "--endpoints", ep)
 	var ad agentsDoc
 	if err := json.Unmarshal([]byte(out), &ad); err != nil || code != 0 || len(ad.Agents) != 1 || ad.Agents[0].Agent != agent ||
-		ad.Agents[0].AckedRevision != 2 || ad.Agents[0].Result != schema.ResultOK {
+		ad.Agents[0].AckedRevision != 3 || ad.Agents[0].Result != schema.ResultOK {
 		t.Fatalf("agents -o json: %d %v\n%s", code, err, out)
 	}
 
@@ -151,5 +164,49 @@ func TestRBACApplyAgentNamedWithASpace(t *testing.T) {
 		if _, err := agentClient.Put(ctxT(t, 10*time.Second), key, "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 			t.Errorf("node 1 writes %s: %v, want permission denied", key, err)
 		}
+	}
+}
+
+// TestTriggerTargetsTakeNamesAsTypedOrEscaped: --agent and --plugin read a
+// name as typed or in its key form; one --agent scopes every --plugin.
+func TestTriggerTargetsTakeNamesAsTypedOrEscaped(t *testing.T) {
+	const vpp = "Config VPP default plug:IF/L2/L3"
+	for _, tc := range []struct {
+		name            string
+		agents, plugins []string
+		want            []schema.Scope
+		err             string
+	}{
+		{"agent as typed", []string{"node 1"}, nil, []schema.Scope{{Agent: "node 1"}}, ""},
+		{"agent escaped", []string{"node%201"}, nil, []schema.Scope{{Agent: "node 1"}}, ""},
+		{"plugin of the one agent, slashes kept", []string{"node 1"}, []string{vpp, "K8s resources"},
+			[]schema.Scope{{Agent: "node 1", Plugin: vpp}, {Agent: "node 1", Plugin: "K8s resources"}}, ""},
+		{"plugin escaped under the one agent", []string{"node%201"}, []string{"Config%20VPP%20default%20plug%3AIF%2FL2%2FL3"},
+			[]schema.Scope{{Agent: "node 1", Plugin: vpp}}, ""},
+		{"agent/plugin split at the first slash", nil, []string{"node 1/" + vpp}, []schema.Scope{{Agent: "node 1", Plugin: vpp}}, ""},
+		{"several agents and agent/plugin", []string{"n1", "n2"}, []string{"n3/p2"},
+			[]schema.Scope{{Agent: "n1"}, {Agent: "n2"}, {Agent: "n3", Plugin: "p2"}}, ""},
+		{"a percent that is no escape is a name", []string{"100%"}, nil, []schema.Scope{{Agent: "100%"}}, ""},
+		{"duplicates merge", []string{"a"}, []string{"p", "p"}, []schema.Scope{{Agent: "a", Plugin: "p"}}, ""},
+		{"plugin without agent", nil, []string{"p1"}, nil, "--plugin needs --agent"},
+		{"control character", []string{"a\x01"}, nil, nil, "control character"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := triggerOpts{agents: tc.agents, plugins: tc.plugins}.targets()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || len(got) != len(tc.want) {
+				t.Fatalf("targets %v, %v; want %v", got, err, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("targets %v; want %v", got, tc.want)
+				}
+			}
+		})
 	}
 }

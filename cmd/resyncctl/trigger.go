@@ -65,51 +65,76 @@ func (l *listFlag) Set(v string) error {
 	return nil
 }
 
-// targets turns --agent and --plugin into the request's targets. Names are
-// given as in keys (schema.EscapeName: a name of [A-Za-z0-9._-] as it is,
-// every other byte as %XX, "node 1" as node%201), so that a "/" or "," in
-// a name is never ambiguous. A --plugin without "/" is named within the one
-// --agent (the older form --agent a1 --plugin p1); otherwise each --agent
-// and each --plugin agent/plugin is a target. None means all.
+// targets turns --agent and --plugin into the request's targets. A name is
+// taken as typed ("node 1", "plug:IF/L2/L3") or in its escaped key form
+// ("node%201": see cliName). With exactly one --agent, every --plugin is a
+// plugin of that agent, so a "/" in a plugin name needs no escape. Without
+// --agent, a --plugin is agent/plugin, split at the first "/" (a "/" in an
+// agent's name is then written %2F). With several --agent values, each is
+// a target and each --plugin is agent/plugin. None means all.
 func (o triggerOpts) targets() ([]schema.Scope, error) {
 	var out []schema.Scope
-	short := 0
-	for _, p := range o.plugins {
-		if !strings.Contains(p, "/") {
-			short++
-		}
-	}
-	if short > 0 {
-		if len(o.agents) != 1 {
-			return nil, fmt.Errorf("--plugin needs --agent: a plugin is named within its one agent, or as agent/plugin (--plugin %s)", o.plugins)
+	if len(o.agents) == 1 && len(o.plugins) > 0 {
+		agent, err := cliName("agent", o.agents[0])
+		if err != nil {
+			return nil, fmt.Errorf("--agent: %w", err)
 		}
 		for _, p := range o.plugins {
-			if !strings.Contains(p, "/") {
-				p = o.agents[0] + "/" + p
-			}
-			sc, err := schema.ParseTarget(p)
+			plugin, err := cliName("plugin", p)
 			if err != nil {
 				return nil, fmt.Errorf("--plugin: %w", err)
 			}
-			out = append(out, sc)
+			out = append(out, schema.Scope{Agent: agent, Plugin: plugin})
 		}
 		return dedupTargets(out), nil
 	}
 	for _, a := range o.agents {
-		name, err := schema.UnescapeName("agent", a)
+		name, err := cliName("agent", a)
 		if err != nil {
-			return nil, fmt.Errorf("--agent: %w (names are given as in keys, every byte outside [A-Za-z0-9._-] as %%XX: \"node 1\" is node%%201; for one plugin use --plugin agent/plugin)", err)
+			return nil, fmt.Errorf("--agent: %w", err)
 		}
 		out = append(out, schema.Scope{Agent: name})
 	}
 	for _, p := range o.plugins {
-		sc, err := schema.ParseTarget(p)
+		ea, ep, ok := strings.Cut(p, "/")
+		if !ok || ep == "" {
+			return nil, fmt.Errorf("--plugin needs --agent: %q is named within its one agent (--agent A --plugin P), or as agent/plugin", p)
+		}
+		sc, err := target(ea, ep)
 		if err != nil {
 			return nil, fmt.Errorf("--plugin: %w", err)
 		}
 		out = append(out, sc)
 	}
 	return dedupTargets(out), nil
+}
+
+func target(agent, plugin string) (schema.Scope, error) {
+	a, err := cliName("agent", agent)
+	if err != nil {
+		return schema.Scope{}, err
+	}
+	p, err := cliName("plugin", plugin)
+	if err != nil {
+		return schema.Scope{}, err
+	}
+	return schema.Scope{Agent: a, Plugin: p}, nil
+}
+
+// cliName reads a name given on the command line: its escaped key form
+// when it is one and holds an escape ("node%201" is "node 1", as
+// registrations and keys show it), else the name as typed. A name that
+// itself looks like an escape, or holds a ",", is given escaped (%25, %2C).
+func cliName(kind, s string) (string, error) {
+	if strings.Contains(s, "%") {
+		if name, err := schema.UnescapeName(kind, s); err == nil {
+			return name, nil
+		}
+	}
+	if err := schema.ValidateName(kind, s); err != nil {
+		return "", err
+	}
+	return s, nil
 }
 
 func dedupTargets(in []schema.Scope) []schema.Scope {
@@ -126,8 +151,8 @@ func dedupTargets(in []schema.Scope) []schema.Scope {
 
 func setupTrigger(fs *pflag.FlagSet) func(context.Context, *env) error {
 	var o triggerOpts
-	fs.Var(&o.agents, "agent", "resync only these agents' plugins: a comma-separated list, or repeat the flag (each must have live registrations); names as in keys (\"node 1\" is node%201)")
-	fs.Var(&o.plugins, "plugin", "resync only these plugins: agent/plugin, comma-separated or repeated (or a plugin of the one --agent); names as in keys (%2F for a \"/\" in a name)")
+	fs.Var(&o.agents, "agent", "resync only these agents' plugins: a comma-separated list, or repeat the flag (each must have live registrations); a name as typed (\"node 1\") or escaped as in keys (node%201)")
+	fs.Var(&o.plugins, "plugin", "resync only these plugins: plugins of the one --agent, or agent/plugin; comma-separated or repeated; names as typed or escaped as in keys")
 	fs.StringVar(&o.reason, "reason", "", "why (required; shown by status and history)")
 	fs.BoolVar(&o.wait, "wait", false, "wait for the round that serves the request; exit 0 only if it completes clean")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "bound of --wait")
