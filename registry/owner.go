@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -31,10 +30,32 @@ import (
 // its own claim is displaced: its Registry stops (and revokes its lease), and
 // Displaced/Err report it.
 //
-// Which process is newer is decided by the claim order, with one guard: a
-// process that never owned the name does not take it from an owner that
-// started after it (a process that was cut off from etcd at start-up does
-// not displace the one that replaced it).
+// Which process is newer is decided by etcd's order, never by a host's
+// clock (a host whose clock is behind would otherwise lose its own name):
+//
+//   - A process that has owned the name remembers the revision of its last
+//     claim. An owner key written after it (a higher ModRevision) is a
+//     newer process's: it is displaced. An owner key written before it
+//     cannot be there in one history, since the claim overwrote it: it came
+//     back with an etcd restore (with or without --bump-revision, the keys
+//     keep their revisions), so it is stale and the live claimant takes the
+//     name over. A restore therefore never locks a live owner out of its
+//     name while the restored owner's lease waits to expire.
+//   - A process that never owned the name does not take it from a process
+//     born after it, in etcd's order: Born is the header revision of a
+//     process's first lease grant, recorded in its owner key. (A record
+//     without Born, of an older version, counts as born when written.) So a
+//     process that got its lease, then lost etcd before claiming, does not
+//     displace the one that replaced it meanwhile. A grant writes no
+//     revision: two processes born with no write in between are not
+//     ordered, and the later claim wins.
+//
+// One case stays ambiguous: after a restore without --bump-revision,
+// revisions start again below those a live process remembers, and a
+// process that first claims the name in the restored history, before the
+// live owner has claimed it again, is taken over by that owner (which is
+// loudly logged, and leaves one owner). etcd advises --bump-revision for
+// any cluster whose clients remember revisions.
 
 // Owner is the value of owners/<agent> (schema.Owner): the process that
 // owns the agent name.
@@ -50,7 +71,7 @@ func (r *Registry) ownerValue(lease clientv3.LeaseID) string {
 	host, _ := os.Hostname()
 	b, _ := json.Marshal(Owner{
 		Agent: r.cfg.Agent, Lease: fmt.Sprintf("%x", int64(lease)), Process: r.process,
-		Host: host, PID: os.Getpid(), Started: r.started, ClaimedAt: time.Now().UTC(),
+		Host: host, PID: os.Getpid(), Started: r.started, ClaimedAt: r.clock.Now().UTC(), Born: r.born,
 	})
 	return string(b)
 }
@@ -91,16 +112,19 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		kv := kvs[0]
 		o, derr := r.layout.DecodeOwner(key, kv.Value)
 		r.mu.Lock()
-		claimed := r.claimed
+		claimed, claimRev, born := r.claimed, r.claimRev, r.born
 		r.mu.Unlock()
+		stale := false
 		switch {
 		case derr != nil:
 			r.log.WithError(derr).Warn("registry: overwriting a malformed owner key")
 		case o.Process == r.process:
 			// Our own key, from a lease we no longer use: take it back.
+		case claimed && kv.ModRevision > claimRev:
+			return 0, r.displace(o, kv.ModRevision) // claimed after us: newer
 		case claimed:
-			return 0, r.displace(o, kv.ModRevision)
-		case o.Started.After(r.started):
+			stale = true // older than our claim: restored by an etcd restore
+		case bornAfter(o, kv.ModRevision, born):
 			return 0, r.displace(o, kv.ModRevision)
 		}
 		// Take the name over: our owner key, and none of the other
@@ -115,7 +139,12 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		if !tresp.Succeeded {
 			return 0, errNotOwner // changed meanwhile: look again
 		}
-		if derr == nil && o.Process != r.process {
+		switch {
+		case stale:
+			r.log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "other_host": o.Host, "other_pid": o.PID,
+				"owner_key_revision": kv.ModRevision, "own_claim_revision": claimRev}).
+				Warn("registry: the owner key predates this process's own claim (etcd was restored from a backup?); took the name back from the restored owner")
+		case derr == nil && o.Process != r.process:
 			r.log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "other_host": o.Host, "other_pid": o.PID}).
 				Warn("registry: took this agent name over from another process (one process per agent name); it is told and stops")
 		}
@@ -133,6 +162,10 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 	r.claimed = true
 	r.ownedGen = gen
 	r.claimRev = tresp.Header.Revision
+	select {
+	case r.rewatch <- struct{}{}: // the watch may follow another history (a restore)
+	default:
+	}
 	if n == 0 {
 		for _, e := range r.entries {
 			e.written = 0 // deleted by the take-over (or never written): write again
@@ -149,6 +182,20 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		return 0, errRewrite
 	}
 	return n, nil
+}
+
+// bornAfter reports whether the owner o, whose key was written at modRev,
+// came to etcd after a process born at revision born: its own Born when it
+// recorded one, else the key's revision. A process not yet born (no lease
+// granted: cannot happen in a claim) counts as born last.
+func bornAfter(o Owner, modRev, born int64) bool {
+	if born == 0 {
+		return false
+	}
+	if o.Born != 0 {
+		return o.Born > born
+	}
+	return modRev > born
 }
 
 // displace records that another process owns the agent name: the Registry
@@ -236,16 +283,27 @@ func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]
 	} else {
 		check(g.Kvs[0].Value, g.Kvs[0].ModRevision, false)
 	}
-	for resp := range wch {
-		if resp.Err() != nil {
-			r.log.WithError(resp.Err()).Debug("registry: owner watch ended; watching again")
+	for {
+		select {
+		case resp, ok := <-wch:
+			if !ok {
+				return true
+			}
+			if resp.Err() != nil {
+				r.log.WithError(resp.Err()).Debug("registry: owner watch ended; watching again")
+				return true
+			}
+			for _, e := range resp.Events {
+				check(e.Kv.Value, e.Kv.ModRevision, e.Type == clientv3.EventTypeDelete)
+			}
+		case <-r.rewatch:
+			// A claim: watch again from now. After a restore without
+			// --bump-revision the old watch waits for revisions the
+			// restored history reaches only much later, and would miss
+			// a takeover meanwhile.
 			return true
 		}
-		for _, e := range resp.Events {
-			check(e.Kv.Value, e.Kv.ModRevision, e.Type == clientv3.EventTypeDelete)
-		}
 	}
-	return true
 }
 
 // disowned makes the loop claim the name again and write every

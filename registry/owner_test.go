@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/etcdtest"
@@ -106,4 +107,157 @@ func TestWipedPrefixRegistersAgain(t *testing.T) {
 		t.Fatalf("a wipe displaced the registry: %v", r.Err())
 	default:
 	}
+}
+
+// owned reports whether r owns the agent name on its current session with
+// every registration written: the owner key names r's process on r's lease,
+// and each of plugins is registered on that lease.
+func owned(t *testing.T, c *clientv3.Client, r *Registry, plugins ...string) bool {
+	t.Helper()
+	st := r.State()
+	if !st.Connected || st.Lease == 0 {
+		return false
+	}
+	own := get(t, c, layout.Owner(r.Agent()), false)
+	if len(own.Kvs) != 1 || clientv3.LeaseID(own.Kvs[0].Lease) != st.Lease {
+		return false
+	}
+	o, err := layout.DecodeOwner(string(own.Kvs[0].Key), own.Kvs[0].Value)
+	if err != nil || o.Process != r.Process() {
+		return false
+	}
+	for _, p := range plugins {
+		resp := get(t, c, layout.Registration(r.Agent(), p), false)
+		if len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != st.Lease {
+			return false
+		}
+	}
+	return true
+}
+
+func notDisplaced(t *testing.T, r *Registry, who string) {
+	t.Helper()
+	select {
+	case <-r.Displaced():
+		t.Fatalf("%s was displaced: %v", who, r.Err())
+	default:
+	}
+}
+
+// Invariants 13 and 16, issue 24 point 3: an etcd restore brings back the
+// owner key of a process Z that had crashed with its lease alive, after a
+// live process A had taken the name over. A's lease is gone with the
+// restore, so A claims again and finds Z's key: it is older than A's own
+// claim in etcd's order (stale), so A takes the name back instead of
+// displacing itself, and still owns it once Z's restored lease expired.
+// Both kinds of restore: plain, and etcd's advice for clusters whose
+// clients remember revisions (--bump-revision --mark-compacted).
+func TestRestoredOwnerKeyDoesNotLockTheOwnerOut(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		bump uint64
+	}{{"plain", 0}, {"bump-revision", 1_000_000}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := etcdtest.Start(t)
+			cz := m.Client(t)
+			cfg := DefaultConfig("rs")
+			cfg.TTL = 6 * time.Second // outlives the restore by far
+			z, err := New(cz, cfg, WithLogger(testLogger(t).WithField("process", "Z")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer z.Close()
+			if _, err := z.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+				t.Fatal(err)
+			}
+			zLease := z.State().Lease
+			cz.Close() // Z crashes: no revoke, its lease stays alive
+			backup := m.Snapshot(t)
+
+			c := m.Client(t)
+			a := newRegistry(t, c, "rs", 2*time.Second, WithOwnerWatch())
+			if _, err := a.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+				t.Fatal(err)
+			}
+			gen := a.State().Generation
+			m.RestoreSnapshot(t, backup, tc.bump)
+			// The backup holds Z's owner key on Z's lease, which the
+			// restore brings back alive (with its full TTL).
+			if ttl, err := c.TimeToLive(ctxT(t, 5*time.Second), zLease); err != nil || ttl.TTL <= 0 {
+				t.Fatalf("after the restore Z's lease %x: %v, %v; want it alive", int64(zLease), ttl, err)
+			}
+			etcdtest.WaitFor(t, 20*time.Second, "A owns the name again on a new session", func() bool {
+				notDisplaced(t, a, "A, by the restored owner key")
+				return a.State().Generation > gen && owned(t, c, a, "p")
+			})
+			etcdtest.WaitFor(t, 20*time.Second, "Z's restored lease expired", func() bool {
+				ttl, err := c.TimeToLive(ctxT(t, 5*time.Second), zLease)
+				return err == nil && ttl.TTL == -1
+			})
+			notDisplaced(t, a, "A")
+			if !owned(t, c, a, "p") {
+				t.Fatal("A lost the name when Z's restored lease expired")
+			}
+		})
+	}
+}
+
+// Invariant 13, issue 24 point 3: a host's clock decides nothing. A
+// process whose clock is 30 s behind takes the name over from a crashed
+// process and keeps it against an older process that claims late (born
+// before it in etcd's order), whose clock is right.
+func TestOwnershipIgnoresHostClocks(t *testing.T) {
+	behind := func() Option { return WithClock(clockwork.NewFakeClockAt(time.Now().Add(-30 * time.Second))) }
+	t.Run("takes over from a crashed process", func(t *testing.T) {
+		m := etcdtest.Start(t)
+		cz := m.Client(t)
+		z, err := New(cz, DefaultConfig("ck"), WithLogger(testLogger(t).WithField("process", "Z")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer z.Close()
+		if _, err := z.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+			t.Fatal(err)
+		}
+		cz.Close() // crashed, lease alive
+		c := m.Client(t)
+		a := newRegistry(t, c, "ck", 5*time.Second, behind())
+		if _, err := a.Add("p"); err != nil {
+			t.Fatal(err)
+		}
+		etcdtest.WaitFor(t, 10*time.Second, "A owns the name", func() bool {
+			notDisplaced(t, a, "A (clock 30 s behind)")
+			return owned(t, c, a, "p")
+		})
+	})
+	t.Run("keeps it against an older process", func(t *testing.T) {
+		m := etcdtest.Start(t)
+		c := m.Client(t)
+		// P is born (has its lease) but claims nothing until it has a
+		// registration: like a process cut off from etcd before its claim.
+		p := newRegistry(t, c, "ck", 5*time.Second)
+		etcdtest.WaitFor(t, 10*time.Second, "P has a session", func() bool { return p.State().Lease != 0 })
+		// Etcd orders births by revision (a lease grant writes none):
+		// something happens between the two starts, as in any live
+		// cluster. Born at one revision, the later claim would win.
+		if _, err := c.Put(ctxT(t, 5*time.Second), "/elsewhere", "x"); err != nil {
+			t.Fatal(err)
+		}
+		a := newRegistry(t, c, "ck", 5*time.Second, behind(), WithOwnerWatch())
+		if _, err := a.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Add("p"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-p.Displaced():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the older process P did not yield the name to A")
+		}
+		notDisplaced(t, a, "A (clock 30 s behind)")
+		if !owned(t, c, a, "p") {
+			t.Fatal("A does not own the name after P yielded")
+		}
+	})
 }

@@ -83,6 +83,11 @@ func (r *Registry) newSession() (*concurrency.Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.mu.Lock()
+	if r.born == 0 {
+		r.born = lease.ResponseHeader.Revision
+	}
+	r.mu.Unlock()
 	return concurrency.NewSession(r.c, concurrency.WithLease(lease.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(r.ctx))
 }
 

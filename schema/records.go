@@ -185,16 +185,22 @@ type Owner struct {
 	Process string `json:"process"`
 	Host    string `json:"host,omitempty"`
 	PID     int    `json:"pid,omitempty"`
-	// Started is when the owning Registry was created.
+	// Started is when the owning Registry was created, by its host's
+	// clock: for people only. Which process is newer is decided by Born
+	// and by the key's revisions, never by a host's clock.
 	Started time.Time `json:"started"`
-	// ClaimedAt is when it claimed the name.
+	// ClaimedAt is when it claimed the name (host clock, for people).
 	ClaimedAt time.Time `json:"claimed_at"`
+	// Born is the etcd revision at which the process got its first
+	// session lease (the Grant's header revision): its start in etcd's
+	// order. 0 in records of older versions.
+	Born int64 `json:"born,omitempty"`
 }
 
 // String is like "process 3f2a... (host h, pid 12, lease 694d...)".
 func (o Owner) String() string {
-	return fmt.Sprintf("process %s (host %s, pid %d, lease %s, started %s)",
-		o.Process, o.Host, o.PID, o.Lease, o.Started.Format(time.RFC3339Nano))
+	return fmt.Sprintf("process %s (host %s, pid %d, lease %s, started %s, born at etcd revision %d)",
+		o.Process, o.Host, o.PID, o.Lease, o.Started.Format(time.RFC3339Nano), o.Born)
 }
 
 // Validate checks the record.
@@ -204,6 +210,9 @@ func (o Owner) Validate() error {
 	}
 	if o.Process == "" {
 		return errors.New("no process id")
+	}
+	if o.Born < 0 {
+		return fmt.Errorf("born at revision %d: a revision is not negative", o.Born)
 	}
 	return checkText("host", o.Host, MaxIDLen, "process", o.Process, "lease", o.Lease)
 }
