@@ -119,7 +119,9 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		case derr != nil:
 			r.log.WithError(derr).Warn("registry: overwriting a malformed owner key")
 		case o.Process == r.process:
-			// Our own key, from a lease we no longer use: take it back.
+			// Our own key, from a lease we no longer use (or on this
+			// one, after a wiped-and-rewritten or a misread watch):
+			// take it back, keeping the registrations (below).
 		case claimed && kv.ModRevision > claimRev:
 			return 0, r.displace(o, kv.ModRevision) // claimed after us: newer
 		case claimed:
@@ -127,12 +129,17 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		case bornAfter(o, kv.ModRevision, born):
 			return 0, r.displace(o, kv.ModRevision)
 		}
-		// Take the name over: our owner key, and none of the other
-		// process's registrations (some may be of plugins we lack).
+		// Take the name over: our owner key, and none of another
+		// process's registrations (some may be of plugins we lack). Our
+		// own are never deleted: they are written again on this lease,
+		// so the coordinator never sees them depart (a round would
+		// record them departed) nor come back.
+		take := []clientv3.Op{clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease))}
+		if derr != nil || o.Process != r.process {
+			take = append(take, clientv3.OpDelete(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix()))
+		}
 		tresp, err = r.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease)),
-				clientv3.OpDelete(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix())).
-			Commit()
+			Then(take...).Commit()
 		if err != nil {
 			return 0, err
 		}
@@ -203,6 +210,10 @@ func bornAfter(o Owner, modRev, born int64) bool {
 func (r *Registry) displace(other Owner, rev int64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.displaceLocked(other, rev)
+}
+
+func (r *Registry) displaceLocked(other Owner, rev int64) error {
 	if r.displaced != nil {
 		return r.displaced
 	}
@@ -221,28 +232,7 @@ func (r *Registry) displace(other Owner, rev int64) error {
 // claim again.
 func (r *Registry) watchOwner() {
 	key := r.layout.Owner(r.cfg.Agent)
-	check := func(value []byte, modRev int64, deleted bool) {
-		r.mu.Lock()
-		claimRev := r.claimRev
-		r.mu.Unlock()
-		if claimRev == 0 || modRev <= claimRev {
-			return // before our claim: our old key expiring, or the one we replaced
-		}
-		if deleted {
-			r.log.Warn("registry: the owner key vanished while this process owns the agent name (a wiped prefix?); claiming it again and writing every registration again")
-			r.disowned()
-			return
-		}
-		o, err := r.layout.DecodeOwner(key, value)
-		if err != nil {
-			r.log.WithError(err).Warn("registry: malformed owner key; claiming the name again")
-			r.disowned()
-			return
-		}
-		if o.Process != r.process {
-			r.displace(o, modRev)
-		}
-	}
+	check := func(value []byte, modRev int64, deleted bool) { r.ownerEvent(key, value, modRev, deleted) }
 	// Not a list-then-watch from the list's revision: a watch that starts
 	// in the past is "unsynced" in etcd and costs a scan of the history
 	// each time etcd catches it up, which a thousand agents' watches on a
@@ -262,6 +252,37 @@ func (r *Registry) watchOwner() {
 		if !r.wait(nil, bo.Next()) {
 			return
 		}
+	}
+}
+
+// ownerEvent handles a change of the owner key seen by the watch: written
+// by another process after our last claim means displaced; deleted (a wiped
+// prefix) or malformed after it means claim again. Anything at or before
+// our last claim is history: our old key expiring, or the one we replaced.
+// The decision and what it changes are made under one lock with the claim
+// revision they compare with: a delete of our old lease's key, read before
+// a re-claim landed and acted on after it, would otherwise undo the fresh
+// claim (issue 24 point 7).
+func (r *Registry) ownerEvent(key string, value []byte, modRev int64, deleted bool) {
+	var o Owner
+	var derr error
+	if !deleted {
+		o, derr = r.layout.DecodeOwner(key, value)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.claimRev == 0 || modRev <= r.claimRev {
+		return
+	}
+	switch {
+	case deleted:
+		r.log.WithField("revision", modRev).Warn("registry: the owner key vanished while this process owns the agent name (a wiped prefix?); claiming it again and writing every registration again")
+		r.disownedLocked()
+	case derr != nil:
+		r.log.WithError(derr).Warn("registry: malformed owner key; claiming the name again")
+		r.disownedLocked()
+	case o.Process != r.process:
+		r.displaceLocked(o, modRev)
 	}
 }
 
@@ -310,6 +331,11 @@ func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]
 // registration again (they may be gone with the owner key).
 func (r *Registry) disowned() {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.disownedLocked()
+}
+
+func (r *Registry) disownedLocked() {
 	r.ownedGen = 0
 	for _, e := range r.entries {
 		e.written = 0
@@ -318,8 +344,7 @@ func (r *Registry) disowned() {
 		r.state.Connected = false
 		r.notifyLocked()
 	}
-	r.mu.Unlock()
-	r.poke()
+	r.poke() // never blocks
 }
 
 // Displaced is closed when another process took over the agent name; Err

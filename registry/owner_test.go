@@ -261,3 +261,123 @@ func TestOwnershipIgnoresHostClocks(t *testing.T) {
 		}
 	})
 }
+
+// regEvents watches every key from revision from on and returns, once the
+// test's marker key is put, the events of agent's registrations in order.
+func regEvents(t *testing.T, c *clientv3.Client, agent string, from int64, mark func()) []*clientv3.Event {
+	t.Helper()
+	ctx := ctxT(t, 30*time.Second)
+	wch := c.Watch(ctx, "\x00", clientv3.WithFromKey(), clientv3.WithRev(from))
+	mark()
+	var out []*clientv3.Event
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range resp.Events {
+			switch k := string(e.Kv.Key); {
+			case k == "/test-marker":
+				return out
+			case strings.HasPrefix(k, layout.AgentRegistrations(agent)):
+				out = append(out, e)
+			}
+		}
+	}
+	t.Fatal("watch ended before the marker")
+	return nil
+}
+
+// Issue 24 point 7: a re-claim never deletes the registrations of its own
+// process. The owner watch could act on the delete of the agent's old owner
+// key (its expired lease) after a re-claim landed, and so disown the fresh
+// claim; the next claim then found the process's own key and took it back
+// by deleting every registration, which the coordinator's running round
+// recorded as departed. Now the watch decides under the claim's lock (an
+// event at or before the last claim is history), and a re-claim of the
+// process's own key keeps the registrations.
+func TestReclaimKeepsOwnRegistrations(t *testing.T) {
+	t.Run("disowned after a re-claim", func(t *testing.T) {
+		m := etcdtest.Start(t)
+		c := m.Client(t)
+		r := newRegistry(t, c, "rc", 5*time.Second, WithOwnerWatch())
+		for _, p := range []string{"a", "b"} {
+			if _, err := r.Register(ctxT(t, 5*time.Second), p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.mu.Lock()
+		claimRev := r.claimRev
+		r.mu.Unlock()
+		from := get(t, c, layout.Owner("rc"), false).Header.Revision + 1
+		evs := regEvents(t, c, "rc", from, func() {
+			// What the racing owner watch did: disown the live claim.
+			r.disowned()
+			etcdtest.WaitFor(t, 10*time.Second, "the name claimed again", func() bool {
+				r.mu.Lock()
+				again := r.claimRev > claimRev
+				r.mu.Unlock()
+				return again && owned(t, c, r, "a", "b")
+			})
+			if _, err := c.Put(ctxT(t, 5*time.Second), "/test-marker", "x"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		for _, e := range evs {
+			if e.Type == clientv3.EventTypeDelete {
+				t.Errorf("the re-claim deleted its own registration %s at revision %d", e.Kv.Key, e.Kv.ModRevision)
+			}
+		}
+	})
+	t.Run("lease expired", func(t *testing.T) {
+		m := etcdtest.Start(t)
+		c := m.Client(t)
+		r := newRegistry(t, c, "rc", 2*time.Second, WithOwnerWatch())
+		for _, p := range []string{"a", "b"} {
+			if _, err := r.Register(ctxT(t, 5*time.Second), p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		old := r.State()
+		from := get(t, c, layout.Owner("rc"), false).Header.Revision + 1
+		evs := regEvents(t, c, "rc", from, func() {
+			// The lease expires while the process lives: the owner
+			// key's delete reaches the watch around the re-claim.
+			if _, err := c.Revoke(ctxT(t, 5*time.Second), old.Lease); err != nil {
+				t.Fatal(err)
+			}
+			etcdtest.WaitFor(t, 10*time.Second, "registered again on a new session", func() bool {
+				return r.State().Generation > old.Generation && owned(t, c, r, "a", "b")
+			})
+			if _, err := c.Put(ctxT(t, 5*time.Second), "/test-marker", "x"); err != nil {
+				t.Fatal(err)
+			}
+		})
+		written := map[string]bool{}
+		var expired int64
+		for _, e := range evs {
+			k := string(e.Kv.Key)
+			switch {
+			case e.Type == clientv3.EventTypeDelete && !written[k]:
+				expired = e.Kv.ModRevision
+			case e.Type == clientv3.EventTypePut && clientv3.LeaseID(e.Kv.Lease) != old.Lease:
+				written[k] = true
+			case e.Type == clientv3.EventTypeDelete && written[k]:
+				t.Errorf("registration %s deleted at revision %d after it was written on the new lease", k, e.Kv.ModRevision)
+			}
+		}
+		if len(written) != 2 || expired == 0 {
+			t.Fatalf("registrations written on the new lease: %v, want a and b; deleted with the old lease at revision %d", written, expired)
+		}
+		// The owner key's delete, with the old lease, handed to the
+		// watch's handler however late: it leaves the new claim alone.
+		st := r.State()
+		r.ownerEvent(layout.Owner("rc"), nil, expired, true)
+		r.mu.Lock()
+		kept := r.ownedGen == st.Generation
+		r.mu.Unlock()
+		if !kept || !r.State().Connected {
+			t.Error("a late delete event of the expired lease's owner key disowned the new claim")
+		}
+		notDisplaced(t, r, "the registry")
+	})
+}
