@@ -381,3 +381,19 @@ func TestReclaimKeepsOwnRegistrations(t *testing.T) {
 		notDisplaced(t, r, "the registry")
 	})
 }
+
+// Claim owns the name without any registration (a Watcher's requests are
+// fenced by the owner key, also those of an agent that registered nothing
+// yet); without it an idle Registry claims nothing.
+func TestClaimWithoutRegistrations(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	idle := newRegistry(t, c, "idle", 5*time.Second)
+	r := newRegistry(t, c, "cl", 5*time.Second)
+	r.Claim()
+	etcdtest.WaitFor(t, 10*time.Second, "the name owned", func() bool { return owned(t, c, r) })
+	etcdtest.WaitFor(t, 10*time.Second, "the idle registry's session", func() bool { return idle.State().Connected })
+	if own := get(t, c, layout.Owner("idle"), false); len(own.Kvs) != 0 {
+		t.Fatalf("a registry with no registration and no Claim owns its name: %s", own.Kvs[0].Value)
+	}
+}

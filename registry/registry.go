@@ -162,6 +162,7 @@ type Registry struct {
 	claimed    bool          // this process has owned the name
 	ownedGen   uint64        // generation whose lease is on the owner key; 0 = none
 	claimRev   int64         // etcd revision of the last claim
+	wantOwner  bool          // Claim: own the name even without registrations
 	rewatch    chan struct{} // cap 1: a claim happened; the owner watch starts again
 	displaced  error
 	dispc      chan struct{}  // closed when displaced
@@ -268,6 +269,19 @@ func (r *Registry) Register(ctx context.Context, plugin string) (schema.Registra
 			return reg, fmt.Errorf("registry: register %q: not yet written to etcd (it will be when etcd is reachable): %w", plugin, ctx.Err())
 		}
 	}
+}
+
+// Claim makes the Registry own the agent name as soon as it has a session,
+// even while it holds no registration (otherwise it claims the name with
+// its first registration). A Watcher calls it before it writes a request:
+// like acks, requests are written only while the owner key is on the
+// writer's lease, so that a displaced or lease-less process writes none.
+// It does not wait; it is idempotent.
+func (r *Registry) Claim() {
+	r.mu.Lock()
+	r.wantOwner = true
+	r.mu.Unlock()
+	r.poke()
 }
 
 // Deregister removes plugin; its key is deleted by the session loop. It does

@@ -127,7 +127,7 @@ func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
 // deletes removed ones, in registration order, a Txn per schema.MaxTxnOps.
 func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	r.mu.Lock()
-	owned := r.ownedGen == gen
+	owned, want := r.ownedGen == gen, r.wantOwner
 	var todo []schema.Registration
 	for _, e := range r.entries {
 		if e.written != gen {
@@ -154,7 +154,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 		}
 		ops = append(ops, clientv3.OpPut(r.layout.Registration(reg.Agent, reg.Plugin), string(b), clientv3.WithLease(lease)))
 	}
-	if !owned && len(ops) > 0 {
+	if !owned && (len(ops) > 0 || want) {
 		// Own the agent name first (owner.go); the first registrations
 		// go in the claim's Txn when nobody owned it.
 		n, err := r.claim(lease, gen, ops[:min(len(ops), schema.MaxTxnOps-1)])
