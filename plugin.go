@@ -163,7 +163,7 @@ func NewPlugin(deps Deps, cfg Config) (*Plugin, error) {
 	if deps.Clock == nil {
 		deps.Clock = watcher.SystemClock()
 	}
-	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log), registry.WithOwnerWatch())
+	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log), registry.WithClock(deps.Clock), registry.WithOwnerWatch())
 	if err != nil {
 		return nil, fmt.Errorf("resync: %w", err)
 	}
