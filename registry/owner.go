@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
@@ -165,14 +166,12 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 			defer r.ownerWG.Done()
 			r.watchOwner()
 		}()
+	} else {
+		r.Recheck() // the watch may follow another history (a restore)
 	}
 	r.claimed = true
 	r.ownedGen = gen
 	r.claimRev = tresp.Header.Revision
-	select {
-	case r.rewatch <- struct{}{}: // the watch may follow another history (a restore)
-	default:
-	}
 	if n == 0 {
 		for _, e := range r.entries {
 			e.written = 0 // deleted by the take-over (or never written): write again
@@ -294,16 +293,17 @@ func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]
 		return false
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
-	g, err := r.c.Get(ctx, key)
+	g, err := r.c.Txn(ctx).Then(clientv3.OpGet(key),
+		clientv3.OpGet(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix())).Commit()
 	cancel()
 	if err != nil {
 		return false
 	}
-	if len(g.Kvs) == 0 {
-		check(nil, g.Header.Revision, true)
-	} else {
-		check(g.Kvs[0].Value, g.Kvs[0].ModRevision, false)
+	var own *mvccpb.KeyValue
+	if kvs := g.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
+		own = kvs[0]
 	}
+	r.ownerState(key, own, g.Responses[1].GetResponseRange().Kvs, g.Header.Revision)
 	for {
 		select {
 		case resp, ok := <-wch:
@@ -318,12 +318,90 @@ func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]
 				check(e.Kv.Value, e.Kv.ModRevision, e.Type == clientv3.EventTypeDelete)
 			}
 		case <-r.rewatch:
-			// A claim: watch again from now. After a restore without
-			// --bump-revision the old watch waits for revisions the
-			// restored history reaches only much later, and would miss
-			// a takeover meanwhile.
+			// A claim, or Recheck: watch again from now, and read the
+			// owner key and the registrations again. After a restore
+			// without --bump-revision the old watch waits for
+			// revisions the restored history reaches only much later,
+			// and would miss a takeover meanwhile.
 			return true
 		}
+	}
+}
+
+// ownerState compares what etcd holds at revision rev (the owner key own,
+// nil if none, and the agent's registrations; a keys-only read drops their
+// leases) with what this
+// process believes it owns, and repairs the difference. The owner watch
+// reads it at each (re)start: after every claim, a watch error (such as
+// the compaction that a restore with --bump-revision --mark-compacted
+// makes every resumed watch see) and Recheck. Unlike a watch event, the
+// state is judged by what is there now: another process's key older than
+// our claim can only have been restored by an etcd restore that kept our
+// lease alive (the key we overwrote came back, our claim did not), so we
+// claim the name again, and take it back from the stale key (claim); the
+// registrations we wrote and the restore lost are written again.
+func (r *Registry) ownerState(key string, own *mvccpb.KeyValue, regs []*mvccpb.KeyValue, rev int64) {
+	var o Owner
+	var derr error
+	if own != nil {
+		o, derr = r.layout.DecodeOwner(key, own.Value)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.claimRev == 0 || r.claimRev > rev || r.ownedGen == 0 || r.ownedGen != r.state.Generation {
+		return // read before the last claim, or a claim under way: it decides
+	}
+	log := r.log.WithField("revision", rev)
+	switch {
+	case own == nil:
+		log.Warn("registry: the owner key vanished while this process owns the agent name (a wiped prefix? an etcd restore?); claiming it again and writing every registration again")
+		r.disownedLocked()
+		return
+	case derr != nil:
+		log.WithError(derr).Warn("registry: malformed owner key; claiming the name again")
+		r.disownedLocked()
+		return
+	case o.Process != r.process && own.ModRevision > r.claimRev:
+		r.displaceLocked(o, own.ModRevision)
+		return
+	case o.Process != r.process || clientv3.LeaseID(own.Lease) != r.state.Lease:
+		log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "owner_key_revision": own.ModRevision, "own_claim_revision": r.claimRev}).
+			Warn("registry: the owner key predates this process's own claim (etcd was restored from a backup?); claiming the name again")
+		r.disownedLocked()
+		return
+	}
+	on := map[string]bool{}
+	for _, kv := range regs {
+		on[string(kv.Key)] = clientv3.LeaseID(kv.Lease) == r.state.Lease
+	}
+	var lost []string
+	for _, e := range r.entries {
+		if e.written == r.ownedGen && e.rev <= rev && !on[r.layout.Registration(e.reg.Agent, e.reg.Plugin)] {
+			e.written = 0
+			lost = append(lost, e.reg.Plugin)
+		}
+	}
+	if len(lost) > 0 {
+		log.WithField("plugins", lost).Warn("registry: registrations missing from etcd (an etcd restore?); writing them again")
+		if r.state.Connected {
+			r.state.Connected = false
+			r.notifyLocked()
+		}
+		r.poke()
+	}
+}
+
+// Recheck asks the Registry to compare the owner key and its registrations
+// in etcd with what it believes it owns, and repair the difference (claim
+// the name again, find itself displaced, write lost registrations again).
+// A Watcher calls it when etcd refuses an ack or request because the owner
+// key is not on the agent's lease, and when it sees the resync history
+// reset: after an etcd restore the owner watch may not have noticed. It
+// does not wait; with no owner watch (WithOwnerWatch) it does nothing.
+func (r *Registry) Recheck() {
+	select {
+	case r.rewatch <- struct{}{}:
+	default:
 	}
 }
 

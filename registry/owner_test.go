@@ -202,6 +202,55 @@ func TestRestoredOwnerKeyDoesNotLockTheOwnerOut(t *testing.T) {
 	}
 }
 
+// Invariants 13 and 16: the same restore, but the live process A got its
+// lease before the backup and took the name over after it, so its lease
+// (and session) survives the restore while its claim and registration do
+// not: Z's restored owner key, older than A's claim, stands on Z's lease,
+// renewed for a full TTL. A takes the name back at once (its owner watch,
+// compacted by the restore, reads the state again), not when Z's lease
+// expires, and writes its lost registration again.
+func TestRestoreKeepingTheLeaseDoesNotLockTheOwnerOut(t *testing.T) {
+	m := etcdtest.Start(t)
+	cz := m.Client(t)
+	zcfg := DefaultConfig("rk")
+	zcfg.TTL = 60 * time.Second // restored with a full TTL: far beyond the test
+	z, err := New(cz, zcfg, WithLogger(testLogger(t).WithField("process", "Z")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer z.Close()
+	if _, err := z.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	zLease := z.State().Lease
+	cz.Close() // Z crashes: its lease stays alive
+
+	c := m.Client(t)
+	// A's session outlives the restore's downtime; it claims nothing
+	// before the backup.
+	a := newRegistry(t, c, "rk", 30*time.Second, WithOwnerWatch())
+	etcdtest.WaitFor(t, 10*time.Second, "A has a session", func() bool { return a.State().Lease != 0 })
+	if _, err := c.Put(ctxT(t, 5*time.Second), "/elsewhere", "x"); err != nil {
+		t.Fatal(err) // A is born strictly after Z
+	}
+	backup := m.Snapshot(t)
+	if _, err := a.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	st := a.State()
+	m.RestoreSnapshot(t, backup, 1_000_000)
+	etcdtest.WaitFor(t, 30*time.Second, "A owns the name again", func() bool {
+		notDisplaced(t, a, "A, by the restored owner key")
+		return owned(t, c, a, "p")
+	})
+	if got := a.State(); got.Lease != st.Lease || got.Generation != st.Generation {
+		t.Fatalf("A's session %+v, want the one that survived the restore %+v", got, st)
+	}
+	if ttl, err := c.TimeToLive(ctxT(t, 5*time.Second), zLease); err != nil || ttl.TTL <= 0 {
+		t.Fatalf("Z's restored lease %v, %v: want it still alive (A must not wait for it)", ttl, err)
+	}
+}
+
 // Invariant 13, issue 24 point 3: a host's clock decides nothing. A
 // process whose clock is 30 s behind takes the name over from a crashed
 // process and keeps it against an older process that claims late (born

@@ -128,6 +128,7 @@ type State struct {
 type entry struct {
 	reg     schema.Registration
 	written uint64 // generation whose session holds the key; 0 = not written
+	rev     int64  // etcd revision by which it was written (for ownerState)
 }
 
 // Registry is one agent's set of registrations over one etcd session. It is

@@ -144,6 +144,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	r.mu.Unlock()
 
 	var ops []clientv3.Op
+	var last int64 // etcd revision of the last write
 	for _, id := range removed {
 		ops = append(ops, clientv3.OpDelete(r.layout.Registration(id.Agent, id.Plugin)))
 	}
@@ -162,6 +163,9 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 			return err
 		}
 		ops = ops[n:]
+		r.mu.Lock()
+		last = r.claimRev
+		r.mu.Unlock()
 	}
 	// Every other write is guarded by the owner key being on our lease: a
 	// displaced process never writes over the new owner.
@@ -178,6 +182,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 			r.disowned()
 			return errNotOwner
 		}
+		last = resp.Header.Revision
 		ops = ops[n:]
 	}
 
@@ -186,7 +191,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	for _, e := range r.entries {
 		for _, reg := range todo {
 			if e.reg == reg {
-				e.written = gen
+				e.written, e.rev = gen, last
 			}
 		}
 	}

@@ -70,6 +70,11 @@ func (w *Watcher) outbox() {
 			if w.ctx.Err() != nil {
 				return
 			}
+			if errors.Is(err, errNotOwner) {
+				// The registry may not know yet (an etcd restore its
+				// owner watch missed): it compares with etcd.
+				w.reg.Recheck()
+			}
 			pause := bo.Next()
 			w.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
 			retry = w.clock.After(pause)

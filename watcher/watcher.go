@@ -507,6 +507,9 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 	}
 	if reset {
 		w.resets++
+		// An etcd restore may have lost the agent's claim or its
+		// registrations with the history: the registry checks.
+		w.reg.Recheck()
 	}
 	if w.recCancel != nil {
 		w.recCancel()
