@@ -25,11 +25,19 @@ import (
 // one Txn, then writes its own. Every later write of registrations is a Txn
 // guarded by the owner key still being on the writer's lease, so a displaced
 // process can never write over the new owner, also not after it loses its
-// session: once it has owned the name, it claims it again only if the owner
-// key is absent (its own key vanished with its lease, or the prefix was
-// wiped). A process that sees the owner key written by another process after
-// its own claim is displaced: its Registry stops (and revokes its lease), and
-// Displaced/Err report it.
+// session: once it has owned the name, it claims it again only over an
+// absent owner key (its own key vanished with its lease, or the prefix was
+// wiped), its own, or a stale one (below). A process that sees the owner
+// key written by another process after its own claim is displaced: its
+// Registry stops (and revokes its lease), and Displaced/Err report it. A
+// re-claim never deletes the process's own registrations (they are written
+// again on its lease): only another process's, which a running round would
+// otherwise keep.
+//
+// The owner watch follows the key (ownerEvent) and, at each (re)start,
+// compares what etcd holds with what the process believes it owns
+// (ownerState): after an etcd restore that kept the process's lease, the
+// owner key and registrations it wrote may be gone with the history.
 //
 // Which process is newer is decided by etcd's order, never by a host's
 // clock (a host whose clock is behind would otherwise lose its own name):
