@@ -59,12 +59,14 @@ import (
 //     revision: two processes born with no write in between are not
 //     ordered, and the later claim wins.
 //
-// One case stays ambiguous: after a restore without --bump-revision,
-// revisions start again below those a live process remembers, and a
-// process that first claims the name in the restored history, before the
-// live owner has claimed it again, is taken over by that owner (which is
-// loudly logged, and leaves one owner). etcd advises --bump-revision for
-// any cluster whose clients remember revisions.
+// After a restore without --bump-revision, revisions start again below
+// those a live process remembers: a read below its own claim tells it so,
+// and then its claim orders nothing and births decide, as for a process
+// that never owned the name. One case stays ambiguous: a process born
+// after the backup, in the history the restore undid, counts as born after
+// one born in the restored history at a lower revision (it takes the name,
+// loudly, and one owner is left). etcd advises --bump-revision for any
+// cluster whose clients remember revisions.
 
 // Owner is the value of owners/<agent> (schema.Owner): the process that
 // owns the agent name.
@@ -123,6 +125,11 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		r.mu.Lock()
 		claimed, claimRev, born := r.claimed, r.claimRev, r.born
 		r.mu.Unlock()
+		// Our claim's revision orders keys only in the history it was
+		// made in: a read below it means a restore without
+		// --bump-revision took the history back, and then births order
+		// the processes, as for one that never owned the name.
+		ordered := claimed && tresp.Header.Revision >= claimRev
 		stale := false
 		switch {
 		case derr != nil:
@@ -131,12 +138,14 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 			// Our own key, from a lease we no longer use (or on this
 			// one, after a wiped-and-rewritten or a misread watch):
 			// take it back, keeping the registrations (below).
-		case claimed && kv.ModRevision > claimRev:
+		case ordered && kv.ModRevision > claimRev:
 			return 0, r.displace(o, kv.ModRevision) // claimed after us: newer
-		case claimed:
+		case ordered:
 			stale = true // older than our claim: restored by an etcd restore
 		case bornAfter(o, kv.ModRevision, born):
 			return 0, r.displace(o, kv.ModRevision)
+		case claimed:
+			stale = true // born before us, in a history taken back
 		}
 		// Take the name over: our owner key, and none of another
 		// process's registrations (some may be of plugins we lack). Our
@@ -180,6 +189,7 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 	r.claimed = true
 	r.ownedGen = gen
 	r.claimRev = tresp.Header.Revision
+	r.claims++
 	if n == 0 {
 		for _, e := range r.entries {
 			e.written = 0 // deleted by the take-over (or never written): write again
@@ -300,6 +310,9 @@ func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]
 	if resp, ok := <-wch; !ok || resp.Err() != nil || !resp.Created {
 		return false
 	}
+	r.mu.Lock()
+	claims := r.claims
+	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
 	g, err := r.c.Txn(ctx).Then(clientv3.OpGet(key),
 		clientv3.OpGet(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix())).Commit()
@@ -311,7 +324,7 @@ func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]
 	if kvs := g.Responses[0].GetResponseRange().Kvs; len(kvs) == 1 {
 		own = kvs[0]
 	}
-	r.ownerState(key, own, g.Responses[1].GetResponseRange().Kvs, g.Header.Revision)
+	r.ownerState(key, own, g.Responses[1].GetResponseRange().Kvs, g.Header.Revision, claims)
 	for {
 		select {
 		case resp, ok := <-wch:
@@ -348,7 +361,7 @@ func (r *Registry) followOwner(key string, wch clientv3.WatchChan, check func([]
 // lease alive (the key we overwrote came back, our claim did not), so we
 // claim the name again, and take it back from the stale key (claim); the
 // registrations we wrote and the restore lost are written again.
-func (r *Registry) ownerState(key string, own *mvccpb.KeyValue, regs []*mvccpb.KeyValue, rev int64) {
+func (r *Registry) ownerState(key string, own *mvccpb.KeyValue, regs []*mvccpb.KeyValue, rev int64, claims uint64) {
 	var o Owner
 	var derr error
 	if own != nil {
@@ -356,11 +369,15 @@ func (r *Registry) ownerState(key string, own *mvccpb.KeyValue, regs []*mvccpb.K
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.claimRev == 0 || r.claimRev > rev || r.ownedGen == 0 || r.ownedGen != r.state.Generation {
+	if r.claims != claims || r.ownedGen == 0 || r.ownedGen != r.state.Generation {
 		return // read before the last claim, or a claim under way: it decides
 	}
 	log := r.log.WithField("revision", rev)
 	switch {
+	case rev < r.claimRev:
+		log.WithField("own_claim_revision", r.claimRev).Warn("registry: etcd's revision is below this process's own claim: its history was taken back (an etcd restore without --bump-revision?); claiming the name again and writing every registration again")
+		r.disownedLocked()
+		return
 	case own == nil:
 		log.Warn("registry: the owner key vanished while this process owns the agent name (a wiped prefix? an etcd restore?); claiming it again and writing every registration again")
 		r.disownedLocked()

@@ -251,6 +251,82 @@ func TestRestoreKeepingTheLeaseDoesNotLockTheOwnerOut(t *testing.T) {
 	}
 }
 
+// Invariant 13 after a restore without --bump-revision, which takes
+// etcd's revisions back below those a live process remembers. A got its
+// lease before the backup and claimed the name after it, high in the old
+// history; B, a new process, claims the name in the restored history, at a
+// revision below A's claim. When A finds out (at its next write, or when
+// told to look), B's key is not stale: the history was taken back, and by
+// birth B is the newer process, so A yields instead of taking the name from
+// B.
+func TestPlainRestoreOrdersByBirth(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		opts  []Option
+		learn func(t *testing.T, a *Registry)
+	}{
+		{"at its next write", nil, func(t *testing.T, a *Registry) {
+			if _, err := a.Add("q"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		// The owner watch resumed after the restore waits for revisions
+		// the restored history has not reached: it sees nothing. A
+		// Watcher whose ack the owner fence refused calls Recheck.
+		{"by Recheck", []Option{WithOwnerWatch()}, func(t *testing.T, a *Registry) { a.Recheck() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { plainRestoreOrdersByBirth(t, tc.opts, tc.learn) })
+	}
+}
+
+func plainRestoreOrdersByBirth(t *testing.T, opts []Option, learn func(*testing.T, *Registry)) {
+	m := etcdtest.Start(t)
+	cz := m.Client(t)
+	zcfg := DefaultConfig("pr")
+	zcfg.TTL = 60 * time.Second
+	z, err := New(cz, zcfg, WithLogger(testLogger(t).WithField("process", "Z")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer z.Close()
+	if _, err := z.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	cz.Close() // Z crashes: its lease stays alive
+
+	c := m.Client(t)
+	a := newRegistry(t, c, "pr", 30*time.Second, opts...) // its session outlives the restore's downtime
+	etcdtest.WaitFor(t, 10*time.Second, "A has a session", func() bool { return a.State().Lease != 0 })
+	put := func(n int) {
+		for i := 0; i < n; i++ {
+			if _, err := c.Put(ctxT(t, 5*time.Second), "/elsewhere", "x"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(1) // A is born strictly before the backup's revision
+	backup := m.Snapshot(t)
+	put(50) // A's claim lands far above the backup's revision
+	if _, err := a.Register(ctxT(t, 5*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	m.RestoreSnapshot(t, backup, 0)
+	b := newRegistry(t, c, "pr", 30*time.Second)
+	if _, err := b.Register(ctxT(t, 10*time.Second), "p"); err != nil {
+		t.Fatal(err)
+	}
+	learn(t, a)
+	select {
+	case <-a.Displaced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("A, born before B, did not yield the name to it")
+	}
+	notDisplaced(t, b, "B")
+	if !owned(t, c, b, "p") {
+		t.Fatal("B does not own the name")
+	}
+}
+
 // Invariant 13, issue 24 point 3: a host's clock decides nothing. A
 // process whose clock is 30 s behind takes the name over from a crashed
 // process and keeps it against an older process that claims late (born

@@ -163,6 +163,7 @@ type Registry struct {
 	claimed    bool          // this process has owned the name
 	ownedGen   uint64        // generation whose lease is on the owner key; 0 = none
 	claimRev   int64         // etcd revision of the last claim
+	claims     uint64        // claims made: a read before the last one is stale
 	wantOwner  bool          // Claim: own the name even without registrations
 	rewatch    chan struct{} // cap 1: a claim happened; the owner watch starts again
 	displaced  error
