@@ -116,62 +116,8 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 	n = len(first)
 	if !tresp.Succeeded {
 		n = 0
-		kvs := tresp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) != 1 {
-			return 0, errNotOwner // gone meanwhile: look again
-		}
-		kv := kvs[0]
-		o, derr := r.layout.DecodeOwner(key, kv.Value)
-		r.mu.Lock()
-		claimed, claimRev, born := r.claimed, r.claimRev, r.born
-		r.mu.Unlock()
-		// Our claim's revision orders keys only in the history it was
-		// made in: a read below it means a restore without
-		// --bump-revision took the history back, and then births order
-		// the processes, as for one that never owned the name.
-		ordered := claimed && tresp.Header.Revision >= claimRev
-		stale := false
-		switch {
-		case derr != nil:
-			r.log.WithError(derr).Warn("registry: overwriting a malformed owner key")
-		case o.Process == r.process:
-			// Our own key, from a lease we no longer use (or on this
-			// one, after a wiped-and-rewritten or a misread watch):
-			// take it back, keeping the registrations (below).
-		case ordered && kv.ModRevision > claimRev:
-			return 0, r.displace(o, kv.ModRevision) // claimed after us: newer
-		case ordered:
-			stale = true // older than our claim: restored by an etcd restore
-		case bornAfter(o, kv.ModRevision, born):
-			return 0, r.displace(o, kv.ModRevision)
-		case claimed:
-			stale = true // born before us, in a history taken back
-		}
-		// Take the name over: our owner key, and none of another
-		// process's registrations (some may be of plugins we lack). Our
-		// own are never deleted: they are written again on this lease,
-		// so the coordinator never sees them depart (a round would
-		// record them departed) nor come back.
-		take := []clientv3.Op{clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease))}
-		if derr != nil || o.Process != r.process {
-			take = append(take, clientv3.OpDelete(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix()))
-		}
-		tresp, err = r.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(take...).Commit()
-		if err != nil {
+		if tresp, err = r.takeOver(ctx, lease, tresp); err != nil {
 			return 0, err
-		}
-		if !tresp.Succeeded {
-			return 0, errNotOwner // changed meanwhile: look again
-		}
-		switch {
-		case stale:
-			r.log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "other_host": o.Host, "other_pid": o.PID,
-				"owner_key_revision": kv.ModRevision, "own_claim_revision": claimRev}).
-				Warn("registry: the owner key predates this process's own claim (etcd was restored from a backup?); took the name back from the restored owner")
-		case derr == nil && o.Process != r.process:
-			r.log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "other_host": o.Host, "other_pid": o.PID}).
-				Warn("registry: took this agent name over from another process (one process per agent name); it is told and stops")
 		}
 	}
 	r.mu.Lock()
@@ -206,6 +152,94 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 		return 0, errRewrite
 	}
 	return n, nil
+}
+
+// takeOver handles a claim that found the owner key (its Else read, in
+// found): it judges the key in etcd's order and either takes the name over
+// or returns ErrDisplaced (or errNotOwner when the key changed meanwhile:
+// look again). It returns the take-over Txn's response.
+func (r *Registry) takeOver(ctx context.Context, lease clientv3.LeaseID, found *clientv3.TxnResponse) (*clientv3.TxnResponse, error) {
+	key := r.layout.Owner(r.cfg.Agent)
+	kvs := found.Responses[0].GetResponseRange().Kvs
+	if len(kvs) != 1 {
+		return nil, errNotOwner // gone meanwhile: look again
+	}
+	kv := kvs[0]
+	o, derr := r.layout.DecodeOwner(key, kv.Value)
+	v := r.judge(o, derr, kv.ModRevision, found.Header.Revision)
+	switch v {
+	case yield:
+		return nil, r.displace(o, kv.ModRevision)
+	case takeOver:
+		if derr != nil {
+			r.log.WithError(derr).Warn("registry: overwriting a malformed owner key")
+		}
+	}
+	// Take the name over: our owner key, and none of another process's
+	// registrations (some may be of plugins we lack). Our own are never
+	// deleted: they are written again on this lease, so the coordinator
+	// never sees them depart (a round would record them departed) nor
+	// come back.
+	take := []clientv3.Op{clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease))}
+	if v != takeBack {
+		take = append(take, clientv3.OpDelete(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix()))
+	}
+	tresp, err := r.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+		Then(take...).Commit()
+	if err != nil {
+		return nil, err
+	}
+	if !tresp.Succeeded {
+		return nil, errNotOwner // changed meanwhile: look again
+	}
+	log := r.log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "other_host": o.Host, "other_pid": o.PID})
+	switch {
+	case v == takeStale:
+		log.WithField("owner_key_revision", kv.ModRevision).
+			Warn("registry: the owner key predates this process's own claim (etcd was restored from a backup?); took the name back from the restored owner")
+	case v == takeOver && derr == nil:
+		log.Warn("registry: took this agent name over from another process (one process per agent name); it is told and stops")
+	}
+	return tresp, nil
+}
+
+// verdict is what a claim makes of an owner key it found.
+type verdict int
+
+const (
+	takeOver  verdict = iota // another process's (or malformed), older: take the name
+	takeBack                 // our own, from an older lease (or a misread watch)
+	takeStale                // older than our claim: restored by an etcd restore
+	yield                    // a newer process's: this one is displaced
+)
+
+// judge decides, in etcd's order, what a claim does with an owner key
+// whose value is o (derr if malformed), written at modRev and read at
+// readRev.
+func (r *Registry) judge(o Owner, derr error, modRev, readRev int64) verdict {
+	r.mu.Lock()
+	claimed, claimRev, born := r.claimed, r.claimRev, r.born
+	r.mu.Unlock()
+	// Our claim's revision orders keys only in the history it was made
+	// in: a read below it means a restore without --bump-revision took
+	// the history back, and then births order the processes, as for one
+	// that never owned the name.
+	ordered := claimed && readRev >= claimRev
+	switch {
+	case derr != nil:
+		return takeOver
+	case o.Process == r.process:
+		return takeBack
+	case ordered && modRev > claimRev:
+		return yield // claimed after us
+	case ordered:
+		return takeStale
+	case bornAfter(o, modRev, born):
+		return yield
+	case claimed:
+		return takeStale // born before us, in a history taken back
+	}
+	return takeOver
 }
 
 // bornAfter reports whether the owner o, whose key was written at modRev,

@@ -522,3 +522,37 @@ func TestClaimWithoutRegistrations(t *testing.T) {
 		t.Fatalf("a registry with no registration and no Claim owns its name: %s", own.Kvs[0].Value)
 	}
 }
+
+// The ordering rules of a claim that finds another owner key, one by one
+// (the tests above drive them through real etcd).
+func TestJudgeOrdersByEtcd(t *testing.T) {
+	other := func(born int64) Owner { return Owner{Agent: "j", Process: "other", Born: born} }
+	for _, tc := range []struct {
+		name            string
+		claimed         bool
+		claimRev, born  int64
+		o               Owner
+		derr            error
+		modRev, readRev int64
+		want            verdict
+	}{
+		{"malformed", false, 0, 10, Owner{}, errors.New("bad"), 5, 20, takeOver},
+		{"our own key", true, 30, 10, Owner{Agent: "j", Process: "me"}, nil, 25, 40, takeBack},
+		{"claimed after our claim", true, 30, 10, other(5), nil, 35, 40, yield},
+		{"older than our claim: restored", true, 30, 10, other(20), nil, 25, 40, takeStale},
+		{"history taken back, born after us", true, 30, 10, other(12), nil, 14, 15, yield},
+		{"history taken back, born before us", true, 30, 10, other(8), nil, 14, 15, takeStale},
+		{"never owned, born after us", false, 0, 10, other(12), nil, 14, 15, yield},
+		{"never owned, born with us", false, 0, 10, other(10), nil, 14, 15, takeOver},
+		{"never owned, born before us", false, 0, 10, other(8), nil, 14, 15, takeOver},
+		{"never owned, no born, written after our birth", false, 0, 10, other(0), nil, 14, 15, yield},
+		{"never owned, no born, written before our birth", false, 0, 10, other(0), nil, 9, 15, takeOver},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Registry{process: "me", claimed: tc.claimed, claimRev: tc.claimRev, born: tc.born}
+			if got := r.judge(tc.o, tc.derr, tc.modRev, tc.readRev); got != tc.want {
+				t.Fatalf("judge = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
