@@ -279,7 +279,7 @@ func (p *Plugin) startLocked(deps Deps, cfg Config) error {
 	if deps.Clock == nil {
 		deps.Clock = watcher.SystemClock()
 	}
-	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log), registry.WithOwnerWatch())
+	reg, err := registry.New(deps.Client, cfg.registryConfig(), registry.WithLogger(deps.Log), registry.WithClock(deps.Clock), registry.WithOwnerWatch())
 	if err != nil {
 		return fmt.Errorf("resync: %w", err)
 	}

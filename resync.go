@@ -32,7 +32,9 @@ type Event = watcher.Event
 // Clock is the time source of a Plugin: timestamps, the accept and ack
 // timeouts, retry pauses (not the timeouts of etcd calls). It is clockwork's
 // Clock (github.com/jonboulle/clockwork), as watcher.Clock and the
-// coordinator's WithClock: tests pass clockwork.NewFakeClock().
+// coordinator's WithClock: tests pass clockwork.NewFakeClock(). Who owns
+// the agent name never depends on it (registry.WithClock): a host whose
+// clock is off keeps its name.
 type Clock = watcher.Clock
 
 // Stats are a Plugin's delivery counters.

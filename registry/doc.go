@@ -9,8 +9,10 @@
 // signals its owner through Changed so that a join resync can follow.
 //
 // One process per agent name: the Registry that owns the name holds
-// owners/<agent> on its lease; a newer one takes it over at once and the
-// older one stops (Displaced, Err wrapping ErrDisplaced). See owner.go.
+// owners/<agent> on its lease; a newer one (in etcd's order, never by a
+// host's clock) takes it over at once and the older one stops (Displaced,
+// Err wrapping ErrDisplaced); an owner key that an etcd restore brought
+// back never makes a live owner give up. See owner.go.
 //
 // The package is the writer's side only. Readers (the coordinator, which
 // follows registrations and acks in one watch, and resyncctl) decode each

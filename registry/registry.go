@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -105,6 +106,13 @@ type Option func(*Registry)
 // Registries (tests, simulators).
 func WithOwnerWatch() Option { return func(r *Registry) { r.ownerWatch = true } }
 
+// WithClock sets the clock of the times the Registry writes for people
+// (Registration.RegisteredAt, Owner.Started and ClaimedAt; default: the
+// system clock). No decision of the Registry depends on it: which process
+// owns the agent name is decided by etcd's order (owner.go), so a host
+// whose clock is off neither loses its name nor takes it wrongly.
+func WithClock(c clockwork.Clock) Option { return func(r *Registry) { r.clock = c } }
+
 // WithLogger sets the logger (default: logrus.StandardLogger()).
 func WithLogger(l logrus.FieldLogger) Option { return func(r *Registry) { r.log = l } }
 
@@ -125,6 +133,7 @@ type State struct {
 type entry struct {
 	reg     schema.Registration
 	written uint64 // generation whose session holds the key; 0 = not written
+	rev     int64  // etcd revision by which it was written (for ownerState)
 }
 
 // Registry is one agent's set of registrations over one etcd session. It is
@@ -152,11 +161,16 @@ type Registry struct {
 	revokeErr error
 
 	// One process per agent name (owner.go).
-	process    string    // random id of this Registry
-	started    time.Time // when New ran
-	claimed    bool      // this process has owned the name
-	ownedGen   uint64    // generation whose lease is on the owner key; 0 = none
-	claimRev   int64     // etcd revision of the last claim
+	clock      clockwork.Clock
+	process    string        // random id of this Registry
+	started    time.Time     // when New ran (r.clock; for people only)
+	born       int64         // header revision of the first lease grant: birth in etcd's order
+	claimed    bool          // this process has owned the name
+	ownedGen   uint64        // generation whose lease is on the owner key; 0 = none
+	claimRev   int64         // etcd revision of the last claim
+	claims     uint64        // claims made: a read before the last one is stale
+	wantOwner  bool          // Claim: own the name even without registrations
+	rewatch    chan struct{} // cap 1: a claim happened; the owner watch starts again
 	displaced  error
 	dispc      chan struct{}  // closed when displaced
 	ownerWG    sync.WaitGroup // the owner watch, started at the first claim
@@ -185,11 +199,13 @@ func New(c *clientv3.Client, cfg Config, opts ...Option) (*Registry, error) {
 		cfg: cfg, layout: layout, c: c, log: logrus.StandardLogger(),
 		ctx: ctx, cancel: cancel, donec: make(chan struct{}), kick: make(chan struct{}, 1),
 		changed: make(chan struct{}),
-		process: newProcessID(), started: time.Now().UTC(), dispc: make(chan struct{}),
+		process: newProcessID(), dispc: make(chan struct{}), rewatch: make(chan struct{}, 1),
+		clock: clockwork.NewRealClock(),
 	}
 	for _, o := range opts {
 		o(r)
 	}
+	r.started = r.clock.Now().UTC()
 	r.log = r.log.WithField("agent", cfg.Agent)
 	go r.loop()
 	return r, nil
@@ -230,7 +246,7 @@ func (r *Registry) Add(plugin string) (schema.Registration, error) {
 			return e.reg, fmt.Errorf("%w: %q on agent %q", ErrDuplicate, plugin, r.cfg.Agent)
 		}
 	}
-	reg := schema.Registration{Agent: r.cfg.Agent, Plugin: plugin, Order: r.nextOrder, RegisteredAt: time.Now().UTC()}
+	reg := schema.Registration{Agent: r.cfg.Agent, Plugin: plugin, Order: r.nextOrder, RegisteredAt: r.clock.Now().UTC()}
 	r.nextOrder++
 	r.entries = append(r.entries, &entry{reg: reg})
 	r.removed = slices.DeleteFunc(r.removed, func(id schema.PluginID) bool { return id.Plugin == plugin })
@@ -269,6 +285,19 @@ func (r *Registry) Register(ctx context.Context, plugin string) (schema.Registra
 			return reg, fmt.Errorf("registry: register %q: not yet written to etcd (it will be when etcd is reachable): %w", plugin, ctx.Err())
 		}
 	}
+}
+
+// Claim makes the Registry own the agent name as soon as it has a session,
+// even while it holds no registration (otherwise it claims the name with
+// its first registration). A Watcher calls it before it writes a request:
+// like acks, requests are written only while the owner key is on the
+// writer's lease, so that a displaced or lease-less process writes none.
+// It does not wait; it is idempotent.
+func (r *Registry) Claim() {
+	r.mu.Lock()
+	r.wantOwner = true
+	r.mu.Unlock()
+	r.poke()
 }
 
 // Deregister removes plugin; its key is deleted by the session loop. It does

@@ -83,6 +83,11 @@ func (r *Registry) newSession() (*concurrency.Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.mu.Lock()
+	if r.born == 0 {
+		r.born = lease.ResponseHeader.Revision
+	}
+	r.mu.Unlock()
 	return concurrency.NewSession(r.c, concurrency.WithLease(lease.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(r.ctx))
 }
 
@@ -122,7 +127,7 @@ func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
 // deletes removed ones, in registration order, a Txn per schema.MaxTxnOps.
 func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	r.mu.Lock()
-	owned := r.ownedGen == gen
+	owned, want := r.ownedGen == gen, r.wantOwner
 	var todo []schema.Registration
 	for _, e := range r.entries {
 		if e.written != gen {
@@ -140,6 +145,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	r.mu.Unlock()
 
 	var ops []clientv3.Op
+	var last int64 // etcd revision of the last write
 	for _, id := range removed {
 		ops = append(ops, clientv3.OpDelete(r.layout.Registration(id.Agent, id.Plugin)))
 	}
@@ -150,7 +156,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 		}
 		ops = append(ops, clientv3.OpPut(r.layout.Registration(reg.Agent, reg.Plugin), string(b), clientv3.WithLease(lease)))
 	}
-	if !owned && (len(ops) > 0 || refused != r.writtenRefused()) {
+	if !owned && (len(ops) > 0 || want || refused != r.writtenRefused()) {
 		// Own the agent name first (owner.go); acks wait for the claim
 		// (State.Owned). The first registrations go in the claim's Txn
 		// when nobody owned it.
@@ -159,6 +165,9 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 			return err
 		}
 		ops = ops[n:]
+		r.mu.Lock()
+		last = r.claimRev
+		r.mu.Unlock()
 	}
 	// Every other write is guarded by the owner key being on our lease: a
 	// displaced process never writes over the new owner.
@@ -175,6 +184,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 			r.disowned()
 			return errNotOwner
 		}
+		last = resp.Header.Revision
 		ops = ops[n:]
 	}
 	if err := r.writeRefused(lease, owner, refused); err != nil {
@@ -186,7 +196,7 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 	for _, e := range r.entries {
 		for _, reg := range todo {
 			if e.reg == reg {
-				e.written = gen
+				e.written, e.rev = gen, last
 			}
 		}
 	}

@@ -194,10 +194,16 @@ type Owner struct {
 	Process string `json:"process"`
 	Host    string `json:"host,omitempty"`
 	PID     int    `json:"pid,omitempty"`
-	// Started is when the owning Registry was created.
+	// Started is when the owning Registry was created, by its host's
+	// clock: for people only. Which process is newer is decided by Born
+	// and by the key's revisions, never by a host's clock.
 	Started time.Time `json:"started"`
-	// ClaimedAt is when it claimed the name.
+	// ClaimedAt is when it claimed the name (host clock, for people).
 	ClaimedAt time.Time `json:"claimed_at"`
+	// Born is the etcd revision at which the process got its first
+	// session lease (the Grant's header revision): its start in etcd's
+	// order. 0 in records of older versions.
+	Born int64 `json:"born,omitempty"`
 	// Refused counts the registrations this process refused (a name that
 	// cannot be stored: see ValidateName), so that operators see a plugin
 	// that will never resync (resyncctl agents).
@@ -226,8 +232,8 @@ func RefusedName(name string) string {
 
 // String is like "process 3f2a... (host h, pid 12, lease 694d...)".
 func (o Owner) String() string {
-	return fmt.Sprintf("process %s (host %s, pid %d, lease %s, started %s)",
-		o.Process, o.Host, o.PID, o.Lease, o.Started.Format(time.RFC3339Nano))
+	return fmt.Sprintf("process %s (host %s, pid %d, lease %s, started %s, born at etcd revision %d)",
+		o.Process, o.Host, o.PID, o.Lease, o.Started.Format(time.RFC3339Nano), o.Born)
 }
 
 // Validate checks the record.
@@ -237,6 +243,9 @@ func (o Owner) Validate() error {
 	}
 	if o.Process == "" {
 		return errors.New("no process id")
+	}
+	if o.Born < 0 {
+		return fmt.Errorf("born at revision %d: a revision is not negative", o.Born)
 	}
 	if o.Refused < len(o.RefusedNames) || len(o.RefusedNames) > MaxRefusedNames {
 		return fmt.Errorf("%d refused names listed for a count of %d: at most %d and no more than the count", len(o.RefusedNames), o.Refused, MaxRefusedNames)

@@ -84,7 +84,10 @@
 // Acks (acks/<agent>/<plugin>, on the agent's lease) and requests (the
 // agent's own requests/agent/<agent>/<id>, no lease) are written by one
 // background goroutine, retried with a growing pause until written or the
-// Watcher is closed. Ack, AckError and Request never wait for etcd: a
+// Watcher is closed. Every such Txn is fenced by the agent name's owner key
+// being on the agent's lease: nothing is written while the agent has no
+// lease, and what is queued when another process takes the name over is
+// dropped (logged, Stats.WritesDropped), never written after the takeover. Ack, AckError and Request never wait for etcd: a
 // plugin's "acked" (invariant 4: the next plugin gets Started only after
 // this one acked or timed out) is its local Ack, so the next plugin never
 // waits for the etcd write.

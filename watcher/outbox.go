@@ -14,6 +14,7 @@ import (
 	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
+	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -74,6 +75,11 @@ func (w *Watcher) outbox() {
 		if err != nil {
 			if w.ctx.Err() != nil {
 				return
+			}
+			if errors.Is(err, errNotOwner) {
+				// The registry may not know yet (an etcd restore its
+				// owner watch missed): it compares with etcd.
+				w.reg.Recheck()
 			}
 			pause := bo.Next()
 			w.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
@@ -245,19 +251,28 @@ func (w *Watcher) op(it outItem, lease clientv3.LeaseID) (clientv3.Op, error) {
 	return clientv3.OpPut(w.layout.AgentRequest(w.agent, it.req.id), string(b)), nil
 }
 
-// flush writes every queued ack (when there is a lease) and request: acks
-// in the order given, then requests, in Txns of at most schema.MaxTxnOps
-// operations (one raft entry, one fsync, one etcd revision each). It
-// returns the first error that a retry may cure.
+// flush writes every queued ack and request: acks in the order given, then
+// requests, in Txns of at most schema.MaxTxnOps operations (one raft entry,
+// one fsync, one etcd revision each), each fenced by the agent name's owner
+// key being on lease. Without a lease nothing is written: a process between
+// sessions may have been displaced meanwhile, and finds out only with its
+// next claim (issue 24 point 5: its queued ReportError went out unfenced
+// after the takeover). A displaced process writes nothing more: what is
+// queued is dropped. It returns the first error that a retry may cure.
 func (w *Watcher) flush(lease clientv3.LeaseID) error {
+	if err := w.reg.Err(); errors.Is(err, registry.ErrDisplaced) {
+		w.dropAll(err)
+		return nil
+	}
+	if lease == 0 {
+		return nil // the session's return (reg.Changed) wakes the outbox
+	}
 	w.omu.Lock()
 	items := w.outItems[:0]
-	if lease != 0 {
-		for plugin, p := range w.pendingAcks {
-			items = append(items, outItem{plugin: plugin, ack: p})
-		}
-		slices.SortFunc(items, func(a, b outItem) int { return cmp.Compare(a.ack.seq, b.ack.seq) })
+	for plugin, p := range w.pendingAcks {
+		items = append(items, outItem{plugin: plugin, ack: p})
 	}
+	slices.SortFunc(items, func(a, b outItem) int { return cmp.Compare(a.ack.seq, b.ack.seq) })
 	for _, r := range w.pendingReqs {
 		items = append(items, outItem{req: r})
 	}
@@ -350,6 +365,27 @@ func (w *Watcher) drop(it outItem, err error) {
 	log.Error("watcher: etcd refuses this write for good; dropped (if permission denied: is the agent's etcd role up to date? run resyncctl rbac apply)")
 }
 
+// dropAll drops every queued ack and request of a displaced process
+// (err says who owns the name now): they would be refused by the owner
+// fence for ever.
+func (w *Watcher) dropAll(err error) {
+	w.omu.Lock()
+	acks, reqs := len(w.pendingAcks), len(w.pendingReqs)
+	ids := make([]string, 0, reqs)
+	for _, r := range w.pendingReqs {
+		ids = append(ids, r.id)
+	}
+	clear(w.pendingAcks)
+	w.pendingReqs = nil
+	w.omu.Unlock()
+	if acks+reqs == 0 {
+		return
+	}
+	w.stats.writesDropped.Add(uint64(acks + reqs))
+	w.log.WithError(err).WithFields(logrus.Fields{"acks": acks, "requests": ids}).
+		Error("watcher: another process owns this agent name; the acks and requests still queued are dropped (one process per agent name)")
+}
+
 func (w *Watcher) dropAck(plugin string, seq uint64) {
 	w.omu.Lock()
 	if p, ok := w.pendingAcks[plugin]; ok && p.seq == seq {
@@ -367,15 +403,12 @@ func (w *Watcher) dropRequest(id string) {
 func (w *Watcher) txn(ops []clientv3.Op, lease clientv3.LeaseID) error {
 	ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
 	defer cancel()
-	t := w.c.Txn(ctx)
-	if lease != 0 {
-		// Acks are fenced by the agent name's owner key, as registrations
-		// are (registry/session.go): a process displaced by a newer one
-		// with the same name writes no ack in the second before it
-		// notices, not even of a round it took part in.
-		t = t.If(clientv3.Compare(clientv3.LeaseValue(w.layout.Owner(w.agent)), "=", int64(lease)))
-	}
-	resp, err := t.Then(ops...).Commit()
+	// Acks and requests are fenced by the agent name's owner key, as
+	// registrations are (registry/session.go): a process displaced by a
+	// newer one with the same name writes no ack in the second before it
+	// notices, not even of a round it took part in, and no request.
+	resp, err := w.c.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(w.layout.Owner(w.agent)), "=", int64(lease))).
+		Then(ops...).Commit()
 	if err != nil {
 		return err
 	}
@@ -387,7 +420,8 @@ func (w *Watcher) txn(ops []clientv3.Op, lease clientv3.LeaseID) error {
 }
 
 // errNotOwner: the agent name's owner key is not on this session's lease.
-// The process was displaced (the registry notices and closes it) or is
-// claiming the name again (a wiped prefix, a new session): the acks stay
-// queued and are retried.
+// The process was displaced (the registry notices and stops: flush then
+// drops what is queued) or is claiming the name (a wiped prefix, a new
+// session, a first request): the acks and requests stay queued and are
+// retried.
 var errNotOwner = errors.New("the agent name's owner key is not on this session's lease (displaced, or claiming the name again)")

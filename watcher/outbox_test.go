@@ -12,12 +12,14 @@ import (
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/internal/rbac"
+	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -381,5 +383,69 @@ func TestAckOverTheMessageLimitIsDropped(t *testing.T) {
 	}
 	if dropped != 1 {
 		t.Fatalf("the drop was logged %d times, want once", dropped)
+	}
+}
+
+// Issue 24 point 5: a process cut off from etcd loses its lease, queues a
+// request (a ReportError), and is displaced meanwhile by a new process
+// with its name. When etcd is back, the request is never written: every
+// write of the outbox is fenced by the owner key on a live lease, so it
+// waits while the process has no lease, and is dropped once the process
+// finds itself displaced. The old process's registry is paced slowly and
+// its outbox fast, so that on the way back the outbox has its chance
+// first (before the fix it wrote the request, unfenced, with no lease).
+func TestDisplacedProcessWritesNoQueuedRequest(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	proxy := etcdtest.NewProxy(t, m.Endpoint())
+	log := testLogger(t).WithField("test_agent", "old")
+	rc := registry.DefaultConfig("dz")
+	rc.TTL = 2 * time.Second
+	rc.OpTimeout = 200 * time.Millisecond
+	rc.RetryMin, rc.RetryMax = 3*time.Second, 3*time.Second
+	reg, err := registry.New(etcdtest.Client(t, proxy.Endpoint), rc, registry.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.OpTimeout = time.Second
+	cfg.RetryMax = 100 * time.Millisecond
+	w, err := New(reg, cfg, WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &agent{reg: reg, w: w}
+	t.Cleanup(old.close)
+	old.register(t, "p")
+	etcdtest.WaitFor(t, wait, "the old process registered", func() bool { return reg.State().Connected })
+
+	proxy.Cut()
+	etcdtest.WaitFor(t, 15*time.Second, "the old process to lose its lease", func() bool { return reg.State().Lease == 0 })
+	id, err := w.Request(schema.Request{Reason: "p: apply failed", Cause: schema.CauseError, Scope: schema.Scope{Agent: "dz"}, RequestedBy: "dz"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := newAgent(t, c, "dz", 5*time.Second)
+	newer.register(t, "p")
+	etcdtest.WaitFor(t, wait, "the new process owns the name", func() bool { return newer.reg.State().Connected })
+
+	proxy.Restore()
+	select {
+	case <-reg.Displaced():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the old process did not find itself displaced within 30 s of etcd's return")
+	}
+	written := func() []*mvccpb.KeyValue {
+		resp, err := c.Get(ctxT(t, 5*time.Second), layout.AgentRequests("dz"), clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Kvs
+	}
+	etcdtest.WaitFor(t, wait, "the queued request dropped or written", func() bool {
+		return w.Stats().WritesDropped == 1 || len(written()) > 0
+	})
+	if kvs := written(); len(kvs) != 0 || w.Stats().RequestsWritten != 0 {
+		t.Fatalf("the displaced process wrote its queued request %s after the takeover: %v", id, kvs)
 	}
 }

@@ -173,7 +173,9 @@ type Stats struct {
 	// carries up to 128 of them: the acks given within AckBatchWindow).
 	AckTxns uint64
 	// WritesDropped counts acks and requests given up because etcd refused
-	// them for good (permission denied, too large): logged with the key.
+	// them for good (permission denied, too large): logged with the key;
+	// and those still queued when another process took the agent name
+	// over (registry.ErrDisplaced).
 	WritesDropped uint64
 	// Rejoins counts sessions re-created by the registry after a loss.
 	Rejoins uint64
@@ -381,7 +383,10 @@ func (w *Watcher) Done() <-chan struct{} { return w.ctx.Done() }
 // Request asks the coordinator for a resync: req is written under the
 // agent's own requests/agent/<agent>/<id> in the background (with the acks
 // queued meanwhile, in one Txn), retried until written or the Watcher is
-// closed (a request still waiting then is lost). RequestedAt is set when
+// closed (a request still waiting then is lost). Like acks, it is written
+// only while the agent owns its name on a live session (the registry
+// claims the name for it): it waits while the agent has no lease, and is
+// dropped if another process took the name over. RequestedAt is set when
 // zero. An agent may request a resync only of itself (schema.Request.
 // AllowedFor): a wider scope is an error wrapping schema.ErrRefused. It does
 // not wait for etcd; it returns the error of an invalid or refused request,
@@ -408,6 +413,7 @@ func (w *Watcher) Request(req schema.Request) (id string, err error) {
 	}
 	w.pendingReqs = append(w.pendingReqs, pendingRequest{id: id, req: req, queued: time.Now()})
 	w.omu.Unlock()
+	w.reg.Claim() // requests are fenced by the owner key (outbox.go)
 	w.poke(w.outKick)
 	return id, nil
 }
@@ -529,6 +535,9 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 	}
 	if reset {
 		w.resets++
+		// An etcd restore may have lost the agent's claim or its
+		// registrations with the history: the registry checks.
+		w.reg.Recheck()
 	}
 	if w.recCancel != nil {
 		w.recCancel()
