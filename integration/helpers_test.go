@@ -221,7 +221,7 @@ func (o *observer) observe(e *clientv3.Event) {
 			o.h.RecordRequest(key, req, mod, false)
 		}
 	case schema.KindOwner:
-		w := OwnerWrite{Agent: k.Agent, ModRev: mod, Deleted: del}
+		w := OwnerWrite{Agent: k.Agent, ModRev: mod, Deleted: del, At: time.Now()}
 		if !del {
 			w.Lease = e.Kv.Lease
 			if ow, err := layout.DecodeOwner(key, e.Kv.Value); err == nil {
@@ -230,13 +230,14 @@ func (o *observer) observe(e *clientv3.Event) {
 		}
 		o.h.RecordOwner(w)
 	case schema.KindRegistration, schema.KindAck:
-		if del {
+		if del && k.Kind == schema.KindAck {
 			return
 		}
-		w := KeyWrite{Ack: k.Kind == schema.KindAck, Agent: k.Agent, Plugin: k.Plugin, ModRev: mod, Lease: e.Kv.Lease, Bytes: len(key) + len(e.Kv.Value)}
+		w := KeyWrite{Ack: k.Kind == schema.KindAck, Agent: k.Agent, Plugin: k.Plugin, ModRev: mod, Lease: e.Kv.Lease, Bytes: len(key) + len(e.Kv.Value),
+			Deleted: del, At: time.Now()}
 		if w.Ack {
 			if _, a, err := layout.DecodeAck(key, e.Kv.Value); err == nil {
-				w.Revision, w.Error = a.Revision, a.Error
+				w.Revision, w.Result, w.Error = a.Revision, a.Result, a.Error
 			}
 		}
 		o.h.RecordKeyWrite(w)
