@@ -1352,8 +1352,9 @@ func clip(names []string) string {
 // mid-round) and every participant a round recorded failed or timed_out is
 // followed by a round that includes that plugin. The round must start
 // within the backoff bound (Backoff.Max) plus RetrySlack after the ack,
-// or after the rounds running when that bound passed (a round in progress
-// delays the next); a leader change in between adds DeadlineAllowance.
+// or, if a round was running when that bound passed, within RetrySlack
+// after that round finished (the next round merges every due request);
+// a leader change in between adds DeadlineAllowance.
 // Exempt: a plugin whose registration changed meanwhile (deleted with its
 // lease, or registered again: its join resync is the next word), and a
 // bound that runs past the end of the recording or an ack after the
@@ -1414,14 +1415,13 @@ func (h *History) checkRetries(r *Report) {
 			continue
 		}
 		done[k] = true
-		// When the retry is due, past the rounds then running.
+		// When the retry is due, or when the round running then ends: the
+		// next round takes every due request in (not a chain of rounds:
+		// that would let a steady trigger hide a lost retry).
 		t := nt.at.Add(h.Backoff.Max)
-		for moved := true; moved; {
-			moved = false
-			for _, rd := range byTime {
-				if !rd.StartedAt.After(t) && rd.FinishedAt.After(t) {
-					t, moved = rd.FinishedAt, true
-				}
+		for _, rd := range byTime {
+			if !rd.StartedAt.After(t) && rd.FinishedAt.After(t) {
+				t = maxTime(t, rd.FinishedAt)
 			}
 		}
 		limit := t.Add(h.RetrySlack)
