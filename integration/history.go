@@ -142,6 +142,10 @@ type History struct {
 	// than AgentTTL + OwnerSlack while a live process of it reaches etcd
 	// (AgentTTL 0: not checked).
 	AgentTTL, OwnerSlack time.Duration
+	// ReconnectGrace is how much longer a process may take after an
+	// Unreachable window ends: its etcd client reconnects with gRPC's
+	// backoff, which grew while it could not connect.
+	ReconnectGrace time.Duration
 	// Unreachable are the windows agents could not reach etcd (partitions,
 	// their member stopped, a restore).
 	Unreachable []Unreachable
@@ -297,6 +301,17 @@ func (h *History) RecordElection(key, id string, create, modRev int64, deleted b
 	}
 	if _, ok := h.Elections[k]; !ok {
 		h.Elections[k] = &ElectionKey{Key: key, ID: id, Create: create}
+	}
+}
+
+// ReviveElection undoes the deletion of candidate key key created at
+// create: an etcd restore brought it back (the test restores only while
+// no coordinator runs, so no write fell between its deletion and then).
+func (h *History) ReviveElection(key string, create int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e := h.Elections[key+"@"+strconv.FormatInt(create, 10)]; e != nil {
+		e.Deleted = 0
 	}
 }
 
@@ -1354,7 +1369,8 @@ func clip(names []string) string {
 // within the backoff bound (Backoff.Max) plus RetrySlack after the ack,
 // or, if a round was running when that bound passed, within RetrySlack
 // after that round finished (the next round merges every due request);
-// a leader change in between adds DeadlineAllowance.
+// a leader change in between adds DeadlineAllowance, an outage of every
+// agent (Unreachable with Agent "") its length.
 // Exempt: a plugin whose registration changed meanwhile (deleted with its
 // lease, or registered again: its join resync is the next word), and a
 // bound that runs past the end of the recording or an ack after the
@@ -1425,6 +1441,13 @@ func (h *History) checkRetries(r *Report) {
 			}
 		}
 		limit := t.Add(h.RetrySlack)
+		// An outage of etcd or of every coordinator (an etcd restore)
+		// delays the retry by its length.
+		for _, u := range h.Unreachable {
+			if u.Agent == "" && u.Until.After(nt.at) && u.From.Before(limit) {
+				limit = limit.Add(u.Until.Sub(maxTime(u.From, nt.at)))
+			}
+		}
 		var next *roundSpan
 		for _, s := range spans {
 			if s.startMod > nt.modRev && h.includes(s, nt.id) {
@@ -1472,7 +1495,8 @@ func (h *History) checkRetries(r *Report) {
 // checkUnowned checks that no agent name stays unowned (owners/<agent>
 // absent) for longer than AgentTTL + OwnerSlack while a live process of
 // that agent wants it and can reach etcd: time in an Unreachable window
-// does not count, and after one the process has the full bound again.
+// does not count, and after one the process has the full bound again,
+// plus ReconnectGrace.
 // Time without an owner is counted from the observer's clock, up to End.
 func (h *History) checkUnowned(r *Report) {
 	if h.AgentTTL <= 0 {
@@ -1541,31 +1565,29 @@ func (h *History) checkUnowned(r *Report) {
 }
 
 // reachableStretch is the longest stretch of [lo, hi) outside agent's
-// Unreachable windows, and where it begins.
+// Unreachable windows (each extended by ReconnectGrace), and where it
+// begins.
 func (h *History) reachableStretch(agent string, lo, hi time.Time) (time.Duration, time.Time) {
 	var ws []Unreachable
 	for _, u := range h.Unreachable {
-		if (u.Agent == "" || u.Agent == agent) && u.Until.After(lo) && u.From.Before(hi) {
+		if (u.Agent == "" || u.Agent == agent) && u.Until.Add(h.ReconnectGrace).After(lo) && u.From.Before(hi) {
 			ws = append(ws, u)
 		}
 	}
 	sort.Slice(ws, func(i, j int) bool { return ws[i].From.Before(ws[j].From) })
 	var longest time.Duration
 	var at time.Time
-	cur := lo
-	for _, u := range ws {
-		if u.From.After(cur) {
-			if d := u.From.Sub(cur); d > longest {
-				longest, at = d, cur
-			}
-		}
-		cur = maxTime(cur, u.Until)
-	}
-	if hi.After(cur) {
-		if d := hi.Sub(cur); d > longest {
+	cur := lo // counting from here
+	stretch := func(until time.Time) {
+		if d := until.Sub(cur); d > longest {
 			longest, at = d, cur
 		}
 	}
+	for _, u := range ws {
+		stretch(u.From)
+		cur = maxTime(cur, u.Until.Add(h.ReconnectGrace))
+	}
+	stretch(hi)
 	return longest, at
 }
 
