@@ -1268,10 +1268,11 @@ func jsonTextLen(s string) int {
 // roundSpan is one round as the checker sees it: its first Started write
 // and its completed record.
 type roundSpan struct {
-	n        uint64
-	startMod int64
-	final    coordinator.RoundView
-	done     bool
+	n         uint64
+	startMod  int64
+	finishMod int64
+	final     coordinator.RoundView
+	done      bool
 }
 
 // roundSpans are the rounds with a Started record, by the etcd revision of
@@ -1294,7 +1295,7 @@ func (h *History) roundSpans() []*roundSpan {
 			continue
 		}
 		if w.Round.State == schema.NotActive && !s.done {
-			s.final, s.done = w.Round, true
+			s.final, s.done, s.finishMod = w.Round, true, w.ModRev
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].startMod < out[j].startMod })
@@ -1371,6 +1372,8 @@ func clip(names []string) string {
 // after that round finished (the next round merges every due request);
 // a leader change in between adds DeadlineAllowance, an outage of every
 // agent (Unreachable with Agent "") its length.
+// A round of a later revision that was running when an ack of an older one
+// came, and includes the plugin, counts too (it resyncs the plugin).
 // Exempt: a plugin whose registration changed meanwhile (deleted with its
 // lease, or registered again: its join resync is the next word), and a
 // bound that runs past the end of the recording or an ack after the
@@ -1385,6 +1388,7 @@ func (h *History) checkRetries(r *Report) {
 		what   string
 		modRev int64
 		at     time.Time
+		rev    uint64 // an ack's revision (0: a round's outcome)
 	}
 	var ns []notice
 	for _, w := range h.KeyWrites {
@@ -1394,7 +1398,7 @@ func (h *History) checkRetries(r *Report) {
 		if _, ok := h.Garbage[w.ModRev]; ok {
 			continue
 		}
-		ns = append(ns, notice{schema.PluginID{Agent: w.Agent, Plugin: w.Plugin}, fmt.Sprintf("%s ack for revision %d", w.Result, w.Revision), w.ModRev, w.At})
+		ns = append(ns, notice{schema.PluginID{Agent: w.Agent, Plugin: w.Plugin}, fmt.Sprintf("%s ack for revision %d", w.Result, w.Revision), w.ModRev, w.At, w.Revision})
 	}
 	for _, w := range h.RoundWrites {
 		if w.Malformed || w.Round.State != schema.NotActive {
@@ -1405,7 +1409,7 @@ func (h *History) checkRetries(r *Report) {
 			ids  []schema.PluginID
 		}{{"failed", w.Round.Failed}, {"timed_out", w.Round.TimedOut}} {
 			for _, id := range l.ids {
-				ns = append(ns, notice{id, fmt.Sprintf("%s in round %d", l.what, w.Key), w.ModRev, w.Round.FinishedAt})
+				ns = append(ns, notice{id, fmt.Sprintf("%s in round %d", l.what, w.Key), w.ModRev, w.Round.FinishedAt, 0})
 			}
 		}
 	}
@@ -1448,14 +1452,18 @@ func (h *History) checkRetries(r *Report) {
 				limit = limit.Add(u.Until.Sub(maxTime(u.From, nt.at)))
 			}
 		}
+		// The next round including the plugin: one started after the
+		// notice, or a later revision's round running then (a late ack
+		// of an older revision: that round resyncs the plugin anyway).
 		var next *roundSpan
 		for _, s := range spans {
-			if s.startMod > nt.modRev && h.includes(s, nt.id) {
+			running := nt.rev != 0 && s.n > nt.rev && (!s.done || s.finishMod > nt.modRev)
+			if (s.startMod > nt.modRev || running) && (h.includes(s, nt.id) || (s.final.Scope.IsAll() && registeredAt(regs[nt.id], s.startMod))) {
 				next = s
 				break
 			}
 		}
-		if next != nil && !next.final.StartedAt.After(limit) {
+		if next != nil && (next.startMod < nt.modRev || !next.final.StartedAt.After(limit)) {
 			r.RetriesChecked++
 			continue
 		}
@@ -1490,6 +1498,20 @@ func (h *History) checkRetries(r *Report) {
 				next.final.StartedAt.Sub(nt.at).Round(time.Millisecond), limit.Format("15:04:05.000"))
 		}
 	}
+}
+
+// registeredAt reports whether the last of a plugin's registration writes
+// (in etcd order) at or before rev is a put: an all-scope round started at
+// rev includes it.
+func registeredAt(ws []KeyWrite, rev int64) bool {
+	on := false
+	for _, w := range ws {
+		if w.ModRev > rev {
+			break
+		}
+		on = !w.Deleted
+	}
+	return on
 }
 
 // checkUnowned checks that no agent name stays unowned (owners/<agent>
