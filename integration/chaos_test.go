@@ -70,6 +70,10 @@ const (
 	// with gRPC's backoff, which grows while a proxy blackholes them or
 	// their member is down (16 s seen after a 15 s member restart).
 	chaosReconnectGrace = 20 * time.Second
+	// chaosRestoreTTL is the lease TTL of the process whose owner key an
+	// etcd restore brings back: long enough to outlive the restore, so that
+	// the live process finds it when it claims its name again.
+	chaosRestoreTTL = 15 * time.Second
 	// chaosSkew is the clock-skew fault's offset of an agent's clock.
 	chaosSkew = 30 * time.Second
 )
@@ -189,6 +193,9 @@ type chaosAgent struct {
 	failJoinNext string
 	// skew offsets the clock of its incarnations (clock-skew).
 	skew time.Duration
+	// ttlNext: the next incarnation's lease TTL (0: chaosAgentTTL; then
+	// reset).
+	ttlNext time.Duration
 
 	cur *agentProc // the running incarnation (nil after teardown)
 }
@@ -385,12 +392,16 @@ func (a *chaosAgent) start() {
 	}
 	inc := int(env.incSeq.Add(1))
 	log := env.log.WithField("incarnation", inc)
+	ttl := chaosAgentTTL
+	if a.ttlNext > 0 {
+		ttl, a.ttlNext = a.ttlNext, 0
+	}
 	var clock resync.Clock
 	if a.skew != 0 {
 		clock = skewedClock{Clock: clockwork.NewRealClock(), skew: a.skew}
 	}
 	p, err := resync.New(resync.Deps{Log: log, Client: c, Clock: clock}, resync.Config{
-		Agent: a.name, TTL: chaosAgentTTL, AcceptTimeout: 300 * time.Millisecond, AckTimeout: 2 * time.Second,
+		Agent: a.name, TTL: ttl, AcceptTimeout: 300 * time.Millisecond, AckTimeout: 2 * time.Second,
 	})
 	if err != nil {
 		env.t.Fatal(err)
@@ -1508,14 +1519,14 @@ func (env *chaosEnv) leaderKillAfterStart() string {
 // etcdRestore restores the whole etcd cluster from a snapshot taken earlier
 // in the fault (etcdtest.Cluster.Restore: etcdutl's restore into new data
 // dirs, the revision bumped and marked compacted, the members restarted on
-// their URLs), in the sequence of issue 24's point 3: the coordinators stop
-// (so that no round is written between the snapshot and the restore: the
-// checker's round history stays linear), the snapshot is taken, an agent
-// crashes while its lease is alive and a new process takes its name over,
-// then the snapshot is restored: the new process's lease is gone and the
-// crashed one's owner key is back until its lease expires. The new
-// process must get its name back (checkUnowned), and every agent whose
-// lease is gone registers again.
+// their URLs), in the sequence of issue 24's point 3. The coordinators
+// stop first, so that no round is written between the snapshot and the
+// restore (the checker's round history stays linear). A process Z with a
+// 15 s lease takes an agent's name over and crashes (its lease alive),
+// the snapshot is taken, a new process A takes the name over, and the
+// snapshot is restored: A's lease is gone and Z's owner key is back until
+// its lease expires. A must keep its name (checkUnowned); every agent
+// whose lease is gone registers again.
 func (env *chaosEnv) etcdRestore() string {
 	t := env.t
 	for _, up := range env.memberUp {
@@ -1541,31 +1552,34 @@ func (env *chaosEnv) etcdRestore() string {
 		}
 		env.h.RecordUnreachable("", began, time.Now())
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	path, snapRev, err := etcdtest.SaveSnapshot(ctx, env.admin, t.TempDir())
-	if err != nil {
-		env.log.WithError(err).Warn("chaos: snapshot failed")
-		return ""
-	}
+	// Z: a process with a long lease takes the name over.
+	after := env.obs.Last()
 	old := a.cur.inc
 	a.closeIncarnation(true)
 	env.h.EndIncarnation(old)
+	a.ttlNext = chaosRestoreTTL
 	a.start()
-	// The new process owns the name (a write of its owner key after the
-	// snapshot).
-	owned := func() bool {
-		env.h.mu.Lock()
-		defer env.h.mu.Unlock()
-		for _, o := range env.h.Owners {
-			if o.Agent == a.name && o.ModRev > snapRev && !o.Deleted {
-				return true
-			}
-		}
-		return false
-	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !owned() && time.Now().Before(deadline) {
+	for !env.ownedAfter(a.name, after) && time.Now().Before(deadline) {
+		timer := time.NewTimer(20 * time.Millisecond) // polling the observer's record
+		<-timer.C
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	z := a.cur.inc
+	a.closeIncarnation(true) // Z crashes, its lease alive
+	env.h.EndIncarnation(z)
+	path, snapRev, err := etcdtest.SaveSnapshot(ctx, env.admin, t.TempDir())
+	if err != nil {
+		env.log.WithError(err).Warn("chaos: snapshot failed")
+		a.start()
+		return ""
+	}
+	// A: a new process takes the name over (an owner write after the
+	// snapshot).
+	a.start()
+	deadline = time.Now().Add(10 * time.Second)
+	for !env.ownedAfter(a.name, snapRev) && time.Now().Before(deadline) {
 		timer := time.NewTimer(20 * time.Millisecond) // polling the observer's record
 		<-timer.C
 	}
@@ -1578,4 +1592,17 @@ func (env *chaosEnv) etcdRestore() string {
 	env.log.WithField("agent", a.name).WithField("snapshot_rev", snapRev).WithField("took", time.Since(from).Round(time.Millisecond)).
 		Info("chaos: etcd restored from a snapshot")
 	return "etcd-restore"
+}
+
+// ownedAfter reports whether the observer saw agent's owner key written
+// after etcd revision after.
+func (env *chaosEnv) ownedAfter(agent string, after int64) bool {
+	env.h.mu.Lock()
+	defer env.h.mu.Unlock()
+	for _, o := range env.h.Owners {
+		if o.Agent == agent && o.ModRev > after && !o.Deleted {
+			return true
+		}
+	}
+	return false
 }

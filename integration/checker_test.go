@@ -454,6 +454,10 @@ func TestCheckerSeamsPass(t *testing.T) {
 	roundFor(h, 4, 63, at.Add(2500*time.Millisecond), "c1@45", parts[0])
 	lastRound(h, 4).FinishedAt = at.Add(6500 * time.Millisecond)
 	roundFor(h, 5, 70, at.Add(7*time.Second), "c1@45", q)
+	// Round 4 would finish 22.5 s past its deadline, but every agent and
+	// coordinator was out for 27 s meanwhile (an etcd restore).
+	lastRound(h, 4).FinishedAt = at.Add(35 * time.Second)
+	h.RecordUnreachable("", at.Add(3*time.Second), at.Add(30*time.Second))
 	// It times out its join at 12:03:10 (revision 75) and its registration
 	// is deleted with its lease right after: exempt.
 	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "b", Plugin: "q", ModRev: 75, Lease: 7, Revision: 5, Result: schema.ResultTimeout, At: at.Add(10 * time.Second)})

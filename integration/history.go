@@ -603,7 +603,9 @@ func (h *History) checkRounds(r *Report) {
 			lg.finished, lg.final = true, rd
 			r.RoundsCompleted++
 			checkPartition(r, rd)
-			if late := rd.FinishedAt.Sub(rd.Deadline); late > h.DeadlineAllowance {
+			// An outage of every agent and coordinator (an etcd restore)
+			// while the round ran delays it by its length.
+			if late := rd.FinishedAt.Sub(rd.Deadline) - h.outage(rd.StartedAt, rd.FinishedAt); late > h.DeadlineAllowance {
 				r.violate("round %d finished %v after its deadline (allowance %v)", rd.Revision, late.Round(time.Millisecond), h.DeadlineAllowance)
 			}
 		}
@@ -1452,6 +1454,7 @@ func (h *History) checkRetries(r *Report) {
 				limit = limit.Add(u.Until.Sub(maxTime(u.From, nt.at)))
 			}
 		}
+
 		// The next round including the plugin: one started after the
 		// notice, or a later revision's round running then (a late ack
 		// of an older revision: that round resyncs the plugin anyway).
@@ -1498,6 +1501,22 @@ func (h *History) checkRetries(r *Report) {
 				next.final.StartedAt.Sub(nt.at).Round(time.Millisecond), limit.Format("15:04:05.000"))
 		}
 	}
+}
+
+// outage is how much of [from, to] fell in outages of every agent
+// (Unreachable windows with Agent "").
+func (h *History) outage(from, to time.Time) time.Duration {
+	var d time.Duration
+	for _, u := range h.Unreachable {
+		if u.Agent == "" && u.Until.After(from) && u.From.Before(to) {
+			lo, hi := maxTime(u.From, from), u.Until
+			if hi.After(to) {
+				hi = to
+			}
+			d += hi.Sub(lo)
+		}
+	}
+	return d
 }
 
 // registeredAt reports whether the last of a plugin's registration writes
