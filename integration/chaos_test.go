@@ -1569,6 +1569,17 @@ func (env *chaosEnv) etcdRestore() string {
 	z := a.cur.inc
 	a.closeIncarnation(true) // Z crashes, its lease alive
 	env.h.EndIncarnation(z)
+	// The revision record's mod revision: a write of a closed leader
+	// that was in flight may still land; the restore is called off if
+	// one did after this.
+	revMod := func() int64 {
+		resp, err := env.admin.Get(ctx, layout.Revision())
+		if err != nil || len(resp.Kvs) == 0 {
+			return -1
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	before := revMod()
 	path, snapRev, err := etcdtest.SaveSnapshot(ctx, env.admin, t.TempDir())
 	if err != nil {
 		env.log.WithError(err).Warn("chaos: snapshot failed")
@@ -1583,6 +1594,18 @@ func (env *chaosEnv) etcdRestore() string {
 		timer := time.NewTimer(20 * time.Millisecond) // polling the observer's record
 		<-timer.C
 	}
+	if m := revMod(); m != before || m < 0 {
+		env.log.WithField("before", before).WithField("now", m).Warn("chaos: the revision record changed after the snapshot (a closed leader's write in flight); no restore")
+		return ""
+	}
+	// The observer has seen everything before the restore: what it
+	// compares the restored keys with.
+	resp, err := env.admin.Get(ctx, "chaos-restore-probe")
+	if err != nil {
+		env.log.WithError(err).Warn("chaos: reading the revision before the restore failed; no restore")
+		return ""
+	}
+	env.obs.waitFor(t, resp.Header.Revision, 20*time.Second)
 	last := env.obs.Last()
 	env.obs.resetOK.Store(true)
 	from := time.Now()
@@ -1591,6 +1614,9 @@ func (env *chaosEnv) etcdRestore() string {
 	}
 	env.log.WithField("agent", a.name).WithField("snapshot_rev", snapRev).WithField("took", time.Since(from).Round(time.Millisecond)).
 		Info("chaos: etcd restored from a snapshot")
+	// The coordinators start again (deferred) only once the observer has
+	// read the restored state: their first writes must come after it.
+	etcdtest.WaitFor(t, 30*time.Second, "the observer to read the restored state", func() bool { return !env.obs.resetOK.Load() })
 	return "etcd-restore"
 }
 
