@@ -534,6 +534,9 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		WithField("cause", cause).WithField("reason", reason).Info("coordinator: round started")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 	l.co.hooks.RoundStarted(l.round.rec, false)
+	if f := l.co.faults.afterStart; f != nil {
+		f(l.ctx, n, slices.Clone(parts)) // chaos only (testfaults.go)
+	}
 	if !before {
 		puts, err := records()
 		if err != nil {

@@ -1,5 +1,11 @@
 package coordinator
 
+import (
+	"context"
+
+	"github.com/resyncd/resync/schema"
+)
+
 // testFaults are deliberate deviations from correct behaviour, for the chaos
 // test only: they let it prove that its checker catches a deposed leader's
 // write. They can be set only through WithTestFaults, which exists only in
@@ -11,4 +17,10 @@ type testFaults struct {
 	// beforeWrite, if set, is called before each fenced write (a test
 	// pauses the leader there, as a GC pause or a stopped process would).
 	beforeWrite func()
+	// afterStart, if set, is called once round n's start is committed in
+	// etcd and before its per-agent records are written (for a set scope
+	// they went before the start), with the participants it started with
+	// and the leader's context: a test records the set, or blocks until
+	// ctx ends to crash the leader between the two writes.
+	afterStart func(ctx context.Context, n uint64, parts []schema.PluginID)
 }

@@ -2,10 +2,25 @@
 
 package coordinator
 
+import (
+	"context"
+
+	"github.com/resyncd/resync/schema"
+)
+
 // WithTestFaults makes the coordinator misbehave on purpose, for the chaos
 // test: beforeWrite (if not nil) is called before each fenced write, and
 // with unfenced the writes go without their leadership guard. It exists
 // only in builds with the resync_chaos tag; never use it outside tests.
 func WithTestFaults(unfenced bool, beforeWrite func()) Option {
-	return func(c *Coordinator) { c.faults = testFaults{unfenced: unfenced, beforeWrite: beforeWrite} }
+	return func(c *Coordinator) { c.faults.unfenced, c.faults.beforeWrite = unfenced, beforeWrite }
+}
+
+// WithTestAfterStart calls f once each round's start is committed, before
+// its per-agent records are written, with round n's participants and the
+// leader's context (ended when the leader stops): the chaos test records
+// the set there, or blocks until ctx ends to kill the leader in between.
+// It exists only in builds with the resync_chaos tag.
+func WithTestAfterStart(f func(ctx context.Context, n uint64, parts []schema.PluginID)) Option {
+	return func(c *Coordinator) { c.faults.afterStart = f }
 }

@@ -204,6 +204,35 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		{"participant name cut short", func(h *History) {
 			h.Incarnations[1].Plugins[1] = longName("p2-")
 		}, "round 2 lists participant a/p2 (1+2 bytes), a name no incarnation registered"},
+		{"successor resumed with a plugin registered after Started", func(h *History) {
+			// Round 2 started with a/p1 only; a/p2 registered later and the
+			// successor that finished it took it in.
+			h.RecordStartSet(2, []schema.PluginID{{Agent: "a", Plugin: "p1"}})
+			lastRound(h, 2).FinishedBy = "c1@60"
+		}, "round 2 was finished by c1@60 after c0@10 started it with participants it did not have at Started: a/p2"},
+		{"successor dropped a participant that had left", func(h *History) {
+			// Round 2 started with a/p3 too; it left during the failover
+			// and the successor forgot it instead of counting it departed.
+			h.RecordStartSet(2, []schema.PluginID{{Agent: "a", Plugin: "p1"}, {Agent: "a", Plugin: "p2"}, {Agent: "a", Plugin: "p3"}})
+		}, "round 2 was finished by its leader without participants it had at Started (not even departed): a/p3"},
+		{"failed join resync never retried", func(h *History) {
+			seams(h)
+			failedJoin(h, 55, 0)
+		}, "b/q: error ack for revision 2 was never included in a later round"},
+		{"failed join resync retried too late", func(h *History) {
+			seams(h)
+			at := failedJoin(h, 55, 0)
+			roundFor(h, 3, 60, at.Add(5*time.Second), "c0@10", schema.PluginID{Agent: "b", Plugin: "q"})
+		}, "b/q: error ack for revision 2 was included in no round until round 3, 5s after it"},
+		{"timed-out participant never retried", func(h *History) {
+			seams(h)
+			r := lastRound(h, 2)
+			r.Acked, r.TimedOut = r.Acked[:1], []schema.PluginID{{Agent: "a", Plugin: "p2"}}
+		}, "a/p2: timed_out in round 2 was never included in a later round"},
+		{"name unowned while its live process reaches etcd", func(h *History) {
+			seams(h)
+			unowned(h)
+		}, "agent a had no owner for 10s from 12:20:10.000 while its live incarnation 1 reached etcd (bound 3s)"},
 		{"Close past its bound", func(h *History) {
 			h.RecordClose("coordinator c1-0 (standby, blackholed)", 9*time.Second, 5*time.Second)
 		}, "Close of coordinator c1-0 (standby, blackholed) took 9s"},
@@ -329,4 +358,121 @@ func backoffViolations(r *Report) []string {
 		}
 	}
 	return out
+}
+
+// seams doctors h to check the rules of issue 24: a 100 ms to 1 s backoff
+// with 500 ms of slack, a 2 s agent TTL with 1 s of slack.
+func seams(h *History) {
+	h.Backoff = BackoffConfig{Min: 100 * time.Millisecond, Max: time.Second, Slack: 10 * time.Millisecond}
+	h.RetrySlack = 500 * time.Millisecond
+	h.AgentTTL, h.OwnerSlack = 2*time.Second, time.Second
+}
+
+// failedJoin doctors h: agent b (incarnation 2, plugin q) registered after
+// round 2 finished and AckErrored its join resync (revision 2) at etcd
+// revision mod, after after; it returns when.
+func failedJoin(h *History, mod int64, after time.Duration) time.Time {
+	at := time.Date(2026, 11, 25, 12, 3, 0, 0, time.UTC).Add(after)
+	h.AddIncarnation(2, "b", []string{"q"})
+	h.Incarnations[2].Began = at.Add(-time.Second)
+	h.RecordKeyWrite(KeyWrite{Agent: "b", Plugin: "q", ModRev: mod - 2, Lease: 7, At: at.Add(-time.Second)})
+	h.RecordEvent(Event{Agent: "b", Plugin: "q", Incarnation: 2, Revision: 2, Status: schema.Started, Join: true, At: at.Add(-100 * time.Millisecond)})
+	h.RecordAck(AckSent{Agent: "b", Plugin: "q", Incarnation: 2, Revision: 2, Result: schema.ResultError, At: at})
+	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "b", Plugin: "q", ModRev: mod, Lease: 7, Revision: 2, Result: schema.ResultError, At: at})
+	h.FinalRevision = 0 // b acks no final round here
+	return at
+}
+
+// roundFor doctors h: round n, started at etcd revision mod at start with
+// participants parts (all acked, each with its ok ack), finished a second
+// later, by leader.
+func roundFor(h *History, n uint64, mod int64, start time.Time, leader string, parts ...schema.PluginID) {
+	deadline := start.Add(10 * time.Second)
+	rev := schema.Revision{Revision: n, State: schema.Started, Reason: "r", Cause: schema.CauseError, Participants: len(parts),
+		StartedAt: start, Deadline: deadline, Leader: leader}
+	round := coordinator.RoundView{Round: schema.Round{Revision: n, State: schema.Started, Reason: "r", Cause: schema.CauseError,
+		Counts: schema.RoundCounts{Participants: len(parts), Pending: len(parts)}, StartedAt: start, Deadline: deadline, StartedBy: leader}, Participants: parts}
+	h.RecordRoundWrite(RoundWrite{ModRev: mod, Key: n, Round: round})
+	h.RecordRevWrite(RevWrite{ModRev: mod, Rec: rev})
+	for _, p := range parts {
+		h.RecordAck(AckSent{Agent: p.Agent, Plugin: p.Plugin, Revision: n, Result: schema.ResultOK})
+	}
+	rev.State, rev.FinishedAt = schema.NotActive, start.Add(time.Second)
+	round.State, round.FinishedAt, round.FinishedBy = schema.NotActive, rev.FinishedAt, leader
+	round.Acked, round.Counts.Acked, round.Counts.Pending = parts, len(parts), 0
+	h.RecordRoundWrite(RoundWrite{ModRev: mod + 1, Key: n, Round: round})
+	h.RecordRevWrite(RevWrite{ModRev: mod + 1, Rec: rev})
+}
+
+// unowned doctors h: agent a's incarnation 1 claims its name at 12:20,
+// loses it at 12:20:10 and gets it back only at 12:20:20, reachable all
+// along; the recording ends at 12:21.
+func unowned(h *History) time.Time {
+	t := time.Date(2026, 11, 25, 12, 20, 0, 0, time.UTC)
+	h.Incarnations[1].Began = t.Add(-100 * time.Millisecond)
+	h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 15, Lease: 1, Process: "one", At: t})
+	h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 60, Deleted: true, At: t.Add(10 * time.Second)})
+	h.RecordOwner(OwnerWrite{Agent: "a", ModRev: 61, Lease: 3, Process: "one", At: t.Add(20 * time.Second)})
+	h.End = t.Add(time.Minute)
+	return t
+}
+
+// TestCheckerSeamsPass: the good outcomes of issue 24's rules are no
+// violations: a round finished by a successor with exactly its Started
+// set (a plugin that left counted departed), a failed join retried within
+// the backoff bound, one retried after the round then running, one whose
+// plugin registered again meanwhile, and a name unowned only while its
+// process was cut off.
+func TestCheckerSeamsPass(t *testing.T) {
+	h := goodHistory()
+	seams(h)
+	parts := []schema.PluginID{{Agent: "a", Plugin: "p1"}, {Agent: "a", Plugin: "p2"}}
+	h.RecordStartSet(1, parts)
+	h.RecordStartSet(2, parts)
+	// c0 dies at etcd revision 45, during round 2; c1 (term 45) finishes it.
+	h.RecordElection("/resync/election/1", "", 10, 45, true)
+	h.RecordElection("/resync/election/2", "c1", 45, 45, false)
+	r := lastRound(h, 2)
+	r.FinishedBy = "c1@45"
+	for i := range h.RevWrites {
+		if h.RevWrites[i].ModRev == 50 {
+			h.RevWrites[i].Rec.Leader = "c1@45"
+		}
+	}
+	r.Acked, r.Departed = parts[:1], parts[1:]
+	r.Counts.Acked, r.Counts.Departed = 1, 1
+	// b/q fails its join at 12:03 (revision 55): the retry, round 3, starts
+	// 1.2 s later (backoff bound 1 s + 500 ms slack).
+	q := schema.PluginID{Agent: "b", Plugin: "q"}
+	at := failedJoin(h, 55, 0)
+	roundFor(h, 3, 60, at.Add(1200*time.Millisecond), "c1@45", q)
+	h.RecordStartSet(3, []schema.PluginID{q})
+	// It fails round 3 as well (at revision 62, 12:03:02), while round 4
+	// (of agent a, 12:03:02.5 to 12:03:06.5) runs: round 5 includes it at
+	// 12:03:07 after round 4 finished.
+	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "b", Plugin: "q", ModRev: 62, Lease: 7, Revision: 3, Result: schema.ResultError, At: at.Add(2 * time.Second)})
+	roundFor(h, 4, 63, at.Add(2500*time.Millisecond), "c1@45", parts[0])
+	lastRound(h, 4).FinishedAt = at.Add(6500 * time.Millisecond)
+	roundFor(h, 5, 70, at.Add(7*time.Second), "c1@45", q)
+	// Round 4 would finish 22.5 s past its deadline, but every agent and
+	// coordinator was out for 27 s meanwhile (an etcd restore).
+	lastRound(h, 4).FinishedAt = at.Add(35 * time.Second)
+	h.RecordUnreachable("", at.Add(3*time.Second), at.Add(30*time.Second))
+	// It times out its join at 12:03:10 (revision 75) and its registration
+	// is deleted with its lease right after: exempt.
+	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "b", Plugin: "q", ModRev: 75, Lease: 7, Revision: 5, Result: schema.ResultTimeout, At: at.Add(10 * time.Second)})
+	h.RecordKeyWrite(KeyWrite{Agent: "b", Plugin: "q", ModRev: 76, Lease: 7, Deleted: true, At: at.Add(11 * time.Second)})
+	// Agent a unowned for 10 s, 9 of them cut off: 2 s after the heal.
+	t0 := unowned(h)
+	h.RecordUnreachable("a", t0.Add(9*time.Second), t0.Add(18*time.Second))
+	h.Incarnations[2].Ended = at.Add(12 * time.Second)
+	h.Incarnations[2].Alive = false
+	h.RecordOwner(OwnerWrite{Agent: "b", ModRev: 52, Lease: 7, Process: "bee", At: at.Add(-time.Second)})
+	rep := h.Check()
+	if len(rep.Violations) != 0 {
+		t.Fatalf("violations: %q", rep.Violations)
+	}
+	if rep.StartSets != 3 || rep.Resumes != 1 || rep.RetriesChecked != 2 || rep.OwnerGaps < 2 {
+		t.Errorf("checked too little: %s", rep.Summary())
+	}
 }

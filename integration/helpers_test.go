@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
@@ -98,6 +99,14 @@ type observer struct {
 	// agents are the per-agent round records as they stand (observer
 	// goroutine only): round -> agent -> record.
 	agents map[uint64]map[string]schema.RoundAgent
+	// cur are the revision, owner, registration, request and election keys
+	// as they stand (observer goroutine only): what a restore is compared
+	// with.
+	cur map[string]*mvccpb.KeyValue
+	// resetOK: the next compaction the watch meets is an etcd restore the
+	// test made (etcdtest.Cluster.Restore marks the restored revision
+	// compacted), not a hole in the history.
+	resetOK atomic.Bool
 }
 
 func startObserver(t testing.TB, h *History, endpoints ...string) *observer {
@@ -112,7 +121,7 @@ func startObserver(t testing.TB, h *History, endpoints ...string) *observer {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	o := &observer{c: c, h: h, cancel: cancel, done: make(chan struct{}), live: map[string]int64{},
-		agents: map[uint64]map[string]schema.RoundAgent{}}
+		agents: map[uint64]map[string]schema.RoundAgent{}, cur: map[string]*mvccpb.KeyValue{}}
 	o.last.Store(resp.Header.Revision)
 	go o.run(ctx)
 	t.Cleanup(o.stop)
@@ -141,6 +150,13 @@ func (o *observer) run(ctx context.Context) {
 		wch := o.c.Watch(wctx, layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(o.Last()+1), clientv3.WithPrevKV())
 		compacted := false
 		for resp := range wch {
+			if resp.CompactRevision != 0 && o.resetOK.Load() {
+				if err := o.reset(ctx); err != nil {
+					break // read again after the pause
+				}
+				o.resetOK.Store(false)
+				break
+			}
 			if resp.CompactRevision != 0 {
 				o.h.HarnessError("observer: history compacted at %d while the observer was at %d", resp.CompactRevision, o.Last())
 				compacted = true
@@ -169,6 +185,63 @@ func (o *observer) run(ctx context.Context) {
 	}
 }
 
+// reset records what an etcd restore changed, as writes at the restored
+// cluster's revision: the owner, registration, request and election keys
+// that are back (puts; election keys with their old create revision) or
+// gone (deletions). Acks are not recorded (nobody wrote them), and the
+// revision record must be unchanged: the test restores only while no
+// coordinator runs, so that no round is rewritten.
+func (o *observer) reset(ctx context.Context) error {
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	resp, err := o.c.Get(gctx, layout.Prefix(), clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return err
+	}
+	rev := resp.Header.Revision
+	now := map[string]*mvccpb.KeyValue{}
+	for _, kv := range resp.Kvs {
+		if o.tracked(string(kv.Key)) {
+			now[string(kv.Key)] = kv
+		}
+	}
+	for key, old := range o.cur {
+		if _, ok := now[key]; !ok {
+			o.observe(&clientv3.Event{Type: clientv3.EventTypeDelete, Kv: &mvccpb.KeyValue{Key: []byte(key), ModRevision: rev}, PrevKv: old})
+		}
+	}
+	for key, kv := range now {
+		old, ok := o.cur[key]
+		if ok && old.ModRevision == kv.ModRevision {
+			continue
+		}
+		if key == layout.Revision() {
+			o.h.HarnessError("observer: the restore changed the revision record (the test restores only while no coordinator runs)")
+		}
+		if _, ok := o.live[key]; ok {
+			delete(o.live, key) // an election key back from the snapshot: seen anew
+		}
+		o.h.ReviveElection(key, kv.CreateRevision)
+		re := &mvccpb.KeyValue{Key: kv.Key, Value: kv.Value, Lease: kv.Lease, CreateRevision: kv.CreateRevision, ModRevision: rev, Version: kv.Version}
+		o.observe(&clientv3.Event{Type: clientv3.EventTypePut, Kv: re})
+	}
+	o.last.Store(rev)
+	return nil
+}
+
+// tracked reports whether key is one of those reset compares.
+func (o *observer) tracked(key string) bool {
+	k, err := layout.Parse(key)
+	if err != nil {
+		return false
+	}
+	switch k.Kind {
+	case schema.KindRevision, schema.KindOwner, schema.KindRegistration, schema.KindRequest, schema.KindElection:
+		return true
+	}
+	return false
+}
+
 func (o *observer) observe(e *clientv3.Event) {
 	key := string(e.Kv.Key)
 	k, err := layout.Parse(key)
@@ -176,6 +249,13 @@ func (o *observer) observe(e *clientv3.Event) {
 		return // a key of no family (garbage): nothing to record
 	}
 	del := e.Type == clientv3.EventTypeDelete
+	if o.tracked(key) {
+		if del {
+			delete(o.cur, key)
+		} else {
+			o.cur[key] = e.Kv
+		}
+	}
 	mod := e.Kv.ModRevision
 	switch k.Kind {
 	case schema.KindRevision:
@@ -221,7 +301,7 @@ func (o *observer) observe(e *clientv3.Event) {
 			o.h.RecordRequest(key, req, mod, false)
 		}
 	case schema.KindOwner:
-		w := OwnerWrite{Agent: k.Agent, ModRev: mod, Deleted: del}
+		w := OwnerWrite{Agent: k.Agent, ModRev: mod, Deleted: del, At: time.Now()}
 		if !del {
 			w.Lease = e.Kv.Lease
 			if ow, err := layout.DecodeOwner(key, e.Kv.Value); err == nil {
@@ -230,13 +310,14 @@ func (o *observer) observe(e *clientv3.Event) {
 		}
 		o.h.RecordOwner(w)
 	case schema.KindRegistration, schema.KindAck:
-		if del {
+		if del && k.Kind == schema.KindAck {
 			return
 		}
-		w := KeyWrite{Ack: k.Kind == schema.KindAck, Agent: k.Agent, Plugin: k.Plugin, ModRev: mod, Lease: e.Kv.Lease, Bytes: len(key) + len(e.Kv.Value)}
+		w := KeyWrite{Ack: k.Kind == schema.KindAck, Agent: k.Agent, Plugin: k.Plugin, ModRev: mod, Lease: e.Kv.Lease, Bytes: len(key) + len(e.Kv.Value),
+			Deleted: del, At: time.Now()}
 		if w.Ack {
 			if _, a, err := layout.DecodeAck(key, e.Kv.Value); err == nil {
-				w.Revision, w.Error = a.Revision, a.Error
+				w.Revision, w.Result, w.Error = a.Revision, a.Result, a.Error
 			}
 		}
 		o.h.RecordKeyWrite(w)

@@ -44,6 +44,9 @@ type Incarnation struct {
 	Agent   string
 	Plugins []string
 	Alive   bool // still running when the history was closed
+	// Began and Ended (zero while alive) bound the time it wanted its
+	// agent name.
+	Began, Ended time.Time
 }
 
 // RevWrite is one write of the revision key seen by the observer. Rec is
@@ -127,6 +130,35 @@ type History struct {
 	// Duplicates the second processes started with a live agent's name.
 	Late       []LateWindow
 	Duplicates []*Duplicate
+	// StartSets are the participants each round had when its start was
+	// committed, as its leader reported them (the coordinator's test hook):
+	// by round, the first report.
+	StartSets map[uint64][]schema.PluginID
+	// RetrySlack is how long after its backoff bound (Backoff.Max) a
+	// round including a failed or timed-out plugin may start, beyond the
+	// rounds running then (0: the retry rule is not checked).
+	RetrySlack time.Duration
+	// AgentTTL and OwnerSlack: no agent name may stay unowned for longer
+	// than AgentTTL + OwnerSlack while a live process of it reaches etcd
+	// (AgentTTL 0: not checked).
+	AgentTTL, OwnerSlack time.Duration
+	// ReconnectGrace is how much longer a process may take after an
+	// Unreachable window ends: its etcd client reconnects with gRPC's
+	// backoff, which grew while it could not connect.
+	ReconnectGrace time.Duration
+	// Unreachable are the windows agents could not reach etcd (partitions,
+	// their member stopped, a restore).
+	Unreachable []Unreachable
+	// End is when the recording ended (agents are closed after it): a
+	// bound that runs past it is not checked (zero: never).
+	End time.Time
+}
+
+// Unreachable is a window in which an agent (Agent "": every agent) could
+// not reach etcd.
+type Unreachable struct {
+	Agent       string
+	From, Until time.Time
 }
 
 // BackoffConfig is the coordinators' BackoffMin and BackoffMax, and the
@@ -154,15 +186,50 @@ func NewHistory(allowance time.Duration) *History {
 func (h *History) AddIncarnation(id int, agent string, plugins []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.Incarnations[id] = &Incarnation{ID: id, Agent: agent, Plugins: slices.Clone(plugins), Alive: true}
+	h.Incarnations[id] = &Incarnation{ID: id, Agent: agent, Plugins: slices.Clone(plugins), Alive: true, Began: time.Now()}
+}
+
+// AddPlugin records a plugin an incarnation registered after it started.
+func (h *History) AddPlugin(id int, plugin string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if inc := h.Incarnations[id]; inc != nil {
+		inc.Plugins = append(inc.Plugins, plugin)
+	}
+}
+
+// RecordStartSet records round n's participants at its start (the first
+// report per round counts: a leader that resumes does not report).
+func (h *History) RecordStartSet(n uint64, parts []schema.PluginID) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.StartSets == nil {
+		h.StartSets = map[uint64][]schema.PluginID{}
+	}
+	if _, ok := h.StartSets[n]; !ok {
+		h.StartSets[n] = slices.Clone(parts)
+	}
+}
+
+// RecordUnreachable records that agent ("" for all) could not reach etcd
+// from from to until.
+func (h *History) RecordUnreachable(agent string, from, until time.Time) {
+	appendLocked(h, &h.Unreachable, Unreachable{Agent: agent, From: from, Until: until})
+}
+
+// SetEnd records the end of the recording.
+func (h *History) SetEnd(at time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.End = at
 }
 
 // EndIncarnation marks an incarnation closed or crashed.
 func (h *History) EndIncarnation(id int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if inc := h.Incarnations[id]; inc != nil {
-		inc.Alive = false
+	if inc := h.Incarnations[id]; inc != nil && inc.Alive {
+		inc.Alive, inc.Ended = false, time.Now()
 	}
 }
 
@@ -237,6 +304,17 @@ func (h *History) RecordElection(key, id string, create, modRev int64, deleted b
 	}
 }
 
+// ReviveElection undoes the deletion of candidate key key created at
+// create: an etcd restore brought it back (the test restores only while
+// no coordinator runs, so no write fell between its deletion and then).
+func (h *History) ReviveElection(key string, create int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e := h.Elections[key+"@"+strconv.FormatInt(create, 10)]; e != nil {
+		e.Deleted = 0
+	}
+}
+
 // RecordClose records a Close call that took took against its bound.
 func (h *History) RecordClose(what string, took, bound time.Duration) {
 	h.mu.Lock()
@@ -269,6 +347,10 @@ type Report struct {
 	LateTimeouts    int // rounds that timed a late taker out, checked for its retry
 	TextsChecked    int // error texts checked against their cap
 	LongNames       int // participants with a 128-character agent or plugin name
+	StartSets       int // completed rounds checked against their participants at Started
+	Resumes         int // of those, rounds finished by another leader than started them
+	RetriesChecked  int // failed or timed-out acks and outcomes checked for their retry round
+	OwnerGaps       int // times an agent name was unowned while a live process of it ran
 	Violations      []string
 }
 
@@ -278,9 +360,9 @@ func (r *Report) violate(format string, a ...any) {
 
 // Summary is the one-line result.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d violations=%d",
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d start_sets=%d resumes=%d retries_checked=%d owner_gaps=%d violations=%d",
 		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, r.ErrorRounds, r.Closes,
-		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, len(r.Violations))
+		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, r.StartSets, r.Resumes, r.RetriesChecked, r.OwnerGaps, len(r.Violations))
 }
 
 // termOf parses the term out of a leader identity <id>@<term>.
@@ -323,7 +405,13 @@ func termOf(identity string) (int64, bool) {
 //     k-th waits min(Backoff.Min x 2^k, Backoff.Max) after the previous;
 //   - every Close returned within its bound;
 //   - one process per agent name, late takers and record sizes: see
-//     checkOwners, checkLate and checkTexts.
+//     checkOwners, checkLate and checkTexts;
+//   - a round's participants at its end are those it had at Started,
+//     also when another leader resumed it (checkStartSets); every failed
+//     or timed-out ack or outcome is followed by a round including that
+//     plugin within its backoff bound (checkRetries); no agent name stays
+//     unowned for longer than a TTL while a live process wants it
+//     (checkUnowned).
 func (h *History) Check() *Report {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -343,6 +431,9 @@ func (h *History) Check() *Report {
 	h.checkOwners(r)
 	h.checkLate(r)
 	h.checkTexts(r)
+	h.checkStartSets(r)
+	h.checkRetries(r)
+	h.checkUnowned(r)
 	return r
 }
 
@@ -512,7 +603,9 @@ func (h *History) checkRounds(r *Report) {
 			lg.finished, lg.final = true, rd
 			r.RoundsCompleted++
 			checkPartition(r, rd)
-			if late := rd.FinishedAt.Sub(rd.Deadline); late > h.DeadlineAllowance {
+			// An outage of every agent and coordinator (an etcd restore)
+			// while the round ran delays it by its length.
+			if late := rd.FinishedAt.Sub(rd.Deadline) - h.outage(rd.StartedAt, rd.FinishedAt); late > h.DeadlineAllowance {
 				r.violate("round %d finished %v after its deadline (allowance %v)", rd.Revision, late.Round(time.Millisecond), h.DeadlineAllowance)
 			}
 		}
@@ -843,6 +936,7 @@ type OwnerWrite struct {
 	Lease   int64
 	Process string
 	Deleted bool
+	At      time.Time // when the observer saw it
 }
 
 // KeyWrite is one put of a registration or an ack key seen by the
@@ -854,8 +948,12 @@ type KeyWrite struct {
 	ModRev   int64
 	Lease    int64
 	Revision uint64
+	Result   schema.Result // an ack's ("" if unreadable)
 	Error    string
 	Bytes    int // key and value
+	// Deleted: a registration's deletion (its lease ended or revoked).
+	Deleted bool
+	At      time.Time // when the observer saw it
 }
 
 // RecordSize is the size (key and value) of one round record the leader
@@ -947,7 +1045,7 @@ func (h *History) checkOwners(r *Report) {
 		return ws[i-1], true
 	}
 	for _, w := range h.KeyWrites {
-		if w.Ack {
+		if w.Ack || w.Deleted {
 			continue
 		}
 		if _, ok := h.Garbage[w.ModRev]; ok {
@@ -1000,7 +1098,7 @@ func (h *History) checkOwners(r *Report) {
 			continue
 		}
 		for _, w := range h.KeyWrites {
-			if w.Agent == d.Agent && w.Lease == old.Lease && w.ModRev > take.ModRev {
+			if w.Agent == d.Agent && !w.Deleted && w.Lease == old.Lease && w.ModRev > take.ModRev {
 				kind := "registration"
 				if w.Ack {
 					if st, ok := startRev[w.Revision]; ok && st < take.ModRev {
@@ -1165,4 +1263,379 @@ func (h *History) checkTexts(r *Report) {
 func jsonTextLen(s string) int {
 	b, _ := json.Marshal(s)
 	return len(b) - 2
+}
+
+// --- the seams of issue 24: participants fixed at Started, retries of
+// failed joins and late registrations, names never left unowned ---
+
+// roundSpan is one round as the checker sees it: its first Started write
+// and its completed record.
+type roundSpan struct {
+	n         uint64
+	startMod  int64
+	finishMod int64
+	final     coordinator.RoundView
+	done      bool
+}
+
+// roundSpans are the rounds with a Started record, by the etcd revision of
+// their first Started write.
+func (h *History) roundSpans() []*roundSpan {
+	by := map[uint64]*roundSpan{}
+	var out []*roundSpan
+	for _, w := range h.RoundWrites {
+		if w.Malformed {
+			continue
+		}
+		s := by[w.Key]
+		if s == nil {
+			if w.Round.State != schema.Started {
+				continue
+			}
+			s = &roundSpan{n: w.Key, startMod: w.ModRev, final: w.Round}
+			by[w.Key] = s
+			out = append(out, s)
+			continue
+		}
+		if w.Round.State == schema.NotActive && !s.done {
+			s.final, s.done, s.finishMod = w.Round, true, w.ModRev
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].startMod < out[j].startMod })
+	return out
+}
+
+// includes reports whether round s reached plugin id: a participant in its
+// records, or in the set its leader reported at Started.
+func (h *History) includes(s *roundSpan, id schema.PluginID) bool {
+	return slices.Contains(s.final.Participants, id) || slices.Contains(h.StartSets[s.n], id)
+}
+
+// checkStartSets checks that every completed round's participants are
+// exactly the set its leader started it with (reported by the
+// coordinator's test hook right after the start Txn): a successor that
+// resumes the round resumes that set, those that left are departed, and
+// those that registered later are no participants. A round whose records
+// were cut (Truncated) may list fewer, never others.
+func (h *History) checkStartSets(r *Report) {
+	if len(h.StartSets) == 0 {
+		return
+	}
+	for _, s := range h.roundSpans() {
+		want, ok := h.StartSets[s.n]
+		if !ok || !s.done {
+			continue
+		}
+		r.StartSets++
+		rd := s.final
+		resumed := rd.StartedBy != rd.FinishedBy
+		if resumed {
+			r.Resumes++
+		}
+		how := "its leader"
+		if resumed {
+			how = fmt.Sprintf("%s after %s started it", rd.FinishedBy, rd.StartedBy)
+		}
+		var extra, missing []string
+		for _, p := range rd.Participants {
+			if !slices.Contains(want, p) {
+				extra = append(extra, p.String())
+			}
+		}
+		if !rd.Truncated {
+			for _, p := range want {
+				if !slices.Contains(rd.Participants, p) {
+					missing = append(missing, p.String())
+				}
+			}
+		}
+		if len(extra) > 0 {
+			r.violate("round %d was finished by %s with participants it did not have at Started: %s", s.n, how, clip(extra))
+		}
+		if len(missing) > 0 {
+			r.violate("round %d was finished by %s without participants it had at Started (not even departed): %s", s.n, how, clip(missing))
+		}
+	}
+}
+
+// clip joins names, at most 5 of them.
+func clip(names []string) string {
+	if len(names) > 5 {
+		return fmt.Sprintf("%s and %d more", strings.Join(names[:5], ", "), len(names)-5)
+	}
+	return strings.Join(names, ", ")
+}
+
+// checkRetries checks that every failed or timed-out ack a plugin wrote
+// (of a round or of its join resync, also one it wrote after registering
+// mid-round) and every participant a round recorded failed or timed_out is
+// followed by a round that includes that plugin. The round must start
+// within the backoff bound (Backoff.Max) plus RetrySlack after the ack,
+// or, if a round was running when that bound passed, within RetrySlack
+// after that round finished (the next round merges every due request);
+// a leader change in between adds DeadlineAllowance, an outage of every
+// agent (Unreachable with Agent "") its length.
+// A round of a later revision that was running when an ack of an older one
+// came, and includes the plugin, counts too (it resyncs the plugin).
+// Exempt: a plugin whose registration changed meanwhile (deleted with its
+// lease, or registered again: its join resync is the next word), and a
+// bound that runs past the end of the recording or an ack after the
+// teardown began.
+func (h *History) checkRetries(r *Report) {
+	if h.RetrySlack <= 0 || h.Backoff.Max <= 0 {
+		return
+	}
+	spans := h.roundSpans()
+	type notice struct {
+		id     schema.PluginID
+		what   string
+		modRev int64
+		at     time.Time
+		rev    uint64 // an ack's revision (0: a round's outcome)
+	}
+	var ns []notice
+	for _, w := range h.KeyWrites {
+		if !w.Ack || w.Deleted || (w.Result != schema.ResultError && w.Result != schema.ResultTimeout) {
+			continue
+		}
+		if _, ok := h.Garbage[w.ModRev]; ok {
+			continue
+		}
+		ns = append(ns, notice{schema.PluginID{Agent: w.Agent, Plugin: w.Plugin}, fmt.Sprintf("%s ack for revision %d", w.Result, w.Revision), w.ModRev, w.At, w.Revision})
+	}
+	for _, w := range h.RoundWrites {
+		if w.Malformed || w.Round.State != schema.NotActive {
+			continue
+		}
+		for _, l := range []struct {
+			what string
+			ids  []schema.PluginID
+		}{{"failed", w.Round.Failed}, {"timed_out", w.Round.TimedOut}} {
+			for _, id := range l.ids {
+				ns = append(ns, notice{id, fmt.Sprintf("%s in round %d", l.what, w.Key), w.ModRev, w.Round.FinishedAt, 0})
+			}
+		}
+	}
+	regs := map[schema.PluginID][]KeyWrite{}
+	for _, w := range h.KeyWrites {
+		if !w.Ack {
+			id := schema.PluginID{Agent: w.Agent, Plugin: w.Plugin}
+			regs[id] = append(regs[id], w)
+		}
+	}
+	// byTime: the completed rounds by start time, to find those running.
+	var byTime []coordinator.RoundView
+	for _, s := range spans {
+		if s.done {
+			byTime = append(byTime, s.final)
+		}
+	}
+	sort.Slice(byTime, func(i, j int) bool { return byTime[i].StartedAt.Before(byTime[j].StartedAt) })
+	done := map[string]bool{} // one check per plugin and etcd revision
+	for _, nt := range ns {
+		k := fmt.Sprintf("%s@%d", nt.id, nt.modRev)
+		if done[k] || nt.at.IsZero() || (h.TeardownRev != 0 && nt.modRev > h.TeardownRev) {
+			continue
+		}
+		done[k] = true
+		// When the retry is due, or when the round running then ends: the
+		// next round takes every due request in (not a chain of rounds:
+		// that would let a steady trigger hide a lost retry).
+		t := nt.at.Add(h.Backoff.Max)
+		for _, rd := range byTime {
+			if !rd.StartedAt.After(t) && rd.FinishedAt.After(t) {
+				t = maxTime(t, rd.FinishedAt)
+			}
+		}
+		limit := t.Add(h.RetrySlack)
+		// An outage of etcd or of every coordinator (an etcd restore)
+		// delays the retry by its length.
+		for _, u := range h.Unreachable {
+			if u.Agent == "" && u.Until.After(nt.at) && u.From.Before(limit) {
+				limit = limit.Add(u.Until.Sub(maxTime(u.From, nt.at)))
+			}
+		}
+
+		// The next round including the plugin: one started after the
+		// notice, or a later revision's round running then (a late ack
+		// of an older revision: that round resyncs the plugin anyway).
+		var next *roundSpan
+		for _, s := range spans {
+			running := nt.rev != 0 && s.n > nt.rev && (!s.done || s.finishMod > nt.modRev)
+			if (s.startMod > nt.modRev || running) && (h.includes(s, nt.id) || (s.final.Scope.IsAll() && registeredAt(regs[nt.id], s.startMod))) {
+				next = s
+				break
+			}
+		}
+		if next != nil && (next.startMod < nt.modRev || !next.final.StartedAt.After(limit)) {
+			r.RetriesChecked++
+			continue
+		}
+		// A leader change after the notice: one failover more.
+		for _, e := range h.Elections {
+			if e.Deleted > nt.modRev && (next == nil || e.Deleted < next.startMod) {
+				limit = limit.Add(h.DeadlineAllowance)
+				break
+			}
+		}
+		if next != nil && !next.final.StartedAt.After(limit) {
+			r.RetriesChecked++
+			continue
+		}
+		if !h.End.IsZero() && limit.After(h.End) {
+			continue // the recording ended first
+		}
+		changed := false
+		for _, w := range regs[nt.id] {
+			if w.ModRev > nt.modRev && !w.At.After(limit) {
+				changed = true
+			}
+		}
+		if changed {
+			continue
+		}
+		r.RetriesChecked++
+		if next == nil {
+			r.violate("%s: %s was never included in a later round (due by %s)", nt.id, nt.what, limit.Format("15:04:05.000"))
+		} else {
+			r.violate("%s: %s was included in no round until round %d, %v after it (due by %s)", nt.id, nt.what, next.n,
+				next.final.StartedAt.Sub(nt.at).Round(time.Millisecond), limit.Format("15:04:05.000"))
+		}
+	}
+}
+
+// outage is how much of [from, to] fell in outages of every agent
+// (Unreachable windows with Agent "").
+func (h *History) outage(from, to time.Time) time.Duration {
+	var d time.Duration
+	for _, u := range h.Unreachable {
+		if u.Agent == "" && u.Until.After(from) && u.From.Before(to) {
+			lo, hi := maxTime(u.From, from), u.Until
+			if hi.After(to) {
+				hi = to
+			}
+			d += hi.Sub(lo)
+		}
+	}
+	return d
+}
+
+// registeredAt reports whether the last of a plugin's registration writes
+// (in etcd order) at or before rev is a put: an all-scope round started at
+// rev includes it.
+func registeredAt(ws []KeyWrite, rev int64) bool {
+	on := false
+	for _, w := range ws {
+		if w.ModRev > rev {
+			break
+		}
+		on = !w.Deleted
+	}
+	return on
+}
+
+// checkUnowned checks that no agent name stays unowned (owners/<agent>
+// absent) for longer than AgentTTL + OwnerSlack while a live process of
+// that agent wants it and can reach etcd: time in an Unreachable window
+// does not count, and after one the process has the full bound again,
+// plus ReconnectGrace.
+// Time without an owner is counted from the observer's clock, up to End.
+func (h *History) checkUnowned(r *Report) {
+	if h.AgentTTL <= 0 {
+		return
+	}
+	bound := h.AgentTTL + h.OwnerSlack
+	byAgent := map[string][]OwnerWrite{}
+	for _, o := range h.Owners {
+		byAgent[o.Agent] = append(byAgent[o.Agent], o)
+	}
+	incs := map[string][]*Incarnation{}
+	for _, inc := range h.Incarnations {
+		incs[inc.Agent] = append(incs[inc.Agent], inc)
+	}
+	end := h.End
+	for agent, is := range incs {
+		ws := byAgent[agent]
+		sort.Slice(ws, func(i, j int) bool { return ws[i].ModRev < ws[j].ModRev })
+		// The unowned intervals: from the agent's first incarnation (or a
+		// deletion) to the next put.
+		type gap struct{ from, until time.Time }
+		var gaps []gap
+		from := time.Time{}
+		for _, is := range is {
+			if from.IsZero() || is.Began.Before(from) {
+				from = is.Began
+			}
+		}
+		owned := false
+		for _, w := range ws {
+			switch {
+			case w.Deleted && owned:
+				owned, from = false, w.At
+			case !w.Deleted && !owned:
+				if !from.IsZero() {
+					gaps = append(gaps, gap{from, w.At})
+				}
+				owned = true
+			}
+		}
+		if !owned && !from.IsZero() && !end.IsZero() {
+			gaps = append(gaps, gap{from, end})
+		}
+		for _, g := range gaps {
+			if !end.IsZero() && g.until.After(end) {
+				g.until = end
+			}
+			// The parts of g in which a live process wanted the name
+			// and reached etcd, each checked against the bound.
+			for _, inc := range is {
+				lo, hi := maxTime(g.from, inc.Began), g.until
+				if !inc.Ended.IsZero() && inc.Ended.Before(hi) {
+					hi = inc.Ended
+				}
+				if !hi.After(lo) {
+					continue
+				}
+				r.OwnerGaps++
+				if longest, at := h.reachableStretch(agent, lo, hi); longest > bound {
+					r.violate("agent %s had no owner for %v from %s while its live incarnation %d reached etcd (bound %v)",
+						agent, longest.Round(time.Millisecond), at.Format("15:04:05.000"), inc.ID, bound)
+				}
+			}
+		}
+	}
+}
+
+// reachableStretch is the longest stretch of [lo, hi) outside agent's
+// Unreachable windows (each extended by ReconnectGrace), and where it
+// begins.
+func (h *History) reachableStretch(agent string, lo, hi time.Time) (time.Duration, time.Time) {
+	var ws []Unreachable
+	for _, u := range h.Unreachable {
+		if (u.Agent == "" || u.Agent == agent) && u.Until.Add(h.ReconnectGrace).After(lo) && u.From.Before(hi) {
+			ws = append(ws, u)
+		}
+	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].From.Before(ws[j].From) })
+	var longest time.Duration
+	var at time.Time
+	cur := lo // counting from here
+	stretch := func(until time.Time) {
+		if d := until.Sub(cur); d > longest {
+			longest, at = d, cur
+		}
+	}
+	for _, u := range ws {
+		stretch(u.From)
+		cur = maxTime(cur, u.Until.Add(h.ReconnectGrace))
+	}
+	stretch(hi)
+	return longest, at
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
