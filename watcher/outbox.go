@@ -67,8 +67,9 @@ func (w *Watcher) outbox() {
 		var err error
 		// Acks and requests are fenced by the owner key (txn): until the
 		// registry claimed the name on this session they wait, rather
-		// than fail and log (a clean start would always warn once).
-		if st.Lease == 0 || st.Owned {
+		// than fail and log (a clean start would always warn once). A
+		// displaced process flushes too: flush drops its queue.
+		if st.Lease == 0 || st.Owned || errors.Is(w.reg.Err(), registry.ErrDisplaced) {
 			err = w.flush(st.Lease)
 		}
 		var retry <-chan time.Time
