@@ -102,6 +102,15 @@ type leader struct {
 	round       *roundState                // the running round
 	retries     map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
 	errKeys     []string                   // streak keys of the running round if error-triggered (backoff.go)
+
+	// Failed acks no round answers yet (joinfail.go): planned, in order
+	// seen, until step writes their requests; handled is the revision of
+	// each plugin's last failed ack answered or planned; swept is false
+	// until every ack of a (re-)listed state has been checked.
+	failedAcks     map[schema.PluginID]schema.Ack
+	failedAckOrder []schema.PluginID
+	handled        map[schema.PluginID]uint64
+	swept          bool
 }
 
 func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int64, log logrus.FieldLogger) *leader {
@@ -118,6 +127,9 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		errSeen:  map[string]time.Time{},
 		rejoins:  map[string]rejoinWait{},
 		streaks:  newErrorStreaks(co.cfg.BackoffMin, co.cfg.BackoffMax),
+
+		failedAcks: map[schema.PluginID]schema.Ack{},
+		handled:    map[schema.PluginID]uint64{},
 	}
 }
 

@@ -90,6 +90,7 @@ func (l *leader) onState(ev stateEvent) {
 		l.regs, l.acks = ev.regs, ev.acks
 		l.ordered = nil
 		l.stateSynced = true
+		l.swept = false // step checks the failed acks of the new listing
 		if l.round != nil {
 			l.reconcile()
 		}
@@ -102,8 +103,13 @@ func (l *leader) onState(ev stateEvent) {
 		case it.isAck:
 			l.acks[it.id] = *it.ack
 			l.resolve(it.id, false)
+			if l.swept {
+				l.failedAck(it.id, *it.ack)
+			}
 		case it.deleted:
 			delete(l.regs, it.id)
+			delete(l.handled, it.id)
+			delete(l.failedAcks, it.id)
 			l.ordered = nil
 			l.resolve(it.id, false)
 		default:
@@ -208,6 +214,13 @@ func (l *leader) step(now time.Time) error {
 		l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
 		l.co.hooks.RoundStarted(l.round.rec, true)
 		l.reconcile()
+	}
+	if !l.swept {
+		l.swept = true
+		l.sweepFailedAcks()
+	}
+	if err := l.writeFailedAcks(now); err != nil {
+		return err
 	}
 	if l.round != nil {
 		if !now.Before(l.round.rec.Deadline) && l.round.counts.Pending > 0 {
