@@ -90,6 +90,7 @@ func (l *leader) onState(ev stateEvent) {
 		l.regs, l.acks = ev.regs, ev.acks
 		l.ordered = nil
 		l.stateSynced = true
+		l.swept = false // step checks the failed acks of the new listing
 		if l.round != nil {
 			l.reconcile()
 		}
@@ -102,8 +103,13 @@ func (l *leader) onState(ev stateEvent) {
 		case it.isAck:
 			l.acks[it.id] = *it.ack
 			l.resolve(it.id, false)
+			if l.swept {
+				l.failedAck(it.id, *it.ack)
+			}
 		case it.deleted:
 			delete(l.regs, it.id)
+			delete(l.handled, it.id)
+			delete(l.failedAcks, it.id)
 			l.ordered = nil
 			l.resolve(it.id, false)
 		default:
@@ -209,6 +215,13 @@ func (l *leader) step(now time.Time) error {
 		l.co.hooks.RoundStarted(l.round.rec, true)
 		l.reconcile()
 	}
+	if !l.swept {
+		l.swept = true
+		l.sweepFailedAcks()
+	}
+	if err := l.writeFailedAcks(now); err != nil {
+		return err
+	}
 	if l.round != nil {
 		if !now.Before(l.round.rec.Deadline) && l.round.counts.Pending > 0 {
 			for p, o := range l.round.outcome {
@@ -283,7 +296,7 @@ func mergeRequests(reqs map[string]schema.Request, resolve func(uint64) (schema.
 	var reasons []string
 	for _, k := range keys {
 		r := reqs[k]
-		if r.RetryOf != 0 {
+		if r.ByReference() {
 			s, err := resolve(r.RetryOf)
 			if err != nil {
 				return schema.ScopeSet{}, "", "", nil, err
@@ -424,9 +437,10 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	// to start (every plugin takes part), so its records follow the start
 	// Txn (which then carries the delete) and are written while agents
 	// already work: the fixed cost before Started is one Txn whatever the
-	// fleet size. A successor that finds fewer records than the summary's
-	// agents (the leader died between) rebuilds the participants of an
-	// all-scope round from the live registrations (setResume).
+	// fleet size. The participants are still fixed at the start Txn: a
+	// successor that finds fewer records than the summary's agents (the
+	// leader died between) reads the registrations at the etcd revision
+	// of the start Txn (setResume): no write is added to the round.
 	//
 	// records are the per-agent records (and a set scope's chunks); an
 	// all-scope round encodes them only once its start is committed.
@@ -643,6 +657,43 @@ func examples(rs *roundState) *schema.RoundExamples {
 	return &ex
 }
 
+// retryOpsInSummary bounds the retry requests that share a round's
+// summary Txn (and a quarter of the write budget their bytes); a larger
+// retry's requests are written before it.
+const retryOpsInSummary = 4
+
+// retryRequests are the requests of round rec's retry: its failed and
+// timed-out participants as Targets (at most MaxRequestTargets per
+// request), each with RetryOf naming the round. They carry their targets
+// so that the retry does not depend on the round's records (pruned after
+// DetailHistory rounds, or refused for good) nor on this leader's memory.
+func (l *leader) retryRequests(rec schema.Round, failed []schema.PluginID, now time.Time) ([]put, error) {
+	var puts []put
+	parts := (len(failed) + schema.MaxRequestTargets - 1) / schema.MaxRequestTargets
+	for i := 0; len(failed) > 0; i++ {
+		k := min(len(failed), schema.MaxRequestTargets)
+		req := schema.Request{
+			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut),
+			Cause:  schema.CauseError, RetryOf: rec.Revision, RequestedBy: l.identity, RequestedAt: now.UTC(),
+		}
+		if parts > 1 {
+			req.Reason += fmt.Sprintf(" (part %d of %d)", i+1, parts)
+		}
+		for _, p := range failed[:k] {
+			req.Targets = append(req.Targets, schema.Scope{Agent: p.Agent, Plugin: p.Plugin})
+		}
+		b, err := schema.Encode(req)
+		if err != nil {
+			return nil, err
+		}
+		// The coordinator's own requests go where operators' do: a retry
+		// may cover several agents.
+		puts = append(puts, put{key: l.layout.OperatorRequest(schema.NewRequestID(now)), val: b})
+		failed = failed[k:]
+	}
+	return puts, nil
+}
+
 // detailPrune is how many rounds before the kept detail each finish
 // deletes the per-agent records of: more than one, so that a finish whose
 // summary Txn had to be degraded (without pruning) leaves nothing behind
@@ -705,26 +756,53 @@ func (l *leader) finish(now time.Time) error {
 	}
 	clean := rec.Clean()
 	var retry schema.ScopeSet
+	var retries []put
 	if !clean {
+		var failed []schema.PluginID
 		for _, p := range rs.parts {
 			if o := rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
 				retry.AddPlugin(p)
+				failed = append(failed, p)
 			}
 		}
-		req := schema.Request{
-			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut),
-			Cause:  schema.CauseError, RetryOf: rec.Revision, RequestedBy: l.identity, RequestedAt: now.UTC(),
-		}
-		b, err := schema.Encode(req)
-		if err != nil {
+		if retries, err = l.retryRequests(rec, failed, now); err != nil {
 			return err
 		}
-		// The coordinator's own requests go where operators' do: a retry
-		// may cover several agents.
-		extra = append(extra, clientv3.OpPut(l.layout.OperatorRequest(schema.NewRequestID(now)), string(b)))
+	}
+	// A retry is durable until its round runs (invariant 7): in the
+	// summary Txn when it is small (a round's NotActive and its retry are
+	// then one write), else written before it. Either way it survives the
+	// summary's smaller fallbacks below: a successor that finishes the
+	// round again after a crash in between plans it again, and the two
+	// merge into one round.
+	retrySize := 0
+	for _, p := range retries {
+		retrySize += p.size()
+	}
+	retryInTxn := len(retries) <= retryOpsInSummary && retrySize <= l.cfg.WriteBudget/4
+	retryWritten := false
+	writeRetries := func() error {
+		if retryWritten {
+			return nil
+		}
+		retryWritten = true
+		lost, err := l.writePuts(nil, retries)
+		if lost > 0 {
+			l.log.WithField("revision", rec.Revision).WithField("requests", lost).
+				Error("coordinator: etcd refuses a retry request for good; its plugins get no retry round (check etcd's --max-request-bytes and the coordinator's permissions)")
+		}
+		return err
+	}
+	if retryInTxn {
+		for _, p := range retries {
+			extra = append(extra, clientv3.OpPut(p.key, string(p.val)))
+		}
+	} else if err := writeRetries(); err != nil {
+		return err
 	}
 	// The summary Txn, smaller on each refusal for good: without examples,
-	// without pruning and the retry, the revision alone. Nothing is retried
+	// without pruning and the retry (then written on its own), the
+	// revision alone. Nothing is retried
 	// forever: the round completes.
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
@@ -755,6 +833,12 @@ func (l *leader) finish(now time.Time) error {
 			rec.Truncated = rec.Truncated || lost > 0
 			attempt = -1
 			continue
+		}
+		if attempt >= 2 && retryInTxn {
+			// The retry leaves the summary's Txn: written on its own.
+			if err := writeRetries(); err != nil {
+				return err
+			}
 		}
 		switch attempt {
 		case 0, 1:
