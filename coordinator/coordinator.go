@@ -66,6 +66,12 @@ type Status struct {
 	LargestWrite int `json:"largest_write_bytes,omitempty"`
 	// LastError is the last etcd error of the campaign loop ("" if none).
 	LastError string `json:"last_error,omitempty"`
+	// ResumeFallbacks counts the rounds this coordinator resumed with the
+	// live registrations because their participants could not be read:
+	// the round's records were incomplete and etcd had compacted its
+	// start revision. Such a round may include a plugin registered after
+	// it started and miss one that left meanwhile (logged as an error).
+	ResumeFallbacks int `json:"resume_fallbacks,omitempty"`
 }
 
 // Coordinator campaigns for leadership and, while leading, runs rounds. It

@@ -2,13 +2,16 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -383,7 +386,7 @@ func (l *leader) tryLoad() (err error) {
 			if rev.Epoch != "" {
 				l.epoch = rev.Epoch
 			}
-			return l.loadRevision(ctx, rev)
+			return l.loadRevision(ctx, rev, resp.Kvs[0].ModRevision)
 		}
 		l.log.WithError(err).WithField("epoch", l.epoch).Error("coordinator: the revision record is malformed; recovering from the round records in a new epoch")
 		return l.loadRounds(ctx, revisionUnreadable)
@@ -395,7 +398,7 @@ func (l *leader) tryLoad() (err error) {
 // loadRevision continues from a readable revision record: it is the truth
 // about N (rounds/ keys are not consulted for N: a garbage key with a higher
 // number must not make N skip).
-func (l *leader) loadRevision(ctx context.Context, rev schema.Revision) error {
+func (l *leader) loadRevision(ctx context.Context, rev schema.Revision, revModRev int64) error {
 	l.rev = &rev
 	l.lastN = rev.Revision
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
@@ -409,24 +412,36 @@ func (l *leader) loadRevision(ctx context.Context, rev schema.Revision) error {
 	resume := schema.Round{Revision: rev.Revision, State: schema.Started, Reason: rev.Reason, Cause: rev.Cause,
 		Scope: rev.Scope, StartedAt: rev.StartedAt, Deadline: rev.Deadline, StartedBy: rev.Leader,
 		Counts: schema.RoundCounts{Participants: rev.Participants, Pending: rev.Participants}}
+	// The start Txn wrote the summary and the revision record at one etcd
+	// revision; the summary is not written again before the round
+	// finishes (the revision record may be, by hand).
+	startRev := revModRev
 	if len(rr.Kvs) == 1 {
 		round, err := l.layout.DecodeRound(string(rr.Kvs[0].Key), rr.Kvs[0].Value)
 		if err == nil && round.State == schema.Started {
 			resume = round
+			startRev = rr.Kvs[0].ModRevision
 		} else {
 			l.log.WithError(err).WithField("revision", rev.Revision).Error("coordinator: the running round's summary is malformed; resuming from the revision record")
 		}
 	} else {
 		l.log.WithField("revision", rev.Revision).Error("coordinator: the running round's summary is missing; resuming from the revision record")
 	}
-	return l.setResume(ctx, resume)
+	return l.setResume(ctx, resume, startRev)
 }
 
-// setResume makes round the one to resume, with its participants from
-// rounds/<N>/agents/ (read in pages). Without any such record an all-scope
-// round is rebuilt from the live registrations once they are synced; a set
-// scope's round then has no participant and completes at once.
-func (l *leader) setResume(_ context.Context, round schema.Round) error {
+// setResume makes round the one to resume, with exactly the participants
+// fixed when it said Started (invariant 8). A set scope's participants are
+// its records under rounds/<N>/agents/, written before its start Txn. An
+// all-scope round's records follow its start Txn (round.go): when they are
+// all there they are the participants; otherwise (the leader died in
+// between) they are the registrations at the start Txn's etcd revision
+// startRev, read from etcd's history, so that a plugin that left since is
+// departed and one registered since is no participant (it has its join
+// resync). Only when etcd compacted that revision away does the round
+// resume with the live registrations, logged as an error and counted
+// (Status.ResumeFallbacks).
+func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64) error {
 	// Paged: thousands of agents take longer than one etcd call's timeout.
 	ctx, cancel := context.WithTimeout(l.ctx, 10*l.cfg.OpTimeout)
 	defer cancel()
@@ -444,22 +459,64 @@ func (l *leader) setResume(_ context.Context, round schema.Round) error {
 		}
 	}
 	l.resume, l.resumeParts, l.rebuild = &round, parts, false
-	if round.Scope.IsAll() && len(recs) > 0 && len(recs)+len(bad) < round.Agents {
-		// An all-scope round's records follow its start (round.go): the
-		// leader died while writing them.
-		l.log.WithField("revision", round.Revision).WithField("records", len(recs)).WithField("agents", round.Agents).
-			Warn("coordinator: the running round's participant records are incomplete; resuming with the current registrations")
-		l.rebuild = true
-	}
-	if len(recs) == 0 && round.Counts.Participants > 0 {
-		if round.Scope.IsAll() {
-			l.log.WithField("revision", round.Revision).Error("coordinator: the running round's participant records are missing; resuming with the current registrations")
-			l.rebuild = true
-		} else {
+	switch {
+	case round.Counts.Participants == 0 || (len(bad) == 0 && len(recs) >= round.Agents):
+	case !round.Scope.IsAll():
+		if len(recs) == 0 {
 			l.log.WithField("revision", round.Revision).Error("coordinator: the running round's participant records are missing; it has no participant left to wait for")
 		}
+	default:
+		log := l.log.WithField("revision", round.Revision).WithField("records", len(recs)).WithField("agents", round.Agents).WithField("start_revision", startRev)
+		parts, err := l.registrationsAt(ctx, startRev)
+		if err == nil {
+			log.WithField("participants", len(parts)).Warn("coordinator: the running round's participant records are incomplete (its leader died writing them); resuming with the registrations at its start")
+			l.resumeParts = parts
+			return nil
+		}
+		if !errors.Is(err, rpctypes.ErrCompacted) && !errors.Is(err, rpctypes.ErrGRPCCompacted) {
+			return err
+		}
+		log.WithError(err).Error("coordinator: the running round's participant records are incomplete and etcd compacted its start revision; resuming with the current registrations (a plugin that left since is no participant, one registered since is)")
+		l.rebuild = true
+		l.co.setStatus(func(s *Status) { s.ResumeFallbacks++ })
 	}
 	return nil
+}
+
+// registrationsAt reads the registrations at etcd revision rev, in pages,
+// in registration order. Malformed ones are logged and skipped.
+func (l *leader) registrationsAt(ctx context.Context, rev int64) ([]schema.PluginID, error) {
+	if rev <= 0 {
+		return nil, fmt.Errorf("coordinator: no start revision known: %w", rpctypes.ErrCompacted)
+	}
+	prefix := l.layout.Registrations()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var regs []schema.Registration
+	for from := prefix; ; {
+		resp, err := l.c.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(1000),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+		if err != nil {
+			return nil, fmt.Errorf("coordinator: read the registrations at revision %d: %w", rev, err)
+		}
+		for _, kv := range resp.Kvs {
+			r, err := l.layout.DecodeRegistration(string(kv.Key), kv.Value)
+			if err != nil {
+				l.log.WithError(err).Warn("coordinator: skipping a malformed registration of the running round's start")
+				continue
+			}
+			regs = append(regs, r)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	slices.SortFunc(regs, schema.CompareRegistrations)
+	out := make([]schema.PluginID, len(regs))
+	for i, r := range regs {
+		out[i] = r.ID()
+	}
+	return out, nil
 }
 
 // lostRevision says why the revision record cannot be continued from.
@@ -514,6 +571,7 @@ func (l *leader) loadRounds(ctx context.Context, why lostRevision) error {
 		end = string(resp.Kvs[len(resp.Kvs)-1].Key)
 	}
 	var last *schema.Round
+	var lastRev int64 // the etcd revision of last's write
 	for _, n := range cands {
 		key := l.layout.Round(n)
 		resp, err := l.c.Get(ctx, key)
@@ -528,7 +586,7 @@ func (l *leader) loadRounds(ctx context.Context, why lostRevision) error {
 			l.log.WithError(err).WithField("key", key).Warn("coordinator: skipping a malformed round record")
 			continue
 		}
-		last = &r
+		last, lastRev = &r, resp.Kvs[0].ModRevision
 		break
 	}
 	switch {
@@ -546,7 +604,7 @@ func (l *leader) loadRounds(ctx context.Context, why lostRevision) error {
 		l.rev = &rev
 		l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 		l.log.WithField("revision", last.Revision).Warn("coordinator: " + why.String() + "; resuming the running round from its record")
-		return l.setResume(ctx, *last)
+		return l.setResume(ctx, *last, lastRev)
 	default:
 		l.lastN = last.Revision
 		l.initial = fmt.Sprintf("%s (last round %d); resync to recover", why, last.Revision)

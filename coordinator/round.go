@@ -437,9 +437,10 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	// to start (every plugin takes part), so its records follow the start
 	// Txn (which then carries the delete) and are written while agents
 	// already work: the fixed cost before Started is one Txn whatever the
-	// fleet size. A successor that finds fewer records than the summary's
-	// agents (the leader died between) rebuilds the participants of an
-	// all-scope round from the live registrations (setResume).
+	// fleet size. The participants are still fixed at the start Txn: a
+	// successor that finds fewer records than the summary's agents (the
+	// leader died between) reads the registrations at the etcd revision
+	// of the start Txn (setResume): no write is added to the round.
 	//
 	// records are the per-agent records (and a set scope's chunks); an
 	// all-scope round encodes them only once its start is committed.
@@ -547,6 +548,9 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		WithField("cause", cause).WithField("reason", reason).Info("coordinator: round started")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
 	l.co.hooks.RoundStarted(l.round.rec, false)
+	if l.co.faults.afterStart != nil {
+		l.co.faults.afterStart(n)
+	}
 	if !before {
 		puts, err := records()
 		if err != nil {

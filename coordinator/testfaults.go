@@ -11,4 +11,8 @@ type testFaults struct {
 	// beforeWrite, if set, is called before each fenced write (a test
 	// pauses the leader there, as a GC pause or a stopped process would).
 	beforeWrite func()
+	// afterStart, if set, is called after round n's start Txn committed
+	// and before its per-agent records are written (a test kills or
+	// freezes the leader there).
+	afterStart func(n uint64)
 }

@@ -1,0 +1,138 @@
+package coordinator
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/schema"
+)
+
+// withFaults sets the coordinator's test faults (testfaults.go).
+func withFaults(f testFaults) Option { return func(c *Coordinator) { c.faults = f } }
+
+// revoke ends a hand fleet's lease: its registrations and acks vanish.
+func (f *fleet) revoke() {
+	f.t.Helper()
+	f.stop()
+	if _, err := f.c.Revoke(ctxT(f.t, 5*time.Second), f.lease); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// TestSuccessorResumesTheParticipantsFixedAtStarted: the leader dies after
+// an all-scope round's start Txn and before its per-agent records. While
+// no leader runs, one participant's agent leaves, one re-registers (a new
+// lease: its agent restarted) and a new agent registers. The successor
+// resumes the round with exactly the participants of its start: the one
+// that left is departed, the re-registered one is kept (its ack counts),
+// and the newcomer is no participant (it gets its join resync only).
+func TestSuccessorResumesTheParticipantsFixedAtStarted(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	stay := handPlugins(t, obs, "a1", "p")
+	leaves := handPlugins(t, obs, "a2", "p")
+	rereg := handPlugins(t, obs, "a3", "p")
+	etcdtest.WaitFor(t, 10*time.Second, "3 registrations", func() bool { return countPrefix(t, obs, layout.Registrations()) == 3 })
+
+	frozen, release := make(chan struct{}), make(chan struct{})
+	first := newCoord(t, eps, testConfig("first"), withFaults(testFaults{afterStart: func(n uint64) {
+		if n == 2 {
+			close(frozen)
+			<-release
+		}
+	}}))
+	waitLeader(t, []*testCoord{first}, 10*time.Second)
+	waitRevision(t, first, 1, schema.Started)
+	for _, f := range []*fleet{stay, leaves, rereg} {
+		f.ack(1, f.ids, schema.ResultOK, "")
+	}
+	waitFinished(t, obs, 1, 10*time.Second)
+	second := newCoord(t, eps, testConfig("second"))
+	request(t, obs, schema.CauseManual, schema.Scope{}, "round 2")
+	select {
+	case <-frozen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("round 2 did not start")
+	}
+	if n := countPrefix(t, obs, layout.RoundAgents(2)); n != 0 {
+		t.Fatalf("%d records of round 2 written before the fault", n)
+	}
+	leaves.revoke()
+	rereg.revoke()
+	rereg = handPlugins(t, obs, "a3", "p")
+	late := handPlugins(t, obs, "a4", "p")
+	// The leader dies: its client goes, and it is let go on.
+	first.c.Close()
+	close(release)
+	first.Close()
+
+	etcdtest.WaitFor(t, 15*time.Second, "the successor to resume round 2", func() bool {
+		second.hooks.mu.Lock()
+		defer second.hooks.mu.Unlock()
+		return len(second.hooks.resumed) == 1
+	})
+	for _, f := range []*fleet{stay, rereg, late} {
+		f.ack(2, f.ids, schema.ResultOK, "")
+	}
+	v := waitFinished(t, obs, 2, 10*time.Second)
+	if got := fmt.Sprint(v.Participants); got != "[a1/p a2/p a3/p]" {
+		t.Errorf("round 2 resumed with participants %s, want those of its start [a1/p a2/p a3/p]", got)
+	}
+	if fmt.Sprint(v.Acked) != "[a1/p a3/p]" || fmt.Sprint(v.Departed) != "[a2/p]" || v.Counts.Participants != 3 {
+		t.Errorf("round 2: acked %v, departed %v, %+v; want a1/p and a3/p acked, a2/p departed", v.Acked, v.Departed, v.Counts)
+	}
+	if !strings.HasPrefix(v.StartedBy, "first@") || !strings.HasPrefix(v.FinishedBy, "second@") {
+		t.Errorf("round 2 started by %s, finished by %s", v.StartedBy, v.FinishedBy)
+	}
+	if s := second.Status(); s.ResumeFallbacks != 0 {
+		t.Errorf("%d resume fallbacks: the start revision was readable", s.ResumeFallbacks)
+	}
+	revisionHistory(t, obs)
+}
+
+// TestResumeFallsBackWhenTheStartIsCompacted: as above, but etcd's history
+// is compacted past the round's start before the successor reads it: the
+// round resumes with the live registrations, and the fallback is counted.
+func TestResumeFallsBackWhenTheStartIsCompacted(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	stay := handPlugins(t, obs, "a1", "p")
+	frozen, release := make(chan struct{}), make(chan struct{})
+	first := newCoord(t, eps, testConfig("first"), withFaults(testFaults{afterStart: func(n uint64) {
+		if n == 1 {
+			close(frozen)
+			<-release
+		}
+	}}))
+	select {
+	case <-frozen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("round 1 did not start")
+	}
+	late := handPlugins(t, obs, "a4", "p")
+	resp, err := obs.Get(ctxT(t, 5*time.Second), "compact-probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obs.Compact(ctxT(t, 5*time.Second), resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	second := newCoord(t, eps, testConfig("second"))
+	first.c.Close()
+	close(release)
+	first.Close()
+	etcdtest.WaitFor(t, 15*time.Second, "the successor to resume round 1", func() bool { return second.Status().ResumeFallbacks == 1 })
+	for _, f := range []*fleet{stay, late} {
+		f.ack(1, f.ids, schema.ResultOK, "")
+	}
+	if v := waitFinished(t, obs, 1, 10*time.Second); fmt.Sprint(v.Participants) != "[a1/p a4/p]" {
+		t.Errorf("round 1 resumed with participants %v, want the live registrations [a1/p a4/p]", v.Participants)
+	}
+}
