@@ -153,11 +153,12 @@ func summaryKeys(sum schema.ScopeSummary) []string {
 	return schema.TargetAgents(sum.FirstTargets())
 }
 
-// requestKeys are the streak keys of a request: its scope's agents; a
-// retry's, those of the failed and timed-out participants it retries (when
-// this leader knows them, else allAgents).
+// requestKeys are the streak keys of a request: its scope's agents (a
+// retry's targets are its failed and timed-out participants); a retry by
+// reference (RetryOf without targets, from older versions), those of the
+// participants it retries when this leader knows them, else allAgents.
 func (l *leader) requestKeys(req schema.Request) []string {
-	if req.RetryOf != 0 {
+	if req.ByReference() {
 		if set, ok := l.retries[req.RetryOf]; ok {
 			return setKeys(set)
 		}

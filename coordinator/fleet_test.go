@@ -247,6 +247,12 @@ func newMeteredCoord(t *testing.T, endpoints []string, cfg Config, m *meter, log
 // than maxRequest bytes (etcd's --max-request-bytes).
 func startSmallEtcd(t *testing.T, maxRequest uint) string {
 	t.Helper()
+	return startEtcdWith(t, func(cfg *embed.Config) { cfg.MaxRequestBytes = maxRequest })
+}
+
+// startEtcdWith starts a real etcd member with the limits set by limit.
+func startEtcdWith(t *testing.T, limit func(*embed.Config)) string {
+	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Dir = t.TempDir()
 	cu, _ := url.Parse("http://" + etcdtest.FreeAddr(t))
@@ -255,7 +261,7 @@ func startSmallEtcd(t *testing.T, maxRequest uint) string {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.TickMs, cfg.ElectionMs = etcdtest.TickMs, etcdtest.ElectionMs
-	cfg.MaxRequestBytes = maxRequest
+	limit(cfg)
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

@@ -31,7 +31,11 @@ import (
 
 // failedAck notes a failed or timed-out ack of id unless a round or a
 // request answers it; step writes the requests (writeFailedAcks).
-func (l *leader) failedAck(id schema.PluginID, ack schema.Ack) {
+func (l *leader) failedAck(id schema.PluginID, ack schema.Ack) { l.checkFailedAck(id, ack, nil) }
+
+// checkFailedAck is failedAck with the pending requests' union cover
+// (pendingCover) computed once by the caller, or nil.
+func (l *leader) checkFailedAck(id schema.PluginID, ack schema.Ack, cover *schema.ScopeSet) {
 	if ack.Result == schema.ResultOK || ack.Revision == 0 || ack.Revision > l.lastN {
 		return // ok, or not of this history's rounds
 	}
@@ -46,7 +50,11 @@ func (l *leader) failedAck(id schema.PluginID, ack schema.Ack) {
 			return // the running round's outcome (resolve), or its Started supersedes the ack
 		}
 	}
-	if l.requestCovers(id) {
+	if cover == nil {
+		c := l.pendingCover()
+		cover = &c
+	}
+	if cover.Includes(id.Agent, id.Plugin) {
 		l.handled[id] = ack.Revision
 		return
 	}
@@ -56,22 +64,21 @@ func (l *leader) failedAck(id schema.PluginID, ack schema.Ack) {
 	l.failedAcks[id] = ack
 }
 
-// requestCovers reports whether a pending error request's scope includes
-// id. A retry by reference (RetryOf, written by older versions) covers its
+// pendingCover is the union of the pending requests' scopes. A retry by
+// reference (RetryOf without targets, written by older versions) covers its
 // round's failed and timed-out participants when this leader knows them.
-func (l *leader) requestCovers(id schema.PluginID) bool {
+func (l *leader) pendingCover() schema.ScopeSet {
+	var s schema.ScopeSet
 	for _, r := range l.requests {
-		if r.RetryOf != 0 {
-			if s, ok := l.retries[r.RetryOf]; ok && s.Includes(id.Agent, id.Plugin) {
-				return true
+		if r.ByReference() {
+			if rs, ok := l.retries[r.RetryOf]; ok {
+				s.Union(rs)
 			}
 			continue
 		}
-		if r.ScopeSet().Includes(id.Agent, id.Plugin) {
-			return true
-		}
+		s.Union(r.ScopeSet())
 	}
-	return false
+	return s
 }
 
 // sweepFailedAcks checks every failed ack once a new leader has synced
@@ -84,8 +91,9 @@ func (l *leader) sweepFailedAcks() {
 		}
 	}
 	slices.SortFunc(ids, comparePluginIDs)
+	cover := l.pendingCover()
 	for _, id := range ids {
-		l.failedAck(id, l.acks[id])
+		l.checkFailedAck(id, l.acks[id], &cover)
 	}
 }
 

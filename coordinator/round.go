@@ -296,7 +296,7 @@ func mergeRequests(reqs map[string]schema.Request, resolve func(uint64) (schema.
 	var reasons []string
 	for _, k := range keys {
 		r := reqs[k]
-		if r.RetryOf != 0 {
+		if r.ByReference() {
 			s, err := resolve(r.RetryOf)
 			if err != nil {
 				return schema.ScopeSet{}, "", "", nil, err
@@ -657,6 +657,43 @@ func examples(rs *roundState) *schema.RoundExamples {
 	return &ex
 }
 
+// retryOpsInSummary bounds the retry requests that share a round's
+// summary Txn (and a quarter of the write budget their bytes); a larger
+// retry's requests are written before it.
+const retryOpsInSummary = 4
+
+// retryRequests are the requests of round rec's retry: its failed and
+// timed-out participants as Targets (at most MaxRequestTargets per
+// request), each with RetryOf naming the round. They carry their targets
+// so that the retry does not depend on the round's records (pruned after
+// DetailHistory rounds, or refused for good) nor on this leader's memory.
+func (l *leader) retryRequests(rec schema.Round, failed []schema.PluginID, now time.Time) ([]put, error) {
+	var puts []put
+	parts := (len(failed) + schema.MaxRequestTargets - 1) / schema.MaxRequestTargets
+	for i := 0; len(failed) > 0; i++ {
+		k := min(len(failed), schema.MaxRequestTargets)
+		req := schema.Request{
+			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut),
+			Cause:  schema.CauseError, RetryOf: rec.Revision, RequestedBy: l.identity, RequestedAt: now.UTC(),
+		}
+		if parts > 1 {
+			req.Reason += fmt.Sprintf(" (part %d of %d)", i+1, parts)
+		}
+		for _, p := range failed[:k] {
+			req.Targets = append(req.Targets, schema.Scope{Agent: p.Agent, Plugin: p.Plugin})
+		}
+		b, err := schema.Encode(req)
+		if err != nil {
+			return nil, err
+		}
+		// The coordinator's own requests go where operators' do: a retry
+		// may cover several agents.
+		puts = append(puts, put{key: l.layout.OperatorRequest(schema.NewRequestID(now)), val: b})
+		failed = failed[k:]
+	}
+	return puts, nil
+}
+
 // detailPrune is how many rounds before the kept detail each finish
 // deletes the per-agent records of: more than one, so that a finish whose
 // summary Txn had to be degraded (without pruning) leaves nothing behind
@@ -719,26 +756,53 @@ func (l *leader) finish(now time.Time) error {
 	}
 	clean := rec.Clean()
 	var retry schema.ScopeSet
+	var retries []put
 	if !clean {
+		var failed []schema.PluginID
 		for _, p := range rs.parts {
 			if o := rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
 				retry.AddPlugin(p)
+				failed = append(failed, p)
 			}
 		}
-		req := schema.Request{
-			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut),
-			Cause:  schema.CauseError, RetryOf: rec.Revision, RequestedBy: l.identity, RequestedAt: now.UTC(),
-		}
-		b, err := schema.Encode(req)
-		if err != nil {
+		if retries, err = l.retryRequests(rec, failed, now); err != nil {
 			return err
 		}
-		// The coordinator's own requests go where operators' do: a retry
-		// may cover several agents.
-		extra = append(extra, clientv3.OpPut(l.layout.OperatorRequest(schema.NewRequestID(now)), string(b)))
+	}
+	// A retry is durable until its round runs (invariant 7): in the
+	// summary Txn when it is small (a round's NotActive and its retry are
+	// then one write), else written before it. Either way it survives the
+	// summary's smaller fallbacks below: a successor that finishes the
+	// round again after a crash in between plans it again, and the two
+	// merge into one round.
+	retrySize := 0
+	for _, p := range retries {
+		retrySize += p.size()
+	}
+	retryInTxn := len(retries) <= retryOpsInSummary && retrySize <= l.cfg.WriteBudget/4
+	retryWritten := false
+	writeRetries := func() error {
+		if retryWritten {
+			return nil
+		}
+		retryWritten = true
+		lost, err := l.writePuts(nil, retries)
+		if lost > 0 {
+			l.log.WithField("revision", rec.Revision).WithField("requests", lost).
+				Error("coordinator: etcd refuses a retry request for good; its plugins get no retry round (check etcd's --max-request-bytes and the coordinator's permissions)")
+		}
+		return err
+	}
+	if retryInTxn {
+		for _, p := range retries {
+			extra = append(extra, clientv3.OpPut(p.key, string(p.val)))
+		}
+	} else if err := writeRetries(); err != nil {
+		return err
 	}
 	// The summary Txn, smaller on each refusal for good: without examples,
-	// without pruning and the retry, the revision alone. Nothing is retried
+	// without pruning and the retry (then written on its own), the
+	// revision alone. Nothing is retried
 	// forever: the round completes.
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
@@ -769,6 +833,12 @@ func (l *leader) finish(now time.Time) error {
 			rec.Truncated = rec.Truncated || lost > 0
 			attempt = -1
 			continue
+		}
+		if attempt >= 2 && retryInTxn {
+			// The retry leaves the summary's Txn: written on its own.
+			if err := writeRetries(); err != nil {
+				return err
+			}
 		}
 		switch attempt {
 		case 0, 1:

@@ -284,10 +284,16 @@ func (a Ack) Validate() error {
 // plugin, or all when empty), or, when Targets is set, exactly the targets
 // listed there (at most MaxRequestTargets; Scope must then be empty, so a
 // coordinator that predates Targets widens the request to all instead of
-// narrowing it), or, when RetryOf is set, exactly the failed and timed-out
-// participants of that round (the leader's retries: their number is not
-// bounded, so they are named by reference, resolved from
-// rounds/<N>/agents/).
+// narrowing it), or, when RetryOf is set without Targets, exactly the
+// failed and timed-out participants of that round, named by reference and
+// resolved from rounds/<N>/agents/ (the leader's retries before they
+// carried their targets: such a retry is lost once its round's records
+// are pruned). The leader's retries now set both: RetryOf says which
+// round they retry, Targets (at most MaxRequestTargets, in as many
+// requests as needed) are exactly its failed and timed-out participants,
+// so that a retry is durable until its round runs, whatever was pruned
+// meanwhile and whoever leads. A coordinator older than that refuses such
+// a request as malformed.
 type Request struct {
 	Reason      string    `json:"reason"`
 	Cause       Cause     `json:"cause"`
@@ -298,26 +304,33 @@ type Request struct {
 	RequestedAt time.Time `json:"requested_at"`
 }
 
-// ScopeSet is the request's scope as a set; a RetryOf request's set is
-// resolved by the coordinator, here it is empty.
+// ScopeSet is the request's scope as a set; a RetryOf request without
+// Targets has its set resolved by the coordinator, here it is empty.
 func (r Request) ScopeSet() ScopeSet {
 	var s ScopeSet
 	switch {
-	case r.RetryOf != 0:
 	case len(r.Targets) > 0:
 		for _, t := range r.Targets {
 			s.Add(t)
 		}
+	case r.RetryOf != 0:
 	default:
 		s.Add(r.Scope)
 	}
 	return s
 }
 
+// ByReference reports whether the request is a retry whose participants
+// are resolved from its round's records (RetryOf without Targets).
+func (r Request) ByReference() bool { return r.RetryOf != 0 && len(r.Targets) == 0 }
+
 // ScopeText describes the request's scope in one line.
 func (r Request) ScopeText() string {
-	if r.RetryOf != 0 {
+	switch {
+	case r.ByReference():
 		return fmt.Sprintf("failed and timed-out participants of round %d", r.RetryOf)
+	case r.RetryOf != 0:
+		return fmt.Sprintf("%s (failed or timed out in round %d)", r.ScopeSet().Summary(), r.RetryOf)
 	}
 	return r.ScopeSet().Summary().String()
 }
@@ -335,9 +348,6 @@ func (r Request) Validate() error {
 	if len(r.Targets) > 0 || r.RetryOf != 0 {
 		if !r.Scope.All() {
 			return errors.New("scope must be empty when targets or retry_of is set")
-		}
-		if len(r.Targets) > 0 && r.RetryOf != 0 {
-			return errors.New("a request has targets or retry_of, not both")
 		}
 	}
 	if len(r.Targets) > MaxRequestTargets {

@@ -362,3 +362,35 @@ func TestDecodeReusesDecodersSafely(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryRequestCarriesItsTargets: the leader's retry names its round
+// (RetryOf) and lists its participants (Targets): it round-trips, its set
+// is exactly the targets, and only a retry without targets is resolved by
+// reference. An agent may not write a retry.
+func TestRetryRequestCarriesItsTargets(t *testing.T) {
+	at := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
+	retry := Request{Reason: "retry of round 7", Cause: CauseError, RetryOf: 7, RequestedBy: "c1@42", RequestedAt: at,
+		Targets: []Scope{{Agent: "a1", Plugin: "p"}, {Agent: "a2", Plugin: "q"}}}
+	b, err := Encode(retry)
+	if err != nil {
+		t.Fatalf("a retry with targets does not encode: %v", err)
+	}
+	got, err := DecodeRequest("k", b)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(retry) {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	s := got.ScopeSet()
+	if !s.Includes("a1", "p") || !s.Includes("a2", "q") || s.Includes("a1", "q") || s.IsAll() || got.ByReference() {
+		t.Fatalf("retry set %v (by reference %v): want exactly a1/p and a2/q", s.Targets(), got.ByReference())
+	}
+	if !strings.Contains(got.ScopeText(), "round 7") {
+		t.Errorf("scope text %q does not name the round", got.ScopeText())
+	}
+	old := Request{Cause: CauseError, RetryOf: 7, RequestedBy: "c1@42", RequestedAt: at}
+	if !old.ByReference() || !old.ScopeSet().Empty() {
+		t.Errorf("a retry without targets is resolved by reference, with no set of its own")
+	}
+	if err := retry.AllowedFor(Writer{Kind: WriterAgent, Agent: "a1"}); !errors.Is(err, ErrRefused) {
+		t.Errorf("an agent's retry request: %v, want refused", err)
+	}
+}
