@@ -460,7 +460,9 @@ func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64
 	}
 	l.resume, l.resumeParts, l.rebuild = &round, parts, false
 	switch {
-	case round.Counts.Participants == 0 || (len(bad) == 0 && len(recs) >= round.Agents):
+	case round.Counts.Participants == 0 || (len(bad) == 0 && len(recs) > 0 && len(recs) >= round.Agents):
+		// Complete (a summary without its agents count, from the revision
+		// record or an older version, trusts the records it has).
 	case !round.Scope.IsAll():
 		if len(recs) == 0 {
 			l.log.WithField("revision", round.Revision).Error("coordinator: the running round's participant records are missing; it has no participant left to wait for")
