@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -192,20 +193,7 @@ func (l *leader) dropAnswered() {
 }
 
 func comparePluginIDs(a, b schema.PluginID) int {
-	if a.Agent != b.Agent {
-		return compareStrings(a.Agent, b.Agent)
-	}
-	return compareStrings(a.Plugin, b.Plugin)
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return cmp.Or(cmp.Compare(a.Agent, b.Agent), cmp.Compare(a.Plugin, b.Plugin))
 }
 
 // writeFailedAcks writes the planned failed acks' requests: one per agent
@@ -221,7 +209,7 @@ func (l *leader) writeFailedAcks(now time.Time) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	slices.SortStableFunc(ids, func(a, b schema.PluginID) int { return compareStrings(a.Agent, b.Agent) })
+	slices.SortStableFunc(ids, func(a, b schema.PluginID) int { return cmp.Compare(a.Agent, b.Agent) })
 	var puts []put
 	var err error
 	byAgent(ids, func(agent string, ps []schema.PluginID) {
@@ -239,6 +227,8 @@ func (l *leader) writeFailedAcks(now time.Time) error {
 				return
 			}
 			puts = append(puts, put{key: l.layout.OperatorRequest(schema.NewRequestID(now)), val: b})
+			l.log.WithFields(logrus.Fields{"agent": agent, "plugins": k, "plugin": ps[0].Plugin, "revision": first.Revision, "result": first.Result}).
+				Info("coordinator: plugins failed a resync they were not a participant of; planning a round for them")
 			ps = ps[k:]
 		}
 	})
@@ -250,10 +240,7 @@ func (l *leader) writeFailedAcks(now time.Time) error {
 		return err
 	}
 	for _, id := range ids {
-		a := l.failedAcks[id]
-		l.log.WithFields(logrus.Fields{"agent": id.Agent, "plugin": id.Plugin, "revision": a.Revision, "result": a.Result}).
-			Info("coordinator: a plugin failed a resync it was not a participant of; planning a round for it")
-		l.handled[id] = a.Revision
+		l.handled[id] = l.failedAcks[id].Revision
 	}
 	if lost > 0 {
 		l.log.WithField("requests", lost).Error("coordinator: etcd refuses some failed-ack requests for good; their plugins get no round until they fail again (check etcd's --max-request-bytes and the coordinator's permissions)")
