@@ -29,8 +29,11 @@ func (f *fleet) revoke() {
 // no leader runs, one participant's agent leaves, one re-registers (a new
 // lease: its agent restarted) and a new agent registers. The successor
 // resumes the round with exactly the participants of its start: the one
-// that left is departed, the re-registered one is kept (its ack counts),
-// and the newcomer is no participant (it gets its join resync only).
+// that left is departed, the re-registered one is kept (its error ack
+// counts: it failed), and the newcomer is no participant (it gets its join
+// resync only). Both of their failures are then retried: the failed
+// participant by the round's retry, the newcomer's failed join by its own
+// request.
 func TestSuccessorResumesTheParticipantsFixedAtStarted(t *testing.T) {
 	m := etcdtest.Start(t)
 	obs := m.Client(t)
@@ -77,15 +80,42 @@ func TestSuccessorResumesTheParticipantsFixedAtStarted(t *testing.T) {
 		defer second.hooks.mu.Unlock()
 		return len(second.hooks.resumed) == 1
 	})
-	for _, f := range []*fleet{stay, rereg, late} {
-		f.ack(2, f.ids, schema.ResultOK, "")
-	}
+	stay.ack(2, stay.ids, schema.ResultOK, "")
+	rereg.ack(2, rereg.ids, schema.ResultError, "dependency not ready")
+	late.ack(2, late.ids, schema.ResultError, "dependency not ready")
 	v := waitFinished(t, obs, 2, 10*time.Second)
 	if got := fmt.Sprint(v.Participants); got != "[a1/p a2/p a3/p]" {
 		t.Errorf("round 2 resumed with participants %s, want those of its start [a1/p a2/p a3/p]", got)
 	}
-	if fmt.Sprint(v.Acked) != "[a1/p a3/p]" || fmt.Sprint(v.Departed) != "[a2/p]" || v.Counts.Participants != 3 {
-		t.Errorf("round 2: acked %v, departed %v, %+v; want a1/p and a3/p acked, a2/p departed", v.Acked, v.Departed, v.Counts)
+	if fmt.Sprint(v.Acked) != "[a1/p]" || fmt.Sprint(v.Failed) != "[a3/p]" || fmt.Sprint(v.Departed) != "[a2/p]" || v.Counts.Participants != 3 {
+		t.Errorf("round 2: acked %v, failed %v, departed %v, %+v; want a1/p acked, a3/p failed, a2/p departed", v.Acked, v.Failed, v.Departed, v.Counts)
+	}
+	// The retries: rounds of a3/p and a4/p (together or apart), and
+	// nothing else.
+	retried := map[string]bool{}
+	for n := uint64(3); len(retried) < 2; n++ {
+		if n > 4 {
+			t.Fatalf("retries after round 2 covered only %v, want a3/p and a4/p", retried)
+		}
+		var r RoundView
+		etcdtest.WaitFor(t, 10*time.Second, fmt.Sprintf("round %d", n), func() bool {
+			var ok bool
+			r, ok = readRound(t, obs, n)
+			return ok
+		})
+		if r.Cause != schema.CauseError {
+			t.Fatalf("round %d: cause %s, want an error round", n, r.Cause)
+		}
+		for _, p := range r.Participants {
+			if p.String() != "a3/p" && p.String() != "a4/p" {
+				t.Fatalf("round %d includes %s: only a3/p and a4/p failed", n, p)
+			}
+			retried[p.String()] = true
+		}
+		for _, f := range []*fleet{rereg, late} {
+			f.ack(n, f.ids, schema.ResultOK, "")
+		}
+		waitFinished(t, obs, n, 10*time.Second)
 	}
 	if !strings.HasPrefix(v.StartedBy, "first@") || !strings.HasPrefix(v.FinishedBy, "second@") {
 		t.Errorf("round 2 started by %s, finished by %s", v.StartedBy, v.FinishedBy)
