@@ -20,6 +20,11 @@ import (
 	"testing"
 	"testing/fstest"
 	"unicode"
+
+	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync"
 )
 
 // repoURL is how files outside the repository's markdown (the Prometheus
@@ -411,4 +416,56 @@ func goLine(l string) string {
 		l = l[:i]
 	}
 	return strings.Join(strings.Fields(l), " ")
+}
+
+// readmeExample is README's Go example ("A plugin in Go"), here so that
+// it compiles against the API; TestDocsReadmeExampleIsCompiled checks that
+// README shows exactly its body.
+func readmeExample(log logrus.FieldLogger, etcdClient *clientv3.Client, reloadInterfaces func()) error {
+	rs, err := resync.New(resync.Deps{Log: log, Client: etcdClient}, resync.DefaultConfig("agent-1"))
+	if err != nil {
+		return err
+	}
+	defer rs.Close()
+	ch := rs.Register("ifplugin").StatusChan()
+	for {
+		select {
+		case ev := <-ch:
+			if ev.ResyncStatus() == resync.Started {
+				reloadInterfaces() // the plugin's whole state
+			}
+			ev.Ack()
+		case <-rs.Done(): // after Close, or when another process took the name
+			return rs.Err()
+		}
+	}
+}
+
+func TestDocsReadmeExampleIsCompiled(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("docs_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "## A plugin in Go\n")
+	if ok {
+		_, block, ok = strings.Cut(block, "```go\n")
+	}
+	if !ok {
+		t.Fatal("README.md has no ```go block under \"## A plugin in Go\"")
+	}
+	block, _, _ = strings.Cut(block, "```")
+	_, body, _ := strings.Cut(string(src), "func readmeExample(")
+	_, body, _ = strings.Cut(body, "{\n")
+	body, _, _ = strings.Cut(body, "\n}\n")
+	var want []string
+	for _, l := range strings.Split(body, "\n") {
+		want = append(want, strings.TrimPrefix(l, "\t"))
+	}
+	if got := strings.TrimSuffix(block, "\n"); got != strings.Join(want, "\n") {
+		t.Errorf("README's Go example is not the body of readmeExample in docs_test.go:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
 }
