@@ -25,8 +25,8 @@ var resyncSeries = regexp.MustCompile(`\bresync_[a-z0-9_]+`)
 // deploy/grafana/resync.json use and checks that a running resyncd's
 // /metrics exports it (a histogram's _bucket, _sum and _count by the
 // histogram's name), so that a renamed metric breaks this test, not an
-// operator's alert. It also checks that every runbook link of the rules
-// points at a README heading.
+// operator's alert. The rules' runbook links are checked with the other
+// links of the documentation, by docs_test.go at the repository's root.
 func TestDashboardAndRulesUseExportedMetrics(t *testing.T) {
 	m := etcdtest.Start(t)
 	httpAddr, _ := startResyncd(t, "--endpoints", m.Endpoint())
@@ -86,43 +86,4 @@ func TestDashboardAndRulesUseExportedMetrics(t *testing.T) {
 	if len(used) < 10 {
 		t.Errorf("only %d distinct series found in %v: is the extraction broken?", len(used), files)
 	}
-
-	// Runbook links: README.md#<anchor> of a heading.
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	anchors := map[string]bool{}
-	for _, line := range strings.Split(string(readme), "\n") {
-		if strings.HasPrefix(line, "#") {
-			anchors[githubAnchor(strings.TrimLeft(line, "# "))] = true
-		}
-	}
-	rules, _ := os.ReadFile(filepath.Join(root, "deploy/prometheus/rules.yml"))
-	links := regexp.MustCompile(`runbook: "[^"#]*README\.md#([^"]+)"`).FindAllStringSubmatch(string(rules), -1)
-	if alerts := strings.Count(string(rules), "- alert:"); len(links) != alerts {
-		t.Errorf("%d runbook links for %d alerts", len(links), alerts)
-	}
-	for _, l := range links {
-		// Storage and compaction is the storage section's heading, which
-		// may land on main after this test: accept it by name.
-		if !anchors[l[1]] && l[1] != "storage-and-compaction" {
-			t.Errorf("runbook anchor #%s is not a README heading", l[1])
-		}
-	}
-}
-
-// githubAnchor is GitHub's anchor of a heading: lower case, spaces as '-',
-// punctuation other than '-' and '_' dropped.
-func githubAnchor(h string) string {
-	var b strings.Builder
-	for _, r := range strings.ToLower(strings.TrimSpace(h)) {
-		switch {
-		case r == ' ':
-			b.WriteRune('-')
-		case r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9'):
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
 }

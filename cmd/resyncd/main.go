@@ -58,7 +58,7 @@ type options struct {
 	set map[string]bool
 }
 
-// storageOptions are the compaction and quota flags (README: Storage and
+// storageOptions are the compaction and quota flags (docs/storage.md: Storage and
 // compaction).
 type storageOptions struct {
 	compactionMode      string
@@ -246,7 +246,7 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 			Logger: etcdLog.Logger(),
 			TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
 
-			// Compaction and quota: README, Storage and compaction.
+			// Compaction and quota: docs/storage.md, Storage and compaction.
 			AutoCompactionMode: o.storage.compactionMode, AutoCompactionRetention: o.storage.compactionRetention, QuotaBackendBytes: o.storage.quota,
 		})
 		if err != nil {

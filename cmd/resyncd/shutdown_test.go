@@ -110,7 +110,7 @@ func TestSIGTERMWithEmbeddedEtcdLogsNoWarning(t *testing.T) {
 }
 
 // TestHelpShowsNoEndpointsDefault: --endpoints has no default (unset means
-// the embedded etcd), as README's table says.
+// the embedded etcd), as docs/resyncd.md's table says.
 func TestHelpShowsNoEndpointsDefault(t *testing.T) {
 	t.Setenv("RESYNC_ENDPOINTS", "")
 	os.Unsetenv("RESYNC_ENDPOINTS")
@@ -128,13 +128,13 @@ func TestHelpShowsNoEndpointsDefault(t *testing.T) {
 		t.Errorf("--endpoints help %q: want no default and \"unset: resyncd starts an embedded etcd\"", entry)
 	}
 	if i := strings.Index(help, "\n      --id "); i < 0 || !strings.Contains(help[i:], "unset: <hostname>-<pid>") {
-		t.Errorf("--id help lacks \"unset: <hostname>-<pid>\" (README's default)")
+		t.Errorf("--id help lacks \"unset: <hostname>-<pid>\" (docs/resyncd.md's default)")
 	} else if entry, _, _ := strings.Cut(help[i+1:], "\n      --"); strings.Contains(entry, "default") {
 		t.Errorf("--id help %q shows a per-process default", entry)
 	}
 	for _, want := range []string{`--http-addr string`, `(default "127.0.0.1:9090")`, `(default "resyncd.etcd")`, `(default 5s)`, `(default 2m0s)`} {
 		if !strings.Contains(help, want) {
-			t.Errorf("--help lacks %q (README's resyncd table says so)", want)
+			t.Errorf("--help lacks %q (docs/resyncd.md's flag table says so)", want)
 		}
 	}
 }
@@ -152,7 +152,7 @@ func cleanEnv() []string {
 }
 
 // TestUnsetIDIsHostnamePID: without --id (and RESYNC_ID) the coordinator id
-// is <hostname>-<pid>, as --help and README say.
+// is <hostname>-<pid>, as --help and docs/resyncd.md say.
 func TestUnsetIDIsHostnamePID(t *testing.T) {
 	t.Setenv("RESYNC_ID", "")
 	os.Unsetenv("RESYNC_ID")

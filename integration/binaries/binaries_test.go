@@ -1,7 +1,6 @@
 package binaries
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -210,24 +209,34 @@ func TestUnreachableEndpointsFailFast(t *testing.T) {
 	}
 }
 
-// readmeEtcdctl returns the etcdctl command lines of README.md's shell blocks.
+// readmeEtcdctl returns the etcdctl command lines of the ```sh blocks of
+// README.md and docs/*.md (the key layout page holds the examples). It
+// fails if there are no docs pages: a moved or renamed docs/ would
+// otherwise run nothing.
 func readmeEtcdctl(t *testing.T) [][]string {
 	t.Helper()
-	f, err := os.Open("../../README.md")
+	pages, err := filepath.Glob("../../docs/*.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	if len(pages) == 0 {
+		t.Fatal("no ../../docs/*.md: the documentation whose etcdctl examples this test runs is missing")
+	}
 	var cmds [][]string
-	in := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		switch {
-		case strings.HasPrefix(line, "```"):
-			in = !in && line == "```sh"
-		case in && strings.HasPrefix(line, "etcdctl "):
-			cmds = append(cmds, strings.Fields(line)[1:])
+	for _, name := range append([]string{"../../README.md"}, pages...) {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := false
+		for _, line := range strings.Split(string(b), "\n") {
+			line = strings.TrimSpace(line)
+			switch {
+			case strings.HasPrefix(line, "```"):
+				in = !in && line == "```sh"
+			case in && strings.HasPrefix(line, "etcdctl "):
+				cmds = append(cmds, strings.Fields(line)[1:])
+			}
 		}
 	}
 	return cmds
@@ -236,7 +245,7 @@ func readmeEtcdctl(t *testing.T) [][]string {
 func TestReadmeEtcdctlExamples(t *testing.T) {
 	cmds := readmeEtcdctl(t)
 	if len(cmds) < 2 {
-		t.Fatalf("README has %d etcdctl examples, want the get and watch ones", len(cmds))
+		t.Fatalf("README.md and docs/*.md have %d etcdctl examples in ```sh blocks, want the get and watch ones (docs/keys.md)", len(cmds))
 	}
 	dir := t.TempDir()
 	client := etcdtest.FreeAddr(t)

@@ -408,7 +408,7 @@ func (m *Monitor) recover(ctx context.Context, before Usage) error {
 	case compacted.InUse > limit:
 		m.exhaust(fmt.Sprintf("NOSPACE alarm raised; resyncd compacted all history, but %s, so it leaves the alarm standing (writes stay refused): "+
 			"at a quiet time run etcdctl defrag --endpoints=%s, then etcdctl alarm disarm; or raise --quota-backend-bytes (restart resyncd with it) "+
-			"(README: Runbook: ResyncEtcdSpaceExhausted)", m.tooLong(compacted), compacted.Endpoint), fields)
+			"(docs/resyncd.md, Runbook: ResyncEtcdSpaceExhausted)", m.tooLong(compacted), compacted.Endpoint), fields)
 		return nil
 	}
 	if err := m.defrag(ctx, before.Endpoint); err != nil {
@@ -439,7 +439,7 @@ func (m *Monitor) recover(ctx context.Context, before Usage) error {
 
 // exhaustedFix is the operator's fix when the live data fills the quota.
 const exhaustedFix = "raise --quota-backend-bytes (restart resyncd with it; at most 8 GiB) or delete data (lower --history), " +
-	"then etcdctl defrag and etcdctl alarm disarm (README: Runbook: ResyncEtcdSpaceExhausted)"
+	"then etcdctl defrag and etcdctl alarm disarm (docs/resyncd.md, Runbook: ResyncEtcdSpaceExhausted)"
 
 func (m *Monitor) timeout() time.Duration {
 	if m.Timeout > 0 {

@@ -6,7 +6,7 @@
 // embedded etcd (Monitor: usage metrics and warnings, defragmentation, and
 // recovery from NOSPACE).
 //
-// See README.md, "Storage and compaction", for the operator's view.
+// See docs/storage.md, "Storage and compaction", for the operator's view.
 package etcdspace
 
 import (
@@ -22,7 +22,7 @@ const Hint = "etcd's database is full (NOSPACE alarm: the backend reached its qu
 	"and etcd refuses every write until space is freed: compact old revisions (etcdctl compact <revision>), " +
 	"defragment (etcdctl defrag), then clear the alarm (etcdctl alarm disarm); " +
 	"resyncd does all three by itself for its embedded etcd (unless its /status reports space_exhausted: then see its warning), " +
-	"and work resumes by itself once the alarm is cleared (README: Storage and compaction)"
+	"and work resumes by itself once the alarm is cleared (docs/storage.md)"
 
 // IsNoSpace reports whether err is etcd's "database space exceeded"
 // (rpctypes.ErrGRPCNoSpace on the server side, rpctypes.ErrNoSpace in the

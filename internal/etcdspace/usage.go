@@ -54,7 +54,7 @@ func (u Usage) warning() string {
 		return "NOSPACE alarm raised: " + Hint
 	case u.Quota > 0 && u.Fraction() >= WarnFraction:
 		return fmt.Sprintf("etcd's database is at %.0f%% of its quota (%s of %s, %s in use): "+
-			"compact and defragment before it fills (NOSPACE stops every write; README: Storage and compaction)",
+			"compact and defragment before it fills (NOSPACE stops every write; docs/storage.md)",
 			100*u.Fraction(), Bytes(u.Size), Bytes(u.Quota), Bytes(u.InUse))
 	}
 	return ""
