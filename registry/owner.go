@@ -117,8 +117,7 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 	}
 	n = len(first)
 	if !tresp.Succeeded {
-		n = 0
-		if tresp, err = r.takeOver(ctx, lease, tresp); err != nil {
+		if tresp, n, err = r.takeOver(ctx, lease, tresp, first); err != nil {
 			return 0, err
 		}
 	}
@@ -159,19 +158,24 @@ func (r *Registry) claim(lease clientv3.LeaseID, gen uint64, first []clientv3.Op
 // takeOver handles a claim that found the owner key (its Else read, in
 // found): it judges the key in etcd's order and either takes the name over
 // or returns ErrDisplaced (or errNotOwner when the key changed meanwhile:
-// look again). It returns the take-over Txn's response.
-func (r *Registry) takeOver(ctx context.Context, lease clientv3.LeaseID, found *clientv3.TxnResponse) (*clientv3.TxnResponse, error) {
+// look again). It returns the take-over Txn's response and how many of
+// first (registration writes) went in it: when the key is this process's
+// own, from an older lease, they move to the new lease in the same Txn
+// as the owner key, so no reader sees the owner key on one lease and the
+// registrations on another (two owners, to an observer); when it takes
+// the name from another process, none (the loop writes them all again).
+func (r *Registry) takeOver(ctx context.Context, lease clientv3.LeaseID, found *clientv3.TxnResponse, first []clientv3.Op) (*clientv3.TxnResponse, int, error) {
 	key := r.layout.Owner(r.cfg.Agent)
 	kvs := found.Responses[0].GetResponseRange().Kvs
 	if len(kvs) != 1 {
-		return nil, errNotOwner // gone meanwhile: look again
+		return nil, 0, errNotOwner // gone meanwhile: look again
 	}
 	kv := kvs[0]
 	o, derr := r.layout.DecodeOwner(key, kv.Value)
 	v := r.judge(o, derr, kv.ModRevision, found.Header.Revision)
 	switch v {
 	case yield:
-		return nil, r.displace(o, kv.ModRevision)
+		return nil, 0, r.displace(o, kv.ModRevision)
 	case takeOver:
 		if derr != nil {
 			r.log.WithError(derr).Warn("registry: overwriting a malformed owner key")
@@ -183,16 +187,19 @@ func (r *Registry) takeOver(ctx context.Context, lease clientv3.LeaseID, found *
 	// never sees them depart (a round would record them departed) nor
 	// come back.
 	take := []clientv3.Op{clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease))}
-	if v != takeBack {
+	n := 0
+	if v == takeBack {
+		take, n = append(take, first...), len(first)
+	} else {
 		take = append(take, clientv3.OpDelete(r.layout.AgentRegistrations(r.cfg.Agent), clientv3.WithPrefix()))
 	}
 	tresp, err := r.c.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
 		Then(take...).Commit()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if !tresp.Succeeded {
-		return nil, errNotOwner // changed meanwhile: look again
+		return nil, 0, errNotOwner // changed meanwhile: look again
 	}
 	log := r.log.WithFields(logrus.Fields{"other_process": o.Process, "other_lease": o.Lease, "other_host": o.Host, "other_pid": o.PID})
 	switch {
@@ -202,7 +209,7 @@ func (r *Registry) takeOver(ctx context.Context, lease clientv3.LeaseID, found *
 	case v == takeOver && derr == nil:
 		log.Warn("registry: took this agent name over from another process (one process per agent name); it is told and stops")
 	}
-	return tresp, nil
+	return tresp, n, nil
 }
 
 // verdict is what a claim makes of an owner key it found.

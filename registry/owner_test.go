@@ -556,3 +556,52 @@ func TestJudgeOrdersByEtcd(t *testing.T) {
 		})
 	}
 }
+
+// TestTakeBackMovesRegistrationsWithTheOwnerKey: when a claim finds this
+// process's own owner key on another lease (a restore brought back an
+// older session's keys), the owner key and the registrations move to the
+// new lease in one Txn: no reader ever sees the owner key on one lease and
+// the registrations on another (two owners, to an observer; the chaos
+// checker flagged it after restores).
+func TestTakeBackMovesRegistrationsWithTheOwnerKey(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	r := newRegistry(t, c, "tb", 5*time.Second, WithOwnerWatch())
+	for _, p := range []string{"a", "b"} {
+		if _, err := r.Register(ctxT(t, 5*time.Second), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "the name owned", func() bool { return owned(t, c, r, "a", "b") })
+	// What a restore can bring back: this process's keys on another,
+	// live, lease.
+	l1, err := c.Grant(ctxT(t, 5*time.Second), 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := []clientv3.Op{clientv3.OpPut(layout.Owner("tb"), r.ownerValue(l1.ID), clientv3.WithLease(l1.ID))}
+	regs, err := c.Get(ctxT(t, 5*time.Second), layout.AgentRegistrations("tb"), clientv3.WithPrefix())
+	if err != nil || len(regs.Kvs) != 2 {
+		t.Fatalf("registrations: %v %v", regs, err)
+	}
+	for _, kv := range regs.Kvs {
+		ops = append(ops, clientv3.OpPut(string(kv.Key), string(kv.Value), clientv3.WithLease(l1.ID)))
+	}
+	if _, err := c.Txn(ctxT(t, 5*time.Second)).Then(ops...).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	r.disowned()
+	etcdtest.WaitFor(t, 10*time.Second, "the name taken back", func() bool { return owned(t, c, r, "a", "b") })
+	own := get(t, c, layout.Owner("tb"), false)
+	regs, err = c.Get(ctxT(t, 5*time.Second), layout.AgentRegistrations("tb"), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range regs.Kvs {
+		if kv.ModRevision != own.Kvs[0].ModRevision || kv.Lease != own.Kvs[0].Lease {
+			t.Errorf("registration %s on lease %x at revision %d, the owner key on %x at %d: they moved apart",
+				kv.Key, kv.Lease, kv.ModRevision, own.Kvs[0].Lease, own.Kvs[0].ModRevision)
+		}
+	}
+	notDisplaced(t, r, "the registry")
+}
