@@ -33,6 +33,10 @@ type stateItem struct {
 // watch, so that changes arrive in etcd's revision order (an ack put before
 // its lease expired is seen before its registration vanishes).
 type stateEvent struct {
+	// rev: the etcd revision the leader's view is exactly etcd's state
+	// at, once this event is applied (the listing's revision, or the last
+	// change's); 0 for an event that changes nothing.
+	rev   int64
 	reset bool // regs and acks are the whole state
 	regs  map[schema.PluginID]schema.Registration
 	acks  map[schema.PluginID]schema.Ack
@@ -82,6 +86,10 @@ type leader struct {
 	why     error
 
 	stateSynced, reqsSynced bool
+	// viewRev: the etcd revision l.regs and l.acks are exactly etcd's
+	// state at (see stateEvent.rev); a round's participants are chosen
+	// from that view, and its summary records it (Round.ViewRevision).
+	viewRev int64
 
 	// refused is each agent's refused registrations from its owner
 	// record, and refusedSum their last reported sum; both belong to the
@@ -270,7 +278,7 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 	var out stateEvent
 	if ev.Reset {
 		l.refused = map[string]int{}
-		out.reset = true
+		out.reset, out.rev = true, ev.Revision
 		out.regs = map[schema.PluginID]schema.Registration{}
 		out.acks = map[schema.PluginID]schema.Ack{}
 		for _, kv := range ev.Kvs {
@@ -291,6 +299,9 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 	}
 	out.items = make([]stateItem, 0, len(ev.Changes))
 	for _, e := range ev.Changes {
+		// Not the response's header revision: a watch catching up may
+		// send a header past the events it has delivered so far.
+		out.rev = max(out.rev, e.Kv.ModRevision)
 		if l.noteOwner(e.Kv, e.Type == clientv3.EventTypeDelete) {
 			continue
 		}
@@ -475,7 +486,12 @@ func (l *leader) loadRevision(ctx context.Context, rev schema.Revision, revModRe
 		round, err := l.layout.DecodeRound(string(rr.Kvs[0].Key), rr.Kvs[0].Value)
 		if err == nil && round.State == schema.Started {
 			resume = round
+			// The participants were chosen from the leader's view at
+			// ViewRevision, which may lag the start Txn: read there.
 			startRev = rr.Kvs[0].ModRevision
+			if round.ViewRevision > 0 && round.ViewRevision <= startRev {
+				startRev = round.ViewRevision
+			}
 		} else {
 			l.log.WithError(err).WithField("revision", rev.Revision).Error("coordinator: the running round's summary is malformed; resuming from the revision record")
 		}

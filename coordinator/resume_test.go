@@ -167,3 +167,60 @@ func TestResumeFallsBackWhenTheStartIsCompacted(t *testing.T) {
 		t.Errorf("round 1 resumed with participants %v, want the live registrations [a1/p a4/p]", v.Participants)
 	}
 }
+
+// TestSuccessorReadsTheLeadersViewNotTheStartTxn: a leader chooses an
+// all-scope round's participants from its watch's view, which may lag etcd
+// by the time its start Txn lands: a plugin registered in between is no
+// participant. The summary records the view's revision; a successor that
+// finds no per-agent records resumes with the registrations at that
+// revision, not at the start Txn's: a3/p, registered after the view, is no
+// participant there either.
+func TestSuccessorReadsTheLeadersViewNotTheStartTxn(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	a1 := handPlugins(t, obs, "a1", "p")
+	a2 := handPlugins(t, obs, "a2", "p")
+	etcdtest.WaitFor(t, 10*time.Second, "2 registrations", func() bool { return countPrefix(t, obs, layout.Registrations()) == 2 })
+	view, err := obs.Get(ctxT(t, 5*time.Second), layout.Registrations(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a3 := handPlugins(t, obs, "a3", "p") // after the view, before the start Txn
+	etcdtest.WaitFor(t, 10*time.Second, "3 registrations", func() bool { return countPrefix(t, obs, layout.Registrations()) == 3 })
+
+	now := time.Now().UTC()
+	round := schema.Round{Revision: 1, State: schema.Started, Reason: "lagging view", Cause: schema.CauseManual,
+		Scope: schema.ScopeSummary{All: true}, Counts: schema.RoundCounts{Participants: 2, Pending: 2}, Agents: 2,
+		StartedAt: now, Deadline: now.Add(time.Minute), StartedBy: "dead@1", ViewRevision: view.Header.Revision}
+	rev := schema.Revision{Revision: 1, State: schema.Started, Reason: round.Reason, Cause: round.Cause, Scope: round.Scope,
+		Participants: 2, StartedAt: now, Deadline: round.Deadline, Leader: "dead@1", Epoch: "hand"}
+	rb, err := schema.Encode(round)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vb, err := schema.Encode(rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obs.Txn(ctxT(t, 5*time.Second)).Then(clientv3.OpPut(layout.Round(1), string(rb)), clientv3.OpPut(layout.Revision(), string(vb))).Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	co := newCoord(t, eps, testConfig("successor"))
+	etcdtest.WaitFor(t, 15*time.Second, "the successor to resume round 1", func() bool {
+		co.hooks.mu.Lock()
+		defer co.hooks.mu.Unlock()
+		return len(co.hooks.resumed) == 1
+	})
+	for _, f := range []*fleet{a1, a2, a3} {
+		f.ack(1, f.ids, schema.ResultOK, "")
+	}
+	v := waitFinished(t, obs, 1, 10*time.Second)
+	if got := fmt.Sprint(v.Participants); got != "[a1/p a2/p]" {
+		t.Errorf("round 1 resumed with participants %s, want those of the leader's view [a1/p a2/p]", got)
+	}
+	if v.Counts.Participants != 2 || v.Counts.Acked != 2 {
+		t.Errorf("round 1 counts %+v, want 2 participants, 2 acked", v.Counts)
+	}
+}

@@ -83,6 +83,9 @@ func (l *leader) reconcile() {
 }
 
 func (l *leader) onState(ev stateEvent) {
+	if ev.reset || ev.rev > l.viewRev {
+		l.viewRev = ev.rev
+	}
 	for _, err := range ev.bad {
 		l.log.WithError(err).Warn("coordinator: skipping a malformed record")
 	}
@@ -424,6 +427,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum,
 		Counts:    schema.RoundCounts{Participants: len(parts), Pending: len(parts)},
 		StartedAt: now.UTC(), Deadline: now.Add(l.cfg.RoundDeadline).UTC(), StartedBy: l.identity,
+		ViewRevision: l.viewRev,
 	}
 	rev := schema.Revision{
 		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum, Participants: len(parts),

@@ -457,6 +457,13 @@ type Round struct {
 	// so error texts were dropped or a per-agent record was not written.
 	// The counts stay exact.
 	Truncated bool `json:"truncated,omitempty"`
+	// ViewRevision is the etcd revision of the registrations the leader
+	// chose the participants from (its watch's view, which may lag the
+	// start Txn's revision): a successor that finds the per-agent records
+	// incomplete reads the registrations at this revision, so it resumes
+	// with exactly the participants fixed at Started. 0 in records of
+	// older versions (the start Txn's revision is used then).
+	ViewRevision int64 `json:"view_revision,omitempty"`
 }
 
 // RoundExamples are the first few non-ok participants of a round.
@@ -484,6 +491,9 @@ func (r Round) Validate() error {
 		return err
 	}
 	c := r.Counts
+	if r.ViewRevision < 0 {
+		return fmt.Errorf("view revision %d: a revision is not negative", r.ViewRevision)
+	}
 	if c.Participants < 0 || c.Acked < 0 || c.Failed < 0 || c.TimedOut < 0 || c.Departed < 0 || c.Pending < 0 || r.Agents < 0 {
 		return errors.New("counts must be >= 0")
 	}
