@@ -689,7 +689,7 @@ var faultKinds = []struct {
 	{"scoped-burst", 4}, {"report-burst", 4},
 	{"late-take", 4}, {"late-join", 2}, {"agent-duplicate", 3}, {"error-1k", 3}, {"name-128", 2},
 	{"leader-kill-after-start", 3}, {"join-ack-error", 3}, {"register-mid-round", 3}, {"clock-skew", 2},
-	{"etcd-restore", 2},
+	{"etcd-restore", 1},
 }
 
 func (env *chaosEnv) fault() {
