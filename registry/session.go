@@ -169,25 +169,16 @@ func (r *Registry) sync(lease clientv3.LeaseID, gen uint64) error {
 		last = r.claimRev
 		r.mu.Unlock()
 	}
-	// Every other write is guarded by the owner key being on our lease: a
-	// displaced process never writes over the new owner.
-	owner := clientv3.Compare(clientv3.LeaseValue(r.layout.Owner(r.cfg.Agent)), "=", int64(lease))
 	for len(ops) > 0 {
 		n := min(len(ops), schema.MaxTxnOps)
-		ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
-		resp, err := r.c.Txn(ctx).If(owner).Then(ops[:n]...).Commit()
-		cancel()
+		rev, err := r.writeOwned(lease, ops[:n]...)
 		if err != nil {
 			return err
 		}
-		if !resp.Succeeded {
-			r.disowned()
-			return errNotOwner
-		}
-		last = resp.Header.Revision
+		last = rev
 		ops = ops[n:]
 	}
-	if err := r.writeRefused(lease, owner, refused); err != nil {
+	if err := r.writeRefused(lease, refused); err != nil {
 		return err
 	}
 
@@ -223,25 +214,36 @@ func (r *Registry) writtenRefused() int {
 // writeRefused rewrites the owner key (guarded by owner) when refused
 // registrations were added since it was last written, so that the owner
 // record lists them.
-func (r *Registry) writeRefused(lease clientv3.LeaseID, owner clientv3.Cmp, refused int) error {
+func (r *Registry) writeRefused(lease clientv3.LeaseID, refused int) error {
 	if refused == r.writtenRefused() {
 		return nil
 	}
-	key := r.layout.Owner(r.cfg.Agent)
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
-	resp, err := r.c.Txn(ctx).If(owner).Then(clientv3.OpPut(key, r.ownerValue(lease), clientv3.WithLease(lease))).Commit()
-	cancel()
-	if err != nil {
+	if _, err := r.writeOwned(lease, clientv3.OpPut(r.layout.Owner(r.cfg.Agent), r.ownerValue(lease), clientv3.WithLease(lease))); err != nil {
 		return err
-	}
-	if !resp.Succeeded {
-		r.disowned()
-		return errNotOwner
 	}
 	r.mu.Lock()
 	r.refusedWritten = refused
 	r.mu.Unlock()
 	return nil
+}
+
+// writeOwned writes ops in one Txn guarded by the agent name's owner key being
+// on lease, so that a displaced process never writes over the new owner,
+// and returns the Txn's etcd revision. A failed guard disowns the
+// registry (the loop claims again, or finds it is displaced): errNotOwner.
+func (r *Registry) writeOwned(lease clientv3.LeaseID, ops ...clientv3.Op) (int64, error) {
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
+	defer cancel()
+	resp, err := r.c.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(r.layout.Owner(r.cfg.Agent)), "=", int64(lease))).
+		Then(ops...).Commit()
+	if err != nil {
+		return 0, err
+	}
+	if !resp.Succeeded {
+		r.disowned()
+		return 0, errNotOwner
+	}
+	return resp.Header.Revision, nil
 }
 
 // backoff paces one of the Registry's retry loops (RetryMin to RetryMax).
