@@ -35,6 +35,7 @@ type function struct {
 
 func main() {
 	top := flag.Int("top", 10, "how many of the library's longest functions to list")
+	cmdTop := flag.Int("cmd-top", 0, "how many of cmd/'s longest functions to list")
 	root := flag.String("root", ".", "the module's root directory")
 	flag.Parse()
 	lib, cmds, err := collect(*root)
@@ -43,6 +44,14 @@ func main() {
 		os.Exit(1)
 	}
 	report(os.Stdout, lib, cmds, *top)
+	if *cmdTop > 0 {
+		var all []function
+		for _, funcs := range cmds {
+			all = append(all, funcs...)
+		}
+		fmt.Println()
+		longest(os.Stdout, all, *cmdTop)
+	}
 }
 
 // collect parses every non-test Go file under root and sorts its functions
@@ -166,15 +175,9 @@ func measure(funcs []function) stats {
 // report prints the library's longest functions, then the mean length
 // per command and over all of cmd/.
 func report(w io.Writer, lib []function, cmds map[string][]function, top int) {
-	sort.SliceStable(lib, func(i, j int) bool { return lib[i].lines > lib[j].lines })
 	ls := measure(lib)
 	fmt.Fprintf(w, "library: %d functions, mean %.1f lines, longest %d (goal: longest <= 80)\n", ls.count, ls.mean, ls.max)
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "lines\tfunction\tat")
-	for _, f := range lib[:min(top, len(lib))] {
-		fmt.Fprintf(tw, "%5d\t%s\t%s\n", f.lines, f.name, f.pos)
-	}
-	tw.Flush()
+	longest(w, lib, top)
 
 	names := make([]string, 0, len(cmds))
 	var all []function
@@ -184,7 +187,7 @@ func report(w io.Writer, lib []function, cmds map[string][]function, top int) {
 	}
 	sort.Strings(names)
 	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "command\tfunctions\tmean lines\tlongest")
 	for _, name := range names {
 		s := measure(cmds[name])
@@ -192,5 +195,21 @@ func report(w io.Writer, lib []function, cmds map[string][]function, top int) {
 	}
 	s := measure(all)
 	fmt.Fprintf(tw, "cmd/ (all)\t%d\t%.1f\t%d\t(goal: mean <= 16)\n", s.count, s.mean, s.max)
+	tw.Flush()
+}
+
+// longest prints the top longest of funcs, longest first.
+func longest(w io.Writer, funcs []function, top int) {
+	sort.SliceStable(funcs, func(i, j int) bool {
+		if funcs[i].lines != funcs[j].lines {
+			return funcs[i].lines > funcs[j].lines
+		}
+		return funcs[i].pos < funcs[j].pos
+	})
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "lines\tfunction\tat")
+	for _, f := range funcs[:min(top, len(funcs))] {
+		fmt.Fprintf(tw, "%5d\t%s\t%s\n", f.lines, f.name, f.pos)
+	}
 	tw.Flush()
 }
