@@ -119,67 +119,27 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 		return agentsDoc{}, err
 	}
 	doc := agentsDoc{Agents: []agentDoc{}}
-	inRound := func(schema.PluginID) bool { return true } // an all-scope round
+	inRound, err := e.roundMembers(ctx, c, rev)
+	if err != nil {
+		return agentsDoc{}, err
+	}
 	if rev != nil {
 		doc.Revision, doc.State = rev.Revision, rev.State
-		if !rev.Scope.IsAll() {
-			// A set scope's participants are under rounds/<N>/agents/.
-			_, parts, err := e.readParticipants(ctx, c, rev.Revision)
-			if err != nil {
-				return agentsDoc{}, err
-			}
-			in := make(map[schema.PluginID]bool, len(parts))
-			for _, p := range parts {
-				in[p] = true
-			}
-			inRound = func(id schema.PluginID) bool { return in[id] }
-		}
 	}
-	ttls := map[clientv3.LeaseID]int64{}
+	ttls := leaseTTLs{c: c, ttl: map[clientv3.LeaseID]int64{}}
 	// readRegistrations sorts by agent, then registration order.
 	for i := 0; i < len(regs); {
 		j := i
 		for j < len(regs) && regs[j].Agent == regs[i].Agent {
 			j++
 		}
-		a := agentDoc{Agent: regs[i].Agent, LeaseTTLSeconds: -1}
-		var lease clientv3.LeaseID
-		for _, r := range regs[i:j] {
-			a.Plugins = append(a.Plugins, r.Plugin)
-			if ack, ok := acks[r.ID()]; ok && ack.Revision > a.AckedRevision {
-				a.AckedRevision = ack.Revision
-			}
-			if lease == 0 || r.Lease < lease {
-				lease = r.Lease
-			}
-		}
-		for _, r := range regs[i:j] {
-			if ack, ok := acks[r.ID()]; ok && ack.Revision == a.AckedRevision && (a.Result == "" || resultRank(ack.Result) > resultRank(a.Result)) {
-				a.Result = ack.Result
-			}
-			if rev != nil && inRound(r.ID()) && !r.RegisteredAt.After(rev.StartedAt) {
-				if ack, ok := acks[r.ID()]; !ok || ack.Revision < rev.Revision {
-					a.Behind = true
-					a.BehindPlugins = append(a.BehindPlugins, r.Plugin)
-				}
-			}
-		}
+		a, lease := agentOf(regs[i:j], acks, rev, inRound)
 		if o, ok := owners[a.Agent]; ok {
 			a.Refused, a.RefusedNames = o.Refused, o.RefusedNames
 			delete(owners, a.Agent)
 		}
-		a.Lease = fmt.Sprintf("%x", int64(lease))
-		if lease != 0 {
-			ttl, seen := ttls[lease]
-			if !seen {
-				resp, err := c.TimeToLive(ctx, lease)
-				if err != nil {
-					return agentsDoc{}, fmt.Errorf("lease %x of agent %s: %w", int64(lease), a.Agent, err)
-				}
-				ttl = resp.TTL
-				ttls[lease] = ttl
-			}
-			a.LeaseTTLSeconds = ttl
+		if a.LeaseTTLSeconds, err = ttls.left(ctx, lease, a.Agent); err != nil {
+			return agentsDoc{}, err
 		}
 		doc.Agents = append(doc.Agents, a)
 		i = j
@@ -194,4 +154,75 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 	}
 	slices.SortFunc(doc.Agents, func(a, b agentDoc) int { return strings.Compare(a.Agent, b.Agent) })
 	return doc, nil
+}
+
+// roundMembers tells whether a plugin takes part in the round of rev: every
+// plugin in an all-scope round (or none ran); a set scope's participants
+// are read from rounds/<N>/agents/.
+func (e *env) roundMembers(ctx context.Context, c *clientv3.Client, rev *schema.Revision) (func(schema.PluginID) bool, error) {
+	if rev == nil || rev.Scope.IsAll() {
+		return func(schema.PluginID) bool { return true }, nil
+	}
+	_, parts, err := e.readParticipants(ctx, c, rev.Revision)
+	if err != nil {
+		return nil, err
+	}
+	in := make(map[schema.PluginID]bool, len(parts))
+	for _, p := range parts {
+		in[p] = true
+	}
+	return func(id schema.PluginID) bool { return in[id] }, nil
+}
+
+// agentOf makes one agent's row from its registrations (regs, in
+// registration order): its last acked revision and the worst result at
+// it, the plugins behind the round of rev, and its lowest lease (0: none).
+// LeaseTTLSeconds is left at -1 (unknown).
+func agentOf(regs []regRow, acks map[schema.PluginID]schema.Ack, rev *schema.Revision, inRound func(schema.PluginID) bool) (agentDoc, clientv3.LeaseID) {
+	a := agentDoc{Agent: regs[0].Agent, LeaseTTLSeconds: -1}
+	var lease clientv3.LeaseID
+	for _, r := range regs {
+		a.Plugins = append(a.Plugins, r.Plugin)
+		if ack, ok := acks[r.ID()]; ok && ack.Revision > a.AckedRevision {
+			a.AckedRevision = ack.Revision
+		}
+		if lease == 0 || r.Lease < lease {
+			lease = r.Lease
+		}
+	}
+	for _, r := range regs {
+		if ack, ok := acks[r.ID()]; ok && ack.Revision == a.AckedRevision && (a.Result == "" || resultRank(ack.Result) > resultRank(a.Result)) {
+			a.Result = ack.Result
+		}
+		if rev != nil && inRound(r.ID()) && !r.RegisteredAt.After(rev.StartedAt) {
+			if ack, ok := acks[r.ID()]; !ok || ack.Revision < rev.Revision {
+				a.Behind = true
+				a.BehindPlugins = append(a.BehindPlugins, r.Plugin)
+			}
+		}
+	}
+	a.Lease = fmt.Sprintf("%x", int64(lease))
+	return a, lease
+}
+
+// leaseTTLs reads the TTL left on leases, each once.
+type leaseTTLs struct {
+	c   *clientv3.Client
+	ttl map[clientv3.LeaseID]int64
+}
+
+// left returns the seconds left on lease of agent, -1 for no lease.
+func (l *leaseTTLs) left(ctx context.Context, lease clientv3.LeaseID, agent string) (int64, error) {
+	if lease == 0 {
+		return -1, nil
+	}
+	if ttl, seen := l.ttl[lease]; seen {
+		return ttl, nil
+	}
+	resp, err := l.c.TimeToLive(ctx, lease)
+	if err != nil {
+		return 0, fmt.Errorf("lease %x of agent %s: %w", int64(lease), agent, err)
+	}
+	l.ttl[lease] = resp.TTL
+	return resp.TTL, nil
 }
