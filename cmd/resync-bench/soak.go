@@ -157,39 +157,80 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 	}
 
 	// Rounds back to back, sampled by a second goroutine.
-	var mu sync.Mutex
-	var lat []time.Duration // since the last sample
-	var all []struct {
-		at  float64
-		lat float64
-	}
-	start := time.Now()
-	deadline := start.Add(o.duration)
+	lat := &soakLatency{start: time.Now()}
 	sctx, sstop := context.WithCancel(ctx)
 	var swg sync.WaitGroup
 	swg.Add(1)
 	go func() {
 		defer swg.Done()
-		t := time.NewTicker(o.sample)
-		defer t.Stop()
-		sample := func() {
-			mu.Lock()
-			l := lat
-			lat = nil
-			mu.Unlock()
-			res.Samples = append(res.Samples, takeSample(ctx, e, time.Since(start), l))
-		}
-		sample()
-		for {
-			select {
-			case <-sctx.Done():
-				sample()
-				return
-			case <-t.C:
-				sample()
-			}
-		}
+		lat.sample(ctx, sctx, e, o.sample, res)
 	}()
+	soakRounds(ctx, e, f, k, want, lat.start.Add(o.duration), lat, res)
+	sstop()
+	swg.Wait()
+	start, all := lat.start, lat.all
+	res.Duration = time.Since(start).Seconds()
+	s.LoadAvgAtEnd = loadavg()
+	s.DefragsRun, s.NoSpaceRecovered = mon.Counts()
+	s.RoundsPerSecond = float64(res.Rounds) / res.Duration
+	summarise(res, all)
+	finalDefrag(ctx, e, res)
+	if o.svg != "" {
+		if err := writeSoakSVG(o.svg, res); err != nil {
+			return res, err
+		}
+	}
+	return res, ctx.Err()
+}
+
+// soakLatency collects the soak's round latencies: those since the last
+// sample, and every round's for the summary. Safe for concurrent use.
+type soakLatency struct {
+	start time.Time
+	mu    sync.Mutex
+	lat   []time.Duration // since the last sample
+	all   []struct {
+		at  float64
+		lat float64
+	}
+}
+
+// add records a round that finished at, d after its request.
+func (l *soakLatency) add(at time.Time, d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lat = append(l.lat, d)
+	l.all = append(l.all, struct{ at, lat float64 }{at.Sub(l.start).Seconds(), ms(d)})
+}
+
+// sample appends a sample to res.Samples at once, every interval, and
+// once more when sctx ends (ctx bounds the samples' reads).
+func (l *soakLatency) sample(ctx, sctx context.Context, e *env, every time.Duration, res *SoakResult) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	sample := func() {
+		l.mu.Lock()
+		lat := l.lat
+		l.lat = nil
+		l.mu.Unlock()
+		res.Samples = append(res.Samples, takeSample(ctx, e, time.Since(l.start), lat))
+	}
+	sample()
+	for {
+		select {
+		case <-sctx.Done():
+			sample()
+			return
+		case <-t.C:
+			sample()
+		}
+	}
+}
+
+// soakRounds runs rounds back to back until deadline or ctx ends: each a
+// request, the wait for its RoundFinished, and a check that it was clean
+// with want participants. It counts rounds and failures in res.
+func soakRounds(ctx context.Context, e *env, f *fleet, k *coord, want int, deadline time.Time, lat *soakLatency, res *SoakResult) {
 	lastProgress := time.Now()
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		t0 := time.Now()
@@ -201,11 +242,7 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 			ev, err = waitRound(ctx, k.hooks.finished, 2*time.Minute, "RoundFinished")
 			if err == nil {
 				err = checkClean(ev.round, want)
-				d := ev.at.Sub(t0)
-				mu.Lock()
-				lat = append(lat, d)
-				all = append(all, struct{ at, lat float64 }{ev.at.Sub(start).Seconds(), ms(d)})
-				mu.Unlock()
+				lat.add(ev.at, ev.at.Sub(t0))
 			}
 		}
 		res.Rounds++
@@ -224,20 +261,6 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 			progress("soak: %d rounds, %d failed, %v left", res.Rounds, res.FailedRounds, time.Until(deadline).Round(time.Second))
 		}
 	}
-	sstop()
-	swg.Wait()
-	res.Duration = time.Since(start).Seconds()
-	s.LoadAvgAtEnd = loadavg()
-	s.DefragsRun, s.NoSpaceRecovered = mon.Counts()
-	s.RoundsPerSecond = float64(res.Rounds) / res.Duration
-	summarise(res, all)
-	finalDefrag(ctx, e, res)
-	if o.svg != "" {
-		if err := writeSoakSVG(o.svg, res); err != nil {
-			return res, err
-		}
-	}
-	return res, ctx.Err()
 }
 
 func finalDefrag(ctx context.Context, e *env, res *SoakResult) {
