@@ -304,48 +304,20 @@ func takeSample(ctx context.Context, e *env, at time.Duration, lat []time.Durati
 	return s
 }
 
-func summarise(res *SoakResult, all []struct{ at, lat float64 }) {
-	n := len(res.Samples)
-	if n < 6 {
+// soakRound is one round of the soak: when it finished (seconds since the
+// start) and its latency (ms).
+type soakRound = struct{ at, lat float64 }
+
+// summarise fills the soak's thirds, growth, drift and verdict from its
+// samples and every round's latency.
+func summarise(res *SoakResult, all []soakRound) {
+	if len(res.Samples) < 6 {
 		res.Verdict = append(res.Verdict, "too few samples")
 		return
 	}
-	third := func(i int) ([]SoakSample, float64, float64) {
-		lo, hi := res.Duration*float64(i)/3, res.Duration*float64(i+1)/3
-		var out []SoakSample
-		for _, s := range res.Samples {
-			if s.AtS >= lo && (s.AtS < hi || i == 2) {
-				out = append(out, s)
-			}
-		}
-		return out, lo, hi
-	}
-	lats := func(lo, hi float64) []float64 {
-		var out []float64
-		for _, r := range all {
-			if r.at >= lo && r.at < hi {
-				out = append(out, r.lat)
-			}
-		}
-		return out
-	}
-	sum := func(ss []SoakSample, lo, hi float64) SoakThird {
-		t := SoakThird{
-			DBSize: medianOf(ss, func(s SoakSample) int64 { return s.DBSize }), DBInUse: medianOf(ss, func(s SoakSample) int64 { return s.DBInUse }),
-			HeapLive: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapLive) })), HeapAlloc: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapAlloc) })),
-			Goroutines: int(medianOf(ss, func(s SoakSample) int64 { return int64(s.Goroutines) })),
-		}
-		l := lats(lo, hi+1e-9)
-		t.Rounds = len(l)
-		if len(l) > 0 {
-			slices.Sort(l)
-			t.RoundP50, t.RoundP99 = rank(l, 50), rank(l, 99)
-		}
-		return t
-	}
-	first, lo0, hi0 := third(0)
-	last, lo2, hi2 := third(2)
-	res.FirstThird, res.LastThird = sum(first, lo0, hi0), sum(last, lo2, hi2+1)
+	first, lo0, hi0 := soakThird(res, 0)
+	last, lo2, hi2 := soakThird(res, 2)
+	res.FirstThird, res.LastThird = sumThird(first, all, lo0, hi0), sumThird(last, all, lo2, hi2+1)
 	growth := func(f func(SoakSample) int64) float64 {
 		var xs, ys []float64
 		for _, s := range last {
@@ -362,6 +334,47 @@ func summarise(res *SoakResult, all []struct{ at, lat float64 }) {
 		}
 	}
 	res.LatencyDrift = trend(xs, ys, res.Duration-lo2)
+	verdict(res)
+}
+
+// soakThird returns the samples of third i (0, 1, 2) of the soak and its
+// bounds in seconds; the last third includes its end.
+func soakThird(res *SoakResult, i int) ([]SoakSample, float64, float64) {
+	lo, hi := res.Duration*float64(i)/3, res.Duration*float64(i+1)/3
+	var out []SoakSample
+	for _, s := range res.Samples {
+		if s.AtS >= lo && (s.AtS < hi || i == 2) {
+			out = append(out, s)
+		}
+	}
+	return out, lo, hi
+}
+
+// sumThird summarises a third: the medians of its samples ss and the
+// latency of the rounds of all that finished in [lo, hi].
+func sumThird(ss []SoakSample, all []soakRound, lo, hi float64) SoakThird {
+	t := SoakThird{
+		DBSize: medianOf(ss, func(s SoakSample) int64 { return s.DBSize }), DBInUse: medianOf(ss, func(s SoakSample) int64 { return s.DBInUse }),
+		HeapLive: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapLive) })), HeapAlloc: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapAlloc) })),
+		Goroutines: int(medianOf(ss, func(s SoakSample) int64 { return int64(s.Goroutines) })),
+	}
+	var l []float64
+	for _, r := range all {
+		if r.at >= lo && r.at < hi+1e-9 {
+			l = append(l, r.lat)
+		}
+	}
+	t.Rounds = len(l)
+	if len(l) > 0 {
+		slices.Sort(l)
+		t.RoundP50, t.RoundP99 = rank(l, 50), rank(l, 99)
+	}
+	return t
+}
+
+// verdict passes the soak unless, over the last third, db size or live
+// heap grew 5% or more, a round failed, or latency drifted up 25% or more.
+func verdict(res *SoakResult) {
 	res.Pass = true
 	check := func(ok bool, format string, args ...any) {
 		v := "ok: "
@@ -441,6 +454,11 @@ func writeSoakSVG(path string, res *SoakResult) error {
 			{Title: fmt.Sprintf("rounds finished per %v sample (the write rate: the db plateau follows its peak)", time.Duration(st.SampleS*float64(time.Second))), YLabel: "rounds", Series: []svgplot.Series{{Name: "rounds", X: x, Y: rounds}}},
 		},
 	}
+	return writeSVG(path, p)
+}
+
+// writeSVG draws p into the file path, creating its directory.
+func writeSVG(path string, p svgplot.Plot) error {
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
