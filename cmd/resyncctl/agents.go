@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
@@ -50,42 +51,49 @@ type agentsDoc struct {
 }
 
 func setupAgents(*pflag.FlagSet) func(context.Context, *env) error {
-	return func(ctx context.Context, e *env) error {
-		c, ctx, cancel, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer cancel()
-		doc, err := e.readAgents(ctx, c)
-		if err != nil {
-			return err
-		}
-		if e.json {
-			return writeJSON(e.stdout, doc)
-		}
-		tw := newTable(e.stdout)
-		row(tw, "AGENT", "PLUGINS", "LEASE_TTL", "ACKED", "RESULT", "BEHIND", "REFUSED")
-		for _, a := range doc.Agents {
-			ttl := "expired"
-			if a.LeaseTTLSeconds >= 0 {
-				ttl = (time.Duration(a.LeaseTTLSeconds) * time.Second).String()
-			}
-			acked := "-"
-			if a.AckedRevision != 0 {
-				acked = fmt.Sprint(a.AckedRevision)
-			}
-			behind := "no"
-			if a.Behind {
-				behind = fmt.Sprintf("yes: %s not at %d", listFirst(a.BehindPlugins, 3), doc.Revision)
-			}
-			refused := "-"
-			if a.Refused > 0 {
-				refused = fmt.Sprintf("%d: %s", a.Refused, strings.Join(a.RefusedNames, " "))
-			}
-			row(tw, a.Agent, fmt.Sprintf("%d: %s", len(a.Plugins), listFirst(a.Plugins, 3)), ttl, acked, string(a.Result), behind, refused)
-		}
-		return tw.Flush()
+	return agents
+}
+
+// agents is the agents command: read every agent's state, then print it.
+func agents(ctx context.Context, e *env) error {
+	c, ctx, cancel, err := e.connect(ctx)
+	if err != nil {
+		return err
 	}
+	defer cancel()
+	doc, err := e.readAgents(ctx, c)
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return writeJSON(e.stdout, doc)
+	}
+	return printAgents(e.stdout, doc)
+}
+
+func printAgents(w io.Writer, doc agentsDoc) error {
+	tw := newTable(w)
+	row(tw, "AGENT", "PLUGINS", "LEASE_TTL", "ACKED", "RESULT", "BEHIND", "REFUSED")
+	for _, a := range doc.Agents {
+		ttl := "expired"
+		if a.LeaseTTLSeconds >= 0 {
+			ttl = (time.Duration(a.LeaseTTLSeconds) * time.Second).String()
+		}
+		acked := "-"
+		if a.AckedRevision != 0 {
+			acked = fmt.Sprint(a.AckedRevision)
+		}
+		behind := "no"
+		if a.Behind {
+			behind = fmt.Sprintf("yes: %s not at %d", listFirst(a.BehindPlugins, 3), doc.Revision)
+		}
+		refused := "-"
+		if a.Refused > 0 {
+			refused = fmt.Sprintf("%d: %s", a.Refused, strings.Join(a.RefusedNames, " "))
+		}
+		row(tw, a.Agent, fmt.Sprintf("%d: %s", len(a.Plugins), listFirst(a.Plugins, 3)), ttl, acked, string(a.Result), behind, refused)
+	}
+	return tw.Flush()
 }
 
 // resultRank orders ack results from best to worst.

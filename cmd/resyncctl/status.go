@@ -183,17 +183,23 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 	} else {
 		row(tw, "finished", timestamp(d.FinishedAt)+" ("+ago(d.FinishedAt, now)+", took "+roundDuration(d.FinishedAt.Sub(d.StartedAt)).String()+")")
 	}
-	if p := d.Progress; p != nil {
-		row(tw, "participants", p.Counts.Participants)
-		row(tw, "acked", p.Counts.Acked)
-		row(tw, "pending", withNames(p.Counts.Pending, p.Pending))
-		row(tw, "failed", withNames(p.Counts.Failed, p.Failed))
-		row(tw, "timed_out", withNames(p.Counts.TimedOut, p.TimedOut))
-		row(tw, "departed", withNames(p.Counts.Departed, p.Departed))
-		for _, id := range p.Failed {
-			if msg := p.Errors[id.String()]; msg != "" {
-				row(tw, "error "+id.String(), msg)
-			}
+	if d.Progress != nil {
+		printProgress(tw, d.Progress)
+	}
+}
+
+// printProgress prints a round's counts, the participants of each outcome
+// but acked, and each failure's error text.
+func printProgress(tw *tabwriter.Writer, p *progress) {
+	row(tw, "participants", p.Counts.Participants)
+	row(tw, "acked", p.Counts.Acked)
+	row(tw, "pending", withNames(p.Counts.Pending, p.Pending))
+	row(tw, "failed", withNames(p.Counts.Failed, p.Failed))
+	row(tw, "timed_out", withNames(p.Counts.TimedOut, p.TimedOut))
+	row(tw, "departed", withNames(p.Counts.Departed, p.Departed))
+	for _, id := range p.Failed {
+		if msg := p.Errors[id.String()]; msg != "" {
+			row(tw, "error "+id.String(), msg)
 		}
 	}
 }
