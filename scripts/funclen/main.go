@@ -191,10 +191,10 @@ func report(w io.Writer, lib []function, cmds map[string][]function, top int) {
 	fmt.Fprintln(tw, "command\tfunctions\tmean lines\tlongest")
 	for _, name := range names {
 		s := measure(cmds[name])
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%d\n", name, s.count, s.mean, s.max)
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%d\n", name, s.count, s.mean, s.max)
 	}
 	s := measure(all)
-	fmt.Fprintf(tw, "cmd/ (all)\t%d\t%.1f\t%d\t(goal: mean <= 16)\n", s.count, s.mean, s.max)
+	fmt.Fprintf(tw, "cmd/ (all)\t%d\t%.2f\t%d\t(goal: mean <= 16)\n", s.count, s.mean, s.max)
 	tw.Flush()
 }
 
