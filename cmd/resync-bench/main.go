@@ -20,6 +20,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -60,96 +61,139 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == childMemoryArg {
 		os.Exit(childMemory(os.Args[2:]))
 	}
-	os.Exit(run())
+	os.Exit(run(os.Args[1:], os.Stdout))
 }
 
-func run() int {
-	var (
-		o                         options
-		sizes, keyRounds, keySize string
-		only                      string
-	)
-	flag.StringVar(&sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10,10000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); 10000x10 needs about 4 GiB of memory")
-	flag.IntVar(&o.rounds, "rounds", 20, "measured rounds per size (and floor samples)")
-	flag.IntVar(&o.warmup, "warmup", 2, "unmeasured rounds per size after the initial round")
-	flag.IntVar(&o.agentsPerClient, "agents-per-client", 50, "agents sharing one etcd client")
-	flag.DurationVar(&o.coalesce, "coalesce", time.Millisecond, "coordinator CoalesceWindow (the default of the library is 100ms)")
-	flag.IntVar(&o.barrierRounds, "barrier-rounds", 5, "DoubleBarrier samples per size (at most -rounds)")
-	flag.DurationVar(&o.barrierTimeout, "barrier-timeout", 60*time.Second, "give up one DoubleBarrier sample (and the size's later ones) after this")
-	flag.IntVar(&o.failovers, "failovers", 5, "failover samples of each kind")
-	flag.DurationVar(&o.sessionTTL, "session-ttl", 2*time.Second, "coordinator SessionTTL in the failover test")
-	flag.DurationVar(&o.standbySettle, "standby-settle", 250*time.Millisecond, "how long the standby campaigns before the leader stops (etcd catches up new watches every 100ms)")
-	memParticipants := flag.String("mem-participants", "sizes", "participant counts of the memory test, comma separated; \"sizes\": those of -sizes' measured rounds (at least 1000)")
-	flag.StringVar(&keyRounds, "key-rounds", "1,10,50", "count etcd keys after these rounds")
-	flag.StringVar(&keySize, "key-size", "100x10", "agents x plugins of the key-count test")
-	flag.StringVar(&only, "only", "rounds,failover,memory,keys", "experiments to run")
-	flag.StringVar(&o.out, "out", "bench/results.json", "JSON results file (\"\" for none)")
-	flag.StringVar(&o.dir, "dir", "", "parent of the temporary etcd data dir (default: the system's temp dir)")
-	flag.StringVar(&o.logFile, "log", "", "file for agents' and coordinators' logs at warn level (default: discarded)")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each size's measured rounds to FILE.AxP")
-	flag.StringVar(&o.memProfile, "memprofile", "", "write allocation profiles before and after each size's measured rounds to FILE.AxP.base and FILE.AxP (pprof -base)")
-	var so soakOptions
-	var soakSize string
-	flag.DurationVar(&so.duration, "soak", 0, "instead of the experiments, run the soak for this long (make soak): rounds back to back, sampled")
-	flag.StringVar(&soakSize, "soak-size", "200x10", "agents x plugins per agent of the soak")
-	flag.DurationVar(&so.sample, "soak-sample", 5*time.Second, "sampling interval of the soak")
-	flag.StringVar(&so.out, "soak-out", "bench/soak.json", "JSON of the soak")
-	flag.StringVar(&so.svg, "soak-svg", "bench/soak.svg", "SVG plot of the soak (\"\" for none)")
-	replot := flag.String("soak-replot", "", "redraw -soak-svg from this soak JSON and exit")
-	flag.Parse()
-	if *replot != "" {
-		return replotSoak(*replot, so.svg)
+// run is the command: it parses args, then redraws a soak plot, runs the
+// soak or runs the experiments, printing tables to stdout and progress to
+// stderr. It returns the exit status.
+func run(args []string, stdout io.Writer) int {
+	f, err := parseFlags(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
 	}
-	if so.duration > 0 {
-		return runSoak(so, soakSize)
+	if err != nil {
+		return 2
 	}
+	if f.replot != "" {
+		return replotSoak(f.replot, f.soak.svg)
+	}
+	if f.soak.duration > 0 {
+		return runSoak(f.soak, f.soakSize, stdout)
+	}
+	o, err := f.options()
+	if err != nil {
+		return fail(err)
+	}
+	return runExperiments(o, stdout)
+}
 
+// flags holds the command line as given; options() checks and converts
+// the experiments' part of it.
+type flags struct {
+	o                                 options
+	sizes, keyRounds, keySize, only   string
+	memParticipants, soakSize, replot string
+	soak                              soakOptions
+}
+
+// parseFlags parses args; on a bad flag the flag package has already
+// printed the error and the usage to stderr.
+func parseFlags(args []string) (*flags, error) {
+	var f flags
+	fs := flag.NewFlagSet(os.Args[0], flag.ContinueOnError)
+	experimentFlags(fs, &f)
+	soakFlags(fs, &f)
+	return &f, fs.Parse(args)
+}
+
+func experimentFlags(fs *flag.FlagSet, f *flags) {
+	o := &f.o
+	fs.StringVar(&f.sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10,10000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); 10000x10 needs about 4 GiB of memory")
+	fs.IntVar(&o.rounds, "rounds", 20, "measured rounds per size (and floor samples)")
+	fs.IntVar(&o.warmup, "warmup", 2, "unmeasured rounds per size after the initial round")
+	fs.IntVar(&o.agentsPerClient, "agents-per-client", 50, "agents sharing one etcd client")
+	fs.DurationVar(&o.coalesce, "coalesce", time.Millisecond, "coordinator CoalesceWindow (the default of the library is 100ms)")
+	fs.IntVar(&o.barrierRounds, "barrier-rounds", 5, "DoubleBarrier samples per size (at most -rounds)")
+	fs.DurationVar(&o.barrierTimeout, "barrier-timeout", 60*time.Second, "give up one DoubleBarrier sample (and the size's later ones) after this")
+	fs.IntVar(&o.failovers, "failovers", 5, "failover samples of each kind")
+	fs.DurationVar(&o.sessionTTL, "session-ttl", 2*time.Second, "coordinator SessionTTL in the failover test")
+	fs.DurationVar(&o.standbySettle, "standby-settle", 250*time.Millisecond, "how long the standby campaigns before the leader stops (etcd catches up new watches every 100ms)")
+	fs.StringVar(&f.memParticipants, "mem-participants", "sizes", "participant counts of the memory test, comma separated; \"sizes\": those of -sizes' measured rounds (at least 1000)")
+	fs.StringVar(&f.keyRounds, "key-rounds", "1,10,50", "count etcd keys after these rounds")
+	fs.StringVar(&f.keySize, "key-size", "100x10", "agents x plugins of the key-count test")
+	fs.StringVar(&f.only, "only", "rounds,failover,memory,keys", "experiments to run")
+	fs.StringVar(&o.out, "out", "bench/results.json", "JSON results file (\"\" for none)")
+	fs.StringVar(&o.dir, "dir", "", "parent of the temporary etcd data dir (default: the system's temp dir)")
+	fs.StringVar(&o.logFile, "log", "", "file for agents' and coordinators' logs at warn level (default: discarded)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of each size's measured rounds to FILE.AxP")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write allocation profiles before and after each size's measured rounds to FILE.AxP.base and FILE.AxP (pprof -base)")
+}
+
+func soakFlags(fs *flag.FlagSet, f *flags) {
+	fs.DurationVar(&f.soak.duration, "soak", 0, "instead of the experiments, run the soak for this long (make soak): rounds back to back, sampled")
+	fs.StringVar(&f.soakSize, "soak-size", "200x10", "agents x plugins per agent of the soak")
+	fs.DurationVar(&f.soak.sample, "soak-sample", 5*time.Second, "sampling interval of the soak")
+	fs.StringVar(&f.soak.out, "soak-out", "bench/soak.json", "JSON of the soak")
+	fs.StringVar(&f.soak.svg, "soak-svg", "bench/soak.svg", "SVG plot of the soak (\"\" for none)")
+	fs.StringVar(&f.replot, "soak-replot", "", "redraw -soak-svg from this soak JSON and exit")
+}
+
+// options checks the experiments' flags and converts them.
+func (f *flags) options() (options, error) {
+	o := f.o
 	var err error
-	if o.sizes, err = parseSizes(sizes); err != nil {
-		return fail(err)
+	if o.sizes, err = parseSizes(f.sizes); err != nil {
+		return o, err
 	}
-	if o.memParticipants, err = memCounts(*memParticipants, o.sizes); err != nil {
-		return fail(err)
+	if o.memParticipants, err = memCounts(f.memParticipants, o.sizes); err != nil {
+		return o, err
 	}
-	if o.keySize, err = parseSize(keySize); err != nil {
-		return fail(err)
+	if o.keySize, err = parseSize(f.keySize); err != nil {
+		return o, err
 	}
-	if o.keyRounds, err = parseInts(keyRounds); err != nil {
-		return fail(err)
+	if o.keyRounds, err = parseInts(f.keyRounds); err != nil {
+		return o, err
 	}
-	o.only = map[string]bool{}
+	if o.only, err = parseOnly(f.only); err != nil {
+		return o, err
+	}
+	if o.rounds < 1 || o.agentsPerClient < 1 || o.failovers < 1 {
+		return o, fmt.Errorf("-rounds, -agents-per-client and -failovers must be >= 1")
+	}
+	o.barrierRounds = min(o.barrierRounds, o.rounds)
+	return o, nil
+}
+
+// parseOnly parses -only: the experiments to run.
+func parseOnly(only string) (map[string]bool, error) {
+	set := map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case "rounds", "failover", "memory", "keys":
-			o.only[s] = true
+			set[s] = true
 		case "":
 		default:
-			return fail(fmt.Errorf("-only: unknown experiment %q (rounds, failover, memory, keys)", s))
+			return nil, fmt.Errorf("-only: unknown experiment %q (rounds, failover, memory, keys)", s)
 		}
 	}
-	if o.rounds < 1 || o.agentsPerClient < 1 || o.failovers < 1 {
-		return fail(fmt.Errorf("-rounds, -agents-per-client and -failovers must be >= 1"))
-	}
-	o.barrierRounds = min(o.barrierRounds, o.rounds)
+	return set, nil
+}
 
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	log.SetOutput(io.Discard)
-	if o.logFile != "" {
-		f, err := os.Create(o.logFile)
-		if err != nil {
-			return fail(err)
-		}
-		defer f.Close()
-		log.SetOutput(f)
+// runExperiments runs the experiments o selects, prints their table to
+// stdout and writes their JSON to o.out.
+func runExperiments(o options, stdout io.Writer) int {
+	log, closeLog, err := experimentLog(o.logFile)
+	if err != nil {
+		return fail(err)
 	}
-
+	defer closeLog()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	res, err := runAll(ctx, o, log)
 	if res != nil {
-		printTable(os.Stdout, res)
+		printTable(stdout, res)
 		if o.out != "" {
 			if werr := writeJSON(o.out, res); werr != nil {
 				fmt.Fprintln(os.Stderr, "resync-bench:", werr)
@@ -164,7 +208,24 @@ func run() int {
 	return 0
 }
 
-func runSoak(so soakOptions, sizeText string) int {
+// experimentLog is the agents' and coordinators' logger at warn level:
+// into file, or discarded when file is "".
+func experimentLog(file string) (*logrus.Logger, func(), error) {
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	log.SetOutput(io.Discard)
+	if file == "" {
+		return log, func() {}, nil
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.SetOutput(f)
+	return log, func() { f.Close() }, nil
+}
+
+func runSoak(so soakOptions, sizeText string, stdout io.Writer) int {
 	var err error
 	if so.size, err = parseSize(sizeText); err != nil {
 		return fail(err)
@@ -179,7 +240,7 @@ func runSoak(so soakOptions, sizeText string) int {
 	defer stop()
 	res, err := soak(ctx, so, log)
 	if res != nil {
-		printSoak(os.Stdout, res)
+		printSoak(stdout, res)
 		if so.out != "" {
 			if werr := writeJSON(so.out, res); werr != nil {
 				return fail(werr)

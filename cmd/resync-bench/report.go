@@ -72,24 +72,31 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 		return res, err
 	}
 	defer e.Close()
-	fail := func(err error) (*Results, error) {
+	if err := runExperimentsIn(ctx, e, o, res, log); err != nil {
 		res.Error = err.Error()
 		return res, err
 	}
+	return res, nil
+}
+
+// targets checks the results against the project's goals.
+// runExperimentsIn runs the experiments o selects on e, in order, filling
+// res; it stops at the first that fails.
+func runExperimentsIn(ctx context.Context, e *env, o options, res *Results, log logrus.FieldLogger) error {
 	if o.only["rounds"] {
 		for _, sz := range o.sizes {
 			row, err := measureSize(ctx, e, o, sz, log)
 			res.Rounds = append(res.Rounds, row)
 			if err != nil {
-				return fail(fmt.Errorf("rounds %s: %w", sz, err))
+				return fmt.Errorf("rounds %s: %w", sz, err)
 			}
 		}
 	}
+	var err error
 	if o.only["failover"] {
 		progress("failover")
-		res.Failover, err = measureFailover(ctx, e, o, log)
-		if err != nil {
-			return fail(fmt.Errorf("failover: %w", err))
+		if res.Failover, err = measureFailover(ctx, e, o, log); err != nil {
+			return fmt.Errorf("failover: %w", err)
 		}
 	}
 	if o.only["memory"] {
@@ -97,59 +104,25 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 			progress("memory: %d participants", n)
 			m, err := measureMemory(ctx, e, n)
 			if err != nil {
-				return fail(fmt.Errorf("memory %d: %w", n, err))
+				return fmt.Errorf("memory %d: %w", n, err)
 			}
 			res.Memory = append(res.Memory, *m)
 		}
 	}
 	if o.only["keys"] {
 		progress("keys: %s", o.keySize)
-		res.Keys, err = measureKeys(ctx, e, o, log)
-		if err != nil {
-			return fail(fmt.Errorf("keys: %w", err))
+		if res.Keys, err = measureKeys(ctx, e, o, log); err != nil {
+			return fmt.Errorf("keys: %w", err)
 		}
 	}
-	return res, nil
+	return nil
 }
 
+// targets checks the results against the project's goals.
 func targets(res *Results, o options) []Target {
 	var out []Target
-	if n := len(res.Rounds); n > 0 {
-		// The goal is stated for 1000x10; the largest size measured stands
-		// in for it in quick runs (its name says which).
-		r := res.Rounds[n-1]
-		for _, x := range res.Rounds {
-			if x.Agents == 1000 && x.Plugins == 10 && x.Targeted == 0 {
-				r = x
-			}
-		}
-		name := fmt.Sprintf("round %dx%d vs etcd floor", r.Agents, r.Plugins)
-		out = append(out, Target{Name: name, Goal: "p50 <= 1.5 x floor p50",
-			Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); vs the batched floor %.2f x (%.1f ms)",
-				r.OursOverFloor, r.Round.P50, r.Floor.P50, r.OursOverFloorTxn, r.FloorTxn.P50),
-			Met: r.Floor.N > 0 && r.OursOverFloor <= 1.5})
-		out = append(out, Target{Name: fmt.Sprintf("round %dx%d vs batched etcd floor", r.Agents, r.Plugins), Goal: "p50 <= 1.5 x floor txn p50",
-			Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); the watched floor alone is %.2f x, the delivered floor %.2f x",
-				r.OursOverFloorTxn, r.Round.P50, r.FloorTxn.P50, r.WatchedOverTxn, ratio(r.DeliveredFloor.P50, r.FloorTxn.P50)),
-			Met: r.FloorTxn.N > 0 && r.OursOverFloorTxn <= 1.5})
-		largest := 0
-		for _, x := range res.Rounds {
-			largest = max(largest, x.LargestWrite)
-		}
-		out = append(out, Target{Name: "largest coordinator request", Goal: "<= WriteBudget (512 KiB), whatever the size",
-			Measured: fmt.Sprintf("%d B", largest), Met: largest <= 512<<10})
-		b := Target{Name: fmt.Sprintf("round %dx%d vs DoubleBarrier", r.Agents, r.Plugins), Goal: "p50 < DoubleBarrier p50"}
-		switch {
-		case r.Barrier.N > 0:
-			b.Measured = fmt.Sprintf("%.2f x (%.1f / %.1f ms)", r.OursOverBarrier, r.Round.P50, r.Barrier.P50)
-			b.Met = r.Round.P50 < r.Barrier.P50
-		case r.BarrierTimedOut:
-			b.Measured = fmt.Sprintf("%.1f ms vs DoubleBarrier > %.0f ms (timed out)", r.Round.P50, r.BarrierTimeout)
-			b.Met = r.Round.P50 < r.BarrierTimeout
-		default:
-			b.Measured = "DoubleBarrier not measured: " + r.BarrierError
-		}
-		out = append(out, b)
+	if len(res.Rounds) > 0 {
+		out = append(out, roundTargets(res.Rounds)...)
 	}
 	if f := res.Failover; f != nil {
 		lim := f.SessionTTLMs + 500
@@ -169,79 +142,81 @@ func targets(res *Results, o options) []Target {
 			Measured: fmt.Sprintf("%.0f B per participant", m.PerParticipant), Met: m.PerParticipant <= limit})
 	}
 	if len(res.Keys) > 0 {
-		same := true
-		for _, k := range res.Keys {
-			same = same && k.PerParticipantState == res.Keys[0].PerParticipantState && k.Requests == 0
-		}
-		first, last := res.Keys[0], res.Keys[len(res.Keys)-1]
-		out = append(out, Target{Name: "etcd keys per participant", Goal: "constant over rounds",
-			Measured: fmt.Sprintf("%.3f after %d rounds, %.3f after %d (state keys %.3f; round records %d, kept <= History)",
-				first.PerParticipant, first.Rounds, last.PerParticipant, last.Rounds, last.PerParticipantState, last.RoundRecords),
-			Met: same})
+		out = append(out, keysTarget(res.Keys))
 	}
 	return out
 }
 
+// roundTargets are the round-latency goals, against the floors and the
+// DoubleBarrier, and the write-size goal.
+func roundTargets(rounds []RoundRow) []Target {
+	// The goal is stated for 1000x10; the largest size measured stands
+	// in for it in quick runs (its name says which).
+	r := rounds[len(rounds)-1]
+	for _, x := range rounds {
+		if x.Agents == 1000 && x.Plugins == 10 && x.Targeted == 0 {
+			r = x
+		}
+	}
+	var out []Target
+	name := fmt.Sprintf("round %dx%d vs etcd floor", r.Agents, r.Plugins)
+	out = append(out, Target{Name: name, Goal: "p50 <= 1.5 x floor p50",
+		Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); vs the batched floor %.2f x (%.1f ms)",
+			r.OursOverFloor, r.Round.P50, r.Floor.P50, r.OursOverFloorTxn, r.FloorTxn.P50),
+		Met: r.Floor.N > 0 && r.OursOverFloor <= 1.5})
+	out = append(out, Target{Name: fmt.Sprintf("round %dx%d vs batched etcd floor", r.Agents, r.Plugins), Goal: "p50 <= 1.5 x floor txn p50",
+		Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); the watched floor alone is %.2f x, the delivered floor %.2f x",
+			r.OursOverFloorTxn, r.Round.P50, r.FloorTxn.P50, r.WatchedOverTxn, ratio(r.DeliveredFloor.P50, r.FloorTxn.P50)),
+		Met: r.FloorTxn.N > 0 && r.OursOverFloorTxn <= 1.5})
+	largest := 0
+	for _, x := range rounds {
+		largest = max(largest, x.LargestWrite)
+	}
+	out = append(out, Target{Name: "largest coordinator request", Goal: "<= WriteBudget (512 KiB), whatever the size",
+		Measured: fmt.Sprintf("%d B", largest), Met: largest <= 512<<10})
+	return append(out, barrierTarget(r))
+}
+
+func barrierTarget(r RoundRow) Target {
+	b := Target{Name: fmt.Sprintf("round %dx%d vs DoubleBarrier", r.Agents, r.Plugins), Goal: "p50 < DoubleBarrier p50"}
+	switch {
+	case r.Barrier.N > 0:
+		b.Measured = fmt.Sprintf("%.2f x (%.1f / %.1f ms)", r.OursOverBarrier, r.Round.P50, r.Barrier.P50)
+		b.Met = r.Round.P50 < r.Barrier.P50
+	case r.BarrierTimedOut:
+		b.Measured = fmt.Sprintf("%.1f ms vs DoubleBarrier > %.0f ms (timed out)", r.Round.P50, r.BarrierTimeout)
+		b.Met = r.Round.P50 < r.BarrierTimeout
+	default:
+		b.Measured = "DoubleBarrier not measured: " + r.BarrierError
+	}
+	return b
+}
+
+func keysTarget(keys []KeysRow) Target {
+	same := true
+	for _, k := range keys {
+		same = same && k.PerParticipantState == keys[0].PerParticipantState && k.Requests == 0
+	}
+	first, last := keys[0], keys[len(keys)-1]
+	return Target{Name: "etcd keys per participant", Goal: "constant over rounds",
+		Measured: fmt.Sprintf("%.3f after %d rounds, %.3f after %d (state keys %.3f; round records %d, kept <= History)",
+			first.PerParticipant, first.Rounds, last.PerParticipant, last.Rounds, last.PerParticipantState, last.RoundRecords),
+		Met: same}
+}
+
+// printTable prints the results as tables, one section per experiment.
 func printTable(w io.Writer, res *Results) {
 	m := res.Machine
 	fmt.Fprintf(w, "resync-bench: %s/%s, %d CPUs, %s; %s\n", m.GOOS, m.GOARCH, m.NumCPU, m.GoVersion, res.Settings.Etcd)
 	fmt.Fprintf(w, "coordinator CoalesceWindow %.0f ms; %d agents per etcd client; %d rounds per size (p50/p99 nearest rank); wall %.0f s\n",
 		res.Settings.CoalesceWindowMs, res.Settings.AgentsPerClient, res.Settings.Rounds, res.WallS)
 	if len(res.Rounds) > 0 {
-		fmt.Fprintln(w, "\nRound latency (request written -> revision NotActive, every participant acked), ms;")
-		fmt.Fprintln(w, "floors of the same participants: per-put (each ack its own Put), batched (each agent's acks in one Txn),")
-		fmt.Fprintln(w, "watched (batched, plus every agent notified through a watch and every ack collected by one; no resync code),")
-		fmt.Fprintln(w, "delivered (watched, plus each agent handing the round to its plugins' goroutines in order before writing)")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "agents x plugins[@targeted]\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tbatched p50\twatched p50\tdelivered p50\tbarrier p50\tours/floor\tours/batched\tours/watched\tours/delivered\twatched/batched\tours/barrier\t")
-		for _, r := range res.Rounds {
-			bp50, rb := "-", "-"
-			switch {
-			case r.Barrier.N > 0:
-				bp50 = f1(r.Barrier.P50)
-				rb = fmt.Sprintf("%.2f", r.OursOverBarrier)
-			case r.BarrierTimedOut:
-				bp50 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
-				rb = fmt.Sprintf("<%.3f", r.OursOverBarrier)
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Participants, r.Clients,
-				f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50), f1(r.Floor.P50), f1(r.FloorTxn.P50), f1(r.WatchedFloor.P50), f1(r.DeliveredFloor.P50),
-				bp50, r.OursOverFloor, r.OursOverFloorTxn, r.OursOverWatched, r.OursOverDelivered, r.WatchedOverTxn, rb)
-		}
-		tw.Flush()
-		fmt.Fprintln(w, "\nRound cost (the bench process: agents, coordinator and etcd together)")
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "agents x plugins[@targeted]\tlargest write B\tcoord heap B/participant\tack Txns/agent\tCPU ms/round\tbatched floor CPU ms\t")
-		for _, r := range res.Rounds {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%.2f\t%.0f\t%.0f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.LargestWrite, heapOf(res, r.Participants), r.AckTxnsPerAgent, r.CPUPerRound, r.FloorTxnCPU)
-		}
-		tw.Flush()
-		for _, r := range res.Rounds {
-			if r.NotActiveMissing > 0 {
-				fmt.Fprintf(w, "  %dx%d: %d NotActive events not taken within 30 s\n", r.Agents, r.Plugins, r.NotActiveMissing)
-			}
-			for _, u := range r.Unclean {
-				fmt.Fprintf(w, "  %s: unclean measured round, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, u)
-			}
-			for _, x := range r.Extra {
-				fmt.Fprintf(w, "  %s: extra round, not requested, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, x)
-			}
-			if r.BarrierError != "" {
-				fmt.Fprintf(w, "  %dx%d: DoubleBarrier failed: %s\n", r.Agents, r.Plugins, r.BarrierError)
-			}
-		}
+		printRounds(w, res.Rounds)
+		printRoundCost(w, res)
+		printRoundNotes(w, res.Rounds)
 	}
-	if f := res.Failover; f != nil {
-		fmt.Fprintf(w, "\nFailover (%dx%d agents, coordinator SessionTTL %.0f ms, standby campaigning for %.0f ms; leader stops -> successor's Started for a pending request), ms\n",
-			f.Agents, f.Plugins, f.SessionTTLMs, f.StandbySettleMs)
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "kind\tn\tmedian\tmin\tmax\tto leading median\t")
-		fmt.Fprintf(tw, "crash (client closed, no resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Crash.N, f1(f.Crash.P50), f1(f.Crash.Min), f1(f.Crash.Max), f1(f.CrashLeading.P50))
-		fmt.Fprintf(tw, "graceful (Close: resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Graceful.N, f1(f.Graceful.P50), f1(f.Graceful.Min), f1(f.Graceful.Max), f1(f.GracefulLeading.P50))
-		tw.Flush()
-		if f.Discarded > 0 || f.CloseFailed > 0 || f.NotLeading > 0 {
-			fmt.Fprintf(w, "  not samples: %d handovers where the old leader had taken the request (the successor resumed its round), %d graceful ones whose Close failed (no resign: the TTL was waited for), %d where the leader to stop no longer led\n", f.Discarded, f.CloseFailed, f.NotLeading)
-		}
+	if res.Failover != nil {
+		printFailover(w, res.Failover)
 	}
 	for i, mm := range res.Memory {
 		if i == 0 {
@@ -251,30 +226,103 @@ func printTable(w io.Writer, res *Results) {
 			mm.Participants, mm.Agents, mm.Rounds, mib(mm.HeapBefore), mib(mm.HeapAfter), mm.PerParticipant, mib(mm.PeakHeap), mm.Goroutines)
 	}
 	if len(res.Keys) > 0 {
-		fmt.Fprintln(w, "\netcd keys under the prefix")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "after rounds\tparticipants\tkeys\tregistrations\tacks\trounds/\trequests/\tother\tkeys/participant\t(registrations+acks)/participant\t")
-		for _, k := range res.Keys {
-			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.3f\t%.3f\t\n", k.Rounds, k.Participants, k.Keys, k.Registrations, k.Acks,
-				k.RoundRecords, k.Requests, k.Other, k.PerParticipant, k.PerParticipantState)
-		}
-		tw.Flush()
+		printKeys(w, res.Keys)
 	}
 	if len(res.Targets) > 0 {
-		fmt.Fprintln(w, "\nTargets")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		for _, t := range res.Targets {
-			mark := "MET"
-			if !t.Met {
-				mark = "MISSED"
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", mark, t.Name, t.Goal, t.Measured)
-		}
-		tw.Flush()
+		printTargets(w, res.Targets)
 	}
 	if res.Error != "" {
 		fmt.Fprintf(w, "\nrun stopped early: %s\n", res.Error)
 	}
+}
+
+func printRounds(w io.Writer, rounds []RoundRow) {
+	fmt.Fprintln(w, "\nRound latency (request written -> revision NotActive, every participant acked), ms;")
+	fmt.Fprintln(w, "floors of the same participants: per-put (each ack its own Put), batched (each agent's acks in one Txn),")
+	fmt.Fprintln(w, "watched (batched, plus every agent notified through a watch and every ack collected by one; no resync code),")
+	fmt.Fprintln(w, "delivered (watched, plus each agent handing the round to its plugins' goroutines in order before writing)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tbatched p50\twatched p50\tdelivered p50\tbarrier p50\tours/floor\tours/batched\tours/watched\tours/delivered\twatched/batched\tours/barrier\t")
+	for _, r := range rounds {
+		bp50, rb := "-", "-"
+		switch {
+		case r.Barrier.N > 0:
+			bp50 = f1(r.Barrier.P50)
+			rb = fmt.Sprintf("%.2f", r.OursOverBarrier)
+		case r.BarrierTimedOut:
+			bp50 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
+			rb = fmt.Sprintf("<%.3f", r.OursOverBarrier)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Participants, r.Clients,
+			f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50), f1(r.Floor.P50), f1(r.FloorTxn.P50), f1(r.WatchedFloor.P50), f1(r.DeliveredFloor.P50),
+			bp50, r.OursOverFloor, r.OursOverFloorTxn, r.OursOverWatched, r.OursOverDelivered, r.WatchedOverTxn, rb)
+	}
+	tw.Flush()
+}
+
+func printRoundCost(w io.Writer, res *Results) {
+	fmt.Fprintln(w, "\nRound cost (the bench process: agents, coordinator and etcd together)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tlargest write B\tcoord heap B/participant\tack Txns/agent\tCPU ms/round\tbatched floor CPU ms\t")
+	for _, r := range res.Rounds {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%.2f\t%.0f\t%.0f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.LargestWrite, heapOf(res, r.Participants), r.AckTxnsPerAgent, r.CPUPerRound, r.FloorTxnCPU)
+	}
+	tw.Flush()
+}
+
+// printRoundNotes lists what each size's measurement left out.
+func printRoundNotes(w io.Writer, rounds []RoundRow) {
+	for _, r := range rounds {
+		if r.NotActiveMissing > 0 {
+			fmt.Fprintf(w, "  %dx%d: %d NotActive events not taken within 30 s\n", r.Agents, r.Plugins, r.NotActiveMissing)
+		}
+		for _, u := range r.Unclean {
+			fmt.Fprintf(w, "  %s: unclean measured round, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, u)
+		}
+		for _, x := range r.Extra {
+			fmt.Fprintf(w, "  %s: extra round, not requested, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, x)
+		}
+		if r.BarrierError != "" {
+			fmt.Fprintf(w, "  %dx%d: DoubleBarrier failed: %s\n", r.Agents, r.Plugins, r.BarrierError)
+		}
+	}
+}
+
+func printFailover(w io.Writer, f *FailoverResult) {
+	fmt.Fprintf(w, "\nFailover (%dx%d agents, coordinator SessionTTL %.0f ms, standby campaigning for %.0f ms; leader stops -> successor's Started for a pending request), ms\n",
+		f.Agents, f.Plugins, f.SessionTTLMs, f.StandbySettleMs)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "kind\tn\tmedian\tmin\tmax\tto leading median\t")
+	fmt.Fprintf(tw, "crash (client closed, no resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Crash.N, f1(f.Crash.P50), f1(f.Crash.Min), f1(f.Crash.Max), f1(f.CrashLeading.P50))
+	fmt.Fprintf(tw, "graceful (Close: resign)\t%d\t%s\t%s\t%s\t%s\t\n", f.Graceful.N, f1(f.Graceful.P50), f1(f.Graceful.Min), f1(f.Graceful.Max), f1(f.GracefulLeading.P50))
+	tw.Flush()
+	if f.Discarded > 0 || f.CloseFailed > 0 || f.NotLeading > 0 {
+		fmt.Fprintf(w, "  not samples: %d handovers where the old leader had taken the request (the successor resumed its round), %d graceful ones whose Close failed (no resign: the TTL was waited for), %d where the leader to stop no longer led\n", f.Discarded, f.CloseFailed, f.NotLeading)
+	}
+}
+
+func printKeys(w io.Writer, keys []KeysRow) {
+	fmt.Fprintln(w, "\netcd keys under the prefix")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "after rounds\tparticipants\tkeys\tregistrations\tacks\trounds/\trequests/\tother\tkeys/participant\t(registrations+acks)/participant\t")
+	for _, k := range keys {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.3f\t%.3f\t\n", k.Rounds, k.Participants, k.Keys, k.Registrations, k.Acks,
+			k.RoundRecords, k.Requests, k.Other, k.PerParticipant, k.PerParticipantState)
+	}
+	tw.Flush()
+}
+
+func printTargets(w io.Writer, targets []Target) {
+	fmt.Fprintln(w, "\nTargets")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, t := range targets {
+		mark := "MET"
+		if !t.Met {
+			mark = "MISSED"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", mark, t.Name, t.Goal, t.Measured)
+	}
+	tw.Flush()
 }
 
 // heapOf is the coordinator's heap per participant measured (memory

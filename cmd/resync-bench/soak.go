@@ -157,39 +157,80 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 	}
 
 	// Rounds back to back, sampled by a second goroutine.
-	var mu sync.Mutex
-	var lat []time.Duration // since the last sample
-	var all []struct {
-		at  float64
-		lat float64
-	}
-	start := time.Now()
-	deadline := start.Add(o.duration)
+	lat := &soakLatency{start: time.Now()}
 	sctx, sstop := context.WithCancel(ctx)
 	var swg sync.WaitGroup
 	swg.Add(1)
 	go func() {
 		defer swg.Done()
-		t := time.NewTicker(o.sample)
-		defer t.Stop()
-		sample := func() {
-			mu.Lock()
-			l := lat
-			lat = nil
-			mu.Unlock()
-			res.Samples = append(res.Samples, takeSample(ctx, e, time.Since(start), l))
-		}
-		sample()
-		for {
-			select {
-			case <-sctx.Done():
-				sample()
-				return
-			case <-t.C:
-				sample()
-			}
-		}
+		lat.sample(ctx, sctx, e, o.sample, res)
 	}()
+	soakRounds(ctx, e, f, k, want, lat.start.Add(o.duration), lat, res)
+	sstop()
+	swg.Wait()
+	start, all := lat.start, lat.all
+	res.Duration = time.Since(start).Seconds()
+	s.LoadAvgAtEnd = loadavg()
+	s.DefragsRun, s.NoSpaceRecovered = mon.Counts()
+	s.RoundsPerSecond = float64(res.Rounds) / res.Duration
+	summarise(res, all)
+	finalDefrag(ctx, e, res)
+	if o.svg != "" {
+		if err := writeSoakSVG(o.svg, res); err != nil {
+			return res, err
+		}
+	}
+	return res, ctx.Err()
+}
+
+// soakLatency collects the soak's round latencies: those since the last
+// sample, and every round's for the summary. Safe for concurrent use.
+type soakLatency struct {
+	start time.Time
+	mu    sync.Mutex
+	lat   []time.Duration // since the last sample
+	all   []struct {
+		at  float64
+		lat float64
+	}
+}
+
+// add records a round that finished at, d after its request.
+func (l *soakLatency) add(at time.Time, d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lat = append(l.lat, d)
+	l.all = append(l.all, struct{ at, lat float64 }{at.Sub(l.start).Seconds(), ms(d)})
+}
+
+// sample appends a sample to res.Samples at once, every interval, and
+// once more when sctx ends (ctx bounds the samples' reads).
+func (l *soakLatency) sample(ctx, sctx context.Context, e *env, every time.Duration, res *SoakResult) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	sample := func() {
+		l.mu.Lock()
+		lat := l.lat
+		l.lat = nil
+		l.mu.Unlock()
+		res.Samples = append(res.Samples, takeSample(ctx, e, time.Since(l.start), lat))
+	}
+	sample()
+	for {
+		select {
+		case <-sctx.Done():
+			sample()
+			return
+		case <-t.C:
+			sample()
+		}
+	}
+}
+
+// soakRounds runs rounds back to back until deadline or ctx ends: each a
+// request, the wait for its RoundFinished, and a check that it was clean
+// with want participants. It counts rounds and failures in res.
+func soakRounds(ctx context.Context, e *env, f *fleet, k *coord, want int, deadline time.Time, lat *soakLatency, res *SoakResult) {
 	lastProgress := time.Now()
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		t0 := time.Now()
@@ -201,11 +242,7 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 			ev, err = waitRound(ctx, k.hooks.finished, 2*time.Minute, "RoundFinished")
 			if err == nil {
 				err = checkClean(ev.round, want)
-				d := ev.at.Sub(t0)
-				mu.Lock()
-				lat = append(lat, d)
-				all = append(all, struct{ at, lat float64 }{ev.at.Sub(start).Seconds(), ms(d)})
-				mu.Unlock()
+				lat.add(ev.at, ev.at.Sub(t0))
 			}
 		}
 		res.Rounds++
@@ -224,20 +261,6 @@ func soak(ctx context.Context, o soakOptions, log logrus.FieldLogger) (*SoakResu
 			progress("soak: %d rounds, %d failed, %v left", res.Rounds, res.FailedRounds, time.Until(deadline).Round(time.Second))
 		}
 	}
-	sstop()
-	swg.Wait()
-	res.Duration = time.Since(start).Seconds()
-	s.LoadAvgAtEnd = loadavg()
-	s.DefragsRun, s.NoSpaceRecovered = mon.Counts()
-	s.RoundsPerSecond = float64(res.Rounds) / res.Duration
-	summarise(res, all)
-	finalDefrag(ctx, e, res)
-	if o.svg != "" {
-		if err := writeSoakSVG(o.svg, res); err != nil {
-			return res, err
-		}
-	}
-	return res, ctx.Err()
 }
 
 func finalDefrag(ctx context.Context, e *env, res *SoakResult) {
@@ -281,48 +304,20 @@ func takeSample(ctx context.Context, e *env, at time.Duration, lat []time.Durati
 	return s
 }
 
-func summarise(res *SoakResult, all []struct{ at, lat float64 }) {
-	n := len(res.Samples)
-	if n < 6 {
+// soakRound is one round of the soak: when it finished (seconds since the
+// start) and its latency (ms).
+type soakRound = struct{ at, lat float64 }
+
+// summarise fills the soak's thirds, growth, drift and verdict from its
+// samples and every round's latency.
+func summarise(res *SoakResult, all []soakRound) {
+	if len(res.Samples) < 6 {
 		res.Verdict = append(res.Verdict, "too few samples")
 		return
 	}
-	third := func(i int) ([]SoakSample, float64, float64) {
-		lo, hi := res.Duration*float64(i)/3, res.Duration*float64(i+1)/3
-		var out []SoakSample
-		for _, s := range res.Samples {
-			if s.AtS >= lo && (s.AtS < hi || i == 2) {
-				out = append(out, s)
-			}
-		}
-		return out, lo, hi
-	}
-	lats := func(lo, hi float64) []float64 {
-		var out []float64
-		for _, r := range all {
-			if r.at >= lo && r.at < hi {
-				out = append(out, r.lat)
-			}
-		}
-		return out
-	}
-	sum := func(ss []SoakSample, lo, hi float64) SoakThird {
-		t := SoakThird{
-			DBSize: medianOf(ss, func(s SoakSample) int64 { return s.DBSize }), DBInUse: medianOf(ss, func(s SoakSample) int64 { return s.DBInUse }),
-			HeapLive: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapLive) })), HeapAlloc: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapAlloc) })),
-			Goroutines: int(medianOf(ss, func(s SoakSample) int64 { return int64(s.Goroutines) })),
-		}
-		l := lats(lo, hi+1e-9)
-		t.Rounds = len(l)
-		if len(l) > 0 {
-			slices.Sort(l)
-			t.RoundP50, t.RoundP99 = rank(l, 50), rank(l, 99)
-		}
-		return t
-	}
-	first, lo0, hi0 := third(0)
-	last, lo2, hi2 := third(2)
-	res.FirstThird, res.LastThird = sum(first, lo0, hi0), sum(last, lo2, hi2+1)
+	first, lo0, hi0 := soakThird(res, 0)
+	last, lo2, hi2 := soakThird(res, 2)
+	res.FirstThird, res.LastThird = sumThird(first, all, lo0, hi0), sumThird(last, all, lo2, hi2+1)
 	growth := func(f func(SoakSample) int64) float64 {
 		var xs, ys []float64
 		for _, s := range last {
@@ -339,6 +334,47 @@ func summarise(res *SoakResult, all []struct{ at, lat float64 }) {
 		}
 	}
 	res.LatencyDrift = trend(xs, ys, res.Duration-lo2)
+	verdict(res)
+}
+
+// soakThird returns the samples of third i (0, 1, 2) of the soak and its
+// bounds in seconds; the last third includes its end.
+func soakThird(res *SoakResult, i int) ([]SoakSample, float64, float64) {
+	lo, hi := res.Duration*float64(i)/3, res.Duration*float64(i+1)/3
+	var out []SoakSample
+	for _, s := range res.Samples {
+		if s.AtS >= lo && (s.AtS < hi || i == 2) {
+			out = append(out, s)
+		}
+	}
+	return out, lo, hi
+}
+
+// sumThird summarises a third: the medians of its samples ss and the
+// latency of the rounds of all that finished in [lo, hi].
+func sumThird(ss []SoakSample, all []soakRound, lo, hi float64) SoakThird {
+	t := SoakThird{
+		DBSize: medianOf(ss, func(s SoakSample) int64 { return s.DBSize }), DBInUse: medianOf(ss, func(s SoakSample) int64 { return s.DBInUse }),
+		HeapLive: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapLive) })), HeapAlloc: uint64(medianOf(ss, func(s SoakSample) int64 { return int64(s.HeapAlloc) })),
+		Goroutines: int(medianOf(ss, func(s SoakSample) int64 { return int64(s.Goroutines) })),
+	}
+	var l []float64
+	for _, r := range all {
+		if r.at >= lo && r.at < hi+1e-9 {
+			l = append(l, r.lat)
+		}
+	}
+	t.Rounds = len(l)
+	if len(l) > 0 {
+		slices.Sort(l)
+		t.RoundP50, t.RoundP99 = rank(l, 50), rank(l, 99)
+	}
+	return t
+}
+
+// verdict passes the soak unless, over the last third, db size or live
+// heap grew 5% or more, a round failed, or latency drifted up 25% or more.
+func verdict(res *SoakResult) {
 	res.Pass = true
 	check := func(ok bool, format string, args ...any) {
 		v := "ok: "
@@ -418,6 +454,11 @@ func writeSoakSVG(path string, res *SoakResult) error {
 			{Title: fmt.Sprintf("rounds finished per %v sample (the write rate: the db plateau follows its peak)", time.Duration(st.SampleS*float64(time.Second))), YLabel: "rounds", Series: []svgplot.Series{{Name: "rounds", X: x, Y: rounds}}},
 		},
 	}
+	return writeSVG(path, p)
+}
+
+// writeSVG draws p into the file path, creating its directory.
+func writeSVG(path string, p svgplot.Plot) error {
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err

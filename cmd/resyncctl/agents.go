@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
@@ -50,42 +51,49 @@ type agentsDoc struct {
 }
 
 func setupAgents(*pflag.FlagSet) func(context.Context, *env) error {
-	return func(ctx context.Context, e *env) error {
-		c, ctx, cancel, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer cancel()
-		doc, err := e.readAgents(ctx, c)
-		if err != nil {
-			return err
-		}
-		if e.json {
-			return writeJSON(e.stdout, doc)
-		}
-		tw := newTable(e.stdout)
-		row(tw, "AGENT", "PLUGINS", "LEASE_TTL", "ACKED", "RESULT", "BEHIND", "REFUSED")
-		for _, a := range doc.Agents {
-			ttl := "expired"
-			if a.LeaseTTLSeconds >= 0 {
-				ttl = (time.Duration(a.LeaseTTLSeconds) * time.Second).String()
-			}
-			acked := "-"
-			if a.AckedRevision != 0 {
-				acked = fmt.Sprint(a.AckedRevision)
-			}
-			behind := "no"
-			if a.Behind {
-				behind = fmt.Sprintf("yes: %s not at %d", listFirst(a.BehindPlugins, 3), doc.Revision)
-			}
-			refused := "-"
-			if a.Refused > 0 {
-				refused = fmt.Sprintf("%d: %s", a.Refused, strings.Join(a.RefusedNames, " "))
-			}
-			row(tw, a.Agent, fmt.Sprintf("%d: %s", len(a.Plugins), listFirst(a.Plugins, 3)), ttl, acked, string(a.Result), behind, refused)
-		}
-		return tw.Flush()
+	return agents
+}
+
+// agents is the agents command: read every agent's state, then print it.
+func agents(ctx context.Context, e *env) error {
+	c, ctx, cancel, err := e.connect(ctx)
+	if err != nil {
+		return err
 	}
+	defer cancel()
+	doc, err := e.readAgents(ctx, c)
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return writeJSON(e.stdout, doc)
+	}
+	return printAgents(e.stdout, doc)
+}
+
+func printAgents(w io.Writer, doc agentsDoc) error {
+	tw := newTable(w)
+	row(tw, "AGENT", "PLUGINS", "LEASE_TTL", "ACKED", "RESULT", "BEHIND", "REFUSED")
+	for _, a := range doc.Agents {
+		ttl := "expired"
+		if a.LeaseTTLSeconds >= 0 {
+			ttl = (time.Duration(a.LeaseTTLSeconds) * time.Second).String()
+		}
+		acked := "-"
+		if a.AckedRevision != 0 {
+			acked = fmt.Sprint(a.AckedRevision)
+		}
+		behind := "no"
+		if a.Behind {
+			behind = fmt.Sprintf("yes: %s not at %d", listFirst(a.BehindPlugins, 3), doc.Revision)
+		}
+		refused := "-"
+		if a.Refused > 0 {
+			refused = fmt.Sprintf("%d: %s", a.Refused, strings.Join(a.RefusedNames, " "))
+		}
+		row(tw, a.Agent, fmt.Sprintf("%d: %s", len(a.Plugins), listFirst(a.Plugins, 3)), ttl, acked, string(a.Result), behind, refused)
+	}
+	return tw.Flush()
 }
 
 // resultRank orders ack results from best to worst.
@@ -119,67 +127,27 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 		return agentsDoc{}, err
 	}
 	doc := agentsDoc{Agents: []agentDoc{}}
-	inRound := func(schema.PluginID) bool { return true } // an all-scope round
+	inRound, err := e.roundMembers(ctx, c, rev)
+	if err != nil {
+		return agentsDoc{}, err
+	}
 	if rev != nil {
 		doc.Revision, doc.State = rev.Revision, rev.State
-		if !rev.Scope.IsAll() {
-			// A set scope's participants are under rounds/<N>/agents/.
-			_, parts, err := e.readParticipants(ctx, c, rev.Revision)
-			if err != nil {
-				return agentsDoc{}, err
-			}
-			in := make(map[schema.PluginID]bool, len(parts))
-			for _, p := range parts {
-				in[p] = true
-			}
-			inRound = func(id schema.PluginID) bool { return in[id] }
-		}
 	}
-	ttls := map[clientv3.LeaseID]int64{}
+	ttls := leaseTTLs{c: c, ttl: map[clientv3.LeaseID]int64{}}
 	// readRegistrations sorts by agent, then registration order.
 	for i := 0; i < len(regs); {
 		j := i
 		for j < len(regs) && regs[j].Agent == regs[i].Agent {
 			j++
 		}
-		a := agentDoc{Agent: regs[i].Agent, LeaseTTLSeconds: -1}
-		var lease clientv3.LeaseID
-		for _, r := range regs[i:j] {
-			a.Plugins = append(a.Plugins, r.Plugin)
-			if ack, ok := acks[r.ID()]; ok && ack.Revision > a.AckedRevision {
-				a.AckedRevision = ack.Revision
-			}
-			if lease == 0 || r.Lease < lease {
-				lease = r.Lease
-			}
-		}
-		for _, r := range regs[i:j] {
-			if ack, ok := acks[r.ID()]; ok && ack.Revision == a.AckedRevision && (a.Result == "" || resultRank(ack.Result) > resultRank(a.Result)) {
-				a.Result = ack.Result
-			}
-			if rev != nil && inRound(r.ID()) && !r.RegisteredAt.After(rev.StartedAt) {
-				if ack, ok := acks[r.ID()]; !ok || ack.Revision < rev.Revision {
-					a.Behind = true
-					a.BehindPlugins = append(a.BehindPlugins, r.Plugin)
-				}
-			}
-		}
+		a, lease := agentOf(regs[i:j], acks, rev, inRound)
 		if o, ok := owners[a.Agent]; ok {
 			a.Refused, a.RefusedNames = o.Refused, o.RefusedNames
 			delete(owners, a.Agent)
 		}
-		a.Lease = fmt.Sprintf("%x", int64(lease))
-		if lease != 0 {
-			ttl, seen := ttls[lease]
-			if !seen {
-				resp, err := c.TimeToLive(ctx, lease)
-				if err != nil {
-					return agentsDoc{}, fmt.Errorf("lease %x of agent %s: %w", int64(lease), a.Agent, err)
-				}
-				ttl = resp.TTL
-				ttls[lease] = ttl
-			}
-			a.LeaseTTLSeconds = ttl
+		if a.LeaseTTLSeconds, err = ttls.left(ctx, lease, a.Agent); err != nil {
+			return agentsDoc{}, err
 		}
 		doc.Agents = append(doc.Agents, a)
 		i = j
@@ -194,4 +162,75 @@ func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, er
 	}
 	slices.SortFunc(doc.Agents, func(a, b agentDoc) int { return strings.Compare(a.Agent, b.Agent) })
 	return doc, nil
+}
+
+// roundMembers tells whether a plugin takes part in the round of rev: every
+// plugin in an all-scope round (or none ran); a set scope's participants
+// are read from rounds/<N>/agents/.
+func (e *env) roundMembers(ctx context.Context, c *clientv3.Client, rev *schema.Revision) (func(schema.PluginID) bool, error) {
+	if rev == nil || rev.Scope.IsAll() {
+		return func(schema.PluginID) bool { return true }, nil
+	}
+	_, parts, err := e.readParticipants(ctx, c, rev.Revision)
+	if err != nil {
+		return nil, err
+	}
+	in := make(map[schema.PluginID]bool, len(parts))
+	for _, p := range parts {
+		in[p] = true
+	}
+	return func(id schema.PluginID) bool { return in[id] }, nil
+}
+
+// agentOf makes one agent's row from its registrations (regs, in
+// registration order): its last acked revision and the worst result at
+// it, the plugins behind the round of rev, and its lowest lease (0: none).
+// LeaseTTLSeconds is left at -1 (unknown).
+func agentOf(regs []regRow, acks map[schema.PluginID]schema.Ack, rev *schema.Revision, inRound func(schema.PluginID) bool) (agentDoc, clientv3.LeaseID) {
+	a := agentDoc{Agent: regs[0].Agent, LeaseTTLSeconds: -1}
+	var lease clientv3.LeaseID
+	for _, r := range regs {
+		a.Plugins = append(a.Plugins, r.Plugin)
+		if ack, ok := acks[r.ID()]; ok && ack.Revision > a.AckedRevision {
+			a.AckedRevision = ack.Revision
+		}
+		if lease == 0 || r.Lease < lease {
+			lease = r.Lease
+		}
+	}
+	for _, r := range regs {
+		if ack, ok := acks[r.ID()]; ok && ack.Revision == a.AckedRevision && (a.Result == "" || resultRank(ack.Result) > resultRank(a.Result)) {
+			a.Result = ack.Result
+		}
+		if rev != nil && inRound(r.ID()) && !r.RegisteredAt.After(rev.StartedAt) {
+			if ack, ok := acks[r.ID()]; !ok || ack.Revision < rev.Revision {
+				a.Behind = true
+				a.BehindPlugins = append(a.BehindPlugins, r.Plugin)
+			}
+		}
+	}
+	a.Lease = fmt.Sprintf("%x", int64(lease))
+	return a, lease
+}
+
+// leaseTTLs reads the TTL left on leases, each once.
+type leaseTTLs struct {
+	c   *clientv3.Client
+	ttl map[clientv3.LeaseID]int64
+}
+
+// left returns the seconds left on lease of agent, -1 for no lease.
+func (l *leaseTTLs) left(ctx context.Context, lease clientv3.LeaseID, agent string) (int64, error) {
+	if lease == 0 {
+		return -1, nil
+	}
+	if ttl, seen := l.ttl[lease]; seen {
+		return ttl, nil
+	}
+	resp, err := l.c.TimeToLive(ctx, lease)
+	if err != nil {
+		return 0, fmt.Errorf("lease %x of agent %s: %w", int64(lease), agent, err)
+	}
+	l.ttl[lease] = resp.TTL
+	return resp.TTL, nil
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"io"
 
 	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
 )
@@ -13,46 +15,60 @@ const maxHistory = 100000
 
 func setupHistory(fs *pflag.FlagSet) func(context.Context, *env) error {
 	n := fs.IntP("n", "n", 10, "how many of the latest rounds to show")
-	return func(ctx context.Context, e *env) error {
-		if *n < 1 || *n > maxHistory {
-			return usagef("-n %d: give 1 to %d", *n, maxHistory)
-		}
-		c, ctx, cancel, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer cancel()
-		rounds, err := e.readSummaries(ctx, c, *n)
-		if err != nil {
-			return err
-		}
-		if e.json {
-			// A set scope's every target, while the round keeps its detail.
-			type roundDoc struct {
-				schema.Round
-				ScopeTargets []string `json:"scope_targets,omitempty"`
-			}
-			docs := make([]roundDoc, len(rounds))
-			for i := range rounds {
-				docs[i].Round = rounds[i]
-				if docs[i].ScopeTargets, err = e.readScopeTargets(ctx, c, &rounds[i]); err != nil {
-					return err
-				}
-			}
-			return writeJSON(e.stdout, struct {
-				Rounds []roundDoc `json:"rounds"`
-			}{docs})
-		}
-		tw := newTable(e.stdout)
-		row(tw, "REVISION", "CAUSE", "SCOPE", "PARTICIPANTS", "ACKED", "FAILED", "TIMED_OUT", "DEPARTED", "DURATION", "FINISHED_AT", "LEADER")
-		for _, r := range rounds {
-			dur, leader := durationMS(r.DurationMS), r.FinishedBy
-			if r.State == schema.Started {
-				dur, leader = "running", r.StartedBy
-			}
-			row(tw, r.Revision, r.Cause, scopeText(r.Scope), r.Counts.Participants, r.Counts.Acked, r.Counts.Failed,
-				r.Counts.TimedOut, r.Counts.Departed, dur, timestamp(r.FinishedAt), leader)
-		}
-		return tw.Flush()
+	return func(ctx context.Context, e *env) error { return history(ctx, e, *n) }
+}
+
+// history is the history command: read the latest n summaries, then print
+// them.
+func history(ctx context.Context, e *env, n int) error {
+	if n < 1 || n > maxHistory {
+		return usagef("-n %d: give 1 to %d", n, maxHistory)
 	}
+	c, ctx, cancel, err := e.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	rounds, err := e.readSummaries(ctx, c, n)
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return e.writeHistoryJSON(ctx, c, rounds)
+	}
+	return printHistory(e.stdout, rounds)
+}
+
+// writeHistoryJSON writes the rounds, each with a set scope's every target.
+func (e *env) writeHistoryJSON(ctx context.Context, c *clientv3.Client, rounds []schema.Round) error {
+	// A set scope's every target, while the round keeps its detail.
+	type roundDoc struct {
+		schema.Round
+		ScopeTargets []string `json:"scope_targets,omitempty"`
+	}
+	docs := make([]roundDoc, len(rounds))
+	for i := range rounds {
+		docs[i].Round = rounds[i]
+		var err error
+		if docs[i].ScopeTargets, err = e.readScopeTargets(ctx, c, &rounds[i]); err != nil {
+			return err
+		}
+	}
+	return writeJSON(e.stdout, struct {
+		Rounds []roundDoc `json:"rounds"`
+	}{docs})
+}
+
+func printHistory(w io.Writer, rounds []schema.Round) error {
+	tw := newTable(w)
+	row(tw, "REVISION", "CAUSE", "SCOPE", "PARTICIPANTS", "ACKED", "FAILED", "TIMED_OUT", "DEPARTED", "DURATION", "FINISHED_AT", "LEADER")
+	for _, r := range rounds {
+		dur, leader := durationMS(r.DurationMS), r.FinishedBy
+		if r.State == schema.Started {
+			dur, leader = "running", r.StartedBy
+		}
+		row(tw, r.Revision, r.Cause, scopeText(r.Scope), r.Counts.Participants, r.Counts.Acked, r.Counts.Failed,
+			r.Counts.TimedOut, r.Counts.Departed, dur, timestamp(r.FinishedAt), leader)
+	}
+	return tw.Flush()
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -106,74 +107,102 @@ func (p *cliPasswords) New(user string) (string, error) {
 	return pw, nil
 }
 
+// rbacApplyOpts are the flags of rbac apply.
+type rbacApplyOpts struct {
+	agents, coordUser, operators, dir, rootPW *string
+	noPW                                      *bool
+}
+
 func setupRBACApply(fs *pflag.FlagSet) func(context.Context, *env) error {
-	agents := fs.String("agents", "", "comma-separated agent names: each gets a user of that name and the role resync-agent-<name> (required)")
-	coordUser := fs.String("coordinator-user", rbac.DefaultCoordinatorUser, "user of resyncd (the coordinators): read and write on the whole prefix")
-	operators := fs.String("operators", "", "comma-separated operator users (optional): role "+rbac.OperatorRole+", read the whole prefix and trigger resyncs of any scope (root may too)")
-	dir := fs.String("secrets-dir", "", "read users' passwords from <dir>/<user>.password; write generated ones there (0600)")
-	rootPW := fs.String("root-password", "", "password of root (else "+passwordEnv("root")+", the secrets dir, or generated)")
-	noPW := fs.Bool("no-passwords", false, "create users without passwords: they authenticate with a client certificate whose CN is the user (etcd --client-cert-auth)")
-	return func(ctx context.Context, e *env) error {
-		spec := rbac.Spec{Layout: e.layout, CoordinatorUser: *coordUser}
-		for _, a := range strings.Split(*agents, ",") {
-			if a = strings.TrimSpace(a); a != "" {
-				spec.Agents = append(spec.Agents, a)
-			}
-		}
-		if len(spec.Agents) == 0 {
-			return usagef("--agents is required: the agent names, comma-separated")
-		}
-		for _, o := range strings.Split(*operators, ",") {
-			if o = strings.TrimSpace(o); o != "" {
-				spec.Operators = append(spec.Operators, o)
-			}
-		}
-		if err := spec.Validate(); err != nil {
-			return usagef("%v", strings.TrimPrefix(err.Error(), "rbac: "))
-		}
-		c, err := e.dial(ctx)
-		if errors.Is(err, etcdflags.ErrAuthDisabled) {
-			// First run: auth is off, credentials are for later runs.
-			f := *e.etcd
-			f.User, f.Password = "", ""
-			e.etcd = &f
-			c, err = e.dial(ctx)
-		}
-		if err != nil {
-			return err
-		}
-		pws := &cliPasswords{root: *rootPW, dir: *dir, lookup: os.LookupEnv}
-		var changes []string
-		opts := rbac.Options{Passwords: pws, NoPassword: *noPW, Log: func(format string, a ...any) {
-			line := fmt.Sprintf(format, a...)
-			changes = append(changes, line)
-			if !e.json {
-				fmt.Fprintln(e.stdout, line)
-			}
-		}}
-		cctx, cancel := context.WithTimeout(ctx, 4*e.etcd.CommandTimeout)
-		defer cancel()
-		if err := rbac.Apply(cctx, c, spec, opts); err != nil {
-			if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
-				return permissionHint(fmt.Errorf("%w (authentication is on: connect as root, with --user root and its password or a client certificate with CN root)", err))
-			}
-			return err
-		}
-		if e.json {
-			return writeJSON(e.stdout, struct {
-				Changes          []string `json:"changes"`
-				PasswordsWritten []string `json:"passwords_written"`
-				AuthEnabled      bool     `json:"auth_enabled"`
-			}{append([]string{}, changes...), append([]string{}, pws.written...), true})
-		}
-		for _, p := range pws.written {
-			fmt.Fprintf(e.stdout, "wrote a generated password to %s\n", p)
-		}
-		if len(changes) == 0 {
-			fmt.Fprintln(e.stdout, "nothing to change: roles, users and grants are as specified; authentication is enabled")
-		}
-		return nil
+	o := rbacApplyOpts{
+		agents:    fs.String("agents", "", "comma-separated agent names: each gets a user of that name and the role resync-agent-<name> (required)"),
+		coordUser: fs.String("coordinator-user", rbac.DefaultCoordinatorUser, "user of resyncd (the coordinators): read and write on the whole prefix"),
+		operators: fs.String("operators", "", "comma-separated operator users (optional): role "+rbac.OperatorRole+", read the whole prefix and trigger resyncs of any scope (root may too)"),
+		dir:       fs.String("secrets-dir", "", "read users' passwords from <dir>/<user>.password; write generated ones there (0600)"),
+		rootPW:    fs.String("root-password", "", "password of root (else "+passwordEnv("root")+", the secrets dir, or generated)"),
+		noPW:      fs.Bool("no-passwords", false, "create users without passwords: they authenticate with a client certificate whose CN is the user (etcd --client-cert-auth)"),
 	}
+	return func(ctx context.Context, e *env) error { return rbacApply(ctx, e, o) }
+}
+
+// rbacApply is rbac apply: check the spec, connect (without credentials
+// while auth is still off), apply, report.
+func rbacApply(ctx context.Context, e *env, o rbacApplyOpts) error {
+	spec, err := o.spec(e.layout)
+	if err != nil {
+		return err
+	}
+	c, err := e.dial(ctx)
+	if errors.Is(err, etcdflags.ErrAuthDisabled) {
+		// First run: auth is off, credentials are for later runs.
+		f := *e.etcd
+		f.User, f.Password = "", ""
+		e.etcd = &f
+		c, err = e.dial(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	pws := &cliPasswords{root: *o.rootPW, dir: *o.dir, lookup: os.LookupEnv}
+	var changes []string
+	opts := rbac.Options{Passwords: pws, NoPassword: *o.noPW, Log: func(format string, a ...any) {
+		line := fmt.Sprintf(format, a...)
+		changes = append(changes, line)
+		if !e.json {
+			fmt.Fprintln(e.stdout, line)
+		}
+	}}
+	cctx, cancel := context.WithTimeout(ctx, 4*e.etcd.CommandTimeout)
+	defer cancel()
+	if err := rbac.Apply(cctx, c, spec, opts); err != nil {
+		if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
+			return permissionHint(fmt.Errorf("%w (authentication is on: connect as root, with --user root and its password or a client certificate with CN root)", err))
+		}
+		return err
+	}
+	return reportRBACApply(e, changes, pws.written)
+}
+
+// spec makes the rbac spec from the flags; its errors are usage errors.
+func (o rbacApplyOpts) spec(layout schema.Layout) (rbac.Spec, error) {
+	spec := rbac.Spec{Layout: layout, CoordinatorUser: *o.coordUser, Agents: splitList(*o.agents), Operators: splitList(*o.operators)}
+	if len(spec.Agents) == 0 {
+		return spec, usagef("--agents is required: the agent names, comma-separated")
+	}
+	if err := spec.Validate(); err != nil {
+		return spec, usagef("%v", strings.TrimPrefix(err.Error(), "rbac: "))
+	}
+	return spec, nil
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// reportRBACApply reports rbac apply's changes (in text mode each was
+// printed as it was made) and the password files it wrote.
+func reportRBACApply(e *env, changes, written []string) error {
+	if e.json {
+		return writeJSON(e.stdout, struct {
+			Changes          []string `json:"changes"`
+			PasswordsWritten []string `json:"passwords_written"`
+			AuthEnabled      bool     `json:"auth_enabled"`
+		}{append([]string{}, changes...), append([]string{}, written...), true})
+	}
+	for _, p := range written {
+		fmt.Fprintf(e.stdout, "wrote a generated password to %s\n", p)
+	}
+	if len(changes) == 0 {
+		fmt.Fprintln(e.stdout, "nothing to change: roles, users and grants are as specified; authentication is enabled")
+	}
+	return nil
 }
 
 // permDoc is one permission in `rbac status -o json`.
@@ -185,60 +214,69 @@ type permDoc struct {
 }
 
 func setupRBACStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
-	return func(ctx context.Context, e *env) error {
-		c, cctx, cancel, err := e.connect(ctx)
-		if err != nil {
-			return err
-		}
-		defer cancel()
-		st, err := rbac.ReadStatus(cctx, c)
-		if err != nil {
-			if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
-				return permissionHint(fmt.Errorf("%w (rbac status needs root: --user root, or a client certificate with CN root)", err))
-			}
-			return err
-		}
-		roles := map[string][]permDoc{}
-		for r, perms := range st.Roles {
-			docs := []permDoc{}
-			for _, p := range perms {
-				docs = append(docs, permDoc{Type: strings.Fields(p.String())[0], Key: p.Key, RangeEnd: p.RangeEnd, Keys: p.Range()})
-			}
-			roles[r] = docs
-		}
-		if e.json {
-			return writeJSON(e.stdout, struct {
-				Enabled bool                 `json:"enabled"`
-				Users   map[string][]string  `json:"users"`
-				Roles   map[string][]permDoc `json:"roles"`
-			}{st.Enabled, st.Users, roles})
-		}
-		state := "disabled"
-		if st.Enabled {
-			state = "enabled"
-		}
-		fmt.Fprintf(e.stdout, "authentication  %s\n\n", state)
-		tw := newTable(e.stdout)
-		row(tw, "USER", "ROLES")
-		for _, u := range sorted(st.Users) {
-			row(tw, u, strings.Join(st.Users[u], ","))
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		fmt.Fprintln(e.stdout)
-		tw = newTable(e.stdout)
-		row(tw, "ROLE", "PERMISSION", "KEYS")
-		for _, r := range sorted(roles) {
-			if len(roles[r]) == 0 {
-				row(tw, r, "-", "-")
-			}
-			for _, p := range roles[r] {
-				row(tw, r, p.Type, p.Keys)
-			}
-		}
-		return tw.Flush()
+	return rbacStatus
+}
+
+// rbacStatus is rbac status: read etcd's auth state, then print it.
+func rbacStatus(ctx context.Context, e *env) error {
+	c, cctx, cancel, err := e.connect(ctx)
+	if err != nil {
+		return err
 	}
+	defer cancel()
+	st, err := rbac.ReadStatus(cctx, c)
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) {
+			return permissionHint(fmt.Errorf("%w (rbac status needs root: --user root, or a client certificate with CN root)", err))
+		}
+		return err
+	}
+	roles := map[string][]permDoc{}
+	for r, perms := range st.Roles {
+		docs := []permDoc{}
+		for _, p := range perms {
+			docs = append(docs, permDoc{Type: strings.Fields(p.String())[0], Key: p.Key, RangeEnd: p.RangeEnd, Keys: p.Range()})
+		}
+		roles[r] = docs
+	}
+	if e.json {
+		return writeJSON(e.stdout, struct {
+			Enabled bool                 `json:"enabled"`
+			Users   map[string][]string  `json:"users"`
+			Roles   map[string][]permDoc `json:"roles"`
+		}{st.Enabled, st.Users, roles})
+	}
+	return printRBACStatus(e.stdout, st.Enabled, st.Users, roles)
+}
+
+// printRBACStatus prints whether auth is on, the users and their roles,
+// and each role's permissions.
+func printRBACStatus(w io.Writer, enabled bool, users map[string][]string, roles map[string][]permDoc) error {
+	state := "disabled"
+	if enabled {
+		state = "enabled"
+	}
+	fmt.Fprintf(w, "authentication  %s\n\n", state)
+	tw := newTable(w)
+	row(tw, "USER", "ROLES")
+	for _, u := range sorted(users) {
+		row(tw, u, strings.Join(users[u], ","))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = newTable(w)
+	row(tw, "ROLE", "PERMISSION", "KEYS")
+	for _, r := range sorted(roles) {
+		if len(roles[r]) == 0 {
+			row(tw, r, "-", "-")
+		}
+		for _, p := range roles[r] {
+			row(tw, r, p.Type, p.Keys)
+		}
+	}
+	return tw.Flush()
 }
 
 func sorted[V any](m map[string]V) []string {

@@ -258,6 +258,26 @@ func (e *env) readScopeTargets(ctx context.Context, c *clientv3.Client, r *schem
 // keys only, newest first, and jumps over each round's rounds/<N>/ keys,
 // then reads the summaries by key, several per Txn.
 func (e *env) readSummaries(ctx context.Context, c *clientv3.Client, n int) ([]schema.Round, error) {
+	nums, err := e.latestRounds(ctx, c, n)
+	if err != nil {
+		return nil, err
+	}
+	var rounds []schema.Round
+	for len(nums) > 0 {
+		batch := nums[:min(len(nums), 100)]
+		nums = nums[len(batch):]
+		if rounds, err = e.readRoundBatch(ctx, c, batch, rounds); err != nil {
+			return nil, err
+		}
+	}
+	slices.Reverse(rounds) // oldest first, the latest next to the prompt
+	return rounds, nil
+}
+
+// latestRounds returns the numbers of the latest n rounds with a summary,
+// newest first, scanning keys only and jumping over each round's
+// rounds/<N>/ keys.
+func (e *env) latestRounds(ctx context.Context, c *clientv3.Client, n int) ([]uint64, error) {
 	var nums []uint64
 	from, end := e.layout.Rounds(), clientv3.GetPrefixRangeEnd(e.layout.Rounds())
 	for len(nums) < n {
@@ -286,30 +306,30 @@ func (e *env) readSummaries(ctx context.Context, c *clientv3.Client, n int) ([]s
 			break
 		}
 	}
-	var rounds []schema.Round
-	for len(nums) > 0 {
-		batch := nums[:min(len(nums), 100)]
-		nums = nums[len(batch):]
-		ops := make([]clientv3.Op, len(batch))
-		for i, k := range batch {
-			ops[i] = clientv3.OpGet(e.layout.Round(k))
-		}
-		resp, err := c.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", e.layout.Rounds(), err)
-		}
-		for _, r := range resp.Responses {
-			for _, kv := range r.GetResponseRange().Kvs {
-				rd, err := e.layout.DecodeRound(string(kv.Key), kv.Value)
-				if err != nil {
-					e.skipped(err)
-					continue
-				}
-				rounds = append(rounds, rd)
+	return nums, nil
+}
+
+// readRoundBatch reads the summaries of rounds nums in one Txn and appends
+// them to rounds, skipping those that do not decode.
+func (e *env) readRoundBatch(ctx context.Context, c *clientv3.Client, nums []uint64, rounds []schema.Round) ([]schema.Round, error) {
+	ops := make([]clientv3.Op, len(nums))
+	for i, k := range nums {
+		ops[i] = clientv3.OpGet(e.layout.Round(k))
+	}
+	resp, err := c.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", e.layout.Rounds(), err)
+	}
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			rd, err := e.layout.DecodeRound(string(kv.Key), kv.Value)
+			if err != nil {
+				e.skipped(err)
+				continue
 			}
+			rounds = append(rounds, rd)
 		}
 	}
-	slices.Reverse(rounds) // oldest first, the latest next to the prompt
 	return rounds, nil
 }
 

@@ -33,7 +33,24 @@ func newRoot(g *globals, stdout, stderr io.Writer, exec func(*cobra.Command, fun
 	g.register(root.PersistentFlags())
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
 
-	rbacCmd := &cobra.Command{
+	rbacCmd := rbacGroup()
+	root.AddCommand(rbacCmd)
+	for _, cmd := range commands() {
+		parent, name := root, cmd.name
+		if rest, ok := strings.CutPrefix(cmd.name, "rbac "); ok {
+			parent, name = rbacCmd, rest
+		}
+		parent.AddCommand(subcommand(cmd, name, exec))
+	}
+	root.AddCommand(completionCmd())
+
+	root.SetHelpFunc(func(c *cobra.Command, _ []string) { printHelp(c.OutOrStdout(), c) })
+	return root
+}
+
+// rbacGroup is the "rbac" command, the parent of rbac apply and status.
+func rbacGroup() *cobra.Command {
+	return &cobra.Command{
 		Use:   "rbac",
 		Short: "etcd users and least-privilege roles: apply or status",
 		RunE: func(c *cobra.Command, args []string) error {
@@ -43,31 +60,25 @@ func newRoot(g *globals, stdout, stderr io.Writer, exec func(*cobra.Command, fun
 			return usagef("unknown command %q", "rbac "+args[0])
 		},
 	}
-	root.AddCommand(rbacCmd)
-	for _, cmd := range commands() {
-		parent, name := root, cmd.name
-		if rest, ok := strings.CutPrefix(cmd.name, "rbac "); ok {
-			parent, name = rbacCmd, rest
-		}
-		sub := &cobra.Command{
-			Use:   strings.TrimSpace(name + " " + cmd.args),
-			Short: cmd.summary,
-			Args: func(c *cobra.Command, args []string) error {
-				if len(args) > 0 {
-					return usagef("unexpected argument %q", args[0])
-				}
-				return nil
-			},
-			ValidArgsFunction: cobra.NoFileCompletions,
-		}
-		runCmd := cmd.setup(sub.Flags())
-		sub.RunE = func(c *cobra.Command, _ []string) error { return exec(c, runCmd) }
-		parent.AddCommand(sub)
-	}
-	root.AddCommand(completionCmd())
+}
 
-	root.SetHelpFunc(func(c *cobra.Command, _ []string) { printHelp(c.OutOrStdout(), c) })
-	return root
+// subcommand is the cobra command of cmd, named name under its parent: it
+// takes no arguments, and its RunE hands cmd's function to exec.
+func subcommand(cmd command, name string, exec func(*cobra.Command, func(context.Context, *env) error) error) *cobra.Command {
+	sub := &cobra.Command{
+		Use:   strings.TrimSpace(name + " " + cmd.args),
+		Short: cmd.summary,
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("unexpected argument %q", args[0])
+			}
+			return nil
+		},
+		ValidArgsFunction: cobra.NoFileCompletions,
+	}
+	runCmd := cmd.setup(sub.Flags())
+	sub.RunE = func(c *cobra.Command, _ []string) error { return exec(c, runCmd) }
+	return sub
 }
 
 // printHelp writes the usage of c: its synopsis, summary, commands, flags

@@ -128,46 +128,59 @@ func defaultGlobals() globals {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	g := defaultGlobals()
 	var (
-		ran     bool // a command's own code ran: its errors are failures
-		cleanup func()
+		ran bool // a command's own code ran: its errors are failures
+		e   *env
 	)
 	defer func() {
-		if cleanup != nil {
-			cleanup()
+		if e != nil && e.client != nil {
+			e.client.Close()
 		}
 	}()
 	exec := func(c *cobra.Command, runCmd func(context.Context, *env) error) error {
-		// Environment fallbacks for global flags not given on the line.
-		if err := rcli.ApplyEnv(c.Root().PersistentFlags(), os.LookupEnv); err != nil {
-			return usagef("%s", oneLine(err.Error()))
-		}
-		e := &env{stdout: stdout, stderr: stderr, etcd: &g.etcd}
-		switch g.output {
-		case "text":
-		case "json":
-			e.json = true
-		default:
-			return usagef("-o %q: use text or json", g.output)
-		}
-		layout, err := schema.NewLayout(g.prefix)
+		ce, err := newEnv(c, &g, stdout, stderr)
 		if err != nil {
-			return usagef("--prefix: %v", err)
+			return err
 		}
-		e.layout = layout
-		if err := g.etcd.Validate(); err != nil {
-			return usagef("%v", err)
-		}
-		cleanup = func() {
-			if e.client != nil {
-				e.client.Close()
-			}
-		}
-		ran = true
+		e, ran = ce, true
 		return runCmd(ctx, e)
 	}
 	root := newRoot(&g, stdout, stderr, exec)
 	root.SetArgs(rcli.Normalize(args, flagLookup(root)))
 	c, err := root.ExecuteC()
+	return exitStatus(err, c, ran, stderr)
+}
+
+// newEnv checks the global flags of command c (given on the line, or from
+// the environment) and makes the env its code runs in; every error is a
+// usage error.
+func newEnv(c *cobra.Command, g *globals, stdout, stderr io.Writer) (*env, error) {
+	// Environment fallbacks for global flags not given on the line.
+	if err := rcli.ApplyEnv(c.Root().PersistentFlags(), os.LookupEnv); err != nil {
+		return nil, usagef("%s", oneLine(err.Error()))
+	}
+	e := &env{stdout: stdout, stderr: stderr, etcd: &g.etcd}
+	switch g.output {
+	case "text":
+	case "json":
+		e.json = true
+	default:
+		return nil, usagef("-o %q: use text or json", g.output)
+	}
+	layout, err := schema.NewLayout(g.prefix)
+	if err != nil {
+		return nil, usagef("--prefix: %v", err)
+	}
+	e.layout = layout
+	if err := g.etcd.Validate(); err != nil {
+		return nil, usagef("%v", err)
+	}
+	return e, nil
+}
+
+// exitStatus prints the error err of command c, if any, and returns the
+// exit status: a usage error (ours, pflag's, cobra's, or any error before
+// the command's code ran), a command's own exit code, or a failure.
+func exitStatus(err error, c *cobra.Command, ran bool, stderr io.Writer) int {
 	var ue *usageError
 	var code exitCode
 	switch {
@@ -185,15 +198,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		path := c.CommandPath()
 		fmt.Fprintf(stderr, "%s: %s\nRun '%s --help' for usage.\n", path, msg, path)
 		return rcli.ExitUsage
-	default:
-		msg := oneLine(etcdspace.Explain(err).Error())
-		var hinted *hintedError
-		if errors.Is(err, rpctypes.ErrPermissionDenied) && !errors.As(err, &hinted) {
-			msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"
-		}
-		fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
-		return rcli.ExitFailure
 	}
+	msg := oneLine(etcdspace.Explain(err).Error())
+	var hinted *hintedError
+	if errors.Is(err, rpctypes.ErrPermissionDenied) && !errors.As(err, &hinted) {
+		msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"
+	}
+	fmt.Fprintf(stderr, "resyncctl: %s\n", msg)
+	return rcli.ExitFailure
 }
 
 // hintedError is an error whose message already says which credentials

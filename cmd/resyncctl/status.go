@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/etcdspace"
@@ -42,84 +43,119 @@ type statusDoc struct {
 }
 
 func setupStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
-	return func(ctx context.Context, e *env) error {
-		c, ctx, cancel, err := e.connect(ctx)
-		if err != nil {
+	return runStatus
+}
+
+// runStatus is the status command: read the state, then print it.
+func runStatus(ctx context.Context, e *env) error {
+	c, ctx, cancel, err := e.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	doc, now, err := e.readStatus(ctx, c)
+	if err != nil {
+		return err
+	}
+	if e.json {
+		return writeJSON(e.stdout, doc)
+	}
+	printStatus(e, doc, now)
+	return nil
+}
+
+// readStatus reads the leader, the last round and its progress, and
+// etcd's storage use; now is when it read the round.
+func (e *env) readStatus(ctx context.Context, c *clientv3.Client) (doc statusDoc, now time.Time, err error) {
+	if doc.Leader, err = e.leader(ctx, c); err != nil {
+		return doc, now, err
+	}
+	rev, _, err := e.readRevision(ctx, c)
+	if err != nil {
+		return doc, now, err
+	}
+	now = time.Now()
+	if rev != nil {
+		if err := e.readRoundStatus(ctx, c, rev, now, &doc); err != nil {
+			return doc, now, err
+		}
+	}
+	doc.Storage = e.readStorage(ctx, c)
+	return doc, now, nil
+}
+
+// readRoundStatus fills doc with the revision record rev and the progress
+// of its round.
+func (e *env) readRoundStatus(ctx context.Context, c *clientv3.Client, rev *schema.Revision, now time.Time, doc *statusDoc) error {
+	doc.Revision, doc.State, doc.Cause, doc.Reason, doc.Scope = rev.Revision, rev.State, rev.Cause, rev.Reason, rev.Scope
+	doc.StartedAt, doc.Deadline, doc.FinishedAt, doc.RoundLeader = rev.StartedAt, rev.Deadline, rev.FinishedAt, rev.Leader
+	doc.AgeSeconds = now.Sub(rev.StartedAt).Seconds()
+	round, err := e.readRound(ctx, c, rev.Revision)
+	if err != nil {
+		return err
+	}
+	if e.json {
+		if doc.ScopeTargets, err = e.readScopeTargets(ctx, c, round); err != nil {
 			return err
 		}
-		defer cancel()
-		doc := statusDoc{}
-		if doc.Leader, err = e.leader(ctx, c); err != nil {
-			return err
-		}
-		rev, _, err := e.readRevision(ctx, c)
-		if err != nil {
-			return err
-		}
-		now := time.Now()
-		if rev != nil {
-			doc.Revision, doc.State, doc.Cause, doc.Reason, doc.Scope = rev.Revision, rev.State, rev.Cause, rev.Reason, rev.Scope
-			doc.StartedAt, doc.Deadline, doc.FinishedAt, doc.RoundLeader = rev.StartedAt, rev.Deadline, rev.FinishedAt, rev.Leader
-			doc.AgeSeconds = now.Sub(rev.StartedAt).Seconds()
-			round, err := e.readRound(ctx, c, rev.Revision)
-			if err != nil {
-				return err
-			}
-			if e.json {
-				if doc.ScopeTargets, err = e.readScopeTargets(ctx, c, round); err != nil {
-					return err
-				}
-			}
-			switch {
-			case round == nil:
-				e.warn("round %d has no readable record %s: progress unknown", rev.Revision, e.layout.Round(rev.Revision))
-			case round.State == schema.NotActive && round.Clean():
-				p := summaryProgress(round)
-				doc.Progress = &p
-			case round.State == schema.NotActive:
-				// Every failed, timed-out and departed participant, from
-				// the per-agent records.
-				recs, _, err := e.readParticipants(ctx, c, round.Revision)
-				if err != nil {
-					return err
-				}
-				p := summaryProgress(round)
-				if len(recs) > 0 {
-					v := coordinator.NewRoundView(*round, recs)
-					p = viewProgress(&v)
-				}
-				doc.Progress = &p
-			default:
-				_, parts, err := e.readParticipants(ctx, c, round.Revision)
-				if err != nil {
-					return err
-				}
-				regs, err := e.readRegistrations(ctx, c, 0)
-				if err != nil {
-					return err
-				}
-				acks, err := e.readAcks(ctx, c, 0)
-				if err != nil {
-					return err
-				}
-				p := computeProgress(round, parts, acks, liveSet(regs))
-				doc.Progress = &p
-			}
-		}
-		if u, err := etcdspace.Read(ctx, c); err != nil {
-			e.warn("etcd's database size is unknown: %v", err)
-		} else {
-			doc.Storage = &u
-			if u.Warning != "" {
-				e.warn("%s", u.Warning)
-			}
-		}
-		if e.json {
-			return writeJSON(e.stdout, doc)
-		}
-		printStatus(e, doc, now)
+	}
+	if round == nil {
+		e.warn("round %d has no readable record %s: progress unknown", rev.Revision, e.layout.Round(rev.Revision))
 		return nil
 	}
+	doc.Progress, err = e.readProgress(ctx, c, round)
+	return err
+}
+
+// readProgress counts round's participants: from its summary when it
+// completed clean, from the per-agent records (every failed, timed-out and
+// departed participant) when it finished otherwise, and from acks and
+// registrations while it runs.
+func (e *env) readProgress(ctx context.Context, c *clientv3.Client, round *schema.Round) (*progress, error) {
+	switch {
+	case round.State == schema.NotActive && round.Clean():
+		p := summaryProgress(round)
+		return &p, nil
+	case round.State == schema.NotActive:
+		recs, _, err := e.readParticipants(ctx, c, round.Revision)
+		if err != nil {
+			return nil, err
+		}
+		p := summaryProgress(round)
+		if len(recs) > 0 {
+			v := coordinator.NewRoundView(*round, recs)
+			p = viewProgress(&v)
+		}
+		return &p, nil
+	}
+	_, parts, err := e.readParticipants(ctx, c, round.Revision)
+	if err != nil {
+		return nil, err
+	}
+	regs, err := e.readRegistrations(ctx, c, 0)
+	if err != nil {
+		return nil, err
+	}
+	acks, err := e.readAcks(ctx, c, 0)
+	if err != nil {
+		return nil, err
+	}
+	p := computeProgress(round, parts, acks, liveSet(regs))
+	return &p, nil
+}
+
+// readStorage reads etcd's database size against its quota, warning when
+// it is unknown or past its warning level.
+func (e *env) readStorage(ctx context.Context, c *clientv3.Client) *etcdspace.Usage {
+	u, err := etcdspace.Read(ctx, c)
+	if err != nil {
+		e.warn("etcd's database size is unknown: %v", err)
+		return nil
+	}
+	if u.Warning != "" {
+		e.warn("%s", u.Warning)
+	}
+	return &u
 }
 
 func printStatus(e *env, d statusDoc, now time.Time) {
@@ -147,17 +183,23 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 	} else {
 		row(tw, "finished", timestamp(d.FinishedAt)+" ("+ago(d.FinishedAt, now)+", took "+roundDuration(d.FinishedAt.Sub(d.StartedAt)).String()+")")
 	}
-	if p := d.Progress; p != nil {
-		row(tw, "participants", p.Counts.Participants)
-		row(tw, "acked", p.Counts.Acked)
-		row(tw, "pending", withNames(p.Counts.Pending, p.Pending))
-		row(tw, "failed", withNames(p.Counts.Failed, p.Failed))
-		row(tw, "timed_out", withNames(p.Counts.TimedOut, p.TimedOut))
-		row(tw, "departed", withNames(p.Counts.Departed, p.Departed))
-		for _, id := range p.Failed {
-			if msg := p.Errors[id.String()]; msg != "" {
-				row(tw, "error "+id.String(), msg)
-			}
+	if d.Progress != nil {
+		printProgress(tw, d.Progress)
+	}
+}
+
+// printProgress prints a round's counts, the participants of each outcome
+// but acked, and each failure's error text.
+func printProgress(tw *tabwriter.Writer, p *progress) {
+	row(tw, "participants", p.Counts.Participants)
+	row(tw, "acked", p.Counts.Acked)
+	row(tw, "pending", withNames(p.Counts.Pending, p.Pending))
+	row(tw, "failed", withNames(p.Counts.Failed, p.Failed))
+	row(tw, "timed_out", withNames(p.Counts.TimedOut, p.TimedOut))
+	row(tw, "departed", withNames(p.Counts.Departed, p.Departed))
+	for _, id := range p.Failed {
+		if msg := p.Errors[id.String()]; msg != "" {
+			row(tw, "error "+id.String(), msg)
 		}
 	}
 }

@@ -160,52 +160,89 @@ func setupTrigger(fs *pflag.FlagSet) func(context.Context, *env) error {
 	return func(ctx context.Context, e *env) error { return trigger(ctx, e, o) }
 }
 
+// trigger is the trigger command in its four steps: build the request
+// from the flags, write it, and without --wait report it; with --wait,
+// wait for the round that serves it and report that round.
 func trigger(ctx context.Context, e *env, o triggerOpts) error {
-	o.reason = strings.TrimSpace(o.reason)
-	switch {
-	case o.reason == "":
-		return usagef("--reason is required: say why (it is shown by status and history)")
-	case o.wait && o.timeout <= 0:
-		return usagef("--timeout %v must be positive", o.timeout)
-	}
-	targets, err := o.targets()
+	req, val, err := o.request()
 	if err != nil {
-		return usagef("%v", err)
+		return err
 	}
-	if len(targets) > schema.MaxRequestTargets {
-		return usagef("%d targets: at most %d per request; trigger several times", len(targets), schema.MaxRequestTargets)
-	}
-	var scope schema.Scope
-	if len(targets) == 1 {
-		scope, targets = targets[0], nil
-	}
-	if o.who == "" {
-		host, err := os.Hostname()
-		if err != nil || host == "" {
-			host = "unknown"
-		}
-		o.who = "resyncctl@" + host
-	}
-	if len(o.who) > schema.MaxIDLen {
-		o.who = schema.Truncate(o.who, schema.MaxIDLen-20)
-	}
-	req := schema.Request{
-		Reason: schema.Truncate(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope, Targets: targets,
-		RequestedBy: o.who, RequestedAt: time.Now().UTC(),
-	}
-	val, err := schema.Encode(req)
-	if err != nil {
-		return usagef("%v", err)
-	}
-
 	c, cctx, cancel, err := e.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer cancel()
-	if len(targets) > 0 || !scope.All() {
-		if err := e.checkScope(cctx, c, append([]schema.Scope{scope}, targets...)); err != nil {
-			return err
+	doc, wrote, err := e.submit(cctx, c, req, val)
+	if err != nil {
+		return err
+	}
+	if !o.wait {
+		return e.reportRequested(doc, req)
+	}
+	final, err := e.awaitRound(ctx, cctx, c, req, doc, wrote, o.timeout)
+	if err != nil {
+		return err
+	}
+	return e.reportRound(doc, final)
+}
+
+// request builds the request from trigger's flags and encodes it; every
+// error is a usage error, found before resyncctl connects.
+func (o triggerOpts) request() (schema.Request, string, error) {
+	o.reason = strings.TrimSpace(o.reason)
+	switch {
+	case o.reason == "":
+		return schema.Request{}, "", usagef("--reason is required: say why (it is shown by status and history)")
+	case o.wait && o.timeout <= 0:
+		return schema.Request{}, "", usagef("--timeout %v must be positive", o.timeout)
+	}
+	targets, err := o.targets()
+	if err != nil {
+		return schema.Request{}, "", usagef("%v", err)
+	}
+	if len(targets) > schema.MaxRequestTargets {
+		return schema.Request{}, "", usagef("%d targets: at most %d per request; trigger several times", len(targets), schema.MaxRequestTargets)
+	}
+	var scope schema.Scope
+	if len(targets) == 1 {
+		scope, targets = targets[0], nil
+	}
+	req := schema.Request{
+		Reason: schema.Truncate(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope, Targets: targets,
+		RequestedBy: o.requester(), RequestedAt: time.Now().UTC(),
+	}
+	val, err := schema.Encode(req)
+	if err != nil {
+		return schema.Request{}, "", usagef("%v", err)
+	}
+	return req, string(val), nil
+}
+
+// requester is the request's requested_by: --who, or resyncctl@<hostname>,
+// cut to fit schema.MaxIDLen.
+func (o triggerOpts) requester() string {
+	who := o.who
+	if who == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "unknown"
+		}
+		who = "resyncctl@" + host
+	}
+	if len(who) > schema.MaxIDLen {
+		who = schema.Truncate(who, schema.MaxIDLen-20)
+	}
+	return who
+}
+
+// submit checks that the request's targets have live registrations and
+// writes it as an operator. It returns the document that reports the
+// request and the etcd revision of its write.
+func (e *env) submit(ctx context.Context, c *clientv3.Client, req schema.Request, val string) (triggerDoc, int64, error) {
+	if len(req.Targets) > 0 || !req.Scope.All() {
+		if err := e.checkScope(ctx, c, append([]schema.Scope{req.Scope}, req.Targets...)); err != nil {
+			return triggerDoc{}, 0, err
 		}
 	}
 	// resyncctl writes as an operator: the one rule of who may ask for
@@ -213,45 +250,59 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	// roles decide whether these credentials are an operator's.
 	writer := schema.Writer{Kind: schema.WriterOperator}
 	if err := req.AllowedFor(writer); err != nil {
-		return usagef("%v", err)
+		return triggerDoc{}, 0, usagef("%v", err)
 	}
 	id := schema.NewRequestID(time.Now())
 	key := e.layout.RequestOf(writer, id)
-	wrote, err := e.writeRequest(cctx, c, key, string(val))
+	wrote, err := e.writeRequest(ctx, c, key, val)
 	if errors.Is(err, rpctypes.ErrPermissionDenied) {
-		return permissionHint(fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
+		return triggerDoc{}, 0, permissionHint(fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
 			key, err, rbac.OperatorRole))
 	}
 	if err != nil {
-		return fmt.Errorf("write request %s: %w", key, err)
+		return triggerDoc{}, 0, fmt.Errorf("write request %s: %w", key, err)
 	}
-	doc := triggerDoc{Request: id, Key: key, Reason: req.Reason, Scope: scope, Targets: targets, RequestedBy: req.RequestedBy}
-	if !o.wait {
-		if e.json {
-			return writeJSON(e.stdout, doc)
-		}
-		fmt.Fprintf(e.stdout, "requested resync %s (scope %s): %s\n", id, req.ScopeText(), req.Reason)
-		return nil
+	doc := triggerDoc{Request: id, Key: key, Reason: req.Reason, Scope: req.Scope, Targets: req.Targets, RequestedBy: req.RequestedBy}
+	return doc, wrote, nil
+}
+
+// reportRequested reports a request written without --wait.
+func (e *env) reportRequested(doc triggerDoc, req schema.Request) error {
+	if e.json {
+		return writeJSON(e.stdout, doc)
 	}
-	// Progress is output in text mode; with -o json stdout carries only the
-	// final document.
+	fmt.Fprintf(e.stdout, "requested resync %s (scope %s): %s\n", doc.Request, req.ScopeText(), req.Reason)
+	return nil
+}
+
+// awaitRound follows etcd from the request's write (etcd revision wrote)
+// until the round that consumed it finished, within timeout, and reads
+// that round's view. Progress is output in text mode; with -o json it
+// goes to stderr, so that stdout carries only the final document.
+func (e *env) awaitRound(ctx, cctx context.Context, c *clientv3.Client, req schema.Request, doc triggerDoc, wrote int64, timeout time.Duration) (*coordinator.RoundView, error) {
 	progressOut := e.stdout
 	if e.json {
 		progressOut = e.stderr
 	}
-	fmt.Fprintf(progressOut, "requested resync %s (scope %s): %s\n", id, req.ScopeText(), req.Reason)
-	w := &waiter{e: e, c: c, out: progressOut, reqKey: key, rev: wrote}
-	summary, err := w.wait(ctx, o.timeout)
+	fmt.Fprintf(progressOut, "requested resync %s (scope %s): %s\n", doc.Request, req.ScopeText(), req.Reason)
+	w := &waiter{e: e, c: c, out: progressOut, reqKey: doc.Key, rev: wrote}
+	summary, err := w.wait(ctx, timeout)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	final, err := e.readView(cctx, c, summary.Revision)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if final == nil || final.Revision != summary.Revision {
 		final = &coordinator.RoundView{Round: *summary}
 	}
+	return final, nil
+}
+
+// reportRound reports the round that served the request; it fails with
+// rcli.ExitFailure unless the round completed clean.
+func (e *env) reportRound(doc triggerDoc, final *coordinator.RoundView) error {
 	clean := final.Clean()
 	doc.Revision, doc.Clean, doc.Round = final.Revision, &clean, final
 	if e.json {
@@ -261,18 +312,18 @@ func trigger(ctx context.Context, e *env, o triggerOpts) error {
 	} else {
 		printFinal(e.stdout, final)
 	}
-	if !clean {
-		var bad []string
-		for _, id := range final.Failed {
-			bad = append(bad, "failed "+id.String())
-		}
-		for _, id := range final.TimedOut {
-			bad = append(bad, "timed out "+id.String())
-		}
-		e.warn("round %d did not complete clean: %s (the coordinator plans a retry round)", final.Revision, listFirst(bad, 10))
-		return exitCode(rcli.ExitFailure)
+	if clean {
+		return nil
 	}
-	return nil
+	var bad []string
+	for _, id := range final.Failed {
+		bad = append(bad, "failed "+id.String())
+	}
+	for _, id := range final.TimedOut {
+		bad = append(bad, "timed out "+id.String())
+	}
+	e.warn("round %d did not complete clean: %s (the coordinator plans a retry round)", final.Revision, listFirst(bad, 10))
+	return exitCode(rcli.ExitFailure)
 }
 
 // writeRequest writes the request key once, retrying transient etcd errors
@@ -479,21 +530,7 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	// listwatch follows the prefix from the request's write (Since: load
-	// read the state at it) and re-lists when compaction took the history;
-	// its events come here, where the heartbeat interleaves with them.
-	events := make(chan listwatch.Event)
-	done := make(chan error, 1)
-	go func() {
-		done <- listwatch.Run(wctx, w.c, w.e.layout.Prefix(), listwatch.Options{Prefix: true, Since: w.rev}, func(ev listwatch.Event) error {
-			select {
-			case events <- ev:
-				return nil
-			case <-wctx.Done():
-				return wctx.Err()
-			}
-		})
-	}()
+	events, done := w.follow(wctx)
 	defer func() {
 		cancel()
 		<-done
@@ -523,6 +560,27 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round
 			}
 		}
 	}
+}
+
+// follow starts the goroutine that follows the prefix with listwatch from
+// the request's write (Since: load read the state at it), re-listing when
+// compaction took the history. Its events come on events, where the
+// heartbeat interleaves with them; its end comes on done, once, after
+// ctx ends or on an error: the caller cancels ctx and receives from done.
+func (w *waiter) follow(ctx context.Context) (<-chan listwatch.Event, chan error) {
+	events := make(chan listwatch.Event)
+	done := make(chan error, 1)
+	go func() {
+		done <- listwatch.Run(ctx, w.c, w.e.layout.Prefix(), listwatch.Options{Prefix: true, Since: w.rev}, func(ev listwatch.Event) error {
+			select {
+			case events <- ev:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	return events, done
 }
 
 // handle follows one listwatch event: the changes of one watch response, or
@@ -584,18 +642,7 @@ func (w *waiter) apply(ev *clientv3.Event) error {
 	key := string(ev.Kv.Key)
 	del := ev.Type == clientv3.EventTypeDelete
 	if key == w.reqKey {
-		if !del || w.consumed != 0 {
-			return nil
-		}
-		if n, ok := w.started[ev.Kv.ModRevision]; ok {
-			w.consumed = n
-		} else if w.last != 0 {
-			w.consumed = w.last
-		} else {
-			return fmt.Errorf("request %s was deleted before any round started (by hand?): no round serves it", key)
-		}
-		w.line(fmt.Sprintf("round %d started for the request", w.consumed))
-		return nil
+		return w.applyRequest(ev, del)
 	}
 	k, err := w.e.layout.Parse(key)
 	if err != nil {
@@ -604,70 +651,89 @@ func (w *waiter) apply(ev *clientv3.Event) error {
 		}
 		return nil
 	}
-	switch k.Kind {
+	id := schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}
+	switch {
+	case k.Kind == schema.KindAck && del:
+		delete(w.acks, id)
+	case k.Kind == schema.KindRegistration && del:
+		delete(w.live, id)
+	case del:
+	default:
+		err = w.applyPut(k.Kind, id, ev.Kv)
+	}
+	if err != nil {
+		w.e.skipped(err)
+	}
+	return nil
+}
+
+// applyRequest follows the request key: its deletion names the round that
+// consumed it.
+func (w *waiter) applyRequest(ev *clientv3.Event, del bool) error {
+	if !del || w.consumed != 0 {
+		return nil
+	}
+	if n, ok := w.started[ev.Kv.ModRevision]; ok {
+		w.consumed = n
+	} else if w.last != 0 {
+		w.consumed = w.last
+	} else {
+		return fmt.Errorf("request %s was deleted before any round started (by hand?): no round serves it", w.reqKey)
+	}
+	w.line(fmt.Sprintf("round %d started for the request", w.consumed))
+	return nil
+}
+
+// applyPut follows the write of a key of kind (id names its plugin for
+// acks and registrations); an error is a value it could not decode.
+func (w *waiter) applyPut(kind schema.Kind, id schema.PluginID, kv *mvccpb.KeyValue) error {
+	key := string(kv.Key)
+	switch kind {
 	case schema.KindRevision:
-		if del {
-			return nil
-		}
-		r, err := w.e.layout.DecodeRevision(key, ev.Kv.Value)
+		r, err := w.e.layout.DecodeRevision(key, kv.Value)
 		if err != nil {
-			w.e.skipped(err)
-			return nil
+			return err
 		}
 		if r.State == schema.Started {
-			w.started[ev.Kv.ModRevision] = r.Revision
+			w.started[kv.ModRevision] = r.Revision
 			w.last = max(w.last, r.Revision)
 		}
 	case schema.KindRound:
-		if del {
-			return nil
-		}
-		r, err := w.e.layout.DecodeRound(key, ev.Kv.Value)
+		r, err := w.e.layout.DecodeRound(key, kv.Value)
 		if err != nil {
-			w.e.skipped(err)
-			return nil
+			return err
 		}
 		w.records[r.Revision] = &r
 		if r.Revision == w.consumed && r.State == schema.NotActive {
 			w.final = &r
 		}
 	case schema.KindRoundAgent:
-		if del {
-			return nil
-		}
-		ra, err := w.e.layout.DecodeRoundAgent(key, ev.Kv.Value)
-		if err != nil {
-			w.e.skipped(err)
-			return nil
-		}
-		if ra.State == schema.Started {
-			for _, p := range ra.Plugins {
-				w.parts[ra.Revision] = append(w.parts[ra.Revision], schema.PluginID{Agent: ra.Agent, Plugin: p})
-			}
-		}
+		return w.applyRoundAgent(key, kv.Value)
 	case schema.KindAck:
-		id := schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}
-		if del {
-			delete(w.acks, id)
-			return nil
-		}
-		_, a, err := w.e.decodeAck(ev.Kv)
+		_, a, err := w.e.decodeAck(kv)
 		if err != nil {
-			w.e.skipped(err)
-			return nil
+			return err
 		}
 		w.acks[id] = a
 	case schema.KindRegistration:
-		id := schema.PluginID{Agent: k.Agent, Plugin: k.Plugin}
-		if del {
-			delete(w.live, id)
-			return nil
-		}
-		if _, err := w.e.decodeRegistration(ev.Kv); err != nil {
-			w.e.skipped(err)
-			return nil
+		if _, err := w.e.decodeRegistration(kv); err != nil {
+			return err
 		}
 		w.live[id] = true
+	}
+	return nil
+}
+
+// applyRoundAgent records the participants of a round's agent record.
+func (w *waiter) applyRoundAgent(key string, value []byte) error {
+	ra, err := w.e.layout.DecodeRoundAgent(key, value)
+	if err != nil {
+		return err
+	}
+	if ra.State == schema.Started {
+		for _, p := range ra.Plugins {
+			w.parts[ra.Revision] = append(w.parts[ra.Revision], schema.PluginID{Agent: ra.Agent, Plugin: p})
+		}
 	}
 	return nil
 }

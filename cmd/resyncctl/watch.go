@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/listwatch"
@@ -61,30 +62,7 @@ type streamer struct {
 
 func (s *streamer) handle(ev listwatch.Event) error {
 	if ev.Reset {
-		// Start, or the watched history was compacted: print the current
-		// revision and leader, not the whole state.
-		if s.synced {
-			s.print(watchLine{Kind: "note", Event: "current"}, "history compacted: re-synced at etcd revision "+itoa(int(ev.Revision)))
-		}
-		s.synced = true
-		found := false
-		for _, kv := range ev.Kvs {
-			if string(kv.Key) != s.e.layout.Revision() {
-				continue
-			}
-			r, err := s.e.layout.DecodeRevision(string(kv.Key), kv.Value)
-			if err != nil {
-				s.e.skipped(err)
-				break
-			}
-			found = true
-			s.print(watchLine{Kind: "revision", Event: "current", Key: string(kv.Key), Revision: &r}, revisionText(&r))
-		}
-		if !found {
-			s.print(watchLine{Kind: "revision", Event: "current"}, "none yet")
-		}
-		s.leader = ""
-		s.checkLeader(true)
+		s.reset(ev)
 		return nil
 	}
 	for _, e := range ev.Changes {
@@ -93,6 +71,35 @@ func (s *streamer) handle(ev listwatch.Event) error {
 	return nil
 }
 
+// reset follows the start, or a compaction of the watched history: it
+// prints the current revision and leader, not the whole state.
+func (s *streamer) reset(ev listwatch.Event) {
+	if s.synced {
+		s.print(watchLine{Kind: "note", Event: "current"}, "history compacted: re-synced at etcd revision "+itoa(int(ev.Revision)))
+	}
+	s.synced = true
+	found := false
+	for _, kv := range ev.Kvs {
+		if string(kv.Key) != s.e.layout.Revision() {
+			continue
+		}
+		r, err := s.e.layout.DecodeRevision(string(kv.Key), kv.Value)
+		if err != nil {
+			s.e.skipped(err)
+			break
+		}
+		found = true
+		s.print(watchLine{Kind: "revision", Event: "current", Key: string(kv.Key), Revision: &r}, revisionText(&r))
+	}
+	if !found {
+		s.print(watchLine{Kind: "revision", Event: "current"}, "none yet")
+	}
+	s.leader = ""
+	s.checkLeader(true)
+}
+
+// change prints one change of a key, by its kind. A value that does not
+// decode is skipped with a warning.
 func (s *streamer) change(ev *clientv3.Event) {
 	key := string(ev.Kv.Key)
 	del := ev.Type == clientv3.EventTypeDelete
@@ -107,71 +114,91 @@ func (s *streamer) change(ev *clientv3.Event) {
 	case schema.KindElection:
 		s.checkLeader(false)
 	case schema.KindRevision:
-		if del {
-			s.print(watchLine{Kind: "revision", Event: "delete", Key: key}, "deleted (the leader writes it again)")
-			return
-		}
-		r, err := s.e.layout.DecodeRevision(key, ev.Kv.Value)
-		if err != nil {
-			s.e.skipped(err)
-			return
-		}
-		s.print(watchLine{Kind: "revision", Event: "put", Key: key, Revision: &r}, revisionText(&r))
+		err = s.changeRevision(key, ev.Kv, del)
 	case schema.KindRound:
-		if del {
-			return // history pruning
-		}
-		r, err := s.e.layout.DecodeRound(key, ev.Kv.Value)
-		if err != nil {
-			s.e.skipped(err)
-			return
-		}
-		if r.State != schema.NotActive {
-			return // the revision line says it started
-		}
 		// rounds/<N>/agents/ and rounds/<N>/scope/ keys (KindRoundAgent,
 		// KindRoundScope) are not printed: the summary counts them.
-		s.print(watchLine{Kind: "round", Event: "put", Key: key, Round: &r}, roundText(&r))
+		if !del { // a delete is history pruning
+			err = s.changeRound(key, ev.Kv)
+		}
 	case schema.KindAck:
-		if del {
-			return // the agent's lease went away: registration lines say so
+		if !del { // a delete: the agent's lease went away; registration lines say so
+			err = s.changeAck(key, ev.Kv)
 		}
-		id, a, err := s.e.decodeAck(ev.Kv)
-		if err != nil {
-			s.e.skipped(err)
-			return
-		}
-		text := fmt.Sprintf("%s revision=%d result=%s", id, a.Revision, a.Result)
-		if a.Error != "" {
-			text += " error=" + quote(a.Error)
-		}
-		s.print(watchLine{Kind: "ack", Event: "put", Key: key, Agent: id.Agent, Plugin: id.Plugin, Ack: &a}, text)
 	case schema.KindRegistration:
-		if del {
-			s.print(watchLine{Kind: "registration", Event: "delete", Key: key, Agent: k.Agent, Plugin: k.Plugin},
-				fmt.Sprintf("%s/%s gone", k.Agent, k.Plugin))
-			return
-		}
-		r, err := s.e.decodeRegistration(ev.Kv)
-		if err != nil {
-			s.e.skipped(err)
-			return
-		}
-		s.print(watchLine{Kind: "registration", Event: "put", Key: key, Agent: r.Agent, Plugin: r.Plugin, Registration: &r.Registration},
-			fmt.Sprintf("%s registered order=%d lease=%x", r.ID(), r.Order, int64(r.Lease)))
+		err = s.changeRegistration(k, key, ev.Kv, del)
 	case schema.KindRequest:
-		if del {
-			s.print(watchLine{Kind: "request", Event: "delete", Key: key, RequestID: k.ID}, k.ID+" consumed")
-			return
-		}
-		_, r, err := s.e.layout.DecodeRequest(key, ev.Kv.Value)
-		if err != nil {
-			s.e.skipped(err)
-			return
-		}
-		s.print(watchLine{Kind: "request", Event: "put", Key: key, RequestID: k.ID, Request: &r},
-			fmt.Sprintf("%s cause=%s scope=%s by=%s reason=%s", k.ID, r.Cause, strings.ReplaceAll(r.ScopeText(), " ", ":"), r.RequestedBy, quote(r.Reason)))
+		err = s.changeRequest(k, key, ev.Kv, del)
 	}
+	if err != nil {
+		s.e.skipped(err)
+	}
+}
+
+func (s *streamer) changeRevision(key string, kv *mvccpb.KeyValue, del bool) error {
+	if del {
+		s.print(watchLine{Kind: "revision", Event: "delete", Key: key}, "deleted (the leader writes it again)")
+		return nil
+	}
+	r, err := s.e.layout.DecodeRevision(key, kv.Value)
+	if err != nil {
+		return err
+	}
+	s.print(watchLine{Kind: "revision", Event: "put", Key: key, Revision: &r}, revisionText(&r))
+	return nil
+}
+
+// changeRound prints a round's summary when it finished (the revision
+// line says it started).
+func (s *streamer) changeRound(key string, kv *mvccpb.KeyValue) error {
+	r, err := s.e.layout.DecodeRound(key, kv.Value)
+	if err != nil || r.State != schema.NotActive {
+		return err
+	}
+	s.print(watchLine{Kind: "round", Event: "put", Key: key, Round: &r}, roundText(&r))
+	return nil
+}
+
+func (s *streamer) changeAck(key string, kv *mvccpb.KeyValue) error {
+	id, a, err := s.e.decodeAck(kv)
+	if err != nil {
+		return err
+	}
+	text := fmt.Sprintf("%s revision=%d result=%s", id, a.Revision, a.Result)
+	if a.Error != "" {
+		text += " error=" + quote(a.Error)
+	}
+	s.print(watchLine{Kind: "ack", Event: "put", Key: key, Agent: id.Agent, Plugin: id.Plugin, Ack: &a}, text)
+	return nil
+}
+
+func (s *streamer) changeRegistration(k schema.Key, key string, kv *mvccpb.KeyValue, del bool) error {
+	if del {
+		s.print(watchLine{Kind: "registration", Event: "delete", Key: key, Agent: k.Agent, Plugin: k.Plugin},
+			fmt.Sprintf("%s/%s gone", k.Agent, k.Plugin))
+		return nil
+	}
+	r, err := s.e.decodeRegistration(kv)
+	if err != nil {
+		return err
+	}
+	s.print(watchLine{Kind: "registration", Event: "put", Key: key, Agent: r.Agent, Plugin: r.Plugin, Registration: &r.Registration},
+		fmt.Sprintf("%s registered order=%d lease=%x", r.ID(), r.Order, int64(r.Lease)))
+	return nil
+}
+
+func (s *streamer) changeRequest(k schema.Key, key string, kv *mvccpb.KeyValue, del bool) error {
+	if del {
+		s.print(watchLine{Kind: "request", Event: "delete", Key: key, RequestID: k.ID}, k.ID+" consumed")
+		return nil
+	}
+	_, r, err := s.e.layout.DecodeRequest(key, kv.Value)
+	if err != nil {
+		return err
+	}
+	s.print(watchLine{Kind: "request", Event: "put", Key: key, RequestID: k.ID, Request: &r},
+		fmt.Sprintf("%s cause=%s scope=%s by=%s reason=%s", k.ID, r.Cause, strings.ReplaceAll(r.ScopeText(), " ", ":"), r.RequestedBy, quote(r.Reason)))
+	return nil
 }
 
 // checkLeader prints the leader when it changed (or always when force).

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/cli"
@@ -78,29 +79,10 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	}}
 	o.etcd.Register(fs)
 	fs.Lookup("endpoints").Usage = "etcd client endpoints of an existing cluster (comma-separated host:port); unset: resyncd starts an embedded etcd"
-	fs.StringVar(&o.dataDir, "data-dir", "resyncd.etcd", "data dir of the embedded etcd (used when --endpoints is not set)")
-	fs.StringVar(&o.clientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL the embedded etcd serves (https:// with --embed-cert-file)")
-	fs.StringVar(&o.peerURL, "listen-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
-	fs.StringVar(&o.embedCert, "embed-cert-file", "", "serve the embedded etcd's clients over TLS with this certificate")
-	fs.StringVar(&o.embedKey, "embed-key-file", "", "key of --embed-cert-file")
-	fs.StringVar(&o.embedCA, "embed-trusted-ca-file", "", "CA that signs client certificates of the embedded etcd")
-	fs.BoolVar(&o.embedClientTLS, "embed-client-cert-auth", false, "require client certificates signed by --embed-trusted-ca-file")
-	fs.StringVar(&o.storage.compactionMode, "auto-compaction-mode", o.storage.compactionMode, "embedded etcd: compact history by age (periodic) or by count (revision)")
-	fs.StringVar(&o.storage.compactionRetention, "auto-compaction-retention", o.storage.compactionRetention, "embedded etcd: history kept: a duration with periodic (a bare integer is hours), a revision count with revision; 0 turns compaction off")
-	fs.Int64Var(&o.storage.quota, "quota-backend-bytes", o.storage.quota, "embedded etcd: database quota in bytes; past it etcd raises NOSPACE and refuses writes")
-	fs.DurationVar(&o.storage.compactionInterval, "compaction-interval", 0, "external etcd (--endpoints): the leader compacts every interval to the revision seen one interval earlier; 0 (default) never compacts")
+	embedFlags(fs, o)
 	fs.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:9090", "address of /metrics, /healthz, /readyz, /status")
 	fs.BoolVar(&o.httpPublic, "http-public", false, "allow --http-addr on a non-loopback address (it has no authentication)")
-	defaultID := o.coord.ID
-	o.coord.ID = "" // --help shows no per-process default
-	fs.StringVar(&o.coord.ID, "id", "", "coordinator id, written in every record it makes; unset: <hostname>-<pid>")
-	fs.StringVar(&o.coord.Prefix, "prefix", o.coord.Prefix, "etcd key prefix")
-	fs.DurationVar(&o.coord.SessionTTL, "session-ttl", o.coord.SessionTTL, "election session TTL: crash failover bound")
-	fs.DurationVar(&o.coord.RoundDeadline, "round-deadline", o.coord.RoundDeadline, "participants still pending then are timed out")
-	fs.DurationVar(&o.coord.CoalesceWindow, "coalesce-window", o.coord.CoalesceWindow, "wait this long after a request for more to merge")
-	fs.DurationVar(&o.coord.BackoffMin, "backoff-min", o.coord.BackoffMin, "first retry delay after a failed round or a reported error, per agent")
-	fs.DurationVar(&o.coord.BackoffMax, "backoff-max", o.coord.BackoffMax, "retry delay cap (the delay doubles per error-triggered round of an agent's streak; the streak ends after 2 x backoff-max without errors)")
-	fs.IntVar(&o.coord.History, "history", o.coord.History, "round summaries kept under rounds/")
+	defaultID := coordFlags(fs, &o.coord)
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 5*time.Second, "bound on SIGINT/SIGTERM shutdown (resign, HTTP, etcd client), also while etcd is unreachable; the embedded etcd's own stop comes after it")
 	fs.StringVar(&o.probe, "probe", "", "probe mode: GET this URL, exit 0 on 200 (a healthcheck for images without a shell)")
 	o.log.Register(fs)
@@ -117,6 +99,38 @@ func parse(args []string, stderr io.Writer) (*options, bool, error) {
 	return o, o.set["endpoints"], nil
 }
 
+// embedFlags registers the embedded etcd's flags: data dir, URLs, TLS,
+// compaction and quota.
+func embedFlags(fs *pflag.FlagSet, o *options) {
+	fs.StringVar(&o.dataDir, "data-dir", "resyncd.etcd", "data dir of the embedded etcd (used when --endpoints is not set)")
+	fs.StringVar(&o.clientURL, "listen-client-url", "http://127.0.0.1:2379", "client URL the embedded etcd serves (https:// with --embed-cert-file)")
+	fs.StringVar(&o.peerURL, "listen-peer-url", "http://127.0.0.1:2380", "peer URL of the embedded etcd")
+	fs.StringVar(&o.embedCert, "embed-cert-file", "", "serve the embedded etcd's clients over TLS with this certificate")
+	fs.StringVar(&o.embedKey, "embed-key-file", "", "key of --embed-cert-file")
+	fs.StringVar(&o.embedCA, "embed-trusted-ca-file", "", "CA that signs client certificates of the embedded etcd")
+	fs.BoolVar(&o.embedClientTLS, "embed-client-cert-auth", false, "require client certificates signed by --embed-trusted-ca-file")
+	fs.StringVar(&o.storage.compactionMode, "auto-compaction-mode", o.storage.compactionMode, "embedded etcd: compact history by age (periodic) or by count (revision)")
+	fs.StringVar(&o.storage.compactionRetention, "auto-compaction-retention", o.storage.compactionRetention, "embedded etcd: history kept: a duration with periodic (a bare integer is hours), a revision count with revision; 0 turns compaction off")
+	fs.Int64Var(&o.storage.quota, "quota-backend-bytes", o.storage.quota, "embedded etcd: database quota in bytes; past it etcd raises NOSPACE and refuses writes")
+	fs.DurationVar(&o.storage.compactionInterval, "compaction-interval", 0, "external etcd (--endpoints): the leader compacts every interval to the revision seen one interval earlier; 0 (default) never compacts")
+}
+
+// coordFlags registers the coordinator's flags on cfg, with cfg's values as
+// defaults, and returns the default id (shown by --help as unset).
+func coordFlags(fs *pflag.FlagSet, cfg *coordinator.Config) (defaultID string) {
+	defaultID = cfg.ID
+	cfg.ID = "" // --help shows no per-process default
+	fs.StringVar(&cfg.ID, "id", "", "coordinator id, written in every record it makes; unset: <hostname>-<pid>")
+	fs.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "etcd key prefix")
+	fs.DurationVar(&cfg.SessionTTL, "session-ttl", cfg.SessionTTL, "election session TTL: crash failover bound")
+	fs.DurationVar(&cfg.RoundDeadline, "round-deadline", cfg.RoundDeadline, "participants still pending then are timed out")
+	fs.DurationVar(&cfg.CoalesceWindow, "coalesce-window", cfg.CoalesceWindow, "wait this long after a request for more to merge")
+	fs.DurationVar(&cfg.BackoffMin, "backoff-min", cfg.BackoffMin, "first retry delay after a failed round or a reported error, per agent")
+	fs.DurationVar(&cfg.BackoffMax, "backoff-max", cfg.BackoffMax, "retry delay cap (the delay doubles per error-triggered round of an agent's streak; the streak ends after 2 x backoff-max without errors)")
+	fs.IntVar(&cfg.History, "history", cfg.History, "round summaries kept under rounds/")
+	return defaultID
+}
+
 // run is resyncd; it returns the exit code. Errors are one line on stderr.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, external, err := parse(args, stderr)
@@ -131,37 +145,40 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return probe(ctx, o.probe, stdout, stderr)
 	}
 	log, err := o.log.Logger(stderr)
+	if err == nil {
+		err = check(o, external)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
 		return cli.ExitUsage
-	}
-	if err := o.coord.Validate(); err != nil {
-		fmt.Fprintln(stderr, "resyncd:", err)
-		return cli.ExitUsage
-	}
-	if o.shutdown <= 0 {
-		fmt.Fprintf(stderr, "resyncd: --shutdown-timeout %v must be positive (for example 5s)\n", o.shutdown)
-		return cli.ExitUsage
-	}
-	if err := checkHTTPAddr(o.httpAddr, o.httpPublic); err != nil {
-		fmt.Fprintln(stderr, "resyncd:", err)
-		return cli.ExitUsage
-	}
-	if err := checkStorage(o, external); err != nil {
-		fmt.Fprintln(stderr, "resyncd:", err)
-		return cli.ExitUsage
-	}
-	if !external {
-		if err := checkEmbedTLS(o); err != nil {
-			fmt.Fprintln(stderr, "resyncd:", err)
-			return cli.ExitUsage
-		}
 	}
 	if err := serve(ctx, o, external, log); err != nil {
 		fmt.Fprintln(stderr, "resyncd:", err)
 		return cli.ExitFailure
 	}
 	return cli.ExitOK
+}
+
+// check checks the options that parsing cannot: the coordinator's config,
+// the shutdown budget, the HTTP address, storage and the embedded etcd's
+// TLS.
+func check(o *options, external bool) error {
+	if err := o.coord.Validate(); err != nil {
+		return err
+	}
+	if o.shutdown <= 0 {
+		return fmt.Errorf("--shutdown-timeout %v must be positive (for example 5s)", o.shutdown)
+	}
+	if err := checkHTTPAddr(o.httpAddr, o.httpPublic); err != nil {
+		return err
+	}
+	if err := checkStorage(o, external); err != nil {
+		return err
+	}
+	if external {
+		return nil
+	}
+	return checkEmbedTLS(o)
 }
 
 // checkHTTPAddr keeps the unauthenticated HTTP endpoints on loopback unless
@@ -236,53 +253,28 @@ func checkEmbedTLS(o *options) error {
 	return nil
 }
 
+// serve runs resyncd until ctx ends or the embedded etcd or the HTTP
+// server fails: the embedded etcd (without --endpoints), the client, the
+// coordinator, the storage monitor (and compactor), the HTTP server; then
+// it shuts them down in the reverse order.
 func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) error {
 	var etcdErr <-chan error
 	if !external {
-		dir, _ := filepath.Abs(o.dataDir)
-		etcdLog := newEtcdLog(log.WithField("component", "etcd"))
-		srv, err := embedetcd.Start(ctx, embedetcd.Config{
-			Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL, Front: true,
-			Logger: etcdLog.Logger(),
-			TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
-
-			// Compaction and quota: docs/storage.md, Storage and compaction.
-			AutoCompactionMode: o.storage.compactionMode, AutoCompactionRetention: o.storage.compactionRetention, QuotaBackendBytes: o.storage.quota,
-		})
+		stop, errc, err := startEmbeddedEtcd(ctx, o, log)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			etcdLog.Closing()
-			srv.Close()
-			log.Info("resyncd: embedded etcd stopped")
-		}()
-		etcdErr = srv.Err()
-		scheme := "http://"
-		if o.embedCert != "" {
-			scheme = "https://"
-		}
-		o.etcd.Endpoints = scheme + selfEndpoint(srv.Endpoint())
-		log.WithField("endpoint", srv.Endpoint()).WithField("data_dir", dir).Info("resyncd: embedded etcd serving")
+		defer stop()
+		etcdErr = errc
 	}
 	c, err := o.etcd.Dial(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := metrics.New(reg)
+	co, m, reg, err := newCoordinator(c, o, log)
 	if err != nil {
 		return err
-	}
-	co, err := coordinator.New(c, o.coord, coordinator.WithLogger(log), coordinator.WithHooks(m))
-	if err != nil {
-		return err
-	}
-	if err := metrics.RegisterTerm(reg, func() int64 { return co.Status().Term }); err != nil {
-		return errors.Join(err, co.Close())
 	}
 	layout, _ := schema.NewLayout(o.coord.Prefix)
 	mctx, mstop := context.WithCancel(context.Background())
@@ -291,44 +283,8 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 		mstop()
 		mwg.Wait()
 	}()
-	slog := log.WithField("component", "storage")
-	// Automatic defragmentation must not outlast the shortest session it
-	// blocks: the coordinator's, or the agents' (their default; an agent
-	// with a shorter TTL is the operator's choice to document).
-	sessionTTL := min(o.coord.SessionTTL, registry.DefaultConfig("").TTL)
-	mon := &etcdspace.Monitor{Client: c, Maintain: !external && storageMaintain, Log: slog,
-		Interval: storageCheckInterval, DefragMinInterval: storageDefragMinInterval, SessionTTL: sessionTTL,
-		Published: func(u etcdspace.Usage) { m.EtcdDB(u.Size, u.InUse, u.Quota, u.Exhausted) }}
-	mwg.Add(1)
-	go func() {
-		defer mwg.Done()
-		mon.Run(mctx)
-	}()
-	if external && o.storage.compactionInterval > 0 {
-		k := &etcdspace.Compactor{Client: c, Interval: o.storage.compactionInterval, Key: layout.Revision(), Log: slog,
-			Leading: func() bool { return co.Status().Leading }}
-		mwg.Add(1)
-		go func() {
-			defer mwg.Done()
-			k.Run(mctx)
-		}()
-	}
-	if external {
-		slog.WithField("compaction_interval", o.storage.compactionInterval).Info("resyncd: external etcd: compaction by resyncd is " + onOff(o.storage.compactionInterval > 0))
-	} else {
-		limit, pause := mon.DefragLimit()
-		slog.WithFields(logrus.Fields{"auto_compaction_mode": o.storage.compactionMode, "auto_compaction_retention": o.storage.compactionRetention,
-			"quota_backend_bytes": o.storage.quota, "defrag_max_in_use": etcdspace.Bytes(limit), "defrag_max_pause": pause, "session_ttl": sessionTTL}).
-			Info("resyncd: embedded etcd compacts, defragments and recovers from NOSPACE by itself (defragmenting only within 1/4 of the shortest session TTL)")
-	}
-	h := &handlers{co: co, c: c, layout: layout, reg: reg, timeout: 2 * time.Second, storage: mon, fatal: func() error {
-		select {
-		case err := <-etcdErr:
-			return fmt.Errorf("embedded etcd failed: %w", err)
-		default:
-			return nil
-		}
-	}}
+	mon := startStorage(mctx, &mwg, o, external, c, co, m, layout, log)
+	h := &handlers{co: co, c: c, layout: layout, reg: reg, timeout: 2 * time.Second, storage: mon, fatal: embeddedFailed(etcdErr)}
 	ln, err := net.Listen("tcp", o.httpAddr)
 	if err != nil {
 		return errors.Join(fmt.Errorf("--http-addr %s: %w", o.httpAddr, err), co.Close())
@@ -338,17 +294,123 @@ func serve(ctx context.Context, o *options, external bool, log *logrus.Logger) e
 	go func() { httpErr <- hs.Serve(ln) }()
 	log.WithField("http", ln.Addr().String()).WithField("id", co.ID()).Info("resyncd: running")
 
-	var runErr error
+	runErr := waitEnd(ctx, etcdErr, httpErr, log)
+	shutdown(co, hs, o.shutdown, log)
+	return runErr
+}
+
+// startEmbeddedEtcd starts the embedded etcd and points o.etcd at it. stop
+// stops it; errc reports its failure.
+func startEmbeddedEtcd(ctx context.Context, o *options, log *logrus.Logger) (stop func(), errc <-chan error, err error) {
+	dir, _ := filepath.Abs(o.dataDir)
+	etcdLog := newEtcdLog(log.WithField("component", "etcd"))
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{
+		Name: "resyncd", Dir: dir, ClientURL: o.clientURL, PeerURL: o.peerURL, Front: true,
+		Logger: etcdLog.Logger(),
+		TLS:    embedetcd.TLS{CertFile: o.embedCert, KeyFile: o.embedKey, TrustedCAFile: o.embedCA, ClientCertAuth: o.embedClientTLS},
+
+		// Compaction and quota: docs/storage.md, Storage and compaction.
+		AutoCompactionMode: o.storage.compactionMode, AutoCompactionRetention: o.storage.compactionRetention, QuotaBackendBytes: o.storage.quota,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	stop = func() {
+		etcdLog.Closing()
+		srv.Close()
+		log.Info("resyncd: embedded etcd stopped")
+	}
+	scheme := "http://"
+	if o.embedCert != "" {
+		scheme = "https://"
+	}
+	o.etcd.Endpoints = scheme + selfEndpoint(srv.Endpoint())
+	log.WithField("endpoint", srv.Endpoint()).WithField("data_dir", dir).Info("resyncd: embedded etcd serving")
+	return stop, srv.Err(), nil
+}
+
+// newCoordinator makes the coordinator with its metrics, registered in a
+// new Prometheus registry beside Go's and the process's collectors.
+func newCoordinator(c *clientv3.Client, o *options, log *logrus.Logger) (*coordinator.Coordinator, *metrics.Metrics, *prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := metrics.New(reg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	co, err := coordinator.New(c, o.coord, coordinator.WithLogger(log), coordinator.WithHooks(m))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := metrics.RegisterTerm(reg, func() int64 { return co.Status().Term }); err != nil {
+		return nil, nil, nil, errors.Join(err, co.Close())
+	}
+	return co, m, reg, nil
+}
+
+// startStorage starts, in wg, the storage monitor and, on an external etcd
+// with --compaction-interval, the compactor, both until ctx ends; it logs
+// how storage is kept.
+func startStorage(ctx context.Context, wg *sync.WaitGroup, o *options, external bool, c *clientv3.Client,
+	co *coordinator.Coordinator, m *metrics.Metrics, layout schema.Layout, log *logrus.Logger) *etcdspace.Monitor {
+	slog := log.WithField("component", "storage")
+	// Automatic defragmentation must not outlast the shortest session it
+	// blocks: the coordinator's, or the agents' (their default; an agent
+	// with a shorter TTL is the operator's choice to document).
+	sessionTTL := min(o.coord.SessionTTL, registry.DefaultConfig("").TTL)
+	mon := &etcdspace.Monitor{Client: c, Maintain: !external && storageMaintain, Log: slog,
+		Interval: storageCheckInterval, DefragMinInterval: storageDefragMinInterval, SessionTTL: sessionTTL,
+		Published: func(u etcdspace.Usage) { m.EtcdDB(u.Size, u.InUse, u.Quota, u.Exhausted) }}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		mon.Run(ctx)
+	}()
+	if external && o.storage.compactionInterval > 0 {
+		k := &etcdspace.Compactor{Client: c, Interval: o.storage.compactionInterval, Key: layout.Revision(), Log: slog,
+			Leading: func() bool { return co.Status().Leading }}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k.Run(ctx)
+		}()
+	}
+	if external {
+		slog.WithField("compaction_interval", o.storage.compactionInterval).Info("resyncd: external etcd: compaction by resyncd is " + onOff(o.storage.compactionInterval > 0))
+		return mon
+	}
+	limit, pause := mon.DefragLimit()
+	slog.WithFields(logrus.Fields{"auto_compaction_mode": o.storage.compactionMode, "auto_compaction_retention": o.storage.compactionRetention,
+		"quota_backend_bytes": o.storage.quota, "defrag_max_in_use": etcdspace.Bytes(limit), "defrag_max_pause": pause, "session_ttl": sessionTTL}).
+		Info("resyncd: embedded etcd compacts, defragments and recovers from NOSPACE by itself (defragmenting only within 1/4 of the shortest session TTL)")
+	return mon
+}
+
+// embeddedFailed is /readyz's check of the embedded etcd: the error it
+// reported on etcdErr, if any (nil etcdErr: an external etcd).
+func embeddedFailed(etcdErr <-chan error) func() error {
+	return func() error {
+		select {
+		case err := <-etcdErr:
+			return fmt.Errorf("embedded etcd failed: %w", err)
+		default:
+			return nil
+		}
+	}
+}
+
+// waitEnd waits for a signal (ctx), the embedded etcd's failure or the
+// HTTP server's, and returns the failure.
+func waitEnd(ctx context.Context, etcdErr <-chan error, httpErr <-chan error, log logrus.FieldLogger) error {
 	select {
 	case <-ctx.Done():
 		log.Info("resyncd: signal received; shutting down")
+		return nil
 	case err := <-etcdErr:
-		runErr = fmt.Errorf("embedded etcd failed: %w", err)
+		return fmt.Errorf("embedded etcd failed: %w", err)
 	case err := <-httpErr:
-		runErr = fmt.Errorf("http server: %w", err)
+		return fmt.Errorf("http server: %w", err)
 	}
-	shutdown(co, hs, o.shutdown, log)
-	return runErr
 }
 
 // shutdown stops the coordinator (its revoke resigns: a standby takes over at
