@@ -344,7 +344,7 @@ func TestE2E(t *testing.T) {
 		return ""
 	})
 
-	e.step("Prometheus: both resyncd targets up, sum(resync_leader) == 1, 6 alert rules loaded", func() string {
+	e.step("Prometheus: both resyncd targets up, sum(resync_leader) == 1, every alert rule of deploy/ loaded", func() string {
 		defer http.DefaultClient.CloseIdleConnections()
 		e.waitFor(time.Minute, "Prometheus to scrape resyncd1 and resyncd2 (up) with one leader", func() bool {
 			h := e.promTargets()
@@ -369,8 +369,8 @@ func TestE2E(t *testing.T) {
 				}
 			}
 		}
-		if alerting != 6 {
-			t.Fatalf("E2E FAILED: Prometheus loaded %d alerting rules, want 6", alerting)
+		if want := alertRules(t); alerting != want {
+			t.Fatalf("E2E FAILED: Prometheus loaded %d alerting rules, want the %d of deploy/prometheus/rules.yml", alerting, want)
 		}
 		// Pending (or firing) while the cluster started without a leader:
 		// the next evaluations with a leader clear it.
@@ -578,4 +578,24 @@ func TestE2E(t *testing.T) {
 		}
 		return fmt.Sprintf("%v", families)
 	})
+}
+
+// alertRules counts the alerting rules in deploy/prometheus/rules.yml (the
+// file the compose cluster's Prometheus loads).
+func alertRules(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "prometheus", "rules.yml"))
+	if err != nil {
+		t.Fatalf("E2E FAILED: %v", err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "- alert:") {
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatal("E2E FAILED: no alerting rule in deploy/prometheus/rules.yml")
+	}
+	return n
 }
