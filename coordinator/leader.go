@@ -110,16 +110,20 @@ type leader struct {
 	rejoins  map[string]rejoinWait     // rejoin requests: the registrations they wait for (rejoin.go)
 	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
-	epoch       string                     // the history's epoch, written in every revision record
-	lastN       uint64                     // highest round number written
-	rev         *schema.Revision           // last revision record (nil: none)
-	initial     string                     // non-empty: start a round at once with this reason
-	resume      *schema.Round              // a Started round to resume once synced
-	resumeParts []schema.PluginID          // its participants, from rounds/<N>/agents/
-	rebuild     bool                       // resume has no participant list: use the live registrations
-	round       *roundState                // the running round
-	retries     map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
-	errKeys     []string                   // streak keys of the running round if error-triggered (backoff.go)
+	epoch       string            // the history's epoch, written in every revision record
+	lastN       uint64            // highest round number written
+	rev         *schema.Revision  // last revision record (nil: none)
+	initial     string            // non-empty: start a round at once with this reason
+	resume      *schema.Round     // a Started round to resume once synced
+	resumeParts []schema.PluginID // its participants, from rounds/<N>/agents/
+	rebuild     bool              // resume has no participant list: use the live registrations
+	// recordResume: the resumed round's per-agent records were incomplete;
+	// the successor writes them for the set it resumes with, so that the
+	// set stays durable whatever etcd compacts or restores next.
+	recordResume bool
+	round        *roundState                // the running round
+	retries      map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
+	errKeys      []string                   // streak keys of the running round if error-triggered (backoff.go)
 
 	// Failed acks no round answers yet (joinfail.go): planned, in order
 	// seen, until step writes their requests; handled is the revision of
@@ -529,7 +533,7 @@ func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64
 			parts = append(parts, schema.PluginID{Agent: r.Agent, Plugin: p})
 		}
 	}
-	l.resume, l.resumeParts, l.rebuild = &round, parts, false
+	l.resume, l.resumeParts, l.rebuild, l.recordResume = &round, parts, false, false
 	switch {
 	case round.Counts.Participants == 0 || (len(bad) == 0 && len(recs) > 0 && len(recs) >= round.Agents):
 		// Complete (a summary without its agents count, from the revision
@@ -543,14 +547,14 @@ func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64
 		parts, err := l.registrationsAt(ctx, startRev)
 		if err == nil {
 			log.WithField("participants", len(parts)).Warn("coordinator: the running round's participant records are incomplete (its leader died writing them); resuming with the registrations at its start")
-			l.resumeParts = parts
+			l.resumeParts, l.recordResume = parts, true
 			return nil
 		}
 		if !errors.Is(err, rpctypes.ErrCompacted) && !errors.Is(err, rpctypes.ErrGRPCCompacted) {
 			return err
 		}
 		log.WithError(err).Error("coordinator: the running round's participant records are incomplete and etcd compacted its start revision; resuming with the current registrations (a plugin that left since is no participant, one registered since is)")
-		l.rebuild = true
+		l.rebuild, l.recordResume = true, true
 		l.co.setStatus(func(s *Status) { s.ResumeFallbacks++ })
 	}
 	return nil

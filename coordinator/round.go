@@ -212,7 +212,12 @@ func (l *leader) step(now time.Time) error {
 		if l.rebuild {
 			parts = l.participants(schema.AllScopes())
 		}
-		l.resume, l.resumeParts, l.rebuild = nil, nil, false
+		if l.recordResume {
+			if err := l.recordParticipants(&rec, parts, l.rebuild); err != nil {
+				return err
+			}
+		}
+		l.resume, l.resumeParts, l.rebuild, l.recordResume = nil, nil, false, false
 		l.round = newRoundState(rec, parts)
 		l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
 		l.co.hooks.RoundStarted(l.round.rec, true)
@@ -419,6 +424,60 @@ func byAgent(parts []schema.PluginID, f func(agent string, ps []schema.PluginID)
 	}
 }
 
+// agentRecords are round n's per-agent participation records of parts
+// (sorted by agent): rounds/<N>/agents/<agent>, state Started.
+func (l *leader) agentRecords(n uint64, parts []schema.PluginID) ([]put, error) {
+	var puts []put
+	var err error
+	byAgent(parts, func(agent string, ps []schema.PluginID) {
+		if err != nil {
+			return
+		}
+		ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.Started, Plugins: make([]string, len(ps))}
+		for i, p := range ps {
+			ra.Plugins[i] = p.Plugin
+		}
+		var b []byte
+		b, err = schema.Encode(ra)
+		puts = append(puts, put{key: l.layout.RoundAgent(n, agent), val: b})
+	})
+	return puts, err
+}
+
+// recordParticipants writes the per-agent records of a resumed round rec
+// whose records were incomplete (its leader died between its start Txn and
+// them): the set a successor fixed from etcd's history (or, that history
+// compacted, from the live registrations: rebuilt) becomes durable, and a
+// later successor resumes with it even after etcd compacted or was
+// restored. A rebuilt set may differ from the start's: the summary then
+// gets its agents and participants counts, so that a later successor finds
+// the records complete.
+func (l *leader) recordParticipants(rec *schema.Round, parts []schema.PluginID, rebuilt bool) error {
+	puts, err := l.agentRecords(rec.Revision, parts)
+	if err != nil {
+		return err
+	}
+	lost, err := l.writePuts(nil, puts)
+	if err != nil {
+		return err
+	}
+	if lost > 0 {
+		l.log.WithField("revision", rec.Revision).WithField("records", lost).Error("coordinator: etcd refuses some records of the resumed round for good; a later successor may resume it with other participants")
+	}
+	if !rebuilt || (rec.Agents == len(puts) && rec.Counts.Participants == len(parts)) {
+		return nil
+	}
+	rec.Agents, rec.Counts = len(puts), schema.RoundCounts{Participants: len(parts), Pending: len(parts)}
+	val, err := schema.Encode(*rec)
+	if err != nil {
+		return err
+	}
+	if err := l.fencedTxn([]clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(val))}); err != nil && !errors.Is(err, errPermanent) {
+		return err
+	}
+	return nil
+}
+
 func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet, reqKeys []string) error {
 	n := l.lastN + 1
 	parts := l.participants(scope)
@@ -449,20 +508,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	// records are the per-agent records (and a set scope's chunks); an
 	// all-scope round encodes them only once its start is committed.
 	records := func() ([]put, error) {
-		var puts []put
-		var err error
-		byAgent(parts, func(agent string, ps []schema.PluginID) {
-			if err != nil {
-				return
-			}
-			ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.Started, Plugins: make([]string, len(ps))}
-			for i, p := range ps {
-				ra.Plugins[i] = p.Plugin
-			}
-			var b []byte
-			b, err = schema.Encode(ra)
-			puts = append(puts, put{key: l.layout.RoundAgent(n, agent), val: b})
-		})
+		puts, err := l.agentRecords(n, parts)
 		if err != nil || scope.IsAll() {
 			return puts, err
 		}
