@@ -636,7 +636,7 @@ func (env *chaosEnv) schedule(d time.Duration) {
 	env.runUndos(true)
 }
 
-// pacer asks for a round every 0.6-1.2 s (all agents, one agent or one
+// pacer asks for a round every 0.3-0.8 s (all agents, one agent or one
 // plugin, from its own seeded generator) until it is stopped: a steady
 // operator's trigger, so that a long run completes rounds at least ~0.7/s
 // whatever faults (some synchronous, some holding rounds up) are drawn.
@@ -648,7 +648,7 @@ func (env *chaosEnv) pacer() (stop func()) {
 	go func() {
 		defer close(done)
 		for {
-			timer := time.NewTimer(time.Duration(600+rng.IntN(601)) * time.Millisecond) // the trigger's pace
+			timer := time.NewTimer(time.Duration(300+rng.IntN(501)) * time.Millisecond) // the trigger's pace
 			select {
 			case <-quit:
 				timer.Stop()
