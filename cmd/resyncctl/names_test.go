@@ -147,7 +147,9 @@ func TestRBACApplyAgentNamedWithASpace(t *testing.T) {
 	}
 	pw := readSecret(t, dir, "node%201")
 	readSecret(t, dir, "node%2010")
-	agentClient := etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{ep}, Username: "node 1", Password: pw})
+	// Logging in costs etcd a bcrypt check: seconds under -race on a
+	// loaded machine, so the clients get the CLI's 30 s too.
+	agentClient := etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{ep}, Username: "node 1", Password: pw, DialTimeout: 30 * time.Second})
 	p, err := resync.New(resync.Deps{Client: agentClient, Log: quietLogger(t)}, resync.DefaultConfig("node 1"))
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +157,7 @@ func TestRBACApplyAgentNamedWithASpace(t *testing.T) {
 	defer p.Close()
 	const plugin = "Config VPP default plug:IF/L2/L3"
 	p.Register(plugin)
-	root := etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{ep}, Username: "root", Password: readSecret(t, dir, "root")})
+	root := etcdtest.ClientWith(t, clientv3.Config{Endpoints: []string{ep}, Username: "root", Password: readSecret(t, dir, "root"), DialTimeout: 30 * time.Second})
 	etcdtest.WaitFor(t, 20*time.Second, "node 1's registration", func() bool {
 		resp, err := root.Get(ctxT(t, 5*time.Second), layout.Registration("node 1", plugin))
 		return err == nil && len(resp.Kvs) == 1
