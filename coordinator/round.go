@@ -213,7 +213,7 @@ func (l *leader) step(now time.Time) error {
 			parts = l.participants(schema.AllScopes())
 		}
 		if l.recordResume {
-			if err := l.recordParticipants(&rec, parts, l.rebuild); err != nil {
+			if err := l.recordParticipants(&rec, parts); err != nil {
 				return err
 			}
 		}
@@ -446,13 +446,10 @@ func (l *leader) agentRecords(n uint64, parts []schema.PluginID) ([]put, error) 
 
 // recordParticipants writes the per-agent records of a resumed round rec
 // whose records were incomplete (its leader died between its start Txn and
-// them): the set a successor fixed from etcd's history (or, that history
-// compacted, from the live registrations: rebuilt) becomes durable, and a
-// later successor resumes with it even after etcd compacted or was
-// restored. A rebuilt set may differ from the start's: the summary then
-// gets its agents and participants counts, so that a later successor finds
-// the records complete.
-func (l *leader) recordParticipants(rec *schema.Round, parts []schema.PluginID, rebuilt bool) error {
+// them): the set a successor fixed from etcd's history becomes durable,
+// and a later successor resumes with it even after etcd compacted or was
+// restored. The summary is not written again: it is its starter's record.
+func (l *leader) recordParticipants(rec *schema.Round, parts []schema.PluginID) error {
 	puts, err := l.agentRecords(rec.Revision, parts)
 	if err != nil {
 		return err
@@ -463,17 +460,6 @@ func (l *leader) recordParticipants(rec *schema.Round, parts []schema.PluginID, 
 	}
 	if lost > 0 {
 		l.log.WithField("revision", rec.Revision).WithField("records", lost).Error("coordinator: etcd refuses some records of the resumed round for good; a later successor may resume it with other participants")
-	}
-	if !rebuilt || (rec.Agents == len(puts) && rec.Counts.Participants == len(parts)) {
-		return nil
-	}
-	rec.Agents, rec.Counts = len(puts), schema.RoundCounts{Participants: len(parts), Pending: len(parts)}
-	val, err := schema.Encode(*rec)
-	if err != nil {
-		return err
-	}
-	if err := l.fencedTxn([]clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(val))}); err != nil && !errors.Is(err, errPermanent) {
-		return err
 	}
 	return nil
 }
