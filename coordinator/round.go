@@ -213,7 +213,7 @@ func (l *leader) step(now time.Time) error {
 			parts = l.participants(schema.AllScopes())
 		}
 		if l.recordResume {
-			if err := l.recordParticipants(&rec, parts); err != nil {
+			if err := l.recordParticipants(rec.Revision, parts); err != nil {
 				return err
 			}
 		}
@@ -444,13 +444,13 @@ func (l *leader) agentRecords(n uint64, parts []schema.PluginID) ([]put, error) 
 	return puts, err
 }
 
-// recordParticipants writes the per-agent records of a resumed round rec
+// recordParticipants writes the per-agent records of a resumed round n
 // whose records were incomplete (its leader died between its start Txn and
 // them): the set a successor fixed from etcd's history becomes durable,
 // and a later successor resumes with it even after etcd compacted or was
 // restored. The summary is not written again: it is its starter's record.
-func (l *leader) recordParticipants(rec *schema.Round, parts []schema.PluginID) error {
-	puts, err := l.agentRecords(rec.Revision, parts)
+func (l *leader) recordParticipants(n uint64, parts []schema.PluginID) error {
+	puts, err := l.agentRecords(n, parts)
 	if err != nil {
 		return err
 	}
@@ -459,7 +459,7 @@ func (l *leader) recordParticipants(rec *schema.Round, parts []schema.PluginID) 
 		return err
 	}
 	if lost > 0 {
-		l.log.WithField("revision", rec.Revision).WithField("records", lost).Error("coordinator: etcd refuses some records of the resumed round for good; a later successor may resume it with other participants")
+		l.log.WithField("revision", n).WithField("records", lost).Error("coordinator: etcd refuses some records of the resumed round for good; a later successor may resume it with other participants")
 	}
 	return nil
 }
