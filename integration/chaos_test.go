@@ -1375,7 +1375,11 @@ func (env *chaosEnv) duplicate() string {
 		return ""
 	}
 	member := env.pick(3)
-	if !env.memberUp[member] {
+	// Both processes must reach etcd: the old one learns it is displaced
+	// only from etcd, and this fault holds the schedule (and so the undo
+	// that would restart a stopped member) until its Done fires or the
+	// bound passes. Behind a stopped member it could never fire in time.
+	if !env.memberUp[member] || !env.memberUp[a.member] {
 		return ""
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
