@@ -5,9 +5,9 @@ PKGS      ?= ./...
 TEST_TIMEOUT ?= 20m
 BIN       ?= bin
 
-.PHONY: all build binaries run demo test lint cover fuzz clean bench bench-go soak chaos images up down e2e rules-test
+.PHONY: all build binaries run demo test test-long lint cover fuzz clean bench bench-go soak chaos images up down e2e rules-test
 
-all: lint build test
+all: lint build test test-long
 
 ## build: compile every package and the three commands into bin/.
 build: binaries
@@ -26,9 +26,18 @@ run: binaries
 demo: binaries
 	BIN=$(BIN) ./scripts/demo.sh
 
-## test: the whole suite against real (embedded) etcd, with the race detector.
+## test: the suite against real (embedded) etcd, with the race detector,
+## but for the long scenario tests (LONG_TESTS), which test-long runs.
+## The two together are the whole suite, as plain go test ./... is.
+LONG_TESTS ?= ^(TestChaos|TestTenThousandFailuresStayWithinTheBudget|TestProcessesEndToEnd)$$
 test:
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -skip '$(LONG_TESTS)' $(PKGS)
+
+## test-long: the long scenario tests alone (CI runs them after make test):
+## three chaos seeds, 10,000 failure reports against the error budget, and
+## the binaries end to end.
+test-long:
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -run '$(LONG_TESTS)' $(PKGS)
 
 ## lint: formatting and vet, then the function-length report
 ## (scripts/funclen: the library's longest functions, cmd/'s mean). The
