@@ -289,7 +289,51 @@ func (l *leader) recordParticipants(n uint64, parts []schema.PluginID) error {
 	return nil
 }
 
+// roundStart is a round being started: its records, built before its
+// start Txn commits.
+type roundStart struct {
+	scope schema.ScopeSet
+	parts []schema.PluginID // the live registrations in scope, fixed here
+	rec   schema.Round      // the summary, rounds/<N>
+	rev   schema.Revision   // the revision record
+	lost  int               // records written before the start, degraded or skipped
+}
+
+// start starts round lastN+1 with the live registrations in scope, and
+// consumes the requests reqKeys that asked for it. Its error is only the
+// end of leadership or a record that does not encode; a start etcd refuses
+// for good drops the requests (dropStart).
 func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet, reqKeys []string) error {
+	s := l.planStart(now, cause, reason, scope)
+	if !scope.IsAll() {
+		if err := l.writeRecordsFirst(&s); err != nil {
+			return err
+		}
+	}
+	inTxn, err := l.writeStart(s, reqKeys)
+	if errors.Is(err, errPermanent) {
+		l.dropStart(s, reqKeys, err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := l.consumeRequests(reqKeys[inTxn:], reqKeys); err != nil {
+		return err
+	}
+	l.started(s)
+	if scope.IsAll() {
+		if err := l.writeRecordsAfter(s); err != nil {
+			return err
+		}
+	}
+	l.reconcile()
+	return nil
+}
+
+// planStart builds round lastN+1's records: its participants are the live
+// registrations in scope, chosen from the view at viewRev.
+func (l *leader) planStart(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet) roundStart {
 	n := l.lastN + 1
 	parts := l.participants(scope)
 	sum := scope.Summary()
@@ -303,70 +347,78 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum, Participants: len(parts),
 		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity, Epoch: l.epoch,
 	}
-	// A set scope's participation goes first: an agent reads its
-	// rounds/<N>/agents/<agent> when it sees such a revision Started.
-	// Whatever an earlier attempt at round N left under rounds/<N>/ goes
-	// before, in its own Txn (etcd refuses a Txn whose delete range
-	// overlaps its puts). An all-scope round needs no record for agents
-	// to start (every plugin takes part), so its records follow the start
-	// Txn (which then carries the delete) and are written while agents
-	// already work: the fixed cost before Started is one Txn whatever the
-	// fleet size. The participants are still fixed at the start Txn: a
-	// successor that finds fewer records than the summary's agents (the
-	// leader died between) reads the registrations at the etcd revision
-	// of the start Txn (setResume): no write is added to the round.
-	//
-	// records are the per-agent records (and a set scope's chunks); an
-	// all-scope round encodes them only once its start is committed.
-	records := func() ([]put, error) {
-		puts, err := l.agentRecords(n, parts)
-		if err != nil || scope.IsAll() {
-			return puts, err
-		}
-		t := scope.Targets()
-		for i := 0; len(t) > 0; i++ {
-			k := min(len(t), schema.MaxScopeChunk)
-			b, err := schema.Encode(schema.RoundScope{Revision: n, Targets: t[:k]})
-			if err != nil {
-				return nil, err
-			}
-			puts = append(puts, put{key: l.layout.RoundScope(n, i), val: b})
-			t = t[k:]
-		}
-		return puts, nil
-	}
 	byAgent(parts, func(string, []schema.PluginID) { rec.Agents++ })
-	wipe := clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())
-	var lost int
-	before := !scope.IsAll()
-	if before {
-		if err := l.fencedTxn([]clientv3.Op{wipe}); err != nil && !errors.Is(err, errPermanent) {
-			return err
-		}
-		puts, err := records()
+	return roundStart{scope: scope, parts: parts, rec: rec, rev: rev}
+}
+
+// startRecords are the per-agent records of round s and, for a set scope,
+// its scope's chunks (rounds/<N>/scope/).
+func (l *leader) startRecords(s roundStart) ([]put, error) {
+	n := s.rec.Revision
+	puts, err := l.agentRecords(n, s.parts)
+	if err != nil || s.scope.IsAll() {
+		return puts, err
+	}
+	t := s.scope.Targets()
+	for i := 0; len(t) > 0; i++ {
+		k := min(len(t), schema.MaxScopeChunk)
+		b, err := schema.Encode(schema.RoundScope{Revision: n, Targets: t[:k]})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if lost, err = l.writePuts(nil, puts); err != nil {
-			return err
-		}
+		puts = append(puts, put{key: l.layout.RoundScope(n, i), val: b})
+		t = t[k:]
 	}
-	rec.Truncated = lost > 0
-	roundVal, err := schema.Encode(rec)
+	return puts, nil
+}
+
+// wipeRound deletes whatever an earlier attempt at round n left under
+// rounds/<n>/.
+func (l *leader) wipeRound(n uint64) clientv3.Op {
+	return clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())
+}
+
+// writeRecordsFirst writes a set scope's records before its start Txn: an
+// agent reads its rounds/<N>/agents/<agent> when it sees such a revision
+// Started. The wipe of an earlier attempt's leftovers goes before them, in
+// its own Txn (etcd refuses a Txn whose delete range overlaps its puts).
+// Records etcd refuses for good mark the summary truncated.
+func (l *leader) writeRecordsFirst(s *roundStart) error {
+	if err := l.fencedTxn([]clientv3.Op{l.wipeRound(s.rec.Revision)}); err != nil && !errors.Is(err, errPermanent) {
+		return err
+	}
+	puts, err := l.startRecords(*s)
 	if err != nil {
 		return err
 	}
-	revVal, err := schema.Encode(rev)
-	if err != nil {
+	if s.lost, err = l.writePuts(nil, puts); err != nil {
 		return err
+	}
+	s.rec.Truncated = s.lost > 0
+	return nil
+}
+
+// writeStart commits round s's start Txn: for an all-scope round the wipe
+// of an earlier attempt's leftovers (first: watchers see them go before
+// the round starts), the summary, the revision record, and the deletes of
+// as many of reqKeys as fit. When etcd refuses it for good it is tried
+// once more without the deletes. inTxn is how many of reqKeys it deleted.
+func (l *leader) writeStart(s roundStart, reqKeys []string) (inTxn int, err error) {
+	roundVal, err := schema.Encode(s.rec)
+	if err != nil {
+		return 0, err
+	}
+	revVal, err := schema.Encode(s.rev)
+	if err != nil {
+		return 0, err
 	}
 	var ops []clientv3.Op
-	if !before {
-		ops = append(ops, wipe) // first: watchers see leftovers go before the round starts
+	if s.scope.IsAll() {
+		ops = append(ops, l.wipeRound(s.rec.Revision))
 	}
-	ops = append(ops, clientv3.OpPut(l.layout.Round(n), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
+	ops = append(ops, clientv3.OpPut(l.layout.Round(s.rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
 	fixed := len(ops)
-	inTxn := min(len(reqKeys), schema.MaxTxnOps-len(ops))
+	inTxn = min(len(reqKeys), schema.MaxTxnOps-len(ops))
 	for _, k := range reqKeys[:inTxn] {
 		ops = append(ops, clientv3.OpDelete(k))
 	}
@@ -375,21 +427,27 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		inTxn = 0
 		err = l.fencedTxn(ops[:fixed])
 	}
-	if errors.Is(err, errPermanent) {
-		// Nothing smaller to write: drop the requests rather than retry
-		// them forever.
-		l.log.WithError(err).WithField("revision", n).WithField("requests", len(reqKeys)).
-			Error("coordinator: etcd refuses the round's start for good; dropping its requests (check etcd's --max-request-bytes and the coordinator's permissions)")
-		for _, k := range reqKeys {
-			delete(l.requests, k)
-		}
-		l.initial = ""
-		return nil
+	return inTxn, err
+}
+
+// dropStart gives up round s, whose start etcd refuses for good even
+// without the requests' deletes: there is nothing smaller to write, so its
+// requests are dropped rather than retried forever.
+func (l *leader) dropStart(s roundStart, reqKeys []string, err error) {
+	l.log.WithError(err).WithField("revision", s.rec.Revision).WithField("requests", len(reqKeys)).
+		Error("coordinator: etcd refuses the round's start for good; dropping its requests (check etcd's --max-request-bytes and the coordinator's permissions)")
+	for _, k := range reqKeys {
+		delete(l.requests, k)
 	}
-	if err != nil {
-		return err
-	}
-	if err := l.fencedDelete(reqKeys[inTxn:]); err != nil {
+	l.initial = ""
+}
+
+// consumeRequests deletes the started round's requests that its start Txn
+// did not (rest), and forgets all of them (reqKeys). A delete that fails
+// other than by the end of leadership is logged: those requests cause one
+// more round.
+func (l *leader) consumeRequests(rest, reqKeys []string) error {
+	if err := l.fencedDelete(rest); err != nil {
 		if errors.Is(err, ErrDeposed) || l.ctx.Err() != nil {
 			return err
 		}
@@ -401,30 +459,41 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	for _, k := range reqKeys {
 		delete(l.errSeen, k)
 	}
+	return nil
+}
+
+// started makes the committed round s the running round, and tells the
+// log, the status and the hooks.
+func (l *leader) started(s roundStart) {
+	n, rev := s.rec.Revision, s.rev
 	l.initial = ""
 	l.lastN, l.rev = n, &rev
-	l.round = newRoundState(rec, parts)
-	l.round.lost = lost
-	l.log.WithField("revision", n).WithField("participants", len(parts)).WithField("agents", rec.Agents).WithField("scope", sum.String()).
-		WithField("cause", cause).WithField("reason", reason).Info("coordinator: round started")
-	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
+	l.round = newRoundState(s.rec, s.parts)
+	l.round.lost = s.lost
+	l.log.WithField("revision", n).WithField("participants", len(s.parts)).WithField("agents", s.rec.Agents).WithField("scope", s.rec.Scope.String()).
+		WithField("cause", s.rec.Cause).WithField("reason", s.rec.Reason).Info("coordinator: round started")
+	l.co.setStatus(func(st *Status) { r := rev; st.Revision = &r })
 	l.co.hooks.RoundStarted(l.round.rec, false)
 	if f := l.co.faults.afterStart; f != nil {
-		f(l.ctx, n, slices.Clone(parts)) // chaos only (testfaults.go)
+		f(l.ctx, n, slices.Clone(s.parts)) // chaos only (testfaults.go)
 	}
-	if !before {
-		puts, err := records()
-		if err != nil {
-			return err
-		}
-		lost, err := l.writePuts(nil, puts)
-		l.round.lost += lost
-		if err != nil {
-			return err
-		}
+}
+
+// writeRecordsAfter writes an all-scope round's records once its start is
+// committed: agents need none to start (every plugin takes part), so they
+// are written while agents already work, and the fixed cost before Started
+// is one Txn whatever the fleet size. The participants are still fixed at
+// the start Txn: a successor that finds fewer records than the summary's
+// agents (the leader died in between) reads the registrations at the start
+// Txn's etcd revision (setResume); no write is added to the round.
+func (l *leader) writeRecordsAfter(s roundStart) error {
+	puts, err := l.startRecords(s)
+	if err != nil {
+		return err
 	}
-	l.reconcile()
-	return nil
+	lost, err := l.writePuts(nil, puts)
+	l.round.lost += lost
+	return err
 }
 
 // agentOutcomes are round n's per-agent records with their outcomes, each
