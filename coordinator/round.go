@@ -598,7 +598,63 @@ const retryOpsInSummary = 4
 // for long.
 const detailPrune = 8
 
+// finishing is the running round being finished: the records its finish
+// writes, built in turn.
+type finishing struct {
+	rs       *roundState
+	rec      schema.Round    // the summary, NotActive
+	rev      schema.Revision // the revision record, NotActive
+	revVal   []byte
+	outcomes []put // the per-agent records with their outcomes
+	// together: a small round's outcomes share the summary's Txn (one
+	// write, one fsync fewer per round); a large round's go first.
+	together        bool
+	outcomesWritten bool
+	extra           []clientv3.Op   // the pruning of old rounds, and a small retry
+	retry           schema.ScopeSet // an unclean round's failed and timed-out participants
+	retries         []put           // its retry's requests
+	retryInTxn      bool            // they are in extra
+	retryWritten    bool
+}
+
+// finish completes the running round once every participant is resolved:
+// it writes the per-agent outcomes, the summary and the revision record
+// NotActive, prunes old rounds and plans an unclean round's retry. What
+// etcd refuses for good is written smaller (writeSummary): the round
+// completes. Its error is only the end of leadership or a record that
+// does not encode.
 func (l *leader) finish(now time.Time) error {
+	f, err := l.planFinish(now)
+	if err != nil {
+		return err
+	}
+	if !f.together {
+		if err := l.writeOutcomes(f); err != nil {
+			return err
+		}
+	}
+	if err := l.finishRevision(f); err != nil {
+		return err
+	}
+	f.extra = l.pruneOps(f.rec.Revision)
+	if err := l.planRetry(f, now); err != nil {
+		return err
+	}
+	if !f.retryInTxn {
+		if err := l.writeRetries(f); err != nil {
+			return err
+		}
+	}
+	if err := l.writeSummary(f); err != nil {
+		return err
+	}
+	l.finished(f, now)
+	return nil
+}
+
+// planFinish builds the running round's NotActive summary and its
+// per-agent outcome records.
+func (l *leader) planFinish(now time.Time) (*finishing, error) {
 	rs := l.round
 	rec := rs.rec
 	rec.State = schema.NotActive
@@ -607,27 +663,36 @@ func (l *leader) finish(now time.Time) error {
 	rec.FinishedAt = now.UTC()
 	rec.DurationMS = float64(now.Sub(rec.StartedAt).Microseconds()) / 1000
 	rec.FinishedBy = l.identity
-
 	puts, err := l.agentOutcomes(rs)
+	if err != nil {
+		return nil, err
+	}
+	rec.Truncated = rec.Truncated || rs.lost > 0
+	together := len(puts) <= schema.MaxTxnOps/2 && putsSize(puts) <= l.cfg.WriteBudget/2
+	return &finishing{rs: rs, rec: rec, outcomes: puts, together: together}, nil
+}
+
+// writeOutcomes writes the per-agent outcomes on their own, once: a large
+// round's before its summary, a small round's when etcd refused them in
+// the summary's Txn for good. Records refused even degraded mark the
+// summary truncated.
+func (l *leader) writeOutcomes(f *finishing) error {
+	if f.outcomesWritten {
+		return nil
+	}
+	f.outcomesWritten = true
+	lost, err := l.writePuts(nil, f.outcomes)
 	if err != nil {
 		return err
 	}
-	// A small round's outcomes share the summary's Txn (below): one
-	// write, one fsync fewer per round. Otherwise they go first.
-	together := len(puts) <= schema.MaxTxnOps/2
-	size := 0
-	for _, p := range puts {
-		size += p.size()
-	}
-	together = together && size <= l.cfg.WriteBudget/2
-	var lost int
-	if !together {
-		if lost, err = l.writePuts(nil, puts); err != nil {
-			return err
-		}
-	}
-	rec.Truncated = rec.Truncated || rs.lost+lost > 0
+	f.rec.Truncated = f.rec.Truncated || lost > 0
+	return nil
+}
 
+// finishRevision builds the NotActive revision record from the one the
+// round started with, or from its summary when this leader resumed it.
+func (l *leader) finishRevision(f *finishing) (err error) {
+	rec := f.rec
 	var rev schema.Revision
 	if l.rev != nil && l.rev.Revision == rec.Revision {
 		rev = *l.rev
@@ -636,137 +701,167 @@ func (l *leader) finish(now time.Time) error {
 			Participants: rec.Counts.Participants, StartedAt: rec.StartedAt, Deadline: rec.Deadline}
 	}
 	rev.State, rev.FinishedAt, rev.Leader, rev.Epoch = schema.NotActive, rec.FinishedAt, l.identity, l.epoch
-	revVal, err := schema.Encode(rev)
-	if err != nil {
-		return err
-	}
+	f.rev = rev
+	f.revVal, err = schema.Encode(rev)
+	return err
+}
 
-	var extra []clientv3.Op
-	if keep := uint64(l.cfg.History); rec.Revision > keep {
-		extra = append(extra, clientv3.OpDelete(l.layout.Round(1), clientv3.WithRange(l.layout.Round(rec.Revision-keep+1))))
+// pruneOps delete, at round n's finish, the summaries beyond History and
+// the per-agent records of detailPrune rounds beyond DetailHistory.
+func (l *leader) pruneOps(n uint64) []clientv3.Op {
+	var ops []clientv3.Op
+	if keep := uint64(l.cfg.History); n > keep {
+		ops = append(ops, clientv3.OpDelete(l.layout.Round(1), clientv3.WithRange(l.layout.Round(n-keep+1))))
 	}
 	for i := uint64(0); i < detailPrune; i++ {
 		dk := uint64(l.cfg.DetailHistory) + i
-		if rec.Revision <= dk {
+		if n <= dk {
 			break
 		}
-		extra = append(extra, clientv3.OpDelete(l.layout.RoundDir(rec.Revision-dk), clientv3.WithPrefix()))
+		ops = append(ops, clientv3.OpDelete(l.layout.RoundDir(n-dk), clientv3.WithPrefix()))
 	}
-	clean := rec.Clean()
-	var retry schema.ScopeSet
-	var retries []put
-	if !clean {
+	return ops
+}
+
+// planRetry plans an unclean round's retry: requests for its failed and
+// timed-out participants. A retry is durable until its round runs
+// (invariant 7): in the summary's Txn when it is small (a round's NotActive
+// and its retry are then one write), else written before it (finish).
+// Either way it survives the summary's smaller writes: a successor that
+// finishes the round again after a crash in between plans it again, and
+// the two merge into one round.
+func (l *leader) planRetry(f *finishing, now time.Time) error {
+	if !f.rec.Clean() {
 		var failed []schema.PluginID
-		for _, p := range rs.parts {
-			if o := rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
-				retry.AddPlugin(p)
+		for _, p := range f.rs.parts {
+			if o := f.rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
+				f.retry.AddPlugin(p)
 				failed = append(failed, p)
 			}
 		}
-		if retries, err = l.retryRequests(rec, failed, now); err != nil {
+		var err error
+		if f.retries, err = l.retryRequests(f.rec, failed, now); err != nil {
 			return err
 		}
 	}
-	// A retry is durable until its round runs (invariant 7): in the
-	// summary Txn when it is small (a round's NotActive and its retry are
-	// then one write), else written before it. Either way it survives the
-	// summary's smaller fallbacks below: a successor that finishes the
-	// round again after a crash in between plans it again, and the two
-	// merge into one round.
-	retrySize := 0
-	for _, p := range retries {
-		retrySize += p.size()
+	f.retryInTxn = len(f.retries) <= retryOpsInSummary && putsSize(f.retries) <= l.cfg.WriteBudget/4
+	if f.retryInTxn {
+		for _, p := range f.retries {
+			f.extra = append(f.extra, clientv3.OpPut(p.key, string(p.val)))
+		}
 	}
-	retryInTxn := len(retries) <= retryOpsInSummary && retrySize <= l.cfg.WriteBudget/4
-	retryWritten := false
-	writeRetries := func() error {
-		if retryWritten {
-			return nil
-		}
-		retryWritten = true
-		lost, err := l.writePuts(nil, retries)
-		if lost > 0 {
-			l.log.WithField("revision", rec.Revision).WithField("requests", lost).
-				Error("coordinator: etcd refuses a retry request for good; its plugins get no retry round (check etcd's --max-request-bytes and the coordinator's permissions)")
-		}
-		return err
+	return nil
+}
+
+// writeRetries writes the retry's requests on their own, once.
+func (l *leader) writeRetries(f *finishing) error {
+	if f.retryWritten {
+		return nil
 	}
-	if retryInTxn {
-		for _, p := range retries {
-			extra = append(extra, clientv3.OpPut(p.key, string(p.val)))
-		}
-	} else if err := writeRetries(); err != nil {
-		return err
+	f.retryWritten = true
+	lost, err := l.writePuts(nil, f.retries)
+	if lost > 0 {
+		l.log.WithField("revision", f.rec.Revision).WithField("requests", lost).
+			Error("coordinator: etcd refuses a retry request for good; its plugins get no retry round (check etcd's --max-request-bytes and the coordinator's permissions)")
 	}
-	// The summary Txn, smaller on each refusal for good: without examples,
-	// without pruning and the retry (then written on its own), the
-	// revision alone. Nothing is retried
-	// forever: the round completes.
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			rec.Examples, rec.Truncated = nil, true
-		}
-		roundVal, err := schema.Encode(rec)
-		if err != nil {
-			return err
-		}
-		var ops []clientv3.Op
-		if together && attempt == 0 {
-			for _, p := range puts {
-				ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
-			}
-			ops = append(ops, clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
-			if err = l.fencedTxn(append(ops, extra...)); err == nil {
-				break
-			}
-			if !errors.Is(err, errPermanent) {
-				return err
-			}
-			// Refused for good: the outcomes alone (degraded where
-			// needed), then the summary as for a large round.
-			together = false
-			if lost, err = l.writePuts(nil, puts); err != nil {
-				return err
-			}
-			rec.Truncated = rec.Truncated || lost > 0
-			attempt = -1
-			continue
-		}
-		if attempt >= 2 && retryInTxn {
-			// The retry leaves the summary's Txn: written on its own.
-			if err := writeRetries(); err != nil {
-				return err
-			}
-		}
-		switch attempt {
-		case 0, 1:
-			ops = append([]clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}, extra...)
-		case 2:
-			ops = []clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}
-		case 3:
-			ops = []clientv3.Op{clientv3.OpPut(l.layout.Revision(), string(revVal))}
-		}
-		err = l.fencedTxn(ops)
-		if err == nil {
-			if attempt > 0 {
-				l.log.WithField("revision", rec.Revision).WithField("attempt", attempt).
+	return err
+}
+
+// summaryWrite is one Txn that may carry a finished round's summary; the
+// revision record is in every one.
+type summaryWrite struct {
+	attempt  int  // 0: the summary as planned; 1, 2, 3: ever smaller (logged)
+	outcomes bool // with the per-agent outcomes (a small round's)
+	examples bool // the summary with its examples; without, it is marked truncated
+	extra    bool // with the pruning and a small retry
+	summary  bool // with the summary; without, the revision record alone
+}
+
+// summaryWrites are the Txns tried in turn for a finished round, each
+// when etcd refused the one before for good: a small round's outcomes
+// with its summary, the summary, the summary without examples, without
+// the pruning and the retry, and the revision record alone.
+func summaryWrites(together bool) []summaryWrite {
+	ws := []summaryWrite{
+		{attempt: 0, examples: true, extra: true, summary: true},
+		{attempt: 1, extra: true, summary: true},
+		{attempt: 2, summary: true},
+		{attempt: 3},
+	}
+	if together {
+		ws = slices.Insert(ws, 0, summaryWrite{outcomes: true, examples: true, extra: true, summary: true})
+	}
+	return ws
+}
+
+// writeSummary tries the summary writes in turn until etcd commits one.
+// Nothing is retried forever: when etcd refuses even the revision record
+// alone, the round is finished here without its NotActive recorded. Its
+// error is only the end of leadership or a record that does not encode.
+func (l *leader) writeSummary(f *finishing) error {
+	var err error
+	for _, w := range summaryWrites(f.together) {
+		if err = l.trySummary(f, w); err == nil {
+			if w.attempt > 0 {
+				l.log.WithField("revision", f.rec.Revision).WithField("attempt", w.attempt).
 					Error("coordinator: round summary written degraded (marked truncated) because etcd refused the full write for good")
 			}
-			break
+			return nil
 		}
 		if !errors.Is(err, errPermanent) {
 			return err
 		}
-		if attempt == 3 {
-			l.log.WithError(err).WithField("revision", rec.Revision).
-				Error("coordinator: etcd refuses even the revision record for good; the round is finished here but its NotActive is not recorded (check etcd's --max-request-bytes and the coordinator's permissions)")
-			break
+	}
+	l.log.WithError(err).WithField("revision", f.rec.Revision).
+		Error("coordinator: etcd refuses even the revision record for good; the round is finished here but its NotActive is not recorded (check etcd's --max-request-bytes and the coordinator's permissions)")
+	return nil
+}
+
+// trySummary commits summary write w. What w leaves out and must survive
+// (the outcomes, the retry) is written on its own first.
+func (l *leader) trySummary(f *finishing, w summaryWrite) error {
+	if !w.outcomes {
+		if err := l.writeOutcomes(f); err != nil {
+			return err
 		}
 	}
+	if !w.examples {
+		f.rec.Examples, f.rec.Truncated = nil, true
+	}
+	roundVal, err := schema.Encode(f.rec)
+	if err != nil {
+		return err
+	}
+	if !w.extra {
+		if err := l.writeRetries(f); err != nil {
+			return err
+		}
+	}
+	var ops []clientv3.Op
+	if w.outcomes {
+		for _, p := range f.outcomes {
+			ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
+		}
+	}
+	if w.summary {
+		ops = append(ops, clientv3.OpPut(l.layout.Round(f.rec.Revision), string(roundVal)))
+	}
+	ops = append(ops, clientv3.OpPut(l.layout.Revision(), string(f.revVal)))
+	if w.extra {
+		ops = append(ops, f.extra...)
+	}
+	return l.fencedTxn(ops)
+}
+
+// finished makes f's round the last one: it remembers an unclean round's
+// retry set and ends its error streaks, and tells the log, the status and
+// the hooks.
+func (l *leader) finished(f *finishing, now time.Time) {
+	rec, rev := f.rec, f.rev
 	l.rev = &rev
 	l.round = nil
-	if !clean {
-		l.rememberRetry(rec.Revision, retry)
+	if !rec.Clean() {
+		l.rememberRetry(rec.Revision, f.retry)
 	}
 	l.errorRoundFinished(now)
 	l.log.WithField("revision", rec.Revision).WithField("acked", rec.Counts.Acked).WithField("failed", rec.Counts.Failed).
@@ -774,5 +869,4 @@ func (l *leader) finish(now time.Time) error {
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r; s.Progress = nil })
 	l.co.hooks.RoundFinished(rec)
-	return nil
 }

@@ -51,6 +51,14 @@ type put struct {
 
 func (p put) size() int { return len(p.key) + len(p.val) + opOverhead }
 
+func putsSize(puts []put) int {
+	n := 0
+	for _, p := range puts {
+		n += p.size()
+	}
+	return n
+}
+
 func opsSize(ops []clientv3.Op) int {
 	n := 0
 	for _, op := range ops {
