@@ -93,6 +93,42 @@ func (l *leader) due() time.Time {
 	return maxTime(at, first)
 }
 
+// startRequested starts one round for the ready requests (readyRequests),
+// merged (mergeRequests). Requests that select no participant are
+// consumed without a round. started: start was called.
+func (l *leader) startRequested(now time.Time) (started bool, err error) {
+	ready := l.readyRequests(now)
+	if len(ready) == 0 {
+		return false, nil
+	}
+	scope, cause, reason, keys, err := mergeRequests(ready, l.retrySet)
+	if err != nil {
+		return false, err
+	}
+	if scope.Empty() {
+		return false, l.consumeWithoutRound(keys)
+	}
+	if err := l.start(now, cause, reason, scope, keys); err != nil {
+		return true, err
+	}
+	l.errorRoundStarted(cause, scope, ready, now)
+	return true, nil
+}
+
+// consumeWithoutRound deletes requests that select no participant (a
+// retry whose round records are gone). Its error is only the end of
+// leadership.
+func (l *leader) consumeWithoutRound(keys []string) error {
+	l.log.WithField("requests", len(keys)).Warn("coordinator: the pending requests select no participant (a retry whose round records are gone); consuming them without a round")
+	for _, k := range keys {
+		delete(l.requests, k)
+	}
+	if err := l.fencedDelete(keys); err != nil && (errors.Is(err, ErrDeposed) || l.ctx.Err() != nil) {
+		return err
+	}
+	return nil
+}
+
 // mergeRequests coalesces pending requests into one round: the union of
 // their scopes (never wider: all only if one of them asked for all), the
 // first cause that is not an error, and their reasons. A retry request's

@@ -128,24 +128,13 @@ func (l *leader) nextWake() (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// step makes the decisions that depend on time and state: resume, time out,
-// finish, start.
+// step makes the decisions that depend on time and state: resume, answer
+// failed acks, time out, finish, start.
 func (l *leader) step(now time.Time) error {
 	if l.resume != nil {
-		rec, parts := *l.resume, l.resumeParts
-		if l.rebuild {
-			parts = l.participants(schema.AllScopes())
+		if err := l.resumeRound(); err != nil {
+			return err
 		}
-		if l.recordResume {
-			if err := l.recordParticipants(rec.Revision, parts); err != nil {
-				return err
-			}
-		}
-		l.resume, l.resumeParts, l.rebuild, l.recordResume = nil, nil, false, false
-		l.round = newRoundState(rec, parts)
-		l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
-		l.co.hooks.RoundStarted(l.round.rec, true)
-		l.reconcile()
 	}
 	if !l.swept {
 		l.swept = true
@@ -155,53 +144,12 @@ func (l *leader) step(now time.Time) error {
 		return err
 	}
 	if l.round != nil {
-		if !now.Before(l.round.rec.Deadline) && l.round.counts.Pending > 0 {
-			for p, o := range l.round.outcome {
-				if o == schema.OutcomePending {
-					l.resolve(p, true)
-				}
-			}
-		}
-		c := l.round.counts
-		l.co.setStatus(func(s *Status) { s.Progress = &c })
-		if l.round.counts.Pending == 0 {
-			if err := l.finish(now); err != nil {
-				return err
-			}
-		} else {
-			return nil
+		if done, err := l.advance(now); err != nil || !done {
+			return err
 		}
 	}
-	switch {
-	case l.initial != "":
-		if err := l.start(now, schema.CauseInitial, l.initial, schema.AllScopes(), nil); err != nil {
-			return err
-		}
-	case len(l.requests) > 0 && !now.Before(l.due()):
-		ready := l.readyRequests(now)
-		if len(ready) == 0 {
-			return nil
-		}
-		scope, cause, reason, keys, err := mergeRequests(ready, l.retrySet)
-		if err != nil {
-			return err
-		}
-		if scope.Empty() {
-			l.log.WithField("requests", len(keys)).Warn("coordinator: the pending requests select no participant (a retry whose round records are gone); consuming them without a round")
-			for _, k := range keys {
-				delete(l.requests, k)
-			}
-			if err := l.fencedDelete(keys); err != nil && (errors.Is(err, ErrDeposed) || l.ctx.Err() != nil) {
-				return err
-			}
-			return nil
-		}
-		if err := l.start(now, cause, reason, scope, keys); err != nil {
-			return err
-		}
-		l.errorRoundStarted(cause, scope, ready, now)
-	default:
-		return nil
+	if started, err := l.startNext(now); err != nil || !started {
+		return err
 	}
 	// A round just started: it may be complete already (no participants,
 	// or acks seen before).
@@ -209,6 +157,60 @@ func (l *leader) step(now time.Time) error {
 		return l.finish(now)
 	}
 	return nil
+}
+
+// resumeRound makes the round load found Started the running round, with
+// the participants setResume fixed (the live registrations when etcd had
+// compacted its start away), recorded first when its per-agent records
+// were incomplete.
+func (l *leader) resumeRound() error {
+	rec, parts := *l.resume, l.resumeParts
+	if l.rebuild {
+		parts = l.participants(schema.AllScopes())
+	}
+	if l.recordResume {
+		if err := l.recordParticipants(rec.Revision, parts); err != nil {
+			return err
+		}
+	}
+	l.resume, l.resumeParts, l.rebuild, l.recordResume = nil, nil, false, false
+	l.round = newRoundState(rec, parts)
+	l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
+	l.co.hooks.RoundStarted(l.round.rec, true)
+	l.reconcile()
+	return nil
+}
+
+// advance times out the running round's pending participants once its
+// deadline passed, reports its progress, and finishes it when none is
+// pending. done: it finished.
+func (l *leader) advance(now time.Time) (done bool, err error) {
+	rs := l.round
+	if !now.Before(rs.rec.Deadline) && rs.counts.Pending > 0 {
+		for p, o := range rs.outcome {
+			if o == schema.OutcomePending {
+				l.resolve(p, true)
+			}
+		}
+	}
+	c := rs.counts
+	l.co.setStatus(func(s *Status) { s.Progress = &c })
+	if rs.counts.Pending > 0 {
+		return false, nil
+	}
+	return true, l.finish(now)
+}
+
+// startNext starts the initial round, or a round for the pending requests
+// once they are due (startRequested). started: start was called.
+func (l *leader) startNext(now time.Time) (started bool, err error) {
+	switch {
+	case l.initial != "":
+		return true, l.start(now, schema.CauseInitial, l.initial, schema.AllScopes(), nil)
+	case len(l.requests) > 0 && !now.Before(l.due()):
+		return l.startRequested(now)
+	}
+	return false, nil
 }
 
 // participants are the live registrations in scope, by agent and order.
