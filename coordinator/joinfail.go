@@ -23,7 +23,7 @@ import (
 // by an error request the leader writes, fenced, under requests/operator/
 // with exactly the failed plugins as targets. From then on it is an error
 // request like a ReportError: durable until the round that consumes it
-// runs, paced by its agent's backoff streak (backoff.go).
+// runs, paced by its agent's backoff streak (streaks.go).
 //
 // A failed ack of plugin p at revision R is answered when a round after R
 // includes p (p is told of that round and reloads, and that round's own

@@ -106,7 +106,7 @@ type leader struct {
 	acks     map[schema.PluginID]schema.Ack
 	requests map[string]schema.Request // pending, not yet consumed
 	firstReq time.Time                 // when the oldest pending request was seen
-	errSeen  map[string]time.Time      // error requests: when each was seen (backoff.go)
+	errSeen  map[string]time.Time      // error requests: when each was seen (streaks.go)
 	rejoins  map[string]rejoinWait     // rejoin requests: the registrations they wait for (rejoin.go)
 	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
@@ -123,7 +123,7 @@ type leader struct {
 	recordResume bool
 	round        *roundState                // the running round
 	retries      map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
-	errKeys      []string                   // streak keys of the running round if error-triggered (backoff.go)
+	errKeys      []string                   // streak keys of the running round if error-triggered (streaks.go)
 
 	// Failed acks no round answers yet (joinfail.go): planned, in order
 	// seen, until step writes their requests; handled is the revision of

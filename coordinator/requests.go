@@ -78,7 +78,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 }
 
 // due is when pending requests may start a round: after the coalescing
-// window, and for error requests not before their backoff (backoff.go).
+// window, and for error requests not before their backoff (streaks.go).
 func (l *leader) due() time.Time {
 	at := maxTime(l.firstReq.Add(l.cfg.CoalesceWindow), l.rejoinDue())
 	var first time.Time
