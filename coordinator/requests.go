@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"time"
@@ -15,10 +16,10 @@ import (
 )
 
 // Requests under requests/ ask for rounds: the leader follows them
-// (onRequests), waits until they are due, merges the ready ones into one
-// round (step, mergeRequests) and deletes them with the round's start.
-// An unclean round's retry is a request too (retryRequests), and its scope
-// is the round's retry set (retrySet).
+// (onRequests), waits until they are due (due, readyRequests), merges the
+// ready ones into one round (startRequested, mergeRequests) and deletes
+// them with the round's start. An unclean round's retry is a request too
+// (retryRequests), and its scope is the round's retry set (retrySet).
 
 // onRequests applies a change of the pending requests: new ones are
 // reported and paced, and those malformed or wider than their writer may
@@ -91,6 +92,35 @@ func (l *leader) due() time.Time {
 		}
 	}
 	return maxTime(at, first)
+}
+
+// readyRequests are the pending requests a round started now takes: all of
+// them when one is not an error (that round covers their scopes anyway),
+// else the error requests due within the coalescing window, and every
+// other error request of their agents (the round answers them too); the
+// others wait for their backoff.
+func (l *leader) readyRequests(now time.Time) map[string]schema.Request {
+	ready := make(map[string]schema.Request, len(l.requests))
+	agents := map[string]bool{}
+	for k, r := range l.requests {
+		if r.Cause != schema.CauseError {
+			maps.Copy(ready, l.requests)
+			return ready
+		}
+		if !now.Add(l.cfg.CoalesceWindow).Before(l.errorDue(k)) {
+			ready[k] = r
+			for _, a := range l.requestKeys(r) {
+				agents[a] = true
+			}
+		}
+	}
+	for k, r := range l.requests {
+		keys := l.requestKeys(r)
+		if len(keys) == 1 && agents[keys[0]] {
+			ready[k] = r
+		}
+	}
+	return ready
 }
 
 // startRequested starts one round for the ready requests (readyRequests),
