@@ -32,7 +32,7 @@ type Config struct {
 	// agent's streak twice as long after the previous one, up to
 	// BackoffMax. The streak ends after a quiet period of 2 x BackoffMax
 	// without a new error from the agent (not after a clean round), and
-	// survives failover (defaults 1 s and 1 min). See backoff.go.
+	// survives failover (defaults 1 s and 1 min). See streaks.go.
 	BackoffMin, BackoffMax time.Duration
 	// History is how many round summaries are kept under rounds/ (default 100).
 	History int

@@ -21,7 +21,7 @@
 // (one follow-up round, not one per request). A round that did not complete
 // clean, and every error request, plan a new round after a backoff per
 // agent that doubles with each error-triggered round of the agent's streak
-// and resets only after a quiet period (backoff.go). A request
+// and resets only after a quiet period (streaks.go). A request
 // wider than its writer may ask for (an agent's, under
 // requests/agent/<agent>/, for all or for another agent; see
 // schema.Request.AllowedFor) is ignored: logged with its key and writer,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
@@ -22,7 +23,7 @@ import (
 // by an error request the leader writes, fenced, under requests/operator/
 // with exactly the failed plugins as targets. From then on it is an error
 // request like a ReportError: durable until the round that consumes it
-// runs, paced by its agent's backoff streak (backoff.go).
+// runs, paced by its agent's backoff streak (streaks.go).
 //
 // A failed ack of plugin p at revision R is answered when a round after R
 // includes p (p is told of that round and reloads, and that round's own
@@ -106,10 +107,7 @@ func (l *leader) sweepFailedAcks() {
 // failed ack that old is taken as answered. When etcd fails, every planned
 // ack keeps its round: one round too many is safe, one too few is not.
 func (l *leader) dropAnswered() {
-	l.failedAckOrder = slices.DeleteFunc(l.failedAckOrder, func(id schema.PluginID) bool {
-		_, ok := l.failedAcks[id]
-		return !ok
-	})
+	l.compactFailedAckOrder()
 	var old []schema.PluginID
 	for _, id := range l.failedAckOrder {
 		if l.failedAcks[id].Revision < l.lastN {
@@ -123,15 +121,74 @@ func (l *leader) dropAnswered() {
 	if d := uint64(max(l.cfg.DetailHistory, 1)); l.lastN > d {
 		from = l.lastN - d + 1
 	}
-	type recKey struct {
-		n     uint64
-		agent string
+	in, err := l.readInclusions(from, old)
+	if err != nil {
+		l.log.WithError(err).WithField("acks", len(old)).Warn("coordinator: cannot read the rounds since some failed acks; planning a round for each of them")
+		return
 	}
+	for _, id := range old {
+		r := l.failedAcks[id].Revision
+		if in.answered(id, r, from, l.lastN) {
+			l.handled[id] = r
+			delete(l.failedAcks, id)
+		}
+	}
+	l.compactFailedAckOrder()
+}
+
+// compactFailedAckOrder removes from failedAckOrder the plugins whose
+// failed ack is no longer planned.
+func (l *leader) compactFailedAckOrder() {
+	l.failedAckOrder = slices.DeleteFunc(l.failedAckOrder, func(id schema.PluginID) bool {
+		_, ok := l.failedAcks[id]
+		return !ok
+	})
+}
+
+// roundRecord names round n's summary (agent empty) or the per-agent
+// record of agent.
+type roundRecord struct {
+	n     uint64
+	agent string
+}
+
+// inclusions are what the records of recent rounds say about who took
+// part: every plugin (an all-scope round), or the plugins of the per-agent
+// records read.
+type inclusions struct {
+	all      map[uint64]bool
+	included map[uint64]map[schema.PluginID]bool
+}
+
+// readInclusions reads the summaries of rounds from to lastN, and the
+// per-agent records in them of old's agents whose failed acks they may
+// answer, in Txns of at most schema.MaxTxnOps Gets.
+func (l *leader) readInclusions(from uint64, old []schema.PluginID) (inclusions, error) {
+	ops, recs := l.inclusionGets(from, old)
+	in := inclusions{all: map[uint64]bool{}, included: map[uint64]map[schema.PluginID]bool{}}
+	for len(ops) > 0 {
+		k := min(len(ops), schema.MaxTxnOps)
+		ctx, cancel := context.WithTimeout(l.ctx, 4*l.cfg.OpTimeout)
+		resp, err := l.c.Txn(ctx).Then(ops[:k]...).Commit()
+		cancel()
+		if err != nil {
+			return inclusions{}, err
+		}
+		for i, r := range resp.Responses {
+			in.note(l.layout, recs[i], r.GetResponseRange().Kvs)
+		}
+		ops, recs = ops[k:], recs[k:]
+	}
+	return in, nil
+}
+
+// inclusionGets are readInclusions' Gets, and the record each one reads.
+func (l *leader) inclusionGets(from uint64, old []schema.PluginID) ([]clientv3.Op, []roundRecord) {
 	ops := []clientv3.Op{}
-	var order []recKey
+	var recs []roundRecord
 	for n := from; n <= l.lastN; n++ {
 		ops = append(ops, clientv3.OpGet(l.layout.Round(n)))
-		order = append(order, recKey{n: n})
+		recs = append(recs, roundRecord{n: n})
 	}
 	agents := map[string]bool{}
 	for _, id := range old {
@@ -139,57 +196,43 @@ func (l *leader) dropAnswered() {
 			agents[id.Agent] = true
 			for n := from; n <= l.lastN; n++ {
 				ops = append(ops, clientv3.OpGet(l.layout.RoundAgent(n, id.Agent)))
-				order = append(order, recKey{n: n, agent: id.Agent})
+				recs = append(recs, roundRecord{n: n, agent: id.Agent})
 			}
 		}
 	}
-	all := map[uint64]bool{}
-	included := map[uint64]map[schema.PluginID]bool{}
-	for len(ops) > 0 {
-		k := min(len(ops), schema.MaxTxnOps)
-		ctx, cancel := context.WithTimeout(l.ctx, 4*l.cfg.OpTimeout)
-		resp, err := l.c.Txn(ctx).Then(ops[:k]...).Commit()
-		cancel()
-		if err != nil {
-			l.log.WithError(err).WithField("acks", len(old)).Warn("coordinator: cannot read the rounds since some failed acks; planning a round for each of them")
-			return
+	return ops, recs
+}
+
+// note adds what record rr says, read as kvs (none when absent); a
+// malformed record says nothing.
+func (in inclusions) note(layout schema.Layout, rr roundRecord, kvs []*mvccpb.KeyValue) {
+	for _, kv := range kvs {
+		if rr.agent == "" {
+			if rec, err := layout.DecodeRound(string(kv.Key), kv.Value); err == nil && rec.Scope.IsAll() {
+				in.all[rr.n] = true
+			}
+			continue
 		}
-		for i, r := range resp.Responses {
-			rk := order[i]
-			for _, kv := range r.GetResponseRange().Kvs {
-				if rk.agent == "" {
-					if rec, err := l.layout.DecodeRound(string(kv.Key), kv.Value); err == nil && rec.Scope.IsAll() {
-						all[rk.n] = true
-					}
-					continue
-				}
-				if ra, err := l.layout.DecodeRoundAgent(string(kv.Key), kv.Value); err == nil {
-					if included[rk.n] == nil {
-						included[rk.n] = map[schema.PluginID]bool{}
-					}
-					for _, p := range ra.Plugins {
-						included[rk.n][schema.PluginID{Agent: ra.Agent, Plugin: p}] = true
-					}
-				}
+		if ra, err := layout.DecodeRoundAgent(string(kv.Key), kv.Value); err == nil {
+			if in.included[rr.n] == nil {
+				in.included[rr.n] = map[schema.PluginID]bool{}
+			}
+			for _, p := range ra.Plugins {
+				in.included[rr.n][schema.PluginID{Agent: ra.Agent, Plugin: p}] = true
 			}
 		}
-		ops, order = ops[k:], order[k:]
 	}
-	for _, id := range old {
-		r := l.failedAcks[id].Revision
-		answered := r+1 < from
-		for n := max(r+1, from); n <= l.lastN && !answered; n++ {
-			answered = all[n] || included[n][id]
-		}
-		if answered {
-			l.handled[id] = r
-			delete(l.failedAcks, id)
-		}
+}
+
+// answered says whether a round after revision r, up to last, included
+// id; rounds before from were not read: an ack older than them is taken as
+// answered.
+func (in inclusions) answered(id schema.PluginID, r, from, last uint64) bool {
+	answered := r+1 < from
+	for n := max(r+1, from); n <= last && !answered; n++ {
+		answered = in.all[n] || in.included[n][id]
 	}
-	l.failedAckOrder = slices.DeleteFunc(l.failedAckOrder, func(id schema.PluginID) bool {
-		_, ok := l.failedAcks[id]
-		return !ok
-	})
+	return answered
 }
 
 func comparePluginIDs(a, b schema.PluginID) int {

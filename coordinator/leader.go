@@ -106,7 +106,7 @@ type leader struct {
 	acks     map[schema.PluginID]schema.Ack
 	requests map[string]schema.Request // pending, not yet consumed
 	firstReq time.Time                 // when the oldest pending request was seen
-	errSeen  map[string]time.Time      // error requests: when each was seen (backoff.go)
+	errSeen  map[string]time.Time      // error requests: when each was seen (streaks.go)
 	rejoins  map[string]rejoinWait     // rejoin requests: the registrations they wait for (rejoin.go)
 	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
@@ -123,7 +123,7 @@ type leader struct {
 	recordResume bool
 	round        *roundState                // the running round
 	retries      map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
-	errKeys      []string                   // streak keys of the running round if error-triggered (backoff.go)
+	errKeys      []string                   // streak keys of the running round if error-triggered (streaks.go)
 
 	// Failed acks no round answers yet (joinfail.go): planned, in order
 	// seen, until step writes their requests; handled is the revision of
@@ -507,15 +507,15 @@ func (l *leader) loadRevision(ctx context.Context, rev schema.Revision, revModRe
 
 // setResume makes round the one to resume, with exactly the participants
 // fixed when it said Started (invariant 8). A set scope's participants are
-// its records under rounds/<N>/agents/, written before its start Txn. An
-// all-scope round's records follow its start Txn (round.go): when they are
-// all there they are the participants; otherwise (the leader died in
-// between) they are the registrations at the start Txn's etcd revision
-// startRev, read from etcd's history, so that a plugin that left since is
-// departed and one registered since is no participant (it has its join
-// resync). Only when etcd compacted that revision away does the round
-// resume with the live registrations, logged as an error and counted
-// (Status.ResumeFallbacks).
+// its records under rounds/<N>/agents/, written before its start Txn
+// (writeRecordsFirst). An all-scope round's records follow its start Txn
+// (writeRecordsAfter): when they are all there they are the participants;
+// otherwise (the leader died in between) they are the registrations at the
+// start Txn's etcd revision startRev, read from etcd's history, so that a
+// plugin that left since is departed and one registered since is no
+// participant (it has its join resync). Only when etcd compacted that
+// revision away does the round resume with the live registrations, logged as
+// an error and counted (Status.ResumeFallbacks).
 func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64) error {
 	// Paged: thousands of agents take longer than one etcd call's timeout.
 	ctx, cancel := context.WithTimeout(l.ctx, 10*l.cfg.OpTimeout)

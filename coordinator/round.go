@@ -1,18 +1,12 @@
 package coordinator
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"slices"
-	"sort"
-	"strings"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -122,76 +116,6 @@ func (l *leader) onState(ev stateEvent) {
 	}
 }
 
-func (l *leader) onRequests(ev reqEvent) error {
-	now := l.co.clock.Now()
-	if ev.reset {
-		l.requests = map[string]schema.Request{}
-		l.errSeen = map[string]time.Time{}
-		l.rejoins = map[string]rejoinWait{}
-		l.reqsSynced = true
-	}
-	var garbage []string
-	for _, it := range ev.items {
-		switch {
-		case it.deleted:
-			delete(l.requests, it.key)
-			delete(l.errSeen, it.key)
-		case errors.Is(it.err, schema.ErrRefused):
-			l.log.WithError(it.err).WithFields(logrus.Fields{"request": it.key, "writer": it.writer.String(),
-				"scope": it.req.Scope.String(), "cause": it.req.Cause, "requested_by": it.req.RequestedBy}).
-				Warn("coordinator: ignoring and deleting a request wider than its writer may ask for")
-			l.co.hooks.Request(it.req, it.err)
-			garbage = append(garbage, it.key)
-		case it.err != nil:
-			l.log.WithError(it.err).Warn("coordinator: deleting a malformed request")
-			l.co.hooks.Request(schema.Request{}, it.err)
-			garbage = append(garbage, it.key)
-		default:
-			if len(l.requests) == 0 {
-				l.firstReq = now
-			}
-			if _, seen := l.requests[it.key]; !seen {
-				l.co.hooks.Request(it.req, nil)
-				l.log.WithField("request", it.key).WithField("writer", it.writer.String()).WithField("cause", it.req.Cause).WithField("scope", it.req.ScopeText()).
-					WithField("reason", it.req.Reason).Info("coordinator: resync requested")
-			}
-			_, seen := l.requests[it.key]
-			l.requests[it.key] = it.req
-			if !seen && it.req.Cause == schema.CauseError {
-				l.errorSeen(it.key, it.req, now)
-			}
-			if !seen && it.req.Cause == schema.CauseRejoin {
-				l.rejoinSeen(it.key, it.req, now)
-			}
-		}
-	}
-	if len(garbage) > 0 {
-		if err := l.fencedDelete(garbage); err != nil {
-			if errors.Is(err, ErrDeposed) || l.ctx.Err() != nil {
-				return err
-			}
-			l.log.WithError(err).Warn("coordinator: could not delete malformed requests")
-		}
-	}
-	return nil
-}
-
-// due is when pending requests may start a round: after the coalescing
-// window, and for error requests not before their backoff (backoff.go).
-func (l *leader) due() time.Time {
-	at := maxTime(l.firstReq.Add(l.cfg.CoalesceWindow), l.rejoinDue())
-	var first time.Time
-	for k, r := range l.requests {
-		if r.Cause != schema.CauseError {
-			return at
-		}
-		if d := l.errorDue(k); first.IsZero() || d.Before(first) {
-			first = d
-		}
-	}
-	return maxTime(at, first)
-}
-
 func (l *leader) nextWake() (time.Time, bool) {
 	switch {
 	case l.round != nil:
@@ -204,24 +128,13 @@ func (l *leader) nextWake() (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// step makes the decisions that depend on time and state: resume, time out,
-// finish, start.
+// step makes the decisions that depend on time and state: resume, answer
+// failed acks, time out, finish, start.
 func (l *leader) step(now time.Time) error {
 	if l.resume != nil {
-		rec, parts := *l.resume, l.resumeParts
-		if l.rebuild {
-			parts = l.participants(schema.AllScopes())
+		if err := l.resumeRound(); err != nil {
+			return err
 		}
-		if l.recordResume {
-			if err := l.recordParticipants(rec.Revision, parts); err != nil {
-				return err
-			}
-		}
-		l.resume, l.resumeParts, l.rebuild, l.recordResume = nil, nil, false, false
-		l.round = newRoundState(rec, parts)
-		l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
-		l.co.hooks.RoundStarted(l.round.rec, true)
-		l.reconcile()
 	}
 	if !l.swept {
 		l.swept = true
@@ -231,53 +144,12 @@ func (l *leader) step(now time.Time) error {
 		return err
 	}
 	if l.round != nil {
-		if !now.Before(l.round.rec.Deadline) && l.round.counts.Pending > 0 {
-			for p, o := range l.round.outcome {
-				if o == schema.OutcomePending {
-					l.resolve(p, true)
-				}
-			}
-		}
-		c := l.round.counts
-		l.co.setStatus(func(s *Status) { s.Progress = &c })
-		if l.round.counts.Pending == 0 {
-			if err := l.finish(now); err != nil {
-				return err
-			}
-		} else {
-			return nil
+		if done, err := l.advance(now); err != nil || !done {
+			return err
 		}
 	}
-	switch {
-	case l.initial != "":
-		if err := l.start(now, schema.CauseInitial, l.initial, schema.AllScopes(), nil); err != nil {
-			return err
-		}
-	case len(l.requests) > 0 && !now.Before(l.due()):
-		ready := l.readyRequests(now)
-		if len(ready) == 0 {
-			return nil
-		}
-		scope, cause, reason, keys, err := mergeRequests(ready, l.retrySet)
-		if err != nil {
-			return err
-		}
-		if scope.Empty() {
-			l.log.WithField("requests", len(keys)).Warn("coordinator: the pending requests select no participant (a retry whose round records are gone); consuming them without a round")
-			for _, k := range keys {
-				delete(l.requests, k)
-			}
-			if err := l.fencedDelete(keys); err != nil && (errors.Is(err, ErrDeposed) || l.ctx.Err() != nil) {
-				return err
-			}
-			return nil
-		}
-		if err := l.start(now, cause, reason, scope, keys); err != nil {
-			return err
-		}
-		l.errorRoundStarted(cause, scope, ready, now)
-	default:
-		return nil
+	if started, err := l.startNext(now); err != nil || !started {
+		return err
 	}
 	// A round just started: it may be complete already (no participants,
 	// or acks seen before).
@@ -287,103 +159,58 @@ func (l *leader) step(now time.Time) error {
 	return nil
 }
 
-// mergeRequests coalesces pending requests into one round: the union of
-// their scopes (never wider: all only if one of them asked for all), the
-// first cause that is not an error, and their reasons. A retry request's
-// scope (exactly the failed and timed-out participants of its round) comes
-// from resolve.
-func mergeRequests(reqs map[string]schema.Request, resolve func(uint64) (schema.ScopeSet, error)) (schema.ScopeSet, schema.Cause, string, []string, error) {
-	keys := make([]string, 0, len(reqs))
-	for k := range reqs {
-		keys = append(keys, k)
+// resumeRound makes the round load found Started the running round, with
+// the participants setResume fixed (the live registrations when etcd had
+// compacted its start away), recorded first when its per-agent records
+// were incomplete.
+func (l *leader) resumeRound() error {
+	rec, parts := *l.resume, l.resumeParts
+	if l.rebuild {
+		parts = l.participants(schema.AllScopes())
 	}
-	sort.Strings(keys) // request ids sort by time
-	cause := reqs[keys[0]].Cause
-	var scope schema.ScopeSet
-	seen := map[string]bool{}
-	var reasons []string
-	for _, k := range keys {
-		r := reqs[k]
-		if r.ByReference() {
-			s, err := resolve(r.RetryOf)
-			if err != nil {
-				return schema.ScopeSet{}, "", "", nil, err
-			}
-			scope.Union(s)
-		} else {
-			scope.Union(r.ScopeSet())
-		}
-		if cause == schema.CauseError && r.Cause != schema.CauseError {
-			cause = r.Cause
-		}
-		if !seen[r.Reason] {
-			seen[r.Reason] = true
-			reasons = append(reasons, r.Reason)
+	if l.recordResume {
+		if err := l.recordParticipants(rec.Revision, parts); err != nil {
+			return err
 		}
 	}
-	reason := strings.Join(reasons, "; ")
-	if len(keys) > 1 {
-		reason = fmt.Sprintf("%d requests: %s", len(keys), reason)
-	}
-	return scope, cause, schema.Truncate(reason, schema.MaxReasonLen), keys, nil
+	l.resume, l.resumeParts, l.rebuild, l.recordResume = nil, nil, false, false
+	l.round = newRoundState(rec, parts)
+	l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
+	l.co.hooks.RoundStarted(l.round.rec, true)
+	l.reconcile()
+	return nil
 }
 
-// maxRetrySets bounds the unclean rounds whose retry sets a leader
-// remembers. One is not enough: when two rounds in a row fail for an agent,
-// the first one's retry may still be pending when the second finishes, and
-// forgetting its set would pace it by the cluster-wide streak instead of
-// its agent's (two retry rounds of one agent closer than the backoff).
-const maxRetrySets = 64
-
-// rememberRetry remembers round n's retry set, forgetting the oldest
-// beyond maxRetrySets.
-func (l *leader) rememberRetry(n uint64, s schema.ScopeSet) {
-	if l.retries == nil {
-		l.retries = map[uint64]schema.ScopeSet{}
-	}
-	l.retries[n] = s
-	for len(l.retries) > maxRetrySets {
-		oldest := n
-		for k := range l.retries {
-			oldest = min(oldest, k)
+// advance times out the running round's pending participants once its
+// deadline passed, reports its progress, and finishes it when none is
+// pending. done: it finished.
+func (l *leader) advance(now time.Time) (done bool, err error) {
+	rs := l.round
+	if !now.Before(rs.rec.Deadline) && rs.counts.Pending > 0 {
+		for p, o := range rs.outcome {
+			if o == schema.OutcomePending {
+				l.resolve(p, true)
+			}
 		}
-		delete(l.retries, oldest)
 	}
+	c := rs.counts
+	l.co.setStatus(func(s *Status) { s.Progress = &c })
+	if rs.counts.Pending > 0 {
+		return false, nil
+	}
+	return true, l.finish(now)
 }
 
-// retrySet is the set of failed and timed-out participants of round n:
-// remembered from this term's finish, else read from rounds/<n>/agents/
-// (after a failover), retried while etcd fails.
-func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
-	if s, ok := l.retries[n]; ok {
-		return s, nil
+// startNext starts the initial round, or a round for the pending requests
+// once they are due (startRequested). started: start was called.
+func (l *leader) startNext(now time.Time) (started bool, err error) {
+	switch {
+	case l.initial != "":
+		return true, l.start(now, schema.CauseInitial, l.initial, schema.AllScopes(), nil)
+	case len(l.requests) > 0 && !now.Before(l.due()):
+		return l.startRequested(now)
 	}
-	bo := backoff.New(retryMin, retryMax)
-	for {
-		ctx, cancel := context.WithTimeout(l.ctx, 4*l.cfg.OpTimeout)
-		recs, bad, err := ReadRoundAgents(ctx, l.c, l.layout, n, 0)
-		cancel()
-		if err == nil {
-			for _, b := range bad {
-				l.log.WithError(b).Warn("coordinator: skipping a malformed round agent record")
-			}
-			var s schema.ScopeSet
-			for _, r := range recs {
-				for _, p := range append(append([]string(nil), r.Failed...), r.TimedOut...) {
-					s.AddPlugin(schema.PluginID{Agent: r.Agent, Plugin: p})
-				}
-			}
-			if len(recs) == 0 {
-				l.log.WithField("round", n).Warn("coordinator: a retry names a round whose per-agent records are gone; it selects nobody")
-			}
-			l.rememberRetry(n, s)
-			return s, nil
-		}
-		l.log.WithError(err).Warn("coordinator: reading a retried round's participants failed; retrying")
-		if err := l.sleep(bo.Next()); err != nil {
-			return schema.ScopeSet{}, err
-		}
-	}
+	return false, nil
 }
 
 // participants are the live registrations in scope, by agent and order.
@@ -464,7 +291,51 @@ func (l *leader) recordParticipants(n uint64, parts []schema.PluginID) error {
 	return nil
 }
 
+// roundStart is a round being started: its records, built before its
+// start Txn commits.
+type roundStart struct {
+	scope schema.ScopeSet
+	parts []schema.PluginID // the live registrations in scope, fixed here
+	rec   schema.Round      // the summary, rounds/<N>
+	rev   schema.Revision   // the revision record
+	lost  int               // records written before the start, degraded or skipped
+}
+
+// start starts round lastN+1 with the live registrations in scope, and
+// consumes the requests reqKeys that asked for it. Its error is only the
+// end of leadership or a record that does not encode; a start etcd refuses
+// for good drops the requests (dropStart).
 func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet, reqKeys []string) error {
+	s := l.planStart(now, cause, reason, scope)
+	if !scope.IsAll() {
+		if err := l.writeRecordsFirst(&s); err != nil {
+			return err
+		}
+	}
+	inTxn, err := l.writeStart(s, reqKeys)
+	if errors.Is(err, errPermanent) {
+		l.dropStart(s, reqKeys, err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := l.consumeRequests(reqKeys[inTxn:], reqKeys); err != nil {
+		return err
+	}
+	l.started(s)
+	if scope.IsAll() {
+		if err := l.writeRecordsAfter(s); err != nil {
+			return err
+		}
+	}
+	l.reconcile()
+	return nil
+}
+
+// planStart builds round lastN+1's records: its participants are the live
+// registrations in scope, chosen from the view at viewRev.
+func (l *leader) planStart(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet) roundStart {
 	n := l.lastN + 1
 	parts := l.participants(scope)
 	sum := scope.Summary()
@@ -478,70 +349,78 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		Revision: n, State: schema.Started, Reason: reason, Cause: cause, Scope: sum, Participants: len(parts),
 		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity, Epoch: l.epoch,
 	}
-	// A set scope's participation goes first: an agent reads its
-	// rounds/<N>/agents/<agent> when it sees such a revision Started.
-	// Whatever an earlier attempt at round N left under rounds/<N>/ goes
-	// before, in its own Txn (etcd refuses a Txn whose delete range
-	// overlaps its puts). An all-scope round needs no record for agents
-	// to start (every plugin takes part), so its records follow the start
-	// Txn (which then carries the delete) and are written while agents
-	// already work: the fixed cost before Started is one Txn whatever the
-	// fleet size. The participants are still fixed at the start Txn: a
-	// successor that finds fewer records than the summary's agents (the
-	// leader died between) reads the registrations at the etcd revision
-	// of the start Txn (setResume): no write is added to the round.
-	//
-	// records are the per-agent records (and a set scope's chunks); an
-	// all-scope round encodes them only once its start is committed.
-	records := func() ([]put, error) {
-		puts, err := l.agentRecords(n, parts)
-		if err != nil || scope.IsAll() {
-			return puts, err
-		}
-		t := scope.Targets()
-		for i := 0; len(t) > 0; i++ {
-			k := min(len(t), schema.MaxScopeChunk)
-			b, err := schema.Encode(schema.RoundScope{Revision: n, Targets: t[:k]})
-			if err != nil {
-				return nil, err
-			}
-			puts = append(puts, put{key: l.layout.RoundScope(n, i), val: b})
-			t = t[k:]
-		}
-		return puts, nil
-	}
 	byAgent(parts, func(string, []schema.PluginID) { rec.Agents++ })
-	wipe := clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())
-	var lost int
-	before := !scope.IsAll()
-	if before {
-		if err := l.fencedTxn([]clientv3.Op{wipe}); err != nil && !errors.Is(err, errPermanent) {
-			return err
-		}
-		puts, err := records()
+	return roundStart{scope: scope, parts: parts, rec: rec, rev: rev}
+}
+
+// startRecords are the per-agent records of round s and, for a set scope,
+// its scope's chunks (rounds/<N>/scope/).
+func (l *leader) startRecords(s roundStart) ([]put, error) {
+	n := s.rec.Revision
+	puts, err := l.agentRecords(n, s.parts)
+	if err != nil || s.scope.IsAll() {
+		return puts, err
+	}
+	t := s.scope.Targets()
+	for i := 0; len(t) > 0; i++ {
+		k := min(len(t), schema.MaxScopeChunk)
+		b, err := schema.Encode(schema.RoundScope{Revision: n, Targets: t[:k]})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if lost, err = l.writePuts(nil, puts); err != nil {
-			return err
-		}
+		puts = append(puts, put{key: l.layout.RoundScope(n, i), val: b})
+		t = t[k:]
 	}
-	rec.Truncated = lost > 0
-	roundVal, err := schema.Encode(rec)
+	return puts, nil
+}
+
+// wipeRound deletes whatever an earlier attempt at round n left under
+// rounds/<n>/.
+func (l *leader) wipeRound(n uint64) clientv3.Op {
+	return clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())
+}
+
+// writeRecordsFirst writes a set scope's records before its start Txn: an
+// agent reads its rounds/<N>/agents/<agent> when it sees such a revision
+// Started. The wipe of an earlier attempt's leftovers goes before them, in
+// its own Txn (etcd refuses a Txn whose delete range overlaps its puts).
+// Records etcd refuses for good mark the summary truncated.
+func (l *leader) writeRecordsFirst(s *roundStart) error {
+	if err := l.fencedTxn([]clientv3.Op{l.wipeRound(s.rec.Revision)}); err != nil && !errors.Is(err, errPermanent) {
+		return err
+	}
+	puts, err := l.startRecords(*s)
 	if err != nil {
 		return err
 	}
-	revVal, err := schema.Encode(rev)
-	if err != nil {
+	if s.lost, err = l.writePuts(nil, puts); err != nil {
 		return err
+	}
+	s.rec.Truncated = s.lost > 0
+	return nil
+}
+
+// writeStart commits round s's start Txn: for an all-scope round the wipe
+// of an earlier attempt's leftovers (first: watchers see them go before
+// the round starts), the summary, the revision record, and the deletes of
+// as many of reqKeys as fit. When etcd refuses it for good it is tried
+// once more without the deletes. inTxn is how many of reqKeys it deleted.
+func (l *leader) writeStart(s roundStart, reqKeys []string) (inTxn int, err error) {
+	roundVal, err := schema.Encode(s.rec)
+	if err != nil {
+		return 0, err
+	}
+	revVal, err := schema.Encode(s.rev)
+	if err != nil {
+		return 0, err
 	}
 	var ops []clientv3.Op
-	if !before {
-		ops = append(ops, wipe) // first: watchers see leftovers go before the round starts
+	if s.scope.IsAll() {
+		ops = append(ops, l.wipeRound(s.rec.Revision))
 	}
-	ops = append(ops, clientv3.OpPut(l.layout.Round(n), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
+	ops = append(ops, clientv3.OpPut(l.layout.Round(s.rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
 	fixed := len(ops)
-	inTxn := min(len(reqKeys), schema.MaxTxnOps-len(ops))
+	inTxn = min(len(reqKeys), schema.MaxTxnOps-len(ops))
 	for _, k := range reqKeys[:inTxn] {
 		ops = append(ops, clientv3.OpDelete(k))
 	}
@@ -550,21 +429,27 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		inTxn = 0
 		err = l.fencedTxn(ops[:fixed])
 	}
-	if errors.Is(err, errPermanent) {
-		// Nothing smaller to write: drop the requests rather than retry
-		// them forever.
-		l.log.WithError(err).WithField("revision", n).WithField("requests", len(reqKeys)).
-			Error("coordinator: etcd refuses the round's start for good; dropping its requests (check etcd's --max-request-bytes and the coordinator's permissions)")
-		for _, k := range reqKeys {
-			delete(l.requests, k)
-		}
-		l.initial = ""
-		return nil
+	return inTxn, err
+}
+
+// dropStart gives up round s, whose start etcd refuses for good even
+// without the requests' deletes: there is nothing smaller to write, so its
+// requests are dropped rather than retried forever.
+func (l *leader) dropStart(s roundStart, reqKeys []string, err error) {
+	l.log.WithError(err).WithField("revision", s.rec.Revision).WithField("requests", len(reqKeys)).
+		Error("coordinator: etcd refuses the round's start for good; dropping its requests (check etcd's --max-request-bytes and the coordinator's permissions)")
+	for _, k := range reqKeys {
+		delete(l.requests, k)
 	}
-	if err != nil {
-		return err
-	}
-	if err := l.fencedDelete(reqKeys[inTxn:]); err != nil {
+	l.initial = ""
+}
+
+// consumeRequests deletes the started round's requests that its start Txn
+// did not (rest), and forgets all of them (reqKeys). A delete that fails
+// other than by the end of leadership is logged: those requests cause one
+// more round.
+func (l *leader) consumeRequests(rest, reqKeys []string) error {
+	if err := l.fencedDelete(rest); err != nil {
 		if errors.Is(err, ErrDeposed) || l.ctx.Err() != nil {
 			return err
 		}
@@ -576,30 +461,41 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 	for _, k := range reqKeys {
 		delete(l.errSeen, k)
 	}
+	return nil
+}
+
+// started makes the committed round s the running round, and tells the
+// log, the status and the hooks.
+func (l *leader) started(s roundStart) {
+	n, rev := s.rec.Revision, s.rev
 	l.initial = ""
 	l.lastN, l.rev = n, &rev
-	l.round = newRoundState(rec, parts)
-	l.round.lost = lost
-	l.log.WithField("revision", n).WithField("participants", len(parts)).WithField("agents", rec.Agents).WithField("scope", sum.String()).
-		WithField("cause", cause).WithField("reason", reason).Info("coordinator: round started")
-	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r })
+	l.round = newRoundState(s.rec, s.parts)
+	l.round.lost = s.lost
+	l.log.WithField("revision", n).WithField("participants", len(s.parts)).WithField("agents", s.rec.Agents).WithField("scope", s.rec.Scope.String()).
+		WithField("cause", s.rec.Cause).WithField("reason", s.rec.Reason).Info("coordinator: round started")
+	l.co.setStatus(func(st *Status) { r := rev; st.Revision = &r })
 	l.co.hooks.RoundStarted(l.round.rec, false)
 	if f := l.co.faults.afterStart; f != nil {
-		f(l.ctx, n, slices.Clone(parts)) // chaos only (testfaults.go)
+		f(l.ctx, n, slices.Clone(s.parts)) // chaos only (testfaults.go)
 	}
-	if !before {
-		puts, err := records()
-		if err != nil {
-			return err
-		}
-		lost, err := l.writePuts(nil, puts)
-		l.round.lost += lost
-		if err != nil {
-			return err
-		}
+}
+
+// writeRecordsAfter writes an all-scope round's records once its start is
+// committed: agents need none to start (every plugin takes part), so they
+// are written while agents already work, and the fixed cost before Started
+// is one Txn whatever the fleet size. The participants are still fixed at
+// the start Txn: a successor that finds fewer records than the summary's
+// agents (the leader died in between) reads the registrations at the start
+// Txn's etcd revision (setResume); no write is added to the round.
+func (l *leader) writeRecordsAfter(s roundStart) error {
+	puts, err := l.startRecords(s)
+	if err != nil {
+		return err
 	}
-	l.reconcile()
-	return nil
+	lost, err := l.writePuts(nil, puts)
+	l.round.lost += lost
+	return err
 }
 
 // agentOutcomes are round n's per-agent records with their outcomes, each
@@ -698,45 +594,69 @@ func examples(rs *roundState) *schema.RoundExamples {
 // retry's requests are written before it.
 const retryOpsInSummary = 4
 
-// retryRequests are the requests of round rec's retry: its failed and
-// timed-out participants as Targets (at most MaxRequestTargets per
-// request), each with RetryOf naming the round. They carry their targets
-// so that the retry does not depend on the round's records (pruned after
-// DetailHistory rounds, or refused for good) nor on this leader's memory.
-func (l *leader) retryRequests(rec schema.Round, failed []schema.PluginID, now time.Time) ([]put, error) {
-	var puts []put
-	parts := (len(failed) + schema.MaxRequestTargets - 1) / schema.MaxRequestTargets
-	for i := 0; len(failed) > 0; i++ {
-		k := min(len(failed), schema.MaxRequestTargets)
-		req := schema.Request{
-			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut),
-			Cause:  schema.CauseError, RetryOf: rec.Revision, RequestedBy: l.identity, RequestedAt: now.UTC(),
-		}
-		if parts > 1 {
-			req.Reason += fmt.Sprintf(" (part %d of %d)", i+1, parts)
-		}
-		for _, p := range failed[:k] {
-			req.Targets = append(req.Targets, schema.Scope{Agent: p.Agent, Plugin: p.Plugin})
-		}
-		b, err := schema.Encode(req)
-		if err != nil {
-			return nil, err
-		}
-		// The coordinator's own requests go where operators' do: a retry
-		// may cover several agents.
-		puts = append(puts, put{key: l.layout.OperatorRequest(schema.NewRequestID(now)), val: b})
-		failed = failed[k:]
-	}
-	return puts, nil
-}
-
 // detailPrune is how many rounds before the kept detail each finish
 // deletes the per-agent records of: more than one, so that a finish whose
 // summary Txn had to be degraded (without pruning) leaves nothing behind
 // for long.
 const detailPrune = 8
 
+// finishing is the running round being finished: the records its finish
+// writes, built in turn.
+type finishing struct {
+	rs       *roundState
+	rec      schema.Round    // the summary, NotActive
+	rev      schema.Revision // the revision record, NotActive
+	revVal   []byte
+	outcomes []put // the per-agent records with their outcomes
+	// together: a small round's outcomes share the summary's Txn (one
+	// write, one fsync fewer per round); a large round's go first.
+	together        bool
+	outcomesWritten bool
+	extra           []clientv3.Op   // the pruning of old rounds, and a small retry
+	retry           schema.ScopeSet // an unclean round's failed and timed-out participants
+	retries         []put           // its retry's requests
+	retryInTxn      bool            // they are in extra
+	retryWritten    bool
+}
+
+// finish completes the running round once every participant is resolved:
+// it writes the per-agent outcomes, the summary and the revision record
+// NotActive, prunes old rounds and plans an unclean round's retry. What
+// etcd refuses for good is written smaller (writeSummary): the round
+// completes. Its error is only the end of leadership or a record that
+// does not encode.
 func (l *leader) finish(now time.Time) error {
+	f, err := l.planFinish(now)
+	if err != nil {
+		return err
+	}
+	if !f.together {
+		if err := l.writeOutcomes(f); err != nil {
+			return err
+		}
+	}
+	if err := l.finishRevision(f); err != nil {
+		return err
+	}
+	f.extra = l.pruneOps(f.rec.Revision)
+	if err := l.planRetry(f, now); err != nil {
+		return err
+	}
+	if !f.retryInTxn {
+		if err := l.writeRetries(f); err != nil {
+			return err
+		}
+	}
+	if err := l.writeSummary(f); err != nil {
+		return err
+	}
+	l.finished(f, now)
+	return nil
+}
+
+// planFinish builds the running round's NotActive summary and its
+// per-agent outcome records.
+func (l *leader) planFinish(now time.Time) (*finishing, error) {
 	rs := l.round
 	rec := rs.rec
 	rec.State = schema.NotActive
@@ -745,27 +665,36 @@ func (l *leader) finish(now time.Time) error {
 	rec.FinishedAt = now.UTC()
 	rec.DurationMS = float64(now.Sub(rec.StartedAt).Microseconds()) / 1000
 	rec.FinishedBy = l.identity
-
 	puts, err := l.agentOutcomes(rs)
+	if err != nil {
+		return nil, err
+	}
+	rec.Truncated = rec.Truncated || rs.lost > 0
+	together := len(puts) <= schema.MaxTxnOps/2 && putsSize(puts) <= l.cfg.WriteBudget/2
+	return &finishing{rs: rs, rec: rec, outcomes: puts, together: together}, nil
+}
+
+// writeOutcomes writes the per-agent outcomes on their own, once: a large
+// round's before its summary, a small round's when etcd refused them in
+// the summary's Txn for good. Records refused even degraded mark the
+// summary truncated.
+func (l *leader) writeOutcomes(f *finishing) error {
+	if f.outcomesWritten {
+		return nil
+	}
+	f.outcomesWritten = true
+	lost, err := l.writePuts(nil, f.outcomes)
 	if err != nil {
 		return err
 	}
-	// A small round's outcomes share the summary's Txn (below): one
-	// write, one fsync fewer per round. Otherwise they go first.
-	together := len(puts) <= schema.MaxTxnOps/2
-	size := 0
-	for _, p := range puts {
-		size += p.size()
-	}
-	together = together && size <= l.cfg.WriteBudget/2
-	var lost int
-	if !together {
-		if lost, err = l.writePuts(nil, puts); err != nil {
-			return err
-		}
-	}
-	rec.Truncated = rec.Truncated || rs.lost+lost > 0
+	f.rec.Truncated = f.rec.Truncated || lost > 0
+	return nil
+}
 
+// finishRevision builds the NotActive revision record from the one the
+// round started with, or from its summary when this leader resumed it.
+func (l *leader) finishRevision(f *finishing) (err error) {
+	rec := f.rec
 	var rev schema.Revision
 	if l.rev != nil && l.rev.Revision == rec.Revision {
 		rev = *l.rev
@@ -774,137 +703,167 @@ func (l *leader) finish(now time.Time) error {
 			Participants: rec.Counts.Participants, StartedAt: rec.StartedAt, Deadline: rec.Deadline}
 	}
 	rev.State, rev.FinishedAt, rev.Leader, rev.Epoch = schema.NotActive, rec.FinishedAt, l.identity, l.epoch
-	revVal, err := schema.Encode(rev)
-	if err != nil {
-		return err
-	}
+	f.rev = rev
+	f.revVal, err = schema.Encode(rev)
+	return err
+}
 
-	var extra []clientv3.Op
-	if keep := uint64(l.cfg.History); rec.Revision > keep {
-		extra = append(extra, clientv3.OpDelete(l.layout.Round(1), clientv3.WithRange(l.layout.Round(rec.Revision-keep+1))))
+// pruneOps delete, at round n's finish, the summaries beyond History and
+// the per-agent records of detailPrune rounds beyond DetailHistory.
+func (l *leader) pruneOps(n uint64) []clientv3.Op {
+	var ops []clientv3.Op
+	if keep := uint64(l.cfg.History); n > keep {
+		ops = append(ops, clientv3.OpDelete(l.layout.Round(1), clientv3.WithRange(l.layout.Round(n-keep+1))))
 	}
 	for i := uint64(0); i < detailPrune; i++ {
 		dk := uint64(l.cfg.DetailHistory) + i
-		if rec.Revision <= dk {
+		if n <= dk {
 			break
 		}
-		extra = append(extra, clientv3.OpDelete(l.layout.RoundDir(rec.Revision-dk), clientv3.WithPrefix()))
+		ops = append(ops, clientv3.OpDelete(l.layout.RoundDir(n-dk), clientv3.WithPrefix()))
 	}
-	clean := rec.Clean()
-	var retry schema.ScopeSet
-	var retries []put
-	if !clean {
+	return ops
+}
+
+// planRetry plans an unclean round's retry: requests for its failed and
+// timed-out participants. A retry is durable until its round runs
+// (invariant 7): in the summary's Txn when it is small (a round's NotActive
+// and its retry are then one write), else written before it (finish).
+// Either way it survives the summary's smaller writes: a successor that
+// finishes the round again after a crash in between plans it again, and
+// the two merge into one round.
+func (l *leader) planRetry(f *finishing, now time.Time) error {
+	if !f.rec.Clean() {
 		var failed []schema.PluginID
-		for _, p := range rs.parts {
-			if o := rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
-				retry.AddPlugin(p)
+		for _, p := range f.rs.parts {
+			if o := f.rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
+				f.retry.AddPlugin(p)
 				failed = append(failed, p)
 			}
 		}
-		if retries, err = l.retryRequests(rec, failed, now); err != nil {
+		var err error
+		if f.retries, err = l.retryRequests(f.rec, failed, now); err != nil {
 			return err
 		}
 	}
-	// A retry is durable until its round runs (invariant 7): in the
-	// summary Txn when it is small (a round's NotActive and its retry are
-	// then one write), else written before it. Either way it survives the
-	// summary's smaller fallbacks below: a successor that finishes the
-	// round again after a crash in between plans it again, and the two
-	// merge into one round.
-	retrySize := 0
-	for _, p := range retries {
-		retrySize += p.size()
+	f.retryInTxn = len(f.retries) <= retryOpsInSummary && putsSize(f.retries) <= l.cfg.WriteBudget/4
+	if f.retryInTxn {
+		for _, p := range f.retries {
+			f.extra = append(f.extra, clientv3.OpPut(p.key, string(p.val)))
+		}
 	}
-	retryInTxn := len(retries) <= retryOpsInSummary && retrySize <= l.cfg.WriteBudget/4
-	retryWritten := false
-	writeRetries := func() error {
-		if retryWritten {
-			return nil
-		}
-		retryWritten = true
-		lost, err := l.writePuts(nil, retries)
-		if lost > 0 {
-			l.log.WithField("revision", rec.Revision).WithField("requests", lost).
-				Error("coordinator: etcd refuses a retry request for good; its plugins get no retry round (check etcd's --max-request-bytes and the coordinator's permissions)")
-		}
-		return err
+	return nil
+}
+
+// writeRetries writes the retry's requests on their own, once.
+func (l *leader) writeRetries(f *finishing) error {
+	if f.retryWritten {
+		return nil
 	}
-	if retryInTxn {
-		for _, p := range retries {
-			extra = append(extra, clientv3.OpPut(p.key, string(p.val)))
-		}
-	} else if err := writeRetries(); err != nil {
-		return err
+	f.retryWritten = true
+	lost, err := l.writePuts(nil, f.retries)
+	if lost > 0 {
+		l.log.WithField("revision", f.rec.Revision).WithField("requests", lost).
+			Error("coordinator: etcd refuses a retry request for good; its plugins get no retry round (check etcd's --max-request-bytes and the coordinator's permissions)")
 	}
-	// The summary Txn, smaller on each refusal for good: without examples,
-	// without pruning and the retry (then written on its own), the
-	// revision alone. Nothing is retried
-	// forever: the round completes.
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			rec.Examples, rec.Truncated = nil, true
-		}
-		roundVal, err := schema.Encode(rec)
-		if err != nil {
-			return err
-		}
-		var ops []clientv3.Op
-		if together && attempt == 0 {
-			for _, p := range puts {
-				ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
-			}
-			ops = append(ops, clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
-			if err = l.fencedTxn(append(ops, extra...)); err == nil {
-				break
-			}
-			if !errors.Is(err, errPermanent) {
-				return err
-			}
-			// Refused for good: the outcomes alone (degraded where
-			// needed), then the summary as for a large round.
-			together = false
-			if lost, err = l.writePuts(nil, puts); err != nil {
-				return err
-			}
-			rec.Truncated = rec.Truncated || lost > 0
-			attempt = -1
-			continue
-		}
-		if attempt >= 2 && retryInTxn {
-			// The retry leaves the summary's Txn: written on its own.
-			if err := writeRetries(); err != nil {
-				return err
-			}
-		}
-		switch attempt {
-		case 0, 1:
-			ops = append([]clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}, extra...)
-		case 2:
-			ops = []clientv3.Op{clientv3.OpPut(l.layout.Round(rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal))}
-		case 3:
-			ops = []clientv3.Op{clientv3.OpPut(l.layout.Revision(), string(revVal))}
-		}
-		err = l.fencedTxn(ops)
-		if err == nil {
-			if attempt > 0 {
-				l.log.WithField("revision", rec.Revision).WithField("attempt", attempt).
+	return err
+}
+
+// summaryWrite is one Txn that may carry a finished round's summary; the
+// revision record is in every one.
+type summaryWrite struct {
+	attempt  int  // 0: the summary as planned; 1, 2, 3: ever smaller (logged)
+	outcomes bool // with the per-agent outcomes (a small round's)
+	examples bool // the summary with its examples; without, it is marked truncated
+	extra    bool // with the pruning and a small retry
+	summary  bool // with the summary; without, the revision record alone
+}
+
+// summaryWrites are the Txns tried in turn for a finished round, each
+// when etcd refused the one before for good: a small round's outcomes
+// with its summary, the summary, the summary without examples, without
+// the pruning and the retry, and the revision record alone.
+func summaryWrites(together bool) []summaryWrite {
+	ws := []summaryWrite{
+		{attempt: 0, examples: true, extra: true, summary: true},
+		{attempt: 1, extra: true, summary: true},
+		{attempt: 2, summary: true},
+		{attempt: 3},
+	}
+	if together {
+		ws = slices.Insert(ws, 0, summaryWrite{outcomes: true, examples: true, extra: true, summary: true})
+	}
+	return ws
+}
+
+// writeSummary tries the summary writes in turn until etcd commits one.
+// Nothing is retried forever: when etcd refuses even the revision record
+// alone, the round is finished here without its NotActive recorded. Its
+// error is only the end of leadership or a record that does not encode.
+func (l *leader) writeSummary(f *finishing) error {
+	var err error
+	for _, w := range summaryWrites(f.together) {
+		if err = l.trySummary(f, w); err == nil {
+			if w.attempt > 0 {
+				l.log.WithField("revision", f.rec.Revision).WithField("attempt", w.attempt).
 					Error("coordinator: round summary written degraded (marked truncated) because etcd refused the full write for good")
 			}
-			break
+			return nil
 		}
 		if !errors.Is(err, errPermanent) {
 			return err
 		}
-		if attempt == 3 {
-			l.log.WithError(err).WithField("revision", rec.Revision).
-				Error("coordinator: etcd refuses even the revision record for good; the round is finished here but its NotActive is not recorded (check etcd's --max-request-bytes and the coordinator's permissions)")
-			break
+	}
+	l.log.WithError(err).WithField("revision", f.rec.Revision).
+		Error("coordinator: etcd refuses even the revision record for good; the round is finished here but its NotActive is not recorded (check etcd's --max-request-bytes and the coordinator's permissions)")
+	return nil
+}
+
+// trySummary commits summary write w. What w leaves out and must survive
+// (the outcomes, the retry) is written on its own first.
+func (l *leader) trySummary(f *finishing, w summaryWrite) error {
+	if !w.outcomes {
+		if err := l.writeOutcomes(f); err != nil {
+			return err
 		}
 	}
+	if !w.examples {
+		f.rec.Examples, f.rec.Truncated = nil, true
+	}
+	roundVal, err := schema.Encode(f.rec)
+	if err != nil {
+		return err
+	}
+	if !w.extra {
+		if err := l.writeRetries(f); err != nil {
+			return err
+		}
+	}
+	var ops []clientv3.Op
+	if w.outcomes {
+		for _, p := range f.outcomes {
+			ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
+		}
+	}
+	if w.summary {
+		ops = append(ops, clientv3.OpPut(l.layout.Round(f.rec.Revision), string(roundVal)))
+	}
+	ops = append(ops, clientv3.OpPut(l.layout.Revision(), string(f.revVal)))
+	if w.extra {
+		ops = append(ops, f.extra...)
+	}
+	return l.fencedTxn(ops)
+}
+
+// finished makes f's round the last one: it remembers an unclean round's
+// retry set and ends its error streaks, and tells the log, the status and
+// the hooks.
+func (l *leader) finished(f *finishing, now time.Time) {
+	rec, rev := f.rec, f.rev
 	l.rev = &rev
 	l.round = nil
-	if !clean {
-		l.rememberRetry(rec.Revision, retry)
+	if !rec.Clean() {
+		l.rememberRetry(rec.Revision, f.retry)
 	}
 	l.errorRoundFinished(now)
 	l.log.WithField("revision", rec.Revision).WithField("acked", rec.Counts.Acked).WithField("failed", rec.Counts.Failed).
@@ -912,5 +871,4 @@ func (l *leader) finish(now time.Time) error {
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r; s.Progress = nil })
 	l.co.hooks.RoundFinished(rec)
-	return nil
 }

@@ -438,7 +438,7 @@ func (h *History) Check() *Report {
 }
 
 // checkBackoff checks the pacing of error-triggered rounds per agent
-// (coordinator/backoff.go). A new leader's first error round is not
+// (coordinator/streaks.go). A new leader's first error round is not
 // checked against its predecessor's (the streak is replayed from history,
 // which garbage may have hidden); a gap of Backoff.Max or more may be a new
 // streak, so the check restarts from the shortest delay there.

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"maps"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -255,35 +254,6 @@ func (l *leader) errorDue(key string) time.Time {
 		due = maxTime(due, l.streaks.Due(k, l.errSeen[key]))
 	}
 	return due
-}
-
-// readyRequests are the pending requests a round started now takes: all of
-// them when one is not an error (that round covers their scopes anyway),
-// else the error requests due within the coalescing window, and every
-// other error request of their agents (the round answers them too); the
-// others wait for their backoff.
-func (l *leader) readyRequests(now time.Time) map[string]schema.Request {
-	ready := make(map[string]schema.Request, len(l.requests))
-	agents := map[string]bool{}
-	for k, r := range l.requests {
-		if r.Cause != schema.CauseError {
-			maps.Copy(ready, l.requests)
-			return ready
-		}
-		if !now.Add(l.cfg.CoalesceWindow).Before(l.errorDue(k)) {
-			ready[k] = r
-			for _, a := range l.requestKeys(r) {
-				agents[a] = true
-			}
-		}
-	}
-	for k, r := range l.requests {
-		keys := l.requestKeys(r)
-		if len(keys) == 1 && agents[keys[0]] {
-			ready[k] = r
-		}
-	}
-	return ready
 }
 
 // errorRoundStarted counts an error-triggered round in the streak of every
