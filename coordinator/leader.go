@@ -187,6 +187,12 @@ func (l *leader) run() error {
 		}
 		if wake, ok := l.nextWake(); ok {
 			timer.Reset(max(l.co.clock.Until(wake), 0))
+			// A clock that passed wake between Until and Reset (a test's
+			// fake clock advanced just then) would fire the timer a whole
+			// pause late: step again now instead.
+			if l.stateSynced && l.reqsSynced && !l.co.clock.Now().Before(wake) {
+				continue
+			}
 		} else {
 			timer.Stop()
 		}
