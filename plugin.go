@@ -437,7 +437,7 @@ func (p *Plugin) ReportError(name string, err error) {
 		text = err.Error()
 	}
 	p.logger().WithField("plugin", name).WithField("error", text).Warn("resync: error reported; requesting a resync of this agent")
-	p.request(schema.Request{Reason: schema.Truncate(name+": "+text, schema.MaxReasonLen), Cause: schema.CauseError})
+	p.request(schema.Request{Reason: schema.Cut(name+": "+text, schema.MaxReasonLen), Cause: schema.CauseError})
 }
 
 // DoResync asks for a resync of this agent's plugins (cn-infra v1.3's

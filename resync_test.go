@@ -259,7 +259,7 @@ func TestReportErrorWritesRequest(t *testing.T) {
 			t.Errorf("request %+v", req)
 		}
 	}
-	if r := reqs[0].Reason; !strings.HasPrefix(r, "l3plugin: apply failed: é") || len(r) > schema.MaxReasonLen+len("...[truncated]") {
+	if r := reqs[0].Reason; !strings.HasPrefix(r, "l3plugin: apply failed: é") || len(r) > schema.MaxReasonLen+len(schema.CutMarker) {
 		t.Errorf("reason of %d bytes: %.40q", len(r), r)
 	}
 	if r := reqs[1].Reason; !strings.HasPrefix(r, "aclplugin: ") {

@@ -263,7 +263,7 @@ func (l *leader) writeFailedAcks(now time.Time) error {
 				req.Targets = append(req.Targets, schema.Scope{Agent: p.Agent, Plugin: p.Plugin})
 			}
 			first := l.failedAcks[ps[0]]
-			req.Reason = schema.Truncate(fmt.Sprintf("%d plugin(s) of agent %s failed a resync they were not a participant of (join or late registration); first %s at revision %d: %s %s",
+			req.Reason = schema.Cut(fmt.Sprintf("%d plugin(s) of agent %s failed a resync they were not a participant of (join or late registration); first %s at revision %d: %s %s",
 				k, agent, ps[0].Plugin, first.Revision, first.Result, first.Error), schema.MaxReasonLen)
 			var b []byte
 			if b, err = schema.Encode(req); err != nil {

@@ -197,7 +197,7 @@ func mergeRequests(reqs map[string]schema.Request, resolve func(uint64) (schema.
 	if len(keys) > 1 {
 		reason = fmt.Sprintf("%d requests: %s", len(keys), reason)
 	}
-	return scope, cause, schema.Truncate(reason, schema.MaxReasonLen), keys, nil
+	return scope, cause, schema.Cut(reason, schema.MaxReasonLen), keys, nil
 }
 
 // maxRetrySets bounds the unclean rounds whose retry sets a leader

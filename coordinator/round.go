@@ -58,7 +58,7 @@ func (l *leader) resolve(p schema.PluginID, expired bool) {
 		if rs.errs == nil {
 			rs.errs = map[schema.PluginID]string{}
 		}
-		rs.errs[p] = schema.TruncateJSON(ack.Error, schema.MaxReasonLen)
+		rs.errs[p] = schema.Cut(ack.Error, schema.MaxAckErrorLen)
 	case schema.OutcomeTimedOut:
 		rs.counts.TimedOut++
 	case schema.OutcomeDeparted:
@@ -537,7 +537,7 @@ func (l *leader) agentOutcomes(rs *roundState) ([]put, error) {
 		}
 		if len(key)+len(b) > budget && len(ra.Errors) > 0 {
 			for p, e := range ra.Errors {
-				ra.Errors[p] = schema.TruncateJSON(e, 128)
+				ra.Errors[p] = schema.Cut(e, schema.MaxTrimmedErrorLen)
 			}
 			ra.Truncated = true
 			if b, err = schema.Encode(ra); err != nil {
@@ -575,7 +575,7 @@ func examples(rs *roundState) *schema.RoundExamples {
 				if ex.Errors == nil {
 					ex.Errors = map[string]string{}
 				}
-				ex.Errors[p.String()] = schema.TruncateJSON(e, 256)
+				ex.Errors[p.String()] = schema.Cut(e, schema.MaxExampleErrorLen)
 			}
 		case o == schema.OutcomeTimedOut && len(ex.TimedOut) < schema.MaxExamples:
 			ex.TimedOut = append(ex.TimedOut, p)

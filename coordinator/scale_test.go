@@ -52,7 +52,7 @@ func checkOutcomes(t *testing.T, v RoundView, want []schema.PluginID) {
 	}
 	for p, e := range v.Errors {
 		b, _ := json.Marshal(e)
-		if len(b)-2 > schema.MaxReasonLen+len("...[truncated]") {
+		if len(b)-2 > schema.MaxAckErrorLen+len(schema.CutMarker) {
 			t.Fatalf("error of %s is %d bytes after JSON escaping", p, len(b)-2)
 		}
 	}

@@ -231,8 +231,9 @@ func TestEtcdGoneMidRound(t *testing.T) {
 	}
 }
 
-// Oversized texts are cut to schema.MaxReasonLen (plus a marker) wherever
-// they are stored: a plugin's AckError text, a ReportError reason; a raw
+// Oversized texts are cut to their limit (schema.MaxAckErrorLen,
+// schema.MaxReasonLen; plus a marker) wherever they are stored: a plugin's
+// AckError text, a ReportError reason; a raw
 // request with an oversized reason is rejected and deleted, its key logged.
 func TestOversizedReasonsAreTruncated(t *testing.T) {
 	m := etcdtest.Start(t)
@@ -253,10 +254,10 @@ func TestOversizedReasonsAreTruncated(t *testing.T) {
 	})
 	waitRegistered(t, obs, 1)
 	startCoordinator(t, m.Client(t), log, "c0")
-	limit := schema.MaxReasonLen + len("...[truncated]")
+	limit := schema.MaxReasonLen + len(schema.CutMarker)
 	r := waitCompleted(t, obs, 0, 20*time.Second, "the failed round", func(r coordinator.RoundView) bool { return r.Counts.Failed == 1 })
-	if e := r.Errors["a1/p1"]; len(e) > limit || !strings.HasSuffix(e, "...[truncated]") {
-		t.Errorf("failed round's error text is %d bytes (limit %d): %.40q...", len(e), limit, e)
+	if e, max := r.Errors["a1/p1"], schema.MaxAckErrorLen+len(schema.CutMarker); len(e) > max || !strings.HasSuffix(e, schema.CutMarker) {
+		t.Errorf("failed round's error text is %d bytes (limit %d): %.40q...", len(e), max, e)
 	}
 	retry := waitCompleted(t, obs, r.Revision, 20*time.Second, "the retry round", func(r coordinator.RoundView) bool { return r.Cause == schema.CauseError })
 	if len(retry.Reason) > limit+64 || !strings.Contains(retry.Reason, "[truncated]") {

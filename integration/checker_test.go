@@ -318,12 +318,12 @@ func TestCheckerNewFaultsPass(t *testing.T) {
 	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p2", ModRev: 26, Lease: 1, Revision: 1})
 	h.RecordKeyWrite(KeyWrite{Agent: "a", Plugin: "p1", ModRev: 25, Lease: 2})
 	h.RecordKeyWrite(KeyWrite{Ack: true, Agent: "a", Plugin: "p1", ModRev: 19, Lease: 2, Revision: 2,
-		Error: schema.Truncate(strings.Repeat("<&>", 400), schema.MaxReasonLen)})
+		Error: schema.Cut(strings.Repeat("<&>", 400), schema.MaxAckErrorLen)})
 	lateTimeout(h, 1)
 	h.RecordRequest("/resync/requests/operator/r1", schema.Request{Cause: schema.CauseError, RetryOf: 1}, 31, false)
 	h.WriteBudget = 16 << 10
 	h.RecordSize(RecordSize{Key: "/resync/rounds/2/agents/a", Agent: "a", ModRev: 40, Bytes: 8000})
-	lastRound(h, 2).Errors = map[string]string{"a/p2": schema.TruncateJSON(strings.Repeat("<", 2000), schema.MaxReasonLen)}
+	lastRound(h, 2).Errors = map[string]string{"a/p2": schema.Cut(strings.Repeat("<", 2000), schema.MaxAckErrorLen)}
 	long := schema.PluginID{Agent: longName("a-"), Plugin: longName("p-")}
 	h.AddIncarnation(3, long.Agent, []string{long.Plugin})
 	r := lastRound(h, 2)

@@ -1196,13 +1196,14 @@ func (h *History) checkLate(r *Report) {
 
 // checkTexts checks the records' sizes and texts: every round record within
 // the write budget (a per-agent record within half of it), every error
-// text of a round record at most schema.MaxReasonLen bytes after JSON
+// text of a round record at most schema.MaxAckErrorLen bytes after JSON
 // escaping (plus the truncation marker; the summary's examples at most
-// 256), every ack's error at most schema.MaxReasonLen bytes, and every
+// schema.MaxExampleErrorLen), every ack's error at most
+// schema.MaxAckErrorLen bytes (plus the marker), and every
 // participant a name that some incarnation registered (128-character names
 // intact).
 func (h *History) checkTexts(r *Report) {
-	const marker = len("...[truncated]")
+	const marker = len(schema.CutMarker)
 	if h.WriteBudget > 0 {
 		for _, s := range h.Sizes {
 			limit := h.WriteBudget
@@ -1221,12 +1222,14 @@ func (h *History) checkTexts(r *Report) {
 		}
 	}
 	for _, w := range h.KeyWrites {
-		// An ack's error is cut in bytes (the watcher's Truncate); the
-		// coordinator cuts it again, after escaping, for its records.
+		// An ack's error is cut by the watcher (schema.Cut, after
+		// escaping); it is checked here in bytes, as the decoder does, so
+		// that an ack cut in bytes by an older writer passes too. The
+		// leader's Cut of it for its records changes nothing then.
 		if w.Ack && w.Error != "" {
 			r.TextsChecked++
-			if n := len(w.Error); n > schema.MaxReasonLen+marker {
-				r.violate("the error of ack %s/%s at %d is %d bytes: the cap is %d", w.Agent, w.Plugin, w.ModRev, n, schema.MaxReasonLen+marker)
+			if n := len(w.Error); n > schema.MaxAckErrorLen+marker {
+				r.violate("the error of ack %s/%s at %d is %d bytes: the cap is %d", w.Agent, w.Plugin, w.ModRev, n, schema.MaxAckErrorLen+marker)
 			}
 		}
 	}
@@ -1241,11 +1244,11 @@ func (h *History) checkTexts(r *Report) {
 			continue
 		}
 		for id, e := range w.Round.Errors {
-			checkText(fmt.Sprintf("round %d's error of %s", w.Key, id), e, schema.MaxReasonLen)
+			checkText(fmt.Sprintf("round %d's error of %s", w.Key, id), e, schema.MaxAckErrorLen)
 		}
 		if ex := w.Round.Examples; ex != nil {
 			for id, e := range ex.Errors {
-				checkText(fmt.Sprintf("round %d's example error of %s", w.Key, id), e, 256)
+				checkText(fmt.Sprintf("round %d's example error of %s", w.Key, id), e, schema.MaxExampleErrorLen)
 			}
 		}
 		for _, p := range w.Round.Participants {

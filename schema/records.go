@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // Status is the state of a resync revision, as seen by plugins in their
@@ -55,11 +54,8 @@ const (
 	CauseRejoin Cause = "rejoin"
 )
 
-// Limits on free text and on stored values.
+// Limits on identities and on stored values (free text: see text.go).
 const (
-	// MaxReasonLen bounds a request's or round's reason and an ack's error
-	// text, in bytes; longer texts are cut by Truncate.
-	MaxReasonLen = 1024
 	// MaxIDLen bounds identities (leader id, requested_by).
 	MaxIDLen = 256
 
@@ -301,7 +297,7 @@ func (r Revision) Validate() error {
 	if r.State == NotActive && r.FinishedAt.IsZero() {
 		return errors.New("a NotActive revision needs finished_at")
 	}
-	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "leader", r.Leader, "epoch", r.Epoch)
+	return checkText("reason", r.Reason, acceptLen(MaxReasonLen), "leader", r.Leader, "epoch", r.Epoch)
 }
 
 // Ack is the value of acks/<agent>/<plugin>, written by the agent's watcher on
@@ -323,7 +319,7 @@ func (a Ack) Validate() error {
 	default:
 		return fmt.Errorf("result %q is not one of ok, error, timeout", a.Result)
 	}
-	return checkText("error", a.Error, MaxReasonLen+len(truncMarker)+20)
+	return checkText("error", a.Error, acceptLen(MaxAckErrorLen))
 }
 
 // Request is the value of a request key (requests/agent/<agent>/<id> or
@@ -411,7 +407,7 @@ func (r Request) Validate() error {
 			return fmt.Errorf("target %d: %w", i, err)
 		}
 	}
-	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "requested_by", r.RequestedBy)
+	return checkText("reason", r.Reason, acceptLen(MaxReasonLen), "requested_by", r.RequestedBy)
 }
 
 // RoundCounts are the sizes of a round's outcome lists.
@@ -443,7 +439,7 @@ type Round struct {
 	Agents int `json:"agents"`
 	// Examples names the first few failed, timed-out and departed
 	// participants of a completed round (at most MaxExamples each) and the
-	// failed ones' errors, cut short; every name is under
+	// failed ones' errors, cut to MaxExampleErrorLen; every name is under
 	// rounds/<N>/agents/.
 	Examples   *RoundExamples `json:"examples,omitempty"`
 	StartedAt  time.Time      `json:"started_at"`
@@ -509,12 +505,12 @@ func (r Round) Validate() error {
 			return fmt.Errorf("examples: at most %d names per outcome", MaxExamples)
 		}
 		for k, v := range e.Errors {
-			if err := checkText("example error of "+k, v, maxExampleError+len(truncMarker)+20); err != nil {
+			if err := checkText("example error of "+k, v, acceptLen(MaxExampleErrorLen)); err != nil {
 				return err
 			}
 		}
 	}
-	return checkText("reason", r.Reason, MaxReasonLen+len(truncMarker)+20, "started_by", r.StartedBy, "finished_by", r.FinishedBy)
+	return checkText("reason", r.Reason, acceptLen(MaxReasonLen), "started_by", r.StartedBy, "finished_by", r.FinishedBy)
 }
 
 func (s Status) validate() error {
@@ -522,43 +518,6 @@ func (s Status) validate() error {
 		return fmt.Errorf("state %q is not Started or NotActive", s)
 	}
 	return nil
-}
-
-// checkText checks one text against limit and the following name/value pairs
-// against MaxIDLen; all must be valid UTF-8.
-func checkText(name, text string, limit int, ids ...string) error {
-	if len(text) > limit {
-		return fmt.Errorf("%s is %d bytes long: the limit is %d", name, len(text), limit)
-	}
-	if !utf8.ValidString(text) {
-		return fmt.Errorf("%s is not valid UTF-8", name)
-	}
-	for i := 0; i+1 < len(ids); i += 2 {
-		if len(ids[i+1]) > MaxIDLen {
-			return fmt.Errorf("%s is %d bytes long: the limit is %d", ids[i], len(ids[i+1]), MaxIDLen)
-		}
-		if !utf8.ValidString(ids[i+1]) {
-			return fmt.Errorf("%s is not valid UTF-8", ids[i])
-		}
-	}
-	return nil
-}
-
-const truncMarker = "...[truncated]"
-
-// Truncate cuts s to at most max bytes (plus a "...[truncated]" marker) on a
-// UTF-8 boundary, and replaces invalid UTF-8. Texts from users (reasons,
-// error texts) pass through it before they are written.
-func Truncate(s string, max int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + truncMarker
 }
 
 // DecodeError is returned by every decoder: the key and what is wrong.

@@ -1,7 +1,6 @@
 package schema
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,7 +14,7 @@ import (
 //	revision                       fixed size (ScopeSummary, counts)
 //	rounds/<N>                     fixed size (Round: counts, MaxExamples names per outcome)
 //	rounds/<N>/agents/<agent>      one agent's plugins (and at the end their outcomes,
-//	                               errors cut to MaxReasonLen after JSON escaping);
+//	                               errors cut to MaxAckErrorLen after JSON escaping);
 //	                               the writer's per-record budget drops error texts first
 //	rounds/<N>/scope/<i>           at most MaxScopeChunk targets of a set scope
 //
@@ -31,7 +30,6 @@ const (
 	// MaxScopeChunk bounds the targets in one rounds/<N>/scope/<i> value.
 	MaxScopeChunk = 200
 
-	maxExampleError    = 256
 	maxRoundAgentValue = 1 << 20
 	maxRoundScopeValue = 64 << 10
 )
@@ -278,8 +276,8 @@ type RoundAgent struct {
 	Failed   []string `json:"failed,omitempty"`
 	TimedOut []string `json:"timed_out,omitempty"`
 	Departed []string `json:"departed,omitempty"`
-	// Errors maps a failed plugin to its error text, at most MaxReasonLen
-	// bytes after JSON escaping (see TruncateJSON).
+	// Errors maps a failed plugin to its error text, cut (see Cut) to
+	// MaxAckErrorLen, or to MaxTrimmedErrorLen when Truncated.
 	Errors map[string]string `json:"errors,omitempty"`
 	// Truncated: error texts were dropped to keep the value within the
 	// writer's budget.
@@ -355,7 +353,7 @@ func (r RoundAgent) Validate() error {
 		if seen[p] != OutcomeFailed {
 			return fmt.Errorf("errors names %s, which did not fail", p)
 		}
-		if err := checkText("error of "+p, e, MaxReasonLen+len(truncMarker)+20); err != nil {
+		if err := checkText("error of "+p, e, acceptLen(MaxAckErrorLen)); err != nil {
 			return err
 		}
 	}
@@ -394,31 +392,4 @@ func DecodeRoundAgent(key string, value []byte) (RoundAgent, error) {
 // DecodeRoundScope decodes a rounds/<N>/scope/<i> value.
 func DecodeRoundScope(key string, value []byte) (RoundScope, error) {
 	return decodeAs[RoundScope](key, value, maxRoundScopeValue, "round scope")
-}
-
-// TruncateJSON cuts s (as Truncate does) so that its JSON encoding, quotes
-// excluded, is at most max bytes plus the truncation marker: escaping
-// (\u003c for "<", \" and control characters) can make a text six times
-// longer than its bytes.
-func TruncateJSON(s string, max int) string {
-	t := Truncate(s, max)
-	for cut := max; ; {
-		n := jsonLen(t)
-		if n <= max+len(truncMarker) || cut <= 0 {
-			return t
-		}
-		cut -= n - max - len(truncMarker)
-		if cut < 0 {
-			cut = 0
-		}
-		t = Truncate(s, cut)
-		if cut == 0 {
-			return t
-		}
-	}
-}
-
-func jsonLen(s string) int {
-	b, _ := json.Marshal(s)
-	return len(b) - 2
 }

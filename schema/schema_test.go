@@ -1,13 +1,11 @@
 package schema
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
-	"unicode/utf8"
 )
 
 func TestValidateName(t *testing.T) {
@@ -320,19 +318,6 @@ func TestScopeSet(t *testing.T) {
 	}
 }
 
-// Error texts are capped after JSON escaping.
-func TestTruncateJSON(t *testing.T) {
-	s := strings.Repeat("<", 5000) // each escapes to \u003c: 6 bytes
-	got := TruncateJSON(s, MaxReasonLen)
-	b, _ := json.Marshal(got)
-	if len(b)-2 > MaxReasonLen+len(truncMarker) || !strings.HasSuffix(got, truncMarker) {
-		t.Fatalf("TruncateJSON left %d escaped bytes", len(b)-2)
-	}
-	if TruncateJSON("short <", 100) != "short <" {
-		t.Fatal("TruncateJSON changed a short text")
-	}
-}
-
 func TestDecodeRejectsWithKey(t *testing.T) {
 	for _, tc := range []struct {
 		name, value, want string
@@ -378,20 +363,6 @@ func decRoundScope(k string, v []byte) error   { _, err := DecodeRoundScope(k, v
 func TestEncodeRefusesInvalid(t *testing.T) {
 	if _, err := Encode(Registration{Agent: "a\x01b", Plugin: "p"}); err == nil {
 		t.Fatal("Encode accepted an invalid agent name")
-	}
-}
-
-func TestTruncate(t *testing.T) {
-	s := strings.Repeat("é", 1000) // 2000 bytes
-	got := Truncate(s, MaxReasonLen)
-	if !utf8.ValidString(got) || !strings.HasSuffix(got, truncMarker) || len(got) > MaxReasonLen+len(truncMarker) {
-		t.Fatalf("Truncate gave %d bytes, valid=%v", len(got), utf8.ValidString(got))
-	}
-	if Truncate("short", 10) != "short" {
-		t.Fatal("Truncate changed a short text")
-	}
-	if Truncate("a\xffb", 10) != "a\uFFFDb" {
-		t.Fatal("Truncate kept invalid UTF-8")
 	}
 }
 

@@ -69,7 +69,7 @@ func (e *Event) Join() bool { return e.join }
 func (e *Event) Ack() { e.finish(schema.ResultOK, "") }
 
 // AckError acknowledges a Started event with result error and err's text
-// (cut to schema.MaxReasonLen); the coordinator then plans a new resync.
+// (cut to schema.MaxAckErrorLen); the coordinator then plans a new resync.
 // AckError(nil) is Ack(). Like Ack, it never blocks and only the first call
 // counts.
 func (e *Event) AckError(err error) {
@@ -77,7 +77,7 @@ func (e *Event) AckError(err error) {
 		e.Ack()
 		return
 	}
-	e.finish(schema.ResultError, schema.Truncate(err.Error(), schema.MaxReasonLen))
+	e.finish(schema.ResultError, schema.Cut(err.Error(), schema.MaxAckErrorLen))
 }
 
 // finish records the outcome if the event is not finished yet; it reports

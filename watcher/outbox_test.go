@@ -354,7 +354,7 @@ func TestAckOverTheMessageLimitIsDropped(t *testing.T) {
 	a := newAgentWith(t, c, "big", 10*time.Second, []Option{WithLogger(log)})
 	chs := a.register(t, "p")
 	writeRev(t, root, 1, schema.Started, schema.Scope{})
-	recv(t, chs[0], "join resync of p").AckError(errors.New(strings.Repeat("x", schema.MaxReasonLen)))
+	recv(t, chs[0], "join resync of p").AckError(errors.New(strings.Repeat("x", schema.MaxAckErrorLen)))
 	etcdtest.WaitFor(t, wait, "the oversized ack dropped", func() bool { return a.w.Stats().WritesDropped == 1 })
 
 	writeRev(t, root, 2, schema.Started, schema.Scope{})

@@ -107,10 +107,10 @@ func TestTimeoutsLetTheNextPluginProceed(t *testing.T) {
 		t.Fatal("a late Ack blocked")
 	}
 
-	failing.AckError(errors.New("cannot reload: " + strings.Repeat("x", 2*schema.MaxReasonLen)))
+	failing.AckError(errors.New("cannot reload: " + strings.Repeat("x", 2*schema.MaxAckErrorLen)))
 	recv(t, ch[3], "good").Ack()
 	ack = waitAck(t, c, "a", "failing", 2, schema.ResultError)
-	if !strings.HasPrefix(ack.Error, "cannot reload: xxx") || len(ack.Error) > schema.MaxReasonLen+20 {
+	if !strings.HasPrefix(ack.Error, "cannot reload: xxx") || len(ack.Error) > schema.MaxAckErrorLen+len(schema.CutMarker) {
 		t.Errorf("failing's error ack has %d bytes: %.40q", len(ack.Error), ack.Error)
 	}
 	waitAck(t, c, "a", "good", 2, schema.ResultOK)

@@ -24,7 +24,7 @@ func cli(t *testing.T, ctx context.Context, args ...string) (int, string, string
 	t.Helper()
 	var out, errb etcdtest.Buffer
 	code := run(ctx, args, &out, &errb)
-	t.Logf("resyncctl %s -> %d\nstdout:\n%s\nstderr:\n%s", schema.Truncate(strings.Join(args, " "), 2000), code, out.String(), errb.String())
+	t.Logf("resyncctl %s -> %d\nstdout:\n%s\nstderr:\n%s", schema.Cut(strings.Join(args, " "), 2000), code, out.String(), errb.String())
 	return code, out.String(), errb.String()
 }
 

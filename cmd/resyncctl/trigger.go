@@ -209,7 +209,7 @@ func (o triggerOpts) request() (schema.Request, string, error) {
 		scope, targets = targets[0], nil
 	}
 	req := schema.Request{
-		Reason: schema.Truncate(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope, Targets: targets,
+		Reason: schema.Cut(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope, Targets: targets,
 		RequestedBy: o.requester(), RequestedAt: time.Now().UTC(),
 	}
 	val, err := schema.Encode(req)
@@ -231,7 +231,7 @@ func (o triggerOpts) requester() string {
 		who = "resyncctl@" + host
 	}
 	if len(who) > schema.MaxIDLen {
-		who = schema.Truncate(who, schema.MaxIDLen-20)
+		who = schema.Cut(who, schema.MaxIDLen-20)
 	}
 	return who
 }
