@@ -252,12 +252,10 @@ func (l *leader) deposed(why string) { l.end(fmt.Errorf("%w: %s", ErrDeposed, wh
 
 func (l *leader) startFeeders() {
 	wlog := l.log.WithField("role", "leader")
-	// acks/ < election/ < owners/ < registrations/ in key order: one range
-	// watch covers acks, owners (their refused registrations) and
-	// registrations (and skips the few election keys).
-	end := clientv3.GetPrefixRangeEnd(l.layout.Registrations())
+	// One range watch over acks, owners, registrations: schema.Layout.StateRange.
+	start, end := l.layout.StateRange()
 	l.spawn(func() {
-		listwatch.Run(l.ctx, l.c, l.layout.Acks(), listwatch.Options{End: end, Log: wlog}, func(ev listwatch.Event) error {
+		listwatch.Run(l.ctx, l.c, start, listwatch.Options{End: end, Log: wlog}, func(ev listwatch.Event) error {
 			return send(l.ctx, l.stateC, l.decodeState(ev))
 		})
 	})

@@ -164,6 +164,37 @@ func (l Layout) Owners() string { return l.prefix + ownersDir }
 // by that process on its session lease (see package registry).
 func (l Layout) Owner(agent string) string { return l.prefix + ownersDir + EscapeName(agent) }
 
+// StateRange is the key range [start, end) that the leading coordinator
+// lists and watches with one watch, so that acks, registrations and
+// owners' records reach it in etcd's revision order (an ack put before
+// its lease expired is seen before its registration vanishes). The range
+// holds exactly the keys of StateKinds, and those in the order listed
+// there: acks/ < election/ < owners/ < registrations/; the revision,
+// requests and rounds lie outside it. The names of the key families make
+// it so, whatever the prefix; TestStateRange pins it. A new key family
+// must be named to fall inside or outside on purpose.
+func (l Layout) StateRange() (start, end string) {
+	return l.prefix + acksDir, prefixEnd(l.prefix + registrationsDir)
+}
+
+// StateKinds are the kinds of the keys inside StateRange, in key order.
+// The leader decodes acks and registrations, reads owners for their
+// refused registrations, and skips the few election keys.
+func StateKinds() []Kind { return []Kind{KindAck, KindElection, KindOwner, KindRegistration} }
+
+// prefixEnd is the end of the range of every key that starts with p, as
+// etcd's clientv3.GetPrefixRangeEnd computes it.
+func prefixEnd(p string) string {
+	b := []byte(p)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1])
+		}
+	}
+	return "\x00" // every key
+}
+
 // RoundDir is the prefix of every key of round n: its summary's detail
 // (rounds/<N>/agents/, rounds/<N>/scope/). Pruning a round deletes
 // Round(n) and RoundDir(n).
