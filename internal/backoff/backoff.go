@@ -2,7 +2,9 @@
 // at Min, doubles after every failure up to Max, and starts again at Min after
 // a success (Reset). It is the one retry pacing of the module: the session
 // loops, watches, writes and reads that retry etcd calls all use it, each with
-// its own named Min and Max.
+// its own named Min and Max. Retry is the one retry loop around "try once"
+// (retry.go); a loop whose pause must also end on other events (a kick, a
+// new session) paces itself with Next and Reset.
 //
 // The pauses are exact, without jitter: each loop that uses it runs once per
 // process (one coordinator, one registry and watcher per agent), etcd's client
