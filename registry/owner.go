@@ -13,6 +13,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -298,9 +299,12 @@ func (r *Registry) watchOwner() {
 	// each time etcd catches it up, which a thousand agents' watches on a
 	// busy cluster turn into a stall. Instead: watch from now, then read
 	// the key once, then follow the events.
+	//
+	// Each try is one watch: it ends only when the watch does, and resets
+	// the pacing when the watch was healthy. Retry returns when r.ctx ends.
 	bo := r.backoff()
-	for r.ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.ctx))
+	_ = backoff.Retry(r.ctx, nil, bo, func(ctx context.Context) error {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch := r.c.Watch(wctx, key, clientv3.WithCreatedNotify())
 		healthy := r.followOwner(key, wch, check)
 		cancel()
@@ -309,11 +313,13 @@ func (r *Registry) watchOwner() {
 		if healthy {
 			bo.Reset()
 		}
-		if !r.wait(nil, bo.Next()) {
-			return
-		}
-	}
+		return errWatchEnded
+	}, nil)
 }
+
+// errWatchEnded is how a watch of the owner key ends for backoff.Retry:
+// watched again after the pause.
+var errWatchEnded = errors.New("registry: owner watch ended")
 
 // ownerEvent handles a change of the owner key seen by the watch: written
 // by another process after our last claim means displaced; deleted (a wiped

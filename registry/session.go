@@ -28,22 +28,15 @@ func (r *Registry) loop() {
 		r.mu.Unlock()
 		close(r.donec)
 	}()
-	bo := r.backoff()
 	var gen uint64
 	for r.ctx.Err() == nil {
-		sess, err := r.newSession()
-		if err != nil {
-			if r.ctx.Err() != nil {
-				return
-			}
-			pause := bo.Next()
-			r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("registry: cannot create an etcd session; retrying")
-			if !r.wait(nil, pause) {
-				return
-			}
-			continue
+		var sess *concurrency.Session
+		if backoff.Retry(r.ctx, nil, r.backoff(), func(ctx context.Context) (err error) {
+			sess, err = r.newSession(ctx)
+			return err
+		}, r.logRetry("registry: cannot create an etcd session; retrying")) != nil {
+			return
 		}
-		bo.Reset()
 		gen++
 		r.mu.Lock()
 		r.state = State{Lease: sess.Lease(), Generation: gen}
@@ -75,8 +68,10 @@ func (r *Registry) loop() {
 	}
 }
 
-func (r *Registry) newSession() (*concurrency.Session, error) {
-	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.OpTimeout)
+// newSession grants a lease (within ctx) and starts a session on it that
+// lasts until r.ctx ends or the lease is lost.
+func (r *Registry) newSession(ctx context.Context) (*concurrency.Session, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
 	defer cancel()
 	ttl := int64((r.cfg.TTL + time.Second - 1) / time.Second)
 	lease, err := r.c.Grant(ctx, ttl)
@@ -91,35 +86,38 @@ func (r *Registry) newSession() (*concurrency.Session, error) {
 	return concurrency.NewSession(r.c, concurrency.WithLease(lease.ID), concurrency.WithTTL(int(ttl)), concurrency.WithContext(r.ctx))
 }
 
-// serve writes registrations on sess until it is lost or ctx ends.
+// serve writes registrations on sess until it is lost or ctx ends: after
+// each kick, it syncs until a sync succeeds. sess.Ctx() ends with r.ctx or
+// when the session is lost, so that either also ends a pause.
 func (r *Registry) serve(sess *concurrency.Session, gen uint64) {
-	bo := r.backoff()
 	for {
-		err := r.sync(sess.Lease(), gen)
-		switch {
-		case err == nil:
-			bo.Reset()
-			select {
-			case <-r.kick:
-			case <-sess.Done():
-				return
-			case <-r.ctx.Done():
-				return
-			}
-		case errors.Is(err, rpctypes.ErrLeaseNotFound), errors.Is(err, ErrDisplaced):
+		if backoff.Retry(sess.Ctx(), nil, r.backoff(), func(context.Context) error { return r.trySync(sess.Lease(), gen) },
+			r.logRetry("registry: writing registrations failed; retrying")) != nil {
 			return
-		case errors.Is(err, errNotOwner), errors.Is(err, errRewrite):
-			continue // claim again (or find out we are displaced), or write all again
-		default:
-			if r.ctx.Err() != nil {
-				return
-			}
-			pause := bo.Next()
-			r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("registry: writing registrations failed; retrying")
-			if !r.wait(sess.Done(), pause) {
-				return
-			}
 		}
+		select {
+		case <-r.kick:
+		case <-sess.Done():
+			return
+		case <-r.ctx.Done():
+			return
+		}
+	}
+}
+
+// trySync is one attempt of serve: sync, again at once after a lost or
+// refused claim (claim again, or find out we are displaced) or a rewrite
+// (write all again). A lost lease and a displaced process are permanent.
+func (r *Registry) trySync(lease clientv3.LeaseID, gen uint64) error {
+	for {
+		err := r.sync(lease, gen)
+		switch {
+		case errors.Is(err, rpctypes.ErrLeaseNotFound), errors.Is(err, ErrDisplaced):
+			return backoff.Permanent(err)
+		case errors.Is(err, errNotOwner), errors.Is(err, errRewrite):
+			continue
+		}
+		return err
 	}
 }
 
@@ -246,19 +244,13 @@ func (r *Registry) writeOwned(lease clientv3.LeaseID, ops ...clientv3.Op) (int64
 	return resp.Header.Revision, nil
 }
 
-// backoff paces one of the Registry's retry loops (RetryMin to RetryMax).
+// backoff paces one of the Registry's retry loops (RetryMin to RetryMax)
+// on the real clock (the Registry's clock stamps times for people only).
 func (r *Registry) backoff() *backoff.Backoff { return backoff.New(r.cfg.RetryMin, r.cfg.RetryMax) }
 
-// wait pauses for d; false if ctx ended or lost closed first.
-func (r *Registry) wait(lost <-chan struct{}, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-lost:
-		return false
-	case <-r.ctx.Done():
-		return false
+// logRetry logs a failure that backoff.Retry retries after pause.
+func (r *Registry) logRetry(msg string) func(err error, pause time.Duration) {
+	return func(err error, pause time.Duration) {
+		r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn(msg)
 	}
 }
