@@ -564,36 +564,32 @@ func (w *Watcher) setRecord(rec schema.Revision) {
 // them). It retries while etcd fails; ok is false when the Watcher closes.
 func (w *Watcher) readParticipation(n uint64) (part map[string]bool, ok bool) {
 	key := w.layout.RoundAgent(n, w.agent)
-	bo := backoff.New(w.cfg.RetryMin, w.cfg.RetryMax)
-	for {
-		ctx, cancel := context.WithTimeout(w.ctx, w.cfg.OpTimeout)
-		resp, err := w.c.Get(ctx, key)
-		cancel()
-		if err == nil {
-			part = map[string]bool{}
-			if len(resp.Kvs) == 0 {
-				return part, true
-			}
-			rec, err := w.layout.DecodeRoundAgent(key, resp.Kvs[0].Value)
-			if err != nil {
-				w.stats.malformed.Add(1)
-				w.log.WithError(err).WithField("key", key).Warn("watcher: skipping a malformed participation record: no plugin takes part")
-				return part, true
-			}
-			for _, p := range rec.Plugins {
-				part[p] = true
-			}
-			return part, true
-		}
-		if w.ctx.Err() != nil {
-			return nil, false
-		}
-		pause := bo.Next()
+	var resp *clientv3.GetResponse
+	err := backoff.Retry(w.ctx, w.clock, backoff.New(w.cfg.RetryMin, w.cfg.RetryMax), func(ctx context.Context) (err error) {
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.OpTimeout)
+		defer cancel()
+		resp, err = w.c.Get(ctx, key)
+		return err
+	}, func(err error, pause time.Duration) {
 		w.log.WithError(err).WithField("key", key).WithField("retry_in", pause).Warn("watcher: reading this agent's participation failed; retrying")
-		if backoff.Sleep(w.ctx, w.clock, pause) != nil {
-			return nil, false
-		}
+	})
+	if err != nil {
+		return nil, false
 	}
+	part = map[string]bool{}
+	if len(resp.Kvs) == 0 {
+		return part, true
+	}
+	rec, err := w.layout.DecodeRoundAgent(key, resp.Kvs[0].Value)
+	if err != nil {
+		w.stats.malformed.Add(1)
+		w.log.WithError(err).WithField("key", key).Warn("watcher: skipping a malformed participation record: no plugin takes part")
+		return part, true
+	}
+	for _, p := range rec.Plugins {
+		part[p] = true
+	}
+	return part, true
 }
 
 // participates reports whether the plugin takes part in rec (Started).
