@@ -88,81 +88,104 @@ func Run(ctx context.Context, c *clientv3.Client, key string, o Options, handler
 	}
 	log = log.WithField("watch", key)
 	bo := backoff.New(o.Retry, maxRetryFactor*o.Retry)
-	sleep := func() error { return bo.Wait(ctx, nil) }
 	end := o.End
 	if end == "" && o.Prefix {
 		end = clientv3.GetPrefixRangeEnd(key)
 	}
 	rev := max(o.Since, 0) // last revision the handler is in sync with; 0 = must list
-	for {
-		if rev == 0 {
-			kvs, r, err := ListRange(ctx, c, key, end, o.PageSize)
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				if o.OnListError != nil {
-					o.OnListError(err)
-				}
-				log.WithError(err).Warn("list failed; retrying")
-				if err := sleep(); err != nil {
+	var herr error         // the handler's error, which ends Run
+	handle := func(ev Event) error {
+		if err := handler(ev); err != nil {
+			herr = err
+			return backoff.Permanent(err)
+		}
+		return nil
+	}
+	// One try lists if it must, then watches until the watch ends: it
+	// lists again at once after a compaction, and otherwise fails, to be
+	// tried again after the pause (reset by every event delivered).
+	try := func(ctx context.Context) error {
+		for {
+			if rev == 0 {
+				kvs, r, err := ListRange(ctx, c, key, end, o.PageSize)
+				if err != nil {
+					if ctx.Err() == nil {
+						if o.OnListError != nil {
+							o.OnListError(err)
+						}
+						log.WithError(err).Warn("list failed; retrying")
+					}
 					return err
 				}
-				continue
-			}
-			if err := handler(Event{Reset: true, Kvs: kvs, Revision: r}); err != nil {
-				return err
-			}
-			rev = r
-		}
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		// No WithPrevKV: no handler reads Event.PrevKv, and it costs etcd a
-		// Range of the old value per event per watch (10,000 per round of
-		// the leader's ack watch at 1000x10) and doubles each event's size.
-		opts := []clientv3.OpOption{clientv3.WithRev(rev + 1)}
-		if end != "" {
-			opts = append(opts, clientv3.WithRange(end))
-		}
-		wch := c.Watch(wctx, key, opts...)
-		err := func() error {
-			for resp := range wch {
-				if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
-					log.WithField("compact_revision", resp.CompactRevision).Info("watched history compacted; re-listing")
-					rev = 0
-					return nil
-				}
-				if err := resp.Err(); err != nil {
-					log.WithError(err).Info("watch ended; re-watching")
-					return nil
-				}
-				if len(resp.Events) == 0 {
-					continue
-				}
-				bo.Reset()
-				last := resp.Events[len(resp.Events)-1].Kv.ModRevision
-				if err := handler(Event{Changes: resp.Events, Revision: last}); err != nil {
+				if err := handle(Event{Reset: true, Kvs: kvs, Revision: r}); err != nil {
 					return err
 				}
-				rev = last
+				rev = r
 			}
-			return nil
-		}()
-		cancel()
-		// Drain: the client closes wch after cancel.
-		for range wch {
-		}
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if rev != 0 {
-			if err := sleep(); err != nil {
+			if err := watch(ctx, c, key, end, &rev, bo, log, handle); err != nil {
 				return err
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if rev != 0 {
+				return errWatchEnded
 			}
 		}
 	}
+	_ = backoff.Retry(ctx, nil, bo, try, nil) // ends with ctx or herr
+	if herr != nil {
+		return herr
+	}
+	return ctx.Err()
+}
+
+// errWatchEnded is a watch that ended for backoff.Retry: watched again
+// after the pause.
+var errWatchEnded = errors.New("listwatch: watch ended")
+
+// watch watches [key, end) from *rev+1 and hands the events to handle
+// until the watch ends, keeping *rev the last revision handled (0 when
+// the history is compacted: list again) and resetting bo on events. It
+// returns handle's error.
+func watch(ctx context.Context, c *clientv3.Client, key, end string, rev *int64, bo *backoff.Backoff, log logrus.FieldLogger, handle func(Event) error) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// No WithPrevKV: no handler reads Event.PrevKv, and it costs etcd a
+	// Range of the old value per event per watch (10,000 per round of
+	// the leader's ack watch at 1000x10) and doubles each event's size.
+	opts := []clientv3.OpOption{clientv3.WithRev(*rev + 1)}
+	if end != "" {
+		opts = append(opts, clientv3.WithRange(end))
+	}
+	wch := c.Watch(wctx, key, opts...)
+	err := func() error {
+		for resp := range wch {
+			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
+				log.WithField("compact_revision", resp.CompactRevision).Info("watched history compacted; re-listing")
+				*rev = 0
+				return nil
+			}
+			if err := resp.Err(); err != nil {
+				log.WithError(err).Info("watch ended; re-watching")
+				return nil
+			}
+			if len(resp.Events) == 0 {
+				continue
+			}
+			bo.Reset()
+			last := resp.Events[len(resp.Events)-1].Kv.ModRevision
+			if err := handle(Event{Changes: resp.Events, Revision: last}); err != nil {
+				return err
+			}
+			*rev = last
+		}
+		return nil
+	}()
+	cancel()
+	// Drain: the client closes wch after cancel.
+	for range wch {
+	}
+	return err
 }
 
 // List reads every key under key (or key alone) at one revision, in pages,
