@@ -18,6 +18,7 @@ import (
 	recipe "go.etcd.io/etcd/client/v3/experimental/recipes"
 
 	"github.com/resyncd/resync/coordinator"
+	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -530,17 +531,17 @@ func putInTxns(ctx context.Context, c *clientv3.Client, ops []clientv3.Op) error
 // requests" (its apply backlog is full: 10,000 writers at once reach it),
 // pausing 10 ms between attempts, as the watcher's outbox retries.
 func busyRetry(ctx context.Context, f func() error) error {
-	for {
+	err := backoff.Retry(ctx, nil, backoff.New(10*time.Millisecond, 10*time.Millisecond), func(context.Context) error {
 		err := f()
 		if !errors.Is(err, rpctypes.ErrTooManyRequests) && !errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) {
-			return err
+			return backoff.Permanent(err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
+		return err
+	}, nil)
+	if _, stopped := err.(*backoff.StoppedError); stopped {
+		return ctx.Err()
 	}
+	return err
 }
 
 // measureBarrier runs etcd's recipes.DoubleBarrier with agents x plugins

@@ -62,20 +62,17 @@ type retrier struct {
 // ends during a pause, the last etcd error is returned, saying that it was
 // retried.
 func (r retrier) do(ctx context.Context, call func() error) error {
-	bo := backoff.New(retryMin, retryMax)
-	for tries := 1; ; tries++ {
+	err := backoff.Retry(ctx, nil, backoff.New(retryMin, retryMax), func(ctx context.Context) error {
 		err := call()
-		if !retryable(ctx, err) {
-			return err
+		if err != nil && !retryable(ctx, err) {
+			return backoff.Permanent(err) // an ended ctx too: its error is the call's
 		}
-		pause := bo.Next()
-		if r.note != nil {
-			r.note(err, pause)
-		}
-		if backoff.Sleep(ctx, nil, pause) != nil {
-			return &retriedError{err: err, tries: tries}
-		}
+		return err
+	}, r.note)
+	if se, ok := err.(*backoff.StoppedError); ok {
+		return &retriedError{err: se.Last, tries: se.Tries}
 	}
+	return err
 }
 
 // retriedError is a transient error that lasted the whole command budget.
