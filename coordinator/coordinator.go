@@ -15,7 +15,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/resyncd/resync/internal/backoff"
-	"github.com/resyncd/resync/internal/etcdspace"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -200,7 +200,7 @@ func (co *Coordinator) run() {
 			return
 		}
 		if err != nil {
-			err = etcdspace.Explain(err)
+			err = etcderr.Explain(err)
 			co.setStatus(func(s *Status) { s.LastError = err.Error() })
 			pause := bo.Next()
 			co.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: campaign ended; campaigning again")

@@ -11,7 +11,6 @@ import (
 
 	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcderr"
-	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -206,7 +205,7 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 			return fmt.Errorf("%w: %d ops, %d bytes, first key %s: %v", errPermanent, len(ops), size, first, err)
 		}
 		pause := bo.Next()
-		l.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
+		l.log.WithError(etcderr.Explain(err)).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
 		if err := l.sleep(pause); err != nil {
 			return err
 		}

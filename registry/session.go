@@ -12,7 +12,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/resyncd/resync/internal/backoff"
-	"github.com/resyncd/resync/internal/etcdspace"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -251,6 +251,6 @@ func (r *Registry) backoff() *backoff.Backoff { return backoff.New(r.cfg.RetryMi
 // logRetry logs a failure that backoff.Retry retries after pause.
 func (r *Registry) logRetry(msg string) func(err error, pause time.Duration) {
 	return func(err error, pause time.Duration) {
-		r.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn(msg)
+		r.log.WithError(etcderr.Explain(err)).WithField("retry_in", pause).Warn(msg)
 	}
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcderr"
-	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )
@@ -83,7 +82,7 @@ func (w *Watcher) outbox() {
 				w.reg.Recheck()
 			}
 			pause := bo.Next()
-			w.log.WithError(etcdspace.Explain(err)).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
+			w.log.WithError(etcderr.Explain(err)).WithField("retry_in", pause).Warn("watcher: writing acks or requests failed; retrying")
 			retry = w.clock.After(pause)
 		} else {
 			bo.Reset()

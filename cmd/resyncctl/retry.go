@@ -13,7 +13,6 @@ import (
 
 	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/internal/etcderr"
-	"github.com/resyncd/resync/internal/etcdspace"
 )
 
 // Pacing of resyncctl's retries of a transient etcd error, within the
@@ -37,7 +36,7 @@ const (
 // Unavailable), "too many requests".
 func retryable(ctx context.Context, err error) bool {
 	switch {
-	case err == nil, ctx.Err() != nil, etcderr.Permanent(err), etcdspace.IsNoSpace(err):
+	case err == nil, ctx.Err() != nil, etcderr.Permanent(err), etcderr.IsNoSpace(err):
 		return false
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false

@@ -14,8 +14,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	rcli "github.com/resyncd/resync/internal/cli"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdflags"
-	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -199,7 +199,7 @@ func exitStatus(err error, c *cobra.Command, ran bool, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %s\nRun '%s --help' for usage.\n", path, msg, path)
 		return rcli.ExitUsage
 	}
-	msg := oneLine(etcdspace.Explain(err).Error())
+	msg := oneLine(etcderr.Explain(err).Error())
 	var hinted *hintedError
 	if errors.Is(err, rpctypes.ErrPermissionDenied) && !errors.As(err, &hinted) {
 		msg += " (with etcd auth on, resyncctl's commands read the whole prefix: use an operator's user (rbac apply --operators), the coordinator's user or root)"

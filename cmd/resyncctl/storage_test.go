@@ -12,6 +12,7 @@ import (
 
 	resync "github.com/resyncd/resync"
 	"github.com/resyncd/resync/internal/embedetcd"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/schema"
@@ -111,7 +112,7 @@ func TestNoSpaceIsOneClearLine(t *testing.T) {
 	value := strings.Repeat("f", 1<<20)
 	for i := 0; ; i++ {
 		if _, err := c.Put(ctx, "/filler", value); err != nil {
-			if !etcdspace.IsNoSpace(err) {
+			if !etcderr.IsNoSpace(err) {
 				t.Fatal(err)
 			}
 			break

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	resync "github.com/resyncd/resync"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/internal/metrics"
@@ -294,10 +295,10 @@ func TestNoSpaceIsExplainedAndRecovered(t *testing.T) {
 		_, fillErr = c.Put(ctx, "/filler", value)
 		cancel()
 	}
-	if !etcdspace.IsNoSpace(fillErr) {
+	if !etcderr.IsNoSpace(fillErr) {
 		t.Fatalf("filling 64 MiB of history into a 16 MiB quota: %v, want NOSPACE", fillErr)
 	}
-	if got := etcdspace.Explain(fillErr).Error(); !strings.Contains(got, "etcdctl alarm disarm") || !strings.Contains(got, "database space exceeded") {
+	if got := etcderr.Explain(fillErr).Error(); !strings.Contains(got, "etcdctl alarm disarm") || !strings.Contains(got, "database space exceeded") {
 		t.Fatalf("explained: %q", got)
 	}
 
@@ -486,7 +487,7 @@ func TestLiveDataOverQuotaIsReportedNotLooped(t *testing.T) {
 	put := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if _, err := c.Put(ctx, fmt.Sprintf("/live/%04d", n), value); etcdspace.IsNoSpace(err) {
+		if _, err := c.Put(ctx, fmt.Sprintf("/live/%04d", n), value); etcderr.IsNoSpace(err) {
 			noSpace++
 		} else if err != nil {
 			t.Fatalf("put %d: %v", n, err)

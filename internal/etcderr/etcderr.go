@@ -1,7 +1,10 @@
-// Package etcderr holds the one rule of which etcd errors are permanent:
-// Permanent, used by every loop that must choose between retrying an etcd
-// write and giving up on it (the coordinator's fenced writes, the watcher's
-// acks and requests).
+// Package etcderr says what etcd's errors mean: which are permanent
+// (Permanent, the one rule used by every loop that must choose between
+// retrying an etcd write and giving up on it: the coordinator's fenced
+// writes, the watcher's acks and requests, resyncctl's reads), which is
+// NOSPACE (IsNoSpace), and how NOSPACE is explained to whoever reads the
+// error (Hint, Explain: used by the coordinator, the agents' writers and
+// resyncctl).
 //
 // A permanent error is one etcd (or the gRPC client in front of it) returns
 // again for the same request however often it is sent: the request is larger
@@ -25,8 +28,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/resyncd/resync/internal/etcdspace"
 )
 
 // Permanent reports whether err, however wrapped, is an etcd error that
@@ -44,7 +45,7 @@ func Permanent(err error) bool {
 	// Checked first: they carry ResourceExhausted, as a message too large
 	// for gRPC does, but they pass.
 	if errors.Is(err, rpctypes.ErrTooManyRequests) || errors.Is(err, rpctypes.ErrGRPCRequestTooManyRequests) ||
-		etcdspace.IsNoSpace(err) {
+		IsNoSpace(err) {
 		return false
 	}
 	for _, perm := range []error{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -63,5 +64,30 @@ func TestPermanent(t *testing.T) {
 				t.Errorf("Permanent(%v) = %v, want %v", tc.err, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestIsNoSpaceAndExplain(t *testing.T) {
+	for _, err := range []error{
+		rpctypes.ErrNoSpace, rpctypes.ErrGRPCNoSpace,
+		fmt.Errorf("watcher: write acks: %w", rpctypes.ErrNoSpace),
+		errors.New("put: etcdserver: mvcc: database space exceeded"),
+	} {
+		if !IsNoSpace(err) {
+			t.Errorf("IsNoSpace(%v) = false", err)
+		}
+		ex := Explain(err)
+		if !errors.Is(ex, err) || !strings.HasPrefix(ex.Error(), err.Error()) || !strings.Contains(ex.Error(), "etcdctl alarm disarm") ||
+			!strings.Contains(ex.Error(), "etcdctl defrag") || !strings.Contains(ex.Error(), "etcdctl compact") {
+			t.Errorf("Explain(%v) = %q", err, ex)
+		}
+		if twice := Explain(ex); twice.Error() != ex.Error() {
+			t.Errorf("explained twice: %q", twice)
+		}
+	}
+	for _, err := range []error{nil, rpctypes.ErrCompacted, context.DeadlineExceeded, errors.New("no space left on device")} {
+		if IsNoSpace(err) || Explain(err) != err {
+			t.Errorf("%v taken for NOSPACE", err)
+		}
 	}
 }

@@ -15,36 +15,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/resyncd/resync/internal/embedetcd"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/internal/etcdtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
-
-func TestIsNoSpaceAndExplain(t *testing.T) {
-	for _, err := range []error{
-		rpctypes.ErrNoSpace, rpctypes.ErrGRPCNoSpace,
-		fmt.Errorf("watcher: write acks: %w", rpctypes.ErrNoSpace),
-		errors.New("put: etcdserver: mvcc: database space exceeded"),
-	} {
-		if !etcdspace.IsNoSpace(err) {
-			t.Errorf("IsNoSpace(%v) = false", err)
-		}
-		ex := etcdspace.Explain(err)
-		if !errors.Is(ex, err) || !strings.HasPrefix(ex.Error(), err.Error()) || !strings.Contains(ex.Error(), "etcdctl alarm disarm") ||
-			!strings.Contains(ex.Error(), "etcdctl defrag") || !strings.Contains(ex.Error(), "etcdctl compact") {
-			t.Errorf("Explain(%v) = %q", err, ex)
-		}
-		if twice := etcdspace.Explain(ex); twice.Error() != ex.Error() {
-			t.Errorf("explained twice: %q", twice)
-		}
-	}
-	for _, err := range []error{nil, rpctypes.ErrCompacted, context.DeadlineExceeded, errors.New("no space left on device")} {
-		if etcdspace.IsNoSpace(err) || etcdspace.Explain(err) != err {
-			t.Errorf("%v taken for NOSPACE", err)
-		}
-	}
-}
 
 func TestValidateFlags(t *testing.T) {
 	for _, ok := range [][2]string{{"periodic", "1m"}, {"periodic", "1"}, {"periodic", "0"}, {"periodic", "72h"}, {"revision", "10000"}, {"revision", "0"}} {
@@ -144,7 +120,7 @@ func TestMonitorRecoversFromNoSpaceByItself(t *testing.T) {
 	for i := 0; i < 32 && err == nil; i++ {
 		_, err = c.Put(context.Background(), "/big", value)
 	}
-	if !etcdspace.IsNoSpace(err) {
+	if !etcderr.IsNoSpace(err) {
 		t.Fatalf("filling: %v", err)
 	}
 	var seen []etcdspace.Usage
@@ -322,7 +298,7 @@ func putUntilNoSpace(t *testing.T, c *clientv3.Client, max int, next func(i int)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := c.Put(ctx, next(i), value)
 		cancel()
-		if etcdspace.IsNoSpace(err) {
+		if etcderr.IsNoSpace(err) {
 			return
 		}
 		if err != nil {

@@ -9,6 +9,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/resyncd/resync/internal/etcderr"
 )
 
 // WarnFraction is the share of the quota past which resync warns (log line,
@@ -51,7 +53,7 @@ func (u Usage) Fraction() float64 {
 func (u Usage) warning() string {
 	switch {
 	case u.NoSpace:
-		return "NOSPACE alarm raised: " + Hint
+		return "NOSPACE alarm raised: " + etcderr.Hint
 	case u.Quota > 0 && u.Fraction() >= WarnFraction:
 		return fmt.Sprintf("etcd's database is at %.0f%% of its quota (%s of %s, %s in use): "+
 			"compact and defragment before it fills (NOSPACE stops every write; docs/storage.md)",

@@ -1,13 +1,4 @@
-// Package etcdspace keeps etcd's database from filling, and says so clearly
-// when it does: the one place that recognises etcd's NOSPACE error and words
-// it (Explain, used by the coordinator, agents' writers and resyncctl),
-// reads the database size against its quota (Read), compacts an external
-// cluster from the leading coordinator (Compactor) and looks after the
-// embedded etcd (Monitor: usage metrics and warnings, defragmentation, and
-// recovery from NOSPACE).
-//
-// See docs/storage.md, "Storage and compaction", for the operator's view.
-package etcdspace
+package etcderr
 
 import (
 	"errors"
