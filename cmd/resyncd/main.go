@@ -27,12 +27,12 @@ import (
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/cmd/resyncd/internal/metrics"
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/cli"
 	"github.com/resyncd/resync/internal/embedetcd"
 	"github.com/resyncd/resync/internal/etcdflags"
 	"github.com/resyncd/resync/internal/etcdspace"
-	"github.com/resyncd/resync/internal/metrics"
 	"github.com/resyncd/resync/registry"
 	"github.com/resyncd/resync/schema"
 )

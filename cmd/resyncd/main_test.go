@@ -17,8 +17,8 @@ import (
 	"go.uber.org/goleak"
 
 	resync "github.com/resyncd/resync"
+	"github.com/resyncd/resync/cmd/resyncd/internal/metrics"
 	"github.com/resyncd/resync/internal/etcdtest"
-	"github.com/resyncd/resync/internal/metrics"
 	"github.com/resyncd/resync/schema"
 )
 

@@ -16,10 +16,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	resync "github.com/resyncd/resync"
+	"github.com/resyncd/resync/cmd/resyncd/internal/metrics"
 	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
 	"github.com/resyncd/resync/internal/etcdtest"
-	"github.com/resyncd/resync/internal/metrics"
 	"github.com/resyncd/resync/schema"
 )
 
