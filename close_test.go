@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 )
 
 // TestPluginCloseBoundedWhileBlackholed: Close returns within its

@@ -26,7 +26,7 @@ import (
 	"github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/resyncd/resync"
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/resyncd/resync"
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resyncd/resync/internal/etcdtest"
-	"github.com/resyncd/resync/internal/handagent"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
+	"github.com/resyncd/resync/internal/testing/handagent"
 	"github.com/resyncd/resync/schema"
 )
 

@@ -9,8 +9,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/resyncd/resync/internal/etcdtest"
-	"github.com/resyncd/resync/internal/handagent"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
+	"github.com/resyncd/resync/internal/testing/handagent"
 	"github.com/resyncd/resync/schema"
 )
 

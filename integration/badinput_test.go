@@ -13,7 +13,7 @@ import (
 
 	"github.com/resyncd/resync"
 	"github.com/resyncd/resync/coordinator"
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

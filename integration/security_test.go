@@ -14,8 +14,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/coordinator"
-	"github.com/resyncd/resync/internal/etcdtest"
 	"github.com/resyncd/resync/internal/rbac"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

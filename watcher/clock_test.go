@@ -6,7 +6,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

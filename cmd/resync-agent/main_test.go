@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/resyncd/resync"
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

@@ -7,8 +7,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/resyncd/resync/coordinator"
-	"github.com/resyncd/resync/internal/etcdtest"
-	"github.com/resyncd/resync/internal/handagent"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
+	"github.com/resyncd/resync/internal/testing/handagent"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -41,7 +41,7 @@ func startCoordinator(t *testing.T, endpoint, id string) *coordinator.Coordinato
 
 func quietLogger(t *testing.T) logrus.FieldLogger { return etcdtest.Logger(t, "warn") }
 
-// startHandAgent starts a hand-written agent (internal/handagent) on endpoint.
+// startHandAgent starts a hand-written agent (internal/testing/handagent) on endpoint.
 func startHandAgent(t *testing.T, endpoint, name string, plugins []string, behave map[string]string) *handagent.Agent {
 	t.Helper()
 	return handagent.Start(t, []string{endpoint}, name, plugins, behave)

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 )
 
 // TestStatusNamesNoLeaderForElectionGarbage: a stray key under election/

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 )
 
 func readSecret(t *testing.T, dir, user string) string {

@@ -14,7 +14,7 @@ import (
 	"github.com/resyncd/resync/internal/embedetcd"
 	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 )
 
 // The unauthenticated HTTP endpoints stay on loopback unless --http-public.

@@ -18,7 +18,7 @@ import (
 
 	resync "github.com/resyncd/resync"
 	"github.com/resyncd/resync/cmd/resyncd/internal/metrics"
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

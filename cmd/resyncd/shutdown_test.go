@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/resyncd/resync/coordinator"
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 )
 
 // TestTLSClientCertsAndAuthProcesses runs the binaries against resyncd's

@@ -17,7 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/resyncd/resync/internal/etcdtest"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 
