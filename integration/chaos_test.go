@@ -870,6 +870,7 @@ func (env *chaosEnv) inject(kind string) string {
 			env.log.WithError(err).Warn("chaos: compact failed")
 			return ""
 		}
+		env.h.RecordCompaction(rev)
 	case "garbage":
 		return env.garbage()
 	case "coord-standby-partition":
@@ -1614,9 +1615,12 @@ func (env *chaosEnv) etcdRestore() string {
 	last := env.obs.Last()
 	env.obs.resetOK.Store(true)
 	from := time.Now()
-	if err := env.cluster.Restore(path, uint64(last-snapRev)+100000); err != nil {
+	bump := last - snapRev + 100000
+	if err := env.cluster.Restore(path, uint64(bump)); err != nil {
 		t.Fatalf("chaos: %v", err)
 	}
+	// --mark-compacted: everything before the restored revision is gone.
+	env.h.RecordCompaction(snapRev + bump)
 	env.log.WithField("agent", a.name).WithField("snapshot_rev", snapRev).WithField("took", time.Since(from).Round(time.Millisecond)).
 		Info("chaos: etcd restored from a snapshot")
 	// The coordinators start again (deferred) only once the observer has

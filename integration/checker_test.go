@@ -476,3 +476,52 @@ func TestCheckerSeamsPass(t *testing.T) {
 		t.Errorf("checked too little: %s", rep.Summary())
 	}
 }
+
+// TestCheckerExcusesOnlyACompactedStart: a successor that resumed an
+// all-scope round with other participants than its Started set took the
+// documented fallback (its records incomplete, its start compacted away):
+// counted, no violation, only when etcd was compacted past the round's
+// start before its finish. Otherwise it is a violation.
+func TestCheckerExcusesOnlyACompactedStart(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		compact  int64 // 0: none
+		fallback bool
+	}{
+		{"compacted past the start before the finish", 45, true},
+		{"compacted only up to the start", 40, false},
+		{"compacted after the finish", 50, false},
+		{"never compacted", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := goodHistory()
+			parts := []schema.PluginID{{Agent: "a", Plugin: "p1"}, {Agent: "a", Plugin: "p2"}}
+			h.RecordStartSet(1, parts)
+			h.RecordStartSet(2, parts[:1]) // a/p2 registered after round 2's start
+			// c0 dies at etcd revision 45, during round 2; c1 (term 45)
+			// resumes it with the live registrations and finishes it.
+			h.RecordElection("/resync/election/1", "", 10, 45, true)
+			h.RecordElection("/resync/election/2", "c1", 45, 45, false)
+			lastRound(h, 2).FinishedBy = "c1@45"
+			for i := range h.RevWrites {
+				if h.RevWrites[i].ModRev == 50 {
+					h.RevWrites[i].Rec.Leader = "c1@45"
+				}
+			}
+			if tc.compact > 0 {
+				h.RecordCompaction(tc.compact)
+			}
+			rep := h.Check()
+			if tc.fallback {
+				if len(rep.Violations) != 0 || rep.ResumeFallbacks != 1 {
+					t.Fatalf("want the fallback counted and no violation: %s %q", rep.Summary(), rep.Violations)
+				}
+				return
+			}
+			want := "round 2 was finished by c1@45 after c0@10 started it with participants it did not have at Started: a/p2"
+			if rep.ResumeFallbacks != 0 || !slices.Contains(rep.Violations, want) {
+				t.Fatalf("want %q and no fallback counted: %s %q", want, rep.Summary(), rep.Violations)
+			}
+		})
+	}
+}

@@ -149,6 +149,10 @@ type History struct {
 	// Unreachable are the windows agents could not reach etcd (partitions,
 	// their member stopped, a restore).
 	Unreachable []Unreachable
+	// Compactions are the etcd revisions the history was compacted to
+	// (by a compact fault, or by a restore that marked everything before
+	// its bumped revision compacted), in order.
+	Compactions []int64
 	// End is when the recording ended (agents are closed after it): a
 	// bound that runs past it is not checked (zero: never).
 	End time.Time
@@ -210,6 +214,9 @@ func (h *History) RecordStartSet(n uint64, parts []schema.PluginID) {
 		h.StartSets[n] = slices.Clone(parts)
 	}
 }
+
+// RecordCompaction records that etcd's history was compacted to rev.
+func (h *History) RecordCompaction(rev int64) { appendLocked(h, &h.Compactions, rev) }
 
 // RecordUnreachable records that agent ("" for all) could not reach etcd
 // from from to until.
@@ -349,6 +356,7 @@ type Report struct {
 	LongNames       int // participants with a 128-character agent or plugin name
 	StartSets       int // completed rounds checked against their participants at Started
 	Resumes         int // of those, rounds finished by another leader than started them
+	ResumeFallbacks int // of those, resumed with the live registrations: records incomplete and the start compacted away
 	RetriesChecked  int // failed or timed-out acks and outcomes checked for their retry round
 	OwnerGaps       int // times an agent name was unowned while a live process of it ran
 	Violations      []string
@@ -360,9 +368,9 @@ func (r *Report) violate(format string, a ...any) {
 
 // Summary is the one-line result.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d start_sets=%d resumes=%d retries_checked=%d owner_gaps=%d violations=%d",
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d start_sets=%d resumes=%d resume_fallbacks=%d retries_checked=%d owner_gaps=%d violations=%d",
 		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, r.ErrorRounds, r.Closes,
-		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, r.StartSets, r.Resumes, r.RetriesChecked, r.OwnerGaps, len(r.Violations))
+		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, r.StartSets, r.Resumes, r.ResumeFallbacks, r.RetriesChecked, r.OwnerGaps, len(r.Violations))
 }
 
 // termOf parses the term out of a leader identity <id>@<term>.
@@ -1276,6 +1284,7 @@ func jsonTextLen(s string) int {
 type roundSpan struct {
 	n         uint64
 	startMod  int64
+	viewRev   int64 // the start's view revision (0: not recorded)
 	finishMod int64
 	final     coordinator.RoundView
 	done      bool
@@ -1295,7 +1304,7 @@ func (h *History) roundSpans() []*roundSpan {
 			if w.Round.State != schema.Started {
 				continue
 			}
-			s = &roundSpan{n: w.Key, startMod: w.ModRev, final: w.Round}
+			s = &roundSpan{n: w.Key, startMod: w.ModRev, viewRev: w.Round.ViewRevision, final: w.Round}
 			by[w.Key] = s
 			out = append(out, s)
 			continue
@@ -1320,6 +1329,13 @@ func (h *History) includes(s *roundSpan, id schema.PluginID) bool {
 // resumes the round resumes that set, those that left are departed, and
 // those that registered later are no participants. A round whose records
 // were cut (Truncated) may list fewer, never others.
+//
+// One exception is the documented fallback (coordinator's setResume): an
+// all-scope round whose leader died between its start Txn and its records,
+// and whose start etcd compacted away (a compaction past its view
+// revision, or a restore) before a successor read it, is resumed with the
+// live registrations. It is counted (ResumeFallbacks), not a violation,
+// only when such a compaction happened before the round finished.
 func (h *History) checkStartSets(r *Report) {
 	if len(h.StartSets) == 0 {
 		return
@@ -1352,6 +1368,10 @@ func (h *History) checkStartSets(r *Report) {
 				}
 			}
 		}
+		if (len(extra) > 0 || len(missing) > 0) && resumed && rd.Scope.IsAll() && h.compactedAway(s) {
+			r.ResumeFallbacks++
+			continue
+		}
 		if len(extra) > 0 {
 			r.violate("round %d was finished by %s with participants it did not have at Started: %s", s.n, how, clip(extra))
 		}
@@ -1359,6 +1379,25 @@ func (h *History) checkStartSets(r *Report) {
 			r.violate("round %d was finished by %s without participants it had at Started (not even departed): %s", s.n, how, clip(missing))
 		}
 	}
+}
+
+// compactedAway reports whether etcd compacted round s's view revision
+// away while it ran: a compaction to a revision c past it, made before the
+// round's finish was written (a compaction to c comes after etcd reached
+// c, so a finish at or below c was there before it; a restore compacts to
+// the revision it restored to, which every later write is above). An
+// unknown view revision is taken as the start's.
+func (h *History) compactedAway(s *roundSpan) bool {
+	view := s.viewRev
+	if view <= 0 {
+		view = s.startMod
+	}
+	for _, c := range h.Compactions {
+		if c > view && s.done && c < s.finishMod {
+			return true
+		}
+	}
+	return false
 }
 
 // clip joins names, at most 5 of them.
