@@ -194,22 +194,17 @@ func (co *Coordinator) run() {
 	// A standby takes over within SessionTTL: campaigning again less often
 	// than that gains nothing.
 	bo := backoff.New(retryMin, co.cfg.SessionTTL)
+	// A term that ends cleanly (deposed, resigned) campaigns again at
+	// once; one that fails, after a pause.
 	for co.ctx.Err() == nil {
-		err := co.term()
-		if co.ctx.Err() != nil {
-			return
-		}
-		if err != nil {
+		err := backoff.Retry(co.ctx, co.clock, bo, func(context.Context) error { return co.term() }, func(err error, pause time.Duration) {
 			err = etcderr.Explain(err)
 			co.setStatus(func(s *Status) { s.LastError = err.Error() })
-			pause := bo.Next()
 			co.log.WithError(err).WithField("retry_in", pause).Warn("coordinator: campaign ended; campaigning again")
-			if backoff.Sleep(co.ctx, co.clock, pause) != nil {
-				return
-			}
-			continue
+		})
+		if err != nil {
+			return
 		}
-		bo.Reset()
 	}
 }
 

@@ -386,8 +386,10 @@ func TestFencedWriteRefusedAfterDeposition(t *testing.T) {
 	// A leader object that holds a stale term: the write must be refused
 	// and reported as deposition, and nothing written.
 	before, _ := readRevision(t, obs)
+	ended, end := context.WithCancelCause(context.Background())
+	defer end(nil)
 	l := &leader{co: co.Coordinator, cfg: co.cfg, layout: layout, c: obs, key: layout.Election() + "/stale", term: 1,
-		log: testLogger(t), ctx: context.Background(), endc: make(chan struct{})}
+		log: testLogger(t), ctx: context.Background(), ended: ended, end: end}
 	err := l.fencedTxn([]clientv3.Op{clientv3.OpPut(layout.Revision(), "forged")})
 	if !errors.Is(err, ErrDeposed) {
 		t.Fatalf("fenced write with a stale term: %v, want ErrDeposed", err)

@@ -78,12 +78,11 @@ type leader struct {
 
 	stateC chan stateEvent
 	reqC   chan reqEvent
-	// endc is closed when leadership ends (deposed, session expired,
-	// closed); why says how. The leader's loop and its retry pauses wait
-	// on it.
-	endc    chan struct{}
-	endOnce sync.Once
-	why     error
+	// ended ends when leadership does (deposed, session expired, closed);
+	// its cause says how (the first end wins). The leader's loop, its
+	// retries and their etcd calls stop with it.
+	ended context.Context
+	end   context.CancelCauseFunc
 
 	stateSynced, reqsSynced bool
 	// viewRev: the etcd revision l.regs and l.acks are exactly etcd's
@@ -137,12 +136,13 @@ type leader struct {
 
 func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int64, log logrus.FieldLogger) *leader {
 	ctx, cancel := context.WithCancel(co.ctx)
+	ended, end := context.WithCancelCause(ctx)
 	return &leader{
 		co: co, cfg: co.cfg, layout: co.layout, c: co.c, sess: sess, key: key, term: term,
 		identity: fmt.Sprintf("%s@%d", co.cfg.ID, term), log: log,
 		ctx: ctx, cancel: cancel,
 		stateC: make(chan stateEvent, 64), reqC: make(chan reqEvent, 64),
-		endc:     make(chan struct{}),
+		ended: ended, end: end,
 		regs:     map[schema.PluginID]schema.Registration{},
 		acks:     map[schema.PluginID]schema.Ack{},
 		requests: map[string]schema.Request{},
@@ -197,8 +197,8 @@ func (l *leader) run() error {
 			timer.Stop()
 		}
 		select {
-		case <-l.endc:
-			return l.why
+		case <-l.ended.Done():
+			return l.why()
 		case ev := <-l.stateC:
 			l.onState(ev)
 		case ev := <-l.reqC:
@@ -210,25 +210,27 @@ func (l *leader) run() error {
 	}
 }
 
+// why says how leadership ended (nil while it lasts).
+func (l *leader) why() error { return context.Cause(l.ended) }
+
 // sleep pauses for d on the clock, or returns at once with why leadership
 // ended.
 func (l *leader) sleep(d time.Duration) error {
-	t := l.co.clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-l.endc:
-		return l.why
-	case <-t.Chan():
-		return nil
+	if backoff.Sleep(l.ended, l.co.clock, d) != nil {
+		return l.why()
 	}
+	return nil
 }
 
-// end ends leadership with why; the first call wins.
-func (l *leader) end(why error) {
-	l.endOnce.Do(func() {
-		l.why = why
-		close(l.endc)
-	})
+// retry is backoff.Retry for leader work: try's attempts, paced by b on
+// the coordinator's clock, stop when leadership ends, and then retry
+// returns why it ended.
+func (l *leader) retry(b *backoff.Backoff, try func(context.Context) error, notify func(error, time.Duration)) error {
+	err := backoff.Retry(l.ended, l.co.clock, b, try, notify)
+	if stopped := (*backoff.StoppedError)(nil); errors.As(err, &stopped) {
+		return l.why()
+	}
+	return err
 }
 
 func (l *leader) spawn(f func()) {
@@ -421,17 +423,10 @@ func (l *leader) decodeRequests(ev listwatch.Event) reqEvent {
 // load reads the revision record (retrying while etcd fails) and decides
 // what this term starts with: round 1, a resumed round, or idling.
 func (l *leader) load() error {
-	bo := backoff.New(retryMin, retryMax)
-	for {
-		err := l.tryLoad()
-		if err == nil {
-			return nil
-		}
-		l.log.WithError(err).Warn("coordinator: reading the revision failed; retrying")
-		if err := l.sleep(bo.Next()); err != nil {
-			return err
-		}
-	}
+	return l.retry(backoff.New(retryMin, retryMax), func(context.Context) error { return l.tryLoad() },
+		func(err error, _ time.Duration) {
+			l.log.WithError(err).Warn("coordinator: reading the revision failed; retrying")
+		})
 }
 
 func (l *leader) tryLoad() (err error) {

@@ -230,32 +230,34 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 	if s, ok := l.retries[n]; ok {
 		return s, nil
 	}
-	bo := backoff.New(retryMin, retryMax)
-	for {
-		ctx, cancel := context.WithTimeout(l.ctx, 4*l.cfg.OpTimeout)
+	var s schema.ScopeSet
+	err := l.retry(backoff.New(retryMin, retryMax), func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 4*l.cfg.OpTimeout)
+		defer cancel()
 		recs, bad, err := ReadRoundAgents(ctx, l.c, l.layout, n, 0)
-		cancel()
-		if err == nil {
-			for _, b := range bad {
-				l.log.WithError(b).Warn("coordinator: skipping a malformed round agent record")
-			}
-			var s schema.ScopeSet
-			for _, r := range recs {
-				for _, p := range append(append([]string(nil), r.Failed...), r.TimedOut...) {
-					s.AddPlugin(schema.PluginID{Agent: r.Agent, Plugin: p})
-				}
-			}
-			if len(recs) == 0 {
-				l.log.WithField("round", n).Warn("coordinator: a retry names a round whose per-agent records are gone; it selects nobody")
-			}
-			l.rememberRetry(n, s)
-			return s, nil
+		if err != nil {
+			return err
 		}
+		for _, b := range bad {
+			l.log.WithError(b).Warn("coordinator: skipping a malformed round agent record")
+		}
+		for _, r := range recs {
+			for _, p := range append(append([]string(nil), r.Failed...), r.TimedOut...) {
+				s.AddPlugin(schema.PluginID{Agent: r.Agent, Plugin: p})
+			}
+		}
+		if len(recs) == 0 {
+			l.log.WithField("round", n).Warn("coordinator: a retry names a round whose per-agent records are gone; it selects nobody")
+		}
+		return nil
+	}, func(err error, _ time.Duration) {
 		l.log.WithError(err).Warn("coordinator: reading a retried round's participants failed; retrying")
-		if err := l.sleep(bo.Next()); err != nil {
-			return schema.ScopeSet{}, err
-		}
+	})
+	if err != nil {
+		return schema.ScopeSet{}, err
 	}
+	l.rememberRetry(n, s)
+	return s, nil
 }
 
 // retryRequests are the requests of round rec's retry: its failed and

@@ -174,42 +174,35 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 		l.co.largestWrite.Store(int64(size))
 		l.co.setStatus(func(s *Status) { s.LargestWrite = max(s.LargestWrite, size) })
 	}
-	bo := backoff.New(pauseMin, pauseMax)
-	for {
+	first := ""
+	if len(ops) > 0 {
+		first = string(ops[0].KeyBytes())
+	}
+	return l.retry(backoff.New(pauseMin, pauseMax), func(ctx context.Context) error {
 		if l.co.faults.beforeWrite != nil {
 			l.co.faults.beforeWrite()
 		}
-		ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
+		ctx, cancel := context.WithTimeout(ctx, l.cfg.OpTimeout)
+		defer cancel()
 		txn := l.c.Txn(ctx)
 		if !l.co.faults.unfenced {
 			txn = txn.If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.term))
 		}
 		resp, err := txn.Then(ops...).Commit()
-		cancel()
-		if err == nil {
-			if !resp.Succeeded {
-				return fmt.Errorf("%w: fenced write refused (leader key %s no longer has create revision %d)", ErrDeposed, l.key, l.term)
-			}
+		switch {
+		case err == nil && !resp.Succeeded:
+			return backoff.Permanent(fmt.Errorf("%w: fenced write refused (leader key %s no longer has create revision %d)", ErrDeposed, l.key, l.term))
+		case err == nil:
 			return nil
-		}
-		if l.ctx.Err() != nil {
-			return l.ctx.Err()
-		}
-		if etcderr.Permanent(err) {
-			first := ""
-			if len(ops) > 0 {
-				first = string(ops[0].KeyBytes())
-			}
+		case etcderr.Permanent(err):
 			l.log.WithError(err).WithField("ops", len(ops)).WithField("bytes", size).WithField("first_key", first).
 				Warn("coordinator: etcd refused a write for good; not retrying it as is")
-			return fmt.Errorf("%w: %d ops, %d bytes, first key %s: %v", errPermanent, len(ops), size, first, err)
+			return backoff.Permanent(fmt.Errorf("%w: %d ops, %d bytes, first key %s: %v", errPermanent, len(ops), size, first, err))
 		}
-		pause := bo.Next()
+		return err
+	}, func(err error, pause time.Duration) {
 		l.log.WithError(etcderr.Explain(err)).WithField("retry_in", pause).Warn("coordinator: fenced write failed; retrying")
-		if err := l.sleep(pause); err != nil {
-			return err
-		}
-	}
+	})
 }
 
 // fencedDelete deletes keys in fenced batches.
