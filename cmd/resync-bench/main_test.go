@@ -50,6 +50,17 @@ func TestSmokeExperiments(t *testing.T) {
 	if len(res.Rounds) != 2 {
 		t.Errorf("round-latency rows = %d, want 2 (1x1 and 2x2)", len(res.Rounds))
 	}
+	for _, r := range res.Rounds {
+		// The probe writes every 5 ms: 2 s idle, and the measured rounds
+		// (each followed by its NotActive wait) leave at least a sample.
+		if r.TenantIdle.N < 10 || r.TenantRounds.N == 0 || r.TenantNearWrites.N == 0 || r.RevisionWatchers != r.Agents {
+			t.Errorf("%dx%d: tenant probe idle %d samples, rounds %d, near writes %d, revision watchers %d (want >= 10, > 0, > 0, %d)",
+				r.Agents, r.Plugins, r.TenantIdle.N, r.TenantRounds.N, r.TenantNearWrites.N, r.RevisionWatchers, r.Agents)
+		}
+	}
+	if !strings.Contains(stdout.String(), "Tenant (another client") {
+		t.Errorf("the table has no tenant section:\n%s", stdout.String())
+	}
 	if res.Failover == nil {
 		t.Error("no failover result")
 	}

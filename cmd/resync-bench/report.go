@@ -213,6 +213,7 @@ func printTable(w io.Writer, res *Results) {
 	if len(res.Rounds) > 0 {
 		printRounds(w, res.Rounds)
 		printRoundCost(w, res)
+		printTenant(w, res.Rounds)
 		printRoundNotes(w, res.Rounds)
 	}
 	if res.Failover != nil {
@@ -266,6 +267,20 @@ func printRoundCost(w io.Writer, res *Results) {
 	fmt.Fprintln(tw, "agents x plugins[@targeted]\tlargest write B\tcoord heap B/participant\tack Txns/agent\tCPU ms/round\tbatched floor CPU ms\t")
 	for _, r := range res.Rounds {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%.2f\t%.0f\t%.0f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.LargestWrite, heapOf(res, r.Participants), r.AckTxnsPerAgent, r.CPUPerRound, r.FloorTxnCPU)
+	}
+	tw.Flush()
+}
+
+// printTenant prints the tenant probe's latency next to each size's
+// rounds: what a round costs the other users of the same etcd.
+func printTenant(w io.Writer, rounds []RoundRow) {
+	fmt.Fprintln(w, "\nTenant (another client putting one small key every 5 ms), ms; near: puts in flight within 100 ms of a round's start or finish write")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\trevision watchers\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\t")
+	for _, r := range rounds {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.RevisionWatchers,
+			f1(r.TenantIdle.P50), f1(r.TenantIdle.P99), f1(r.TenantRounds.P50), f1(r.TenantRounds.P99), f1(r.TenantRounds.Max),
+			f1(r.TenantNearWrites.P99), f1(r.TenantNearWrites.Max), ratio(r.TenantNearWrites.Max, r.TenantIdle.P99))
 	}
 	tw.Flush()
 }

@@ -88,6 +88,19 @@ type RoundRow struct {
 	OursOverDelivered float64 `json:"ours_over_delivered_floor_p50"`
 	WatchedOverTxn    float64 `json:"watched_floor_over_floor_txn_p50"`
 	OursOverBarrier   float64 `json:"ours_over_barrier_p50,omitempty"`
+	// The tenant probe (tenant.go): another client putting a small key
+	// outside the prefix every 5 ms. TenantIdle: for 2 s with the fleet
+	// registered and no round running; TenantRounds: puts sent while the
+	// measured rounds ran (request to NotActive); TenantNearWrites: puts
+	// in flight within 100 ms of a measured round's start or finish
+	// write (the writes that wake the fleet's watchers).
+	TenantIdle       Dist `json:"tenant_idle"`
+	TenantRounds     Dist `json:"tenant_during_rounds"`
+	TenantNearWrites Dist `json:"tenant_near_start_finish"`
+	// RevisionWatchers is how many watchers the round's start and finish
+	// writes wake: one watch of the revision key per agent (the leader
+	// follows other keys), by construction of the fleet.
+	RevisionWatchers int `json:"revision_watchers"`
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
@@ -151,7 +164,16 @@ func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.F
 
 func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger, row *RoundRow, txns *uint64) (k *coord, err error) {
 	var lat, st, acked []time.Duration
-	defer func() { row.Round, row.ToStarted, row.AllAcked = dist(lat), dist(st), dist(acked) }()
+	var tenant []time.Duration
+	var writes []time.Time // the measured rounds' start and finish commits
+	var pr *probe
+	defer func() {
+		row.Round, row.ToStarted, row.AllAcked = dist(lat), dist(st), dist(acked)
+		if pr != nil {
+			row.TenantRounds, row.TenantNearWrites = tenantDist(tenant), tenantDist(pr.near(writes))
+			pr.Close()
+		}
+	}()
 	prefix := fmt.Sprintf("/bench/rounds-%s/", sz)
 	f, err := startFleet(ctx, e, sz, prefix, o.agentsPerClient, log)
 	if err != nil {
@@ -184,6 +206,15 @@ func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus
 		return k, err
 	}
 	waitNotActive(base, want)
+	row.RevisionWatchers = sz.Agents
+	if pr, err = startProbe(e); err != nil {
+		return k, err
+	}
+	idle, err := pr.idle(ctx, 2*time.Second)
+	if err != nil {
+		return k, err
+	}
+	row.TenantIdle = tenantDist(idle)
 
 	for i := 0; i < o.warmup+o.rounds; {
 		if i == o.warmup && o.memProfile != "" && len(lat) == 0 {
@@ -230,6 +261,8 @@ func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus
 			lat = append(lat, fin.at.Sub(start))
 			st = append(st, s.at.Sub(start))
 			acked = append(acked, time.Unix(0, k.hooks.lastResolved.Load()).Sub(start))
+			tenant = append(tenant, pr.between(start, fin.at)...)
+			writes = append(writes, s.at, fin.at)
 		}
 		i++
 		waitNotActive(base, wantMeasured)
