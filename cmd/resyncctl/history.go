@@ -15,7 +15,16 @@ const maxHistory = 100000
 
 func setupHistory(fs *pflag.FlagSet) func(context.Context, *env) error {
 	n := fs.IntP("n", "n", 10, "how many of the latest rounds to show")
-	return func(ctx context.Context, e *env) error { return history(ctx, e, *n) }
+	round := fs.Uint64("round", 0, "show round N in detail instead: each participant's outcome (acked, failed with its error, timed out, departed; pending while it runs)")
+	return func(ctx context.Context, e *env) error {
+		if fs.Changed("round") {
+			if fs.Changed("n") {
+				return usagef("-n and --round: give one (--round shows a single round)")
+			}
+			return roundDetail(ctx, e, *round)
+		}
+		return history(ctx, e, *n)
+	}
 }
 
 // history is the history command: read the latest n summaries, then print

@@ -49,7 +49,7 @@ func commands() []command {
 		{"trigger", "[--agent A [--plugin P]] --reason R [--wait] [--timeout D] [--who W]", "ask the coordinator for a resync round", setupTrigger},
 		{"registrations", "", "list the live plugin registrations in order", setupRegistrations},
 		{"agents", "", "one line per agent: plugins, lease TTL left, last revision acked and its result, behind or not", setupAgents},
-		{"history", "[-n N]", "show the last N round summaries", setupHistory},
+		{"history", "[-n N | --round N]", "show the last N round summaries, or round N plugin by plugin", setupHistory},
 		{"watch", "", "stream revision changes, round summaries and acks until interrupted", setupWatch},
 		{"rbac apply", "--agents A,B [--coordinator-user U] [--secrets-dir D] [--root-password P] [--no-passwords]", "create least-privilege etcd roles and users for resyncd and the agents, then enable etcd auth (idempotent)", setupRBACApply},
 		{"rbac status", "", "show etcd's users, roles and permissions (as root)", setupRBACStatus},
