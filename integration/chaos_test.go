@@ -254,7 +254,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 	env.memberUp = []bool{true, true, true}
 	eps := env.cluster.Endpoints()
 	env.admin = etcdtest.Client(t, eps...)
-	env.obs = startObserver(t, env.h, eps...)
+	env.obs = startObserverLog(t, env.h, env.log, eps...)
 
 	for i := range chaosAgents {
 		a := &chaosAgent{env: env, name: fmt.Sprintf("agent-%02d", i), member: i % 3}
@@ -291,7 +291,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 		total += n
 	}
 	sort.Strings(kinds)
-	t.Logf("chaos seed=%d faults=%d [%s] triggers=%d %s", o.seed, total, strings.Join(kinds, " "), env.triggers.Load(), rep.Summary())
+	t.Logf("chaos seed=%d faults=%d [%s] triggers=%d observer_rewatches=%d %s", o.seed, total, strings.Join(kinds, " "), env.triggers.Load(), env.obs.rewatches.Load(), rep.Summary())
 	for i, v := range rep.Violations {
 		if i == 50 {
 			t.Errorf("... %d more violations", len(rep.Violations)-50)

@@ -107,9 +107,28 @@ type observer struct {
 	// test made (etcdtest.Cluster.Restore marks the restored revision
 	// compacted), not a hole in the history.
 	resetOK atomic.Bool
+	// log, if set, hears why the watch restarted; rewatches counts the
+	// watches the stall watchdog restarted (stallAfter without an event
+	// while etcd's revision was past Last()).
+	log       logrus.FieldLogger
+	rewatches atomic.Int64
+	heard     atomic.Int64 // unix nanos of the last watch response
 }
 
+// stallAfter is how long the observer's watch may stay silent while etcd
+// has moved past what it recorded before the watchdog watches again from
+// Last()+1: a watch resumed on a member that restarted, or rejoined
+// after a restore, was seen to deliver nothing for over a minute while
+// the cluster went on (seed 20261210). Re-watching loses nothing.
+const stallAfter = 5 * time.Second
+
 func startObserver(t testing.TB, h *History, endpoints ...string) *observer {
+	t.Helper()
+	return startObserverLog(t, h, nil, endpoints...)
+}
+
+// startObserverLog is startObserver with a log for its watch restarts.
+func startObserverLog(t testing.TB, h *History, log logrus.FieldLogger, endpoints ...string) *observer {
 	t.Helper()
 	c, err := etcdtest.NewClient(endpoints...)
 	if err != nil {
@@ -120,7 +139,7 @@ func startObserver(t testing.TB, h *History, endpoints ...string) *observer {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &observer{c: c, h: h, cancel: cancel, done: make(chan struct{}), live: map[string]int64{},
+	o := &observer{c: c, h: h, log: log, cancel: cancel, done: make(chan struct{}), live: map[string]int64{},
 		agents: map[uint64]map[string]schema.RoundAgent{}, cur: map[string]*mvccpb.KeyValue{}}
 	o.last.Store(resp.Header.Revision)
 	go o.run(ctx)
@@ -148,8 +167,11 @@ func (o *observer) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		wch := o.c.Watch(wctx, layout.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(o.Last()+1), clientv3.WithPrevKV())
+		o.heard.Store(time.Now().UnixNano())
+		stopDog := o.watchdog(wctx, cancel)
 		compacted := false
 		for resp := range wch {
+			o.heard.Store(time.Now().UnixNano())
 			if resp.CompactRevision != 0 && o.resetOK.Load() {
 				if err := o.reset(ctx); err != nil {
 					break // read again after the pause
@@ -163,6 +185,7 @@ func (o *observer) run(ctx context.Context) {
 				break
 			}
 			if resp.Err() != nil {
+				o.logf("observer: watch ended at %d: %v; watching again", o.Last(), resp.Err())
 				break
 			}
 			for _, e := range resp.Events {
@@ -170,6 +193,7 @@ func (o *observer) run(ctx context.Context) {
 				o.last.Store(e.Kv.ModRevision)
 			}
 		}
+		stopDog()
 		cancel()
 		for range wch {
 		}
@@ -182,6 +206,51 @@ func (o *observer) run(ctx context.Context) {
 		case <-t.C:
 		}
 		t.Stop()
+	}
+}
+
+// watchdog cancels the watch (stop) when it has been silent for
+// stallAfter while etcd's revision is past Last(); the run loop then
+// watches again from Last()+1. The returned func stops it.
+func (o *observer) watchdog(ctx context.Context, stop context.CancelFunc) func() {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if time.Since(time.Unix(0, o.heard.Load())) < stallAfter {
+				continue
+			}
+			gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			resp, err := o.c.Get(gctx, "observer-probe")
+			cancel()
+			if err != nil || resp.Header.Revision <= o.Last() {
+				continue
+			}
+			o.rewatches.Add(1)
+			o.logf("observer: watch silent for %v while etcd is at %d and the observer at %d; watching again", stallAfter, resp.Header.Revision, o.Last())
+			stop()
+			return
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
+}
+
+func (o *observer) logf(format string, a ...any) {
+	if o.log != nil {
+		o.log.Warnf(format, a...)
 	}
 }
 
