@@ -271,7 +271,7 @@ func TestNoSpaceIsExplainedAndRecovered(t *testing.T) {
 	const quota = 16 << 20
 	setStorageTiming(t, 200*time.Millisecond, time.Hour, false)
 	httpAddr, c, stderr := startEmbedded(t, "--quota-backend-bytes", fmt.Sprint(quota),
-		"--auto-compaction-retention", "0", "--coalesce-window", "5s")
+		"--auto-compaction-retention", "0", "--coalesce-window", "8s")
 	defer http.DefaultClient.CloseIdleConnections()
 	agentLog := &etcdtest.Buffer{}
 	log := logrus.New()
@@ -283,17 +283,37 @@ func TestNoSpaceIsExplainedAndRecovered(t *testing.T) {
 	}
 	before := waitReason(t, c, 0, "before")
 
-	// A request, then history that fills the quota before the coordinator
-	// (coalescing for 5 s) starts its round.
+	// History that fills the quota, with a request written just before
+	// its last puts: the coordinator (coalescing for 8 s) starts the
+	// round only once etcd refuses writes. Filling all 16 MiB after the
+	// request took over 5 s on a loaded machine, and the round then
+	// started and completed before NOSPACE; so most of it goes first,
+	// to 4 MiB short of the quota (etcd takes writes until the quota).
+	value := strings.Repeat("f", 1<<20)
+	fill := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := c.Put(ctx, "/filler", value)
+		return err
+	}
+	for i := 0; i < 64; i++ {
+		st, err := c.Status(context.Background(), c.Endpoints()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.DbSize >= quota-4<<20 {
+			break
+		}
+		if err := fill(); err != nil {
+			t.Fatalf("filling up to 4 MiB short of the quota: %v", err)
+		}
+	}
 	if err := request(t, c, "during"); err != nil {
 		t.Fatal(err)
 	}
-	value := strings.Repeat("f", 1<<20)
 	var fillErr error
 	for i := 0; i < 64 && fillErr == nil; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, fillErr = c.Put(ctx, "/filler", value)
-		cancel()
+		fillErr = fill()
 	}
 	if !etcderr.IsNoSpace(fillErr) {
 		t.Fatalf("filling 64 MiB of history into a 16 MiB quota: %v, want NOSPACE", fillErr)
