@@ -66,15 +66,10 @@ func (e *env) readOutcomes(ctx context.Context, c *clientv3.Client, r *schema.Ro
 		}
 		return rows, nil
 	}
-	regs, err := e.readRegistrations(ctx, c, 0)
+	acks, live, err := e.readLive(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	acks, err := e.readAcks(ctx, c, 0)
-	if err != nil {
-		return nil, err
-	}
-	live := liveSet(regs)
 	for _, id := range parts {
 		a := acks[id]
 		o := schema.Resolve(r.Revision, a, live[id], false)

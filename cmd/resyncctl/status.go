@@ -132,16 +132,26 @@ func (e *env) readProgress(ctx context.Context, c *clientv3.Client, round *schem
 	if err != nil {
 		return nil, err
 	}
-	regs, err := e.readRegistrations(ctx, c, 0)
+	acks, live, err := e.readLive(ctx, c)
 	if err != nil {
 		return nil, err
+	}
+	p := computeProgress(round, parts, acks, live)
+	return &p, nil
+}
+
+// readLive reads the acks and which registrations are live: what a
+// running round's participants are resolved against.
+func (e *env) readLive(ctx context.Context, c *clientv3.Client) (map[schema.PluginID]schema.Ack, map[schema.PluginID]bool, error) {
+	regs, err := e.readRegistrations(ctx, c, 0)
+	if err != nil {
+		return nil, nil, err
 	}
 	acks, err := e.readAcks(ctx, c, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	p := computeProgress(round, parts, acks, liveSet(regs))
-	return &p, nil
+	return acks, liveSet(regs), nil
 }
 
 // readStorage reads etcd's database size against its quota, warning when
