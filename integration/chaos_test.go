@@ -281,6 +281,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 	env.waitRoundAfter(0, 60*time.Second, "the initial round")
 	env.schedule(o.duration)
 	env.finalPhase()
+	rewatches := env.obs.rewatches.Load() // teardown stops the observer
 	env.teardown()
 
 	rep := env.h.Check()
@@ -291,7 +292,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 		total += n
 	}
 	sort.Strings(kinds)
-	t.Logf("chaos seed=%d faults=%d [%s] triggers=%d observer_rewatches=%d %s", o.seed, total, strings.Join(kinds, " "), env.triggers.Load(), env.obs.rewatches.Load(), rep.Summary())
+	t.Logf("chaos seed=%d faults=%d [%s] triggers=%d observer_rewatches=%d %s", o.seed, total, strings.Join(kinds, " "), env.triggers.Load(), rewatches, rep.Summary())
 	for i, v := range rep.Violations {
 		if i == 50 {
 			t.Errorf("... %d more violations", len(rep.Violations)-50)
