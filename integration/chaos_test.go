@@ -620,7 +620,8 @@ func (env *chaosEnv) upAgents() []*chaosAgent {
 // schedule injects faults for d, one every 150-600 ms, each chosen by the
 // seeded generator; faults with a duration (partitions, stopped members)
 // are undone by timers. An etcd restore (15 s or more each, every agent
-// and coordinator out meanwhile) comes every 60-84 s instead of being
+// and coordinator out meanwhile) comes 40-56 s after the last one (or
+// a second after one that could not be injected) instead of being
 // drawn: drawn at weight 1 of 77 it came 18 to 23 times in 30 minutes,
 // around the 20 a long run is to show, and a higher weight would draw
 // too many outages for the run to complete its rounds.
@@ -628,12 +629,15 @@ func (env *chaosEnv) schedule(d time.Duration) {
 	end := time.Now().Add(d)
 	stopPacer := env.pacer()
 	defer stopPacer()
-	restoreDue := time.Now().Add(env.between(60*time.Second, 84*time.Second))
+	restoreDue := time.Now().Add(env.between(40*time.Second, 56*time.Second))
 	for time.Now().Before(end) {
 		env.runUndos(false)
 		if time.Now().After(restoreDue) {
-			env.injectKind("etcd-restore")
-			restoreDue = time.Now().Add(env.between(60*time.Second, 84*time.Second))
+			// Not injected (a member down, no agent up): try again soon.
+			restoreDue = time.Now().Add(time.Second)
+			if env.injectKind("etcd-restore") != "" {
+				restoreDue = time.Now().Add(env.between(40*time.Second, 56*time.Second))
+			}
 		} else {
 			env.fault()
 		}
@@ -647,7 +651,7 @@ func (env *chaosEnv) schedule(d time.Duration) {
 	env.runUndos(true)
 }
 
-// pacer asks for a round every 0.2-0.5 s (all agents, one agent or one
+// pacer asks for a round every 0.15-0.4 s (all agents, one agent or one
 // plugin, from its own seeded generator) until it is stopped: a steady
 // operator's trigger, so that a long run completes rounds at least ~0.85/s
 // whatever faults (some synchronous, some holding rounds up, restores
@@ -660,7 +664,7 @@ func (env *chaosEnv) pacer() (stop func()) {
 	go func() {
 		defer close(done)
 		for {
-			timer := time.NewTimer(time.Duration(200+rng.IntN(301)) * time.Millisecond) // the trigger's pace
+			timer := time.NewTimer(time.Duration(150+rng.IntN(251)) * time.Millisecond) // the trigger's pace
 			select {
 			case <-quit:
 				timer.Stop()
@@ -721,13 +725,16 @@ func (env *chaosEnv) fault() {
 	env.injectKind(kind)
 }
 
-// injectKind injects a fault of kind and counts and logs what it did.
-func (env *chaosEnv) injectKind(kind string) {
+// injectKind injects a fault of kind and counts and logs what it did,
+// which it returns ("" if nothing applied).
+func (env *chaosEnv) injectKind(kind string) string {
 	start := time.Now()
-	if done := env.inject(kind); done != "" {
+	done := env.inject(kind)
+	if done != "" {
 		env.faults[done]++
 		env.log.WithField("fault", done).WithField("took", time.Since(start).Round(time.Millisecond)).Info("chaos: fault injected")
 	}
+	return done
 }
 
 // inject applies one fault; it returns the kind actually injected ("" if
