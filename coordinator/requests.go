@@ -231,8 +231,8 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 		return s, nil
 	}
 	var s schema.ScopeSet
-	err := l.retry(backoff.New(retryMin, retryMax), func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, 4*l.cfg.OpTimeout)
+	err := l.retry(backoff.New(retryMin, retryMax), func(context.Context) error {
+		ctx, cancel := context.WithTimeout(l.ctx, 4*l.cfg.OpTimeout)
 		defer cancel()
 		recs, bad, err := ReadRoundAgents(ctx, l.c, l.layout, n, 0)
 		if err != nil {

@@ -178,11 +178,14 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 	if len(ops) > 0 {
 		first = string(ops[0].KeyBytes())
 	}
-	return l.retry(backoff.New(pauseMin, pauseMax), func(ctx context.Context) error {
+	// Each attempt runs on the term's context, not on ended: a write sent
+	// before the leader learns its term ended goes out as before, and the
+	// fence alone decides (what a paused leader's write tests).
+	return l.retry(backoff.New(pauseMin, pauseMax), func(context.Context) error {
 		if l.co.faults.beforeWrite != nil {
 			l.co.faults.beforeWrite()
 		}
-		ctx, cancel := context.WithTimeout(ctx, l.cfg.OpTimeout)
+		ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
 		defer cancel()
 		txn := l.c.Txn(ctx)
 		if !l.co.faults.unfenced {
