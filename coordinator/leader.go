@@ -213,15 +213,6 @@ func (l *leader) run() error {
 // why says how leadership ended (nil while it lasts).
 func (l *leader) why() error { return context.Cause(l.ended) }
 
-// sleep pauses for d on the clock, or returns at once with why leadership
-// ended.
-func (l *leader) sleep(d time.Duration) error {
-	if backoff.Sleep(l.ended, l.co.clock, d) != nil {
-		return l.why()
-	}
-	return nil
-}
-
 // retry is backoff.Retry for leader work: try's attempts, paced by b on
 // the coordinator's clock, stop when leadership ends, and then retry
 // returns why it ended.
