@@ -331,12 +331,14 @@ func TestCheckerNewFaultsPass(t *testing.T) {
 	r.Acked = append(slices.Clone(r.Acked), long)
 	r.Counts.Participants++
 	h.RecordAck(AckSent{Agent: long.Agent, Plugin: long.Plugin, Incarnation: 3, Revision: 2, Result: schema.ResultOK})
-	// A parked join taken at the end of a late window, after the next
-	// plugin's Started: not against registration order.
+	// A parked join taken after the next plugin's Started: not against
+	// registration order. q1 stopped reading until t1+2s, but took its
+	// join only at t1+5s, once the dispatcher was idle again (q2 had held
+	// it until its ack timeout: chaos seed 777 saw it).
 	t1 := time.Date(2026, 11, 25, 12, 10, 0, 0, time.UTC)
 	h.AddIncarnation(4, "b", []string{"q1", "q2"})
 	h.RecordEvent(Event{Agent: "b", Plugin: "q2", Incarnation: 4, Revision: 2, Status: schema.Started, Join: true, At: t1})
-	h.RecordEvent(Event{Agent: "b", Plugin: "q1", Incarnation: 4, Revision: 2, Status: schema.Started, Join: true, At: t1.Add(2 * time.Second)})
+	h.RecordEvent(Event{Agent: "b", Plugin: "q1", Incarnation: 4, Revision: 2, Status: schema.Started, Join: true, At: t1.Add(5 * time.Second)})
 	h.RecordLate(LateWindow{Agent: "b", Plugin: "q1", Incarnation: 4, From: t1.Add(-time.Second), Until: t1.Add(2 * time.Second)})
 	for _, p := range []string{"q1", "q2"} {
 		h.RecordAck(AckSent{Agent: "b", Plugin: p, Incarnation: 4, Revision: 2, Result: schema.ResultOK})

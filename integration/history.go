@@ -1126,10 +1126,16 @@ func (h *History) checkOwners(r *Report) {
 }
 
 // tookLate reports whether e was taken at the end of a window in which its
-// plugin did not read its channel.
+// plugin did not read its channel, or is a join taken any time after such
+// a window began: a parked join stays offered until taken, but only when
+// the dispatcher is idle, which may be an ack timeout after the plugin
+// reads again (it served the agent's next plugins meanwhile).
 func (h *History) tookLate(e Event) bool {
 	for _, lw := range h.Late {
-		if lw.Incarnation == e.Incarnation && lw.Plugin == e.Plugin && !e.At.Before(lw.From) && !e.At.After(lw.Until.Add(time.Second)) {
+		if lw.Incarnation != e.Incarnation || lw.Plugin != e.Plugin || e.At.Before(lw.From) {
+			continue
+		}
+		if e.Join || !e.At.After(lw.Until.Add(time.Second)) {
 			return true
 		}
 	}
