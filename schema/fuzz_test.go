@@ -94,6 +94,10 @@ func FuzzParseKey(f *testing.F) {
 			back = l.Election() + "/" + k.ID
 		case KindOwner:
 			back = l.Owner(k.Agent)
+		case KindWakeAgent:
+			back = l.WakeAgent(k.Agent)
+		case KindWakeShard:
+			back = l.WakeShard(k.Chunk)
 		case KindRoundAgent:
 			back = l.RoundAgent(k.Round, k.Agent)
 		case KindRoundScope:

@@ -22,7 +22,7 @@ func (l Layout) family(key string, kind Kind) (Key, error) {
 
 func article(k Kind) string {
 	switch k {
-	case KindAck, KindElection, KindOwner:
+	case KindAck, KindElection, KindOwner, KindWakeAgent:
 		return "an " + k.String()
 	}
 	return "a " + k.String()
@@ -53,6 +53,19 @@ func decodeKV[T any](l Layout, key string, value []byte, kind Kind, dec func(str
 func (l Layout) DecodeRevision(key string, value []byte) (Revision, error) {
 	_, r, err := decodeKV(l, key, value, KindRevision, DecodeRevision, nil)
 	return r, err
+}
+
+// DecodeWake decodes a wake key (a wake shard or an agent's wake key): a
+// copy of a revision record.
+func (l Layout) DecodeWake(key string, value []byte) (Revision, error) {
+	k, err := l.Parse(key)
+	if err != nil {
+		return Revision{}, err
+	}
+	if k.Kind != KindWakeShard && k.Kind != KindWakeAgent {
+		return Revision{}, &DecodeError{Key: key, Reason: "not a wake key"}
+	}
+	return DecodeRevision(key, value)
 }
 
 // DecodeRegistration decodes registrations/<agent>/<plugin>; the value must

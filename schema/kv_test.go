@@ -39,6 +39,8 @@ func TestLayoutDecodeChecksKeyAndValue(t *testing.T) {
 		KindRoundAgent:   func(k, v string) error { _, err := l.DecodeRoundAgent(k, []byte(v)); return err },
 		KindRoundScope:   func(k, v string) error { _, err := l.DecodeRoundScope(k, []byte(v)); return err },
 		KindOwner:        func(k, v string) error { _, err := l.DecodeOwner(k, []byte(v)); return err },
+		KindWakeShard:    func(k, v string) error { _, err := l.DecodeWake(k, []byte(v)); return err },
+		KindWakeAgent:    func(k, v string) error { _, err := l.DecodeWake(k, []byte(v)); return err },
 	}
 	for _, tc := range []struct {
 		kind       Kind
@@ -47,6 +49,11 @@ func TestLayoutDecodeChecksKeyAndValue(t *testing.T) {
 	}{
 		{KindRevision, l.Revision(), rev, ""},
 		{KindRevision, l.Round(3), rev, "not a revision key"},
+		{KindWakeShard, l.WakeShard(7), rev, ""},
+		{KindWakeAgent, l.WakeAgent("node 1"), rev, ""},
+		{KindWakeAgent, l.Revision(), rev, "not a wake key"},
+		{KindWakeShard, l.Prefix() + "wake/shards/64", rev, "wake shard key must be"},
+		{KindWakeShard, l.Prefix() + "wake/shards/7", rev, "wake shard key must be"},
 		{KindRegistration, l.Registration("a", "p"), reg, ""},
 		{KindRegistration, l.Registration("a", "q"), reg, "value names a/p, the key a/q"},
 		{KindRegistration, l.Registration("b", "p"), reg, "value names a/p, the key b/p"},

@@ -2,6 +2,7 @@ package schema
 
 import (
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 )
@@ -26,7 +27,25 @@ const (
 	operatorRequestsDir = "operator/"
 	roundsDir           = "rounds/"
 	ownersDir           = "owners/"
+	wakeShardsDir       = "wake/shards/"
+	wakeAgentsDir       = "wake/agents/"
 )
+
+// WakeShards is how many wake shard keys an all-scope round writes
+// (wake/shards/00 to 63): an agent watches the one of its shard
+// (WakeShardOf), so that no single write notifies the whole fleet. It is
+// part of the protocol: agents and coordinators must agree on it. At 64
+// shards a fleet of 10,000 agents has about 156 per shard, and a shard
+// passes 512 watchers only beyond about 30,000 agents.
+const WakeShards = 64
+
+// WakeShardOf is agent's wake shard: FNV-1a of its real name, modulo
+// WakeShards.
+func WakeShardOf(agent string) int {
+	h := fnv.New32a()
+	h.Write([]byte(agent))
+	return int(h.Sum32() % WakeShards)
+}
 
 // roundDigits is the width of the zero-padded round number in rounds/<N>, so
 // that etcd's lexical key order is the numeric order of rounds.
@@ -164,6 +183,22 @@ func (l Layout) Owners() string { return l.prefix + ownersDir }
 // by that process on its session lease (see package registry).
 func (l Layout) Owner(agent string) string { return l.prefix + ownersDir + EscapeName(agent) }
 
+// Wakes is the prefix of every wake key.
+func (l Layout) Wakes() string { return l.prefix + "wake/" }
+
+// WakeShard is the key of wake shard i (0 <= i < WakeShards): a copy of
+// the revision record of the last all-scope round, written by the leader
+// for the agents of that shard to watch.
+func (l Layout) WakeShard(i int) string { return fmt.Sprintf("%s%s%02d", l.prefix, wakeShardsDir, i) }
+
+// WakeShards is the prefix of the wake shard keys.
+func (l Layout) WakeShards() string { return l.prefix + wakeShardsDir }
+
+// WakeAgent is the key of agent's own wake key: a copy of the revision
+// record of the last set-scope round that agent takes part in, written by
+// the leader on the agent's session lease (it goes when the agent does).
+func (l Layout) WakeAgent(agent string) string { return l.prefix + wakeAgentsDir + EscapeName(agent) }
+
 // StateRange is the key range [start, end) that the leading coordinator
 // lists and watches with one watch, so that acks, registrations and
 // owners' records reach it in etcd's revision order (an ack put before
@@ -236,9 +271,11 @@ const (
 	KindRoundAgent
 	KindRoundScope
 	KindOwner
+	KindWakeShard
+	KindWakeAgent
 )
 
-var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round", "round agent", "round scope", "owner"}
+var kindNames = [...]string{"unknown", "election", "revision", "registration", "ack", "request", "round", "round agent", "round scope", "owner", "wake shard", "agent wake"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -254,7 +291,7 @@ type Key struct {
 	Plugin string // registration, ack
 	ID     string // request id, election lease
 	Round  uint64 // round, round agent, round scope
-	Chunk  int    // round scope
+	Chunk  int    // round scope, wake shard (its number)
 	// Writer is, for a request, the writer its key belongs to.
 	Writer Writer
 }
@@ -304,6 +341,19 @@ func (l Layout) Parse(key string) (Key, error) {
 		return Key{Kind: KindOwner, Agent: agent}, nil
 	case strings.HasPrefix(rest, requestsDir):
 		return l.parseRequest(key, rest[len(requestsDir):])
+	case strings.HasPrefix(rest, wakeShardsDir):
+		s := rest[len(wakeShardsDir):]
+		i, err := strconv.Atoi(s)
+		if err != nil || len(s) != 2 || i < 0 || i >= WakeShards {
+			return bad("wake shard key must be %s<NN> with NN from 00 to %02d", wakeShardsDir, WakeShards-1)
+		}
+		return Key{Kind: KindWakeShard, Chunk: i}, nil
+	case strings.HasPrefix(rest, wakeAgentsDir):
+		agent, err := UnescapeName("agent", rest[len(wakeAgentsDir):])
+		if err != nil {
+			return bad("%v", err)
+		}
+		return Key{Kind: KindWakeAgent, Agent: agent}, nil
 	case strings.HasPrefix(rest, roundsDir):
 		s, sub, hasSub := strings.Cut(rest[len(roundsDir):], "/")
 		n, err := strconv.ParseUint(s, 10, 64)

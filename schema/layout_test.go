@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ func keysOfEveryKind(l Layout) map[Kind][]string {
 	keys := map[Kind][]string{KindRevision: {l.Revision()}}
 	for _, a := range names {
 		keys[KindOwner] = append(keys[KindOwner], l.Owner(a))
+		keys[KindWakeAgent] = append(keys[KindWakeAgent], l.WakeAgent(a))
 		keys[KindRequest] = append(keys[KindRequest], l.AgentRequest(a, "0-0"), l.AgentRequest(a, strings.Repeat("z", 64)))
 		keys[KindRoundAgent] = append(keys[KindRoundAgent], l.RoundAgent(1, a), l.RoundAgent(1<<63, a))
 		for _, p := range names {
@@ -25,6 +27,7 @@ func keysOfEveryKind(l Layout) map[Kind][]string {
 		keys[KindElection] = append(keys[KindElection], l.Election()+"/"+id)
 		keys[KindRequest] = append(keys[KindRequest], l.OperatorRequest(id), l.LegacyRequest(id))
 	}
+	keys[KindWakeShard] = []string{l.WakeShard(0), l.WakeShard(WakeShards - 1)}
 	for _, n := range []uint64{1, 42, 1<<64 - 1} {
 		keys[KindRound] = append(keys[KindRound], l.Round(n))
 		keys[KindRoundScope] = append(keys[KindRoundScope], l.RoundScope(n, 0), l.RoundScope(n, 999999))
@@ -97,5 +100,31 @@ func TestPrefixEnd(t *testing.T) {
 		if got := prefixEnd(tc.in); got != tc.want {
 			t.Errorf("prefixEnd(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// Agents spread over the wake shards evenly enough that the fan-out bound
+// of a shard holds: at 10,000 agents named as a fleet names them (node-N),
+// no shard has more than twice its mean.
+func TestWakeShardsSpreadAFleet(t *testing.T) {
+	count := make([]int, WakeShards)
+	const agents = 10000
+	for i := range agents {
+		s := WakeShardOf(fmt.Sprintf("node-%d", i))
+		if s < 0 || s >= WakeShards {
+			t.Fatalf("WakeShardOf(node-%d) = %d, outside [0, %d)", i, s, WakeShards)
+		}
+		count[s]++
+	}
+	mean := agents / WakeShards
+	for s, n := range count {
+		if n > 2*mean || n == 0 {
+			t.Errorf("shard %d has %d agents (mean %d)", s, n, mean)
+		}
+	}
+	// Agents and coordinators must agree on it: a changed hash would
+	// make every agent watch another shard than its coordinator writes.
+	if got := WakeShardOf("node 1"); got != 18 {
+		t.Errorf("WakeShardOf(%q) = %d: the hash changed (FNV-1a mod %d gives 18); it is part of the protocol", "node 1", got, WakeShards)
 	}
 }
