@@ -64,6 +64,11 @@ type Status struct {
 	// LargestWrite is the largest etcd request (keys plus values of its
 	// operations, in bytes) this coordinator wrote since it started.
 	LargestWrite int `json:"largest_write_bytes,omitempty"`
+	// LargestWake is the most agents that one write of this coordinator
+	// woke (by its own count of the agents behind the wake keys it
+	// wrote): at most 512 for an all-scope round's shards, 128 for the
+	// agent keys of a set-scope round (coordinator/wake.go).
+	LargestWake int `json:"largest_wake,omitempty"`
 	// LastError is the last etcd error of the campaign loop ("" if none).
 	LastError string `json:"last_error,omitempty"`
 	// ResumeFallbacks counts the rounds this coordinator resumed with the

@@ -24,6 +24,7 @@ import (
 type stateItem struct {
 	id      schema.PluginID
 	reg     *schema.Registration // registration put
+	lease   clientv3.LeaseID     // a registration's lease: its agent's session
 	ack     *schema.Ack          // ack put
 	deleted bool
 	isAck   bool
@@ -36,12 +37,13 @@ type stateEvent struct {
 	// rev: the etcd revision the leader's view is exactly etcd's state
 	// at, once this event is applied (the listing's revision, or the last
 	// change's); 0 for an event that changes nothing.
-	rev   int64
-	reset bool // regs and acks are the whole state
-	regs  map[schema.PluginID]schema.Registration
-	acks  map[schema.PluginID]schema.Ack
-	items []stateItem
-	bad   []error
+	rev    int64
+	reset  bool // regs and acks are the whole state
+	regs   map[schema.PluginID]schema.Registration
+	leases map[string]clientv3.LeaseID // with reset: each agent's session lease
+	acks   map[schema.PluginID]schema.Ack
+	items  []stateItem
+	bad    []error
 }
 
 type reqItem struct {
@@ -98,6 +100,14 @@ type leader struct {
 	refusedSent bool
 
 	regs map[schema.PluginID]schema.Registration
+	// agentLeases is the session lease of every agent with registrations
+	// (the lease its wake key is written on: wake.go), and agentRegs how
+	// many registrations each has.
+	agentLeases map[string]clientv3.LeaseID
+	agentRegs   map[string]int
+	// needRewake: the term has not yet written the wake keys of the
+	// record it found (rewake).
+	needRewake bool
 	// ordered is regs' keys in registration order (participants), kept
 	// until regs changes: a stable fleet's rounds skip the sort (3.7 ms
 	// at 10,000 registrations).
@@ -143,12 +153,14 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		ctx: ctx, cancel: cancel,
 		stateC: make(chan stateEvent, 64), reqC: make(chan reqEvent, 64),
 		ended: ended, end: end,
-		regs:     map[schema.PluginID]schema.Registration{},
-		acks:     map[schema.PluginID]schema.Ack{},
-		requests: map[string]schema.Request{},
-		errSeen:  map[string]time.Time{},
-		rejoins:  map[string]rejoinWait{},
-		streaks:  newErrorStreaks(co.cfg.BackoffMin, co.cfg.BackoffMax),
+		regs:        map[schema.PluginID]schema.Registration{},
+		agentLeases: map[string]clientv3.LeaseID{},
+		agentRegs:   map[string]int{},
+		acks:        map[schema.PluginID]schema.Ack{},
+		requests:    map[string]schema.Request{},
+		errSeen:     map[string]time.Time{},
+		rejoins:     map[string]rejoinWait{},
+		streaks:     newErrorStreaks(co.cfg.BackoffMin, co.cfg.BackoffMax),
 
 		failedAcks: map[schema.PluginID]schema.Ack{},
 		handled:    map[schema.PluginID]uint64{},
@@ -174,6 +186,7 @@ func (l *leader) run() error {
 	if err := l.load(); err != nil {
 		return err
 	}
+	l.needRewake = true
 	// Armed only by nextWake: on a fake clock, the leader's one waiter is
 	// the wake-up it needs.
 	timer := l.co.clock.NewTimer(time.Hour)
@@ -281,6 +294,7 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 		l.refused = map[string]int{}
 		out.reset, out.rev = true, ev.Revision
 		out.regs = map[schema.PluginID]schema.Registration{}
+		out.leases = map[string]clientv3.LeaseID{}
 		out.acks = map[schema.PluginID]schema.Ack{}
 		for _, kv := range ev.Kvs {
 			if l.noteOwner(kv, false) {
@@ -292,6 +306,7 @@ func (l *leader) decodeState(ev listwatch.Event) stateEvent {
 				out.bad = append(out.bad, err)
 			case it.reg != nil:
 				out.regs[it.id] = *it.reg
+				out.leases[it.id.Agent] = it.lease
 			case it.ack != nil:
 				out.acks[it.id] = *it.ack
 			}
@@ -374,7 +389,7 @@ func (l *leader) decodeStateKV(kv *mvccpb.KeyValue) (stateItem, error) {
 		if err != nil {
 			return stateItem{}, err
 		}
-		return stateItem{id: reg.ID(), reg: &reg}, nil
+		return stateItem{id: reg.ID(), reg: &reg, lease: clientv3.LeaseID(kv.Lease)}, nil
 	case strings.HasPrefix(key, l.layout.Acks()):
 		id, ack, err := l.layout.DecodeAck(key, kv.Value)
 		if err != nil {

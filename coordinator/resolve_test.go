@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/sirupsen/logrus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
 )
@@ -33,7 +34,8 @@ func TestLeaderResolvesByTheSchemaRule(t *testing.T) {
 	id := func(p string) schema.PluginID { return schema.PluginID{Agent: "a", Plugin: p} }
 	parts := []schema.PluginID{id("ok"), id("err"), id("to"), id("gone"), id("stale"), id("late")}
 	l := &leader{co: &Coordinator{hooks: hooks, log: log}, layout: layout, log: log, ctx: context.Background(),
-		acks: map[schema.PluginID]schema.Ack{}, regs: map[schema.PluginID]schema.Registration{}}
+		acks: map[schema.PluginID]schema.Ack{}, regs: map[schema.PluginID]schema.Registration{},
+		agentLeases: map[string]clientv3.LeaseID{}, agentRegs: map[string]int{}}
 	for i, p := range parts {
 		l.regs[p] = schema.Registration{Agent: p.Agent, Plugin: p.Plugin, Order: i}
 	}
@@ -87,7 +89,8 @@ func TestParticipantsFollowRegistrationChanges(t *testing.T) {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	l := &leader{co: &Coordinator{hooks: NopHooks{}, log: log}, layout: layout, log: log, ctx: context.Background(),
-		acks: map[schema.PluginID]schema.Ack{}, regs: map[schema.PluginID]schema.Registration{}}
+		acks: map[schema.PluginID]schema.Ack{}, regs: map[schema.PluginID]schema.Registration{},
+		agentLeases: map[string]clientv3.LeaseID{}, agentRegs: map[string]int{}}
 	reg := func(agent, plugin string, order int) stateItem {
 		return stateItem{id: schema.PluginID{Agent: agent, Plugin: plugin}, reg: &schema.Registration{Agent: agent, Plugin: plugin, Order: order}}
 	}

@@ -85,6 +85,10 @@ func (l *leader) onState(ev stateEvent) {
 	}
 	if ev.reset {
 		l.regs, l.acks = ev.regs, ev.acks
+		l.agentLeases, l.agentRegs = ev.leases, map[string]int{}
+		for id := range l.regs {
+			l.agentRegs[id.Agent]++
+		}
 		l.ordered = nil
 		l.stateSynced = true
 		l.swept = false // step checks the failed acks of the new listing
@@ -104,15 +108,31 @@ func (l *leader) onState(ev stateEvent) {
 				l.failedAck(it.id, *it.ack)
 			}
 		case it.deleted:
+			if _, ok := l.regs[it.id]; ok {
+				l.dropAgentReg(it.id.Agent)
+			}
 			delete(l.regs, it.id)
 			delete(l.handled, it.id)
 			delete(l.failedAcks, it.id)
 			l.ordered = nil
 			l.resolve(it.id, false)
 		default:
+			if _, ok := l.regs[it.id]; !ok {
+				l.agentRegs[it.id.Agent]++
+			}
 			l.regs[it.id] = *it.reg
+			l.agentLeases[it.id.Agent] = it.lease
 			l.ordered = nil
 		}
+	}
+}
+
+// dropAgentReg counts one registration of agent gone; with its last, the
+// agent's lease is forgotten.
+func (l *leader) dropAgentReg(agent string) {
+	if l.agentRegs[agent]--; l.agentRegs[agent] <= 0 {
+		delete(l.agentRegs, agent)
+		delete(l.agentLeases, agent)
 	}
 }
 
@@ -131,6 +151,12 @@ func (l *leader) nextWake() (time.Time, bool) {
 // step makes the decisions that depend on time and state: resume, answer
 // failed acks, time out, finish, start.
 func (l *leader) step(now time.Time) error {
+	if l.needRewake {
+		l.needRewake = false
+		if err := l.rewake(); err != nil {
+			return err
+		}
+	}
 	if l.resume != nil {
 		if err := l.resumeRound(); err != nil {
 			return err
@@ -299,6 +325,10 @@ type roundStart struct {
 	rec   schema.Round      // the summary, rounds/<N>
 	rev   schema.Revision   // the revision record
 	lost  int               // records written before the start, degraded or skipped
+	// Set by writeStart: the revision record encoded, and whether the
+	// start Txn carried the first wake shard group.
+	revVal    []byte
+	wokeFirst bool
 }
 
 // start starts round lastN+1 with the live registrations in scope, and
@@ -312,7 +342,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 			return err
 		}
 	}
-	inTxn, err := l.writeStart(s, reqKeys)
+	inTxn, err := l.writeStart(&s, reqKeys)
 	if errors.Is(err, errPermanent) {
 		l.dropStart(s, reqKeys, err)
 		return nil
@@ -324,6 +354,9 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		return err
 	}
 	l.started(s)
+	if err := l.wake(s.revVal, scope.IsAll(), s.parts, s.wokeFirst); err != nil {
+		return err
+	}
 	if scope.IsAll() {
 		if err := l.writeRecordsAfter(s); err != nil {
 			return err
@@ -402,34 +435,52 @@ func (l *leader) writeRecordsFirst(s *roundStart) error {
 
 // writeStart commits round s's start Txn: for an all-scope round the wipe
 // of an earlier attempt's leftovers (first: watchers see them go before
-// the round starts), the summary, the revision record, and the deletes of
-// as many of reqKeys as fit. When etcd refuses it for good it is tried
-// once more without the deletes. inTxn is how many of reqKeys it deleted.
-func (l *leader) writeStart(s roundStart, reqKeys []string) (inTxn int, err error) {
+// the round starts), the summary, the revision record, for an all-scope
+// round of a small fleet its wake shards, and the deletes of as many of
+// reqKeys as fit. When etcd refuses it for good it is tried once more
+// without the deletes. inTxn is how many of reqKeys it deleted.
+func (l *leader) writeStart(s *roundStart, reqKeys []string) (inTxn int, err error) {
 	roundVal, err := schema.Encode(s.rec)
 	if err != nil {
 		return 0, err
 	}
-	revVal, err := schema.Encode(s.rev)
-	if err != nil {
+	if s.revVal, err = schema.Encode(s.rev); err != nil {
 		return 0, err
 	}
 	var ops []clientv3.Op
 	if s.scope.IsAll() {
 		ops = append(ops, l.wipeRound(s.rec.Revision))
 	}
-	ops = append(ops, clientv3.OpPut(l.layout.Round(s.rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(revVal)))
+	ops = append(ops, clientv3.OpPut(l.layout.Round(s.rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(s.revVal)))
+	bare := len(ops)
+	if s.scope.IsAll() {
+		ops = append(ops, l.firstShardGroup(s.revVal, len(ops))...)
+	}
 	fixed := len(ops)
 	inTxn = min(len(reqKeys), schema.MaxTxnOps-len(ops))
 	for _, k := range reqKeys[:inTxn] {
 		ops = append(ops, clientv3.OpDelete(k))
 	}
-	err = l.fencedTxn(ops)
-	if errors.Is(err, errPermanent) && inTxn > 0 {
-		inTxn = 0
-		err = l.fencedTxn(ops[:fixed])
+	// Smaller and smaller while etcd refuses for good (a small
+	// --max-txn-ops or --max-request-bytes): without the deletes, then
+	// without the wake shards (written on their own after).
+	sizes := []int{len(ops)}
+	for _, n := range []int{fixed, bare} {
+		if n < sizes[len(sizes)-1] {
+			sizes = append(sizes, n)
+		}
 	}
-	return inTxn, err
+	for _, n := range sizes {
+		err = l.fencedTxn(ops[:n])
+		if !errors.Is(err, errPermanent) {
+			if n < len(ops) {
+				inTxn = 0
+			}
+			s.wokeFirst = err == nil && n > bare
+			return inTxn, err
+		}
+	}
+	return 0, err
 }
 
 // dropStart gives up round s, whose start etcd refuses for good even
@@ -617,6 +668,8 @@ type finishing struct {
 	retries         []put           // its retry's requests
 	retryInTxn      bool            // they are in extra
 	retryWritten    bool
+	wokeFirst       bool // the summary's Txn carried the first wake shard group
+	revWritten      bool // the NotActive revision record is in etcd
 }
 
 // finish completes the running round once every participant is resolved:
@@ -649,6 +702,11 @@ func (l *leader) finish(now time.Time) error {
 	}
 	if err := l.writeSummary(f); err != nil {
 		return err
+	}
+	if f.revWritten {
+		if err := l.wake(f.revVal, f.rev.Scope.IsAll(), f.rs.parts, f.wokeFirst); err != nil {
+			return err
+		}
 	}
 	l.finished(f, now)
 	return nil
@@ -852,7 +910,20 @@ func (l *leader) trySummary(f *finishing, w summaryWrite) error {
 	if w.extra {
 		ops = append(ops, f.extra...)
 	}
-	return l.fencedTxn(ops)
+	if w.attempt == 0 && f.rev.Scope.IsAll() {
+		// With the first wake shards when etcd takes them (not counted
+		// as a degraded write when it refuses them: they go after).
+		if wake := l.firstShardGroup(f.revVal, len(ops)); len(wake) > 0 {
+			err = l.fencedTxn(append(ops, wake...))
+			if !errors.Is(err, errPermanent) {
+				f.revWritten, f.wokeFirst = err == nil, err == nil
+				return err
+			}
+		}
+	}
+	err = l.fencedTxn(ops)
+	f.revWritten = err == nil
+	return err
 }
 
 // finished makes f's round the last one: it remembers an unclean round's

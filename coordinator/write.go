@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/backoff"
@@ -41,11 +42,21 @@ const (
 const opOverhead = 16
 
 // put is one key the leader writes; degrade, when set, returns a smaller
-// value to try when etcd refuses the full one for good.
+// value to try when etcd refuses the full one for good. lease, when set,
+// attaches the key to that lease (an agent's wake key).
 type put struct {
 	key     string
 	val     []byte
 	degrade func() []byte
+	lease   clientv3.LeaseID
+}
+
+// op is the put as an etcd operation.
+func (p put) op() clientv3.Op {
+	if p.lease != 0 {
+		return clientv3.OpPut(p.key, string(p.val), clientv3.WithLease(p.lease))
+	}
+	return clientv3.OpPut(p.key, string(p.val))
 }
 
 func (p put) size() int { return len(p.key) + len(p.val) + opOverhead }
@@ -94,7 +105,7 @@ func (l *leader) writePuts(first []clientv3.Op, puts []put) (lost int, err error
 		first = nil
 		n := 0
 		for n < len(puts) && len(ops) < schema.MaxTxnOps && (n == 0 && len(ops) == 0 || size+puts[n].size() <= budget) {
-			ops = append(ops, clientv3.OpPut(puts[n].key, string(puts[n].val)))
+			ops = append(ops, puts[n].op())
 			size += puts[n].size()
 			n++
 		}
@@ -145,7 +156,7 @@ func (l *leader) writePuts(first []clientv3.Op, puts []put) (lost int, err error
 }
 
 func (l *leader) writeOne(p put) (lost int, err error) {
-	err = l.fencedTxn([]clientv3.Op{clientv3.OpPut(p.key, string(p.val))})
+	err = l.fencedTxn([]clientv3.Op{p.op()})
 	if err == nil || !errors.Is(err, errPermanent) {
 		return 0, err
 	}
@@ -197,6 +208,8 @@ func (l *leader) fencedTxn(ops []clientv3.Op) error {
 			return backoff.Permanent(fmt.Errorf("%w: fenced write refused (leader key %s no longer has create revision %d)", ErrDeposed, l.key, l.term))
 		case err == nil:
 			return nil
+		case errors.Is(err, rpctypes.ErrLeaseNotFound) || errors.Is(err, rpctypes.ErrGRPCLeaseNotFound):
+			return backoff.Permanent(fmt.Errorf("%w: %d ops, first key %s: %v", errLeaseGone, len(ops), first, err))
 		case etcderr.Permanent(err):
 			l.log.WithError(err).WithField("ops", len(ops)).WithField("bytes", size).WithField("first_key", first).
 				Warn("coordinator: etcd refused a write for good; not retrying it as is")

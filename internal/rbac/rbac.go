@@ -206,6 +206,11 @@ func (s Spec) Roles() map[string][]Perm {
 			{Type: ReadWrite, Key: l.Owner(a)},
 			{Type: Read, Key: l.Revision()},
 			withType(prefix(l.Prefix()+"rounds/"), Read),
+			// Its wake shard is one of these; its own wake key is on its
+			// session lease, and revoking a lease needs write permission
+			// on every key attached to it.
+			withType(prefix(l.WakeShards()), Read),
+			{Type: ReadWrite, Key: l.WakeAgent(a)},
 		}
 	}
 	return roles

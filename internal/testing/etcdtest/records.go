@@ -24,6 +24,29 @@ func ReadRevision(ctx context.Context, c *clientv3.Client, l schema.Layout) (rec
 	return rec, err == nil, err
 }
 
+// PutRecord plays the leader's write of a revision record: in one Txn the
+// revision key and its wake keys (every wake shard for an all-scope
+// record, the own wake key of each agent of agents otherwise), without
+// fencing or leases. It is for tests whose agents follow records written
+// by hand.
+func PutRecord(ctx context.Context, c *clientv3.Client, l schema.Layout, rec schema.Revision, agents ...string) error {
+	b, err := schema.Encode(rec)
+	if err != nil {
+		return err
+	}
+	ops := []clientv3.Op{clientv3.OpPut(l.Revision(), string(b))}
+	if rec.Scope.IsAll() {
+		for i := range schema.WakeShards {
+			ops = append(ops, clientv3.OpPut(l.WakeShard(i), string(b)))
+		}
+	}
+	for _, a := range agents {
+		ops = append(ops, clientv3.OpPut(l.WakeAgent(a), string(b)))
+	}
+	_, err = c.Txn(ctx).Then(ops...).Commit()
+	return err
+}
+
 // ReadRound reads rounds/<n>, with ReadRevision's conventions.
 func ReadRound(ctx context.Context, c *clientv3.Client, l schema.Layout, n uint64) (rec schema.Round, ok bool, err error) {
 	resp, err := c.Get(ctx, l.Round(n))
