@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/resyncd/resync"
+	"github.com/resyncd/resync/internal/testing/etcdtest"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -142,11 +143,8 @@ func writeRevision(ctx context.Context, c *clientv3.Client, layout schema.Layout
 	if state == schema.NotActive {
 		rec.FinishedAt = now
 	}
-	b, err := schema.Encode(rec)
-	if err == nil {
-		_, err = c.Put(ctx, layout.Revision(), string(b))
-	}
-	if err != nil {
+	// As the coordinator writes it: with the wake keys agents watch.
+	if err := etcdtest.PutRecord(ctx, c, layout, rec); err != nil {
 		fmt.Println(err)
 	}
 }

@@ -54,11 +54,7 @@ func writeRev(t *testing.T, c *clientv3.Client, n uint64, state schema.Status) {
 	if state == schema.NotActive {
 		rec.FinishedAt = now
 	}
-	b, err := schema.Encode(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Put(ctxT(t, 5*time.Second), layout.Revision(), string(b)); err != nil {
+	if err := etcdtest.PutRecord(ctxT(t, 5*time.Second), c, layout, rec); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1016,6 +1016,13 @@ func (env *chaosEnv) garbage() string {
 	switch env.pick(8) {
 	case 0:
 		key, kind = layout.Revision(), "garbage-revision"
+		if env.pick(2) == 0 {
+			// What agents follow: an agent's wake shard or its own key.
+			key, kind = layout.WakeShard(schema.WakeShardOf(a.name)), "garbage-wake"
+			if env.pick(2) == 0 {
+				key = layout.WakeAgent(a.name)
+			}
+		}
 	case 1:
 		key, kind = layout.Registration(fmt.Sprintf("ghost-%d", env.pick(5)), plugin), "garbage-registration"
 		if env.pick(2) == 0 {

@@ -91,8 +91,9 @@ func (a *agent) register(t *testing.T, plugins ...string) []<-chan StatusEvent {
 	return chs
 }
 
-// writeRev plays the coordinator: it writes the revision record and, for
-// a scope that is not all, first the participation record
+// writeRev plays the coordinator: it writes the revision record and its
+// wake keys (etcdtest.PutRecord) and, for a scope that is not all, first the
+// participation record
 // rounds/<N>/agents/<agent> of the scope's agent (an agent scope lists the
 // plugins these tests use: p, q, r).
 func writeRev(t *testing.T, c *clientv3.Client, n uint64, state schema.Status, scope schema.Scope) {
@@ -126,11 +127,11 @@ func writeRevEpoch(t *testing.T, c *clientv3.Client, n uint64, state schema.Stat
 	if state == schema.NotActive {
 		rec.FinishedAt = now
 	}
-	b, err := schema.Encode(rec)
-	if err != nil {
-		t.Fatal(err)
+	var agents []string
+	if !scope.All() {
+		agents = []string{scope.Agent}
 	}
-	if _, err := c.Put(ctxT(t, 5*time.Second), layout.Revision(), string(b)); err != nil {
+	if err := etcdtest.PutRecord(ctxT(t, 5*time.Second), c, layout, rec, agents...); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -239,6 +239,9 @@ type Watcher struct {
 	startc    chan struct{} // closed when delivery may start
 	startOnce sync.Once
 
+	// wmu orders the two wake watches' hand-offs to setRecord (wake.go).
+	wmu sync.Mutex
+
 	mu        sync.Mutex
 	plugins   []*plugin // registration order
 	closed    bool      // channels closed; no more Register
@@ -454,9 +457,10 @@ func (w *Watcher) poke(ch chan struct{}) {
 	}
 }
 
-// watch follows the revision key and hands each new record to the
-// dispatcher.
-func (w *Watcher) watch() {
+// watchRevision follows the revision key and hands each new record to
+// the dispatcher: the legacy mode (wake.go), for a coordinator older than
+// wake keys.
+func (w *Watcher) watchRevision() {
 	key := w.layout.Revision()
 	err := listwatch.Run(w.ctx, w.c, key, listwatch.Options{Log: w.log}, func(ev listwatch.Event) error {
 		if ev.Reset {

@@ -228,25 +228,27 @@ func TestNoDuplicatesAcrossReconnectAndCompaction(t *testing.T) {
 	t.Logf("stats %+v", a.w.Stats())
 }
 
-// A plugin registered late gets its join resync for the current revision,
-// whatever the scope and state, then NotActive; afterwards only rounds in its
-// scope reach it.
+// A plugin registered late gets its join resync for the newest record its
+// wake keys hold, whatever its state, then NotActive; afterwards only
+// rounds in its scope reach it. A set-scope round of other agents (7) never
+// reaches this agent at all: its join is for the last all-scope round (6).
 func TestJoinResyncThenScopedRounds(t *testing.T) {
 	m := etcdtest.Start(t)
 	c := m.Client(t)
+	writeRev(t, c, 6, schema.NotActive, schema.Scope{})
 	writeRev(t, c, 7, schema.NotActive, schema.Scope{Agent: "other"})
 	a := newAgent(t, c, "a", 5*time.Second)
 	ch := a.register(t, "p")[0]
 	ev := recv(t, ch, "join resync")
-	if ev.ResyncStatus() != schema.Started || ev.Revision() != 7 || !ev.Join() || ev.Reason() != "test round" {
+	if ev.ResyncStatus() != schema.Started || ev.Revision() != 6 || !ev.Join() || ev.Reason() != "test round" {
 		t.Fatalf("join resync is %s %d join=%v reason=%q", ev.ResyncStatus(), ev.Revision(), ev.Join(), ev.Reason())
 	}
 	expectNone(t, ch, acceptTimeout/2, "NotActive before the join resync's ack")
 	ev.Ack()
-	if ev := recv(t, ch, "NotActive after the join ack"); ev.ResyncStatus() != schema.NotActive || ev.Revision() != 7 {
+	if ev := recv(t, ch, "NotActive after the join ack"); ev.ResyncStatus() != schema.NotActive || ev.Revision() != 6 {
 		t.Fatalf("got %s %d", ev.ResyncStatus(), ev.Revision())
 	}
-	waitAck(t, c, "a", "p", 7, schema.ResultOK)
+	waitAck(t, c, "a", "p", 6, schema.ResultOK)
 
 	// Out of scope: nothing. In scope (this plugin): Started.
 	writeRev(t, c, 8, schema.Started, schema.Scope{Agent: "other"})
@@ -261,8 +263,9 @@ func TestJoinResyncThenScopedRounds(t *testing.T) {
 	}
 	waitAck(t, c, "a", "p", 10, schema.ResultOK)
 
-	// A malformed record is skipped and counted; the next good one works.
-	if _, err := c.Put(ctxT(t, 5*time.Second), layout.Revision(), `{"revision":"x"}`); err != nil {
+	// A malformed record in its wake shard is skipped and counted; the
+	// next good one works.
+	if _, err := c.Put(ctxT(t, 5*time.Second), layout.WakeShard(schema.WakeShardOf("a")), `{"revision":"x"}`); err != nil {
 		t.Fatal(err)
 	}
 	writeRev(t, c, 11, schema.Started, schema.Scope{})
@@ -489,7 +492,7 @@ func TestParkedJoinFollowsTheRecord(t *testing.T) {
 	ch := a.register(t, "late")
 	writeRev(t, c, 1, schema.Started, schema.Scope{})
 	etcdtest.WaitFor(t, wait, "join parked", func() bool { return a.w.Stats().JoinsParked == 1 })
-	writeRev(t, c, 2, schema.Started, schema.Scope{Agent: "other"})
+	writeRev(t, c, 2, schema.NotActive, schema.Scope{})
 	etcdtest.WaitFor(t, wait, "record 2 seen", func() bool { return a.w.current() == 2 })
 	ev := recv(t, ch[0], "join")
 	if ev.Revision() != 2 || !ev.Join() {
@@ -560,5 +563,82 @@ func TestHistoryResetTakesNewRounds(t *testing.T) {
 	writeRevEpoch(t, c, 1, schema.Started, schema.Scope{}, "e2")
 	if ev := recv(t, ch[0], "round 1 after a restore"); ev.Revision() != 1 || ev.Join() {
 		t.Fatalf("got %d join=%v", ev.Revision(), ev.Join())
+	}
+}
+
+// putRecord writes record (n, st, all scope) to key alone, as no leader
+// would: to show which keys a watcher follows.
+func putRecord(t *testing.T, c *clientv3.Client, key string, n uint64, st schema.Status) {
+	t.Helper()
+	now := time.Now().UTC()
+	rec := schema.Revision{Revision: n, State: st, Reason: "by hand", Cause: schema.CauseManual, StartedAt: now, Deadline: now.Add(time.Minute), Leader: "test"}
+	if st == schema.NotActive {
+		rec.FinishedAt = now
+	}
+	b, err := schema.Encode(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(ctxT(t, 5*time.Second), key, string(b)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An agent follows its wake shard and its own wake key, not the revision
+// record (which a whole fleet would then watch) nor other agents' keys.
+func TestWatcherFollowsItsWakeKeysOnly(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
+	a := newAgent(t, c, "w", 5*time.Second)
+	ch := a.register(t, "p")[0]
+	recv(t, ch, "join").Ack()
+	recv(t, ch, "NotActive 1")
+
+	putRecord(t, c, layout.Revision(), 2, schema.Started)
+	putRecord(t, c, layout.WakeAgent("x"), 2, schema.Started)
+	other := 0
+	for other == schema.WakeShardOf("w") {
+		other++
+	}
+	putRecord(t, c, layout.WakeShard(other), 2, schema.Started)
+	expectNone(t, ch, 2*acceptTimeout, "an event from the revision key, another agent's wake key or another shard")
+	if n := a.w.current(); n != 1 {
+		t.Fatalf("the watcher's record is %d, want 1", n)
+	}
+
+	putRecord(t, c, layout.WakeShard(schema.WakeShardOf("w")), 2, schema.Started)
+	if ev := recv(t, ch, "Started 2 from its shard"); ev.Revision() != 2 || ev.ResyncStatus() != schema.Started {
+		t.Fatalf("got %s %d, want Started 2", ev.ResyncStatus(), ev.Revision())
+	} else {
+		ev.Ack()
+	}
+	writeRev(t, c, 2, schema.NotActive, schema.Scope{})
+	recv(t, ch, "NotActive 2")
+	// Its own key, written after the shard: the newer record wins.
+	writeRev(t, c, 3, schema.Started, schema.Scope{Agent: "w"})
+	if ev := recv(t, ch, "Started 3 from its own key"); ev.Revision() != 3 {
+		t.Fatalf("got %s %d, want Started 3", ev.ResyncStatus(), ev.Revision())
+	}
+}
+
+// Legacy mode: a prefix with a revision record and no wake shard (the
+// coordinators predate wake keys) makes the watcher follow the revision
+// key, as agents did before.
+func TestWatcherFollowsTheRevisionOfAnOlderCoordinator(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	putRecord(t, c, layout.Revision(), 1, schema.NotActive)
+	a := newAgent(t, c, "old", 5*time.Second)
+	ch := a.register(t, "p")[0]
+	if ev := recv(t, ch, "join"); ev.Revision() != 1 {
+		t.Fatalf("join for %d, want 1", ev.Revision())
+	} else {
+		ev.Ack()
+	}
+	recv(t, ch, "NotActive 1")
+	putRecord(t, c, layout.Revision(), 2, schema.Started)
+	if ev := recv(t, ch, "Started 2 from the revision key"); ev.Revision() != 2 {
+		t.Fatalf("got %s %d, want Started 2", ev.ResyncStatus(), ev.Revision())
 	}
 }

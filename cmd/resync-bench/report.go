@@ -276,9 +276,9 @@ func printRoundCost(w io.Writer, res *Results) {
 func printTenant(w io.Writer, rounds []RoundRow) {
 	fmt.Fprintln(w, "\nTenant (another client putting one small key every 5 ms), ms; near: puts in flight within 100 ms of a round's start or finish write")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents x plugins[@targeted]\trevision watchers\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\t")
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tlargest wake\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\t")
 	for _, r := range rounds {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.RevisionWatchers,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.WakeFanout,
 			f1(r.TenantIdle.P50), f1(r.TenantIdle.P99), f1(r.TenantRounds.P50), f1(r.TenantRounds.P99), f1(r.TenantRounds.Max),
 			f1(r.TenantNearWrites.P99), f1(r.TenantNearWrites.Max), ratio(r.TenantNearWrites.Max, r.TenantIdle.P99))
 	}

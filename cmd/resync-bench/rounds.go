@@ -97,10 +97,10 @@ type RoundRow struct {
 	TenantIdle       Dist `json:"tenant_idle"`
 	TenantRounds     Dist `json:"tenant_during_rounds"`
 	TenantNearWrites Dist `json:"tenant_near_start_finish"`
-	// RevisionWatchers is how many watchers the round's start and finish
-	// writes wake: one watch of the revision key per agent (the leader
-	// follows other keys), by construction of the fleet.
-	RevisionWatchers int `json:"revision_watchers"`
+	// WakeFanout is the most agents one coordinator write woke
+	// (coordinator.Status.LargestWake): agents watch their wake shard and
+	// their own wake key, not the revision key (coordinator/wake.go).
+	WakeFanout int `json:"wake_fanout"`
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
@@ -154,6 +154,7 @@ func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.F
 	k, err := measureRoundsOf(ctx, e, o, sz, log, row, &txns)
 	if k != nil {
 		row.LargestWrite = k.co.Status().LargestWrite
+		row.WakeFanout = k.co.Status().LargestWake
 		k.Close()
 	}
 	if n := sz.measured().Agents * o.rounds; err == nil && n > 0 {
@@ -206,7 +207,6 @@ func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus
 		return k, err
 	}
 	waitNotActive(base, want)
-	row.RevisionWatchers = sz.Agents
 	if pr, err = startProbe(e); err != nil {
 		return k, err
 	}
