@@ -483,7 +483,7 @@ func (a *chaosAgent) runPlugin(ap *agentProc, name string, ch <-chan resync.Stat
 			return
 		}
 		ev := sev.(*resync.Event)
-		h.RecordEvent(Event{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(),
+		h.RecordEvent(Event{Agent: a.name, Plugin: name, Incarnation: inc, Revision: ev.Revision(), Epoch: ev.Epoch(),
 			Status: ev.ResyncStatus(), Join: ev.Join(), At: time.Now()})
 		if ev.ResyncStatus() != resync.Started {
 			continue
@@ -620,23 +620,25 @@ func (env *chaosEnv) upAgents() []*chaosAgent {
 // schedule injects faults for d, one every 150-600 ms, each chosen by the
 // seeded generator; faults with a duration (partitions, stopped members)
 // are undone by timers. An etcd restore (15 s or more each, every agent
-// and coordinator out meanwhile) comes 40-56 s after the last one (or
+// and coordinator out meanwhile) comes 48-60 s after the last one (or
 // a second after one that could not be injected) instead of being
 // drawn: drawn at weight 1 of 77 it came 18 to 23 times in 30 minutes,
 // around the 20 a long run is to show, and a higher weight would draw
-// too many outages for the run to complete its rounds.
+// too many outages for the run to complete its rounds. At 40-56 s a
+// 30-minute run had 26 restores and 1,487 rounds; 48-60 s gives about
+// 24 and back the 20 s of rounds each restore costs.
 func (env *chaosEnv) schedule(d time.Duration) {
 	end := time.Now().Add(d)
 	stopPacer := env.pacer()
 	defer stopPacer()
-	restoreDue := time.Now().Add(env.between(40*time.Second, 56*time.Second))
+	restoreDue := time.Now().Add(env.between(48*time.Second, 60*time.Second))
 	for time.Now().Before(end) {
 		env.runUndos(false)
 		if time.Now().After(restoreDue) {
 			// Not injected (a member down, no agent up): try again soon.
 			restoreDue = time.Now().Add(time.Second)
 			if env.injectKind("etcd-restore") != "" {
-				restoreDue = time.Now().Add(env.between(40*time.Second, 56*time.Second))
+				restoreDue = time.Now().Add(env.between(48*time.Second, 60*time.Second))
 			}
 		} else {
 			env.fault()

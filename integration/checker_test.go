@@ -343,6 +343,10 @@ func TestCheckerNewFaultsPass(t *testing.T) {
 	for _, p := range []string{"q1", "q2"} {
 		h.RecordAck(AckSent{Agent: "b", Plugin: p, Incarnation: 4, Revision: 2, Result: schema.ResultOK})
 	}
+	// Revision 2 again in a new epoch (the revision record was lost and
+	// the coordinator recovered from the round records, reusing its
+	// number: seed 20261213): delivered again, not twice.
+	h.RecordEvent(Event{Agent: "b", Plugin: "q2", Incarnation: 4, Revision: 2, Epoch: "e2", Status: schema.Started, At: t1.Add(time.Minute)})
 	rep := h.Check()
 	if len(rep.Violations) != 0 {
 		t.Fatalf("violations: %q", rep.Violations)

@@ -21,6 +21,7 @@ type Event struct {
 	Plugin      string
 	Incarnation int // one resync.Plugin object
 	Revision    uint64
+	Epoch       string // a new epoch may repeat revision numbers
 	Status      schema.Status
 	Join        bool
 	At          time.Time
@@ -811,8 +812,9 @@ func (h *History) checkFencing(r *Report) {
 
 func (h *History) checkEvents(r *Report) {
 	type key struct {
-		inc int
-		rev uint64
+		inc   int
+		epoch string
+		rev   uint64
 	}
 	type pkey struct {
 		inc    int
@@ -827,7 +829,7 @@ func (h *History) checkEvents(r *Report) {
 		if e.Status != schema.Started {
 			continue
 		}
-		k := key{e.Incarnation, e.Revision}
+		k := key{e.Incarnation, e.Epoch, e.Revision}
 		for _, o := range started[k] {
 			if o.Plugin == e.Plugin {
 				r.violate("incarnation %d (%s) plugin %s got Started %d twice", e.Incarnation, e.Agent, e.Plugin, e.Revision)

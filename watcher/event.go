@@ -22,6 +22,7 @@ type Event struct {
 	plugin   string
 	status   schema.Status
 	revision uint64
+	epoch    string
 	reason   string
 	cause    schema.Cause
 	join     bool
@@ -34,7 +35,7 @@ type Event struct {
 }
 
 func (w *Watcher) newEvent(plugin string, status schema.Status, rec schema.Revision, join bool) *Event {
-	e := &Event{plugin: plugin, status: status, revision: rec.Revision, reason: rec.Reason, cause: rec.Cause, join: join}
+	e := &Event{plugin: plugin, status: status, revision: rec.Revision, epoch: rec.Epoch, reason: rec.Reason, cause: rec.Cause, join: join}
 	if status == schema.Started {
 		e.w = w
 		e.ackc = make(chan struct{})
@@ -47,6 +48,12 @@ func (e *Event) ResyncStatus() schema.Status { return e.status }
 
 // Revision is the resync revision N the event belongs to.
 func (e *Event) Revision() uint64 { return e.revision }
+
+// Epoch names the history the revision belongs to. Revision numbers only
+// grow within one; a new epoch (a wiped prefix, a revision record lost or
+// unreadable, which the coordinator recovers from the round records) may
+// repeat numbers of the last, and the watcher then delivers them again.
+func (e *Event) Epoch() string { return e.epoch }
 
 // Reason is the revision record's reason (why the resync was started).
 func (e *Event) Reason() string { return e.reason }
