@@ -1423,6 +1423,13 @@ func (env *chaosEnv) duplicate() string {
 		env.log.WithError(err).Warn("chaos: duplicate: reading the owner key failed")
 		return ""
 	}
+	// Nor may the old one be between sessions (its lease lost, its owner
+	// key gone with it): it hears of the take-over only once it reaches
+	// etcd again, which its session retries bound, not this fault (seed
+	// 20261214: 10.6 s, its member just restarted).
+	if len(resp.Kvs) == 0 {
+		return ""
+	}
 	old := a.cur
 	a.proxy, a.member = etcdtest.NewProxy(env.t, env.cluster.Members[member].Endpoint()), member
 	d := &Duplicate{Agent: a.name, Old: old.inc, StartRev: resp.Header.Revision, Started: time.Now(), Bound: dupBound}

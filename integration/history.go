@@ -1541,7 +1541,10 @@ func (h *History) checkRetries(r *Report) {
 				changed = true
 			}
 		}
-		if changed {
+		if changed || goneAt(regs[nt.id], nt.modRev) {
+			// Registered again (its join resync covers it), or gone
+			// before the notice (a round outcome written after its lease
+			// expired): no round can include it until it registers.
 			continue
 		}
 		r.RetriesChecked++
@@ -1573,6 +1576,19 @@ func (h *History) outage(from, to time.Time) time.Duration {
 // registeredAt reports whether the last of a plugin's registration writes
 // (in etcd order) at or before rev is a put: an all-scope round started at
 // rev includes it.
+// goneAt reports whether the last registration write of ws at or before
+// etcd revision rev deleted it (false when none was seen).
+func goneAt(ws []KeyWrite, rev int64) bool {
+	gone := false
+	for _, w := range ws {
+		if w.ModRev > rev {
+			break
+		}
+		gone = w.Deleted
+	}
+	return gone
+}
+
 func registeredAt(ws []KeyWrite, rev int64) bool {
 	on := false
 	for _, w := range ws {
