@@ -341,19 +341,8 @@ func (l Layout) Parse(key string) (Key, error) {
 		return Key{Kind: KindOwner, Agent: agent}, nil
 	case strings.HasPrefix(rest, requestsDir):
 		return l.parseRequest(key, rest[len(requestsDir):])
-	case strings.HasPrefix(rest, wakeShardsDir):
-		s := rest[len(wakeShardsDir):]
-		i, err := strconv.Atoi(s)
-		if err != nil || len(s) != 2 || i < 0 || i >= WakeShards {
-			return bad("wake shard key must be %s<NN> with NN from 00 to %02d", wakeShardsDir, WakeShards-1)
-		}
-		return Key{Kind: KindWakeShard, Chunk: i}, nil
-	case strings.HasPrefix(rest, wakeAgentsDir):
-		agent, err := UnescapeName("agent", rest[len(wakeAgentsDir):])
-		if err != nil {
-			return bad("%v", err)
-		}
-		return Key{Kind: KindWakeAgent, Agent: agent}, nil
+	case strings.HasPrefix(rest, wakeShardsDir), strings.HasPrefix(rest, wakeAgentsDir):
+		return parseWake(key, rest)
 	case strings.HasPrefix(rest, roundsDir):
 		s, sub, hasSub := strings.Cut(rest[len(roundsDir):], "/")
 		n, err := strconv.ParseUint(s, 10, 64)
@@ -379,6 +368,23 @@ func (l Layout) Parse(key string) (Key, error) {
 		return bad("unknown key under rounds/<N>/: want agents/<agent> or scope/<i>")
 	}
 	return bad("unknown key family under the prefix")
+}
+
+// parseWake parses a wake key: rest is wake/shards/<NN> or
+// wake/agents/<agent>.
+func parseWake(key, rest string) (Key, error) {
+	if s, ok := strings.CutPrefix(rest, wakeShardsDir); ok {
+		i, err := strconv.Atoi(s)
+		if err != nil || len(s) != 2 || i < 0 || i >= WakeShards {
+			return Key{}, &DecodeError{Key: key, Reason: fmt.Sprintf("wake shard key must be %s<NN> with NN from 00 to %02d", wakeShardsDir, WakeShards-1)}
+		}
+		return Key{Kind: KindWakeShard, Chunk: i}, nil
+	}
+	agent, err := UnescapeName("agent", rest[len(wakeAgentsDir):])
+	if err != nil {
+		return Key{}, &DecodeError{Key: key, Reason: err.Error()}
+	}
+	return Key{Kind: KindWakeAgent, Agent: agent}, nil
 }
 
 // parseRequest parses what follows requests/: agent/<agent>/<id>,
