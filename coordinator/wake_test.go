@@ -160,30 +160,39 @@ func TestSuccessorWakesTheRoundItResumes(t *testing.T) {
 	f := startFleet(t, obs, agents, []string{"p"})
 	wakes := watchWakes(t, obs)
 	frozen, release := make(chan uint64, 2), make(chan struct{})
+	var releaseOnce sync.Once
 	first := newCoord(t, eps, testConfig("first"), withFaults(testFaults{afterStart: func(_ context.Context, n uint64, _ []schema.PluginID) {
 		if n >= 2 {
 			frozen <- n
 			<-release
 		}
 	}}))
+	// Cleanups run last first: a failed check lets the frozen leader go
+	// before its coordinator is closed.
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	waitRevision(t, first, 1, schema.Started)
 	f.ack(1, f.ids, schema.ResultOK, "")
 	waitFinished(t, obs, 1, 30*time.Second)
 
 	request(t, obs, schema.CauseManual, schema.Scope{}, "everyone")
-	if n := <-frozen; n != 2 {
+	if n := recvFrozen(t, frozen); n != 2 {
 		t.Fatalf("round %d froze, want 2", n)
 	}
+	// The start Txn's writes reach the watch as one response: once one
+	// is seen, all are; the frozen leader writes nothing more.
 	got := map[string]bool{}
-	for _, x := range wakes.of(2, schema.Started) {
-		got[x.key] = true
-	}
-	if len(got) == 0 || len(got) == schema.WakeShards {
+	etcdtest.WaitFor(t, 10*time.Second, "round 2's start Txn in the wake watch", func() bool {
+		for _, x := range wakes.of(2, schema.Started) {
+			got[x.key] = true
+		}
+		return len(got) > 0
+	})
+	if len(got) == schema.WakeShards {
 		t.Fatalf("round 2's start Txn reached %d of %d shards: want its first group only (600 agents, groups of at most %d)", len(got), schema.WakeShards, wakeFanout)
 	}
 	second := newCoord(t, eps, testConfig("second"))
 	first.c.Close()
-	close(release)
+	releaseOnce.Do(func() { close(release) })
 	first.Close()
 	etcdtest.WaitFor(t, 15*time.Second, "round 2's Started in every shard", func() bool {
 		got := map[string]bool{}
@@ -198,17 +207,19 @@ func TestSuccessorWakesTheRoundItResumes(t *testing.T) {
 
 	// Now a set-scope round whose leader dies before its agent's key.
 	release3 := make(chan struct{})
+	var release3Once sync.Once
 	third := newCoord(t, eps, testConfig("third"), withFaults(testFaults{afterStart: func(_ context.Context, n uint64, _ []schema.PluginID) {
 		if n == 3 {
 			frozen <- n
 			<-release3
 		}
 	}}))
+	t.Cleanup(func() { release3Once.Do(func() { close(release3) }) })
 	second.Close()
 	waitLeader(t, []*testCoord{third}, 15*time.Second)
 	one := schema.PluginID{Agent: "node-0042", Plugin: "p"}
 	request(t, obs, schema.CauseManual, schema.Scope{Agent: one.Agent}, "one agent")
-	if n := <-frozen; n != 3 {
+	if n := recvFrozen(t, frozen); n != 3 {
 		t.Fatalf("round %d froze, want 3", n)
 	}
 	if ws := wakes.of(3, schema.Started); len(ws) != 0 {
@@ -216,7 +227,7 @@ func TestSuccessorWakesTheRoundItResumes(t *testing.T) {
 	}
 	fourth := newCoord(t, eps, testConfig("fourth"))
 	third.c.Close()
-	close(release3)
+	release3Once.Do(func() { close(release3) })
 	third.Close()
 	etcdtest.WaitFor(t, 15*time.Second, "round 3's Started in node-0042's wake key", func() bool {
 		ws := wakes.of(3, schema.Started)
@@ -225,4 +236,16 @@ func TestSuccessorWakesTheRoundItResumes(t *testing.T) {
 	waitLeader(t, []*testCoord{fourth}, 15*time.Second)
 	f.ack(3, []schema.PluginID{one}, schema.ResultOK, "")
 	waitFinished(t, obs, 3, 15*time.Second)
+}
+
+// recvFrozen waits for a leader to report the round it froze in.
+func recvFrozen(t *testing.T, frozen <-chan uint64) uint64 {
+	t.Helper()
+	select {
+	case n := <-frozen:
+		return n
+	case <-time.After(15 * time.Second):
+		t.Fatal("no round started within 15s")
+		return 0
+	}
 }
