@@ -105,6 +105,10 @@ type leader struct {
 	// many registrations each has.
 	agentLeases map[string]clientv3.LeaseID
 	agentRegs   map[string]int
+	// shardAgents counts the agents with registrations per wake shard,
+	// kept with agentRegs so that packing a round's wake writes does not
+	// hash the whole fleet twice per record.
+	shardAgents [schema.WakeShards]int
 	// needRewake: the term has not yet written the wake keys of the
 	// record it found (rewake).
 	needRewake bool

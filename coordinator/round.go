@@ -85,9 +85,11 @@ func (l *leader) onState(ev stateEvent) {
 	}
 	if ev.reset {
 		l.regs, l.acks = ev.regs, ev.acks
-		l.agentLeases, l.agentRegs = ev.leases, map[string]int{}
+		l.agentLeases, l.agentRegs, l.shardAgents = ev.leases, map[string]int{}, [schema.WakeShards]int{}
 		for id := range l.regs {
-			l.agentRegs[id.Agent]++
+			if l.agentRegs[id.Agent]++; l.agentRegs[id.Agent] == 1 {
+				l.shardAgents[schema.WakeShardOf(id.Agent)]++
+			}
 		}
 		l.ordered = nil
 		l.stateSynced = true
@@ -118,7 +120,9 @@ func (l *leader) onState(ev stateEvent) {
 			l.resolve(it.id, false)
 		default:
 			if _, ok := l.regs[it.id]; !ok {
-				l.agentRegs[it.id.Agent]++
+				if l.agentRegs[it.id.Agent]++; l.agentRegs[it.id.Agent] == 1 {
+					l.shardAgents[schema.WakeShardOf(it.id.Agent)]++
+				}
 			}
 			l.regs[it.id] = *it.reg
 			l.agentLeases[it.id.Agent] = it.lease
@@ -133,6 +137,7 @@ func (l *leader) dropAgentReg(agent string) {
 	if l.agentRegs[agent]--; l.agentRegs[agent] <= 0 {
 		delete(l.agentRegs, agent)
 		delete(l.agentLeases, agent)
+		l.shardAgents[schema.WakeShardOf(agent)]--
 	}
 }
 

@@ -43,10 +43,7 @@ var errLeaseGone = errors.New("the agent's session lease is gone")
 // wakeFanout (schema.WakeShards is below schema.MaxTxnOps: ops never
 // limit a group). fans[i] is how many agents group i wakes.
 func (l *leader) wakeShardGroups(val []byte) (groups [][]clientv3.Op, fans []int) {
-	var perShard [schema.WakeShards]int
-	for agent := range l.agentLeases {
-		perShard[schema.WakeShardOf(agent)]++
-	}
+	perShard := l.shardAgents
 	var cur []clientv3.Op
 	fan := 0
 	for i := range schema.WakeShards {
