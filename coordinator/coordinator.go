@@ -77,6 +77,8 @@ type Status struct {
 	// start revision. Such a round may include a plugin registered after
 	// it started and miss one that left meanwhile (logged as an error).
 	ResumeFallbacks int `json:"resume_fallbacks,omitempty"`
+	// Wave is the window of the running wave round (nil: none).
+	Wave *WaveStatus `json:"wave,omitempty"`
 }
 
 // Coordinator campaigns for leadership and, while leading, runs rounds. It
