@@ -40,6 +40,9 @@ type statusDoc struct {
 	// did not say, e.g. a user without the right); Storage.Warning is set
 	// past 80% of the quota or with a NOSPACE alarm.
 	Storage *etcdspace.Usage `json:"storage,omitempty"`
+	// Wave is a wave round's plan and where its agents stand (nil: no
+	// wave round).
+	Wave *waveDoc `json:"wave,omitempty"`
 }
 
 func setupStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
@@ -103,7 +106,10 @@ func (e *env) readRoundStatus(ctx context.Context, c *clientv3.Client, rev *sche
 		e.warn("round %d has no readable record %s: progress unknown", rev.Revision, e.layout.Round(rev.Revision))
 		return nil
 	}
-	doc.Progress, err = e.readProgress(ctx, c, round)
+	if doc.Progress, err = e.readProgress(ctx, c, round); err != nil {
+		return err
+	}
+	doc.Wave, err = e.readWave(ctx, c, round)
 	return err
 }
 
@@ -193,6 +199,9 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 	} else {
 		row(tw, "finished", timestamp(d.FinishedAt)+" ("+ago(d.FinishedAt, now)+", took "+roundDuration(d.FinishedAt.Sub(d.StartedAt)).String()+")")
 	}
+	if d.Wave != nil {
+		row(tw, "wave", d.Wave.String())
+	}
 	if d.Progress != nil {
 		printProgress(tw, d.Progress)
 	}
@@ -207,6 +216,9 @@ func printProgress(tw *tabwriter.Writer, p *progress) {
 	row(tw, "failed", withNames(p.Counts.Failed, p.Failed))
 	row(tw, "timed_out", withNames(p.Counts.TimedOut, p.TimedOut))
 	row(tw, "departed", withNames(p.Counts.Departed, p.Departed))
+	if p.Counts.Skipped > 0 { // a wave round's agents never started
+		row(tw, "skipped", p.Counts.Skipped)
+	}
 	for _, id := range p.Failed {
 		if msg := p.Errors[id.String()]; msg != "" {
 			row(tw, "error "+id.String(), msg)
