@@ -1023,5 +1023,8 @@ func (l *leader) finished(f *finishing, now time.Time) {
 		WithField("timed_out", rec.Counts.TimedOut).WithField("departed", rec.Counts.Departed).WithField("truncated", rec.Truncated).
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")
 	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r; s.Progress = nil; s.Wave = nil })
+	if wh, ok := l.co.hooks.(WaveHooks); ok && f.rs.wave != nil {
+		wh.WaveChanged(nil)
+	}
 	l.co.hooks.RoundFinished(rec)
 }

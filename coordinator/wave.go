@@ -139,14 +139,15 @@ func (l *leader) advanceWave(now time.Time) error {
 	if err := l.writeDone(now); err != nil {
 		return err
 	}
-	changed := l.wavePhase(now)
-	if w.plan.Aborted != "" && w.next < len(w.order) {
-		if err := l.skipRest(); err != nil {
+	// The plan first: once it says aborted, no agent starts (a successor
+	// reads it), and the skipped records follow it.
+	if l.wavePhase(now) {
+		if err := l.writePlan(nil); err != nil {
 			return err
 		}
 	}
-	if changed {
-		if err := l.writePlan(nil); err != nil {
+	if w.plan.Aborted != "" && w.next < len(w.order) {
+		if err := l.skipRest(); err != nil {
 			return err
 		}
 	}
@@ -417,7 +418,10 @@ func (l *leader) skipRest() error {
 			w.canaryLeft--
 		}
 		for _, p := range wa.parts {
-			l.round.set(p, schema.OutcomeSkipped, "")
+			if l.round.outcome[p] == schema.OutcomePending {
+				l.round.set(p, schema.OutcomeSkipped, "")
+				l.co.hooks.Resolved(p, schema.OutcomeSkipped)
+			}
 		}
 		rec, err := l.agentPart(a, time.Time{})
 		if err != nil {
@@ -482,6 +486,9 @@ func (l *leader) waveStatus() {
 	ws := WaveStatus{Revision: l.round.rec.Revision, InFlight: w.inFlight, FailedAgents: w.failedAgents, Skipped: w.skipped,
 		Done: w.done, Waiting: len(w.order) - w.next, Phase: w.plan.Phase, Paused: w.plan.Paused, Aborted: w.plan.Aborted}
 	l.co.setStatus(func(s *Status) { s.Wave = &ws })
+	if wh, ok := l.co.hooks.(WaveHooks); ok {
+		wh.WaveChanged(&ws)
+	}
 }
 
 // WaveStatus is the running wave round's window (Status.Wave).

@@ -536,3 +536,28 @@ func TestWaveFailoverContinuesThePlan(t *testing.T) {
 	_ = fmt.Sprint()
 	_ = context.Background
 }
+
+// A waiting agent's plugin departs before the round aborts: it stays
+// departed and only the still pending plugins are skipped, so the counts
+// add up (the summary validates) and the round finishes.
+func TestWaveAbortSkipsOnlyThePending(t *testing.T) {
+	_, obs, f, co := startWaveFleet(t, 4, []string{"p1", "p2"}, testConfig("c0"))
+	a := newWaveAcker(t, f, obs, nil, make(chan struct{}))
+	waveRequest(t, obs, schema.Wave{MaxInFlight: "1"}, "departing")
+	waitWave(t, co, "one agent in flight", func(w WaveStatus) bool { return w.InFlight == 1 })
+	last := f.ids[len(f.ids)-1]
+	if _, err := obs.Delete(ctxT(t, 5*time.Second), layout.Registration(last.Agent, last.Plugin)); err != nil {
+		t.Fatal(err)
+	}
+	etcdtest.WaitFor(t, 10*time.Second, "the departure counted", func() bool {
+		s := co.Status()
+		return s.Progress != nil && s.Progress.Departed == 1
+	})
+	controlRound(t, obs, 2, schema.ActionAbort)
+	waitWave(t, co, "the abort", func(w WaveStatus) bool { return w.Aborted != "" })
+	a.give(1)
+	v := waitFinished(t, obs, 2, 30*time.Second)
+	if c := v.Counts; c.Acked != 2 || c.Departed != 1 || c.Skipped != 5 || c.Pending != 0 {
+		t.Fatalf("round 2 counts %+v: want 2 acked, 1 departed, 5 skipped", c)
+	}
+}
