@@ -170,6 +170,11 @@ func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {
 	m.participants.Set(float64(r.Counts.Participants))
 	m.revision.Set(float64(r.Revision))
 	m.deadline.Set(unixSeconds(r.Deadline))
+	if r.Wave != nil {
+		// A wave round may run for hours: its deadline is each agent's
+		// (its start plus --round-deadline), enforced by the leader.
+		m.deadline.Set(0)
+	}
 	if resumed {
 		m.resumed.Inc()
 	}

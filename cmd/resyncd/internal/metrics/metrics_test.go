@@ -86,6 +86,10 @@ func TestWaveSeries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.RoundStarted(schema.Round{Revision: 3, Deadline: time.Unix(100, 0), Wave: &schema.WavePlan{Phase: schema.PhaseRolling}}, false)
+	if v := gauge(t, m.deadline); v != 0 {
+		t.Fatalf("a wave round's deadline gauge is %v, want 0: its deadline is each agent's", v)
+	}
 	m.WaveChanged(&coordinator.WaveStatus{Revision: 3, InFlight: 4, Phase: schema.PhaseRolling, Paused: true})
 	if v := gauge(t, m.wave.inFlight); v != 4 {
 		t.Fatalf("in flight %v, want 4", v)
