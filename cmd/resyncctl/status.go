@@ -194,9 +194,12 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 	row(tw, "scope", scopeText(d.Scope))
 	row(tw, "leader", leader)
 	row(tw, "started", timestamp(d.StartedAt)+" ("+ago(d.StartedAt, now)+")")
-	if d.State == schema.Started {
+	switch {
+	case d.State == schema.Started && d.Wave != nil: // each agent's deadline runs from its start
+		row(tw, "deadline", "each agent's, "+roundDuration(d.Deadline.Sub(d.StartedAt)).String()+" after its start")
+	case d.State == schema.Started:
 		row(tw, "deadline", timestamp(d.Deadline)+" ("+ago(d.Deadline, now)+")")
-	} else {
+	default:
 		row(tw, "finished", timestamp(d.FinishedAt)+" ("+ago(d.FinishedAt, now)+", took "+roundDuration(d.FinishedAt.Sub(d.StartedAt)).String()+")")
 	}
 	if d.Wave != nil {

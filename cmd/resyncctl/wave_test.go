@@ -79,7 +79,8 @@ func TestRollingResyncFromTheCLI(t *testing.T) {
 		return ok && r.Wave != nil && r.Wave.Phase == schema.PhaseCanaryPause
 	})
 	code, out, _ = run("status")
-	if code != 0 || !strings.Contains(out, "canary_pause: 0 in flight (max 10), 3 done, 97 waiting, 0 skipped, 0 failed (abort above 2); canaries done, waiting for resyncctl resume") {
+	if code != 0 || !strings.Contains(out, "canary_pause: 0 in flight (max 10), 3 done, 97 waiting, 0 skipped, 0 failed (abort above 2); canaries done, waiting for resyncctl resume") ||
+		!strings.Contains(out, "each agent's, 30s after its start") {
 		t.Fatalf("status during the canary pause exited %d:\n%s", code, out)
 	}
 	if code, out, _ = run("resume", "--round", "2"); code != 0 || !strings.Contains(out, "requested resume of round 2") {
