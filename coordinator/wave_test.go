@@ -561,3 +561,56 @@ func TestWaveAbortSkipsOnlyThePending(t *testing.T) {
 		t.Fatalf("round 2 counts %+v: want 2 acked, 1 departed, 5 skipped", c)
 	}
 }
+
+// On a fake clock: the canary pause ends exactly CanaryPause after the
+// canaries resolved, and an agent that never acks times out exactly
+// RoundDeadline after its own start (not the round's), freeing the window.
+func TestWaveCanaryPauseAndAgentDeadlineAreExact(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	f := startFleet(t, obs, fleetNames(3, "node-", 0), []string{"p"})
+	fc := newFakeClock()
+	cfg := testConfig("c0")
+	cfg.RoundDeadline = time.Minute
+	co := newCoord(t, []string{m.Endpoint()}, cfg, WithClock(fc))
+	waitRevision(t, co, 1, schema.Started)
+	f.ack(1, f.ids, schema.ResultOK, "")
+	waitFinished(t, obs, 1, 10*time.Second)
+
+	a := newWaveAcker(t, f, obs, nil, make(chan struct{}, 10))
+	a.give(1) // the canary acks
+	waveRequest(t, obs, schema.Wave{MaxInFlight: "1", Canary: "1", CanaryPause: "10s"}, "timed")
+	armed(t, fc, "the coalescing window")
+	fc.Advance(cfg.CoalesceWindow)
+	waitWave(t, co, "the canary pause", func(w WaveStatus) bool { return w.Phase == schema.PhaseCanaryPause })
+	armed(t, fc, "the canary pause's end")
+	fc.Advance(10*time.Second - time.Nanosecond)
+	if w := co.Status().Wave; w == nil || w.Phase != schema.PhaseCanaryPause || w.InFlight != 0 {
+		t.Fatalf("1ns before the pause ends: %+v, want still in the canary pause", w)
+	}
+	fc.Advance(time.Nanosecond)
+	waitWave(t, co, "the second agent in flight", func(w WaveStatus) bool { return w.Phase == schema.PhaseRolling && w.InFlight == 1 })
+	started := fc.Now()
+	// It never acks: its own deadline, a minute after its start.
+	armed(t, fc, "the agent's deadline")
+	fc.Advance(cfg.RoundDeadline - time.Nanosecond)
+	if w := co.Status().Wave; w == nil || w.Done != 1 {
+		t.Fatalf("1ns before the agent's deadline: %+v, want 1 done", w)
+	}
+	fc.Advance(time.Nanosecond)
+	waitWave(t, co, "the second agent timed out, the third in flight", func(w WaveStatus) bool { return w.Done == 2 && w.InFlight == 1 })
+	a.give(2) // the late ack of the second (too late: it stays timed out), and the third
+	v := waitFinished(t, obs, 2, 10*time.Second)
+	if v.Counts.TimedOut != 1 || v.Counts.Acked != 2 {
+		t.Fatalf("round 2 counts %+v: want 1 timed out, 2 acked", v.Counts)
+	}
+	recs, _, err := ReadRoundAgents(ctxT(t, 5*time.Second), obs, layout, 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if len(r.TimedOut) > 0 && !r.DoneAt.Equal(started.Add(cfg.RoundDeadline)) {
+			t.Errorf("%s timed out at %v, want its start %v + %v", r.Agent, r.DoneAt, started, cfg.RoundDeadline)
+		}
+	}
+}
