@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -70,6 +71,15 @@ func TestRollingResyncFromTheCLI(t *testing.T) {
 	run := func(args ...string) (int, string, string) {
 		return cli(t, ctxT(t, 20*time.Second), append([]string{"--endpoints", ep}, args...)...)
 	}
+	wctx, stopWatch := context.WithCancel(context.Background())
+	var watched, watchErr etcdtest.Buffer
+	watchDone := make(chan int, 1)
+	go func() { watchDone <- runCLI(wctx, []string{"watch", "--endpoints", ep}, &watched, &watchErr) }()
+	defer func() {
+		stopWatch()
+		<-watchDone
+	}()
+	etcdtest.WaitFor(t, 10*time.Second, "the watch's current revision", func() bool { return strings.Contains(watched.String(), "1 NotActive") })
 	code, out, _ := run("trigger", "--reason", "config v2", "--canary", "3", "--canary-pause", "manual", "--max-in-flight", "10%", "--max-failed", "2%")
 	if code != 0 || !strings.Contains(out, "requested resync") {
 		t.Fatalf("trigger exited %d: %s", code, out)
@@ -98,6 +108,12 @@ func TestRollingResyncFromTheCLI(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "node-099  p       skipped") || !strings.Contains(out, "node-010  p       failed") {
 		t.Fatalf("history --round 2 exited %d:\n%s", code, out)
 	}
+	defer func() { t.Logf("watch:\n%s", watched.String()) }()
+	etcdtest.WaitFor(t, 10*time.Second, "the watch's wave lines", func() bool {
+		w := watched.String()
+		return strings.Contains(w, "2 canary, max 10 in flight, 3 canaries, abort above 2 failed") &&
+			strings.Contains(w, "2 canary_pause, max 10 in flight") && strings.Contains(w, "aborted=\"3 agents failed, above max_failed 2\"")
+	})
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -113,4 +129,9 @@ func TestRollingResyncFromTheCLI(t *testing.T) {
 			t.Errorf("resyncctl %v exited %d, stderr %q; want 2 and %q", tc.args, code, errOut, tc.want)
 		}
 	}
+}
+
+// runCLI is run, named apart from the test's helper closures.
+func runCLI(ctx context.Context, args []string, out, errOut *etcdtest.Buffer) int {
+	return run(ctx, args, out, errOut)
 }
