@@ -29,23 +29,53 @@ func waveFlags(fs *pflag.FlagSet, o *triggerOpts) {
 // usage error.
 func (o triggerOpts) waveKnobs() (schema.Wave, error) {
 	w := o.wave
-	if o.canary != "" {
-		if isLimit(o.canary) {
-			w.Canary = schema.Limit(o.canary)
-		} else {
-			for _, a := range strings.Split(o.canary, ",") {
-				name, err := cliName("agent", strings.TrimSpace(a))
-				if err != nil {
-					return w, usagef("--canary: %v", err)
-				}
-				w.CanaryAgents = append(w.CanaryAgents, name)
-			}
-		}
+	if err := canaryKnob(&w, o.canary); err != nil {
+		return w, err
 	}
 	if err := w.Validate(); err != nil {
 		return w, usagef("%v", err)
 	}
 	return w, nil
+}
+
+// checkWaveRound checks that round n runs in waves and has not finished.
+func (e *env) checkWaveRound(ctx context.Context, cl *clientv3.Client, n uint64) error {
+	resp, err := cl.Get(ctx, e.layout.Round(n))
+	if err != nil {
+		return fmt.Errorf("read round %d: %w", n, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return usagef("round %d: no such round (resyncctl history lists them)", n)
+	}
+	r, err := e.layout.DecodeRound(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
+	switch {
+	case err != nil:
+		return fmt.Errorf("round %d: %w", n, err)
+	case r.Wave == nil:
+		return usagef("round %d does not run in waves: only a round triggered with --max-in-flight, --canary, ... (or under resyncd --max-in-flight) can be paused, resumed or aborted", n)
+	case r.State != schema.Started:
+		return usagef("round %d has finished", n)
+	}
+	return nil
+}
+
+// canaryKnob sets w's canaries from --canary: a count or percentage, or a
+// comma-separated list of agent names (as typed or escaped).
+func canaryKnob(w *schema.Wave, canary string) error {
+	switch {
+	case canary == "":
+	case isLimit(canary):
+		w.Canary = schema.Limit(canary)
+	default:
+		for _, a := range strings.Split(canary, ",") {
+			name, err := cliName("agent", strings.TrimSpace(a))
+			if err != nil {
+				return usagef("--canary: %v", err)
+			}
+			w.CanaryAgents = append(w.CanaryAgents, name)
+		}
+	}
+	return nil
 }
 
 // isLimit reports whether s is a count or a percentage, not a name list.
@@ -84,21 +114,8 @@ func control(ctx context.Context, e *env, c schema.Control, who string) error {
 		return err
 	}
 	defer cancel()
-	resp, err := cl.Get(cctx, e.layout.Round(c.Round))
-	if err != nil {
-		return fmt.Errorf("read round %d: %w", c.Round, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return usagef("round %d: no such round (resyncctl history lists them)", c.Round)
-	}
-	r, err := e.layout.DecodeRound(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
-	switch {
-	case err != nil:
-		return fmt.Errorf("round %d: %w", c.Round, err)
-	case r.Wave == nil:
-		return usagef("round %d does not run in waves: only a round triggered with --max-in-flight, --canary, ... (or under resyncd --max-in-flight) can be paused, resumed or aborted", c.Round)
-	case r.State != schema.Started:
-		return usagef("round %d has finished", c.Round)
+	if err := e.checkWaveRound(cctx, cl, c.Round); err != nil {
+		return err
 	}
 	req := schema.Request{Reason: c.Action + " round " + strconv.FormatUint(c.Round, 10), Cause: schema.CauseManual,
 		Control: &c, RequestedBy: who, RequestedAt: time.Now().UTC()}

@@ -81,6 +81,20 @@ func RegisterTerm(reg prometheus.Registerer, term func() int64) error {
 		func() float64 { return float64(term()) }))
 }
 
+// newWaveSeries creates the wave rounds' series.
+func newWaveSeries() waveSeries {
+	return waveSeries{
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: WaveInFlight,
+			Help: "Agents in flight in the running wave round (from their Started until each of their plugins resolved); 0 when none runs."}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: WavePaused,
+			Help: "1 while the running wave round is paused by an operator or waits in its canary pause, else 0."}),
+		aborted: prometheus.NewCounter(prometheus.CounterOpts{Name: RoundsAborted,
+			Help: "Wave rounds this coordinator finished aborted (past max_failed, a failed canary, the progress deadline, or an operator's abort)."}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{Name: AgentsSkipped,
+			Help: "Agents of aborted wave rounds never started (skipped: never woken, no retry)."}),
+	}
+}
+
 // New creates the series and registers them on reg.
 func New(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
@@ -115,23 +129,10 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Deadline of the round this coordinator runs, as unix seconds; 0 when it runs none (an alert compares it with time())."}),
 		refused: prometheus.NewGauge(prometheus.GaugeOpts{Name: RefusedRegs,
 			Help: "Registrations the live agents refused (names that cannot be stored: those plugins never resync), from their owner records, while this coordinator leads; else 0. resyncctl agents names them."}),
-		wave: waveSeries{
-			inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: WaveInFlight,
-				Help: "Agents in flight in the running wave round (from their Started until each of their plugins resolved); 0 when none runs."}),
-			paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: WavePaused,
-				Help: "1 while the running wave round is paused by an operator or waits in its canary pause, else 0."}),
-			aborted: prometheus.NewCounter(prometheus.CounterOpts{Name: RoundsAborted,
-				Help: "Wave rounds this coordinator finished aborted (past max_failed, a failed canary, the progress deadline, or an operator's abort)."}),
-			skipped: prometheus.NewCounter(prometheus.CounterOpts{Name: AgentsSkipped,
-				Help: "Agents of aborted wave rounds never started (skipped: never woken, no retry)."}),
-		},
+		wave: newWaveSeries(),
 	}
-	for _, c := range []prometheus.Collector{m.wave.inFlight, m.wave.paused, m.wave.aborted, m.wave.skipped} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
-	}
-	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.exhausted, m.deadline, m.refused} {
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.exhausted, m.deadline, m.refused,
+		m.wave.inFlight, m.wave.paused, m.wave.aborted, m.wave.skipped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
