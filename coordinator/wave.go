@@ -285,39 +285,40 @@ func (l *leader) agentPart(a string, now time.Time) (put, error) {
 }
 
 // writeAgents writes the records of agents (started or done) with their
-// wake keys, two operations an agent, in Txns of at most schema.MaxTxnOps:
-// Started for a started agent, NotActive for a done one that had been
-// started. An agent whose lease is gone gets its record alone (its plugins
-// are departed).
+// wake keys, two operations an agent, in Txns of at most schema.MaxTxnOps
+// and WriteBudget bytes: Started for a started agent, NotActive for a done
+// one that had been started. An agent whose lease is gone gets its record
+// alone (its plugins are departed).
 func (l *leader) writeAgents(agents []string, now time.Time) error {
 	w := l.round.wave
 	var notActive []byte
-	for len(agents) > 0 {
-		n := min(len(agents), schema.MaxTxnOps/2)
-		var recs, wakes []put
-		for _, a := range agents[:n] {
-			rec, err := l.agentPart(a, now)
-			if err != nil {
-				return err
-			}
-			recs = append(recs, rec)
-			val := w.startVal
-			if w.agents[a].state == schema.AgentDone {
-				if notActive == nil {
-					if notActive, err = l.agentNotActive(now); err != nil {
-						return err
-					}
-				}
-				val = notActive
-			}
-			if lease, ok := l.agentLeases[a]; ok && !w.agents[a].startedAt.IsZero() {
-				wakes = append(wakes, put{key: l.layout.WakeAgent(a), val: val, lease: lease})
-			}
-		}
-		if err := l.writeWithWakes(recs, wakes); err != nil {
+	var recs, wakes []put
+	size := 0
+	for i, a := range agents {
+		rec, err := l.agentPart(a, now)
+		if err != nil {
 			return err
 		}
-		agents = agents[n:]
+		val := w.startVal
+		if w.agents[a].state == schema.AgentDone {
+			if notActive == nil {
+				if notActive, err = l.agentNotActive(now); err != nil {
+					return err
+				}
+			}
+			val = notActive
+		}
+		recs, size = append(recs, rec), size+rec.size()
+		if lease, ok := l.agentLeases[a]; ok && !w.agents[a].startedAt.IsZero() {
+			wp := put{key: l.layout.WakeAgent(a), val: val, lease: lease}
+			wakes, size = append(wakes, wp), size+wp.size()
+		}
+		if last := i == len(agents)-1; last || len(recs) == schema.MaxTxnOps/2 || size >= l.cfg.WriteBudget/2 {
+			if err := l.writeWithWakes(recs, wakes); err != nil {
+				return err
+			}
+			recs, wakes, size = nil, nil, 0
+		}
 	}
 	return nil
 }
