@@ -134,7 +134,7 @@ func (e *env) readProgress(ctx context.Context, c *clientv3.Client, round *schem
 		}
 		return &p, nil
 	}
-	_, parts, err := e.readParticipants(ctx, c, round.Revision)
+	recs, parts, err := e.readParticipants(ctx, c, round.Revision)
 	if err != nil {
 		return nil, err
 	}
@@ -143,6 +143,7 @@ func (e *env) readProgress(ctx context.Context, c *clientv3.Client, round *schem
 		return nil, err
 	}
 	p := computeProgress(round, parts, acks, live)
+	skipWave(&p, recs)
 	return &p, nil
 }
 

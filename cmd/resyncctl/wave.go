@@ -223,3 +223,25 @@ func (d waveDoc) planString() string {
 	}
 	return s
 }
+
+// skipWave counts the plugins a running wave round skipped (its agents'
+// records say so; acks know nothing of them) as skipped, not pending.
+func skipWave(p *progress, recs []schema.RoundAgent) {
+	skipped := map[schema.PluginID]bool{}
+	for _, r := range recs {
+		for _, pl := range r.Skipped {
+			skipped[schema.PluginID{Agent: r.Agent, Plugin: pl}] = true
+		}
+	}
+	if len(skipped) == 0 {
+		return
+	}
+	pending := p.Pending[:0]
+	for _, id := range p.Pending {
+		if !skipped[id] {
+			pending = append(pending, id)
+		}
+	}
+	p.Counts.Skipped += len(p.Pending) - len(pending)
+	p.Counts.Pending, p.Pending = len(pending), pending
+}

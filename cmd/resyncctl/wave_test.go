@@ -135,3 +135,14 @@ func TestRollingResyncFromTheCLI(t *testing.T) {
 func runCLI(ctx context.Context, args []string, out, errOut *etcdtest.Buffer) int {
 	return run(ctx, args, out, errOut)
 }
+
+// While an aborted wave round still runs, its skipped plugins count as
+// skipped, not pending.
+func TestSkipWaveCountsSkippedNotPending(t *testing.T) {
+	a, b, c := schema.PluginID{Agent: "a", Plugin: "p"}, schema.PluginID{Agent: "b", Plugin: "p"}, schema.PluginID{Agent: "c", Plugin: "p"}
+	p := progress{Counts: schema.RoundCounts{Participants: 3, Pending: 3}, Pending: []schema.PluginID{a, b, c}}
+	skipWave(&p, []schema.RoundAgent{{Agent: "b", Skipped: []string{"p"}, Plugins: []string{"p"}}, {Agent: "c", Skipped: []string{"p"}, Plugins: []string{"p"}}})
+	if p.Counts.Pending != 1 || p.Counts.Skipped != 2 || len(p.Pending) != 1 || p.Pending[0] != a {
+		t.Fatalf("progress %+v: want a pending, b and c skipped", p)
+	}
+}
