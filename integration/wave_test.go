@@ -181,6 +181,8 @@ func TestWaveAgentsOutsideTheWindowSeeNothing(t *testing.T) {
 		agents = append(agents, startWaveAgent(t, ep, n, plugins, log))
 	}
 	waitRegistered(t, obs, len(names)*len(plugins))
+	hist := NewHistory(0)
+	observed := startObserver(t, hist, ep)
 	co := startCoordinator(t, etcdtest.Client(t, ep), quietLog(t), "c1")
 	waitCompleted(t, obs, 0, 30*time.Second, "the initial round", func(v coordinator.RoundView) bool { return len(v.Acked) == 10 })
 	wakes := countWakes(t, obs, names)
@@ -265,5 +267,17 @@ func TestWaveAgentsOutsideTheWindowSeeNothing(t *testing.T) {
 		if evs := log.of(a, 3); len(evs) > 0 {
 			t.Errorf("%s was skipped in round 3 but its plugins got %v", a, evs)
 		}
+	}
+	// The chaos checker's wave rules pass on what the observer saw.
+	resp, err := obs.Get(ctxT(t, 5*time.Second), "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	observed.waitFor(t, resp.Header.Revision, 10*time.Second)
+	observed.stop()
+	r := &Report{}
+	hist.checkWaves(r)
+	if r.WaveRounds != 2 || len(r.Violations) > 0 {
+		t.Fatalf("the wave checker saw %d wave rounds (want 2): %v", r.WaveRounds, r.Violations)
 	}
 }
