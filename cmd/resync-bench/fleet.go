@@ -86,8 +86,8 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 	return f, nil
 }
 
-// agentFleet is the agents a size's rounds run with. Used by one
-// goroutine.
+// agentFleet is the agents a size's rounds run with: a fleet in this
+// process, or an apartFleet. Used by one goroutine.
 type agentFleet interface {
 	// counts reports the agents' totals so far.
 	counts(ctx context.Context) (fleetCounts, error)
@@ -99,6 +99,9 @@ type agentFleet interface {
 type fleetCounts struct {
 	NotActive int64  `json:"not_active"` // NotActive events taken
 	AckTxns   uint64 `json:"ack_txns"`
+	// CPU is the agents' process's CPU time (user+sys) when it is not the
+	// bench's own, else 0.
+	CPU time.Duration `json:"cpu_ns"`
 }
 
 func (f *fleet) counts(context.Context) (fleetCounts, error) {

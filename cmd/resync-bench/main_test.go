@@ -13,12 +13,15 @@ import (
 	"github.com/resyncd/resync/internal/testing/etcdtest"
 )
 
-// TestMain also serves as the memory experiment's child process: the
-// experiment re-executes os.Executable(), which under go test is this
-// test binary.
+// TestMain also serves as the memory experiment's child process and the
+// agents-apart mode's: both re-execute os.Executable(), which under go
+// test is this test binary.
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == childMemoryArg {
 		os.Exit(childMemory(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == childAgentsArg {
+		os.Exit(childAgents(os.Args[2:]))
 	}
 	goleak.VerifyTestMain(m, etcdtest.LeakOptions()...)
 }

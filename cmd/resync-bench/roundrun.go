@@ -25,32 +25,47 @@ type roundRun struct {
 	kv     *clientv3.Client
 
 	agents agentFleet
+	apart  *apartFleet // agents, when they run apart
 	k      *coord
 	pr     *probe
 
 	lat, st, acked, tenant []time.Duration
 	writes                 []time.Time // the measured rounds' start and finish commits
 	txns                   uint64
-	cpu                    time.Duration
+	cpu, agentsCPU         time.Duration
 }
 
-// measureRounds runs sz's rounds into row.
-func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger, row *RoundRow) error {
+// measureRounds runs sz's rounds into row: the agents in this process, or
+// in a child process when apart (the caller has pinned this process).
+func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger, row *RoundRow, apart bool) error {
 	prefix := fmt.Sprintf("/bench/rounds-%s/", sz)
+	if apart {
+		prefix = fmt.Sprintf("/bench/rounds-apart-%s/", sz)
+	}
 	r := &roundRun{ctx: ctx, o: o, sz: sz, row: row, prefix: prefix, layout: schema.MustLayout(prefix), kv: e.kv}
-	err := r.run(e, log)
+	err := r.run(e, log, apart)
 	r.finish()
 	return err
 }
 
 // run starts the agents and the coordinator, waits out the initial round,
 // measures the tenant probe idle, then runs the rounds.
-func (r *roundRun) run(e *env, log logrus.FieldLogger) error {
-	f, err := startFleet(r.ctx, e, r.sz, r.prefix, r.o.agentsPerClient, log)
+func (r *roundRun) run(e *env, log logrus.FieldLogger, apart bool) error {
+	var err error
+	if apart {
+		r.apart, err = startApartFleet(r.ctx, e, r.o, r.sz, r.prefix)
+		if r.apart != nil {
+			r.agents = r.apart
+		}
+	} else {
+		var f *fleet
+		if f, err = startFleet(r.ctx, e, r.sz, r.prefix, r.o.agentsPerClient, log); f != nil {
+			r.agents = f
+		}
+	}
 	if err != nil {
 		return err
 	}
-	r.agents = f
 	// Round 1 is the first leader's initial round (with the agents' join
 	// resyncs); it is not measured.
 	c0, err := r.agents.counts(r.ctx)
@@ -159,7 +174,8 @@ func (r *roundRun) round(measured bool) (clean bool, err error) {
 			return false, err
 		}
 		r.txns += c1.AckTxns - c0.AckTxns
-		r.cpu += cpu
+		r.cpu += cpu + c1.CPU - c0.CPU
+		r.agentsCPU += c1.CPU - c0.CPU
 		r.lat = append(r.lat, fin.at.Sub(start))
 		r.st = append(r.st, s.at.Sub(start))
 		r.acked = append(r.acked, time.Unix(0, r.k.hooks.lastResolved.Load()).Sub(start))
@@ -213,8 +229,14 @@ func (r *roundRun) waitNotActive(base int64, want int) error {
 // the tenant probe and the coordinator.
 func (r *roundRun) finish() {
 	row := r.row
+	if r.apart != nil {
+		row.Apart = r.apart.info()
+	}
 	if r.agents != nil {
 		r.agents.Close()
+	}
+	if r.apart != nil {
+		row.Apart.AgentsExitCode = r.apart.exitCode
 	}
 	row.Round, row.ToStarted, row.AllAcked = dist(r.lat), dist(r.st), dist(r.acked)
 	if r.pr != nil {
@@ -229,5 +251,8 @@ func (r *roundRun) finish() {
 	if n := len(r.lat); n > 0 {
 		row.AckTxnsPerAgent = float64(r.txns) / float64(r.sz.measured().Agents*n)
 		row.CPUPerRound = ms(r.cpu) / float64(n)
+		if r.apart != nil {
+			row.AgentsCPUPerRound = ms(r.agentsCPU) / float64(n)
+		}
 	}
 }

@@ -23,9 +23,16 @@ import (
 
 // RoundRow is one size of the round-latency table.
 type RoundRow struct {
-	Agents       int `json:"agents"`
-	Plugins      int `json:"plugins_per_agent"`
-	Participants int `json:"participants"`
+	// Mode is where the agents ran: modeInProcess (with the coordinator
+	// and etcd, sharing every CPU) or modeApart (a child process on a CPU
+	// of its own, Apart says which; etcd, the coordinator and the tenant
+	// probe on the others). An agents-apart row has no floors and no
+	// barrier: those run in process only.
+	Mode         string     `json:"mode"`
+	Apart        *ApartInfo `json:"agents_apart,omitempty"`
+	Agents       int        `json:"agents"`
+	Plugins      int        `json:"plugins_per_agent"`
+	Participants int        `json:"participants"`
 	// Targeted: the measured rounds were requested for this many agents
 	// only (their plugins are the rounds' participants); 0: all.
 	Targeted int `json:"targeted_agents,omitempty"`
@@ -52,6 +59,9 @@ type RoundRow struct {
 	// other load on the machine.
 	CPUPerRound float64 `json:"cpu_ms_per_round"`
 	FloorTxnCPU float64 `json:"floor_txn_cpu_ms"`
+	// AgentsCPUPerRound is the agents' child's share of CPUPerRound
+	// (agents-apart rows only; CPUPerRound is both processes').
+	AgentsCPUPerRound float64 `json:"agents_cpu_ms_per_round,omitempty"`
 	// Unclean lists measured rounds that were not clean (a participant
 	// timed out, failed or departed): not samples; each was followed by its
 	// retry round before the next request.
@@ -103,10 +113,10 @@ type RoundRow struct {
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
 	var err error
 	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
-	if err = measureRounds(ctx, e, o, sz, log, &row); err != nil {
+	if err = measureRounds(ctx, e, o, sz, log, &row, false); err != nil {
 		return row, err
 	}
 	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent); etcd floor", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent)
@@ -146,6 +156,27 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 		row.OursOverBarrier = ratio(row.Round.P50, row.BarrierTimeout)
 	}
 	return row, ctx.Err()
+}
+
+// measureApart runs sz's rounds with the agents apart: this process
+// (etcd, the coordinator, the tenant probe) pinned to o.apart.bench, the
+// agents' child to o.apart.agents; this process's CPUs are restored after.
+func measureApart(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
+	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	progress("%s, agents apart: this process on CPUs %s, %d agents on CPU %d", sz, formatCPUs(o.apart.bench), sz.Agents, o.apart.agents)
+	defer func() {
+		if err := pinProcess(o.apart.all); err != nil {
+			progress("restoring CPUs %s: %v", formatCPUs(o.apart.all), err)
+		}
+	}()
+	if err := pinProcess(o.apart.bench); err != nil {
+		return row, err
+	}
+	err := measureRounds(ctx, e, o, sz, log, &row, true)
+	if err == nil {
+		progress("%s, agents apart: round p50 %.1f ms (%.2f ack Txns per agent)", sz, row.Round.P50, row.AckTxnsPerAgent)
+	}
+	return row, err
 }
 
 // cpuTime is the process's user and system CPU time so far.
