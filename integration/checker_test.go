@@ -183,7 +183,8 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		}, "the displaced process wrote the ack (revision 2) of p2 at 19 on its lease 1 after the take-over at 18"},
 		{"displaced process received an event after Done", func(h *History) {
 			d := takeover(h)
-			h.RecordEvent(Event{Agent: "a", Plugin: "p1", Incarnation: 1, Revision: 3, Status: schema.NotActive, At: d.DoneAt.Add(time.Second)})
+			h.RecordEvent(Event{Agent: "a", Plugin: "p1", Incarnation: 1, Revision: 3, Status: schema.NotActive,
+				WaitFrom: d.DoneAt.Add(time.Millisecond), At: d.DoneAt.Add(time.Second)})
 		}, "received NotActive 3 after its Done fired"},
 		{"late taker timed out without a retry", func(h *History) {
 			lateTimeout(h, 1)
@@ -311,7 +312,12 @@ func lateTimeout(h *History, n uint64) {
 // cap, 128-character names.
 func TestCheckerNewFaultsPass(t *testing.T) {
 	h := goodHistory()
-	takeover(h)
+	d := takeover(h)
+	// An event the displaced process's plugin took just before Done fired,
+	// stamped just after it (At is taken after the receive): its wait
+	// began before Done, so it is no delivery after Done.
+	h.RecordEvent(Event{Agent: "a", Plugin: "p1", Incarnation: 1, Revision: 2, Status: schema.NotActive,
+		WaitFrom: d.DoneAt.Add(-time.Millisecond), At: d.DoneAt.Add(time.Millisecond)})
 	// The displaced process's ack of round 1, started (at 20) before a
 	// take-over at 25, written at 26: in flight, not a violation.
 	h.Owners[len(h.Owners)-1].ModRev = 25

@@ -25,6 +25,10 @@ type Event struct {
 	Status      schema.Status
 	Join        bool
 	At          time.Time
+	// WaitFrom is when the plugin loop began the wait that this event
+	// ended: before the receive, so a lower bound of it that the checker
+	// can compare with Done without the race of At (taken after it).
+	WaitFrom time.Time
 }
 
 // AckSent is one Ack or AckError a plugin incarnation sent.
@@ -1088,7 +1092,10 @@ func (h *History) checkOwners(r *Report) {
 			r.violate("%s: the displaced incarnation's Done fired, but its plugin loops did not end", what)
 		}
 		for _, e := range h.Events {
-			if e.Incarnation == d.Old && !d.DoneAt.IsZero() && e.At.After(d.DoneAt) {
+			// A delivery after Done is one whose wait began after Done
+			// had fired: At is taken after the receive, so an event
+			// received just before Done fired may be stamped after it.
+			if e.Incarnation == d.Old && !d.DoneAt.IsZero() && e.WaitFrom.After(d.DoneAt) {
 				r.violate("%s: the displaced incarnation received %s %d after its Done fired", what, e.Status, e.Revision)
 			}
 		}
