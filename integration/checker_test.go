@@ -544,3 +544,34 @@ func TestCheckerExcusesOnlyACompactedStart(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckerDatesOwnerWritesByEtcd: the observer's own times of owner
+// writes lag with its watch; where the revision probes bracket a write,
+// the unowned rule dates it by etcd's commit instead. A delete and the
+// re-claim the observer saw 10 s apart, committed 1 s apart, are no
+// violation; committed 10 s apart, they are.
+func TestCheckerDatesOwnerWritesByEtcd(t *testing.T) {
+	probes := func(h *History, t0 time.Time, delAt, putAt time.Duration) {
+		for _, p := range []struct {
+			rev int64
+			at  time.Duration
+		}{{14, -time.Second}, {59, delAt - 50*time.Millisecond}, {60, delAt}, {60, putAt - 50*time.Millisecond}, {61, putAt}, {62, time.Minute}} {
+			h.RecordRevTime(RevTime{Rev: p.rev, Sent: t0.Add(p.at - 10*time.Millisecond), Recv: t0.Add(p.at)})
+		}
+	}
+	h := goodHistory()
+	seams(h)
+	t0 := unowned(h) // the observer saw the delete at t0+10s, the put at t0+20s
+	probes(h, t0, 5*time.Second, 6*time.Second)
+	if r := h.Check(); len(r.Violations) > 0 {
+		t.Fatalf("a 1 s gap by etcd's commits was flagged: %v", r.Violations)
+	}
+	h = goodHistory()
+	seams(h)
+	t0 = unowned(h)
+	probes(h, t0, 5*time.Second, 15*time.Second)
+	r := h.Check()
+	if !slices.ContainsFunc(r.Violations, func(v string) bool { return strings.Contains(v, "had no owner for") }) {
+		t.Fatalf("a 10 s gap by etcd's commits was not flagged: %v", r.Violations)
+	}
+}

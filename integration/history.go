@@ -126,6 +126,11 @@ type History struct {
 	Owners    []OwnerWrite
 	KeyWrites []KeyWrite
 	Sizes     []RecordSize
+	// RevTimes are probes of etcd's revision against the clock, in order:
+	// they date the owner writes for checkUnowned by etcd's commit, where
+	// the observer's own times lag as far as its watch does (100,000
+	// revisions behind for seconds, seed 20261215).
+	RevTimes []RevTime
 	// WriteBudget is the coordinators' WriteBudget (0: sizes not checked).
 	WriteBudget int
 	// TeardownRev is the etcd revision from which the coordinators were
@@ -1013,6 +1018,36 @@ func appendLocked[T any](h *History, to *[]T, v T) {
 
 // RecordOwner, RecordKeyWrite and RecordSize are called by the observer.
 func (h *History) RecordOwner(w OwnerWrite)  { appendLocked(h, &h.Owners, w) }
+
+// RevTime is one probe of etcd's revision: every revision up to Rev was
+// committed by Recv, and none above it before Sent.
+type RevTime struct {
+	Rev        int64
+	Sent, Recv time.Time
+}
+
+// RecordRevTime records a probe; one that does not move the revision
+// forward (a restore without --bump-revision) is dropped, so that
+// RevTimes stays sorted by Rev.
+func (h *History) RecordRevTime(p RevTime) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n := len(h.RevTimes); n > 0 && p.Rev < h.RevTimes[n-1].Rev {
+		return
+	}
+	h.RevTimes = append(h.RevTimes, p)
+}
+
+// committed bounds when etcd committed revision mod, from the probes: not
+// before lo, not after hi. ok is false when no probes bracket it.
+func (h *History) committed(mod int64) (lo, hi time.Time, ok bool) {
+	ps := h.RevTimes
+	i := sort.Search(len(ps), func(i int) bool { return ps[i].Rev >= mod })
+	if i == 0 || i == len(ps) {
+		return time.Time{}, time.Time{}, false
+	}
+	return ps[i-1].Sent, ps[i].Recv, true
+}
 func (h *History) RecordKeyWrite(w KeyWrite) { appendLocked(h, &h.KeyWrites, w) }
 func (h *History) RecordSize(s RecordSize)   { appendLocked(h, &h.Sizes, s) }
 
@@ -1630,6 +1665,17 @@ func (h *History) checkUnowned(r *Report) {
 	for agent, is := range incs {
 		ws := byAgent[agent]
 		sort.Slice(ws, func(i, j int) bool { return ws[i].ModRev < ws[j].ModRev })
+		// Dated by etcd's commit where the probes bracket it, on the
+		// side that makes a gap shorter (a delete at the latest, a put
+		// at the earliest): never longer than it was.
+		for i := range ws {
+			if lo, hi, ok := h.committed(ws[i].ModRev); ok {
+				ws[i].At = lo
+				if ws[i].Deleted {
+					ws[i].At = hi
+				}
+			}
+		}
 		// The unowned intervals: from the agent's first incarnation (or a
 		// deletion) to the next put.
 		type gap struct{ from, until time.Time }
