@@ -1018,6 +1018,8 @@ func appendLocked[T any](h *History, to *[]T, v T) {
 
 // RecordOwner, RecordKeyWrite and RecordSize are called by the observer.
 func (h *History) RecordOwner(w OwnerWrite)  { appendLocked(h, &h.Owners, w) }
+func (h *History) RecordKeyWrite(w KeyWrite) { appendLocked(h, &h.KeyWrites, w) }
+func (h *History) RecordSize(s RecordSize)   { appendLocked(h, &h.Sizes, s) }
 
 // RevTime is one probe of etcd's revision: every revision up to Rev was
 // committed by Recv, and none above it before Sent.
@@ -1048,8 +1050,6 @@ func (h *History) committed(mod int64) (lo, hi time.Time, ok bool) {
 	}
 	return ps[i-1].Sent, ps[i].Recv, true
 }
-func (h *History) RecordKeyWrite(w KeyWrite) { appendLocked(h, &h.KeyWrites, w) }
-func (h *History) RecordSize(s RecordSize)   { appendLocked(h, &h.Sizes, s) }
 
 // RecordLate records that a plugin did not read its channel from From to
 // Until.
