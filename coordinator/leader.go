@@ -112,6 +112,11 @@ type leader struct {
 	// needRewake: the term has not yet written the wake keys of the
 	// record it found (rewake).
 	needRewake bool
+	// shards is which wake shards may still hold an all-scope Started
+	// record, and shardsKnown whether this term wrote every shard once
+	// (wake.go, shardsFor).
+	shards      shardSet
+	shardsKnown bool
 	// ordered is regs' keys in registration order (participants), kept
 	// until regs changes: a stable fleet's rounds skip the sort (3.7 ms
 	// at 10,000 registrations).

@@ -395,7 +395,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		l.reconcile()
 		return l.advanceWave(now)
 	}
-	if err := l.wake(s.revVal, scope.IsAll(), s.parts, s.wokeFirst); err != nil {
+	if err := l.wake(s.revVal, true, scope.IsAll(), s.parts, s.wokeFirst); err != nil {
 		return err
 	}
 	if scope.IsAll() {
@@ -508,7 +508,7 @@ func (l *leader) writeStart(s *roundStart, reqKeys []string) (inTxn int, err err
 	ops = append(ops, clientv3.OpPut(l.layout.Round(s.rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(s.revVal)))
 	bare := len(ops)
 	if all {
-		ops = append(ops, l.firstShardGroup(s.revVal, len(ops))...)
+		ops = append(ops, l.firstShardGroup(s.revVal, true, len(ops))...)
 	}
 	fixed := len(ops)
 	inTxn = min(len(reqKeys), schema.MaxTxnOps-len(ops))
@@ -782,7 +782,7 @@ func (l *leader) finish(now time.Time) error {
 	}
 	// A set-scope wave round's agents each had their NotActive when done.
 	if f.revWritten && (f.rs.wave == nil || f.rev.Scope.IsAll()) {
-		if err := l.wake(f.revVal, f.rev.Scope.IsAll(), f.rs.parts, f.wokeFirst); err != nil {
+		if err := l.wake(f.revVal, false, f.rev.Scope.IsAll(), f.rs.parts, f.wokeFirst); err != nil {
 			return err
 		}
 	}
@@ -995,7 +995,7 @@ func (l *leader) trySummary(f *finishing, w summaryWrite) error {
 	if w.attempt == 0 && f.rev.Scope.IsAll() {
 		// With the first wake shards when etcd takes them (not counted
 		// as a degraded write when it refuses them: they go after).
-		if wake := l.firstShardGroup(f.revVal, len(ops)); len(wake) > 0 {
+		if wake := l.firstShardGroup(f.revVal, false, len(ops)); len(wake) > 0 {
 			err = l.fencedTxn(append(ops, wake...))
 			if !errors.Is(err, errPermanent) {
 				f.revWritten, f.wokeFirst = err == nil, err == nil

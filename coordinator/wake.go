@@ -38,15 +38,49 @@ const wakeFanout = 512
 // session lease a wake key was to be written on has gone.
 var errLeaseGone = errors.New("the agent's session lease is gone")
 
+// shardSet is a set of wake shards: shard i is in it when s[i].
+type shardSet [schema.WakeShards]bool
+
+// shardsFor is the wake shards that an all-scope record goes to: only
+// those it changes something in. A Started record goes to the shards
+// with live agents (a one-agent fleet writes one shard, not 64: its start
+// Txn was 25 KB), a NotActive record to those and to every shard that may
+// still hold a Started record (shards: an agent may have come to it
+// since). The term's first all-scope write goes to every shard: what the
+// predecessor left in them is unknown, and an agent tells coordinators
+// that write wake keys from older ones by shard keys existing at all
+// (watcher's legacy mode).
+func (l *leader) shardsFor(started bool) (s shardSet) {
+	for i, n := range l.shardAgents {
+		s[i] = !l.shardsKnown || n > 0 || (!started && l.shards[i])
+	}
+	return s
+}
+
+// wroteShards records that an all-scope record went to the shards s.
+func (l *leader) wroteShards(started bool, s shardSet) {
+	l.shardsKnown = true
+	if !started {
+		l.shards = shardSet{}
+		return
+	}
+	for i, in := range s {
+		l.shards[i] = l.shards[i] || in
+	}
+}
+
 // wakeShardGroups packs the all-scope wake writes of the record val into
-// Txns: consecutive shards while their live agents number at most
+// Txns: consecutive shards of s while their live agents number at most
 // wakeFanout (schema.WakeShards is below schema.MaxTxnOps: ops never
 // limit a group). fans[i] is how many agents group i wakes.
-func (l *leader) wakeShardGroups(val []byte) (groups [][]clientv3.Op, fans []int) {
+func (l *leader) wakeShardGroups(val []byte, s shardSet) (groups [][]clientv3.Op, fans []int) {
 	perShard := l.shardAgents
 	var cur []clientv3.Op
 	fan := 0
 	for i := range schema.WakeShards {
+		if !s[i] {
+			continue
+		}
 		if len(cur) > 0 && fan+perShard[i] > wakeFanout {
 			groups, fans = append(groups, cur), append(fans, fan)
 			cur, fan = nil, 0
@@ -65,9 +99,9 @@ func (l *leader) noteWake(agents int) {
 // firstShardGroup is the first shard group of the record val if it fits
 // in a Txn that already carries fixed ops (nil when it does not): the wake
 // of a fleet of up to wakeFanout agents then costs no write of its own.
-func (l *leader) firstShardGroup(val []byte, fixed int) []clientv3.Op {
-	groups, fans := l.wakeShardGroups(val)
-	if fixed+len(groups[0]) > schema.MaxTxnOps {
+func (l *leader) firstShardGroup(val []byte, started bool, fixed int) []clientv3.Op {
+	groups, fans := l.wakeShardGroups(val, l.shardsFor(started))
+	if len(groups[0]) == 0 || fixed+len(groups[0]) > schema.MaxTxnOps {
 		return nil
 	}
 	l.noteWake(fans[0])
@@ -94,12 +128,14 @@ func (l *leader) agentWakes(val []byte, parts []schema.PluginID) []put {
 // revision record's Txn. Wake writes that etcd refuses for good are logged
 // and skipped: the agents concerned hear of the round at its next record.
 // Its error is only the end of leadership.
-func (l *leader) wake(val []byte, all bool, parts []schema.PluginID, skipFirst bool) error {
+func (l *leader) wake(val []byte, started, all bool, parts []schema.PluginID, skipFirst bool) error {
 	if !all {
 		return l.writeAgentWakes(l.agentWakes(val, parts))
 	}
-	groups, fans := l.wakeShardGroups(val)
-	if skipFirst {
+	set := l.shardsFor(started)
+	defer l.wroteShards(started, set)
+	groups, fans := l.wakeShardGroups(val, set)
+	if skipFirst || len(groups[0]) == 0 {
 		groups, fans = groups[1:], fans[1:]
 	}
 	for i, g := range groups {
@@ -168,8 +204,9 @@ func (l *leader) rewake() error {
 	if err != nil {
 		return err
 	}
+	started := l.rev.State == schema.Started
 	if l.rev.Scope.IsAll() {
-		return l.wake(val, true, nil, false)
+		return l.wake(val, started, true, nil, false)
 	}
 	ctx, cancel := context.WithTimeout(l.ctx, 10*l.cfg.OpTimeout)
 	defer cancel()
@@ -187,5 +224,5 @@ func (l *leader) rewake() error {
 			parts = append(parts, schema.PluginID{Agent: r.Agent})
 		}
 	}
-	return l.wake(val, false, parts, false)
+	return l.wake(val, started, false, parts, false)
 }

@@ -3,6 +3,8 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -248,4 +250,77 @@ func recvFrozen(t *testing.T, frozen <-chan uint64) uint64 {
 		t.Fatal("no round started within 15s")
 		return 0
 	}
+}
+
+// After a term's first write to every shard, an all-scope record goes
+// only where it changes something: Started to the shards with agents (a
+// one-agent fleet's start Txn carried 64 copies), NotActive to those and
+// to every shard its Started reached; an agent that came to an empty
+// shard mid-round hears the NotActive. A successor's first write goes to
+// every shard again: what its predecessor left there is unknown.
+func TestAllScopeRecordsGoOnlyToShardsWithAgents(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	var agents []string // four agents, each alone in its shard
+	seen := map[int]bool{}
+	for _, a := range fleetAgents(100) {
+		if s := schema.WakeShardOf(a); !seen[s] && len(agents) < 4 {
+			seen[s] = true
+			agents = append(agents, a)
+		}
+	}
+	shardsOf := func(as ...string) map[string]bool {
+		out := map[string]bool{}
+		for _, a := range as {
+			out[layout.WakeShard(schema.WakeShardOf(a))] = true
+		}
+		return out
+	}
+	wakes := watchWakes(t, obs)
+	written := func(n uint64, st schema.Status) map[string]bool {
+		out := map[string]bool{}
+		for _, x := range wakes.of(n, st) {
+			out[x.key] = true
+		}
+		return out
+	}
+	f := startFleet(t, obs, agents[:3], []string{"p"})
+	first := newCoord(t, eps, testConfig("first"))
+	waitRevision(t, first, 1, schema.Started)
+	f.ack(1, f.ids, schema.ResultOK, "")
+	waitFinished(t, obs, 1, 10*time.Second)
+	etcdtest.WaitFor(t, 10*time.Second, "round 1's NotActive in every shard", func() bool {
+		return len(written(1, schema.NotActive)) == schema.WakeShards
+	})
+	if got := len(written(1, schema.Started)); got != schema.WakeShards {
+		t.Fatalf("the term's first record went to %d shards, want all %d", got, schema.WakeShards)
+	}
+
+	request(t, obs, schema.CauseManual, schema.Scope{}, "everyone")
+	waitRevision(t, first, 2, schema.Started)
+	// Registered before the acks: the leader's one watch of the state
+	// hands it the registration before the last ack, so before the finish.
+	startFleet(t, obs, agents[3:], []string{"p"})
+	f.ack(2, f.ids, schema.ResultOK, "")
+	waitFinished(t, obs, 2, 10*time.Second)
+	want := shardsOf(agents...)
+	etcdtest.WaitFor(t, 10*time.Second, "round 2's NotActive in the four agents' shards", func() bool {
+		return len(written(2, schema.NotActive)) >= len(want)
+	})
+	if got, want := written(2, schema.Started), shardsOf(agents[:3]...); !maps.Equal(got, want) {
+		t.Errorf("round 2's Started went to %v, want the shards with agents %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+	}
+	if got := written(2, schema.NotActive); !maps.Equal(got, want) {
+		t.Errorf("round 2's NotActive went to %v, want its Started's shards and the late agent's %v", slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)))
+	}
+
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := len(wakes.of(2, schema.NotActive))
+	newCoord(t, eps, testConfig("successor"))
+	etcdtest.WaitFor(t, 10*time.Second, "the successor's first write in every shard", func() bool {
+		return len(wakes.of(2, schema.NotActive))-before >= schema.WakeShards
+	})
 }

@@ -183,7 +183,8 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		}, "the displaced process wrote the ack (revision 2) of p2 at 19 on its lease 1 after the take-over at 18"},
 		{"displaced process received an event after Done", func(h *History) {
 			d := takeover(h)
-			h.RecordEvent(Event{Agent: "a", Plugin: "p1", Incarnation: 1, Revision: 3, Status: schema.NotActive, At: d.DoneAt.Add(time.Second)})
+			h.RecordEvent(Event{Agent: "a", Plugin: "p1", Incarnation: 1, Revision: 3, Status: schema.NotActive,
+				WaitFrom: d.DoneAt.Add(time.Millisecond), At: d.DoneAt.Add(time.Second)})
 		}, "received NotActive 3 after its Done fired"},
 		{"late taker timed out without a retry", func(h *History) {
 			lateTimeout(h, 1)
@@ -311,7 +312,12 @@ func lateTimeout(h *History, n uint64) {
 // cap, 128-character names.
 func TestCheckerNewFaultsPass(t *testing.T) {
 	h := goodHistory()
-	takeover(h)
+	d := takeover(h)
+	// An event the displaced process's plugin took just before Done fired,
+	// stamped just after it (At is taken after the receive): its wait
+	// began before Done, so it is no delivery after Done.
+	h.RecordEvent(Event{Agent: "a", Plugin: "p1", Incarnation: 1, Revision: 2, Status: schema.NotActive,
+		WaitFrom: d.DoneAt.Add(-time.Millisecond), At: d.DoneAt.Add(time.Millisecond)})
 	// The displaced process's ack of round 1, started (at 20) before a
 	// take-over at 25, written at 26: in flight, not a violation.
 	h.Owners[len(h.Owners)-1].ModRev = 25
@@ -536,5 +542,36 @@ func TestCheckerExcusesOnlyACompactedStart(t *testing.T) {
 				t.Fatalf("want %q and no fallback counted: %s %q", want, rep.Summary(), rep.Violations)
 			}
 		})
+	}
+}
+
+// TestCheckerDatesOwnerWritesByEtcd: the observer's own times of owner
+// writes lag with its watch; where the revision probes bracket a write,
+// the unowned rule dates it by etcd's commit instead. A delete and the
+// re-claim the observer saw 10 s apart, committed 1 s apart, are no
+// violation; committed 10 s apart, they are.
+func TestCheckerDatesOwnerWritesByEtcd(t *testing.T) {
+	probes := func(h *History, t0 time.Time, delAt, putAt time.Duration) {
+		for _, p := range []struct {
+			rev int64
+			at  time.Duration
+		}{{14, -time.Second}, {59, delAt - 50*time.Millisecond}, {60, delAt}, {60, putAt - 50*time.Millisecond}, {61, putAt}, {62, time.Minute}} {
+			h.RecordRevTime(RevTime{Rev: p.rev, Sent: t0.Add(p.at - 10*time.Millisecond), Recv: t0.Add(p.at)})
+		}
+	}
+	h := goodHistory()
+	seams(h)
+	t0 := unowned(h) // the observer saw the delete at t0+10s, the put at t0+20s
+	probes(h, t0, 5*time.Second, 6*time.Second)
+	if r := h.Check(); len(r.Violations) > 0 {
+		t.Fatalf("a 1 s gap by etcd's commits was flagged: %v", r.Violations)
+	}
+	h = goodHistory()
+	seams(h)
+	t0 = unowned(h)
+	probes(h, t0, 5*time.Second, 15*time.Second)
+	r := h.Check()
+	if !slices.ContainsFunc(r.Violations, func(v string) bool { return strings.Contains(v, "had no owner for") }) {
+		t.Fatalf("a 10 s gap by etcd's commits was not flagged: %v", r.Violations)
 	}
 }

@@ -94,6 +94,7 @@ type observer struct {
 	h      *History
 	cancel context.CancelFunc
 	done   chan struct{}
+	probed chan struct{} // closed when probeRevisions returns
 	last   atomic.Int64
 	live   map[string]int64 // election key -> create revision (observer goroutine only)
 	// agents are the per-agent round records as they stand (observer
@@ -139,10 +140,11 @@ func startObserverLog(t testing.TB, h *History, log logrus.FieldLogger, endpoint
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &observer{c: c, h: h, log: log, cancel: cancel, done: make(chan struct{}), live: map[string]int64{},
+	o := &observer{c: c, h: h, log: log, cancel: cancel, done: make(chan struct{}), probed: make(chan struct{}), live: map[string]int64{},
 		agents: map[uint64]map[string]schema.RoundAgent{}, cur: map[string]*mvccpb.KeyValue{}}
 	o.last.Store(resp.Header.Revision)
 	go o.run(ctx)
+	go o.probeRevisions(ctx)
 	t.Cleanup(o.stop)
 	return o
 }
@@ -159,8 +161,35 @@ func (o *observer) waitFor(t testing.TB, rev int64, within time.Duration) {
 func (o *observer) stop() {
 	o.cancel()
 	<-o.done
+	<-o.probed
 	o.c.Close()
 }
+
+// probeRevisions reads etcd's revision every revProbeEvery and records it
+// with the times of the read (History.RecordRevTime): the clock against
+// which the owner writes are dated, whatever the watch's lag.
+func (o *observer) probeRevisions(ctx context.Context) {
+	defer close(o.probed)
+	tick := time.NewTicker(revProbeEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		sent := time.Now()
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := o.c.Get(gctx, "observer-probe")
+		cancel()
+		if err == nil {
+			o.h.RecordRevTime(RevTime{Rev: resp.Header.Revision, Sent: sent, Recv: time.Now()})
+		}
+	}
+}
+
+// revProbeEvery is probeRevisions' pace.
+const revProbeEvery = 50 * time.Millisecond
 
 func (o *observer) run(ctx context.Context) {
 	defer close(o.done)

@@ -25,6 +25,10 @@ type Event struct {
 	Status      schema.Status
 	Join        bool
 	At          time.Time
+	// WaitFrom is when the plugin loop began the wait that this event
+	// ended: before the receive, so a lower bound of it that the checker
+	// can compare with Done without the race of At (taken after it).
+	WaitFrom time.Time
 }
 
 // AckSent is one Ack or AckError a plugin incarnation sent.
@@ -122,6 +126,11 @@ type History struct {
 	Owners    []OwnerWrite
 	KeyWrites []KeyWrite
 	Sizes     []RecordSize
+	// RevTimes are probes of etcd's revision against the clock, in order:
+	// they date the owner writes for checkUnowned by etcd's commit, where
+	// the observer's own times lag as far as its watch does (100,000
+	// revisions behind for seconds, seed 20261215).
+	RevTimes []RevTime
 	// WriteBudget is the coordinators' WriteBudget (0: sizes not checked).
 	WriteBudget int
 	// TeardownRev is the etcd revision from which the coordinators were
@@ -1022,6 +1031,36 @@ func (h *History) RecordOwner(w OwnerWrite)  { appendLocked(h, &h.Owners, w) }
 func (h *History) RecordKeyWrite(w KeyWrite) { appendLocked(h, &h.KeyWrites, w) }
 func (h *History) RecordSize(s RecordSize)   { appendLocked(h, &h.Sizes, s) }
 
+// RevTime is one probe of etcd's revision: every revision up to Rev was
+// committed by Recv, and none above it before Sent.
+type RevTime struct {
+	Rev        int64
+	Sent, Recv time.Time
+}
+
+// RecordRevTime records a probe; one that does not move the revision
+// forward (a restore without --bump-revision) is dropped, so that
+// RevTimes stays sorted by Rev.
+func (h *History) RecordRevTime(p RevTime) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n := len(h.RevTimes); n > 0 && p.Rev < h.RevTimes[n-1].Rev {
+		return
+	}
+	h.RevTimes = append(h.RevTimes, p)
+}
+
+// committed bounds when etcd committed revision mod, from the probes: not
+// before lo, not after hi. ok is false when no probes bracket it.
+func (h *History) committed(mod int64) (lo, hi time.Time, ok bool) {
+	ps := h.RevTimes
+	i := sort.Search(len(ps), func(i int) bool { return ps[i].Rev >= mod })
+	if i == 0 || i == len(ps) {
+		return time.Time{}, time.Time{}, false
+	}
+	return ps[i-1].Sent, ps[i].Recv, true
+}
+
 // RecordLate records that a plugin did not read its channel from From to
 // Until.
 func (h *History) RecordLate(w LateWindow) { appendLocked(h, &h.Late, w) }
@@ -1098,7 +1137,10 @@ func (h *History) checkOwners(r *Report) {
 			r.violate("%s: the displaced incarnation's Done fired, but its plugin loops did not end", what)
 		}
 		for _, e := range h.Events {
-			if e.Incarnation == d.Old && !d.DoneAt.IsZero() && e.At.After(d.DoneAt) {
+			// A delivery after Done is one whose wait began after Done
+			// had fired: At is taken after the receive, so an event
+			// received just before Done fired may be stamped after it.
+			if e.Incarnation == d.Old && !d.DoneAt.IsZero() && e.WaitFrom.After(d.DoneAt) {
 				r.violate("%s: the displaced incarnation received %s %d after its Done fired", what, e.Status, e.Revision)
 			}
 		}
@@ -1633,6 +1675,17 @@ func (h *History) checkUnowned(r *Report) {
 	for agent, is := range incs {
 		ws := byAgent[agent]
 		sort.Slice(ws, func(i, j int) bool { return ws[i].ModRev < ws[j].ModRev })
+		// Dated by etcd's commit where the probes bracket it, on the
+		// side that makes a gap shorter (a delete at the latest, a put
+		// at the earliest): never longer than it was.
+		for i := range ws {
+			if lo, hi, ok := h.committed(ws[i].ModRev); ok {
+				ws[i].At = lo
+				if ws[i].Deleted {
+					ws[i].At = hi
+				}
+			}
+		}
 		// The unowned intervals: from the agent's first incarnation (or a
 		// deletion) to the next put.
 		type gap struct{ from, until time.Time }

@@ -10,8 +10,13 @@ import (
 )
 
 // Retry is the module's retry loop: it calls try until try returns nil or a
-// Permanent error, or ctx ends, pausing b.Next() on clk (the real clock if
-// nil) after every other failure. notify, if not nil, hears of each failure
+// Permanent error, or ctx ends, starting tries at least b.Next() apart on
+// clk (the real clock if nil): after a failure it pauses b.Next() less the
+// time the failed try took, so a try that failed by waiting out its own
+// timeout (an etcd that cannot be reached) is followed by the next one at
+// once. A pause would add its whole length to the time a process stays
+// cut off after etcd comes back, where a try in flight completes as soon
+// as the connection does. notify, if not nil, hears of each failure
 // that will be retried, with the pause about to be taken: the caller logs
 // there. try does one attempt and says what it means; Retry decides when
 // the next one comes.
@@ -27,7 +32,11 @@ import (
 // before it failed (a watch that delivered events), so that the next pause
 // is Min again.
 func Retry(ctx context.Context, clk clockwork.Clock, b *Backoff, try func(context.Context) error, notify func(err error, pause time.Duration)) error {
+	if clk == nil {
+		clk = clockwork.NewRealClock()
+	}
 	for tries := 1; ; tries++ {
+		began := clk.Now()
 		err := try(ctx)
 		if err == nil {
 			b.Reset()
@@ -39,7 +48,7 @@ func Retry(ctx context.Context, clk clockwork.Clock, b *Backoff, try func(contex
 		if ctx.Err() != nil {
 			return &StoppedError{Last: err, Tries: tries, Ctx: ctx.Err()}
 		}
-		pause := b.Next()
+		pause := max(b.Next()-clk.Since(began), 0)
 		if notify != nil {
 			notify(err, pause)
 		}

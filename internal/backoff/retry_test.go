@@ -75,6 +75,48 @@ func TestRetryPacesOnTheClock(t *testing.T) {
 	}
 }
 
+// A try that takes time counts against its pause: tries start b.Next()
+// apart, so a try that failed by waiting out its own timeout (5 s, as a
+// registry's session grant does against an etcd it cannot reach) is
+// followed by the next at once, and a 1 s try leaves a 3 s pause of 4 s.
+// Without it, a process cut off long enough to reach the 5 s maximum
+// waited up to 5 s more after etcd came back (chaos seed 20261215: a name
+// unowned 4.9 s after its agent could reach etcd again).
+func TestRetryCountsTheTryAgainstItsPause(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fc := clockwork.NewFakeClock()
+	b := New(4*time.Second, 4*time.Second)
+	took := []time.Duration{5 * time.Second, time.Second, 0}
+	var tries atomic.Int32
+	pauses := make(chan time.Duration, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- Retry(ctx, fc, b, func(context.Context) error {
+			n := tries.Add(1)
+			if n > int32(len(took)) {
+				return nil
+			}
+			fc.Advance(took[n-1]) // the try's own duration
+			return errDown
+		}, func(_ error, pause time.Duration) { pauses <- pause })
+	}()
+	for i, want := range []time.Duration{0, 3 * time.Second, 4 * time.Second} {
+		if got := recv(t, pauses, "pause"); got != want {
+			t.Fatalf("pause after try %d (which took %v) = %v, want %v", i+1, took[i], got, want)
+		}
+		if want > 0 {
+			if err := fc.BlockUntilContext(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+			fc.Advance(want)
+		}
+	}
+	if err := recv(t, done, "Retry's return"); err != nil {
+		t.Fatalf("Retry = %v, want nil", err)
+	}
+}
+
 func TestRetryOutcomes(t *testing.T) {
 	perm := errors.New("request too large")
 	for _, tc := range []struct {
@@ -162,7 +204,17 @@ func TestRetryTryMayReset(t *testing.T) {
 	b := New(time.Millisecond, time.Hour)
 	var pauses []time.Duration
 	n := 0
-	err := Retry(ctx, nil, b, func(context.Context) error {
+	// A fake clock that the tries never advance: the pauses are b's own,
+	// none shortened by a try's duration; the pauses go by on their own.
+	fc := clockwork.NewFakeClock()
+	go func() {
+		for ctx.Err() == nil {
+			if fc.BlockUntilContext(ctx, 1) == nil {
+				fc.Advance(time.Hour)
+			}
+		}
+	}()
+	err := Retry(ctx, fc, b, func(context.Context) error {
 		n++
 		switch n {
 		case 3:
