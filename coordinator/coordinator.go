@@ -150,6 +150,10 @@ func (co *Coordinator) Status() Status {
 		p := *s.Progress
 		s.Progress = &p
 	}
+	if s.Wave != nil {
+		w := *s.Wave
+		s.Wave = &w
+	}
 	return s
 }
 
@@ -253,7 +257,7 @@ func (co *Coordinator) term() error {
 	l := newLeader(co, sess, cd.key, term, log)
 	err = l.run()
 
-	co.setStatus(func(s *Status) { s.Leading = false; s.Term = 0; s.Progress = nil })
+	co.setStatus(func(s *Status) { s.Leading = false; s.Term = 0; s.Progress = nil; s.Wave = nil })
 	co.hooks.Leading(false)
 	if co.ctx.Err() != nil {
 		return nil

@@ -160,6 +160,7 @@ func (m *Metrics) Leading(l bool) {
 		m.leader.Set(0)
 		m.deadline.Set(0) // a round left Started is the next leader's
 		m.refused.Set(0)  // the next leader reports them
+		m.WaveChanged(nil)
 	}
 }
 
