@@ -74,7 +74,8 @@ func ReadRoundScope(ctx context.Context, kv clientv3.KV, layout schema.Layout, n
 // RoundView is a round's summary with its participants and their outcomes
 // from rounds/<N>/agents/: what a reader shows or checks. Lists are in
 // agent and registration order. Outcome lists are empty while the round
-// runs (the leader writes them when it completes).
+// runs (the leader writes them when it completes), except a wave round's:
+// each agent's are there once it is done or skipped.
 type RoundView struct {
 	schema.Round
 	Participants []schema.PluginID `json:"participants"`
@@ -82,6 +83,7 @@ type RoundView struct {
 	Failed       []schema.PluginID `json:"failed,omitempty"`
 	TimedOut     []schema.PluginID `json:"timed_out,omitempty"`
 	Departed     []schema.PluginID `json:"departed,omitempty"`
+	Skipped      []schema.PluginID `json:"skipped,omitempty"`
 	// Errors maps "agent/plugin" of failed participants (escaped names, as
 	// the participants' JSON: schema.PluginID.Key) to their error.
 	Errors map[string]string `json:"errors,omitempty"`
@@ -103,6 +105,7 @@ func NewRoundView(r schema.Round, agents []schema.RoundAgent) RoundView {
 		v.Failed = append(v.Failed, ids(a.Agent, a.Failed)...)
 		v.TimedOut = append(v.TimedOut, ids(a.Agent, a.TimedOut)...)
 		v.Departed = append(v.Departed, ids(a.Agent, a.Departed)...)
+		v.Skipped = append(v.Skipped, ids(a.Agent, a.Skipped)...)
 		for p, e := range a.Errors {
 			if v.Errors == nil {
 				v.Errors = map[string]string{}

@@ -50,6 +50,11 @@ type Config struct {
 	WriteBudget int
 	// OpTimeout bounds each etcd call (default 5 s).
 	OpTimeout time.Duration
+	// Wave is the rollout knobs every round takes (schema.Wave): a
+	// request may only tighten them. Its MaxInFlight is also the write
+	// budget of a round: at most that many agents reload and write their
+	// acks at once. Default: none (no knob set: rounds run all at once).
+	Wave schema.Wave
 }
 
 // DefaultConfig returns the defaults; New fills every zero field of a Config
@@ -121,6 +126,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("coordinator: config: BackoffMax %v is below BackoffMin %v", c.BackoffMax, c.BackoffMin)
 	case c.RoundDeadline < c.CoalesceWindow:
 		return fmt.Errorf("coordinator: config: RoundDeadline %v is below CoalesceWindow %v", c.RoundDeadline, c.CoalesceWindow)
+	}
+	if err := c.Wave.Validate(); err != nil {
+		return fmt.Errorf("coordinator: config: %w", err)
 	}
 	return nil
 }

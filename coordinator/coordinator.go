@@ -77,6 +77,8 @@ type Status struct {
 	// start revision. Such a round may include a plugin registered after
 	// it started and miss one that left meanwhile (logged as an error).
 	ResumeFallbacks int `json:"resume_fallbacks,omitempty"`
+	// Wave is the window of the running wave round (nil: none).
+	Wave *WaveStatus `json:"wave,omitempty"`
 }
 
 // Coordinator campaigns for leadership and, while leading, runs rounds. It
@@ -147,6 +149,10 @@ func (co *Coordinator) Status() Status {
 	if s.Progress != nil {
 		p := *s.Progress
 		s.Progress = &p
+	}
+	if s.Wave != nil {
+		w := *s.Wave
+		s.Wave = &w
 	}
 	return s
 }
@@ -251,7 +257,7 @@ func (co *Coordinator) term() error {
 	l := newLeader(co, sess, cd.key, term, log)
 	err = l.run()
 
-	co.setStatus(func(s *Status) { s.Leading = false; s.Term = 0; s.Progress = nil })
+	co.setStatus(func(s *Status) { s.Leading = false; s.Term = 0; s.Progress = nil; s.Wave = nil })
 	co.hooks.Leading(false)
 	if co.ctx.Err() != nil {
 		return nil

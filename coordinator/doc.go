@@ -28,8 +28,14 @@
 // deleted, and reported to Hooks.Request with an error wrapping
 // schema.ErrRefused.
 //
+// A round may run in waves (wave.go, control.go): its agents are started
+// a few at a time by their own wake keys, canaries first, each getting
+// NotActive when its own part is done; pause, resume and abort come as
+// control requests, and past a failure threshold or a progress deadline the
+// round aborts, its never-started agents skipped.
+//
 // A new leader that finds the revision Started resumes that round (same N,
-// same participants, same deadline). Close resigns (revokes its session), so
+// same participants, same deadline; a wave round's plan and window). Close resigns (revokes its session), so
 // a standby takes over in one round trip instead of a session TTL; it is
 // bounded by OpTimeout even while etcd is unreachable.
 package coordinator

@@ -40,6 +40,13 @@ type RefusalHooks interface {
 	RefusedRegistrations(total int)
 }
 
+// WaveHooks is optional: a Hooks that implements it is told where the
+// running wave round stands (WaveStatus) after each step that moved it,
+// and nil when the round finished.
+type WaveHooks interface {
+	WaveChanged(s *WaveStatus)
+}
+
 // NopHooks does nothing.
 type NopHooks struct{}
 

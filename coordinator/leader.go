@@ -123,18 +123,20 @@ type leader struct {
 	ordered  []schema.PluginID
 	acks     map[schema.PluginID]schema.Ack
 	requests map[string]schema.Request // pending, not yet consumed
+	controls map[string]schema.Request // pending pause, resume and abort requests (control.go)
 	firstReq time.Time                 // when the oldest pending request was seen
 	errSeen  map[string]time.Time      // error requests: when each was seen (streaks.go)
 	rejoins  map[string]rejoinWait     // rejoin requests: the registrations they wait for (rejoin.go)
 	streaks  *errorStreaks             // pacing of error-triggered rounds per agent
 
-	epoch       string            // the history's epoch, written in every revision record
-	lastN       uint64            // highest round number written
-	rev         *schema.Revision  // last revision record (nil: none)
-	initial     string            // non-empty: start a round at once with this reason
-	resume      *schema.Round     // a Started round to resume once synced
-	resumeParts []schema.PluginID // its participants, from rounds/<N>/agents/
-	rebuild     bool              // resume has no participant list: use the live registrations
+	epoch       string              // the history's epoch, written in every revision record
+	lastN       uint64              // highest round number written
+	rev         *schema.Revision    // last revision record (nil: none)
+	initial     string              // non-empty: start a round at once with this reason
+	resume      *schema.Round       // a Started round to resume once synced
+	resumeParts []schema.PluginID   // its participants, from rounds/<N>/agents/
+	resumeRecs  []schema.RoundAgent // a wave round's: each agent's part (wave.go)
+	rebuild     bool                // resume has no participant list: use the live registrations
 	// recordResume: the resumed round's per-agent records were incomplete;
 	// the successor writes them for the set it resumes with, so that the
 	// set stays durable whatever etcd compacts or restores next.
@@ -167,6 +169,7 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		agentRegs:   map[string]int{},
 		acks:        map[schema.PluginID]schema.Ack{},
 		requests:    map[string]schema.Request{},
+		controls:    map[string]schema.Request{},
 		errSeen:     map[string]time.Time{},
 		rejoins:     map[string]rejoinWait{},
 		streaks:     newErrorStreaks(co.cfg.BackoffMin, co.cfg.BackoffMax),
@@ -548,6 +551,9 @@ func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64
 		}
 	}
 	l.resume, l.resumeParts, l.rebuild, l.recordResume = &round, parts, false, false
+	if round.Wave != nil {
+		l.resumeRecs = recs
+	}
 	switch {
 	case round.Counts.Participants == 0 || (len(bad) == 0 && len(recs) > 0 && len(recs) >= round.Agents):
 		// Complete (a summary without its agents count, from the revision

@@ -30,6 +30,7 @@ func (l *leader) onRequests(ev reqEvent) error {
 		l.requests = map[string]schema.Request{}
 		l.errSeen = map[string]time.Time{}
 		l.rejoins = map[string]rejoinWait{}
+		l.controls = map[string]schema.Request{}
 		l.reqsSynced = true
 	}
 	var garbage []string
@@ -38,6 +39,9 @@ func (l *leader) onRequests(ev reqEvent) error {
 		case it.deleted:
 			delete(l.requests, it.key)
 			delete(l.errSeen, it.key)
+			delete(l.controls, it.key)
+		case it.err == nil && it.req.Control != nil:
+			l.controlSeen(it)
 		case errors.Is(it.err, schema.ErrRefused):
 			l.log.WithError(it.err).WithFields(logrus.Fields{"request": it.key, "writer": it.writer.String(),
 				"scope": it.req.Scope.String(), "cause": it.req.Cause, "requested_by": it.req.RequestedBy}).
@@ -138,7 +142,13 @@ func (l *leader) startRequested(now time.Time) (started bool, err error) {
 	if scope.Empty() {
 		return false, l.consumeWithoutRound(keys)
 	}
-	if err := l.start(now, cause, reason, scope, keys); err != nil {
+	var waves []schema.Wave
+	for _, r := range ready {
+		if r.Wave != nil {
+			waves = append(waves, *r.Wave)
+		}
+	}
+	if err := l.start(now, cause, reason, scope, keys, waves); err != nil {
 		return true, err
 	}
 	l.errorRoundStarted(cause, scope, ready, now)

@@ -18,7 +18,8 @@ type roundState struct {
 	outcome map[schema.PluginID]schema.Outcome // OutcomePending until resolved
 	errs    map[schema.PluginID]string
 	counts  schema.RoundCounts
-	lost    int // detail records degraded or skipped (etcd refused them for good)
+	lost    int      // detail records degraded or skipped (etcd refused them for good)
+	wave    *waveRun // a wave round's window (wave.go); nil otherwise
 }
 
 func newRoundState(rec schema.Round, parts []schema.PluginID) *roundState {
@@ -48,6 +49,13 @@ func (l *leader) resolve(p schema.PluginID, expired bool) {
 	if outcome == schema.OutcomePending {
 		return
 	}
+	rs.set(p, outcome, ack.Error)
+	l.co.hooks.Resolved(p, outcome)
+}
+
+// set records pending participant p's outcome (errText: a failed one's
+// error) and counts it, in the window too for a wave round.
+func (rs *roundState) set(p schema.PluginID, outcome schema.Outcome, errText string) {
 	rs.outcome[p] = outcome
 	rs.counts.Pending--
 	switch outcome {
@@ -58,13 +66,17 @@ func (l *leader) resolve(p schema.PluginID, expired bool) {
 		if rs.errs == nil {
 			rs.errs = map[schema.PluginID]string{}
 		}
-		rs.errs[p] = schema.Cut(ack.Error, schema.MaxAckErrorLen)
+		rs.errs[p] = schema.Cut(errText, schema.MaxAckErrorLen)
 	case schema.OutcomeTimedOut:
 		rs.counts.TimedOut++
 	case schema.OutcomeDeparted:
 		rs.counts.Departed++
+	case schema.OutcomeSkipped:
+		rs.counts.Skipped++
 	}
-	l.co.hooks.Resolved(p, outcome)
+	if rs.wave != nil {
+		rs.waveResolved(p, outcome)
+	}
 }
 
 // reconcile resolves every pending participant from the current state.
@@ -143,6 +155,8 @@ func (l *leader) dropAgentReg(agent string) {
 
 func (l *leader) nextWake() (time.Time, bool) {
 	switch {
+	case l.round != nil && l.round.wave != nil:
+		return l.nextWaveWake()
 	case l.round != nil:
 		return l.round.rec.Deadline, true
 	case l.initial != "":
@@ -166,6 +180,9 @@ func (l *leader) step(now time.Time) error {
 		if err := l.resumeRound(); err != nil {
 			return err
 		}
+	}
+	if err := l.applyControls(now); err != nil {
+		return err
 	}
 	if !l.swept {
 		l.swept = true
@@ -204,8 +221,14 @@ func (l *leader) resumeRound() error {
 			return err
 		}
 	}
-	l.resume, l.resumeParts, l.rebuild, l.recordResume = nil, nil, false, false
+	recs := l.resumeRecs
+	l.resume, l.resumeParts, l.resumeRecs, l.rebuild, l.recordResume = nil, nil, nil, false, false
 	l.round = newRoundState(rec, parts)
+	if rec.Wave != nil {
+		if err := l.rebuildWave(recs); err != nil {
+			return err
+		}
+	}
 	l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
 	l.co.hooks.RoundStarted(l.round.rec, true)
 	l.reconcile()
@@ -217,7 +240,11 @@ func (l *leader) resumeRound() error {
 // pending. done: it finished.
 func (l *leader) advance(now time.Time) (done bool, err error) {
 	rs := l.round
-	if !now.Before(rs.rec.Deadline) && rs.counts.Pending > 0 {
+	if rs.wave != nil {
+		if err := l.advanceWave(now); err != nil {
+			return false, err
+		}
+	} else if !now.Before(rs.rec.Deadline) && rs.counts.Pending > 0 {
 		for p, o := range rs.outcome {
 			if o == schema.OutcomePending {
 				l.resolve(p, true)
@@ -237,7 +264,7 @@ func (l *leader) advance(now time.Time) (done bool, err error) {
 func (l *leader) startNext(now time.Time) (started bool, err error) {
 	switch {
 	case l.initial != "":
-		return true, l.start(now, schema.CauseInitial, l.initial, schema.AllScopes(), nil)
+		return true, l.start(now, schema.CauseInitial, l.initial, schema.AllScopes(), nil, nil)
 	case len(l.requests) > 0 && !now.Before(l.due()):
 		return l.startRequested(now)
 	}
@@ -330,6 +357,7 @@ type roundStart struct {
 	rec   schema.Round      // the summary, rounds/<N>
 	rev   schema.Revision   // the revision record
 	lost  int               // records written before the start, degraded or skipped
+	run   *waveRun          // a wave round's window (its plan in rec.Wave); nil otherwise
 	// Set by writeStart: the revision record encoded, and whether the
 	// start Txn carried the first wake shard group.
 	revVal    []byte
@@ -337,12 +365,13 @@ type roundStart struct {
 }
 
 // start starts round lastN+1 with the live registrations in scope, and
-// consumes the requests reqKeys that asked for it. Its error is only the
-// end of leadership or a record that does not encode; a start etcd refuses
-// for good drops the requests (dropStart).
-func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet, reqKeys []string) error {
-	s := l.planStart(now, cause, reason, scope)
-	if !scope.IsAll() {
+// consumes the requests reqKeys that asked for it; waves are their wave
+// knobs. Its error is only the end of leadership or a record that does
+// not encode; a start etcd refuses for good drops the requests
+// (dropStart).
+func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet, reqKeys []string, waves []schema.Wave) error {
+	s := l.planStart(now, cause, reason, scope, waves)
+	if !scope.IsAll() || s.run != nil {
 		if err := l.writeRecordsFirst(&s); err != nil {
 			return err
 		}
@@ -359,6 +388,13 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		return err
 	}
 	l.started(s)
+	if s.run != nil {
+		// A wave round wakes its agents as they enter the window.
+		s.run.startVal = s.revVal
+		l.round.wave = s.run
+		l.reconcile()
+		return l.advanceWave(now)
+	}
 	if err := l.wake(s.revVal, true, scope.IsAll(), s.parts, s.wokeFirst); err != nil {
 		return err
 	}
@@ -373,7 +409,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 
 // planStart builds round lastN+1's records: its participants are the live
 // registrations in scope, chosen from the view at viewRev.
-func (l *leader) planStart(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet) roundStart {
+func (l *leader) planStart(now time.Time, cause schema.Cause, reason string, scope schema.ScopeSet, waves []schema.Wave) roundStart {
 	n := l.lastN + 1
 	parts := l.participants(scope)
 	sum := scope.Summary()
@@ -388,14 +424,26 @@ func (l *leader) planStart(now time.Time, cause schema.Cause, reason string, sco
 		StartedAt: rec.StartedAt, Deadline: rec.Deadline, Leader: l.identity, Epoch: l.epoch,
 	}
 	byAgent(parts, func(string, []schema.PluginID) { rec.Agents++ })
-	return roundStart{scope: scope, parts: parts, rec: rec, rev: rev}
+	s := roundStart{scope: scope, parts: parts, rec: rec, rev: rev}
+	if plan, canary := planWave(parts, l.waves(waves)); plan != nil {
+		s.run = newWaveRun(*plan, parts, canary, now)
+		p := s.run.plan
+		s.rec.Wave = &p
+	}
+	return s
 }
 
 // startRecords are the per-agent records of round s and, for a set scope,
 // its scope's chunks (rounds/<N>/scope/).
 func (l *leader) startRecords(s roundStart) ([]put, error) {
 	n := s.rec.Revision
-	puts, err := l.agentRecords(n, s.parts)
+	var puts []put
+	var err error
+	if s.run != nil {
+		puts, err = l.waitingRecords(n, s.run)
+	} else {
+		puts, err = l.agentRecords(n, s.parts)
+	}
 	if err != nil || s.scope.IsAll() {
 		return puts, err
 	}
@@ -453,12 +501,13 @@ func (l *leader) writeStart(s *roundStart, reqKeys []string) (inTxn int, err err
 		return 0, err
 	}
 	var ops []clientv3.Op
-	if s.scope.IsAll() {
+	all := s.scope.IsAll() && s.run == nil // a wave round's records went first
+	if all {
 		ops = append(ops, l.wipeRound(s.rec.Revision))
 	}
 	ops = append(ops, clientv3.OpPut(l.layout.Round(s.rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(s.revVal)))
 	bare := len(ops)
-	if s.scope.IsAll() {
+	if all {
 		ops = append(ops, l.firstShardGroup(s.revVal, true, len(ops))...)
 	}
 	fixed := len(ops)
@@ -554,70 +603,86 @@ func (l *leader) writeRecordsAfter(s roundStart) error {
 	return err
 }
 
-// agentOutcomes are round n's per-agent records with their outcomes, each
-// within half the write budget: error texts are cut, then dropped (the
-// record marked truncated).
+// agentOutcomes are round n's per-agent records with their outcomes (none
+// for a wave round: each agent's was written when it was done or skipped).
 func (l *leader) agentOutcomes(rs *roundState) ([]put, error) {
-	n := rs.rec.Revision
-	budget := l.cfg.WriteBudget / 2
+	if rs.wave != nil {
+		return nil, nil
+	}
 	var puts []put
 	var err error
 	byAgent(rs.parts, func(agent string, ps []schema.PluginID) {
 		if err != nil {
 			return
 		}
-		ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.NotActive, Plugins: make([]string, len(ps))}
-		for i, p := range ps {
-			ra.Plugins[i] = p.Plugin
-			switch rs.outcome[p] {
-			case schema.OutcomeAcked:
-				ra.Acked = append(ra.Acked, p.Plugin)
-			case schema.OutcomeFailed:
-				ra.Failed = append(ra.Failed, p.Plugin)
-				if e, ok := rs.errs[p]; ok && e != "" {
-					if ra.Errors == nil {
-						ra.Errors = map[string]string{}
-					}
-					ra.Errors[p.Plugin] = e
-				}
-			case schema.OutcomeTimedOut:
-				ra.TimedOut = append(ra.TimedOut, p.Plugin)
-			default:
-				ra.Departed = append(ra.Departed, p.Plugin)
-			}
-		}
-		key := l.layout.RoundAgent(n, agent)
-		var b []byte
-		if b, err = schema.Encode(ra); err != nil {
-			return
-		}
-		if len(key)+len(b) > budget && len(ra.Errors) > 0 {
-			for p, e := range ra.Errors {
-				ra.Errors[p] = schema.Cut(e, schema.MaxTrimmedErrorLen)
-			}
-			ra.Truncated = true
-			if b, err = schema.Encode(ra); err != nil {
-				return
-			}
-		}
-		bare := ra
-		bare.Errors, bare.Truncated = nil, true
-		if len(key)+len(b) > budget {
-			if b, err = schema.Encode(bare); err != nil {
-				return
-			}
-		}
-		if ra.Truncated {
-			rs.lost++
-			l.log.WithField("key", key).WithField("budget", budget).Warn("coordinator: a per-agent record exceeds its budget; its error texts are cut (marked truncated)")
-		}
-		var small []byte
-		if small, err = schema.Encode(bare); err != nil {
-			return
-		}
-		puts = append(puts, put{key: key, val: b, degrade: func() []byte { return small }})
+		var p put
+		p, err = l.outcomeRecord(rs, agent, ps, nil)
+		puts = append(puts, p)
 	})
 	return puts, err
+}
+
+// outcomeRecord is agent's per-agent record with the outcomes of its
+// participants ps, within half the write budget: error texts are cut,
+// then dropped (the record marked truncated). extra, if set, adds to it.
+func (l *leader) outcomeRecord(rs *roundState, agent string, ps []schema.PluginID, extra func(*schema.RoundAgent)) (put, error) {
+	n := rs.rec.Revision
+	budget := l.cfg.WriteBudget / 2
+	ra := schema.RoundAgent{Revision: n, Agent: agent, State: schema.NotActive, Plugins: make([]string, len(ps))}
+	for i, p := range ps {
+		ra.Plugins[i] = p.Plugin
+		switch rs.outcome[p] {
+		case schema.OutcomeAcked:
+			ra.Acked = append(ra.Acked, p.Plugin)
+		case schema.OutcomeFailed:
+			ra.Failed = append(ra.Failed, p.Plugin)
+			if e, ok := rs.errs[p]; ok && e != "" {
+				if ra.Errors == nil {
+					ra.Errors = map[string]string{}
+				}
+				ra.Errors[p.Plugin] = e
+			}
+		case schema.OutcomeTimedOut:
+			ra.TimedOut = append(ra.TimedOut, p.Plugin)
+		case schema.OutcomeSkipped:
+			ra.Skipped = append(ra.Skipped, p.Plugin)
+		default:
+			ra.Departed = append(ra.Departed, p.Plugin)
+		}
+	}
+	if extra != nil {
+		extra(&ra)
+	}
+	key := l.layout.RoundAgent(n, agent)
+	b, err := schema.Encode(ra)
+	if err != nil {
+		return put{}, err
+	}
+	if len(key)+len(b) > budget && len(ra.Errors) > 0 {
+		for p, e := range ra.Errors {
+			ra.Errors[p] = schema.Cut(e, schema.MaxTrimmedErrorLen)
+		}
+		ra.Truncated = true
+		if b, err = schema.Encode(ra); err != nil {
+			return put{}, err
+		}
+	}
+	bare := ra
+	bare.Errors, bare.Truncated = nil, true
+	if len(key)+len(b) > budget {
+		if b, err = schema.Encode(bare); err != nil {
+			return put{}, err
+		}
+	}
+	if ra.Truncated {
+		rs.lost++
+		l.log.WithField("key", key).WithField("budget", budget).Warn("coordinator: a per-agent record exceeds its budget; its error texts are cut (marked truncated)")
+	}
+	small, err := schema.Encode(bare)
+	if err != nil {
+		return put{}, err
+	}
+	return put{key: key, val: b, degrade: func() []byte { return small }}, nil
 }
 
 // examples are the first few non-ok participants for the summary.
@@ -637,9 +702,11 @@ func examples(rs *roundState) *schema.RoundExamples {
 			ex.TimedOut = append(ex.TimedOut, p)
 		case o == schema.OutcomeDeparted && len(ex.Departed) < schema.MaxExamples:
 			ex.Departed = append(ex.Departed, p)
+		case o == schema.OutcomeSkipped && len(ex.Skipped) < schema.MaxExamples:
+			ex.Skipped = append(ex.Skipped, p)
 		}
 	}
-	if len(ex.Failed)+len(ex.TimedOut)+len(ex.Departed) == 0 {
+	if len(ex.Failed)+len(ex.TimedOut)+len(ex.Departed)+len(ex.Skipped) == 0 {
 		return nil
 	}
 	return &ex
@@ -684,6 +751,11 @@ type finishing struct {
 // completes. Its error is only the end of leadership or a record that
 // does not encode.
 func (l *leader) finish(now time.Time) error {
+	if l.round.wave != nil {
+		if err := l.writeDone(now); err != nil {
+			return err
+		}
+	}
 	f, err := l.planFinish(now)
 	if err != nil {
 		return err
@@ -708,7 +780,8 @@ func (l *leader) finish(now time.Time) error {
 	if err := l.writeSummary(f); err != nil {
 		return err
 	}
-	if f.revWritten {
+	// A set-scope wave round's agents each had their NotActive when done.
+	if f.revWritten && (f.rs.wave == nil || f.rev.Scope.IsAll()) {
 		if err := l.wake(f.revVal, false, f.rev.Scope.IsAll(), f.rs.parts, f.wokeFirst); err != nil {
 			return err
 		}
@@ -728,6 +801,10 @@ func (l *leader) planFinish(now time.Time) (*finishing, error) {
 	rec.FinishedAt = now.UTC()
 	rec.DurationMS = float64(now.Sub(rec.StartedAt).Microseconds()) / 1000
 	rec.FinishedBy = l.identity
+	if rs.wave != nil {
+		plan := rs.wave.plan
+		rec.Wave = &plan
+	}
 	puts, err := l.agentOutcomes(rs)
 	if err != nil {
 		return nil, err
@@ -945,6 +1022,9 @@ func (l *leader) finished(f *finishing, now time.Time) {
 	l.log.WithField("revision", rec.Revision).WithField("acked", rec.Counts.Acked).WithField("failed", rec.Counts.Failed).
 		WithField("timed_out", rec.Counts.TimedOut).WithField("departed", rec.Counts.Departed).WithField("truncated", rec.Truncated).
 		WithField("duration_ms", rec.DurationMS).Info("coordinator: round finished")
-	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r; s.Progress = nil })
+	l.co.setStatus(func(s *Status) { r := rev; s.Revision = &r; s.Progress = nil; s.Wave = nil })
+	if wh, ok := l.co.hooks.(WaveHooks); ok && f.rs.wave != nil {
+		wh.WaveChanged(nil)
+	}
 	l.co.hooks.RoundFinished(rec)
 }

@@ -192,8 +192,12 @@ func (l *leader) writeAgentWakes(puts []put) error {
 // term found: its predecessor may have died between the revision record
 // and the wake writes, and agents that heard nothing would wait for a
 // round's NotActive (or miss its Started) until the next one.
+//
+// A running wave round is not woken again: each of its agents' wake keys
+// was written in the Txn that recorded the agent started or done, and its
+// shards must not say Started (rebuildWave continues it).
 func (l *leader) rewake() error {
-	if l.rev == nil {
+	if l.rev == nil || (l.resume != nil && l.resume.Wave != nil) {
 		return nil
 	}
 	val, err := schema.Encode(*l.rev)
@@ -216,7 +220,9 @@ func (l *leader) rewake() error {
 	}
 	var parts []schema.PluginID
 	for _, r := range recs {
-		parts = append(parts, schema.PluginID{Agent: r.Agent})
+		if r.Wave != schema.AgentSkipped && r.Wave != schema.AgentWaiting { // never woken
+			parts = append(parts, schema.PluginID{Agent: r.Agent})
+		}
 	}
 	return l.wake(val, started, false, parts, false)
 }

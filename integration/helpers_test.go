@@ -390,6 +390,9 @@ func (o *observer) observe(e *clientv3.Event) {
 			o.agents[k.Round] = map[string]schema.RoundAgent{}
 		}
 		o.agents[k.Round][k.Agent] = ra
+		if ra.Wave != "" {
+			o.h.RecordWaveAgent(WaveAgentWrite{ModRev: mod, Round: k.Round, Agent: k.Agent, Wave: ra.Wave})
+		}
 	case schema.KindRequest:
 		if del {
 			o.h.RecordRequest(key, schema.Request{}, mod, true)

@@ -166,6 +166,9 @@ type History struct {
 	// End is when the recording ended (agents are closed after it): a
 	// bound that runs past it is not checked (zero: never).
 	End time.Time
+	// WaveAgents are the writes of wave rounds' per-agent records
+	// (waves.go), in the order the observer saw them.
+	WaveAgents []WaveAgentWrite
 }
 
 // Unreachable is a window in which an agent (Agent "": every agent) could
@@ -369,6 +372,7 @@ type Report struct {
 	ResumeFallbacks int // of those, resumed with the live registrations: records incomplete and the start compacted away
 	RetriesChecked  int // failed or timed-out acks and outcomes checked for their retry round
 	OwnerGaps       int // times an agent name was unowned while a live process of it ran
+	WaveRounds      int // wave rounds checked (waves.go)
 	Violations      []string
 }
 
@@ -429,7 +433,12 @@ func termOf(identity string) (int64, bool) {
 //     or timed-out ack or outcome is followed by a round including that
 //     plugin within its backoff bound (checkRetries); no agent name stays
 //     unowned for longer than a TTL while a live process wants it
-//     (checkUnowned).
+//     (checkUnowned);
+//   - wave rounds: the in-flight bound, no start after the abort, skipped
+//     agents never started, no agent started twice or lost across
+//     failovers (checkWaves, waves.go). The chaos run starts no wave round
+//     yet; the rules that assume a round-wide deadline and NotActive
+//     (checkRounds, checkEvents) do not know waves.
 func (h *History) Check() *Report {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -452,6 +461,7 @@ func (h *History) Check() *Report {
 	h.checkStartSets(r)
 	h.checkRetries(r)
 	h.checkUnowned(r)
+	h.checkWaves(r)
 	return r
 }
 

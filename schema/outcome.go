@@ -18,6 +18,10 @@ const (
 	// OutcomeDeparted: the participant's registration vanished before it
 	// acked (its agent died or deregistered it).
 	OutcomeDeparted Outcome = "departed"
+	// OutcomeSkipped: a participant of a wave round that aborted before
+	// its agent started; it was never woken, and no retry is planned. It
+	// is not among Outcomes: only wave rounds have it.
+	OutcomeSkipped Outcome = "skipped"
 )
 
 // Outcomes are the final outcomes, in the order of the round records.

@@ -348,6 +348,13 @@ type Request struct {
 	RetryOf     uint64    `json:"retry_of,omitempty"`
 	RequestedBy string    `json:"requested_by"`
 	RequestedAt time.Time `json:"requested_at"`
+	// Wave asks for the round to run in waves (schema/wave.go); merged
+	// requests take the tightest of each knob.
+	Wave *Wave `json:"wave,omitempty"`
+	// Control is not a round: an operator's pause, resume or abort of a
+	// running wave round (only under requests/operator/; the scope is
+	// then empty, and nothing else is set).
+	Control *Control `json:"control,omitempty"`
 }
 
 // ScopeSet is the request's scope as a set; a RetryOf request without
@@ -399,6 +406,9 @@ func (r Request) Validate() error {
 	if len(r.Targets) > MaxRequestTargets {
 		return fmt.Errorf("%d targets: the limit is %d per request; split them over several requests", len(r.Targets), MaxRequestTargets)
 	}
+	if err := r.validateWave(); err != nil {
+		return err
+	}
 	for i, t := range r.Targets {
 		if t.All() {
 			return fmt.Errorf("target %d is empty: name an agent (and optionally a plugin)", i)
@@ -410,6 +420,22 @@ func (r Request) Validate() error {
 	return checkText("reason", r.Reason, acceptLen(MaxReasonLen), "requested_by", r.RequestedBy)
 }
 
+// validateWave checks the request's wave knobs and control.
+func (r Request) validateWave() error {
+	if r.Wave != nil {
+		if err := r.Wave.Validate(); err != nil {
+			return err
+		}
+	}
+	if r.Control == nil {
+		return nil
+	}
+	if r.Wave != nil || len(r.Targets) > 0 || r.RetryOf != 0 || !r.Scope.All() || r.Cause != CauseManual {
+		return errors.New("a control request has cause manual and no scope, targets, retry_of or wave")
+	}
+	return r.Control.Validate()
+}
+
 // RoundCounts are the sizes of a round's outcome lists.
 type RoundCounts struct {
 	Participants int `json:"participants"`
@@ -417,7 +443,10 @@ type RoundCounts struct {
 	Failed       int `json:"failed"`
 	TimedOut     int `json:"timed_out"`
 	Departed     int `json:"departed"`
-	Pending      int `json:"pending"`
+	// Skipped: participants of a wave round that aborted before their
+	// agent started (never woken, no retry).
+	Skipped int `json:"skipped,omitempty"`
+	Pending int `json:"pending"`
 }
 
 // Round is the value of rounds/<N>: a small summary of fixed size, whatever
@@ -460,6 +489,8 @@ type Round struct {
 	// with exactly the participants fixed at Started. 0 in records of
 	// older versions (the start Txn's revision is used then).
 	ViewRevision int64 `json:"view_revision,omitempty"`
+	// Wave is a wave round's plan and its state (nil: no wave round).
+	Wave *WavePlan `json:"wave,omitempty"`
 }
 
 // RoundExamples are the first few non-ok participants of a round.
@@ -467,6 +498,7 @@ type RoundExamples struct {
 	Failed   []PluginID        `json:"failed,omitempty"`
 	TimedOut []PluginID        `json:"timed_out,omitempty"`
 	Departed []PluginID        `json:"departed,omitempty"`
+	Skipped  []PluginID        `json:"skipped,omitempty"`
 	Errors   map[string]string `json:"errors,omitempty"`
 }
 
@@ -490,18 +522,23 @@ func (r Round) Validate() error {
 	if r.ViewRevision < 0 {
 		return fmt.Errorf("view revision %d: a revision is not negative", r.ViewRevision)
 	}
-	if c.Participants < 0 || c.Acked < 0 || c.Failed < 0 || c.TimedOut < 0 || c.Departed < 0 || c.Pending < 0 || r.Agents < 0 {
+	if c.Participants < 0 || c.Acked < 0 || c.Failed < 0 || c.TimedOut < 0 || c.Departed < 0 || c.Skipped < 0 || c.Pending < 0 || r.Agents < 0 {
 		return errors.New("counts must be >= 0")
 	}
-	if c.Acked+c.Failed+c.TimedOut+c.Departed+c.Pending != c.Participants {
-		return fmt.Errorf("counts %d acked + %d failed + %d timed_out + %d departed + %d pending != %d participants",
-			c.Acked, c.Failed, c.TimedOut, c.Departed, c.Pending, c.Participants)
+	if c.Acked+c.Failed+c.TimedOut+c.Departed+c.Skipped+c.Pending != c.Participants {
+		return fmt.Errorf("counts %d acked + %d failed + %d timed_out + %d departed + %d skipped + %d pending != %d participants",
+			c.Acked, c.Failed, c.TimedOut, c.Departed, c.Skipped, c.Pending, c.Participants)
+	}
+	if r.Wave != nil {
+		if err := r.Wave.Validate(); err != nil {
+			return err
+		}
 	}
 	if r.State == NotActive && c.Pending != 0 {
 		return fmt.Errorf("a completed round has %d pending participants", c.Pending)
 	}
 	if e := r.Examples; e != nil {
-		if len(e.Failed) > MaxExamples || len(e.TimedOut) > MaxExamples || len(e.Departed) > MaxExamples || len(e.Errors) > MaxExamples {
+		if len(e.Failed) > MaxExamples || len(e.TimedOut) > MaxExamples || len(e.Departed) > MaxExamples || len(e.Skipped) > MaxExamples || len(e.Errors) > MaxExamples {
 			return fmt.Errorf("examples: at most %d names per outcome", MaxExamples)
 		}
 		for k, v := range e.Errors {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Bounds of the round layout. Every value the leader writes for a round is
@@ -276,6 +277,15 @@ type RoundAgent struct {
 	Failed   []string `json:"failed,omitempty"`
 	TimedOut []string `json:"timed_out,omitempty"`
 	Departed []string `json:"departed,omitempty"`
+	// Skipped: the plugins of an agent a wave round never started.
+	Skipped []string `json:"skipped,omitempty"`
+	// Wave is the agent's part in a wave round (AgentWaiting, ...; empty
+	// in other rounds); Canary marks a canary; StartedAt and DoneAt are
+	// the leader's times of its start and completion.
+	Wave      string    `json:"wave,omitempty"`
+	Canary    bool      `json:"canary,omitempty"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	DoneAt    time.Time `json:"done_at,omitzero"`
 	// Errors maps a failed plugin to its error text, cut (see Cut) to
 	// MaxAckErrorLen, or to MaxTrimmedErrorLen when Truncated.
 	Errors map[string]string `json:"errors,omitempty"`
@@ -291,7 +301,7 @@ type outcomeList struct {
 }
 
 func (r RoundAgent) outcomeLists() []outcomeList {
-	return []outcomeList{{OutcomeAcked, r.Acked}, {OutcomeFailed, r.Failed}, {OutcomeTimedOut, r.TimedOut}, {OutcomeDeparted, r.Departed}}
+	return []outcomeList{{OutcomeAcked, r.Acked}, {OutcomeFailed, r.Failed}, {OutcomeTimedOut, r.TimedOut}, {OutcomeDeparted, r.Departed}, {OutcomeSkipped, r.Skipped}}
 }
 
 // Outcome returns the plugin's outcome: OutcomePending while the round
@@ -318,6 +328,9 @@ func (r RoundAgent) Validate() error {
 		return err
 	}
 	if err := ValidateName("agent", r.Agent); err != nil {
+		return err
+	}
+	if err := validAgentWave(r.Wave); err != nil {
 		return err
 	}
 	seen := make(map[string]Outcome, len(r.Plugins))

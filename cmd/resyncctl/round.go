@@ -51,33 +51,38 @@ func roundDetail(ctx context.Context, e *env, n uint64) error {
 }
 
 // readOutcomes is every participant of round r with its outcome, in agent
-// and registration order.
+// and registration order: from its agent's record once that says
+// NotActive (a finished round's, or a wave round's agent done or
+// skipped), else from acks and registrations.
 func (e *env) readOutcomes(ctx context.Context, c *clientv3.Client, r *schema.Round) ([]pluginOutcome, error) {
 	recs, parts, err := e.readParticipants(ctx, c, r.Revision)
 	if err != nil {
 		return nil, err
 	}
 	rows := make([]pluginOutcome, 0, len(parts))
-	if r.State == schema.NotActive {
-		for _, rec := range recs {
+	var acks map[schema.PluginID]schema.Ack
+	var live map[schema.PluginID]bool
+	for _, rec := range recs {
+		if rec.State == schema.NotActive || r.State == schema.NotActive {
 			for _, p := range rec.Plugins {
 				rows = append(rows, pluginOutcome{Agent: rec.Agent, Plugin: p, Outcome: rec.Outcome(p), Error: rec.Errors[p]})
 			}
+			continue
 		}
-		return rows, nil
-	}
-	acks, live, err := e.readLive(ctx, c)
-	if err != nil {
-		return nil, err
-	}
-	for _, id := range parts {
-		a := acks[id]
-		o := schema.Resolve(r.Revision, a, live[id], false)
-		row := pluginOutcome{Agent: id.Agent, Plugin: id.Plugin, Outcome: o}
-		if o == schema.OutcomeFailed {
-			row.Error = a.Error
+		if acks == nil {
+			if acks, live, err = e.readLive(ctx, c); err != nil {
+				return nil, err
+			}
 		}
-		rows = append(rows, row)
+		for _, p := range rec.Plugins {
+			id := schema.PluginID{Agent: rec.Agent, Plugin: p}
+			a := acks[id]
+			row := pluginOutcome{Agent: id.Agent, Plugin: id.Plugin, Outcome: schema.Resolve(r.Revision, a, live[id], false)}
+			if row.Outcome == schema.OutcomeFailed {
+				row.Error = a.Error
+			}
+			rows = append(rows, row)
+		}
 	}
 	return rows, nil
 }
@@ -88,6 +93,9 @@ func printRoundDetail(w io.Writer, r *schema.Round, rows []pluginOutcome) error 
 		state = fmt.Sprintf("%s (running since %s, deadline %s)", r.State, timestamp(r.StartedAt), timestamp(r.Deadline))
 	}
 	fmt.Fprintf(w, "round %d: %s; cause %s, scope %s, reason %q\n", r.Revision, state, r.Cause, scopeText(r.Scope), r.Reason)
+	if r.Wave != nil {
+		fmt.Fprintf(w, "waves: %s\n", waveDoc{WavePlan: *r.Wave}.planString())
+	}
 	if r.Truncated {
 		fmt.Fprintln(w, "its records were cut to fit etcd's limits: some participants or error texts may be missing below")
 	}

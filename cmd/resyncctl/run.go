@@ -46,7 +46,10 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"status", "", "show the current round: revision, state, leader, progress", setupStatus},
-		{"trigger", "[--agent A [--plugin P]] --reason R [--wait] [--timeout D] [--who W]", "ask the coordinator for a resync round", setupTrigger},
+		{"trigger", "[--agent A [--plugin P]] --reason R [--wait] [--timeout D] [--who W] [--max-in-flight N|P%] [--canary N|list] [--canary-pause D|manual] [--max-failed N|P%] [--progress-deadline D]", "ask the coordinator for a resync round, optionally in waves", setupTrigger},
+		{"pause", "--round N [--who W]", "pause a running wave round: no new agent starts, those in flight finish", setupControl(schema.ActionPause)},
+		{"resume", "--round N [--who W]", "resume a paused wave round, or end its manual canary pause", setupControl(schema.ActionResume)},
+		{"abort", "--round N [--who W]", "abort a running wave round: no new agent starts, the rest are skipped", setupControl(schema.ActionAbort)},
 		{"registrations", "", "list the live plugin registrations in order", setupRegistrations},
 		{"agents", "", "one line per agent: plugins, lease TTL left, last revision acked and its result, behind or not", setupAgents},
 		{"history", "[-n N | --round N]", "show the last N round summaries, or round N plugin by plugin", setupHistory},

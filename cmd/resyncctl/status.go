@@ -40,6 +40,9 @@ type statusDoc struct {
 	// did not say, e.g. a user without the right); Storage.Warning is set
 	// past 80% of the quota or with a NOSPACE alarm.
 	Storage *etcdspace.Usage `json:"storage,omitempty"`
+	// Wave is a wave round's plan and where its agents stand (nil: no
+	// wave round).
+	Wave *waveDoc `json:"wave,omitempty"`
 }
 
 func setupStatus(fs *pflag.FlagSet) func(context.Context, *env) error {
@@ -103,7 +106,10 @@ func (e *env) readRoundStatus(ctx context.Context, c *clientv3.Client, rev *sche
 		e.warn("round %d has no readable record %s: progress unknown", rev.Revision, e.layout.Round(rev.Revision))
 		return nil
 	}
-	doc.Progress, err = e.readProgress(ctx, c, round)
+	if doc.Progress, err = e.readProgress(ctx, c, round); err != nil {
+		return err
+	}
+	doc.Wave, err = e.readWave(ctx, c, round)
 	return err
 }
 
@@ -128,7 +134,7 @@ func (e *env) readProgress(ctx context.Context, c *clientv3.Client, round *schem
 		}
 		return &p, nil
 	}
-	_, parts, err := e.readParticipants(ctx, c, round.Revision)
+	recs, parts, err := e.readParticipants(ctx, c, round.Revision)
 	if err != nil {
 		return nil, err
 	}
@@ -137,6 +143,7 @@ func (e *env) readProgress(ctx context.Context, c *clientv3.Client, round *schem
 		return nil, err
 	}
 	p := computeProgress(round, parts, acks, live)
+	skipWave(&p, recs)
 	return &p, nil
 }
 
@@ -188,10 +195,16 @@ func printStatus(e *env, d statusDoc, now time.Time) {
 	row(tw, "scope", scopeText(d.Scope))
 	row(tw, "leader", leader)
 	row(tw, "started", timestamp(d.StartedAt)+" ("+ago(d.StartedAt, now)+")")
-	if d.State == schema.Started {
+	switch {
+	case d.State == schema.Started && d.Wave != nil: // each agent's deadline runs from its start
+		row(tw, "deadline", "each agent's, "+roundDuration(d.Deadline.Sub(d.StartedAt)).String()+" after its start")
+	case d.State == schema.Started:
 		row(tw, "deadline", timestamp(d.Deadline)+" ("+ago(d.Deadline, now)+")")
-	} else {
+	default:
 		row(tw, "finished", timestamp(d.FinishedAt)+" ("+ago(d.FinishedAt, now)+", took "+roundDuration(d.FinishedAt.Sub(d.StartedAt)).String()+")")
+	}
+	if d.Wave != nil {
+		row(tw, "wave", d.Wave.String())
 	}
 	if d.Progress != nil {
 		printProgress(tw, d.Progress)
@@ -207,6 +220,9 @@ func printProgress(tw *tabwriter.Writer, p *progress) {
 	row(tw, "failed", withNames(p.Counts.Failed, p.Failed))
 	row(tw, "timed_out", withNames(p.Counts.TimedOut, p.TimedOut))
 	row(tw, "departed", withNames(p.Counts.Departed, p.Departed))
+	if p.Counts.Skipped > 0 { // a wave round's agents never started
+		row(tw, "skipped", p.Counts.Skipped)
+	}
 	for _, id := range p.Failed {
 		if msg := p.Errors[id.String()]; msg != "" {
 			row(tw, "error "+id.String(), msg)

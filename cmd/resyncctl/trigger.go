@@ -46,6 +46,8 @@ type triggerOpts struct {
 	reason, who     string
 	wait            bool
 	timeout         time.Duration
+	wave            schema.Wave // --max-in-flight, --canary, ...
+	canary          string
 }
 
 // listFlag is a flag that takes comma-separated lists and may repeat.
@@ -157,6 +159,7 @@ func setupTrigger(fs *pflag.FlagSet) func(context.Context, *env) error {
 	fs.BoolVar(&o.wait, "wait", false, "wait for the round that serves the request; exit 0 only if it completes clean")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "bound of --wait")
 	fs.StringVar(&o.who, "who", "", "requested_by of the request (default resyncctl@<hostname>)")
+	waveFlags(fs, &o)
 	return func(ctx context.Context, e *env) error { return trigger(ctx, e, o) }
 }
 
@@ -211,6 +214,11 @@ func (o triggerOpts) request() (schema.Request, string, error) {
 	req := schema.Request{
 		Reason: schema.Cut(o.reason, schema.MaxReasonLen), Cause: schema.CauseManual, Scope: scope, Targets: targets,
 		RequestedBy: o.requester(), RequestedAt: time.Now().UTC(),
+	}
+	if w, err := o.waveKnobs(); err != nil {
+		return schema.Request{}, "", err
+	} else if !w.IsZero() {
+		req.Wave = &w
 	}
 	val, err := schema.Encode(req)
 	if err != nil {

@@ -149,11 +149,18 @@ func (s *streamer) changeRevision(key string, kv *mvccpb.KeyValue, del bool) err
 }
 
 // changeRound prints a round's summary when it finished (the revision
-// line says it started).
+// line says it started), and a wave round's plan each time it changes
+// (its start, the canary phase, pause, resume, abort).
 func (s *streamer) changeRound(key string, kv *mvccpb.KeyValue) error {
 	r, err := s.e.layout.DecodeRound(key, kv.Value)
-	if err != nil || r.State != schema.NotActive {
+	if err != nil {
 		return err
+	}
+	if r.State != schema.NotActive {
+		if r.Wave != nil {
+			s.print(watchLine{Kind: "wave", Event: "put", Key: key, Round: &r}, fmt.Sprintf("%d %s", r.Revision, waveDoc{WavePlan: *r.Wave}.planString()))
+		}
+		return nil
 	}
 	s.print(watchLine{Kind: "round", Event: "put", Key: key, Round: &r}, roundText(&r))
 	return nil
@@ -267,6 +274,12 @@ func roundText(r *schema.Round) string {
 		if len(ex.TimedOut) > 0 {
 			s += " timed_out:" + strings.ReplaceAll(ids(ex.TimedOut), " ", "") + more(r.Counts.TimedOut, len(ex.TimedOut))
 		}
+	}
+	if r.Counts.Skipped > 0 {
+		s += fmt.Sprintf(" skipped=%d", r.Counts.Skipped)
+	}
+	if r.Wave != nil && r.Wave.Aborted != "" {
+		s += " aborted=" + quote(r.Wave.Aborted)
 	}
 	if r.Truncated {
 		s += " truncated"

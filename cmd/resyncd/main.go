@@ -128,6 +128,8 @@ func coordFlags(fs *pflag.FlagSet, cfg *coordinator.Config) (defaultID string) {
 	fs.DurationVar(&cfg.BackoffMin, "backoff-min", cfg.BackoffMin, "first retry delay after a failed round or a reported error, per agent")
 	fs.DurationVar(&cfg.BackoffMax, "backoff-max", cfg.BackoffMax, "retry delay cap (the delay doubles per error-triggered round of an agent's streak; the streak ends after 2 x backoff-max without errors)")
 	fs.IntVar(&cfg.History, "history", cfg.History, "round summaries kept under rounds/")
+	fs.StringVar((*string)(&cfg.Wave.MaxInFlight), "max-in-flight", string(cfg.Wave.MaxInFlight),
+		"every round's bound on agents resyncing at once, a count or a percentage of its agents (10%): its write budget; a request may only tighten it; unset: unbounded")
 	return defaultID
 }
 

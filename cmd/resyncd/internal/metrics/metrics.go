@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +34,18 @@ type Metrics struct {
 	exhausted    prometheus.Gauge
 	deadline     prometheus.Gauge
 	refused      prometheus.Gauge
+	wave         waveSeries
+}
+
+// waveSeries are the wave rounds' series (WaveChanged).
+type waveSeries struct {
+	inFlight, paused prometheus.Gauge
+	aborted, skipped prometheus.Counter
+	// The running wave round's revision and its skipped agents counted so
+	// far (under mu): skipped counts the increase.
+	mu          sync.Mutex
+	rev         uint64
+	skippedSeen int
 }
 
 // Series names, for documentation and tests.
@@ -53,6 +66,10 @@ const (
 	RoundDeadline      = "resync_round_deadline_timestamp_seconds"
 	LeaderTerm         = "resync_leader_term"
 	RefusedRegs        = "resync_registrations_refused"
+	WaveInFlight       = "resync_wave_agents_in_flight"
+	WavePaused         = "resync_wave_paused"
+	RoundsAborted      = "resync_rounds_aborted_total"
+	AgentsSkipped      = "resync_agents_skipped_total"
 )
 
 // RegisterTerm registers resync_leader_term on reg, read from term at each
@@ -62,6 +79,20 @@ func RegisterTerm(reg prometheus.Registerer, term func() int64) error {
 	return reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: LeaderTerm,
 		Help: "Election term (the leader key's create revision) while this coordinator leads, else 0."},
 		func() float64 { return float64(term()) }))
+}
+
+// newWaveSeries creates the wave rounds' series.
+func newWaveSeries() waveSeries {
+	return waveSeries{
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: WaveInFlight,
+			Help: "Agents in flight in the running wave round (from their Started until each of their plugins resolved); 0 when none runs."}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{Name: WavePaused,
+			Help: "1 while the running wave round is paused by an operator or waits in its canary pause, else 0."}),
+		aborted: prometheus.NewCounter(prometheus.CounterOpts{Name: RoundsAborted,
+			Help: "Wave rounds this coordinator finished aborted (past max_failed, a failed canary, the progress deadline, or an operator's abort)."}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{Name: AgentsSkipped,
+			Help: "Agents of aborted wave rounds never started (skipped: never woken, no retry)."}),
+	}
 }
 
 // New creates the series and registers them on reg.
@@ -98,8 +129,10 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Deadline of the round this coordinator runs, as unix seconds; 0 when it runs none (an alert compares it with time())."}),
 		refused: prometheus.NewGauge(prometheus.GaugeOpts{Name: RefusedRegs,
 			Help: "Registrations the live agents refused (names that cannot be stored: those plugins never resync), from their owner records, while this coordinator leads; else 0. resyncctl agents names them."}),
+		wave: newWaveSeries(),
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.exhausted, m.deadline, m.refused} {
+	for _, c := range []prometheus.Collector{m.rounds, m.duration, m.participants, m.resolved, m.leader, m.requests, m.backoff, m.revision, m.resumed, m.dbSize, m.dbInUse, m.dbQuota, m.exhausted, m.deadline, m.refused,
+		m.wave.inFlight, m.wave.paused, m.wave.aborted, m.wave.skipped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -108,7 +141,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range []string{"clean", "unclean"} {
 		m.rounds.WithLabelValues(r)
 	}
-	for _, o := range schema.Outcomes {
+	for _, o := range append(schema.Outcomes[:], schema.OutcomeSkipped) {
 		m.resolved.WithLabelValues(string(o))
 	}
 	for _, c := range []schema.Cause{schema.CauseManual, schema.CauseError, schema.CauseRejoin} {
@@ -127,6 +160,7 @@ func (m *Metrics) Leading(l bool) {
 		m.leader.Set(0)
 		m.deadline.Set(0) // a round left Started is the next leader's
 		m.refused.Set(0)  // the next leader reports them
+		m.WaveChanged(nil)
 	}
 }
 
@@ -138,6 +172,11 @@ func (m *Metrics) RoundStarted(r schema.Round, resumed bool) {
 	m.participants.Set(float64(r.Counts.Participants))
 	m.revision.Set(float64(r.Revision))
 	m.deadline.Set(unixSeconds(r.Deadline))
+	if r.Wave != nil {
+		// A wave round may run for hours: its deadline is each agent's
+		// (its start plus --round-deadline), enforced by the leader.
+		m.deadline.Set(0)
+	}
 	if resumed {
 		m.resumed.Inc()
 	}
@@ -152,6 +191,34 @@ func (m *Metrics) RoundFinished(r schema.Round) {
 	}
 	m.duration.Observe(r.DurationMS / 1000)
 	m.deadline.Set(0)
+	if r.Wave != nil && r.Wave.Aborted != "" {
+		m.wave.aborted.Inc()
+	}
+}
+
+// WaveChanged implements coordinator.WaveHooks.
+func (m *Metrics) WaveChanged(s *coordinator.WaveStatus) {
+	w := &m.wave
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s == nil {
+		w.inFlight.Set(0)
+		w.paused.Set(0)
+		return
+	}
+	if s.Revision != w.rev {
+		w.rev, w.skippedSeen = s.Revision, 0
+	}
+	if s.Skipped > w.skippedSeen {
+		w.skipped.Add(float64(s.Skipped - w.skippedSeen))
+		w.skippedSeen = s.Skipped
+	}
+	w.inFlight.Set(float64(s.InFlight))
+	if s.Paused || (s.Phase == schema.PhaseCanaryPause && s.Aborted == "") {
+		w.paused.Set(1)
+	} else {
+		w.paused.Set(0)
+	}
 }
 
 // unixSeconds is t as unix seconds with sub-second precision, 0 when zero.

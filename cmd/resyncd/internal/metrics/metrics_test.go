@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -75,5 +76,39 @@ func TestResolvedCountsByOutcome(t *testing.T) {
 	}
 	if string(schema.OutcomeTimedOut) != "timed_out" {
 		t.Fatal("the outcome label changed spelling")
+	}
+}
+
+// The wave series: in flight and paused follow WaveChanged, skipped agents
+// count each increase once, and an aborted wave round counts at its finish.
+func TestWaveSeries(t *testing.T) {
+	m, err := New(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.RoundStarted(schema.Round{Revision: 3, Deadline: time.Unix(100, 0), Wave: &schema.WavePlan{Phase: schema.PhaseRolling}}, false)
+	if v := gauge(t, m.deadline); v != 0 {
+		t.Fatalf("a wave round's deadline gauge is %v, want 0: its deadline is each agent's", v)
+	}
+	m.WaveChanged(&coordinator.WaveStatus{Revision: 3, InFlight: 4, Phase: schema.PhaseRolling, Paused: true})
+	if v := gauge(t, m.wave.inFlight); v != 4 {
+		t.Fatalf("in flight %v, want 4", v)
+	}
+	if v := gauge(t, m.wave.paused); v != 1 {
+		t.Fatalf("paused %v, want 1", v)
+	}
+	m.WaveChanged(&coordinator.WaveStatus{Revision: 3, InFlight: 2, Skipped: 5, Phase: schema.PhaseRolling, Aborted: "x"})
+	m.WaveChanged(&coordinator.WaveStatus{Revision: 3, InFlight: 0, Skipped: 5, Phase: schema.PhaseRolling, Aborted: "x"})
+	m.RoundFinished(schema.Round{Revision: 3, Wave: &schema.WavePlan{Phase: schema.PhaseRolling, Aborted: "x"}})
+	m.WaveChanged(nil)
+	m.WaveChanged(&coordinator.WaveStatus{Revision: 4, Skipped: 1, Phase: schema.PhaseRolling})
+	if v := counter(t, m.wave.skipped); v != 6 {
+		t.Errorf("skipped %v, want 6", v)
+	}
+	if v := counter(t, m.wave.aborted); v != 1 {
+		t.Errorf("aborted %v, want 1", v)
+	}
+	if v := counter(t, m.resolved.WithLabelValues(string(schema.OutcomeSkipped))); v != 0 {
+		t.Errorf("skipped outcome %v before any, want a zero series", v)
 	}
 }

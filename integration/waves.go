@@ -1,0 +1,118 @@
+package integration
+
+import (
+	"sort"
+
+	"github.com/resyncd/resync/schema"
+)
+
+// WaveAgentWrite is one write of a wave round's per-agent record
+// (rounds/<N>/agents/<agent> with a wave state), as the observer saw it in
+// etcd's order: the leader records an agent started in the Txn that wakes
+// it, and done in the one that tells it NotActive, so these writes are the
+// window as etcd holds it.
+type WaveAgentWrite struct {
+	ModRev int64
+	Round  uint64
+	Agent  string
+	Wave   string // schema.AgentWaiting, AgentStarted, AgentDone, AgentSkipped
+}
+
+// RecordWaveAgent records a write of a wave round's per-agent record.
+func (h *History) RecordWaveAgent(w WaveAgentWrite) { appendLocked(h, &h.WaveAgents, w) }
+
+// waveRound is what checkWaves knows of one wave round.
+type waveRound struct {
+	maxInFlight int
+	abortAt     int64 // first summary write saying aborted; 0: none
+	finished    bool
+	agents      []WaveAgentWrite
+}
+
+// waveRounds gathers the wave rounds of the history from their summary
+// writes (a plan) and per-agent writes, each in etcd's order.
+func (h *History) waveRounds() map[uint64]*waveRound {
+	rounds := map[uint64]*waveRound{}
+	for _, w := range h.RoundWrites {
+		if w.Malformed || w.Round.Wave == nil {
+			continue
+		}
+		wr := rounds[w.Key]
+		if wr == nil {
+			wr = &waveRound{maxInFlight: w.Round.Wave.MaxInFlight}
+			rounds[w.Key] = wr
+		}
+		if w.Round.Wave.Aborted != "" && (wr.abortAt == 0 || w.ModRev < wr.abortAt) {
+			wr.abortAt = w.ModRev
+		}
+		wr.finished = wr.finished || w.Round.State == schema.NotActive
+	}
+	for _, a := range h.WaveAgents {
+		if wr := rounds[a.Round]; wr != nil {
+			wr.agents = append(wr.agents, a)
+		}
+	}
+	for _, wr := range rounds {
+		sort.SliceStable(wr.agents, func(i, j int) bool { return wr.agents[i].ModRev < wr.agents[j].ModRev })
+	}
+	return rounds
+}
+
+// checkWaves checks every wave round (issue 27): the in-flight bound holds
+// at every start; no agent starts twice (across failovers too) nor after
+// the abort was written; an agent is skipped only after an abort and only
+// if it never started, and its plugins got no Started of the round (a
+// join resync aside); a finished round left no agent waiting or in flight
+// (a failover lost none).
+func (h *History) checkWaves(r *Report) {
+	for n, wr := range h.waveRounds() {
+		r.WaveRounds++
+		state := h.checkWindow(r, n, wr)
+		for a, st := range state {
+			if wr.finished && (st == schema.AgentWaiting || st == schema.AgentStarted) {
+				r.violate("wave round %d finished with agent %s still %s: an agent was lost", n, a, st)
+			}
+		}
+		for _, e := range h.Events {
+			if e.Revision == n && e.Status == schema.Started && !e.Join && state[e.Agent] == schema.AgentSkipped {
+				r.violate("wave round %d: agent %s was skipped but its plugin %s got Started", n, e.Agent, e.Plugin)
+			}
+		}
+	}
+}
+
+// checkWindow replays round n's per-agent writes and returns each agent's
+// last state.
+func (h *History) checkWindow(r *Report, n uint64, wr *waveRound) map[string]string {
+	state := map[string]string{}
+	inFlight := 0
+	for _, w := range wr.agents {
+		prev := state[w.Agent]
+		switch w.Wave {
+		case schema.AgentStarted:
+			if prev == schema.AgentStarted || prev == schema.AgentDone || prev == schema.AgentSkipped {
+				r.violate("wave round %d: agent %s started again at etcd revision %d (it was %s)", n, w.Agent, w.ModRev, prev)
+				continue
+			}
+			if wr.abortAt != 0 && w.ModRev > wr.abortAt {
+				r.violate("wave round %d: agent %s started at etcd revision %d, after the abort at %d", n, w.Agent, w.ModRev, wr.abortAt)
+			}
+			if inFlight++; wr.maxInFlight > 0 && inFlight > wr.maxInFlight {
+				r.violate("wave round %d: %d agents in flight at etcd revision %d, above its bound %d", n, inFlight, w.ModRev, wr.maxInFlight)
+			}
+		case schema.AgentDone:
+			if prev == schema.AgentStarted {
+				inFlight--
+			}
+		case schema.AgentSkipped:
+			if prev == schema.AgentStarted || prev == schema.AgentDone {
+				r.violate("wave round %d: agent %s skipped at etcd revision %d after it started", n, w.Agent, w.ModRev)
+			}
+			if wr.abortAt == 0 || w.ModRev < wr.abortAt {
+				r.violate("wave round %d: agent %s skipped at etcd revision %d, not after an abort", n, w.Agent, w.ModRev)
+			}
+		}
+		state[w.Agent] = w.Wave
+	}
+	return state
+}
