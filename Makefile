@@ -72,6 +72,9 @@ fuzz:
 ## round latency vs the etcd floor and a DoubleBarrier, failover, memory,
 ## keys; a table on stdout and BENCH_OUT (JSON). BENCH_FLAGS selects sizes
 ## and rounds for quick runs, e.g. BENCH_FLAGS="-sizes 1x1,10x10 -rounds 5".
+## BENCH_FLAGS="-agents-apart -sizes 1x1,100x10 -only rounds" also runs each
+## size with its agents in a child process pinned to one CPU, etcd and the
+## coordinator on the others (Linux, 2+ CPUs; docs/performance.md).
 BENCH_OUT   ?= bench/results.json
 BENCH_FLAGS ?=
 bench:

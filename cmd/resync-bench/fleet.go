@@ -86,6 +86,28 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 	return f, nil
 }
 
+// agentFleet is the agents a size's rounds run with: a fleet in this
+// process, or an apartFleet. Used by one goroutine.
+type agentFleet interface {
+	// counts reports the agents' totals so far.
+	counts(ctx context.Context) (fleetCounts, error)
+	Close()
+}
+
+// fleetCounts are an agentFleet's totals: what the round driver needs of
+// the agents.
+type fleetCounts struct {
+	NotActive int64  `json:"not_active"` // NotActive events taken
+	AckTxns   uint64 `json:"ack_txns"`
+	// CPU is the agents' process's CPU time (user+sys) when it is not the
+	// bench's own, else 0.
+	CPU time.Duration `json:"cpu_ns"`
+}
+
+func (f *fleet) counts(context.Context) (fleetCounts, error) {
+	return fleetCounts{NotActive: f.notActive.Load(), AckTxns: txnsOf(f)}, nil
+}
+
 // plugin is a plugin that reloads nothing: it acks every Started at once.
 func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}) {
 	defer f.wg.Done()

@@ -3,7 +3,9 @@
 //
 //   - round latency for agents x plugins (real resync.Plugin agents), beside
 //     the etcd floor (the same ack writes, uncoordinated) and etcd's
-//     recipes.DoubleBarrier with the same participants;
+//     recipes.DoubleBarrier with the same participants; with -agents-apart,
+//     also with the agents in a child process on a CPU of their own (see
+//     apart.go);
 //   - coordinator failover, crash and graceful;
 //   - coordinator heap per participant (in a child process, see memory.go);
 //   - etcd keys per participant after a number of rounds.
@@ -15,6 +17,7 @@
 //
 //	go run ./cmd/resync-bench                   # the full run (make bench)
 //	go run ./cmd/resync-bench -sizes 1x1,10x10 -rounds 5 -only rounds
+//	go run ./cmd/resync-bench -sizes 1x1,10x10 -rounds 5 -only rounds -agents-apart
 package main
 
 import (
@@ -55,11 +58,16 @@ type options struct {
 	logFile         string
 	cpuProfile      string
 	memProfile      string
+	// apart is the agents-apart mode's CPUs (-agents-apart), nil without it.
+	apart *cpuSplit
 }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == childMemoryArg {
 		os.Exit(childMemory(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == childAgentsArg {
+		os.Exit(childAgents(os.Args[2:]))
 	}
 	os.Exit(run(os.Args[1:], os.Stdout))
 }
@@ -95,6 +103,7 @@ type flags struct {
 	sizes, keyRounds, keySize, only   string
 	memParticipants, soakSize, replot string
 	soak                              soakOptions
+	agentsApart                       bool
 }
 
 // parseFlags parses args; on a bad flag the flag package has already
@@ -122,6 +131,7 @@ func experimentFlags(fs *flag.FlagSet, f *flags) {
 	fs.StringVar(&f.memParticipants, "mem-participants", "sizes", "participant counts of the memory test, comma separated; \"sizes\": those of -sizes' measured rounds (at least 1000)")
 	fs.StringVar(&f.keyRounds, "key-rounds", "1,10,50", "count etcd keys after these rounds")
 	fs.StringVar(&f.keySize, "key-size", "100x10", "agents x plugins of the key-count test")
+	fs.BoolVar(&f.agentsApart, "agents-apart", false, "also run each size's rounds with the agents in a child process pinned to one CPU, etcd, the coordinator and the tenant probe on the others (Linux, 2 CPUs or more); rows labelled agents-apart, without floors")
 	fs.StringVar(&f.only, "only", "rounds,failover,memory,keys", "experiments to run")
 	fs.StringVar(&o.out, "out", "bench/results.json", "JSON results file (\"\" for none)")
 	fs.StringVar(&o.dir, "dir", "", "parent of the temporary etcd data dir (default: the system's temp dir)")
@@ -162,6 +172,15 @@ func (f *flags) options() (options, error) {
 		return o, fmt.Errorf("-rounds, -agents-per-client and -failovers must be >= 1")
 	}
 	o.barrierRounds = min(o.barrierRounds, o.rounds)
+	if f.agentsApart {
+		cpus, err := allowedCPUs()
+		if err != nil {
+			return o, err
+		}
+		if o.apart, err = splitCPUs(cpus); err != nil {
+			return o, err
+		}
+	}
 	return o, nil
 }
 

@@ -3,9 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -13,12 +18,15 @@ import (
 	"github.com/resyncd/resync/internal/testing/etcdtest"
 )
 
-// TestMain also serves as the memory experiment's child process: the
-// experiment re-executes os.Executable(), which under go test is this
-// test binary.
+// TestMain also serves as the memory experiment's child process and the
+// agents-apart mode's: both re-execute os.Executable(), which under go
+// test is this test binary.
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == childMemoryArg {
 		os.Exit(childMemory(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == childAgentsArg {
+		os.Exit(childAgents(os.Args[2:]))
 	}
 	goleak.VerifyTestMain(m, etcdtest.LeakOptions()...)
 }
@@ -73,6 +81,155 @@ func TestSmokeExperiments(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "Round latency") {
 		t.Errorf("the table has no round-latency section:\n%s", stdout.String())
+	}
+}
+
+// TestSmokeAgentsApart runs the rounds at tiny sizes with -agents-apart:
+// each size in process, then with its agents in a child process pinned to
+// a CPU of its own. It checks that the agents-apart rows are filled, that
+// both processes ran on the CPUs the split gave them (every thread, as
+// /proc read them), that the child exited cleanly and is gone, and that
+// this process got its CPUs back; not any number.
+func TestSmokeAgentsApart(t *testing.T) {
+	cpus, err := allowedCPUs()
+	if err != nil {
+		t.Skipf("no CPU affinity here: %v", err)
+	}
+	split, err := splitCPUs(cpus)
+	if err != nil {
+		t.Skipf("agents-apart needs 2 CPUs: %v", err)
+	}
+	before, _, err := threadCPUs(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	out := filepath.Join(dir, "results.json")
+	var stdout bytes.Buffer
+	code := run([]string{"-only", "rounds", "-agents-apart", "-sizes", "1x1,10x10", "-rounds", "2", "-warmup", "1",
+		"-barrier-rounds", "1", "-barrier-timeout", "20s", "-out", out, "-dir", dir, "-log", filepath.Join(dir, "bench.log")}, &stdout)
+	if code != 0 {
+		t.Fatalf("resync-bench -agents-apart exited %d, want 0; stdout:\n%s", code, stdout.String())
+	}
+	var res Results
+	readJSON(t, out, &res)
+	if !res.Settings.AgentsApart || len(res.Rounds) != 4 {
+		t.Fatalf("settings agents_apart %v, %d rows: want true, 4 (1x1 and 10x10, each in-process and agents-apart)", res.Settings.AgentsApart, len(res.Rounds))
+	}
+	for i, r := range res.Rounds {
+		want := []string{modeInProcess, modeApart}[i%2]
+		if r.Mode != want {
+			t.Errorf("row %d (%dx%d): mode %q, want %q", i, r.Agents, r.Plugins, r.Mode, want)
+		}
+		if r.Mode == modeApart {
+			checkApartRow(t, r, split)
+		}
+	}
+	if !strings.Contains(stdout.String(), modeApart) {
+		t.Errorf("the tables name no agents-apart row:\n%s", stdout.String())
+	}
+	if after, _, err := threadCPUs(os.Getpid()); err != nil || after != before {
+		t.Errorf("this process's threads run on CPUs %q after the run (%v), want %q as before", after, err, before)
+	}
+}
+
+// checkApartRow checks that an agents-apart row is filled and that its
+// child is gone.
+func checkApartRow(t *testing.T, r RoundRow, split *cpuSplit) {
+	t.Helper()
+	name := fmt.Sprintf("%dx%d agents-apart", r.Agents, r.Plugins)
+	if r.Round.N != 2 || r.ToStarted.N != 2 || r.AllAcked.N != 2 || r.AckTxnsPerAgent == 0 || r.CPUPerRound == 0 || r.AgentsCPUPerRound == 0 {
+		t.Errorf("%s: rounds %d, to Started %d, to all acked %d samples, %.2f ack Txns per agent, CPU %.1f ms, agents' CPU %.1f ms per round: want 2, 2, 2, > 0, > 0, > 0",
+			name, r.Round.N, r.ToStarted.N, r.AllAcked.N, r.AckTxnsPerAgent, r.CPUPerRound, r.AgentsCPUPerRound)
+	}
+	if r.TenantIdle.N == 0 || r.TenantRounds.N == 0 || r.WakeFanout != r.Agents || r.Floor.N != 0 {
+		t.Errorf("%s: tenant idle %d, rounds %d samples, largest wake %d, floor %d samples: want > 0, > 0, %d, 0",
+			name, r.TenantIdle.N, r.TenantRounds.N, r.WakeFanout, r.Floor.N, r.Agents)
+	}
+	a := r.Apart
+	if a == nil {
+		t.Fatalf("%s: no agents_apart in the JSON", name)
+	}
+	if a.AgentsCPUs != strconv.Itoa(split.agents) || a.BenchCPUs != cpuRanges(split.bench) || a.AgentsThreads == 0 || a.BenchThreads == 0 {
+		t.Errorf("%s: agents' threads (%d) on CPUs %q, the bench's (%d) on %q: want %q and %q", name,
+			a.AgentsThreads, a.AgentsCPUs, a.BenchThreads, a.BenchCPUs, strconv.Itoa(split.agents), cpuRanges(split.bench))
+	}
+	if a.AgentsExitCode != 0 {
+		t.Errorf("%s: the agents' child exited %d, want 0", name, a.AgentsExitCode)
+	}
+	if err := syscall.Kill(a.AgentsPID, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("%s: the agents' child %d is still there after the run (kill 0: %v)", name, a.AgentsPID, err)
+	}
+}
+
+// cpuRanges writes ascending CPUs as /proc's Cpus_allowed_list does: runs
+// of consecutive CPUs as ranges ("0-2,5").
+func cpuRanges(cpus []int) string {
+	var parts []string
+	for i := 0; i < len(cpus); {
+		j := i
+		for j+1 < len(cpus) && cpus[j+1] == cpus[j]+1 {
+			j++
+		}
+		if j == i {
+			parts = append(parts, strconv.Itoa(cpus[i]))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", cpus[i], cpus[j]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
+}
+
+// TestAgentsApartRefusedOnOneCPU pins this process to one CPU, as a
+// 1-CPU machine is, and checks that -agents-apart is refused with an
+// error that says why.
+func TestAgentsApartRefusedOnOneCPU(t *testing.T) {
+	cpus, err := allowedCPUs()
+	if err != nil {
+		t.Skipf("no CPU affinity here: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := pinProcess(cpus); err != nil {
+			t.Errorf("restore CPUs: %v", err)
+		}
+	})
+	if err := pinProcess(cpus[:1]); err != nil {
+		t.Fatal(err)
+	}
+	f, err := parseFlags([]string{"-agents-apart"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.options(); err == nil || !strings.Contains(err.Error(), "needs 2 CPUs") {
+		t.Errorf("options() on one CPU = %v, want the error that -agents-apart needs 2 CPUs", err)
+	}
+}
+
+func TestSplitCPUs(t *testing.T) {
+	for _, tc := range []struct {
+		allowed []int
+		bench   []int
+		agents  int
+		err     bool
+	}{
+		{allowed: nil, err: true},
+		{allowed: []int{3}, err: true},
+		{allowed: []int{0, 1}, bench: []int{0}, agents: 1},
+		{allowed: []int{0, 2, 5}, bench: []int{0, 2}, agents: 5},
+	} {
+		t.Run(fmt.Sprint(tc.allowed), func(t *testing.T) {
+			s, err := splitCPUs(tc.allowed)
+			if tc.err {
+				if err == nil || !strings.Contains(err.Error(), "needs 2 CPUs") {
+					t.Errorf("splitCPUs = %+v, %v; want the error that it needs 2 CPUs", s, err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(s.bench, tc.bench) || s.agents != tc.agents || !slices.Equal(s.all, tc.allowed) {
+				t.Errorf("splitCPUs = %+v, %v; want bench %v, agents %d", s, err, tc.bench, tc.agents)
+			}
+		})
 	}
 }
 

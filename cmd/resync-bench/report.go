@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -30,6 +32,9 @@ type Settings struct {
 	BarrierRounds    int     `json:"double_barrier_rounds"`
 	BarrierTimeoutMs float64 `json:"double_barrier_timeout_ms"`
 	AgentConfig      string  `json:"agent_config"`
+	// AgentsApart: each size's rounds also ran with the agents apart
+	// (-agents-apart; rows with mode agents-apart).
+	AgentsApart bool `json:"agents_apart"`
 }
 
 // Target is one goal and whether this run met it.
@@ -64,6 +69,7 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 		BarrierRounds:    o.barrierRounds,
 		BarrierTimeoutMs: ms(o.barrierTimeout),
 		AgentConfig:      fmt.Sprintf("resync.DefaultConfig (TTL 10s) with accept %v, ack %v; plugins ack at once", benchAcceptTimeout, benchAckTimeout),
+		AgentsApart:      o.apart != nil,
 	}}
 	defer func() { res.WallS = time.Since(res.Start).Seconds(); res.Targets = targets(res, o) }()
 	progress("starting embedded etcd")
@@ -79,7 +85,6 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 	return res, nil
 }
 
-// targets checks the results against the project's goals.
 // runExperimentsIn runs the experiments o selects on e, in order, filling
 // res; it stops at the first that fails.
 func runExperimentsIn(ctx context.Context, e *env, o options, res *Results, log logrus.FieldLogger) error {
@@ -89,6 +94,14 @@ func runExperimentsIn(ctx context.Context, e *env, o options, res *Results, log 
 			res.Rounds = append(res.Rounds, row)
 			if err != nil {
 				return fmt.Errorf("rounds %s: %w", sz, err)
+			}
+			if o.apart == nil {
+				continue
+			}
+			row, err = measureApart(ctx, e, o, sz, log)
+			res.Rounds = append(res.Rounds, row)
+			if err != nil {
+				return fmt.Errorf("rounds %s, agents apart: %w", sz, err)
 			}
 		}
 	}
@@ -149,9 +162,16 @@ func targets(res *Results, o options) []Target {
 
 // roundTargets are the round-latency goals, against the floors and the
 // DoubleBarrier, and the write-size goal.
-func roundTargets(rounds []RoundRow) []Target {
-	// The goal is stated for 1000x10; the largest size measured stands
-	// in for it in quick runs (its name says which).
+func roundTargets(all []RoundRow) []Target {
+	// The goal is stated for 1000x10 in process (agents-apart rows have
+	// no floors); the largest size measured stands in for it in quick
+	// runs (its name says which).
+	var rounds []RoundRow
+	for _, x := range all {
+		if x.Mode != modeApart {
+			rounds = append(rounds, x)
+		}
+	}
 	r := rounds[len(rounds)-1]
 	for _, x := range rounds {
 		if x.Agents == 1000 && x.Plugins == 10 && x.Targeted == 0 {
@@ -169,7 +189,7 @@ func roundTargets(rounds []RoundRow) []Target {
 			r.OursOverFloorTxn, r.Round.P50, r.FloorTxn.P50, r.WatchedOverTxn, ratio(r.DeliveredFloor.P50, r.FloorTxn.P50)),
 		Met: r.FloorTxn.N > 0 && r.OursOverFloorTxn <= 1.5})
 	largest := 0
-	for _, x := range rounds {
+	for _, x := range all {
 		largest = max(largest, x.LargestWrite)
 	}
 	out = append(out, Target{Name: "largest coordinator request", Goal: "<= WriteBudget (512 KiB), whatever the size",
@@ -241,34 +261,57 @@ func printRounds(w io.Writer, rounds []RoundRow) {
 	fmt.Fprintln(w, "\nRound latency (request written -> revision NotActive, every participant acked), ms;")
 	fmt.Fprintln(w, "floors of the same participants: per-put (each ack its own Put), batched (each agent's acks in one Txn),")
 	fmt.Fprintln(w, "watched (batched, plus every agent notified through a watch and every ack collected by one; no resync code),")
-	fmt.Fprintln(w, "delivered (watched, plus each agent handing the round to its plugins' goroutines in order before writing)")
+	fmt.Fprintln(w, "delivered (watched, plus each agent handing the round to its plugins' goroutines in order before writing);")
+	fmt.Fprintln(w, "mode: in-process (agents, coordinator and etcd share every CPU) or agents-apart (agents in a child process on a CPU")
+	fmt.Fprintln(w, "of their own, etcd, coordinator and tenant on the others; no floors, which run in process)")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents x plugins[@targeted]\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tbatched p50\twatched p50\tdelivered p50\tbarrier p50\tours/floor\tours/batched\tours/watched\tours/delivered\twatched/batched\tours/barrier\t")
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tbatched p50\twatched p50\tdelivered p50\tbarrier p50\tours/floor\tours/batched\tours/watched\tours/delivered\twatched/batched\tours/barrier\t")
 	for _, r := range rounds {
-		bp50, rb := "-", "-"
-		switch {
-		case r.Barrier.N > 0:
-			bp50 = f1(r.Barrier.P50)
-			rb = fmt.Sprintf("%.2f", r.OursOverBarrier)
-		case r.BarrierTimedOut:
-			bp50 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
-			rb = fmt.Sprintf("<%.3f", r.OursOverBarrier)
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Participants, r.Clients,
-			f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50), f1(r.Floor.P50), f1(r.FloorTxn.P50), f1(r.WatchedFloor.P50), f1(r.DeliveredFloor.P50),
-			bp50, r.OursOverFloor, r.OursOverFloorTxn, r.OursOverWatched, r.OursOverDelivered, r.WatchedOverTxn, rb)
+		cells := []string{size{r.Agents, r.Plugins, r.Targeted}.String(), r.Mode, fmt.Sprint(r.Participants), fmt.Sprint(r.Clients),
+			f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50)}
+		fmt.Fprintln(tw, strings.Join(append(cells, floorCells(r)...), "\t")+"\t")
 	}
 	tw.Flush()
 }
 
+// floorCells are a round row's floor, barrier and ratio columns, "-" for
+// an agents-apart row (none measured).
+func floorCells(r RoundRow) []string {
+	if r.Mode == modeApart {
+		return slices.Repeat([]string{"-"}, 11)
+	}
+	bp50, rb := "-", "-"
+	switch {
+	case r.Barrier.N > 0:
+		bp50 = f1(r.Barrier.P50)
+		rb = fmt.Sprintf("%.2f", r.OursOverBarrier)
+	case r.BarrierTimedOut:
+		bp50 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
+		rb = fmt.Sprintf("<%.3f", r.OursOverBarrier)
+	}
+	return []string{f1(r.Floor.P50), f1(r.FloorTxn.P50), f1(r.WatchedFloor.P50), f1(r.DeliveredFloor.P50), bp50,
+		f2(r.OursOverFloor), f2(r.OursOverFloorTxn), f2(r.OursOverWatched), f2(r.OursOverDelivered), f2(r.WatchedOverTxn), rb}
+}
+
 func printRoundCost(w io.Writer, res *Results) {
-	fmt.Fprintln(w, "\nRound cost (the bench process: agents, coordinator and etcd together)")
+	fmt.Fprintln(w, "\nRound cost (CPU: the bench process, agents, coordinator and etcd together; agents-apart: both processes, and the agents' share)")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents x plugins[@targeted]\tlargest write B\tcoord heap B/participant\tack Txns/agent\tCPU ms/round\tbatched floor CPU ms\t")
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tlargest write B\tcoord heap B/participant\tack Txns/agent\tCPU ms/round\tagents' CPU ms/round\tbatched floor CPU ms\t")
 	for _, r := range res.Rounds {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.2f\t%.0f\t%.0f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.LargestWrite, heapOf(res, r.Participants), r.AckTxnsPerAgent, r.CPUPerRound, r.FloorTxnCPU)
+		agents, floor := "-", fmt.Sprintf("%.0f", r.FloorTxnCPU)
+		if r.Mode == modeApart {
+			agents, floor = fmt.Sprintf("%.0f", r.AgentsCPUPerRound), "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.0f\t%s\t%s\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Mode, r.LargestWrite, heapOf(res, r.Participants),
+			r.AckTxnsPerAgent, r.CPUPerRound, agents, floor)
 	}
 	tw.Flush()
+	for _, r := range res.Rounds {
+		if a := r.Apart; a != nil {
+			fmt.Fprintf(w, "  %s agents-apart: bench (etcd, coordinator, tenant) on CPUs %s (%d threads, GOMAXPROCS %d), agents (pid %d) on CPUs %s (%d threads, GOMAXPROCS %d), child exit %d\n",
+				size{r.Agents, r.Plugins, r.Targeted}, a.BenchCPUs, a.BenchThreads, a.BenchGOMAXPROCS, a.AgentsPID, a.AgentsCPUs, a.AgentsThreads, a.AgentsGOMAXPROCS, a.AgentsExitCode)
+		}
+	}
 }
 
 // printTenant prints the tenant probe's latency next to each size's
@@ -276,9 +319,9 @@ func printRoundCost(w io.Writer, res *Results) {
 func printTenant(w io.Writer, rounds []RoundRow) {
 	fmt.Fprintln(w, "\nTenant (another client putting one small key every 5 ms), ms; near: puts in flight within 100 ms of a round's start or finish write")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents x plugins[@targeted]\tlargest wake\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\t")
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tlargest wake\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\t")
 	for _, r := range rounds {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.WakeFanout,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Mode, r.WakeFanout,
 			f1(r.TenantIdle.P50), f1(r.TenantIdle.P99), f1(r.TenantRounds.P50), f1(r.TenantRounds.P99), f1(r.TenantRounds.Max),
 			f1(r.TenantNearWrites.P99), f1(r.TenantNearWrites.Max), ratio(r.TenantNearWrites.Max, r.TenantIdle.P99))
 	}
@@ -288,17 +331,18 @@ func printTenant(w io.Writer, rounds []RoundRow) {
 // printRoundNotes lists what each size's measurement left out.
 func printRoundNotes(w io.Writer, rounds []RoundRow) {
 	for _, r := range rounds {
+		name := fmt.Sprintf("%s %s", size{r.Agents, r.Plugins, r.Targeted}, r.Mode)
 		if r.NotActiveMissing > 0 {
-			fmt.Fprintf(w, "  %dx%d: %d NotActive events not taken within 30 s\n", r.Agents, r.Plugins, r.NotActiveMissing)
+			fmt.Fprintf(w, "  %s: %d NotActive events not taken within 30 s\n", name, r.NotActiveMissing)
 		}
 		for _, u := range r.Unclean {
-			fmt.Fprintf(w, "  %s: unclean measured round, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, u)
+			fmt.Fprintf(w, "  %s: unclean measured round, not a sample: %s\n", name, u)
 		}
 		for _, x := range r.Extra {
-			fmt.Fprintf(w, "  %s: extra round, not requested, not a sample: %s\n", size{r.Agents, r.Plugins, r.Targeted}, x)
+			fmt.Fprintf(w, "  %s: extra round, not requested, not a sample: %s\n", name, x)
 		}
 		if r.BarrierError != "" {
-			fmt.Fprintf(w, "  %dx%d: DoubleBarrier failed: %s\n", r.Agents, r.Plugins, r.BarrierError)
+			fmt.Fprintf(w, "  %s: DoubleBarrier failed: %s\n", name, r.BarrierError)
 		}
 	}
 }
@@ -352,5 +396,7 @@ func heapOf(res *Results, n int) string {
 }
 
 func f1(v float64) string { return fmt.Sprintf("%.1f", v) }
+
+func f2(v float64) string { return fmt.Sprintf("%.2f", v) }
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }

@@ -17,16 +17,22 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	recipe "go.etcd.io/etcd/client/v3/experimental/recipes"
 
-	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/backoff"
 	"github.com/resyncd/resync/schema"
 )
 
 // RoundRow is one size of the round-latency table.
 type RoundRow struct {
-	Agents       int `json:"agents"`
-	Plugins      int `json:"plugins_per_agent"`
-	Participants int `json:"participants"`
+	// Mode is where the agents ran: modeInProcess (with the coordinator
+	// and etcd, sharing every CPU) or modeApart (a child process on a CPU
+	// of its own, Apart says which; etcd, the coordinator and the tenant
+	// probe on the others). An agents-apart row has no floors and no
+	// barrier: those run in process only.
+	Mode         string     `json:"mode"`
+	Apart        *ApartInfo `json:"agents_apart,omitempty"`
+	Agents       int        `json:"agents"`
+	Plugins      int        `json:"plugins_per_agent"`
+	Participants int        `json:"participants"`
 	// Targeted: the measured rounds were requested for this many agents
 	// only (their plugins are the rounds' participants); 0: all.
 	Targeted int `json:"targeted_agents,omitempty"`
@@ -53,6 +59,9 @@ type RoundRow struct {
 	// other load on the machine.
 	CPUPerRound float64 `json:"cpu_ms_per_round"`
 	FloorTxnCPU float64 `json:"floor_txn_cpu_ms"`
+	// AgentsCPUPerRound is the agents' child's share of CPUPerRound
+	// (agents-apart rows only; CPUPerRound is both processes').
+	AgentsCPUPerRound float64 `json:"agents_cpu_ms_per_round,omitempty"`
 	// Unclean lists measured rounds that were not clean (a participant
 	// timed out, failed or departed): not samples; each was followed by its
 	// retry round before the next request.
@@ -104,10 +113,10 @@ type RoundRow struct {
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
 	var err error
 	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
-	if err = measureRounds(ctx, e, o, sz, log, &row); err != nil {
+	if err = measureRounds(ctx, e, o, sz, log, &row, false); err != nil {
 		return row, err
 	}
 	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent); etcd floor", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent)
@@ -149,130 +158,25 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 	return row, ctx.Err()
 }
 
-func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger, row *RoundRow) error {
-	var txns uint64
-	k, err := measureRoundsOf(ctx, e, o, sz, log, row, &txns)
-	if k != nil {
-		row.LargestWrite = k.co.Status().LargestWrite
-		row.WakeFanout = k.co.Status().LargestWake
-		k.Close()
-	}
-	if n := sz.measured().Agents * o.rounds; err == nil && n > 0 {
-		row.AckTxnsPerAgent = float64(txns) / float64(n)
-	}
-	return err
-}
-
-func measureRoundsOf(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger, row *RoundRow, txns *uint64) (k *coord, err error) {
-	var lat, st, acked []time.Duration
-	var tenant []time.Duration
-	var writes []time.Time // the measured rounds' start and finish commits
-	var pr *probe
+// measureApart runs sz's rounds with the agents apart: this process
+// (etcd, the coordinator, the tenant probe) pinned to o.apart.bench, the
+// agents' child to o.apart.agents; this process's CPUs are restored after.
+func measureApart(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
+	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	progress("%s, agents apart: this process on CPUs %s, %d agents on CPU %d", sz, formatCPUs(o.apart.bench), sz.Agents, o.apart.agents)
 	defer func() {
-		row.Round, row.ToStarted, row.AllAcked = dist(lat), dist(st), dist(acked)
-		if pr != nil {
-			row.TenantRounds, row.TenantNearWrites = tenantDist(tenant), tenantDist(pr.near(writes))
-			pr.Close()
+		if err := pinProcess(o.apart.all); err != nil {
+			progress("restoring CPUs %s: %v", formatCPUs(o.apart.all), err)
 		}
 	}()
-	prefix := fmt.Sprintf("/bench/rounds-%s/", sz)
-	f, err := startFleet(ctx, e, sz, prefix, o.agentsPerClient, log)
-	if err != nil {
-		return nil, err
+	if err := pinProcess(o.apart.bench); err != nil {
+		return row, err
 	}
-	defer f.Close()
-	k, err = startCoord(e, coordinator.Config{ID: "bench", Prefix: prefix, CoalesceWindow: o.coalesce}, log)
-	if err != nil {
-		return nil, err
+	err := measureRounds(ctx, e, o, sz, log, &row, true)
+	if err == nil {
+		progress("%s, agents apart: round p50 %.1f ms (%.2f ack Txns per agent)", sz, row.Round.P50, row.AckTxnsPerAgent)
 	}
-	want, wantMeasured := sz.participants(), sz.measured().participants()
-	waitNotActive := func(base int64, want int) {
-		err := waitFor(ctx, 30*time.Second, "NotActive", func() (bool, error) { return f.notActive.Load()-base >= int64(want), nil })
-		if err != nil {
-			row.NotActiveMissing += int64(want) - (f.notActive.Load() - base)
-		}
-	}
-
-	// Round 1 is the first leader's initial round (with the agents' join
-	// resyncs); it is not measured.
-	base := f.notActive.Load()
-	if _, err := waitRound(ctx, k.hooks.started, 2*time.Minute, "initial RoundStarted"); err != nil {
-		return k, err
-	}
-	fin, err := waitRound(ctx, k.hooks.finished, 5*time.Minute, "initial RoundFinished")
-	if err != nil {
-		return k, err
-	}
-	if err := checkClean(fin.round, want); err != nil {
-		return k, err
-	}
-	waitNotActive(base, want)
-	if pr, err = startProbe(e); err != nil {
-		return k, err
-	}
-	idle, err := pr.idle(ctx, 2*time.Second)
-	if err != nil {
-		return k, err
-	}
-	row.TenantIdle = tenantDist(idle)
-
-	for i := 0; i < o.warmup+o.rounds; {
-		if i == o.warmup && o.memProfile != "" && len(lat) == 0 {
-			if err := writeAllocs(fmt.Sprintf("%s.%s.base", o.memProfile, sz)); err != nil {
-				return k, err
-			}
-		}
-		if i == o.warmup && o.cpuProfile != "" && len(lat) == 0 {
-			stop, err := startProfile(fmt.Sprintf("%s.%s", o.cpuProfile, sz))
-			if err != nil {
-				return k, err
-			}
-			defer stop()
-		}
-		k.hooks.drainExtra(row)
-		base := f.notActive.Load()
-		t0, c0 := txnsOf(f), cpuTime()
-		start := time.Now()
-		if err := request(ctx, e.kv, f.layout, benchReason, sz.Target); err != nil {
-			return k, err
-		}
-		s, fin, err := k.hooks.waitOurs(ctx, row)
-		if err != nil {
-			return k, err
-		}
-		if cerr := checkClean(fin.round, wantMeasured); cerr != nil {
-			// Reported, never silently: the round is not a sample; its
-			// retry round (if any) runs before the next request.
-			row.Unclean = append(row.Unclean, cerr.Error())
-			progress("%s: %v; waiting for its retry", sz, cerr)
-			if !fin.round.Clean() {
-				if _, err := k.hooks.waitExtra(ctx, row, 3*time.Minute); err != nil {
-					return k, err
-				}
-			}
-			if len(row.Unclean) > o.rounds {
-				return k, fmt.Errorf("%w: %d unclean rounds", errRound, len(row.Unclean))
-			}
-			continue
-		}
-		if i >= o.warmup {
-			*txns += txnsOf(f) - t0
-			row.CPUPerRound += ms(cpuTime()-c0) / float64(o.rounds)
-			lat = append(lat, fin.at.Sub(start))
-			st = append(st, s.at.Sub(start))
-			acked = append(acked, time.Unix(0, k.hooks.lastResolved.Load()).Sub(start))
-			tenant = append(tenant, pr.between(start, fin.at)...)
-			writes = append(writes, s.at, fin.at)
-		}
-		i++
-		waitNotActive(base, wantMeasured)
-	}
-	if o.memProfile != "" {
-		if err := writeAllocs(fmt.Sprintf("%s.%s", o.memProfile, sz)); err != nil {
-			return k, err
-		}
-	}
-	return k, nil
+	return row, err
 }
 
 // cpuTime is the process's user and system CPU time so far.
