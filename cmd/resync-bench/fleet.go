@@ -231,8 +231,13 @@ func (k *coord) Close() {
 // request writes requests/operator/<id> (cause manual, scope all, or the
 // first target agents agent-00000... when target > 0).
 func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string, target int) error {
+	return requestWave(ctx, c, layout, reason, target, nil)
+}
+
+// requestWave is request with the round's wave knobs (nil: none).
+func requestWave(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string, target int, wave *schema.Wave) error {
 	now := time.Now().UTC()
-	req := schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now}
+	req := schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now, Wave: wave}
 	for a := range target {
 		req.Targets = append(req.Targets, schema.Scope{Agent: fmt.Sprintf("agent-%05d", a)})
 	}

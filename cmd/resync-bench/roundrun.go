@@ -72,7 +72,8 @@ func (r *roundRun) run(e *env, log logrus.FieldLogger, apart bool) error {
 	if err != nil {
 		return err
 	}
-	if r.k, err = startCoord(e, coordinator.Config{ID: "bench", Prefix: r.prefix, CoalesceWindow: r.o.coalesce}, log); err != nil {
+	_, budget := r.sz.waves(r.o.budgetWindow)
+	if r.k, err = startCoord(e, coordinator.Config{ID: "bench", Prefix: r.prefix, CoalesceWindow: r.o.coalesce, Wave: budget}, log); err != nil {
 		return err
 	}
 	if err := r.initialRound(c0); err != nil {
@@ -154,9 +155,10 @@ func (r *roundRun) round(measured bool) (clean bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	wave, _ := r.sz.waves(r.o.budgetWindow)
 	cpu0 := cpuTime()
 	start := time.Now()
-	if err := request(r.ctx, r.kv, r.layout, benchReason, r.sz.Target); err != nil {
+	if err := requestWave(r.ctx, r.kv, r.layout, benchReason, r.sz.Target, wave); err != nil {
 		return false, err
 	}
 	s, fin, err := r.k.hooks.waitOurs(r.ctx, r.row)
@@ -229,6 +231,7 @@ func (r *roundRun) waitNotActive(base int64, want int) error {
 // the tenant probe and the coordinator.
 func (r *roundRun) finish() {
 	row := r.row
+	row.Round, row.ToStarted, row.AllAcked = dist(r.lat), dist(r.st), dist(r.acked)
 	if r.apart != nil {
 		row.Apart = r.apart.info()
 	}
@@ -238,7 +241,6 @@ func (r *roundRun) finish() {
 	if r.apart != nil {
 		row.Apart.AgentsExitCode = r.apart.exitCode
 	}
-	row.Round, row.ToStarted, row.AllAcked = dist(r.lat), dist(r.st), dist(r.acked)
 	if r.pr != nil {
 		row.TenantRounds, row.TenantNearWrites = tenantDist(r.tenant), tenantDist(r.pr.near(r.writes))
 		r.pr.Close()

@@ -110,16 +110,23 @@ type RoundRow struct {
 	// (coordinator.Status.LargestWake): agents watch their wake shard and
 	// their own wake key, not the revision key (coordinator/wake.go).
 	WakeFanout int `json:"wake_fanout"`
+
+	// Wave is the size's window as written (~500, ~10%, ~budget; "" for
+	// none: waves.go).
+	Wave string `json:"wave,omitempty"`
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient)}
 	var err error
 	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
 	if err = measureRounds(ctx, e, o, sz, log, &row, false); err != nil {
 		return row, err
 	}
-	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent); etcd floor", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent)
+	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent)", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent)
+	if sz.Wave != "" {
+		return row, ctx.Err() // no floors: those of the size without waves (waves.go)
+	}
 	// The floors and the barrier: the participants a measured round has.
 	sz = sz.measured()
 	if row.Floor, err = measureFloor(ctx, e, o, sz, false); err != nil {
@@ -162,7 +169,7 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 // (etcd, the coordinator, the tenant probe) pinned to o.apart.bench, the
 // agents' child to o.apart.agents; this process's CPUs are restored after.
 func measureApart(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient)}
 	progress("%s, agents apart: this process on CPUs %s, %d agents on CPU %d", sz, formatCPUs(o.apart.bench), sz.Agents, o.apart.agents)
 	defer func() {
 		if err := pinProcess(o.apart.all); err != nil {
