@@ -140,6 +140,7 @@ func targets(res *Results, o options) []Target {
 	var out []Target
 	if len(res.Rounds) > 0 {
 		out = append(out, roundTargets(res.Rounds)...)
+		out = append(out, waveTargets(res.Rounds)...)
 	}
 	if f := res.Failover; f != nil {
 		lim := f.SessionTTLMs + 500
@@ -245,6 +246,9 @@ func printTable(w io.Writer, res *Results) {
 		printRounds(w, res.Rounds)
 		printRoundCost(w, res)
 		printTenant(w, res.Rounds)
+		printWaves(w, res.Rounds)
+		printBudget(w, res.Rounds)
+		printWakeIO(w, res.Rounds)
 		printRoundNotes(w, res.Rounds)
 	}
 	if res.Failover != nil {

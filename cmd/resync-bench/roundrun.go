@@ -33,6 +33,9 @@ type roundRun struct {
 	writes                 []time.Time // the measured rounds' start and finish commits
 	txns                   uint64
 	cpu, agentsCPU         time.Duration
+	revs                   []uint64     // the measured rounds
+	spans                  []RoundSpan  // their agents in flight
+	first                  *fleetCounts // the agents' counts before the first measured request
 }
 
 // measureRounds runs sz's rounds into row: the agents in this process, or
@@ -155,6 +158,9 @@ func (r *roundRun) round(measured bool) (clean bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	if measured && r.first == nil {
+		r.first = &c0
+	}
 	wave, _ := r.sz.waves(r.o.budgetWindow)
 	cpu0 := cpuTime()
 	start := time.Now()
@@ -184,7 +190,10 @@ func (r *roundRun) round(measured bool) (clean bool, err error) {
 		r.tenant = append(r.tenant, r.pr.between(start, fin.at)...)
 		r.writes = append(r.writes, s.at, fin.at)
 	}
-	return true, r.waitNotActive(c0.NotActive, want)
+	if err := r.waitNotActive(c0.NotActive, want); err != nil || !measured {
+		return true, err
+	}
+	return true, r.noteRound(s.round.Revision)
 }
 
 // unclean records a measured round that was not clean (reported, never
@@ -236,6 +245,9 @@ func (r *roundRun) finish() {
 		row.Apart = r.apart.info()
 	}
 	if r.agents != nil {
+		if err := r.fillWaves(); err != nil {
+			progress("%s: agents in flight, events and reads: %v", r.sz, err)
+		}
 		r.agents.Close()
 	}
 	if r.apart != nil {

@@ -111,9 +111,33 @@ type RoundRow struct {
 	// their own wake key, not the revision key (coordinator/wake.go).
 	WakeFanout int `json:"wake_fanout"`
 
-	// Wave is the size's window as written (~500, ~10%, ~budget; "" for
-	// none: waves.go).
-	Wave string `json:"wave,omitempty"`
+	// Waves (waves.go). Wave is the size's window as written (~500,
+	// ~10%, ~budget; "" for none), Window the window in agents the
+	// coordinator resolved it to, WindowSetOn where it was set: on each
+	// request, or on the coordinator for every round (resyncd
+	// --max-in-flight, the write budget).
+	Wave        string `json:"wave,omitempty"`
+	Window      int    `json:"wave_window_agents,omitempty"`
+	WindowSetOn string `json:"wave_window_set_on,omitempty"`
+	// From the fleet's own timestamps, every row: an agent is in flight
+	// from its first plugin's Started to its last plugin's ack.
+	// PeakInFlight is the most agents in flight at once in any measured
+	// round (an exact sweep over each round); SpanAgents the most agents
+	// that took part in one; AgentResync each round's mean of an agent's
+	// own resync time.
+	PeakInFlight int  `json:"peak_agents_in_flight"`
+	SpanAgents   int  `json:"agents_in_round"`
+	AgentResync  Dist `json:"agent_resync"`
+	// Ideal is, per round, the sum of its agents' own resync times divided
+	// by the window: the round's length if the window were always full
+	// and nothing else took time; RoundOverIdeal is Round's p50 over its.
+	Ideal          Dist    `json:"ideal_window,omitzero"`
+	RoundOverIdeal float64 `json:"round_over_ideal_p50,omitempty"`
+	// IO is the watch events the fleet's clients received and the Range
+	// RPCs they sent for the measured rounds, summed over them (wakeio.go);
+	// OtherIO what no round claims, over the same stretch.
+	IO      RoundIO `json:"wake_io"`
+	OtherIO otherIO `json:"other_io"`
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
@@ -123,7 +147,7 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 	if err = measureRounds(ctx, e, o, sz, log, &row, false); err != nil {
 		return row, err
 	}
-	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent)", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent)
+	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent, peak %d agents in flight)", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent, row.PeakInFlight)
 	if sz.Wave != "" {
 		return row, ctx.Err() // no floors: those of the size without waves (waves.go)
 	}
