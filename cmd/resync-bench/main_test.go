@@ -121,7 +121,9 @@ func checkWaveRow(t *testing.T, r RoundRow, window int) {
 // a CPU of its own. It checks that the agents-apart rows are filled, that
 // both processes ran on the CPUs the split gave them (every thread, as
 // /proc read them), that the child exited cleanly and is gone, and that
-// this process got its CPUs back; not any number.
+// this process got its CPUs back; not any number, except a wave size's
+// window (10x10~3), kept in both modes: apart, the child reports each
+// round's spans and counts.
 func TestSmokeAgentsApart(t *testing.T) {
 	cpus, err := allowedCPUs()
 	if err != nil {
@@ -138,7 +140,7 @@ func TestSmokeAgentsApart(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "results.json")
 	var stdout bytes.Buffer
-	code := run([]string{"-only", "rounds", "-agents-apart", "-sizes", "1x1,10x10", "-rounds", "2", "-warmup", "1",
+	code := run([]string{"-only", "rounds", "-agents-apart", "-sizes", "1x1,10x10~3", "-rounds", "2", "-warmup", "1",
 		"-barrier-rounds", "1", "-barrier-timeout", "20s", "-out", out, "-dir", dir, "-log", filepath.Join(dir, "bench.log")}, &stdout)
 	if code != 0 {
 		t.Fatalf("resync-bench -agents-apart exited %d, want 0; stdout:\n%s", code, stdout.String())
@@ -146,7 +148,7 @@ func TestSmokeAgentsApart(t *testing.T) {
 	var res Results
 	readJSON(t, out, &res)
 	if !res.Settings.AgentsApart || len(res.Rounds) != 4 {
-		t.Fatalf("settings agents_apart %v, %d rows: want true, 4 (1x1 and 10x10, each in-process and agents-apart)", res.Settings.AgentsApart, len(res.Rounds))
+		t.Fatalf("settings agents_apart %v, %d rows: want true, 4 (1x1 and 10x10~3, each in-process and agents-apart)", res.Settings.AgentsApart, len(res.Rounds))
 	}
 	for i, r := range res.Rounds {
 		want := []string{modeInProcess, modeApart}[i%2]
@@ -155,6 +157,9 @@ func TestSmokeAgentsApart(t *testing.T) {
 		}
 		if r.Mode == modeApart {
 			checkApartRow(t, r, split)
+		}
+		if r.Wave != "" {
+			checkWaveRow(t, r, 3)
 		}
 	}
 	if !strings.Contains(stdout.String(), modeApart) {
