@@ -182,17 +182,22 @@ func roundTargets(all []RoundRow) []Target {
 	}
 	r := rounds[len(rounds)-1]
 	for _, x := range rounds {
+		if x.Targeted == 0 {
+			r = x // the last size whose rounds reach the whole fleet
+		}
+	}
+	for _, x := range rounds {
 		if x.Agents == 1000 && x.Plugins == 10 && x.Targeted == 0 {
 			r = x
 		}
 	}
 	var out []Target
-	name := fmt.Sprintf("round %dx%d vs etcd floor", r.Agents, r.Plugins)
+	name := fmt.Sprintf("round %s vs etcd floor", r.size())
 	out = append(out, Target{Name: name, Goal: "p50 <= 1.5 x floor p50",
 		Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); vs the batched floor %.2f x (%.1f ms)",
 			r.OursOverFloor, r.Round.P50, r.Floor.P50, r.OursOverFloorTxn, r.FloorTxn.P50),
 		Met: r.Floor.N > 0 && r.OursOverFloor <= 1.5})
-	out = append(out, Target{Name: fmt.Sprintf("round %dx%d vs batched etcd floor", r.Agents, r.Plugins), Goal: "p50 <= 1.5 x floor txn p50",
+	out = append(out, Target{Name: fmt.Sprintf("round %s vs batched etcd floor", r.size()), Goal: "p50 <= 1.5 x floor txn p50",
 		Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); the watched floor alone is %.2f x, the delivered floor %.2f x",
 			r.OursOverFloorTxn, r.Round.P50, r.FloorTxn.P50, r.WatchedOverTxn, ratio(r.DeliveredFloor.P50, r.FloorTxn.P50)),
 		Met: r.FloorTxn.N > 0 && r.OursOverFloorTxn <= 1.5})
@@ -210,7 +215,7 @@ func largestWriteTarget(all []RoundRow) Target {
 }
 
 func barrierTarget(r RoundRow) Target {
-	b := Target{Name: fmt.Sprintf("round %dx%d vs DoubleBarrier", r.Agents, r.Plugins), Goal: "p50 < DoubleBarrier p50"}
+	b := Target{Name: fmt.Sprintf("round %s vs DoubleBarrier", r.size()), Goal: "p50 < DoubleBarrier p50"}
 	switch {
 	case r.Barrier.N > 0:
 		b.Measured = fmt.Sprintf("%.2f x (%.1f / %.1f ms)", r.OursOverBarrier, r.Round.P50, r.Barrier.P50)
