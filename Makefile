@@ -74,7 +74,10 @@ fuzz:
 ## and rounds for quick runs, e.g. BENCH_FLAGS="-sizes 1x1,10x10 -rounds 5".
 ## BENCH_FLAGS="-agents-apart -sizes 1x1,100x10 -only rounds" also runs each
 ## size with its agents in a child process pinned to one CPU, etcd and the
-## coordinator on the others (Linux, 2+ CPUs; docs/performance.md).
+## coordinator on the others (Linux, 2+ CPUs; docs/performance.md). Wave
+## sizes: 5000x10~500 (500 agents in flight, on the request), ~10% (of the
+## round's agents), 10000x10~budget (-budget-window agents, default 100,
+## set on the coordinator as resyncd --max-in-flight sets it).
 BENCH_OUT   ?= bench/results.json
 BENCH_FLAGS ?=
 bench:

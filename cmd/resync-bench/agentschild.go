@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
+	"strings"
 )
 
 const childAgentsArg = "internal-child-agents"
@@ -53,8 +55,9 @@ func childAgents(args []string) int {
 }
 
 // run pins the process to c.cpu, starts the fleet and reports once its
-// agents are registered, then once for each line read from in, until in
-// ends (the bench closed it, or died); then it closes the fleet.
+// agents are registered, then once for each line read from in ("counts",
+// or "round <rev>": the counts and that round's span and events), until
+// in ends (the bench closed it, or died); then it closes the fleet.
 func (c *agentsChild) run(in io.Reader, out io.Writer) error {
 	if err := pinProcess([]int{c.cpu}); err != nil {
 		return err
@@ -63,14 +66,14 @@ func (c *agentsChild) run(in io.Reader, out io.Writer) error {
 	defer cancel()
 	// The stdin reader ends at EOF, which also cancels ctx (a fleet still
 	// starting gives up); when run returns early, the process exits.
-	lines := make(chan struct{})
+	lines := make(chan string)
 	go func() {
 		defer cancel()
 		defer close(lines)
 		sc := bufio.NewScanner(in)
 		for sc.Scan() {
 			select {
-			case lines <- struct{}{}:
+			case lines <- sc.Text():
 			case <-ctx.Done():
 				return
 			}
@@ -95,8 +98,17 @@ func (c *agentsChild) run(in io.Reader, out io.Writer) error {
 	if err := enc.Encode(report(f)); err != nil {
 		return err
 	}
-	for range lines {
-		if err := enc.Encode(report(f)); err != nil {
+	for line := range lines {
+		rep := report(f)
+		if rev, ok := strings.CutPrefix(line, "round "); ok {
+			n, err := strconv.ParseUint(rev, 10, 64)
+			if err != nil {
+				return fmt.Errorf("line %q: %w", line, err)
+			}
+			r, _ := f.round(ctx, n)
+			rep.Round = &r
+		}
+		if err := enc.Encode(rep); err != nil {
 			return fmt.Errorf("report: %w", err)
 		}
 	}
@@ -105,6 +117,7 @@ func (c *agentsChild) run(in io.Reader, out io.Writer) error {
 
 // report is the fleet's counts, the process's CPU time and GOMAXPROCS.
 func report(f *fleet) apartReport {
-	return apartReport{fleetCounts: fleetCounts{NotActive: f.notActive.Load(), AckTxns: txnsOf(f), CPU: cpuTime()},
-		GOMAXPROCS: runtime.GOMAXPROCS(0)}
+	c, _ := f.counts(context.Background())
+	c.CPU = cpuTime()
+	return apartReport{fleetCounts: c, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 }

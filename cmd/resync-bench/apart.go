@@ -71,8 +71,10 @@ func formatCPUs(cpus []int) string {
 // its stdin. Error is set, and alone, when the child failed.
 type apartReport struct {
 	fleetCounts
-	GOMAXPROCS int    `json:"gomaxprocs,omitempty"`
-	Error      string `json:"error,omitempty"`
+	// Round answers a "round <rev>" line (fleet.round).
+	Round      *fleetRound `json:"round,omitempty"`
+	GOMAXPROCS int         `json:"gomaxprocs,omitempty"`
+	Error      string      `json:"error,omitempty"`
 }
 
 // apartStopTimeout bounds the child's shutdown (closing its agents, each
@@ -103,7 +105,7 @@ func startApartFleet(ctx context.Context, e *env, o options, sz size, prefix str
 	if err != nil {
 		return nil, err
 	}
-	args := []string{childAgentsArg, "-endpoint", e.ep, "-prefix", prefix, "-size", size{Agents: sz.Agents, Plugins: sz.Plugins}.String(),
+	args := []string{childAgentsArg, "-endpoint", e.ep, "-prefix", prefix, "-size", sz.fleet().String(),
 		"-agents-per-client", strconv.Itoa(o.agentsPerClient), "-cpu", strconv.Itoa(o.apart.agents)}
 	if o.logFile != "" {
 		args = append(args, "-log", o.logFile+".agents")
@@ -179,6 +181,20 @@ func (a *apartFleet) counts(ctx context.Context) (fleetCounts, error) {
 	}
 	rep, err := a.next(ctx, time.Minute)
 	return rep.fleetCounts, err
+}
+
+func (a *apartFleet) round(ctx context.Context, rev uint64) (fleetRound, error) {
+	if _, err := fmt.Fprintf(a.stdin, "round %d\n", rev); err != nil {
+		return fleetRound{}, fmt.Errorf("agents child: %w", err)
+	}
+	rep, err := a.next(ctx, time.Minute)
+	if err == nil && rep.Round == nil {
+		err = fmt.Errorf("agents child: no round %d in its report", rev)
+	}
+	if err != nil {
+		return fleetRound{}, err
+	}
+	return *rep.Round, nil
 }
 
 // info reads where both processes ran, as the JSON reports it.

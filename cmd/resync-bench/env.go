@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/resyncd/resync/internal/embedetcd"
 	"github.com/resyncd/resync/internal/etcdspace"
@@ -44,8 +45,13 @@ func startEnv(ctx context.Context, parent string) (*env, error) {
 	return en, nil
 }
 
-func (e *env) client() (*clientv3.Client, error) {
+func (e *env) client() (*clientv3.Client, error) { return e.clientWith() }
+
+// clientWith is client with extra gRPC dial options (the fleet's
+// interceptors, wakeio.go).
+func (e *env) clientWith(opts ...grpc.DialOption) (*clientv3.Client, error) {
 	c, err := clientv3.New(clientv3.Config{
+		DialOptions: opts,
 		Endpoints:   []string{e.ep},
 		DialTimeout: 10 * time.Second,
 		Logger:      zap.NewNop(),
@@ -59,10 +65,10 @@ func (e *env) client() (*clientv3.Client, error) {
 	return c, nil
 }
 
-func (e *env) clients(n int) ([]*clientv3.Client, error) {
+func (e *env) clients(n int, opts ...grpc.DialOption) ([]*clientv3.Client, error) {
 	out := make([]*clientv3.Client, 0, n)
 	for range n {
-		c, err := e.client()
+		c, err := e.clientWith(opts...)
 		if err != nil {
 			closeClients(out)
 			return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,8 @@ type fleet struct {
 	log     logrus.FieldLogger
 	clients []*clientv3.Client
 	agents  []*resync.Plugin
+	spans   []*agentSpan   // each agent's latest round, agents[i]'s at i
+	io      *wakeIO        // what the clients receive and read
 	wg      sync.WaitGroup // the plugins' event loops
 
 	started   atomic.Int64 // Started events taken (and acked at once)
@@ -47,11 +50,18 @@ const (
 
 // startFleet starts the agents and waits until every registration is in
 // etcd. Agents are spread over ceil(agents/perClient) clients, agent i on
-// client i/perClient.
+// client i/perClient; the clients count what they receive and read
+// (wakeIO), the plugins when each agent is in flight (agentSpan).
 func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient int, log logrus.FieldLogger) (*fleet, error) {
 	f := &fleet{env: e, size: sz, prefix: prefix, layout: schema.MustLayout(prefix), log: log}
+	f.io = newWakeIO(f.layout, sz.Target)
+	f.io.onAck = f.ackWritten
+	f.spans = make([]*agentSpan, sz.Agents) // before any client: ackWritten reads it
+	for a := range f.spans {
+		f.spans[a] = &agentSpan{}
+	}
 	var err error
-	if f.clients, err = e.clients(sz.clients(perClient)); err != nil {
+	if f.clients, err = e.clients(sz.clients(perClient), f.io.dialOptions()...); err != nil {
 		return nil, err
 	}
 	for a := range sz.Agents {
@@ -64,6 +74,7 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 			return nil, err
 		}
 		f.agents = append(f.agents, p)
+		span := f.spans[a]
 		for k := range sz.Plugins {
 			reg, err := p.RegisterE(fmt.Sprintf("plugin-%03d", k))
 			if err != nil {
@@ -71,7 +82,7 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 				return nil, err
 			}
 			f.wg.Add(1)
-			go f.plugin(reg.StatusChan(), p.Done())
+			go f.plugin(reg.StatusChan(), p.Done(), span)
 		}
 	}
 	want := int64(sz.participants())
@@ -91,7 +102,16 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 type agentFleet interface {
 	// counts reports the agents' totals so far.
 	counts(ctx context.Context) (fleetCounts, error)
+	// round reports round rev's agents in flight (only while it is the
+	// agents' latest round) and the watch events and reads counted for it.
+	round(ctx context.Context, rev uint64) (fleetRound, error)
 	Close()
+}
+
+// fleetRound is what an agentFleet reports of one round.
+type fleetRound struct {
+	Span RoundSpan `json:"span"`
+	IO   RoundIO   `json:"io"`
 }
 
 // fleetCounts are an agentFleet's totals: what the round driver needs of
@@ -102,14 +122,32 @@ type fleetCounts struct {
 	// CPU is the agents' process's CPU time (user+sys) when it is not the
 	// bench's own, else 0.
 	CPU time.Duration `json:"cpu_ns"`
+	// Events is every watch event the agents' clients received; Other
+	// what no round claims of them and of their reads (wakeIO).
+	Events int64   `json:"events"`
+	Other  otherIO `json:"other"`
 }
 
 func (f *fleet) counts(context.Context) (fleetCounts, error) {
-	return fleetCounts{NotActive: f.notActive.Load(), AckTxns: txnsOf(f)}, nil
+	c := fleetCounts{NotActive: f.notActive.Load(), AckTxns: txnsOf(f)}
+	c.Events, c.Other = f.io.totals()
+	return c, nil
 }
 
-// plugin is a plugin that reloads nothing: it acks every Started at once.
-func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}) {
+// ackWritten notes an agent's ack Txn in its span (wakeIO.onAck).
+func (f *fleet) ackWritten(agent string, rev uint64, sent, done time.Time) {
+	if i, err := strconv.Atoi(strings.TrimPrefix(agent, "agent-")); err == nil && i >= 0 && i < len(f.spans) {
+		f.spans[i].ackWritten(rev, sent, done)
+	}
+}
+
+func (f *fleet) round(_ context.Context, rev uint64) (fleetRound, error) {
+	return fleetRound{Span: spanOf(f.spans, rev), IO: f.io.of(rev)}, nil
+}
+
+// plugin is a plugin that reloads nothing: it acks every Started at once,
+// noting in its agent's span when it took it and when it acked.
+func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}, span *agentSpan) {
 	defer f.wg.Done()
 	for {
 		var ev resync.StatusEvent
@@ -119,7 +157,10 @@ func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}) {
 			return
 		}
 		if ev.ResyncStatus() == resync.Started {
+			rev := revisionOf(ev)
+			span.started(rev, time.Now())
 			ev.Ack()
+			span.acked(rev, time.Now())
 			f.started.Add(1)
 		} else {
 			f.notActive.Add(1)
@@ -231,8 +272,13 @@ func (k *coord) Close() {
 // request writes requests/operator/<id> (cause manual, scope all, or the
 // first target agents agent-00000... when target > 0).
 func request(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string, target int) error {
+	return requestWave(ctx, c, layout, reason, target, nil)
+}
+
+// requestWave is request with the round's wave knobs (nil: none).
+func requestWave(ctx context.Context, c *clientv3.Client, layout schema.Layout, reason string, target int, wave *schema.Wave) error {
 	now := time.Now().UTC()
-	req := schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now}
+	req := schema.Request{Reason: reason, Cause: schema.CauseManual, RequestedBy: "resync-bench", RequestedAt: now, Wave: wave}
 	for a := range target {
 		req.Targets = append(req.Targets, schema.Scope{Agent: fmt.Sprintf("agent-%05d", a)})
 	}

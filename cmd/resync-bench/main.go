@@ -58,6 +58,9 @@ type options struct {
 	logFile         string
 	cpuProfile      string
 	memProfile      string
+	// budgetWindow is the window of the sizes written AxP~budget, set on
+	// the coordinator (waves.go).
+	budgetWindow int
 	// apart is the agents-apart mode's CPUs (-agents-apart), nil without it.
 	apart *cpuSplit
 }
@@ -118,7 +121,8 @@ func parseFlags(args []string) (*flags, error) {
 
 func experimentFlags(fs *flag.FlagSet, f *flags) {
 	o := &f.o
-	fs.StringVar(&f.sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10,10000x10", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); 10000x10 needs about 4 GiB of memory")
+	fs.StringVar(&f.sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10,5000x10~500,10000x10,10000x10~budget,10000x10@100", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); AxP~W or AxP~W%: rounds requested in waves of at most W agents in flight (W% of the round's agents); AxP~budget: waves of -budget-window agents set on the coordinator for every round (resyncd --max-in-flight); 10000x10 needs about 4 GiB of memory")
+	fs.IntVar(&o.budgetWindow, "budget-window", 100, "the window, in agents, of the sizes written AxP~budget: the coordinator's write budget (coordinator.Config.Wave.MaxInFlight, resyncd --max-in-flight)")
 	fs.IntVar(&o.rounds, "rounds", 20, "measured rounds per size (and floor samples)")
 	fs.IntVar(&o.warmup, "warmup", 2, "unmeasured rounds per size after the initial round")
 	fs.IntVar(&o.agentsPerClient, "agents-per-client", 50, "agents sharing one etcd client")
@@ -161,6 +165,9 @@ func (f *flags) options() (options, error) {
 	}
 	if o.keySize, err = parseSize(f.keySize); err != nil {
 		return o, err
+	}
+	if o.keySize.Wave != "" || o.budgetWindow < 1 {
+		return o, fmt.Errorf("-key-size takes no ~WINDOW, and -budget-window must be >= 1")
 	}
 	if o.keyRounds, err = parseInts(f.keyRounds); err != nil {
 		return o, err
@@ -248,6 +255,9 @@ func runSoak(so soakOptions, sizeText string, stdout io.Writer) int {
 	var err error
 	if so.size, err = parseSize(sizeText); err != nil {
 		return fail(err)
+	}
+	if so.size.Wave != "" {
+		return fail(fmt.Errorf("-soak-size %s: the soak takes no ~WINDOW", so.size))
 	}
 	if so.sample <= 0 || so.duration < 6*so.sample {
 		return fail(fmt.Errorf("-soak %v must be at least 6 samples of -soak-sample %v", so.duration, so.sample))

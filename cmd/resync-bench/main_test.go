@@ -32,15 +32,16 @@ func TestMain(m *testing.M) {
 }
 
 // TestSmokeExperiments runs every experiment (rounds with its floors and
-// barrier, failover, memory, keys) at tiny sizes against the embedded
-// etcd, so that a broken bench fails CI. It checks that each experiment
-// produced its rows, not any number.
+// barrier, a wave size, failover, memory, keys) at tiny sizes against the
+// embedded etcd, so that a broken bench fails CI. It checks that each
+// experiment produced its rows, not any number, except where a number is
+// the coordinator's promise (checkWaveRow).
 func TestSmokeExperiments(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "results.json")
 	var stdout bytes.Buffer
 	code := run([]string{
-		"-sizes", "1x1,2x2", "-rounds", "2", "-warmup", "1",
+		"-sizes", "1x1,2x2,20x2~5", "-rounds", "2", "-warmup", "1",
 		"-barrier-rounds", "1", "-barrier-timeout", "20s",
 		"-failovers", "1", "-session-ttl", "1s", "-standby-settle", "100ms",
 		"-mem-participants", "4",
@@ -55,8 +56,17 @@ func TestSmokeExperiments(t *testing.T) {
 	if res.Error != "" {
 		t.Errorf("results carry an error: %s", res.Error)
 	}
-	if len(res.Rounds) != 2 {
-		t.Errorf("round-latency rows = %d, want 2 (1x1 and 2x2)", len(res.Rounds))
+	if len(res.Rounds) != 3 {
+		t.Fatalf("round-latency rows = %d, want 3 (1x1, 2x2 and 20x2~5)", len(res.Rounds))
+	}
+	checkWaveRow(t, res.Rounds[2], 5)
+	if r := res.Rounds[1]; r.Wave != "" || r.Window != 0 || r.IO.ShardStarted == 0 || r.PeakInFlight == 0 {
+		t.Errorf("2x2: wave %q, window %d, shard Started events %d, peak in flight %d: want none, 0, > 0, > 0", r.Wave, r.Window, r.IO.ShardStarted, r.PeakInFlight)
+	}
+	for _, section := range []string{"\nWaves (", "\nWrite budget (", "\nWake events and reads ("} {
+		if !strings.Contains(stdout.String(), section) {
+			t.Errorf("the tables have no %q section:\n%s", section, stdout.String())
+		}
 	}
 	for _, r := range res.Rounds {
 		// The probe writes every 5 ms: 2 s idle, and the measured rounds
@@ -84,12 +94,36 @@ func TestSmokeExperiments(t *testing.T) {
 	}
 }
 
+// checkWaveRow checks a wave row: its fields filled, and the peak agents
+// in flight, swept over the fleet's own timestamps of every measured
+// round, within the window: the coordinator's bound. Its rounds woke no
+// wake shard with a Started: only the agents' own keys.
+func checkWaveRow(t *testing.T, r RoundRow, window int) {
+	t.Helper()
+	name := fmt.Sprintf("%s %s", r.size(), r.Mode)
+	if r.Window != window || r.WindowSetOn != windowOnRequest || r.Round.N == 0 {
+		t.Errorf("%s: window %d set on %q, %d rounds: want %d, %q, > 0", name, r.Window, r.WindowSetOn, r.Round.N, window, windowOnRequest)
+	}
+	if r.PeakInFlight < 1 || r.PeakInFlight > window {
+		t.Errorf("%s: peak agents in flight %d, want 1 to the window, %d", name, r.PeakInFlight, window)
+	}
+	if r.SpanAgents != r.Agents || r.Ideal.N != r.Round.N || r.Ideal.P50 <= 0 || r.RoundOverIdeal <= 0 || r.AgentResync.N != r.Round.N {
+		t.Errorf("%s: %d agents in a round, ideal window %d samples (p50 %.2f ms, round/ideal %.2f), agent resync %d samples: want %d, %d, > 0, > 0, %d",
+			name, r.SpanAgents, r.Ideal.N, r.Ideal.P50, r.RoundOverIdeal, r.AgentResync.N, r.Agents, r.Round.N, r.Round.N)
+	}
+	if r.IO.OwnStarted == 0 || r.IO.OwnNotActive == 0 || r.IO.ShardStarted != 0 {
+		t.Errorf("%s: own-key events Started %d, NotActive %d, shard Started %d: want > 0, > 0, 0", name, r.IO.OwnStarted, r.IO.OwnNotActive, r.IO.ShardStarted)
+	}
+}
+
 // TestSmokeAgentsApart runs the rounds at tiny sizes with -agents-apart:
 // each size in process, then with its agents in a child process pinned to
 // a CPU of its own. It checks that the agents-apart rows are filled, that
 // both processes ran on the CPUs the split gave them (every thread, as
 // /proc read them), that the child exited cleanly and is gone, and that
-// this process got its CPUs back; not any number.
+// this process got its CPUs back; not any number, except a wave size's
+// window (10x10~3), kept in both modes: apart, the child reports each
+// round's spans and counts.
 func TestSmokeAgentsApart(t *testing.T) {
 	cpus, err := allowedCPUs()
 	if err != nil {
@@ -106,7 +140,7 @@ func TestSmokeAgentsApart(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "results.json")
 	var stdout bytes.Buffer
-	code := run([]string{"-only", "rounds", "-agents-apart", "-sizes", "1x1,10x10", "-rounds", "2", "-warmup", "1",
+	code := run([]string{"-only", "rounds", "-agents-apart", "-sizes", "1x1,10x10~3", "-rounds", "2", "-warmup", "1",
 		"-barrier-rounds", "1", "-barrier-timeout", "20s", "-out", out, "-dir", dir, "-log", filepath.Join(dir, "bench.log")}, &stdout)
 	if code != 0 {
 		t.Fatalf("resync-bench -agents-apart exited %d, want 0; stdout:\n%s", code, stdout.String())
@@ -114,7 +148,7 @@ func TestSmokeAgentsApart(t *testing.T) {
 	var res Results
 	readJSON(t, out, &res)
 	if !res.Settings.AgentsApart || len(res.Rounds) != 4 {
-		t.Fatalf("settings agents_apart %v, %d rows: want true, 4 (1x1 and 10x10, each in-process and agents-apart)", res.Settings.AgentsApart, len(res.Rounds))
+		t.Fatalf("settings agents_apart %v, %d rows: want true, 4 (1x1 and 10x10~3, each in-process and agents-apart)", res.Settings.AgentsApart, len(res.Rounds))
 	}
 	for i, r := range res.Rounds {
 		want := []string{modeInProcess, modeApart}[i%2]
@@ -123,6 +157,9 @@ func TestSmokeAgentsApart(t *testing.T) {
 		}
 		if r.Mode == modeApart {
 			checkApartRow(t, r, split)
+		}
+		if r.Wave != "" {
+			checkWaveRow(t, r, 3)
 		}
 	}
 	if !strings.Contains(stdout.String(), modeApart) {

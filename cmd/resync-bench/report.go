@@ -35,6 +35,9 @@ type Settings struct {
 	// AgentsApart: each size's rounds also ran with the agents apart
 	// (-agents-apart; rows with mode agents-apart).
 	AgentsApart bool `json:"agents_apart"`
+	// BudgetWindow is the window of the sizes written AxP~budget
+	// (-budget-window), set on the coordinator.
+	BudgetWindow int `json:"budget_window"`
 }
 
 // Target is one goal and whether this run met it.
@@ -70,6 +73,7 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 		BarrierTimeoutMs: ms(o.barrierTimeout),
 		AgentConfig:      fmt.Sprintf("resync.DefaultConfig (TTL 10s) with accept %v, ack %v; plugins ack at once", benchAcceptTimeout, benchAckTimeout),
 		AgentsApart:      o.apart != nil,
+		BudgetWindow:     o.budgetWindow,
 	}}
 	defer func() { res.WallS = time.Since(res.Start).Seconds(); res.Targets = targets(res, o) }()
 	progress("starting embedded etcd")
@@ -136,6 +140,7 @@ func targets(res *Results, o options) []Target {
 	var out []Target
 	if len(res.Rounds) > 0 {
 		out = append(out, roundTargets(res.Rounds)...)
+		out = append(out, waveTargets(res.Rounds)...)
 	}
 	if f := res.Failover; f != nil {
 		lim := f.SessionTTLMs + 500
@@ -163,42 +168,54 @@ func targets(res *Results, o options) []Target {
 // roundTargets are the round-latency goals, against the floors and the
 // DoubleBarrier, and the write-size goal.
 func roundTargets(all []RoundRow) []Target {
-	// The goal is stated for 1000x10 in process (agents-apart rows have
-	// no floors); the largest size measured stands in for it in quick
-	// runs (its name says which).
+	// The goal is stated for 1000x10 in process (agents-apart and wave
+	// rows have no floors); the largest size measured stands in for it in
+	// quick runs (its name says which).
 	var rounds []RoundRow
 	for _, x := range all {
-		if x.Mode != modeApart {
+		if x.Mode != modeApart && x.Wave == "" {
 			rounds = append(rounds, x)
 		}
 	}
+	if len(rounds) == 0 {
+		return []Target{largestWriteTarget(all)}
+	}
 	r := rounds[len(rounds)-1]
+	for _, x := range rounds {
+		if x.Targeted == 0 {
+			r = x // the last size whose rounds reach the whole fleet
+		}
+	}
 	for _, x := range rounds {
 		if x.Agents == 1000 && x.Plugins == 10 && x.Targeted == 0 {
 			r = x
 		}
 	}
 	var out []Target
-	name := fmt.Sprintf("round %dx%d vs etcd floor", r.Agents, r.Plugins)
+	name := fmt.Sprintf("round %s vs etcd floor", r.size())
 	out = append(out, Target{Name: name, Goal: "p50 <= 1.5 x floor p50",
 		Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); vs the batched floor %.2f x (%.1f ms)",
 			r.OursOverFloor, r.Round.P50, r.Floor.P50, r.OursOverFloorTxn, r.FloorTxn.P50),
 		Met: r.Floor.N > 0 && r.OursOverFloor <= 1.5})
-	out = append(out, Target{Name: fmt.Sprintf("round %dx%d vs batched etcd floor", r.Agents, r.Plugins), Goal: "p50 <= 1.5 x floor txn p50",
+	out = append(out, Target{Name: fmt.Sprintf("round %s vs batched etcd floor", r.size()), Goal: "p50 <= 1.5 x floor txn p50",
 		Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms); the watched floor alone is %.2f x, the delivered floor %.2f x",
 			r.OursOverFloorTxn, r.Round.P50, r.FloorTxn.P50, r.WatchedOverTxn, ratio(r.DeliveredFloor.P50, r.FloorTxn.P50)),
 		Met: r.FloorTxn.N > 0 && r.OursOverFloorTxn <= 1.5})
+	out = append(out, largestWriteTarget(all))
+	return append(out, barrierTarget(r))
+}
+
+func largestWriteTarget(all []RoundRow) Target {
 	largest := 0
 	for _, x := range all {
 		largest = max(largest, x.LargestWrite)
 	}
-	out = append(out, Target{Name: "largest coordinator request", Goal: "<= WriteBudget (512 KiB), whatever the size",
-		Measured: fmt.Sprintf("%d B", largest), Met: largest <= 512<<10})
-	return append(out, barrierTarget(r))
+	return Target{Name: "largest coordinator request", Goal: "<= WriteBudget (512 KiB), whatever the size",
+		Measured: fmt.Sprintf("%d B", largest), Met: largest <= 512<<10}
 }
 
 func barrierTarget(r RoundRow) Target {
-	b := Target{Name: fmt.Sprintf("round %dx%d vs DoubleBarrier", r.Agents, r.Plugins), Goal: "p50 < DoubleBarrier p50"}
+	b := Target{Name: fmt.Sprintf("round %s vs DoubleBarrier", r.size()), Goal: "p50 < DoubleBarrier p50"}
 	switch {
 	case r.Barrier.N > 0:
 		b.Measured = fmt.Sprintf("%.2f x (%.1f / %.1f ms)", r.OursOverBarrier, r.Round.P50, r.Barrier.P50)
@@ -234,6 +251,9 @@ func printTable(w io.Writer, res *Results) {
 		printRounds(w, res.Rounds)
 		printRoundCost(w, res)
 		printTenant(w, res.Rounds)
+		printWaves(w, res.Rounds)
+		printBudget(w, res.Rounds)
+		printWakeIO(w, res.Rounds)
 		printRoundNotes(w, res.Rounds)
 	}
 	if res.Failover != nil {
@@ -267,7 +287,7 @@ func printRounds(w io.Writer, rounds []RoundRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tbatched p50\twatched p50\tdelivered p50\tbarrier p50\tours/floor\tours/batched\tours/watched\tours/delivered\twatched/batched\tours/barrier\t")
 	for _, r := range rounds {
-		cells := []string{size{r.Agents, r.Plugins, r.Targeted}.String(), r.Mode, fmt.Sprint(r.Participants), fmt.Sprint(r.Clients),
+		cells := []string{r.size().String(), r.Mode, fmt.Sprint(r.Participants), fmt.Sprint(r.Clients),
 			f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50)}
 		fmt.Fprintln(tw, strings.Join(append(cells, floorCells(r)...), "\t")+"\t")
 	}
@@ -275,9 +295,9 @@ func printRounds(w io.Writer, rounds []RoundRow) {
 }
 
 // floorCells are a round row's floor, barrier and ratio columns, "-" for
-// an agents-apart row (none measured).
+// an agents-apart row or a wave row (none measured).
 func floorCells(r RoundRow) []string {
-	if r.Mode == modeApart {
+	if r.Mode == modeApart || r.Wave != "" {
 		return slices.Repeat([]string{"-"}, 11)
 	}
 	bp50, rb := "-", "-"
@@ -302,14 +322,14 @@ func printRoundCost(w io.Writer, res *Results) {
 		if r.Mode == modeApart {
 			agents, floor = fmt.Sprintf("%.0f", r.AgentsCPUPerRound), "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.0f\t%s\t%s\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Mode, r.LargestWrite, heapOf(res, r.Participants),
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.0f\t%s\t%s\t\n", r.size(), r.Mode, r.LargestWrite, heapOf(res, r.Participants),
 			r.AckTxnsPerAgent, r.CPUPerRound, agents, floor)
 	}
 	tw.Flush()
 	for _, r := range res.Rounds {
 		if a := r.Apart; a != nil {
 			fmt.Fprintf(w, "  %s agents-apart: bench (etcd, coordinator, tenant) on CPUs %s (%d threads, GOMAXPROCS %d), agents (pid %d) on CPUs %s (%d threads, GOMAXPROCS %d), child exit %d\n",
-				size{r.Agents, r.Plugins, r.Targeted}, a.BenchCPUs, a.BenchThreads, a.BenchGOMAXPROCS, a.AgentsPID, a.AgentsCPUs, a.AgentsThreads, a.AgentsGOMAXPROCS, a.AgentsExitCode)
+				r.size(), a.BenchCPUs, a.BenchThreads, a.BenchGOMAXPROCS, a.AgentsPID, a.AgentsCPUs, a.AgentsThreads, a.AgentsGOMAXPROCS, a.AgentsExitCode)
 		}
 	}
 }
@@ -321,7 +341,7 @@ func printTenant(w io.Writer, rounds []RoundRow) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tlargest wake\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\t")
 	for _, r := range rounds {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", size{r.Agents, r.Plugins, r.Targeted}, r.Mode, r.WakeFanout,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", r.size(), r.Mode, r.WakeFanout,
 			f1(r.TenantIdle.P50), f1(r.TenantIdle.P99), f1(r.TenantRounds.P50), f1(r.TenantRounds.P99), f1(r.TenantRounds.Max),
 			f1(r.TenantNearWrites.P99), f1(r.TenantNearWrites.Max), ratio(r.TenantNearWrites.Max, r.TenantIdle.P99))
 	}
@@ -331,7 +351,7 @@ func printTenant(w io.Writer, rounds []RoundRow) {
 // printRoundNotes lists what each size's measurement left out.
 func printRoundNotes(w io.Writer, rounds []RoundRow) {
 	for _, r := range rounds {
-		name := fmt.Sprintf("%s %s", size{r.Agents, r.Plugins, r.Targeted}, r.Mode)
+		name := fmt.Sprintf("%s %s", r.size(), r.Mode)
 		if r.NotActiveMissing > 0 {
 			fmt.Fprintf(w, "  %s: %d NotActive events not taken within 30 s\n", name, r.NotActiveMissing)
 		}

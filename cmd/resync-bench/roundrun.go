@@ -33,6 +33,9 @@ type roundRun struct {
 	writes                 []time.Time // the measured rounds' start and finish commits
 	txns                   uint64
 	cpu, agentsCPU         time.Duration
+	revs                   []uint64     // the measured rounds
+	spans                  []RoundSpan  // their agents in flight
+	first                  *fleetCounts // the agents' counts before the first measured request
 }
 
 // measureRounds runs sz's rounds into row: the agents in this process, or
@@ -72,7 +75,8 @@ func (r *roundRun) run(e *env, log logrus.FieldLogger, apart bool) error {
 	if err != nil {
 		return err
 	}
-	if r.k, err = startCoord(e, coordinator.Config{ID: "bench", Prefix: r.prefix, CoalesceWindow: r.o.coalesce}, log); err != nil {
+	_, budget := r.sz.waves(r.o.budgetWindow)
+	if r.k, err = startCoord(e, coordinator.Config{ID: "bench", Prefix: r.prefix, CoalesceWindow: r.o.coalesce, Wave: budget}, log); err != nil {
 		return err
 	}
 	if err := r.initialRound(c0); err != nil {
@@ -154,9 +158,13 @@ func (r *roundRun) round(measured bool) (clean bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	if measured && r.first == nil {
+		r.first = &c0
+	}
+	wave, _ := r.sz.waves(r.o.budgetWindow)
 	cpu0 := cpuTime()
 	start := time.Now()
-	if err := request(r.ctx, r.kv, r.layout, benchReason, r.sz.Target); err != nil {
+	if err := requestWave(r.ctx, r.kv, r.layout, benchReason, r.sz.Target, wave); err != nil {
 		return false, err
 	}
 	s, fin, err := r.k.hooks.waitOurs(r.ctx, r.row)
@@ -182,7 +190,10 @@ func (r *roundRun) round(measured bool) (clean bool, err error) {
 		r.tenant = append(r.tenant, r.pr.between(start, fin.at)...)
 		r.writes = append(r.writes, s.at, fin.at)
 	}
-	return true, r.waitNotActive(c0.NotActive, want)
+	if err := r.waitNotActive(c0.NotActive, want); err != nil || !measured {
+		return true, err
+	}
+	return true, r.noteRound(s.round.Revision)
 }
 
 // unclean records a measured round that was not clean (reported, never
@@ -229,16 +240,19 @@ func (r *roundRun) waitNotActive(base int64, want int) error {
 // the tenant probe and the coordinator.
 func (r *roundRun) finish() {
 	row := r.row
+	row.Round, row.ToStarted, row.AllAcked = dist(r.lat), dist(r.st), dist(r.acked)
 	if r.apart != nil {
 		row.Apart = r.apart.info()
 	}
 	if r.agents != nil {
+		if err := r.fillWaves(); err != nil {
+			progress("%s: agents in flight, events and reads: %v", r.sz, err)
+		}
 		r.agents.Close()
 	}
 	if r.apart != nil {
 		row.Apart.AgentsExitCode = r.apart.exitCode
 	}
-	row.Round, row.ToStarted, row.AllAcked = dist(r.lat), dist(r.st), dist(r.acked)
 	if r.pr != nil {
 		row.TenantRounds, row.TenantNearWrites = tenantDist(r.tenant), tenantDist(r.pr.near(r.writes))
 		r.pr.Close()

@@ -110,16 +110,47 @@ type RoundRow struct {
 	// (coordinator.Status.LargestWake): agents watch their wake shard and
 	// their own wake key, not the revision key (coordinator/wake.go).
 	WakeFanout int `json:"wake_fanout"`
+
+	// Waves (waves.go). Wave is the size's window as written (~500,
+	// ~10%, ~budget; "" for none), Window the window in agents the
+	// coordinator resolved it to, WindowSetOn where it was set: on each
+	// request, or on the coordinator for every round (resyncd
+	// --max-in-flight, the write budget).
+	Wave        string `json:"wave,omitempty"`
+	Window      int    `json:"wave_window_agents,omitempty"`
+	WindowSetOn string `json:"wave_window_set_on,omitempty"`
+	// From the fleet's own timestamps, every row: an agent is in flight
+	// from its first plugin's Started to its last plugin's ack.
+	// PeakInFlight is the most agents in flight at once in any measured
+	// round (an exact sweep over each round); SpanAgents the most agents
+	// that took part in one; AgentResync each round's mean of an agent's
+	// own resync time.
+	PeakInFlight int  `json:"peak_agents_in_flight"`
+	SpanAgents   int  `json:"agents_in_round"`
+	AgentResync  Dist `json:"agent_resync"`
+	// Ideal is, per round, the sum of its agents' own resync times divided
+	// by the window: the round's length if the window were always full
+	// and nothing else took time; RoundOverIdeal is Round's p50 over its.
+	Ideal          Dist    `json:"ideal_window,omitzero"`
+	RoundOverIdeal float64 `json:"round_over_ideal_p50,omitempty"`
+	// IO is the watch events the fleet's clients received and the Range
+	// RPCs they sent for the measured rounds, summed over them (wakeio.go);
+	// OtherIO what no round claims, over the same stretch.
+	IO      RoundIO `json:"wake_io"`
+	OtherIO otherIO `json:"other_io"`
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient)}
 	var err error
 	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
 	if err = measureRounds(ctx, e, o, sz, log, &row, false); err != nil {
 		return row, err
 	}
-	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent); etcd floor", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent)
+	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent, peak %d agents in flight)", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent, row.PeakInFlight)
+	if sz.Wave != "" {
+		return row, ctx.Err() // no floors: those of the size without waves (waves.go)
+	}
 	// The floors and the barrier: the participants a measured round has.
 	sz = sz.measured()
 	if row.Floor, err = measureFloor(ctx, e, o, sz, false); err != nil {
@@ -162,7 +193,7 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 // (etcd, the coordinator, the tenant probe) pinned to o.apart.bench, the
 // agents' child to o.apart.agents; this process's CPUs are restored after.
 func measureApart(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient)}
 	progress("%s, agents apart: this process on CPUs %s, %d agents on CPU %d", sz, formatCPUs(o.apart.bench), sz.Agents, o.apart.agents)
 	defer func() {
 		if err := pinProcess(o.apart.all); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/resyncd/resync/schema"
 
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -10,16 +11,27 @@ import (
 	"time"
 )
 
-// size is agents x plugins per agent.
 // size is a fleet of Agents x Plugins; with Target > 0 the measured rounds
-// are requested for the first Target agents only (AxP@T).
-type size struct{ Agents, Plugins, Target int }
+// are requested for the first Target agents only (AxP@T); with Wave set
+// they run in waves (AxP~W, AxP~W%, AxP~budget: waves.go).
+type size struct {
+	Agents, Plugins, Target int
+	// Wave is the window as written after "~": a count ("500"), a
+	// percentage of the round's agents ("10%"), both asked on the request,
+	// or waveBudget: -budget-window agents, set on the coordinator; "": no
+	// waves.
+	Wave string
+}
 
 func (s size) String() string {
+	out := fmt.Sprintf("%dx%d", s.Agents, s.Plugins)
 	if s.Target > 0 {
-		return fmt.Sprintf("%dx%d@%d", s.Agents, s.Plugins, s.Target)
+		out += fmt.Sprintf("@%d", s.Target)
 	}
-	return fmt.Sprintf("%dx%d", s.Agents, s.Plugins)
+	if s.Wave != "" {
+		out += "~" + s.Wave
+	}
+	return out
 }
 func (s size) participants() int         { return s.Agents * s.Plugins }
 func (s size) clients(perClient int) int { return (s.Agents + perClient - 1) / perClient }
@@ -29,16 +41,22 @@ func (s size) measured() size {
 	if s.Target > 0 {
 		return size{Agents: s.Target, Plugins: s.Plugins}
 	}
-	return s
+	return size{Agents: s.Agents, Plugins: s.Plugins}
 }
 
+// fleet is the size without its wave: the agents that run.
+func (s size) fleet() size { return size{Agents: s.Agents, Plugins: s.Plugins, Target: s.Target} }
+
+const sizeSyntax = "AGENTSxPLUGINS[@TARGETED][~WINDOW|~WINDOW%|~budget] (e.g. 100x10, 1000x10@100, 5000x10~500, 5000x10~10%, 10000x10~budget)"
+
 func parseSize(s string) (size, error) {
-	spec, target, hasTarget := strings.Cut(strings.TrimSpace(s), "@")
+	spec, wave, hasWave := strings.Cut(strings.TrimSpace(s), "~")
+	spec, target, hasTarget := strings.Cut(spec, "@")
 	a, p, ok := strings.Cut(spec, "x")
 	na, err1 := strconv.Atoi(a)
 	np, err2 := strconv.Atoi(p)
 	if !ok || err1 != nil || err2 != nil || na < 1 || np < 1 {
-		return size{}, fmt.Errorf("size %q is not AGENTSxPLUGINS or AGENTSxPLUGINS@TARGETED (e.g. 100x10, 1000x10@100)", s)
+		return size{}, fmt.Errorf("size %q is not %s", s, sizeSyntax)
 	}
 	z := size{Agents: na, Plugins: np}
 	if hasTarget {
@@ -48,7 +66,29 @@ func parseSize(s string) (size, error) {
 		}
 		z.Target = nt
 	}
+	if hasWave {
+		if err := checkWave(wave); err != nil {
+			return size{}, fmt.Errorf("size %q: %w", s, err)
+		}
+		z.Wave = wave
+	}
 	return z, nil
+}
+
+// checkWave checks a size's window: waveBudget, or a max_in_flight limit
+// the coordinator accepts, above 0.
+func checkWave(w string) error {
+	if w == waveBudget {
+		return nil
+	}
+	err := (schema.Wave{MaxInFlight: schema.Limit(w)}).Validate()
+	if err == nil && w == "" {
+		err = errors.New("empty")
+	}
+	if err != nil {
+		return fmt.Errorf("~%s is not a window: give ~COUNT (~500), ~PERCENT%% (~10%%) or ~%s (%v)", w, waveBudget, err)
+	}
+	return nil
 }
 
 func parseSizes(s string) ([]size, error) {
