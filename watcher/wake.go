@@ -55,8 +55,18 @@ func (w *Watcher) watch() {
 		defer w.wmu.Unlock()
 		if ev.Reset {
 			// The state at a new listing is the truth, older or not (an
-			// etcd restore lowers it: setRecord sees the reset).
-			src[i] = wakeSource{}
+			// etcd restore lowers it: setRecord sees the reset), except
+			// a key found absent: it went with the agent's session lease
+			// (the own key does, by design) and its last record stays,
+			// as after a delete. Forgetting it made the other key's older
+			// record look like a history reset after every lost session,
+			// and the round then running was delivered again (chaos seed
+			// 20261216). A listing below the mod revision kept is a
+			// history that went back (a restore without
+			// --bump-revision): then nothing is kept.
+			if len(ev.Kvs) > 0 || ev.Revision < src[i].mod {
+				src[i] = wakeSource{}
+			}
 			for _, kv := range ev.Kvs {
 				if rec, ok := w.decode(string(kv.Key), kv.Value); ok {
 					src[i] = wakeSource{rec: &rec, mod: kv.ModRevision}

@@ -3,10 +3,13 @@ package watcher
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/testing/etcdtest"
@@ -640,5 +643,75 @@ func TestWatcherFollowsTheRevisionOfAnOlderCoordinator(t *testing.T) {
 	putRecord(t, c, layout.Revision(), 2, schema.Started)
 	if ev := recv(t, ch, "Started 2 from the revision key"); ev.Revision() != 2 {
 		t.Fatalf("got %s %d, want Started 2", ev.ResyncStatus(), ev.Revision())
+	}
+}
+
+// relistHook counts the watcher's "re-listing" log lines: a listwatch
+// found its history compacted and listed its key again.
+type relistHook struct{ n atomic.Int32 }
+
+func (h *relistHook) Levels() []logrus.Level { return logrus.AllLevels }
+func (h *relistHook) Fire(e *logrus.Entry) error {
+	if strings.Contains(e.Message, "re-listing") {
+		h.n.Add(1)
+	}
+	return nil
+}
+
+// A wake key found absent when the watch lists it again (an agent's own
+// key goes with its session lease) keeps its last record: the shard's
+// older record is no history reset, and the round running is not
+// delivered again when a successor writes its record once more (chaos
+// seed 20261216: a lost session, a compaction meanwhile, Started 708
+// twice).
+func TestVanishedWakeKeyIsNoHistoryReset(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	px := etcdtest.NewProxy(t, m.Endpoint())
+	ac, err := etcdtest.NewClient(px.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ac.Close() })
+	hook := &relistHook{}
+	log := logrus.New()
+	log.SetLevel(logrus.DebugLevel)
+	log.SetOutput(io.Discard)
+	log.AddHook(hook)
+	writeRev(t, c, 1, schema.NotActive, schema.Scope{})
+	a := newAgentWith(t, ac, "v", 10*time.Second, []Option{WithLogger(log)})
+	ch := a.register(t, "p")[0]
+	recv(t, ch, "join").Ack()
+	recv(t, ch, "NotActive 1")
+	writeRev(t, c, 2, schema.Started, schema.Scope{Agent: "v"})
+	recv(t, ch, "Started 2").Ack()
+	waitAck(t, c, "v", "p", 2, schema.ResultOK)
+
+	// Cut off, its own key gone (as with its lease) and the history
+	// compacted: back on etcd, its watches list their keys again.
+	px.Cut()
+	if _, err := c.Delete(ctxT(t, 5*time.Second), layout.WakeAgent("v")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Put(ctxT(t, 5*time.Second), "unrelated", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Compact(ctxT(t, 5*time.Second), resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	px.Restore()
+	etcdtest.WaitFor(t, wait, "the wake keys listed again", func() bool { return hook.n.Load() >= 2 })
+	a.w.mu.Lock()
+	resets := a.w.resets
+	a.w.mu.Unlock()
+	if n := resets; n != 0 {
+		t.Errorf("%d history resets; the own key's absence is none", n)
+	}
+	writeRev(t, c, 2, schema.Started, schema.Scope{Agent: "v"}) // a successor's rewake
+	expectNone(t, ch, 3*acceptTimeout, "round 2 delivered again")
+	writeRev(t, c, 2, schema.NotActive, schema.Scope{Agent: "v"})
+	if ev := recv(t, ch, "NotActive 2"); ev.Revision() != 2 || ev.ResyncStatus() != schema.NotActive {
+		t.Fatalf("got %s %d, want NotActive 2", ev.ResyncStatus(), ev.Revision())
 	}
 }
