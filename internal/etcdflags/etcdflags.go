@@ -13,8 +13,11 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/resyncd/resync/internal/dialopt"
 )
 
 // Defaults, as etcdctl has them (except the command timeout: etcdctl's is 5s).
@@ -151,6 +154,7 @@ func (f *Flags) Config() (clientv3.Config, error) {
 		Username:             user,
 		Password:             pass,
 		Logger:               zap.NewNop(),
+		DialOptions:          []grpc.DialOption{dialopt.Reconnect()},
 	}
 	if f.TLS() {
 		var tc *tls.Config

@@ -11,6 +11,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/resyncd/resync/internal/dialopt"
 
 	"github.com/resyncd/resync/internal/embedetcd"
 )
@@ -207,6 +210,7 @@ func NewClient(endpoints ...string) (*clientv3.Client, error) {
 		DialKeepAliveTime:    time.Second,
 		DialKeepAliveTimeout: time.Second,
 		Logger:               zap.NewNop(),
+		DialOptions:          []grpc.DialOption{dialopt.Reconnect()},
 	})
 }
 
@@ -235,6 +239,7 @@ func NewClientWith(cfg clientv3.Config) (*clientv3.Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
+	cfg.DialOptions = append([]grpc.DialOption{dialopt.Reconnect()}, cfg.DialOptions...)
 	return clientv3.New(cfg)
 }
 
