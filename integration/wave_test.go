@@ -108,11 +108,14 @@ func quietLog(t *testing.T) *logrus.Logger { return etcdtest.Logger(t, "warn") }
 type wakeCounter struct {
 	mu sync.Mutex
 	n  map[string]int
+	// own: the etcd mod revision of each agent's own wake key writes, by
+	// round and state.
+	own map[string]map[uint64]map[schema.Status]int64
 }
 
 func countWakes(t *testing.T, c *clientv3.Client, agents []string) *wakeCounter {
 	t.Helper()
-	w := &wakeCounter{n: map[string]int{}}
+	w := &wakeCounter{n: map[string]int{}, own: map[string]map[uint64]map[schema.Status]int64{}}
 	owner := map[string][]string{}
 	for _, a := range agents {
 		owner[layout.WakeAgent(a)] = append(owner[layout.WakeAgent(a)], a)
@@ -131,6 +134,7 @@ func countWakes(t *testing.T, c *clientv3.Client, agents []string) *wakeCounter 
 				for _, a := range owner[string(e.Kv.Key)] {
 					w.n[a]++
 				}
+				w.noteOwn(e)
 			}
 			w.mu.Unlock()
 		}
@@ -140,6 +144,33 @@ func countWakes(t *testing.T, c *clientv3.Client, agents []string) *wakeCounter 
 		<-done
 	})
 	return w
+}
+
+// noteOwn records a put of an agent's own wake key (w.mu held).
+func (w *wakeCounter) noteOwn(e *clientv3.Event) {
+	k, err := layout.Parse(string(e.Kv.Key))
+	if err != nil || k.Kind != schema.KindWakeAgent || e.Type != clientv3.EventTypePut {
+		return
+	}
+	rec, err := layout.DecodeWake(string(e.Kv.Key), e.Kv.Value)
+	if err != nil {
+		return
+	}
+	if w.own[k.Agent] == nil {
+		w.own[k.Agent] = map[uint64]map[schema.Status]int64{}
+	}
+	if w.own[k.Agent][rec.Revision] == nil {
+		w.own[k.Agent][rec.Revision] = map[schema.Status]int64{}
+	}
+	w.own[k.Agent][rec.Revision][rec.State] = e.Kv.ModRevision
+}
+
+// ownAt is the mod revision at which agent a's own wake key got round n's
+// record in state st (0: not seen).
+func (w *wakeCounter) ownAt(a string, n uint64, st schema.Status) int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.own[a][n][st]
 }
 
 func (w *wakeCounter) get(a string) int {
@@ -202,15 +233,14 @@ func TestWaveAgentsOutsideTheWindowSeeNothing(t *testing.T) {
 	if len(v.Acked) != 10 {
 		t.Fatalf("round 2 acked %v, want all 10", v.Acked)
 	}
-	// Each agent: its plugins' Started, then their NotActive, all before
-	// the next agent's first Started.
+	// Each agent: its plugins' Started, then their NotActive; in etcd, its
+	// NotActive written no later than the next agent's Started (the two
+	// agents' watchers then deliver each at its own pace: the order of
+	// deliveries across agents is not the protocol's).
 	var prevNotActive int64
 	for _, a := range names {
-		evs := log.of(a, 2)
 		var starts, nots int
-		first, last := int64(1<<62), int64(0)
-		for _, e := range evs {
-			first, last = min(first, e.seq), max(last, e.seq)
+		for _, e := range log.of(a, 2) {
 			if e.status == resync.Started {
 				starts++
 			} else {
@@ -220,10 +250,14 @@ func TestWaveAgentsOutsideTheWindowSeeNothing(t *testing.T) {
 		if starts != 2 || nots != 2 {
 			t.Errorf("%s got %d Started and %d NotActive in round 2, want 2 and 2", a, starts, nots)
 		}
-		if first < prevNotActive {
-			t.Errorf("%s's first event of round 2 came before the previous agent's NotActive", a)
+		etcdtest.WaitFor(t, 10*time.Second, a+"'s NotActive of round 2 in the wake watch", func() bool {
+			return wakes.ownAt(a, 2, schema.NotActive) > 0
+		})
+		started, done := wakes.ownAt(a, 2, schema.Started), wakes.ownAt(a, 2, schema.NotActive)
+		if started == 0 || started < prevNotActive {
+			t.Errorf("%s's Started of round 2 was written at %d, before the previous agent's NotActive at %d", a, started, prevNotActive)
 		}
-		prevNotActive = last
+		prevNotActive = done
 	}
 
 	// Round 3: aborted while a0 holds; the others are never woken.

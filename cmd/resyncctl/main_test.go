@@ -229,7 +229,7 @@ func TestTriggerValidation(t *testing.T) {
 }
 
 func TestUnreachableEtcdIsOneClearLine(t *testing.T) {
-	addr := etcdtest.FreeAddr(t)
+	addr := etcdtest.DeadAddr(t)
 	for _, args := range [][]string{
 		{"status"}, {"registrations"}, {"history"}, {"watch"}, {"trigger", "--reason", "x", "--wait"},
 	} {
@@ -321,7 +321,7 @@ func TestEnvFallback(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "revision  none yet") {
 		t.Fatalf("-o text over RESYNC_OUTPUT=json: %d\n%s", code, out)
 	}
-	t.Setenv("RESYNC_ENDPOINTS", etcdtest.FreeAddr(t))
+	t.Setenv("RESYNC_ENDPOINTS", etcdtest.DeadAddr(t))
 	t.Setenv("RESYNC_DIAL_TIMEOUT", "1s")
 	if code, _, _ := cli(t, ctxT(t, 10*time.Second), "--endpoints", ep, "status"); code != 0 {
 		t.Fatalf("--endpoints did not win over RESYNC_ENDPOINTS: exit %d", code)

@@ -146,7 +146,7 @@ func TestRBACUsage(t *testing.T) {
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			// An endpoint that nobody serves: usage errors come first.
-			args := append(tc.args, "--endpoints", etcdtest.FreeAddr(t), "--dial-timeout", "1s")
+			args := append(tc.args, "--endpoints", etcdtest.DeadAddr(t), "--dial-timeout", "1s")
 			code, _, errOut := cli(t, ctxT(t, 10*time.Second), args...)
 			if code != 2 || !strings.Contains(errOut, tc.want) {
 				t.Fatalf("exit %d %q, want 2 and %q", code, errOut, tc.want)

@@ -198,7 +198,7 @@ func TestServesMetricsStatusAndHealthAfterARound(t *testing.T) {
 }
 
 func TestBadFlagsAndUnreachableEtcd(t *testing.T) {
-	dead := etcdtest.FreeAddr(t)
+	dead := etcdtest.DeadAddr(t)
 	for _, tc := range []struct {
 		name string
 		args []string

@@ -187,7 +187,7 @@ func TestProcessesEndToEnd(t *testing.T) {
 }
 
 func TestUnreachableEndpointsFailFast(t *testing.T) {
-	dead := etcdtest.FreeAddr(t)
+	dead := etcdtest.DeadAddr(t)
 	bins(t) // build first: the timing below is of the commands alone
 	for _, name := range []string{"resyncd", "resync-agent", "resyncctl"} {
 		args := []string{"--endpoints", dead, "--dial-timeout", "1s"}

@@ -272,6 +272,35 @@ func FreeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// DeadAddr returns a loopback host:port that no etcd answers on for the
+// rest of the test: it is held by a listener that closes every connection
+// at once. A port FreeAddr found free may be taken meanwhile by another
+// test process's etcd (two make test runs side by side), and an
+// "unreachable" etcd then answers.
+func DeadAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("etcdtest: dead port: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
+	return l.Addr().String()
+}
+
 // WaitFor polls cond every 10 ms until it is true, and fails the test with
 // what when the timeout passes first.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
