@@ -136,11 +136,11 @@ func (rs *roundState) waveResolved(p schema.PluginID, o schema.Outcome) {
 func (l *leader) advanceWave(now time.Time) error {
 	w := l.round.wave
 	l.expireAgents(now)
-	if err := l.writeDone(now); err != nil {
-		return err
-	}
+	done := l.markDone(now)
 	// The plan first: once it says aborted, no agent starts (a successor
-	// reads it), and the skipped records follow it.
+	// reads it), and the skipped records follow it. A successor that finds
+	// the plan but not the done records that led to it takes those agents
+	// for in flight and resolves them from their acks.
 	if l.wavePhase(now) {
 		if err := l.writePlan(nil); err != nil {
 			return err
@@ -151,7 +151,9 @@ func (l *leader) advanceWave(now time.Time) error {
 			return err
 		}
 	}
-	if err := l.admit(now); err != nil {
+	// The agents done and those that take their places in one Txn: a
+	// step of the window is one write, not two.
+	if err := l.writeAgents(append(done, l.admit(now)...), now); err != nil {
 		return err
 	}
 	l.waveStatus()
@@ -233,8 +235,8 @@ func (w *waveRun) room() int {
 }
 
 // admit starts waiting agents, in order, while the window has room (in the
-// canary phase only canaries).
-func (l *leader) admit(now time.Time) error {
+// canary phase only canaries): the agents to write started.
+func (l *leader) admit(now time.Time) []string {
 	w := l.round.wave
 	var batch []string
 	for room := w.room(); room > 0 && w.next < len(w.order); {
@@ -254,10 +256,7 @@ func (l *leader) admit(now time.Time) error {
 		w.next++
 		room--
 	}
-	if len(batch) == 0 {
-		return nil
-	}
-	return l.writeAgents(batch, now)
+	return batch
 }
 
 // agentPart is agent a's record in the running wave round, as its state
@@ -380,6 +379,12 @@ func (l *leader) agentNotActive(now time.Time) ([]byte, error) {
 // those that were started their wake key NotActive, which frees their
 // place in the window.
 func (l *leader) writeDone(now time.Time) error {
+	return l.writeAgents(l.markDone(now), now)
+}
+
+// markDone marks the agents whose plugins all resolved done, freeing
+// their places in the window: the agents to write done.
+func (l *leader) markDone(now time.Time) []string {
 	w := l.round.wave
 	if len(w.doneQ) == 0 {
 		return nil
@@ -398,7 +403,7 @@ func (l *leader) writeDone(now time.Time) error {
 		wa.state = schema.AgentDone
 		w.done++
 	}
-	return l.writeAgents(done, now)
+	return done
 }
 
 // skipRest skips every agent of an aborted round not started yet: its
