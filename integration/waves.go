@@ -148,10 +148,14 @@ func (h *History) checkWaveDeadlines(r *Report, rd coordinator.RoundView) {
 	if rd.Wave != nil && rd.Wave.AbortedAt.After(due) {
 		due = rd.Wave.AbortedAt
 	}
+	if len(last) == 0 && rd.Agents > 0 && !rd.Truncated {
+		r.violate("wave round %d of %d agents completed, but the observer saw none of its per-agent wave records", rd.Revision, rd.Agents)
+	}
 	for agent, a := range last {
 		if a.StartedAt.IsZero() {
 			continue // never started: skipped, or departed while waiting
 		}
+		r.WaveAgents++
 		own := a.StartedAt.Add(roundDeadline)
 		if !a.DoneAt.IsZero() {
 			if late := a.DoneAt.Sub(own) - h.outage(a.StartedAt, a.DoneAt); late > h.DeadlineAllowance {

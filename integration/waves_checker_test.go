@@ -136,8 +136,8 @@ func TestCheckerWaveRoundRules(t *testing.T) {
 	h, t0 := timedWaveHistory()
 	r := &Report{}
 	h.checkRounds(r)
-	if len(r.Violations) != 0 || r.RoundsCompleted != 1 {
-		t.Fatalf("the good timed wave history: %d rounds, violations %v", r.RoundsCompleted, r.Violations)
+	if len(r.Violations) != 0 || r.RoundsCompleted != 1 || r.WaveAgents != 3 {
+		t.Fatalf("the good timed wave history: %d rounds, %d agents checked, violations %v", r.RoundsCompleted, r.WaveAgents, r.Violations)
 	}
 	final := func(h *History) *coordinator.RoundView { return &h.RoundWrites[len(h.RoundWrites)-1].Round }
 	for _, tc := range []struct {
@@ -160,6 +160,10 @@ func TestCheckerWaveRoundRules(t *testing.T) {
 			rd := final(h)
 			rd.Acked, rd.Skipped = rd.Acked[:2], rd.Acked[2:]
 		}, "round 3 lists c/p skipped, but it is no aborted wave round"},
+		{"per-agent records never observed", func(h *History) {
+			final(h).Agents = 3
+			h.WaveAgents = nil
+		}, "wave round 3 of 3 agents completed, but the observer saw none of its per-agent wave records"},
 		{"a plain round past its deadline", func(h *History) {
 			for i := range h.RoundWrites {
 				h.RoundWrites[i].Round.Wave = nil
