@@ -376,6 +376,7 @@ type Report struct {
 	WaveAborted     int // of those, rounds that aborted
 	WaveSkipped     int // agents those skipped
 	WaveAgents      int // started agents of completed wave rounds checked against their own deadline
+	RetriesSkipped  int // retries owed whose round skipped the plugin (an aborted wave round)
 	Violations      []string
 }
 
@@ -385,9 +386,9 @@ func (r *Report) violate(format string, a ...any) {
 
 // Summary is the one-line result.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d start_sets=%d resumes=%d resume_fallbacks=%d retries_checked=%d owner_gaps=%d wave_rounds=%d wave_aborted=%d wave_skipped=%d wave_agents=%d violations=%d",
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d start_sets=%d resumes=%d resume_fallbacks=%d retries_checked=%d owner_gaps=%d wave_rounds=%d wave_aborted=%d wave_skipped=%d wave_agents=%d retries_skipped=%d violations=%d",
 		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, r.ErrorRounds, r.Closes,
-		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, r.StartSets, r.Resumes, r.ResumeFallbacks, r.RetriesChecked, r.OwnerGaps, r.WaveRounds, r.WaveAborted, r.WaveSkipped, r.WaveAgents, len(r.Violations))
+		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, r.StartSets, r.Resumes, r.ResumeFallbacks, r.RetriesChecked, r.OwnerGaps, r.WaveRounds, r.WaveAborted, r.WaveSkipped, r.WaveAgents, r.RetriesSkipped, len(r.Violations))
 }
 
 // termOf parses the term out of a leader identity <id>@<term>.
@@ -1594,6 +1595,14 @@ func (h *History) checkRetries(r *Report) {
 				next = s
 				break
 			}
+		}
+		if next != nil && slices.Contains(next.final.Skipped, nt.id) {
+			// The round that took the retry in was an aborted wave round
+			// that skipped the plugin: as documented, a skipped
+			// participant gets no retry, so this one is not owed again
+			// (counted: an error older than the rollout is not resynced
+			// by it).
+			r.RetriesSkipped++
 		}
 		if next != nil && (next.startMod < nt.modRev || !next.final.StartedAt.After(limit)) {
 			r.RetriesChecked++

@@ -191,6 +191,23 @@ func TestCheckerWaveRoundRules(t *testing.T) {
 			t.Fatalf("violations %v, want none", r.Violations)
 		}
 	})
+	// A failed join resync's retry taken in by an aborted wave round that
+	// skipped the plugin: a skipped participant gets no retry (counted).
+	t.Run("a retry skipped by an aborted wave round", func(t *testing.T) {
+		h := goodHistory()
+		seams(h)
+		at := failedJoin(h, 55, 0)
+		q := schema.PluginID{Agent: "b", Plugin: "q"}
+		roundFor(h, 3, 60, at.Add(500*time.Millisecond), "c0@10", q)
+		rd := lastRound(h, 3)
+		rd.Acked, rd.Skipped = nil, []schema.PluginID{q}
+		rd.Wave = &schema.WavePlan{MaxInFlight: 1, Phase: schema.PhaseRolling, Aborted: "aborted by chaos-test"}
+		r := &Report{}
+		h.checkRetries(r)
+		if len(r.Violations) != 0 || r.RetriesSkipped != 1 {
+			t.Fatalf("retries_skipped=%d violations %v, want 1 and none", r.RetriesSkipped, r.Violations)
+		}
+	})
 	// A successor that resumed the round rewrites its plan: the summary
 	// names the leader that started it (term 10), not the writer (term
 	// 20). The rewrite is not checked against the leader at its revision.
