@@ -140,9 +140,12 @@ type chaosEnv struct {
 	faults   map[string]int
 	long     *chaosAgent  // the agent with 128-character names
 	triggers atomic.Int64 // the pacer's requests
-	undo     []pendingUndo
-	memberUp []bool
-	loops    sync.WaitGroup // ReportError loops
+	// waveTriggers: of those, the requests with wave knobs.
+	waveTriggers atomic.Int64
+	undo         []pendingUndo
+	memberUp     []bool
+	loops        sync.WaitGroup // ReportError loops
+	op           *waveOperator  // resumes paused wave rounds (chaoswaves_test.go)
 }
 
 type pendingUndo struct {
@@ -275,6 +278,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 	for i := range chaosCoordinators {
 		env.startCoord(i, 0)
 	}
+	env.op = env.startWaveOperator()
 	defer env.teardown()
 
 	// The initial round, then the fault schedule.
@@ -282,6 +286,7 @@ func runChaos(t *testing.T, o chaosOptions) {
 	env.schedule(o.duration)
 	env.finalPhase()
 	rewatches := env.obs.rewatches.Load() // teardown stops the observer
+	resumes := env.op.resumes.Load()
 	env.teardown()
 
 	rep := env.h.Check()
@@ -292,7 +297,8 @@ func runChaos(t *testing.T, o chaosOptions) {
 		total += n
 	}
 	sort.Strings(kinds)
-	t.Logf("chaos seed=%d faults=%d [%s] triggers=%d observer_rewatches=%d %s", o.seed, total, strings.Join(kinds, " "), env.triggers.Load(), rewatches, rep.Summary())
+	t.Logf("chaos seed=%d faults=%d [%s] triggers=%d wave_triggers=%d wave_resumes=%d observer_rewatches=%d %s", o.seed, total, strings.Join(kinds, " "),
+		env.triggers.Load(), env.waveTriggers.Load(), resumes, rewatches, rep.Summary())
 	for i, v := range rep.Violations {
 		if i == 50 {
 			t.Errorf("... %d more violations", len(rep.Violations)-50)
@@ -316,6 +322,8 @@ func runChaos(t *testing.T, o chaosOptions) {
 		t.Errorf("%d leaders killed after a start, but no resumed round checked against its Started set", env.faults["leader-kill-after-start"])
 	case env.faults["join-ack-error"] > 0 && rep.RetriesChecked == 0:
 		t.Errorf("%d failed join resyncs, but no retry checked", env.faults["join-ack-error"])
+	case env.faults["wave-round"] > 0 && rep.WaveRounds == 0:
+		t.Errorf("%d wave requests, but no wave round checked", env.faults["wave-round"])
 	}
 	failed = t.Failed()
 }
@@ -633,6 +641,8 @@ func (env *chaosEnv) schedule(d time.Duration) {
 	stopPacer := env.pacer()
 	defer stopPacer()
 	restoreDue := time.Now().Add(env.between(48*time.Second, 60*time.Second))
+	// A wave round first, so that even a short run checks one.
+	env.injectKind("wave-round")
 	for time.Now().Before(end) {
 		env.runUndos(false)
 		if time.Now().After(restoreDue) {
@@ -687,11 +697,24 @@ func (env *chaosEnv) pacer() (stop func()) {
 					scope.Plugin = ps[rng.IntN(len(ps))]
 				}
 			}
+			// Now and then with wave knobs (most rounds stay plain).
+			var wave *schema.Wave
+			if rng.IntN(pacerWaveShare) == 0 {
+				wave = randomWave(rng, agentNames(names))
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := putRequest(ctx, env.admin, schema.CauseManual, scope, "chaos: steady trigger "+scope.String())
+			var err error
+			if wave == nil {
+				_, err = putRequest(ctx, env.admin, schema.CauseManual, scope, "chaos: steady trigger "+scope.String())
+			} else {
+				_, err = putWaveRequest(ctx, env.admin, []schema.Scope{scope}, wave, "chaos: steady trigger with waves "+scope.String())
+			}
 			cancel()
 			if err == nil {
 				env.triggers.Add(1)
+				if wave != nil {
+					env.waveTriggers.Add(1)
+				}
 			}
 		}
 	}()
@@ -712,6 +735,7 @@ var faultKinds = []struct {
 	{"scoped-burst", 4}, {"report-burst", 4},
 	{"late-take", 4}, {"late-join", 2}, {"agent-duplicate", 3}, {"error-1k", 3}, {"name-128", 2},
 	{"leader-kill-after-start", 3}, {"join-ack-error", 3}, {"register-mid-round", 3}, {"clock-skew", 2},
+	{"wave-round", 4},
 	{"etcd-restore", 0}, // on a timer instead: see schedule
 }
 
@@ -845,6 +869,8 @@ func (env *chaosEnv) inject(kind string) string {
 		a.start()
 	case "register-mid-round":
 		return env.registerMidRound()
+	case "wave-round":
+		return env.waveRound()
 	case "leader-kill-after-start":
 		return env.leaderKillAfterStart()
 	case "etcd-restore":
@@ -1182,6 +1208,8 @@ func (env *chaosEnv) teardown() {
 	if env.obs != nil && len(env.coords) > 0 {
 		env.quiesce()
 	}
+	env.op.stop() // after the quiesce: a paused wave round is resumed
+	env.op = nil
 	if env.h.End.IsZero() {
 		env.h.SetEnd(time.Now()) // agents and coordinators close from here
 	}

@@ -391,7 +391,7 @@ func (o *observer) observe(e *clientv3.Event) {
 		}
 		o.agents[k.Round][k.Agent] = ra
 		if ra.Wave != "" {
-			o.h.RecordWaveAgent(WaveAgentWrite{ModRev: mod, Round: k.Round, Agent: k.Agent, Wave: ra.Wave})
+			o.h.RecordWaveAgent(WaveAgentWrite{ModRev: mod, Round: k.Round, Agent: k.Agent, Wave: ra.Wave, StartedAt: ra.StartedAt, DoneAt: ra.DoneAt})
 		}
 	case schema.KindRequest:
 		if del {

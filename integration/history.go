@@ -373,6 +373,10 @@ type Report struct {
 	RetriesChecked  int // failed or timed-out acks and outcomes checked for their retry round
 	OwnerGaps       int // times an agent name was unowned while a live process of it ran
 	WaveRounds      int // wave rounds checked (waves.go)
+	WaveAborted     int // of those, rounds that aborted
+	WaveSkipped     int // agents those skipped
+	WaveAgents      int // started agents of completed wave rounds checked against their own deadline
+	RetriesSkipped  int // retries owed whose round skipped the plugin (an aborted wave round)
 	Violations      []string
 }
 
@@ -382,9 +386,9 @@ func (r *Report) violate(format string, a ...any) {
 
 // Summary is the one-line result.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d start_sets=%d resumes=%d resume_fallbacks=%d retries_checked=%d owner_gaps=%d violations=%d",
+	return fmt.Sprintf("revision_writes=%d rounds_completed=%d fenced_writes=%d events_checked=%d acks_matched=%d final_acks=%d garbage_skipped=%d scopes_checked=%d error_rounds=%d closes=%d owned_writes=%d takeovers=%d inflight_acks=%d late_timeouts=%d texts_checked=%d long_names=%d start_sets=%d resumes=%d resume_fallbacks=%d retries_checked=%d owner_gaps=%d wave_rounds=%d wave_aborted=%d wave_skipped=%d wave_agents=%d retries_skipped=%d violations=%d",
 		r.RevisionWrites, r.RoundsCompleted, r.FencedWrites, r.Events, r.AcksMatched, r.FinalAcks, r.GarbageSkipped, r.ScopesChecked, r.ErrorRounds, r.Closes,
-		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, r.StartSets, r.Resumes, r.ResumeFallbacks, r.RetriesChecked, r.OwnerGaps, len(r.Violations))
+		r.OwnedWrites, r.Takeovers, r.InflightAcks, r.LateTimeouts, r.TextsChecked, r.LongNames, r.StartSets, r.Resumes, r.ResumeFallbacks, r.RetriesChecked, r.OwnerGaps, r.WaveRounds, r.WaveAborted, r.WaveSkipped, r.WaveAgents, r.RetriesSkipped, len(r.Violations))
 }
 
 // termOf parses the term out of a leader identity <id>@<term>.
@@ -436,9 +440,10 @@ func termOf(identity string) (int64, bool) {
 //     (checkUnowned);
 //   - wave rounds: the in-flight bound, no start after the abort, skipped
 //     agents never started, no agent started twice or lost across
-//     failovers (checkWaves, waves.go). The chaos run starts no wave round
-//     yet; the rules that assume a round-wide deadline and NotActive
-//     (checkRounds, checkEvents) do not know waves.
+//     failovers (checkWaves, waves.go); each agent done within its own
+//     deadline (its start plus RoundDeadline), the round finished soon
+//     after its last agent (checkWaveDeadlines); skipped only in an
+//     aborted wave round (checkPartition).
 func (h *History) Check() *Report {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -631,6 +636,11 @@ func (h *History) checkRounds(r *Report) {
 			lg.finished, lg.final = true, rd
 			r.RoundsCompleted++
 			checkPartition(r, rd)
+			if rd.Wave != nil {
+				// A wave round's deadlines are its agents' own.
+				h.checkWaveDeadlines(r, rd)
+				continue
+			}
 			// An outage of every agent and coordinator (an etcd restore)
 			// while the round ran delays it by its length.
 			if late := rd.FinishedAt.Sub(rd.Deadline) - h.outage(rd.StartedAt, rd.FinishedAt); late > h.DeadlineAllowance {
@@ -692,6 +702,9 @@ func (h *History) checkScopes(r *Report) {
 			if l.Deleted < st.ModRev || l.Put > st.ModRev || (l.Deleted >= next && !pendingAt(*l, st.ModRev)) {
 				continue
 			}
+			if l.Req.Control != nil {
+				continue // a pause, resume or abort: it asks for no round
+			}
 			consumed++
 			if l.Req.RetryOf == 0 {
 				union.Union(l.Req.ScopeSet())
@@ -731,7 +744,7 @@ func (h *History) checkScopes(r *Report) {
 
 func sameOutcome(a, b coordinator.RoundView) bool {
 	return slices.Equal(a.Acked, b.Acked) && slices.Equal(a.Failed, b.Failed) &&
-		slices.Equal(a.TimedOut, b.TimedOut) && slices.Equal(a.Departed, b.Departed)
+		slices.Equal(a.TimedOut, b.TimedOut) && slices.Equal(a.Departed, b.Departed) && slices.Equal(a.Skipped, b.Skipped)
 }
 
 // checkPartition checks that every participant is in exactly one outcome
@@ -751,7 +764,7 @@ func checkPartition(r *Report, rd coordinator.RoundView) {
 	for _, l := range []struct {
 		name string
 		ids  []schema.PluginID
-	}{{"acked", rd.Acked}, {"failed", rd.Failed}, {"timed_out", rd.TimedOut}, {"departed", rd.Departed}} {
+	}{{"acked", rd.Acked}, {"failed", rd.Failed}, {"timed_out", rd.TimedOut}, {"departed", rd.Departed}, {"skipped", rd.Skipped}} {
 		for _, p := range l.ids {
 			prev, ok := outcome[p]
 			switch {
@@ -769,6 +782,11 @@ func checkPartition(r *Report, rd coordinator.RoundView) {
 			r.violate("round %d: participant %s has no outcome", rd.Revision, p)
 		}
 	}
+	// Skipped is the outcome of an aborted wave round's agents that never
+	// started, and of nothing else.
+	if len(rd.Skipped) > 0 && (rd.Wave == nil || rd.Wave.Aborted == "") {
+		r.violate("round %d lists %s skipped, but it is no aborted wave round", rd.Revision, rd.Skipped[0])
+	}
 }
 
 func (h *History) checkFencing(r *Report) {
@@ -776,13 +794,20 @@ func (h *History) checkFencing(r *Report) {
 		modRev int64
 		who    string
 		what   string
+		// planRewrite: a wave round's summary rewritten while it runs
+		// (its plan changed: a phase, a pause, an abort). It names the
+		// leader that started the round, not its writer, which may be a
+		// successor: its term is checked not to go back, but not against
+		// the leader at its revision.
+		planRewrite bool
 	}
 	var ws []write
 	for _, w := range h.RevWrites {
 		if !w.Malformed && !w.Deleted {
-			ws = append(ws, write{w.ModRev, w.Rec.Leader, fmt.Sprintf("revision %d %s", w.Rec.Revision, w.Rec.State)})
+			ws = append(ws, write{w.ModRev, w.Rec.Leader, fmt.Sprintf("revision %d %s", w.Rec.Revision, w.Rec.State), false})
 		}
 	}
+	startedOnce := map[uint64]bool{}
 	for _, w := range h.RoundWrites {
 		if w.Malformed {
 			continue
@@ -791,7 +816,9 @@ func (h *History) checkFencing(r *Report) {
 		if w.Round.State == schema.NotActive {
 			who = w.Round.FinishedBy
 		}
-		ws = append(ws, write{w.ModRev, who, fmt.Sprintf("rounds/%d %s", w.Key, w.Round.State)})
+		rewrite := w.Round.State == schema.Started && startedOnce[w.Key]
+		startedOnce[w.Key] = startedOnce[w.Key] || w.Round.State == schema.Started
+		ws = append(ws, write{w.ModRev, who, fmt.Sprintf("rounds/%d %s", w.Key, w.Round.State), rewrite})
 	}
 	sort.SliceStable(ws, func(i, j int) bool { return ws[i].modRev < ws[j].modRev })
 	var keys []*ElectionKey
@@ -810,8 +837,8 @@ func (h *History) checkFencing(r *Report) {
 			r.violate("%s at %d written by term %d after a write by term %d: a deposed leader wrote", w.what, w.modRev, term, last)
 		}
 		last = max(last, term)
-		if len(keys) == 0 {
-			continue // no election record (a doctored history)
+		if len(keys) == 0 || w.planRewrite {
+			continue // no election record (a doctored history), or no writer named
 		}
 		// The leader at w.modRev: the live candidate key created first.
 		var leader *ElectionKey
@@ -1568,6 +1595,14 @@ func (h *History) checkRetries(r *Report) {
 				next = s
 				break
 			}
+		}
+		if next != nil && slices.Contains(next.final.Skipped, nt.id) {
+			// The round that took the retry in was an aborted wave round
+			// that skipped the plugin: as documented, a skipped
+			// participant gets no retry, so this one is not owed again
+			// (counted: an error older than the rollout is not resynced
+			// by it).
+			r.RetriesSkipped++
 		}
 		if next != nil && (next.startMod < nt.modRev || !next.final.StartedAt.After(limit)) {
 			r.RetriesChecked++

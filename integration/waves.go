@@ -2,7 +2,9 @@ package integration
 
 import (
 	"sort"
+	"time"
 
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -16,6 +18,10 @@ type WaveAgentWrite struct {
 	Round  uint64
 	Agent  string
 	Wave   string // schema.AgentWaiting, AgentStarted, AgentDone, AgentSkipped
+	// StartedAt and DoneAt are the leader's times in the record (zero
+	// until the agent started, or was done): its own deadline is
+	// StartedAt plus the round's RoundDeadline.
+	StartedAt, DoneAt time.Time
 }
 
 // RecordWaveAgent records a write of a wave round's per-agent record.
@@ -67,10 +73,16 @@ func (h *History) waveRounds() map[uint64]*waveRound {
 func (h *History) checkWaves(r *Report) {
 	for n, wr := range h.waveRounds() {
 		r.WaveRounds++
+		if wr.abortAt != 0 {
+			r.WaveAborted++
+		}
 		state := h.checkWindow(r, n, wr)
 		for a, st := range state {
 			if wr.finished && (st == schema.AgentWaiting || st == schema.AgentStarted) {
 				r.violate("wave round %d finished with agent %s still %s: an agent was lost", n, a, st)
+			}
+			if st == schema.AgentSkipped {
+				r.WaveSkipped++
 			}
 		}
 		for _, e := range h.Events {
@@ -115,4 +127,55 @@ func (h *History) checkWindow(r *Report, n uint64, wr *waveRound) map[string]str
 		state[w.Agent] = w.Wave
 	}
 	return state
+}
+
+// checkWaveDeadlines checks a completed wave round's timing, which has no
+// round-wide deadline: each agent's deadline is its own start plus the
+// round's RoundDeadline (Deadline - StartedAt of the summary), so an
+// agent is done within that plus the allowance; the round finishes within
+// the allowance after the last of its agents' deadlines, completions and
+// its abort (then nothing is pending). An outage of every agent (a
+// restore) adds its length, as for any round.
+func (h *History) checkWaveDeadlines(r *Report, rd coordinator.RoundView) {
+	roundDeadline := rd.Deadline.Sub(rd.StartedAt)
+	last := map[string]WaveAgentWrite{}
+	for _, a := range h.WaveAgents {
+		if a.Round == rd.Revision {
+			last[a.Agent] = a // in etcd's order: the last write stands
+		}
+	}
+	due := rd.StartedAt
+	if rd.Wave != nil && rd.Wave.AbortedAt.After(due) {
+		due = rd.Wave.AbortedAt
+	}
+	if len(last) == 0 && rd.Agents > 0 && !rd.Truncated {
+		r.violate("wave round %d of %d agents completed, but the observer saw none of its per-agent wave records", rd.Revision, rd.Agents)
+	}
+	for agent, a := range last {
+		if a.StartedAt.IsZero() {
+			continue // never started: skipped, or departed while waiting
+		}
+		r.WaveAgents++
+		own := a.StartedAt.Add(roundDeadline)
+		if !a.DoneAt.IsZero() {
+			if late := a.DoneAt.Sub(own) - h.outage(a.StartedAt, a.DoneAt); late > h.DeadlineAllowance {
+				r.violate("wave round %d: agent %s was done %v after its own deadline (allowance %v)", rd.Revision, agent, late.Round(time.Millisecond), h.DeadlineAllowance)
+			}
+			own = minTime(own, a.DoneAt)
+		}
+		due = maxTime(due, own)
+	}
+	for _, a := range last {
+		due = maxTime(due, a.DoneAt)
+	}
+	if late := rd.FinishedAt.Sub(due) - h.outage(rd.StartedAt, rd.FinishedAt); late > h.DeadlineAllowance {
+		r.violate("wave round %d finished %v after the last of its agents' deadlines, completions and its abort (allowance %v)", rd.Revision, late.Round(time.Millisecond), h.DeadlineAllowance)
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/schema"
@@ -95,4 +96,141 @@ func TestCheckerCatchesWaveViolations(t *testing.T) {
 			}
 		})
 	}
+}
+
+// timedWaveHistory is goodWaveHistory with times, completed: round 3
+// starts at t0 (RoundDeadline 10 s); a runs 0-1 s, b 1-12 s (past the
+// round's deadline, within its own), c 12-13 s; the round finishes at
+// 13 s with every participant acked.
+func timedWaveHistory() (*History, time.Time) {
+	h := goodWaveHistory()
+	h.DeadlineAllowance = time.Second
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	span := map[string][2]time.Duration{"a": {0, time.Second}, "b": {time.Second, 12 * time.Second}, "c": {12 * time.Second, 13 * time.Second}}
+	for i := range h.WaveAgents {
+		w := &h.WaveAgents[i]
+		if w.Wave == schema.AgentStarted || w.Wave == schema.AgentDone {
+			w.StartedAt = t0.Add(span[w.Agent][0])
+		}
+		if w.Wave == schema.AgentDone {
+			w.DoneAt = t0.Add(span[w.Agent][1])
+		}
+	}
+	parts := []schema.PluginID{{Agent: "a", Plugin: "p"}, {Agent: "b", Plugin: "p"}, {Agent: "c", Plugin: "p"}}
+	for i := range h.RoundWrites {
+		rd := &h.RoundWrites[i].Round
+		rd.StartedAt, rd.Deadline, rd.Participants = t0, t0.Add(10*time.Second), parts
+		rd.Counts.Participants = len(parts)
+		if rd.State == schema.NotActive {
+			rd.FinishedAt, rd.Acked = t0.Add(13*time.Second), parts
+		}
+	}
+	return h, t0
+}
+
+// The round rules know waves: a wave round's agents have their own
+// deadlines (a round past its summary's deadline is no violation), and
+// skipped is the outcome of an aborted wave round only. Each doctored
+// history is flagged, the good one is not.
+func TestCheckerWaveRoundRules(t *testing.T) {
+	h, t0 := timedWaveHistory()
+	r := &Report{}
+	h.checkRounds(r)
+	if len(r.Violations) != 0 || r.RoundsCompleted != 1 || r.WaveAgents != 3 {
+		t.Fatalf("the good timed wave history: %d rounds, %d agents checked, violations %v", r.RoundsCompleted, r.WaveAgents, r.Violations)
+	}
+	final := func(h *History) *coordinator.RoundView { return &h.RoundWrites[len(h.RoundWrites)-1].Round }
+	for _, tc := range []struct {
+		name   string
+		doctor func(h *History)
+		want   string
+	}{
+		{"an agent done past its own deadline", func(h *History) {
+			for i := range h.WaveAgents {
+				if w := &h.WaveAgents[i]; w.Agent == "b" && w.Wave == schema.AgentDone {
+					w.DoneAt = t0.Add(14 * time.Second)
+				}
+			}
+			final(h).FinishedAt = t0.Add(14 * time.Second)
+		}, "wave round 3: agent b was done 3s after its own deadline"},
+		{"finished long after its last agent", func(h *History) {
+			final(h).FinishedAt = t0.Add(20 * time.Second)
+		}, "wave round 3 finished 7s after the last of its agents' deadlines"},
+		{"skipped without an abort", func(h *History) {
+			rd := final(h)
+			rd.Acked, rd.Skipped = rd.Acked[:2], rd.Acked[2:]
+		}, "round 3 lists c/p skipped, but it is no aborted wave round"},
+		{"per-agent records never observed", func(h *History) {
+			final(h).Agents = 3
+			h.WaveAgents = nil
+		}, "wave round 3 of 3 agents completed, but the observer saw none of its per-agent wave records"},
+		{"a plain round past its deadline", func(h *History) {
+			for i := range h.RoundWrites {
+				h.RoundWrites[i].Round.Wave = nil
+			}
+		}, "round 3 finished 3s after its deadline"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, _ := timedWaveHistory()
+			tc.doctor(h)
+			r := &Report{}
+			h.checkRounds(r)
+			if !strings.Contains(strings.Join(r.Violations, "\n"), tc.want) {
+				t.Fatalf("violations %v, want one with %q", r.Violations, tc.want)
+			}
+		})
+	}
+	t.Run("skipped in an aborted round", func(t *testing.T) {
+		h, _ := timedWaveHistory()
+		rd := final(h)
+		rd.Acked, rd.Skipped = rd.Acked[:2], rd.Acked[2:]
+		rd.Wave = &schema.WavePlan{MaxInFlight: 1, Phase: schema.PhaseRolling, Aborted: "aborted by chaos-test", AbortedAt: t0.Add(12 * time.Second)}
+		r := &Report{}
+		h.checkRounds(r)
+		if len(r.Violations) != 0 {
+			t.Fatalf("violations %v, want none", r.Violations)
+		}
+	})
+	// A failed join resync's retry taken in by an aborted wave round that
+	// skipped the plugin: a skipped participant gets no retry (counted).
+	t.Run("a retry skipped by an aborted wave round", func(t *testing.T) {
+		h := goodHistory()
+		seams(h)
+		at := failedJoin(h, 55, 0)
+		q := schema.PluginID{Agent: "b", Plugin: "q"}
+		roundFor(h, 3, 60, at.Add(500*time.Millisecond), "c0@10", q)
+		rd := lastRound(h, 3)
+		rd.Acked, rd.Skipped = nil, []schema.PluginID{q}
+		rd.Wave = &schema.WavePlan{MaxInFlight: 1, Phase: schema.PhaseRolling, Aborted: "aborted by chaos-test"}
+		r := &Report{}
+		h.checkRetries(r)
+		if len(r.Violations) != 0 || r.RetriesSkipped != 1 {
+			t.Fatalf("retries_skipped=%d violations %v, want 1 and none", r.RetriesSkipped, r.Violations)
+		}
+	})
+	// A successor that resumed the round rewrites its plan: the summary
+	// names the leader that started it (term 10), not the writer (term
+	// 20). The rewrite is not checked against the leader at its revision.
+	t.Run("a successor's plan rewrite", func(t *testing.T) {
+		h, _ := timedWaveHistory()
+		h.RecordElection("/resync/election/1", "c0", 10, 10, false)
+		h.RecordElection("/resync/election/1", "", 10, 150, true)
+		h.RecordElection("/resync/election/2", "c1", 140, 140, false)
+		for i := range h.RoundWrites {
+			h.RoundWrites[i].Round.StartedBy, h.RoundWrites[i].Round.FinishedBy = "c0@10", "c1@140"
+		}
+		rewrite := h.RoundWrites[0]
+		rewrite.ModRev, rewrite.Round.Wave = 160, &schema.WavePlan{MaxInFlight: 1, Phase: schema.PhaseRolling, Paused: true}
+		h.RoundWrites = append(h.RoundWrites[:1], rewrite, h.RoundWrites[1])
+		r := &Report{}
+		h.checkFencing(r)
+		if len(r.Violations) != 0 {
+			t.Fatalf("violations %v, want none", r.Violations)
+		}
+		h.RoundWrites[0].ModRev = 150 // the start itself by a term that no longer leads
+		h.checkFencing(r)
+		if !strings.Contains(strings.Join(r.Violations, "\n"), "rounds/3 Started at 150 by term 10 while term 140 (c1) led") {
+			t.Fatalf("violations %v, want the start by a deposed term", r.Violations)
+		}
+	})
 }
