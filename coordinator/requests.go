@@ -270,6 +270,16 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 	return s, nil
 }
 
+// retryReason is the reason of a retry of n plugins; it counts the
+// skipped ones that still owe a resync (planRetry) when there are any.
+func retryReason(rec schema.Round, n int) string {
+	r := fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut)
+	if owed := n - rec.Counts.Failed - rec.Counts.TimedOut; owed > 0 {
+		r += fmt.Sprintf(", %d skipped with a failure unanswered", owed)
+	}
+	return r
+}
+
 // retryRequests are the requests of round rec's retry: its failed and
 // timed-out participants as Targets (at most MaxRequestTargets per
 // request), each with RetryOf naming the round. They carry their targets
@@ -277,11 +287,12 @@ func (l *leader) retrySet(n uint64) (schema.ScopeSet, error) {
 // DetailHistory rounds, or refused for good) nor on this leader's memory.
 func (l *leader) retryRequests(rec schema.Round, failed []schema.PluginID, now time.Time) ([]put, error) {
 	var puts []put
+	reason := retryReason(rec, len(failed))
 	parts := (len(failed) + schema.MaxRequestTargets - 1) / schema.MaxRequestTargets
 	for i := 0; len(failed) > 0; i++ {
 		k := min(len(failed), schema.MaxRequestTargets)
 		req := schema.Request{
-			Reason: fmt.Sprintf("retry of round %d: %d failed, %d timed out", rec.Revision, rec.Counts.Failed, rec.Counts.TimedOut),
+			Reason: reason,
 			Cause:  schema.CauseError, RetryOf: rec.Revision, RequestedBy: l.identity, RequestedAt: now.UTC(),
 		}
 		if parts > 1 {

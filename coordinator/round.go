@@ -872,15 +872,23 @@ func (l *leader) pruneOps(n uint64) []clientv3.Op {
 // Either way it survives the summary's smaller writes: a successor that
 // finishes the round again after a crash in between plans it again, and
 // the two merge into one round.
+//
+// A participant that an aborted wave round skipped is owed the retry too
+// when its last ack in etcd is a failure: a failed join or an earlier
+// round's error merged into this round, which never started it. The ack
+// is in etcd, so a successor decides the same (chaos: an abort consumed
+// such a retry 46 times in 5 minutes).
 func (l *leader) planRetry(f *finishing, now time.Time) error {
-	if !f.rec.Clean() {
-		var failed []schema.PluginID
-		for _, p := range f.rs.parts {
-			if o := f.rs.outcome[p]; o == schema.OutcomeFailed || o == schema.OutcomeTimedOut {
-				f.retry.AddPlugin(p)
-				failed = append(failed, p)
-			}
+	var failed []schema.PluginID
+	for _, p := range f.rs.parts {
+		switch o := f.rs.outcome[p]; {
+		case o == schema.OutcomeFailed || o == schema.OutcomeTimedOut,
+			o == schema.OutcomeSkipped && l.failedLast(p):
+			f.retry.AddPlugin(p)
+			failed = append(failed, p)
 		}
+	}
+	if len(failed) > 0 {
 		var err error
 		if f.retries, err = l.retryRequests(f.rec, failed, now); err != nil {
 			return err
@@ -1008,6 +1016,13 @@ func (l *leader) trySummary(f *finishing, w summaryWrite) error {
 	return err
 }
 
+// failedLast reports whether plugin p's last ack in etcd is a failure
+// (error or timeout): a resync it still owes.
+func (l *leader) failedLast(p schema.PluginID) bool {
+	a, ok := l.acks[p]
+	return ok && a.Result != schema.ResultOK
+}
+
 // finished makes f's round the last one: it remembers an unclean round's
 // retry set and ends its error streaks, and tells the log, the status and
 // the hooks.
@@ -1015,7 +1030,7 @@ func (l *leader) finished(f *finishing, now time.Time) {
 	rec, rev := f.rec, f.rev
 	l.rev = &rev
 	l.round = nil
-	if !rec.Clean() {
+	if !f.retry.Empty() {
 		l.rememberRetry(rec.Revision, f.retry)
 	}
 	l.errorRoundFinished(now)

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -612,5 +613,58 @@ func TestWaveCanaryPauseAndAgentDeadlineAreExact(t *testing.T) {
 		if len(r.TimedOut) > 0 && !r.DoneAt.Equal(started.Add(cfg.RoundDeadline)) {
 			t.Errorf("%s timed out at %v, want its start %v + %v", r.Agent, r.DoneAt, started, cfg.RoundDeadline)
 		}
+	}
+}
+
+// A plugin whose last resync failed still owes one when an aborted wave
+// round skips it: the round's retry names it beside the failed ones. Here
+// node 4 failed the initial round, whose retry waits out a minute's
+// backoff; the wave round (one agent at a time, no failure allowed)
+// aborts when node 0 fails and skips node 4, whose failure is then
+// still unanswered (the chaos run saw an abort consume such retries).
+func TestAbortedWaveRetriesSkippedPluginsThatOweAResync(t *testing.T) {
+	cfg := testConfig("c0")
+	cfg.BackoffMin, cfg.BackoffMax = time.Minute, time.Minute
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	names := fleetNames(6, "node-", 0)
+	f := startFleet(t, obs, names, []string{"p"})
+	co := newCoord(t, []string{m.Endpoint()}, cfg)
+	waitRevision(t, co, 1, schema.Started)
+	owes, fails := schema.PluginID{Agent: names[4], Plugin: "p"}, schema.PluginID{Agent: names[0], Plugin: "p"}
+	var ok []schema.PluginID
+	for _, id := range f.ids {
+		if id != owes {
+			ok = append(ok, id)
+		}
+	}
+	f.ack(1, ok, schema.ResultOK, "")
+	f.ack(1, []schema.PluginID{owes}, schema.ResultError, "cannot load yet")
+	waitFinished(t, obs, 1, 30*time.Second)
+
+	newWaveAcker(t, f, obs, map[string]bool{fails.Agent: true}, nil)
+	waveRequest(t, obs, schema.Wave{MaxInFlight: "1", MaxFailed: "0"}, "careful")
+	v := waitFinished(t, obs, 2, 30*time.Second)
+	if v.Wave == nil || v.Wave.Aborted == "" || !slices.Contains(v.Skipped, owes) {
+		t.Fatalf("round 2: wave %+v, counts %+v, failed %v, skipped %v: want aborted with %s skipped", v.Wave, v.Counts, v.Failed, v.Skipped, owes)
+	}
+	var named []schema.PluginID
+	etcdtest.WaitFor(t, 10*time.Second, "round 2's retry", func() bool {
+		resp, err := obs.Get(ctxT(t, 5*time.Second), layout.OperatorRequests(), clientv3.WithPrefix())
+		if err != nil {
+			return false
+		}
+		named = nil
+		for _, kv := range resp.Kvs {
+			if _, req, err := layout.DecodeRequest(string(kv.Key), kv.Value); err == nil && req.RetryOf == 2 {
+				for _, tg := range req.Targets {
+					named = append(named, schema.PluginID{Agent: tg.Agent, Plugin: tg.Plugin})
+				}
+			}
+		}
+		return len(named) > 0
+	})
+	if !slices.Contains(named, owes) || !slices.Contains(named, fails) || len(named) != 2 {
+		t.Fatalf("round 2's retry names %v; want %s (failed) and %s (skipped, its failure unanswered)", named, fails, owes)
 	}
 }
