@@ -1598,10 +1598,9 @@ func (h *History) checkRetries(r *Report) {
 		}
 		if next != nil && slices.Contains(next.final.Skipped, nt.id) {
 			// The round that took the retry in was an aborted wave round
-			// that skipped the plugin: as documented, a skipped
-			// participant gets no retry, so this one is not owed again
-			// (counted: an error older than the rollout is not resynced
-			// by it).
+			// that skipped the plugin: its own retry names the plugin
+			// again (its last ack is still the failure: planRetry), which
+			// this rule does not time yet (counted).
 			r.RetriesSkipped++
 		}
 		if next != nil && (next.startMod < nt.modRev || !next.final.StartedAt.After(limit)) {
