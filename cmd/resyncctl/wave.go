@@ -190,10 +190,8 @@ func (d waveDoc) String() string {
 		s += fmt.Sprintf(" (abort above %d)", *d.MaxFailed)
 	}
 	switch {
-	case d.Aborted != "":
-		s += "; aborted: " + d.Aborted
-	case d.Paused:
-		s += "; paused (resyncctl resume)"
+	case d.Aborted != "" || d.Paused:
+		s += d.halted(" (resyncctl resume)")
 	case d.Phase == schema.PhaseCanaryPause && d.ResumeAt.IsZero():
 		s += "; canaries done, waiting for resyncctl resume"
 	case d.Phase == schema.PhaseCanaryPause:
@@ -215,13 +213,19 @@ func (d waveDoc) planString() string {
 	if d.MaxFailed != nil {
 		s += fmt.Sprintf(", abort above %d failed", *d.MaxFailed)
 	}
+	return s + d.halted("")
+}
+
+// halted says whether the round was aborted (and why) or is paused (with
+// hint after it), or nothing.
+func (d waveDoc) halted(hint string) string {
 	switch {
 	case d.Aborted != "":
-		s += "; aborted: " + d.Aborted
+		return "; aborted: " + d.Aborted
 	case d.Paused:
-		s += "; paused"
+		return "; paused" + hint
 	}
-	return s
+	return ""
 }
 
 // skipWave counts the plugins a running wave round skipped (its agents'
