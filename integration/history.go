@@ -710,6 +710,21 @@ func (h *History) checkScopes(r *Report) {
 				union.Union(l.Req.ScopeSet())
 				continue
 			}
+			if len(l.Req.Targets) > 0 {
+				// A retry carries its targets: its round's failed and
+				// timed-out participants, and those an aborted wave round
+				// skipped whose last resync had failed. None acked in it.
+				union.Union(l.Req.ScopeSet())
+				if prev, ok := final[l.Req.RetryOf]; ok {
+					for _, tg := range l.Req.Targets {
+						p := schema.PluginID{Agent: tg.Agent, Plugin: tg.Plugin}
+						if !slices.Contains(prev.Failed, p) && !slices.Contains(prev.TimedOut, p) && !slices.Contains(prev.Skipped, p) {
+							r.violate("the retry of round %d names %s, which neither failed, timed out nor was skipped in it", l.Req.RetryOf, p)
+						}
+					}
+				}
+				continue
+			}
 			if prev, ok := final[l.Req.RetryOf]; ok {
 				for _, p := range append(slices.Clone(prev.Failed), prev.TimedOut...) {
 					union.AddPlugin(p)
