@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
@@ -121,15 +122,23 @@ func TestServesMetricsStatusAndHealthAfterARound(t *testing.T) {
 		t.Errorf("status leader %q leading %v", doc.Leader, doc.Coordinator.Leading)
 	}
 
-	code, body := get(t, base+"/metrics")
-	if code != 200 {
-		t.Fatalf("/metrics: %d", code)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v", err)
-	}
+	// The metrics hear of a finished round after /status does (the
+	// coordinator's hooks run after its status is set): scraped until
+	// they count the retry round.
+	var families map[string]*dto.MetricFamily
+	etcdtest.WaitFor(t, 10*time.Second, "/metrics to count the retry round", func() bool {
+		code, body := get(t, base+"/metrics")
+		if code != 200 {
+			t.Fatalf("/metrics: %d", code)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		var err error
+		if families, err = parser.TextToMetricFamilies(strings.NewReader(body)); err != nil {
+			t.Fatalf("/metrics does not parse: %v", err)
+		}
+		f := families[metrics.RoundDuration]
+		return f != nil && len(f.Metric) > 0 && f.Metric[0].Histogram != nil && f.Metric[0].Histogram.GetSampleCount() >= 3
+	})
 	value := func(name, label, lv string) float64 {
 		f := families[name]
 		if f == nil {
