@@ -217,15 +217,3 @@ func putControl(ctx context.Context, c *clientv3.Client, n uint64, action string
 		RequestedBy: "chaos-test", RequestedAt: now.UTC()}
 	return putOperatorRequest(ctx, c, req, now)
 }
-
-func putOperatorRequest(ctx context.Context, c *clientv3.Client, req schema.Request, now time.Time) (int64, error) {
-	b, err := schema.Encode(req)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.Put(ctx, layout.OperatorRequest(schema.NewRequestID(now)), string(b))
-	if err != nil {
-		return 0, err
-	}
-	return resp.Header.Revision, nil
-}

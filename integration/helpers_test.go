@@ -440,10 +440,10 @@ func (o *observer) observe(e *clientv3.Event) {
 	}
 }
 
-// putRequest writes a resync request and returns its etcd revision.
-func putRequest(ctx context.Context, c *clientv3.Client, cause schema.Cause, scope schema.Scope, reason string) (int64, error) {
-	now := time.Now()
-	b, err := schema.Encode(schema.Request{Reason: reason, Cause: cause, Scope: scope, RequestedBy: "chaos-test", RequestedAt: now.UTC()})
+// putOperatorRequest writes req under requests/operator/ and returns its
+// etcd revision.
+func putOperatorRequest(ctx context.Context, c *clientv3.Client, req schema.Request, now time.Time) (int64, error) {
+	b, err := schema.Encode(req)
 	if err != nil {
 		return 0, err
 	}
@@ -452,6 +452,12 @@ func putRequest(ctx context.Context, c *clientv3.Client, cause schema.Cause, sco
 		return 0, err
 	}
 	return resp.Header.Revision, nil
+}
+
+// putRequest writes a resync request and returns its etcd revision.
+func putRequest(ctx context.Context, c *clientv3.Client, cause schema.Cause, scope schema.Scope, reason string) (int64, error) {
+	now := time.Now()
+	return putOperatorRequest(ctx, c, schema.Request{Reason: reason, Cause: cause, Scope: scope, RequestedBy: "chaos-test", RequestedAt: now.UTC()}, now)
 }
 
 // putTargets writes a request for a set of targets (one: its scope; more:
@@ -464,13 +470,5 @@ func putTargets(ctx context.Context, c *clientv3.Client, cause schema.Cause, tar
 	} else {
 		req.Targets = targets
 	}
-	b, err := schema.Encode(req)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.Put(ctx, layout.OperatorRequest(schema.NewRequestID(now)), string(b))
-	if err != nil {
-		return 0, err
-	}
-	return resp.Header.Revision, nil
+	return putOperatorRequest(ctx, c, req, now)
 }
