@@ -34,6 +34,9 @@ func SaveSnapshot(ctx context.Context, c *clientv3.Client, dir string) (string, 
 	if err != nil {
 		return "", 0, fmt.Errorf("etcdtest: snapshot: reading the revision: %w", err)
 	}
+	if err := waitApplied(ctx, c); err != nil {
+		return "", 0, fmt.Errorf("etcdtest: snapshot: %w", err)
+	}
 	f, err := os.CreateTemp(dir, "snapshot-*.db")
 	if err != nil {
 		return "", 0, err
@@ -54,6 +57,45 @@ func SaveSnapshot(ctx context.Context, c *clientv3.Client, dir string) (string, 
 		return "", 0, fmt.Errorf("etcdtest: snapshot: %w", err)
 	}
 	return f.Name(), resp.Header.Revision, nil
+}
+
+// waitApplied waits until every endpoint of c that answers has applied
+// what its cluster had committed when it was called. The snapshot API
+// serves the member that the client's balancer picks, and a follower under
+// load can be behind the write that the caller just saw succeed: its
+// snapshot would lack it. A member that does not answer (stopped by a
+// fault test) serves no snapshot either and is not waited for.
+func waitApplied(ctx context.Context, c *clientv3.Client) error {
+	status := func(ep string) (applied, committed uint64, ok bool) {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		st, err := c.Status(sctx, ep)
+		if err != nil {
+			return 0, 0, false
+		}
+		return st.RaftAppliedIndex, st.RaftIndex, true
+	}
+	var committed uint64
+	var live []string
+	for _, ep := range c.Endpoints() {
+		if _, ci, ok := status(ep); ok {
+			committed, live = max(committed, ci), append(live, ep)
+		}
+	}
+	for _, ep := range live {
+		for {
+			applied, _, ok := status(ep)
+			if !ok || applied >= committed {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s applied index %d, waiting for %d: %w", ep, applied, committed, ctx.Err())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // Snapshot takes a backup of the member's data (SaveSnapshot) and returns
