@@ -162,7 +162,7 @@ func newLeader(co *Coordinator, sess *concurrency.Session, key string, term int6
 		co: co, cfg: co.cfg, layout: co.layout, c: co.c, sess: sess, key: key, term: term,
 		identity: fmt.Sprintf("%s@%d", co.cfg.ID, term), log: log,
 		ctx: ctx, cancel: cancel,
-		stateC: make(chan stateEvent, 64), reqC: make(chan reqEvent, 64),
+		stateC: make(chan stateEvent, 1024), reqC: make(chan reqEvent, 64),
 		ended: ended, end: end,
 		regs:        map[schema.PluginID]schema.Registration{},
 		agentLeases: map[string]clientv3.LeaseID{},
@@ -226,11 +226,28 @@ func (l *leader) run() error {
 			return l.why()
 		case ev := <-l.stateC:
 			l.onState(ev)
+			l.drainState()
 		case ev := <-l.reqC:
 			if err := l.onRequests(ev); err != nil {
 				return err
 			}
 		case <-timer.Chan():
+		}
+	}
+}
+
+// drainState takes the state events already queued, without waiting, so
+// that the next step answers them all at once: a step's writes (a wave's
+// done and started agents, join-failure requests) are one Txn for every ack
+// that arrived while the last one was in flight, not one Txn per watch
+// response. Bounded by the queue's size, so requests are not starved.
+func (l *leader) drainState() {
+	for range cap(l.stateC) {
+		select {
+		case ev := <-l.stateC:
+			l.onState(ev)
+		default:
+			return
 		}
 	}
 }

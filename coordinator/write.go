@@ -181,9 +181,12 @@ func (l *leader) writeOne(p put) (lost int, err error) {
 // until leadership is lost.
 func (l *leader) fencedTxn(ops []clientv3.Op) error {
 	size := opsSize(ops)
-	if int64(size) > l.co.largestWrite.Load() {
-		l.co.largestWrite.Store(int64(size))
-		l.co.setStatus(func(s *Status) { s.LargestWrite = max(s.LargestWrite, size) })
+	// A CAS loop: a wave step's Txns are written concurrently.
+	for old := l.co.largestWrite.Load(); int64(size) > old; old = l.co.largestWrite.Load() {
+		if l.co.largestWrite.CompareAndSwap(old, int64(size)) {
+			l.co.setStatus(func(s *Status) { s.LargestWrite = max(s.LargestWrite, size) })
+			break
+		}
 	}
 	first := ""
 	if len(ops) > 0 {
