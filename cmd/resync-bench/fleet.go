@@ -82,7 +82,7 @@ func startFleet(ctx context.Context, e *env, sz size, prefix string, perClient i
 				return nil, err
 			}
 			f.wg.Add(1)
-			go f.plugin(reg.StatusChan(), p.Done(), span)
+			go f.plugin(reg.StatusChan(), p.Done(), span, sz.Reload)
 		}
 	}
 	want := int64(sz.participants())
@@ -145,9 +145,12 @@ func (f *fleet) round(_ context.Context, rev uint64) (fleetRound, error) {
 	return fleetRound{Span: spanOf(f.spans, rev), IO: f.io.of(rev)}, nil
 }
 
-// plugin is a plugin that reloads nothing: it acks every Started at once,
-// noting in its agent's span when it took it and when it acked.
-func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}, span *agentSpan) {
+// plugin is a plugin that reloads for reload (0: not at all) and acks
+// every Started, noting in its agent's span when it took it and when it
+// acked. The wait is the reload's stand-in, work and not a
+// synchronisation: its plugin's agent holds the next plugin's Started
+// meanwhile, as the seed's in-order hand-off does.
+func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}, span *agentSpan, reload time.Duration) {
 	defer f.wg.Done()
 	for {
 		var ev resync.StatusEvent
@@ -159,6 +162,15 @@ func (f *fleet) plugin(ch <-chan resync.StatusEvent, done <-chan struct{}, span 
 		if ev.ResyncStatus() == resync.Started {
 			rev := revisionOf(ev)
 			span.started(rev, time.Now())
+			if reload > 0 {
+				t := time.NewTimer(reload)
+				select {
+				case <-t.C:
+				case <-done:
+					t.Stop()
+					return
+				}
+			}
 			ev.Ack()
 			span.acked(rev, time.Now())
 			f.started.Add(1)

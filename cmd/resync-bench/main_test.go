@@ -140,7 +140,7 @@ func TestSmokeAgentsApart(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "results.json")
 	var stdout bytes.Buffer
-	code := run([]string{"-only", "rounds", "-agents-apart", "-sizes", "1x1,10x10~3", "-rounds", "2", "-warmup", "1",
+	code := run([]string{"-only", "rounds", "-agents-apart", "-sizes", "1x1,10x10~3+2ms", "-rounds", "2", "-warmup", "1",
 		"-barrier-rounds", "1", "-barrier-timeout", "20s", "-out", out, "-dir", dir, "-log", filepath.Join(dir, "bench.log")}, &stdout)
 	if code != 0 {
 		t.Fatalf("resync-bench -agents-apart exited %d, want 0; stdout:\n%s", code, stdout.String())
@@ -160,6 +160,11 @@ func TestSmokeAgentsApart(t *testing.T) {
 		}
 		if r.Wave != "" {
 			checkWaveRow(t, r, 3)
+			// Each plugin reloads 2 ms, one after the other: the agent,
+			// in this process or in the child, resyncs for 20 ms at least.
+			if r.ReloadMS != 2 || r.AgentResync.P50 < 20 {
+				t.Errorf("%s %s: plugin reload %.1f ms, agent resync p50 %.1f ms: want 2, >= 20", r.size(), r.Mode, r.ReloadMS, r.AgentResync.P50)
+			}
 		}
 	}
 	if !strings.Contains(stdout.String(), modeApart) {

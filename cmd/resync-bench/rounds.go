@@ -116,9 +116,11 @@ type RoundRow struct {
 	// coordinator resolved it to, WindowSetOn where it was set: on each
 	// request, or on the coordinator for every round (resyncd
 	// --max-in-flight, the write budget).
-	Wave        string `json:"wave,omitempty"`
-	Window      int    `json:"wave_window_agents,omitempty"`
-	WindowSetOn string `json:"wave_window_set_on,omitempty"`
+	Wave string `json:"wave,omitempty"`
+	// ReloadMS is each plugin's reload time before it acks (size +RELOAD).
+	ReloadMS    float64 `json:"plugin_reload_ms,omitempty"`
+	Window      int     `json:"wave_window_agents,omitempty"`
+	WindowSetOn string  `json:"wave_window_set_on,omitempty"`
 	// From the fleet's own timestamps, every row: an agent is in flight
 	// from its first plugin's Started to its last plugin's ack.
 	// PeakInFlight is the most agents in flight at once in any measured
@@ -141,15 +143,17 @@ type RoundRow struct {
 }
 
 func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeInProcess, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient), ReloadMS: ms(sz.Reload)}
 	var err error
 	progress("%s: starting %d agents on %d clients", sz, sz.Agents, row.Clients)
 	if err = measureRounds(ctx, e, o, sz, log, &row, false); err != nil {
 		return row, err
 	}
 	progress("%s: round p50 %.1f ms (largest write %d B, %.2f ack Txns per agent, peak %d agents in flight)", sz, row.Round.P50, row.LargestWrite, row.AckTxnsPerAgent, row.PeakInFlight)
-	if sz.Wave != "" {
-		return row, ctx.Err() // no floors: those of the size without waves (waves.go)
+	if sz.Wave != "" || sz.Reload > 0 {
+		// No floors: a wave size's are those of the size without waves
+		// (waves.go), and the floors' plugins reload nothing.
+		return row, ctx.Err()
 	}
 	// The floors and the barrier: the participants a measured round has.
 	sz = sz.measured()
@@ -193,7 +197,7 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 // (etcd, the coordinator, the tenant probe) pinned to o.apart.bench, the
 // agents' child to o.apart.agents; this process's CPUs are restored after.
 func measureApart(ctx context.Context, e *env, o options, sz size, log logrus.FieldLogger) (RoundRow, error) {
-	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient)}
+	row := RoundRow{Mode: modeApart, Agents: sz.Agents, Plugins: sz.Plugins, Participants: sz.measured().participants(), Targeted: sz.Target, Wave: sz.Wave, Clients: sz.clients(o.agentsPerClient), ReloadMS: ms(sz.Reload)}
 	progress("%s, agents apart: this process on CPUs %s, %d agents on CPU %d", sz, formatCPUs(o.apart.bench), sz.Agents, o.apart.agents)
 	defer func() {
 		if err := pinProcess(o.apart.all); err != nil {

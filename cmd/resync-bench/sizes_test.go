@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseSize(t *testing.T) {
@@ -28,6 +29,11 @@ func TestParseSize(t *testing.T) {
 		{in: "10x10~", err: "is not a window"},
 		{in: "10x10~ten", err: "is not a window"},
 		{in: "10x~5", err: "is not AGENTSxPLUGINS"},
+		{in: "5000x10~500+10ms", want: size{Agents: 5000, Plugins: 10, Wave: "500", Reload: 10 * time.Millisecond}, window: 500},
+		{in: "100x10+1.5ms", want: size{Agents: 100, Plugins: 10, Reload: 1500 * time.Microsecond}},
+		{in: "100x10+0s", err: "is not a plugin reload time"},
+		{in: "100x10+2m0s", err: "is not a plugin reload time"},
+		{in: "100x10+fast", err: "is not a plugin reload time"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			got, err := parseSize(tc.in)

@@ -21,6 +21,11 @@ type size struct {
 	// or waveBudget: -budget-window agents, set on the coordinator; "": no
 	// waves.
 	Wave string
+	// Reload is how long each plugin takes to reload before it acks a
+	// Started (written "+10ms"); 0: it acks at once. A real plugin
+	// re-reads its state and reprograms its dataplane; an instant one
+	// makes a round measure only the protocol.
+	Reload time.Duration
 }
 
 func (s size) String() string {
@@ -30,6 +35,9 @@ func (s size) String() string {
 	}
 	if s.Wave != "" {
 		out += "~" + s.Wave
+	}
+	if s.Reload > 0 {
+		out += "+" + s.Reload.String()
 	}
 	return out
 }
@@ -45,12 +53,15 @@ func (s size) measured() size {
 }
 
 // fleet is the size without its wave: the agents that run.
-func (s size) fleet() size { return size{Agents: s.Agents, Plugins: s.Plugins, Target: s.Target} }
+func (s size) fleet() size {
+	return size{Agents: s.Agents, Plugins: s.Plugins, Target: s.Target, Reload: s.Reload}
+}
 
-const sizeSyntax = "AGENTSxPLUGINS[@TARGETED][~WINDOW|~WINDOW%|~budget] (e.g. 100x10, 1000x10@100, 5000x10~500, 5000x10~10%, 10000x10~budget)"
+const sizeSyntax = "AGENTSxPLUGINS[@TARGETED][~WINDOW|~WINDOW%|~budget][+RELOAD] (e.g. 100x10, 1000x10@100, 5000x10~500, 5000x10~10%, 10000x10~budget, 5000x10~500+10ms)"
 
 func parseSize(s string) (size, error) {
-	spec, wave, hasWave := strings.Cut(strings.TrimSpace(s), "~")
+	spec, reload, hasReload := strings.Cut(strings.TrimSpace(s), "+")
+	spec, wave, hasWave := strings.Cut(spec, "~")
 	spec, target, hasTarget := strings.Cut(spec, "@")
 	a, p, ok := strings.Cut(spec, "x")
 	na, err1 := strconv.Atoi(a)
@@ -71,6 +82,13 @@ func parseSize(s string) (size, error) {
 			return size{}, fmt.Errorf("size %q: %w", s, err)
 		}
 		z.Wave = wave
+	}
+	if hasReload {
+		d, err := time.ParseDuration(reload)
+		if err != nil || d <= 0 || d > time.Minute {
+			return size{}, fmt.Errorf("size %q: +%s is not a plugin reload time: give a duration above 0 and at most 1m (+10ms)", s, reload)
+		}
+		z.Reload = d
 	}
 	return z, nil
 }

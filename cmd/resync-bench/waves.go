@@ -60,7 +60,7 @@ func (s size) window(budget int) int {
 
 // size is the row's size as the tables name it.
 func (r RoundRow) size() size {
-	return size{Agents: r.Agents, Plugins: r.Plugins, Target: r.Targeted, Wave: r.Wave}
+	return size{Agents: r.Agents, Plugins: r.Plugins, Target: r.Targeted, Wave: r.Wave, Reload: time.Duration(r.ReloadMS * float64(time.Millisecond))}
 }
 
 // noteRound records measured round rev's agents in flight, asked of the
@@ -143,7 +143,7 @@ func (r *roundRun) settle() (fleetCounts, error) {
 // the run has one.
 func peerOf(rows []RoundRow, r RoundRow) *RoundRow {
 	for i, x := range rows {
-		if x.Wave == "" && x.Agents == r.Agents && x.Plugins == r.Plugins && x.Targeted == r.Targeted && x.Mode == r.Mode {
+		if x.Wave == "" && x.Agents == r.Agents && x.Plugins == r.Plugins && x.Targeted == r.Targeted && x.Mode == r.Mode && x.ReloadMS == r.ReloadMS {
 			return &rows[i]
 		}
 	}
