@@ -168,12 +168,12 @@ func targets(res *Results, o options) []Target {
 // roundTargets are the round-latency goals, against the floors and the
 // DoubleBarrier, and the write-size goal.
 func roundTargets(all []RoundRow) []Target {
-	// The goal is stated for 1000x10 in process (agents-apart and wave
-	// rows have no floors); the largest size measured stands in for it in
-	// quick runs (its name says which).
+	// The goal is stated for 1000x10 in process (agents-apart, wave and
+	// reload rows have no floors); the largest size measured stands in for
+	// it in quick runs (its name says which).
 	var rounds []RoundRow
 	for _, x := range all {
-		if x.Mode != modeApart && x.Wave == "" {
+		if x.hasFloors() {
 			rounds = append(rounds, x)
 		}
 	}
@@ -294,10 +294,14 @@ func printRounds(w io.Writer, rounds []RoundRow) {
 	tw.Flush()
 }
 
+// hasFloors says whether the row's floors and barrier were measured: not
+// for an agents-apart row, a wave row, or one whose plugins reload.
+func (r RoundRow) hasFloors() bool { return r.Mode != modeApart && r.Wave == "" && r.ReloadMS == 0 }
+
 // floorCells are a round row's floor, barrier and ratio columns, "-" for
-// an agents-apart row or a wave row (none measured).
+// a row without floors.
 func floorCells(r RoundRow) []string {
-	if r.Mode == modeApart || r.Wave != "" {
+	if !r.hasFloors() {
 		return slices.Repeat([]string{"-"}, 11)
 	}
 	bp50, rb := "-", "-"

@@ -119,11 +119,11 @@ func waveTargets(rounds []RoundRow) []Target {
 func targetedTargets(rounds []RoundRow) []Target {
 	var out []Target
 	for _, r := range rounds {
-		if r.Targeted == 0 || r.Wave != "" || r.Mode != modeInProcess {
+		if r.Targeted == 0 || !r.hasFloors() {
 			continue
 		}
 		for _, s := range rounds {
-			if s.Agents == r.Targeted && s.Plugins == r.Plugins && s.Targeted == 0 && s.Wave == "" && s.Mode == modeInProcess {
+			if s.Agents == r.Targeted && s.Plugins == r.Plugins && s.Targeted == 0 && s.hasFloors() {
 				out = append(out, Target{Name: fmt.Sprintf("round %s vs %s", r.size(), s.size()), Goal: "p50 <= 1.5 x",
 					Measured: fmt.Sprintf("%.2f x (%.1f / %.1f ms)", ratio(r.Round.P50, s.Round.P50), r.Round.P50, s.Round.P50),
 					Met:      s.Round.N > 0 && r.Round.N > 0 && r.Round.P50 <= 1.5*s.Round.P50})
