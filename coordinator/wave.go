@@ -499,6 +499,7 @@ func (l *leader) skipRest() error {
 func (l *leader) writePlan(first []clientv3.Op) error {
 	rs := l.round
 	plan := rs.wave.plan
+	plan.WrittenBy = l.identity
 	rs.rec.Wave = &plan
 	b, err := schema.Encode(rs.rec)
 	if err != nil {

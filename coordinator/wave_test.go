@@ -474,8 +474,8 @@ func TestWavePauseResumeAbort(t *testing.T) {
 	waitWave(t, co, "one agent in flight", func(w WaveStatus) bool { return w.InFlight == 1 })
 	controlRound(t, obs, 2, schema.ActionPause)
 	waitWave(t, co, "the pause", func(w WaveStatus) bool { return w.Paused })
-	if r := wavePlan(t, obs, 2); !r.Wave.Paused {
-		t.Fatalf("plan %+v: want paused", r.Wave)
+	if r := wavePlan(t, obs, 2); !r.Wave.Paused || r.Wave.WrittenBy == "" || r.Wave.WrittenBy != r.StartedBy {
+		t.Fatalf("plan %+v of a round started by %q: want paused, written by its starter", r.Wave, r.StartedBy)
 	}
 	a.give(1)
 	waitWave(t, co, "the first agent done, none in flight", func(w WaveStatus) bool { return w.Done == 1 && w.InFlight == 0 })

@@ -810,10 +810,10 @@ func (h *History) checkFencing(r *Report) {
 		who    string
 		what   string
 		// planRewrite: a wave round's summary rewritten while it runs
-		// (its plan changed: a phase, a pause, an abort). It names the
-		// leader that started the round, not its writer, which may be a
-		// successor: its term is checked not to go back, but not against
-		// the leader at its revision.
+		// (its plan changed: a phase, a pause, an abort), by the leader
+		// its plan names (written_by), which may be a successor of the
+		// round's starter. A plan that names no writer (a doctored
+		// history) is checked only not to go back in term.
 		planRewrite bool
 	}
 	var ws []write
@@ -833,7 +833,11 @@ func (h *History) checkFencing(r *Report) {
 		}
 		rewrite := w.Round.State == schema.Started && startedOnce[w.Key]
 		startedOnce[w.Key] = startedOnce[w.Key] || w.Round.State == schema.Started
-		ws = append(ws, write{w.ModRev, who, fmt.Sprintf("rounds/%d %s", w.Key, w.Round.State), rewrite})
+		what := fmt.Sprintf("rounds/%d %s", w.Key, w.Round.State)
+		if rewrite && w.Round.Wave != nil && w.Round.Wave.WrittenBy != "" {
+			who, rewrite, what = w.Round.Wave.WrittenBy, false, what+" (its wave plan rewritten)"
+		}
+		ws = append(ws, write{w.ModRev, who, what, rewrite})
 	}
 	sort.SliceStable(ws, func(i, j int) bool { return ws[i].modRev < ws[j].modRev })
 	var keys []*ElectionKey

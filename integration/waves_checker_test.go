@@ -209,8 +209,9 @@ func TestCheckerWaveRoundRules(t *testing.T) {
 		}
 	})
 	// A successor that resumed the round rewrites its plan: the summary
-	// names the leader that started it (term 10), not the writer (term
-	// 20). The rewrite is not checked against the leader at its revision.
+	// names the leader that started it (term 10), the plan its writer
+	// (term 140), checked against the leader at its revision; a rewrite
+	// whose plan names the deposed starter is a violation.
 	t.Run("a successor's plan rewrite", func(t *testing.T) {
 		h, _ := timedWaveHistory()
 		h.RecordElection("/resync/election/1", "c0", 10, 10, false)
@@ -220,13 +221,20 @@ func TestCheckerWaveRoundRules(t *testing.T) {
 			h.RoundWrites[i].Round.StartedBy, h.RoundWrites[i].Round.FinishedBy = "c0@10", "c1@140"
 		}
 		rewrite := h.RoundWrites[0]
-		rewrite.ModRev, rewrite.Round.Wave = 160, &schema.WavePlan{MaxInFlight: 1, Phase: schema.PhaseRolling, Paused: true}
+		rewrite.ModRev, rewrite.Round.Wave = 160, &schema.WavePlan{MaxInFlight: 1, Phase: schema.PhaseRolling, Paused: true, WrittenBy: "c1@140"}
 		h.RoundWrites = append(h.RoundWrites[:1], rewrite, h.RoundWrites[1])
 		r := &Report{}
 		h.checkFencing(r)
 		if len(r.Violations) != 0 {
 			t.Fatalf("violations %v, want none", r.Violations)
 		}
+		h.RoundWrites[1].Round.Wave.WrittenBy = "c0@10" // the deposed starter rewrote it
+		h.checkFencing(r)
+		if !strings.Contains(strings.Join(r.Violations, "\n"), "rounds/3 Started (its wave plan rewritten) at 160 by term 10 while term 140 (c1) led") {
+			t.Fatalf("violations %v, want the rewrite by a deposed term", r.Violations)
+		}
+		h.RoundWrites[1].Round.Wave.WrittenBy = "c1@140"
+		r = &Report{}
 		h.RoundWrites[0].ModRev = 150 // the start itself by a term that no longer leads
 		h.checkFencing(r)
 		if !strings.Contains(strings.Join(r.Violations, "\n"), "rounds/3 Started at 150 by term 10 while term 140 (c1) led") {

@@ -188,6 +188,11 @@ type WavePlan struct {
 	// starts any more, and those never started are skipped.
 	Aborted   string    `json:"aborted,omitempty"`
 	AbortedAt time.Time `json:"aborted_at,omitzero"`
+	// WrittenBy is the leader (ID@term) that last wrote the plan: the
+	// round's starter, or a successor that changed its phase, paused,
+	// resumed or aborted it. The summary's started_by stays the
+	// starter's; this names the writer that its fence admitted.
+	WrittenBy string `json:"written_by,omitempty"`
 }
 
 // Validate checks the plan.
@@ -203,7 +208,7 @@ func (p WavePlan) Validate() error {
 	default:
 		return fmt.Errorf("wave: phase %q is not one of canary, canary_pause, rolling", p.Phase)
 	}
-	return checkText("aborted", p.Aborted, acceptLen(MaxReasonLen))
+	return checkText("aborted", p.Aborted, acceptLen(MaxReasonLen), "written_by", p.WrittenBy)
 }
 
 // Plan resolves the knobs of ws (a request's and the coordinator's, in any
