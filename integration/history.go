@@ -1579,8 +1579,9 @@ func (h *History) checkRetries(r *Report) {
 		}
 	}
 	sort.Slice(byTime, func(i, j int) bool { return byTime[i].StartedAt.Before(byTime[j].StartedAt) })
-	done := map[string]bool{} // one check per plugin and etcd revision
-	for _, nt := range ns {
+	done := map[string]bool{}      // one check per plugin and etcd revision
+	for i := 0; i < len(ns); i++ { // the loop appends the retries of aborted rounds
+		nt := ns[i]
 		k := fmt.Sprintf("%s@%d", nt.id, nt.modRev)
 		if done[k] || nt.at.IsZero() || (h.TeardownRev != 0 && nt.modRev > h.TeardownRev) {
 			continue
@@ -1615,12 +1616,16 @@ func (h *History) checkRetries(r *Report) {
 				break
 			}
 		}
-		if next != nil && slices.Contains(next.final.Skipped, nt.id) {
+		if next != nil && next.done && slices.Contains(next.final.Skipped, nt.id) {
 			// The round that took the retry in was an aborted wave round
-			// that skipped the plugin: its own retry names the plugin
-			// again (its last ack is still the failure: planRetry), which
-			// this rule does not time yet (counted).
+			// that skipped the plugin: while its last ack is still a
+			// failure, that round's own retry names it (planRetry), due
+			// from its finish as if it had failed there.
 			r.RetriesSkipped++
+			if lastAckFailed(h.KeyWrites, nt.id, next.finishMod) {
+				ns = append(ns, notice{nt.id, fmt.Sprintf("skipped by aborted wave round %d, its last ack a failure", next.n),
+					next.finishMod, next.final.FinishedAt, 0})
+			}
 		}
 		if next != nil && (next.startMod < nt.modRev || !next.final.StartedAt.After(limit)) {
 			r.RetriesChecked++
@@ -1660,6 +1665,18 @@ func (h *History) checkRetries(r *Report) {
 				next.final.StartedAt.Sub(nt.at).Round(time.Millisecond), limit.Format("15:04:05.000"))
 		}
 	}
+}
+
+// lastAckFailed says whether id's last ack written before etcd revision
+// before is a failure (error or timeout), as the leader sees it then.
+func lastAckFailed(ws []KeyWrite, id schema.PluginID, before int64) bool {
+	failed := false
+	for _, w := range ws {
+		if w.Ack && w.ModRev < before && w.Agent == id.Agent && w.Plugin == id.Plugin {
+			failed = !w.Deleted && (w.Result == schema.ResultError || w.Result == schema.ResultTimeout)
+		}
+	}
+	return failed
 }
 
 // outage is how much of [from, to] fell in outages of every agent

@@ -192,8 +192,11 @@ func TestCheckerWaveRoundRules(t *testing.T) {
 		}
 	})
 	// A failed join resync's retry taken in by an aborted wave round that
-	// skipped the plugin: a skipped participant gets no retry (counted).
-	t.Run("a retry skipped by an aborted wave round", func(t *testing.T) {
+	// skipped the plugin: the plugin's last ack is still the failure, so
+	// the aborted round's own retry must include it within the backoff
+	// from that round's finish. Round 4 does; without it the checker
+	// flags the lost retry.
+	skipped := func(retry bool) *Report {
 		h := goodHistory()
 		seams(h)
 		at := failedJoin(h, 55, 0)
@@ -202,10 +205,22 @@ func TestCheckerWaveRoundRules(t *testing.T) {
 		rd := lastRound(h, 3)
 		rd.Acked, rd.Skipped = nil, []schema.PluginID{q}
 		rd.Wave = &schema.WavePlan{MaxInFlight: 1, Phase: schema.PhaseRolling, Aborted: "aborted by chaos-test"}
+		if retry {
+			roundFor(h, 4, 70, at.Add(2*time.Second), "c0@10", q)
+		}
 		r := &Report{}
 		h.checkRetries(r)
-		if len(r.Violations) != 0 || r.RetriesSkipped != 1 {
-			t.Fatalf("retries_skipped=%d violations %v, want 1 and none", r.RetriesSkipped, r.Violations)
+		return r
+	}
+	t.Run("a retry skipped by an aborted wave round, retried", func(t *testing.T) {
+		if r := skipped(true); len(r.Violations) != 0 || r.RetriesSkipped != 1 || r.RetriesChecked != 2 {
+			t.Fatalf("retries_skipped=%d retries_checked=%d violations %v, want 1, 2 and none", r.RetriesSkipped, r.RetriesChecked, r.Violations)
+		}
+	})
+	t.Run("a retry skipped by an aborted wave round, never retried", func(t *testing.T) {
+		r := skipped(false)
+		if want := "b/q: skipped by aborted wave round 3, its last ack a failure was never included in a later round"; len(r.Violations) != 1 || !strings.Contains(r.Violations[0], want) {
+			t.Fatalf("violations %v, want one: %q", r.Violations, want)
 		}
 	})
 	// A successor that resumed the round rewrites its plan: the summary
