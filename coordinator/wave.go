@@ -137,7 +137,7 @@ func (rs *roundState) waveResolved(p schema.PluginID, o schema.Outcome) {
 func (l *leader) advanceWave(now time.Time) error {
 	w := l.round.wave
 	l.expireAgents(now)
-	done := l.markDone(now)
+	freed, unstarted := l.markDone(now)
 	// The plan first: once it says aborted, no agent starts (a successor
 	// reads it), and the skipped records follow it. A successor that finds
 	// the plan but not the done records that led to it takes those agents
@@ -154,7 +154,7 @@ func (l *leader) advanceWave(now time.Time) error {
 	}
 	// The agents done and those that take their places in one Txn: a
 	// step of the window is one write, not two.
-	if err := l.writeAgents(pairUp(done, l.admit(now)), now); err != nil {
+	if err := l.writeAgents(pairUp(unstarted, freed, l.admit(now)), now); err != nil {
 		return err
 	}
 	l.waveStatus()
@@ -289,18 +289,24 @@ func (l *leader) agentPart(a string, now time.Time) (put, error) {
 // of many agents costs about one write's latency instead of one per Txn.
 const stepWrites = 8
 
-// pairUp orders a step's agents so that each agent done goes with the one
-// that takes its place: (done, started) pairs, then the dones or starts
-// left over. A Txn holding whole pairs never puts more agents in flight
-// than it frees, so a step's Txns may commit in any order without the
-// window's bound ever being exceeded in etcd; the starts left over use
-// room that earlier steps freed, which etcd holds already.
-func pairUp(done, started []string) [][]string {
-	units := make([][]string, 0, max(len(done), len(started)))
-	for i := range max(len(done), len(started)) {
+// pairUp orders a step's agents so that each agent done that frees a
+// place in the window (it was in flight) goes with the one that takes
+// its place: first the agents done that were never started (they free
+// nothing), each alone, then (freed, started) pairs, the freed agent
+// first, then the agents freed or started left over. A unit is written
+// whole in one Txn, in this order, so neither a Txn nor the order of its
+// writes ever puts more agents in flight than it frees, whatever order a
+// step's Txns commit in; the starts left over use room that earlier steps
+// freed, which etcd holds already.
+func pairUp(unstarted, freed, started []string) [][]string {
+	units := make([][]string, 0, len(unstarted)+max(len(freed), len(started)))
+	for _, a := range unstarted {
+		units = append(units, []string{a})
+	}
+	for i := range max(len(freed), len(started)) {
 		var u []string
-		if i < len(done) {
-			u = append(u, done[i])
+		if i < len(freed) {
+			u = append(u, freed[i])
 		}
 		if i < len(started) {
 			u = append(u, started[i])
@@ -432,16 +438,16 @@ func (l *leader) agentNotActive(now time.Time) ([]byte, error) {
 // those that were started their wake key NotActive, which frees their
 // place in the window.
 func (l *leader) writeDone(now time.Time) error {
-	return l.writeAgents(pairUp(l.markDone(now), nil), now)
+	freed, unstarted := l.markDone(now)
+	return l.writeAgents(pairUp(unstarted, freed, nil), now)
 }
 
 // markDone marks the agents whose plugins all resolved done, freeing
-// their places in the window: the agents to write done.
-func (l *leader) markDone(now time.Time) []string {
+// their places in the window: the agents to write done, those that were
+// in flight (freed) and those never started (unstarted: their plugins
+// departed while they waited), each in the order they resolved.
+func (l *leader) markDone(now time.Time) (freed, unstarted []string) {
 	w := l.round.wave
-	if len(w.doneQ) == 0 {
-		return nil
-	}
 	done := w.doneQ
 	w.doneQ = nil
 	for _, a := range done {
@@ -449,6 +455,9 @@ func (l *leader) markDone(now time.Time) []string {
 		if wa.state == schema.AgentStarted {
 			w.inFlight--
 			w.lastProgress = now
+			freed = append(freed, a)
+		} else {
+			unstarted = append(unstarted, a)
 		}
 		if wa.canary {
 			w.canaryLeft--
@@ -456,7 +465,7 @@ func (l *leader) markDone(now time.Time) []string {
 		wa.state = schema.AgentDone
 		w.done++
 	}
-	return done
+	return freed, unstarted
 }
 
 // skipRest skips every agent of an aborted round not started yet: its

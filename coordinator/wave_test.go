@@ -693,3 +693,89 @@ func startedWithin(t *testing.T, c *clientv3.Client, n uint64, d time.Duration) 
 	}
 	return false
 }
+
+// recordWindow replays round n's per-agent records from etcd revision
+// from, write by write in etcd's order (a Txn's writes in its order, as the
+// chaos checker and etcdctl's watch see them), and returns the most agents
+// ever recorded started and not yet done.
+func recordWindow(t *testing.T, c *clientv3.Client, from int64, n uint64) int {
+	t.Helper()
+	ctx := ctxT(t, 20*time.Second)
+	now, err := c.Get(ctx, "history-probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := map[string]string{}
+	inFlight, peak := 0, 0
+	wch := c.Watch(ctx, layout.RoundDir(n), clientv3.WithPrefix(), clientv3.WithRev(from))
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			t.Fatalf("history watch: %v", err)
+		}
+		for _, e := range resp.Events {
+			k, err := layout.Parse(string(e.Kv.Key))
+			if e.Type != clientv3.EventTypePut || err != nil || k.Agent == "" {
+				continue
+			}
+			ra, err := schema.DecodeRoundAgent(string(e.Kv.Key), e.Kv.Value)
+			if err != nil {
+				continue
+			}
+			switch {
+			case ra.Wave == schema.AgentStarted && state[ra.Agent] != schema.AgentStarted:
+				inFlight++
+			case ra.Wave == schema.AgentDone && state[ra.Agent] == schema.AgentStarted:
+				inFlight--
+			}
+			state[ra.Agent] = ra.Wave
+			peak = max(peak, inFlight)
+		}
+		if resp.Header.Revision >= now.Header.Revision {
+			break
+		}
+	}
+	return peak
+}
+
+// One watch response carries a waiting agent's departure and, after it,
+// the last ack of the agent in flight: the leader's step marks both done,
+// the departed one never having started, and starts the next agent. The
+// next agent's start must go after the done record of the agent it
+// replaces, not beside the departed one's: replayed write by write, the
+// records never show two agents in flight at a bound of 1.
+func TestWaveStartFollowsTheDoneItReplaces(t *testing.T) {
+	_, obs, f, co := startWaveFleet(t, 3, []string{"p"}, testConfig("c0"))
+	from := headRev(t, obs)
+	waveRequest(t, obs, schema.Wave{MaxInFlight: "1"}, "departure beside a done")
+	waitWave(t, co, "one agent in flight", func(w WaveStatus) bool { return w.InFlight == 1 })
+	var running, waiting string
+	resp, err := obs.Get(ctxT(t, 5*time.Second), layout.RoundDir(2), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if ra, err := schema.DecodeRoundAgent(string(kv.Key), kv.Value); err == nil && ra.Agent != "" {
+			switch {
+			case ra.Wave == schema.AgentStarted:
+				running = ra.Agent
+			case ra.Wave == schema.AgentWaiting && waiting == "":
+				waiting = ra.Agent
+			}
+		}
+	}
+	if running == "" || waiting == "" {
+		t.Fatalf("round 2's records name no agent in flight (%q) or waiting (%q)", running, waiting)
+	}
+	b, err := schema.Encode(schema.Ack{Revision: 2, Result: schema.ResultOK, AckedAt: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.txns([]clientv3.Op{
+		clientv3.OpDelete(layout.Registration(waiting, "p")),
+		clientv3.OpPut(layout.Ack(running, "p"), string(b), clientv3.WithLease(f.lease)),
+	})
+	waitWave(t, co, "the departed and the acked agent done, the third in flight", func(w WaveStatus) bool { return w.Done == 2 && w.InFlight == 1 })
+	if peak := recordWindow(t, obs, from, 2); peak != 1 {
+		t.Fatalf("round 2's records show %d agents in flight at once, want 1 (its bound)", peak)
+	}
+}
