@@ -99,6 +99,25 @@ func (s ScopeSet) Includes(agent, plugin string) bool {
 	return s.all || s.agents[agent] || s.plugins[PluginID{agent, plugin}]
 }
 
+// Agents lists, sorted, the agents the set has members of: the agents it
+// holds whole and those of the plugins it holds; nil for all.
+func (s ScopeSet) Agents() []string {
+	if s.all {
+		return nil
+	}
+	out := make([]string, 0, len(s.agents)+len(s.plugins))
+	for a := range s.agents {
+		out = append(out, a)
+	}
+	for p := range s.plugins {
+		if !s.agents[p.Agent] {
+			out = append(out, p.Agent)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
 // Targets lists the set's members in their escaped form (EscapeName, and
 // PluginID.Key: reversible by ParseTarget whatever the names, with no ","
 // in them), agents first, then the plugins whose agent is not a member
