@@ -46,6 +46,7 @@ type options struct {
 	coalesce        time.Duration
 	barrierRounds   int
 	barrierTimeout  time.Duration
+	barrierMax      int
 	failovers       int
 	sessionTTL      time.Duration
 	standbySettle   time.Duration
@@ -129,6 +130,7 @@ func experimentFlags(fs *flag.FlagSet, f *flags) {
 	fs.DurationVar(&o.coalesce, "coalesce", time.Millisecond, "coordinator CoalesceWindow (the default of the library is 100ms)")
 	fs.IntVar(&o.barrierRounds, "barrier-rounds", 5, "DoubleBarrier samples per size (at most -rounds)")
 	fs.DurationVar(&o.barrierTimeout, "barrier-timeout", 60*time.Second, "give up one DoubleBarrier sample (and the size's later ones) after this")
+	fs.IntVar(&o.barrierMax, "barrier-max", 50000, "skip the DoubleBarrier of sizes with more participants than this (0: no limit): each Leave reads every waiter, so its memory grows as participants squared (100,000 ran a 24 GiB machine out of memory)")
 	fs.IntVar(&o.failovers, "failovers", 5, "failover samples of each kind")
 	fs.DurationVar(&o.sessionTTL, "session-ttl", 2*time.Second, "coordinator SessionTTL in the failover test")
 	fs.DurationVar(&o.standbySettle, "standby-settle", 250*time.Millisecond, "how long the standby campaigns before the leader stops (etcd catches up new watches every 100ms)")

@@ -42,7 +42,7 @@ func TestSmokeExperiments(t *testing.T) {
 	var stdout bytes.Buffer
 	code := run([]string{
 		"-sizes", "1x1,2x2,20x2~5", "-rounds", "2", "-warmup", "1",
-		"-barrier-rounds", "1", "-barrier-timeout", "20s",
+		"-barrier-rounds", "1", "-barrier-timeout", "20s", "-barrier-max", "3",
 		"-failovers", "1", "-session-ttl", "1s", "-standby-settle", "100ms",
 		"-mem-participants", "4",
 		"-key-size", "2x2", "-key-rounds", "1,2",
@@ -60,6 +60,14 @@ func TestSmokeExperiments(t *testing.T) {
 		t.Fatalf("round-latency rows = %d, want 3 (1x1, 2x2 and 20x2~5)", len(res.Rounds))
 	}
 	checkWaveRow(t, res.Rounds[2], 5)
+	// -barrier-max 3: 1x1's barrier runs, 2x2's (4 participants) is skipped.
+	if b, r := res.Rounds[0], res.Rounds[1]; b.Barrier.N != 1 || b.BarrierSkipped != "" || r.Barrier.N != 0 || !strings.Contains(r.BarrierSkipped, "4 participants, above -barrier-max 3") {
+		t.Errorf("barriers: 1x1 %d samples (skipped %q), 2x2 %d samples (skipped %q): want 1 and none, 0 and skipped",
+			b.Barrier.N, b.BarrierSkipped, r.Barrier.N, r.BarrierSkipped)
+	}
+	if !strings.Contains(stdout.String(), "2x2 in-process: DoubleBarrier skipped: 4 participants") {
+		t.Errorf("the tables do not say 2x2's barrier was skipped:\n%s", stdout.String())
+	}
 	if r := res.Rounds[1]; r.Wave != "" || r.Window != 0 || r.IO.ShardStarted == 0 || r.PeakInFlight == 0 {
 		t.Errorf("2x2: wave %q, window %d, shard Started events %d, peak in flight %d: want none, 0, > 0, > 0", r.Wave, r.Window, r.IO.ShardStarted, r.PeakInFlight)
 	}

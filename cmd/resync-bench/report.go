@@ -30,6 +30,7 @@ type Settings struct {
 	AgentsPerClient  int     `json:"agents_per_client"`
 	CoalesceWindowMs float64 `json:"coalesce_window_ms"`
 	BarrierRounds    int     `json:"double_barrier_rounds"`
+	BarrierMax       int     `json:"double_barrier_max_participants,omitempty"`
 	BarrierTimeoutMs float64 `json:"double_barrier_timeout_ms"`
 	AgentConfig      string  `json:"agent_config"`
 	// AgentsApart: each size's rounds also ran with the agents apart
@@ -71,6 +72,7 @@ func runAll(ctx context.Context, o options, log logrus.FieldLogger) (*Results, e
 		CoalesceWindowMs: ms(o.coalesce),
 		BarrierRounds:    o.barrierRounds,
 		BarrierTimeoutMs: ms(o.barrierTimeout),
+		BarrierMax:       o.barrierMax,
 		AgentConfig:      fmt.Sprintf("resync.DefaultConfig (TTL 10s) with accept %v, ack %v; plugins ack at once", benchAcceptTimeout, benchAckTimeout),
 		AgentsApart:      o.apart != nil,
 		BudgetWindow:     o.budgetWindow,
@@ -223,6 +225,8 @@ func barrierTarget(r RoundRow) Target {
 	case r.BarrierTimedOut:
 		b.Measured = fmt.Sprintf("%.1f ms vs DoubleBarrier > %.0f ms (timed out)", r.Round.P50, r.BarrierTimeout)
 		b.Met = r.Round.P50 < r.BarrierTimeout
+	case r.BarrierSkipped != "":
+		b.Measured = "DoubleBarrier skipped: " + r.BarrierSkipped
 	default:
 		b.Measured = "DoubleBarrier not measured: " + r.BarrierError
 	}
@@ -367,6 +371,9 @@ func printRoundNotes(w io.Writer, rounds []RoundRow) {
 		}
 		if r.BarrierError != "" {
 			fmt.Fprintf(w, "  %s: DoubleBarrier failed: %s\n", name, r.BarrierError)
+		}
+		if r.BarrierSkipped != "" {
+			fmt.Fprintf(w, "  %s: DoubleBarrier skipped: %s\n", name, r.BarrierSkipped)
 		}
 	}
 }

@@ -90,6 +90,8 @@ type RoundRow struct {
 	BarrierTimedOut bool    `json:"double_barrier_timed_out,omitempty"`
 	BarrierTimeout  float64 `json:"double_barrier_timeout_ms,omitempty"`
 	BarrierError    string  `json:"double_barrier_error,omitempty"`
+	// BarrierSkipped says why the barrier was not run (-barrier-max).
+	BarrierSkipped string `json:"double_barrier_skipped,omitempty"`
 	// Ratios of p50s.
 	OursOverFloor     float64 `json:"ours_over_floor_p50"`
 	OursOverFloorTxn  float64 `json:"ours_over_floor_txn_p50"`
@@ -177,6 +179,11 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 	row.WatchedOverTxn = ratio(row.WatchedFloor.P50, row.FloorTxn.P50)
 	row.OursOverDelivered = ratio(row.Round.P50, row.DeliveredFloor.P50)
 	progress("%s: floor p50 %.1f ms, batched %.1f ms, watched %.1f ms, delivered %.1f ms; DoubleBarrier", sz, row.Floor.P50, row.FloorTxn.P50, row.WatchedFloor.P50, row.DeliveredFloor.P50)
+	if o.barrierMax > 0 && sz.participants() > o.barrierMax {
+		row.BarrierSkipped = fmt.Sprintf("%d participants, above -barrier-max %d", sz.participants(), o.barrierMax)
+		progress("%s: DoubleBarrier skipped: %s", sz, row.BarrierSkipped)
+		return row, ctx.Err()
+	}
 	row.Barrier, row.BarrierTimedOut, err = measureBarrier(ctx, e, o, sz)
 	if err != nil {
 		row.BarrierError = err.Error()
