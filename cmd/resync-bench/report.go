@@ -360,6 +360,9 @@ func printTenant(w io.Writer, rounds []RoundRow) {
 func printRoundNotes(w io.Writer, rounds []RoundRow) {
 	for _, r := range rounds {
 		name := fmt.Sprintf("%s %s", r.size(), r.Mode)
+		if r.InitialDeparted > 0 {
+			fmt.Fprintf(w, "  %s: %d participants departed in the unmeasured initial round (leases lapsed while the fleet started) and registered again\n", name, r.InitialDeparted)
+		}
 		if r.NotActiveMissing > 0 {
 			fmt.Fprintf(w, "  %s: %d NotActive events not taken within 30 s\n", name, r.NotActiveMissing)
 		}

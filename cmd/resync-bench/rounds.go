@@ -72,6 +72,11 @@ type RoundRow struct {
 	// NotActiveMissing counts plugins that had not taken NotActive 30 s
 	// after a round finished (should be 0).
 	NotActiveMissing int64 `json:"notactive_missing"`
+	// InitialDeparted counts the participants of the unmeasured initial
+	// round that departed (their agents' leases lapsed while the fleet
+	// started on a saturated machine); the bench waited for them to
+	// register again (should be 0).
+	InitialDeparted int `json:"initial_departed,omitempty"`
 	// Floor: the same ack writes, uncoordinated (see floor).
 	Floor Dist `json:"etcd_floor"`
 	// FloorTxn: the same, each agent writing its plugins' acks in one Txn
