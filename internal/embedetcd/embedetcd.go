@@ -39,6 +39,9 @@ type Config struct {
 	// AutoCompactionRetention are etcd's --auto-compaction-mode and
 	// --auto-compaction-retention (default: no compaction, as etcd's).
 	AutoCompactionMode, AutoCompactionRetention string
+	// BcryptCost is etcd's --bcrypt-cost for the passwords of its users
+	// (0: etcd's default, bcrypt's 10). Each login pays it.
+	BcryptCost uint
 	// Logger receives etcd's logs (default: none).
 	Logger *zap.Logger
 	// TLS, when CertFile and KeyFile are set, serves clients over TLS; with
@@ -131,6 +134,9 @@ func NewConfig(c Config) (*embed.Config, error) {
 	}
 	if c.AutoCompactionMode != "" {
 		cfg.AutoCompactionMode = c.AutoCompactionMode
+	}
+	if c.BcryptCost != 0 {
+		cfg.BcryptCost = c.BcryptCost
 	}
 	if c.AutoCompactionRetention != "" {
 		cfg.AutoCompactionRetention = c.AutoCompactionRetention

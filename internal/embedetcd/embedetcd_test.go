@@ -91,13 +91,13 @@ func TestStartRejectsBadConfig(t *testing.T) {
 func TestNewConfig(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "never-created")
 	cfg, err := NewConfig(Config{Name: "m1", Dir: dir, ClientURL: "https://127.0.0.1:2379", TickMs: 10, ElectionMs: 50,
-		QuotaBackendBytes: 1 << 20, AutoCompactionMode: "revision", AutoCompactionRetention: "10",
+		QuotaBackendBytes: 1 << 20, AutoCompactionMode: "revision", AutoCompactionRetention: "10", BcryptCost: 4,
 		TLS: TLS{CertFile: "c.pem", KeyFile: "k.pem", TrustedCAFile: "ca.pem", ClientCertAuth: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Name != "m1" || cfg.Dir != dir || cfg.TickMs != 10 || cfg.ElectionMs != 50 || cfg.QuotaBackendBytes != 1<<20 ||
-		cfg.AutoCompactionMode != "revision" || cfg.AutoCompactionRetention != "10" || cfg.InitialClusterToken != "resync" {
+		cfg.AutoCompactionMode != "revision" || cfg.AutoCompactionRetention != "10" || cfg.InitialClusterToken != "resync" || cfg.BcryptCost != 4 {
 		t.Errorf("fields not carried over: %+v", cfg)
 	}
 	if got := cfg.ListenClientUrls[0].String(); got != "https://127.0.0.1:2379" || cfg.AdvertiseClientUrls[0].String() != got {
