@@ -22,6 +22,7 @@ type roundRun struct {
 	row    *RoundRow
 	prefix string
 	layout schema.Layout
+	e      *env
 	kv     *clientv3.Client
 
 	agents agentFleet
@@ -45,7 +46,7 @@ func measureRounds(ctx context.Context, e *env, o options, sz size, log logrus.F
 	if apart {
 		prefix = fmt.Sprintf("/bench/rounds-apart-%s/", sz)
 	}
-	r := &roundRun{ctx: ctx, o: o, sz: sz, row: row, prefix: prefix, layout: schema.MustLayout(prefix), kv: e.kv}
+	r := &roundRun{ctx: ctx, o: o, sz: sz, row: row, prefix: prefix, layout: schema.MustLayout(prefix), e: e, kv: e.kv}
 	err := r.run(e, log, apart)
 	r.finish()
 	return err
@@ -110,8 +111,8 @@ func (r *roundRun) initialRound(c0 fleetCounts) error {
 		r.row.InitialDeparted = c.Departed
 		progress("%s: initial round: %d of %d participants departed (their leases lapsed while the fleet started); waiting for them to register again", r.sz, c.Departed, want)
 		err := waitFor(r.ctx, 2*time.Minute, "the departed registrations back", func() (bool, error) {
-			resp, err := r.kv.Get(r.ctx, r.layout.Registrations(), clientv3.WithPrefix(), clientv3.WithCountOnly())
-			return err == nil && resp.Count == int64(want), err
+			n, err := r.e.count(r.ctx, r.layout.Registrations())
+			return n == int64(want), err
 		})
 		if err != nil {
 			return err
