@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -8,6 +9,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/backoff"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -365,6 +368,9 @@ type roundStart struct {
 	rev   schema.Revision   // the revision record
 	lost  int               // records written before the start, degraded or skipped
 	run   *waveRun          // a wave round's window (its plan in rec.Wave); nil otherwise
+	// recs are the records that go first in the start Txn (a set scope's
+	// or a wave round's, when they fit in it with the start).
+	recs []put
 	// Set by writeStart: the revision record encoded, and whether the
 	// start Txn carried the first wake shard group.
 	revVal    []byte
@@ -384,6 +390,16 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		}
 	}
 	inTxn, err := l.writeStart(&s, reqKeys)
+	if errors.Is(err, errPermanent) && len(s.recs) > 0 {
+		// Refused with the records in it (a small --max-request-bytes
+		// or --max-txn-ops): the records first on their own, as for a
+		// large round, then the start alone.
+		if err := l.writeRecords(&s, s.recs); err != nil {
+			return err
+		}
+		s.recs = nil
+		inTxn, err = l.writeStart(&s, reqKeys)
+	}
 	if errors.Is(err, errPermanent) {
 		l.dropStart(s, reqKeys, err)
 		return nil
@@ -473,29 +489,84 @@ func (l *leader) wipeRound(n uint64) clientv3.Op {
 	return clientv3.OpDelete(l.layout.RoundDir(n), clientv3.WithPrefix())
 }
 
-// writeRecordsFirst writes a set scope's records before its start Txn: an
-// agent reads its rounds/<N>/agents/<agent> when it sees such a revision
-// Started. The wipe of an earlier attempt's leftovers goes before them, in
-// its own Txn (etcd refuses a Txn whose delete range overlaps its puts).
-// Records etcd refuses for good mark the summary truncated.
+// writeRecordsFirst writes a set scope's (or a wave round's) records no
+// later than its start: an agent reads its rounds/<N>/agents/<agent> when
+// it sees such a revision Started. Records that fit in the start Txn with
+// the start go in it (s.recs: one fsync instead of two before Started);
+// more are written before it. An earlier attempt's leftovers are wiped
+// first, in a Txn of their own (etcd refuses a Txn whose delete range
+// overlaps its puts), and only when a read finds some: a read costs no
+// fsync, and there are none but after a failed start. Records etcd refuses
+// for good mark the summary truncated.
 func (l *leader) writeRecordsFirst(s *roundStart) error {
-	if err := l.fencedTxn([]clientv3.Op{l.wipeRound(s.rec.Revision)}); err != nil && !errors.Is(err, errPermanent) {
+	if err := l.wipeLeftovers(s.rec.Revision); err != nil {
 		return err
 	}
 	puts, err := l.startRecords(*s)
 	if err != nil {
 		return err
 	}
-	if s.lost, err = l.writePuts(nil, puts); err != nil {
+	size := 0
+	for _, p := range puts {
+		size += p.size()
+	}
+	if len(puts)+startOps <= schema.MaxTxnOps && size <= l.cfg.WriteBudget/2 {
+		s.recs = puts
+		return nil
+	}
+	return l.writeRecords(s, puts)
+}
+
+// startOps is how many operations of a start Txn are not records: the
+// summary and the revision record.
+const startOps = 2
+
+// writeRecords writes round s's records puts before its start; those
+// etcd refuses for good mark the summary truncated.
+func (l *leader) writeRecords(s *roundStart, puts []put) error {
+	lost, err := l.writePuts(nil, puts)
+	s.lost += lost
+	s.rec.Truncated = s.lost > 0
+	return err
+}
+
+// wipeLeftovers deletes what an earlier attempt at round n left under
+// rounds/<n>/ (records written before a start that never committed), if a
+// count of that prefix finds any, or if it cannot be read. No deposed
+// leader writes there after the read: its writes are fenced by a leader
+// key that is gone.
+func (l *leader) wipeLeftovers(n uint64) error {
+	found := int64(-1) // unknown: wipe
+	err := l.retry(backoff.New(pauseMin, pauseMax), func(context.Context) error {
+		ctx, cancel := context.WithTimeout(l.ctx, l.cfg.OpTimeout)
+		defer cancel()
+		resp, err := l.c.Get(ctx, l.layout.RoundDir(n), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		switch {
+		case err == nil:
+			found = resp.Count
+		case etcderr.Permanent(err):
+			return backoff.Permanent(err)
+		}
+		return err
+	}, func(err error, pause time.Duration) {
+		l.log.WithError(etcderr.Explain(err)).WithField("retry_in", pause).Warn("coordinator: reading a round's leftovers failed; retrying")
+	})
+	if err != nil && l.why() != nil {
+		return err // leadership ended; a refused read (found -1) wipes
+	}
+	if found == 0 {
+		return nil
+	}
+	if err := l.fencedTxn([]clientv3.Op{l.wipeRound(n)}); err != nil && !errors.Is(err, errPermanent) {
 		return err
 	}
-	s.rec.Truncated = s.lost > 0
 	return nil
 }
 
 // writeStart commits round s's start Txn: for an all-scope round the wipe
 // of an earlier attempt's leftovers (first: watchers see them go before
-// the round starts), the summary, the revision record, for an all-scope
+// the round starts), the records s.recs, the summary, the revision
+// record, for an all-scope
 // round of a small fleet its wake shards, and the deletes of as many of
 // reqKeys as fit. When etcd refuses it for good it is tried once more
 // without the deletes. inTxn is how many of reqKeys it deleted.
@@ -511,6 +582,9 @@ func (l *leader) writeStart(s *roundStart, reqKeys []string) (inTxn int, err err
 	all := s.scope.IsAll() && s.run == nil // a wave round's records went first
 	if all {
 		ops = append(ops, l.wipeRound(s.rec.Revision))
+	}
+	for _, p := range s.recs {
+		ops = append(ops, p.op())
 	}
 	ops = append(ops, clientv3.OpPut(l.layout.Round(s.rec.Revision), string(roundVal)), clientv3.OpPut(l.layout.Revision(), string(s.revVal)))
 	bare := len(ops)
