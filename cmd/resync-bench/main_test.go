@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -121,6 +122,27 @@ func checkWaveRow(t *testing.T, r RoundRow, window int) {
 	}
 	if r.IO.OwnStarted == 0 || r.IO.OwnNotActive == 0 || r.IO.ShardStarted != 0 {
 		t.Errorf("%s: own-key events Started %d, NotActive %d, shard Started %d: want > 0, > 0, 0", name, r.IO.OwnStarted, r.IO.OwnNotActive, r.IO.ShardStarted)
+	}
+	if r.CPUs != runtime.NumCPU() || r.CPUFloor <= 0 || r.CPUFloor != r.CPUPerRound/float64(r.CPUs) {
+		t.Errorf("%s: CPU floor %.2f ms over %d CPUs, CPU per round %.2f ms: want the CPU over %d CPUs", name, r.CPUFloor, r.CPUs, r.CPUPerRound, runtime.NumCPU())
+	}
+}
+
+// A wave row whose CPU time over the CPUs alone exceeds 1.3x its ideal
+// window says so in its target, and only such a row.
+func TestCPUBoundWaveRowSaysSo(t *testing.T) {
+	r := RoundRow{CPUs: 2, Ideal: Dist{N: 3, P50: 500}}
+	r.CPUFloor = 651
+	if got := cpuBound(r); !strings.Contains(got, "CPU-bound") || !strings.Contains(got, "651.0 ms (1.30 x ideal)") {
+		t.Errorf("CPU floor 651 ms, ideal 500 ms: %q, want it named CPU-bound at 1.30 x", got)
+	}
+	r.CPUFloor = 650
+	if got := cpuBound(r); got != "" {
+		t.Errorf("CPU floor 650 ms, ideal 500 ms: %q, want nothing (1.3x is reachable)", got)
+	}
+	r.CPUFloor, r.Ideal = 900, Dist{}
+	if got := cpuBound(r); got != "" {
+		t.Errorf("no ideal window: %q, want nothing", got)
 	}
 }
 

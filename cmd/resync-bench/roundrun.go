@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -282,6 +283,10 @@ func (r *roundRun) finish() {
 	if n := len(r.lat); n > 0 {
 		row.AckTxnsPerAgent = float64(r.txns) / float64(r.sz.measured().Agents*n)
 		row.CPUPerRound = ms(r.cpu) / float64(n)
+		// Every CPU the bench started with: agents-apart, both
+		// processes together have them all.
+		row.CPUs = runtime.NumCPU()
+		row.CPUFloor = row.CPUPerRound / float64(row.CPUs)
 		if r.apart != nil {
 			row.AgentsCPUPerRound = ms(r.agentsCPU) / float64(n)
 		}

@@ -142,6 +142,13 @@ type RoundRow struct {
 	// and nothing else took time; RoundOverIdeal is Round's p50 over its.
 	Ideal          Dist    `json:"ideal_window,omitzero"`
 	RoundOverIdeal float64 `json:"round_over_ideal_p50,omitempty"`
+	// CPUFloor is CPUPerRound spread over the CPUs the bench had (CPUs):
+	// no round can take less wall time, however its work is scheduled.
+	// When it is above the ideal window, the round is CPU-bound: the
+	// agents' own resync times are themselves stretched by the CPU the
+	// whole fleet, coordinator and etcd share.
+	CPUs     int     `json:"cpus"`
+	CPUFloor float64 `json:"cpu_floor_ms"`
 	// IO is the watch events the fleet's clients received and the Range
 	// RPCs they sent for the measured rounds, summed over them (wakeio.go);
 	// OtherIO what no round claims, over the same stretch.
