@@ -85,6 +85,10 @@ func TestSmokeExperiments(t *testing.T) {
 			t.Errorf("%dx%d: tenant probe idle %d samples, rounds %d, near writes %d, largest wake %d (want >= 10, > 0, > 0, %d)",
 				r.Agents, r.Plugins, r.TenantIdle.N, r.TenantRounds.N, r.TenantNearWrites.N, r.WakeFanout, r.Agents)
 		}
+		// etcd's slow-watcher gauge was found and read at every put.
+		if sw := r.SlowWatchers; sw.Samples != r.TenantRounds.N || sw.WithSlow > sw.Samples || sw.Max < 0 {
+			t.Errorf("%dx%d: slow watchers %+v over %d tenant puts: want the gauge read at each", r.Agents, r.Plugins, sw, r.TenantRounds.N)
+		}
 	}
 	if !strings.Contains(stdout.String(), "Tenant (another client") {
 		t.Errorf("the table has no tenant section:\n%s", stdout.String())

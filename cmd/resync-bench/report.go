@@ -345,13 +345,16 @@ func printRoundCost(w io.Writer, res *Results) {
 // printTenant prints the tenant probe's latency next to each size's
 // rounds: what a round costs the other users of the same etcd.
 func printTenant(w io.Writer, rounds []RoundRow) {
-	fmt.Fprintln(w, "\nTenant (another client putting one small key every 5 ms), ms; near: puts in flight within 100 ms of a round's start or finish write")
+	fmt.Fprintln(w, "\nTenant (another client putting one small key every 5 ms), ms; near: puts in flight within 100 ms of a round's start or finish write;")
+	fmt.Fprintln(w, "slow watchers: share of its puts during the rounds answered while etcd had a watcher parked as slow (its 128-response")
+	fmt.Fprintln(w, "buffer full; etcd catches it up every 100 ms), and the most at once")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tlargest wake\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\t")
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tlargest wake\tidle p50\tidle p99\trounds p50\trounds p99\trounds max\tnear p99\tnear max\tnear max/idle p99\tslow watchers: share\tmax\t")
 	for _, r := range rounds {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t\n", r.size(), r.Mode, r.WakeFanout,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%s\t%d\t\n", r.size(), r.Mode, r.WakeFanout,
 			f1(r.TenantIdle.P50), f1(r.TenantIdle.P99), f1(r.TenantRounds.P50), f1(r.TenantRounds.P99), f1(r.TenantRounds.Max),
-			f1(r.TenantNearWrites.P99), f1(r.TenantNearWrites.Max), ratio(r.TenantNearWrites.Max, r.TenantIdle.P99))
+			f1(r.TenantNearWrites.P99), f1(r.TenantNearWrites.Max), ratio(r.TenantNearWrites.Max, r.TenantIdle.P99),
+			r.SlowWatchers.share(), r.SlowWatchers.Max)
 	}
 	tw.Flush()
 }

@@ -206,6 +206,7 @@ func (r *roundRun) round(measured bool) (clean bool, err error) {
 		r.st = append(r.st, s.at.Sub(start))
 		r.acked = append(r.acked, time.Unix(0, r.k.hooks.lastResolved.Load()).Sub(start))
 		r.tenant = append(r.tenant, r.pr.between(start, fin.at)...)
+		r.row.SlowWatchers = r.row.SlowWatchers.add(r.pr.slowBetween(start, fin.at))
 		r.writes = append(r.writes, s.at, fin.at)
 	}
 	if err := r.waitNotActive(c0.NotActive, want); err != nil || !measured {

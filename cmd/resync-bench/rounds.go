@@ -113,6 +113,9 @@ type RoundRow struct {
 	TenantIdle       Dist `json:"tenant_idle"`
 	TenantRounds     Dist `json:"tenant_during_rounds"`
 	TenantNearWrites Dist `json:"tenant_near_start_finish"`
+	// SlowWatchers: the tenant's puts during the measured rounds, and
+	// those answered while etcd had a slow watcher (tenant.go).
+	SlowWatchers SlowWatchers `json:"etcd_slow_watchers"`
 	// WakeFanout is the most agents one coordinator write woke
 	// (coordinator.Status.LargestWake): agents watch their wake shard and
 	// their own wake key, not the revision key (coordinator/wake.go).

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -26,6 +29,8 @@ type probe struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
+	slow prometheus.Gauge // etcd's slow-watcher gauge; nil if not found
+
 	mu      sync.Mutex
 	samples []probeSample
 }
@@ -33,6 +38,7 @@ type probe struct {
 type probeSample struct {
 	at   time.Time // sent
 	took time.Duration
+	slow int // etcd's slow watchers when it was answered (-1: unknown)
 }
 
 // startProbe starts the tenant on a client of its own.
@@ -42,7 +48,7 @@ func startProbe(e *env) (*probe, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &probe{c: c, cancel: cancel, done: make(chan struct{})}
+	p := &probe{c: c, cancel: cancel, done: make(chan struct{}), slow: etcdSlowWatchers()}
 	go p.run(ctx)
 	return p, nil
 }
@@ -67,8 +73,9 @@ func (p *probe) run(ctx context.Context) {
 			}
 			continue // a failed put is no latency sample; the next tick tries again
 		}
+		took := time.Since(at)
 		p.mu.Lock()
-		p.samples = append(p.samples, probeSample{at: at, took: time.Since(at)})
+		p.samples = append(p.samples, probeSample{at: at, took: took, slow: gaugeInt(p.slow)})
 		p.mu.Unlock()
 	}
 }
@@ -78,6 +85,25 @@ func (p *probe) Close() {
 	p.cancel()
 	<-p.done
 	p.c.Close()
+}
+
+// slowBetween counts the puts sent in [from, to) and, of those, the ones
+// answered while etcd had one or more slow watchers, and the most.
+func (p *probe) slowBetween(from, to time.Time) SlowWatchers {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out SlowWatchers
+	for _, s := range p.samples {
+		if s.at.Before(from) || !s.at.Before(to) || s.slow < 0 {
+			continue
+		}
+		out.Samples++
+		if s.slow > 0 {
+			out.WithSlow++
+		}
+		out.Max = max(out.Max, s.slow)
+	}
+	return out
 }
 
 // between is the latency of every put sent in [from, to).
@@ -131,4 +157,60 @@ func tenantDist(samples []time.Duration) Dist {
 	d := dist(samples)
 	d.All = nil
 	return d
+}
+
+// SlowWatchers is how often the tenant probe found etcd with slow
+// watchers: watchers whose stream's buffer (128 responses) was full when
+// a write notified them. etcd parks such a watcher, then catches it up
+// from its store every 100 ms: a watcher of every ack (the leader's, the
+// floors' counter) sees the acks of a burst up to 100 ms late, on some
+// rounds and not others.
+type SlowWatchers struct {
+	Samples  int `json:"samples"`
+	WithSlow int `json:"with_slow"`
+	Max      int `json:"max"`
+}
+
+// add sums two counts.
+func (s SlowWatchers) add(o SlowWatchers) SlowWatchers {
+	return SlowWatchers{Samples: s.Samples + o.Samples, WithSlow: s.WithSlow + o.WithSlow, Max: max(s.Max, o.Max)}
+}
+
+// share is the fraction of samples with a slow watcher, "-" without any.
+func (s SlowWatchers) share() string {
+	if s.Samples == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*float64(s.WithSlow)/float64(s.Samples))
+}
+
+// etcdSlowWatchers is the embedded etcd's gauge of slow watchers
+// (etcd_debugging_mvcc_slow_watcher_total), read directly: a registration
+// of the same name is refused with the collector already registered.
+// Gathering the whole registry every 5 ms would cost the bench CPU.
+func etcdSlowWatchers() prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "etcd_debugging", Subsystem: "mvcc", Name: "slow_watcher_total",
+		Help: "Total number of unsynced slow watchers."})
+	err := prometheus.DefaultRegisterer.Register(g)
+	if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+		if existing, ok := are.ExistingCollector.(prometheus.Gauge); ok {
+			return existing
+		}
+	}
+	if err == nil {
+		prometheus.DefaultRegisterer.Unregister(g)
+	}
+	return nil
+}
+
+// gaugeInt is g's value, -1 without g.
+func gaugeInt(g prometheus.Gauge) int {
+	if g == nil {
+		return -1
+	}
+	var m dto.Metric
+	if g.Write(&m) != nil {
+		return -1
+	}
+	return int(m.GetGauge().GetValue())
 }
