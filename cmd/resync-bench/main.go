@@ -52,6 +52,8 @@ type options struct {
 	standbySettle   time.Duration
 	memParticipants []int
 	keyRounds       []int
+	shapeWatchers   []int
+	shapeWakes      int
 	keySize         size
 	only            map[string]bool
 	out             string
@@ -105,6 +107,7 @@ func run(args []string, stdout io.Writer) int {
 type flags struct {
 	o                                 options
 	sizes, keyRounds, keySize, only   string
+	shapeWatchers                     string
 	memParticipants, soakSize, replot string
 	soak                              soakOptions
 	agentsApart                       bool
@@ -138,7 +141,9 @@ func experimentFlags(fs *flag.FlagSet, f *flags) {
 	fs.StringVar(&f.keyRounds, "key-rounds", "1,10,50", "count etcd keys after these rounds")
 	fs.StringVar(&f.keySize, "key-size", "100x10", "agents x plugins of the key-count test")
 	fs.BoolVar(&f.agentsApart, "agents-apart", false, "also run each size's rounds with the agents in a child process pinned to one CPU, etcd, the coordinator and the tenant probe on the others (Linux, 2 CPUs or more); rows labelled agents-apart, without floors")
-	fs.StringVar(&f.only, "only", "rounds,failover,memory,keys", "experiments to run")
+	fs.StringVar(&f.only, "only", "rounds,failover,memory,keys", "experiments to run (also: shapes, the wake-up shapes of issue #26 with raw clientv3)")
+	fs.StringVar(&f.shapeWatchers, "shape-watchers", "1000,5000,10000", "watcher counts of -only shapes, comma separated")
+	fs.IntVar(&o.shapeWakes, "shape-wakes", 10, "wakes (one a second) per shape and watcher count of -only shapes")
 	fs.StringVar(&o.out, "out", "bench/results.json", "JSON results file (\"\" for none)")
 	fs.StringVar(&o.dir, "dir", "", "parent of the temporary etcd data dir (default: the system's temp dir)")
 	fs.StringVar(&o.logFile, "log", "", "file for agents' and coordinators' logs at warn level (default: discarded)")
@@ -174,6 +179,12 @@ func (f *flags) options() (options, error) {
 	if o.keyRounds, err = parseInts(f.keyRounds); err != nil {
 		return o, err
 	}
+	if o.shapeWatchers, err = parseInts(f.shapeWatchers); err != nil {
+		return o, fmt.Errorf("-shape-watchers: %w", err)
+	}
+	if o.shapeWakes < 1 {
+		return o, fmt.Errorf("-shape-wakes must be >= 1")
+	}
 	if o.only, err = parseOnly(f.only); err != nil {
 		return o, err
 	}
@@ -198,11 +209,11 @@ func parseOnly(only string) (map[string]bool, error) {
 	set := map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "rounds", "failover", "memory", "keys":
+		case "rounds", "failover", "memory", "keys", "shapes":
 			set[s] = true
 		case "":
 		default:
-			return nil, fmt.Errorf("-only: unknown experiment %q (rounds, failover, memory, keys)", s)
+			return nil, fmt.Errorf("-only: unknown experiment %q (rounds, failover, memory, keys, shapes)", s)
 		}
 	}
 	return set, nil

@@ -59,6 +59,7 @@ type Results struct {
 	Failover *FailoverResult `json:"failover,omitempty"`
 	Memory   []MemoryResult  `json:"memory,omitempty"`
 	Keys     []KeysRow       `json:"keys,omitempty"`
+	Shapes   []ShapeRow      `json:"wake_shapes,omitempty"`
 	Targets  []Target        `json:"targets"`
 	Error    string          `json:"error,omitempty"`
 }
@@ -112,6 +113,11 @@ func runExperimentsIn(ctx context.Context, e *env, o options, res *Results, log 
 		}
 	}
 	var err error
+	if o.only["shapes"] {
+		if res.Shapes, err = measureShapes(ctx, e, o.shapeWatchers, o.shapeWakes); err != nil {
+			return fmt.Errorf("wake shapes: %w", err)
+		}
+	}
 	if o.only["failover"] {
 		progress("failover")
 		if res.Failover, err = measureFailover(ctx, e, o, log); err != nil {
@@ -272,6 +278,9 @@ func printTable(w io.Writer, res *Results) {
 	}
 	if len(res.Keys) > 0 {
 		printKeys(w, res.Keys)
+	}
+	if len(res.Shapes) > 0 {
+		printShapes(w, res.Shapes)
 	}
 	if len(res.Targets) > 0 {
 		printTargets(w, res.Targets)

@@ -185,12 +185,17 @@ func (s SlowWatchers) share() string {
 }
 
 // etcdSlowWatchers is the embedded etcd's gauge of slow watchers
-// (etcd_debugging_mvcc_slow_watcher_total), read directly: a registration
-// of the same name is refused with the collector already registered.
-// Gathering the whole registry every 5 ms would cost the bench CPU.
+// (etcd_debugging_mvcc_slow_watcher_total).
 func etcdSlowWatchers() prometheus.Gauge {
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "etcd_debugging", Subsystem: "mvcc", Name: "slow_watcher_total",
-		Help: "Total number of unsynced slow watchers."})
+	return etcdGauge("slow_watcher_total", "Total number of unsynced slow watchers.")
+}
+
+// etcdGauge is the embedded etcd's gauge etcd_debugging_mvcc_<name>,
+// read directly: a registration of the same name and help is refused with
+// the collector already registered (nil if there is none). Gathering the
+// whole registry every 5 ms would cost the bench CPU.
+func etcdGauge(name, help string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "etcd_debugging", Subsystem: "mvcc", Name: name, Help: help})
 	err := prometheus.DefaultRegisterer.Register(g)
 	if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
 		if existing, ok := are.ExistingCollector.(prometheus.Gauge); ok {
