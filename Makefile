@@ -76,7 +76,7 @@ fuzz:
 ## size with its agents in a child process pinned to one CPU, etcd and the
 ## coordinator on the others (Linux, 2+ CPUs; docs/performance.md). Wave
 ## sizes: 5000x10~500 (500 agents in flight, on the request), ~10% (of the
-## round's agents), 10000x10~budget (-budget-window agents, default 100,
+## round's agents), 10000x10~budget (-budget-window agents, default 50,
 ## set on the coordinator as resyncd --max-in-flight sets it).
 BENCH_OUT   ?= bench/results.json
 BENCH_FLAGS ?=

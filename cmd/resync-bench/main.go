@@ -126,7 +126,7 @@ func parseFlags(args []string) (*flags, error) {
 func experimentFlags(fs *flag.FlagSet, f *flags) {
 	o := &f.o
 	fs.StringVar(&f.sizes, "sizes", "1x1,10x10,100x10,1000x10,1000x10@100,5000x10,5000x10~500,5000x10~500+10ms,5000x10~500+50ms,10000x10,10000x10~budget,10000x10@100", "round-latency sizes, agents x plugins per agent, comma separated; AxP@T: rounds requested for the first T agents only (T <= 100); AxP~W or AxP~W%: rounds requested in waves of at most W agents in flight (W% of the round's agents); AxP~budget: waves of -budget-window agents set on the coordinator for every round (resyncd --max-in-flight); a +RELOAD suffix (5000x10~500+10ms): each plugin reloads that long before it acks (no floors then); 10000x10 needs about 4 GiB of memory")
-	fs.IntVar(&o.budgetWindow, "budget-window", 100, "the window, in agents, of the sizes written AxP~budget: the coordinator's write budget (coordinator.Config.Wave.MaxInFlight, resyncd --max-in-flight)")
+	fs.IntVar(&o.budgetWindow, "budget-window", 50, "the window, in agents, of the sizes written AxP~budget: the coordinator's write budget (coordinator.Config.Wave.MaxInFlight, resyncd --max-in-flight)")
 	fs.IntVar(&o.rounds, "rounds", 20, "measured rounds per size (and floor samples)")
 	fs.IntVar(&o.warmup, "warmup", 2, "unmeasured rounds per size after the initial round")
 	fs.IntVar(&o.agentsPerClient, "agents-per-client", 50, "agents sharing one etcd client")
