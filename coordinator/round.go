@@ -565,11 +565,10 @@ func (l *leader) wipeLeftovers(n uint64) error {
 
 // writeStart commits round s's start Txn: for an all-scope round the wipe
 // of an earlier attempt's leftovers (first: watchers see them go before
-// the round starts), the records s.recs, the summary, the revision
-// record, for an all-scope
-// round of a small fleet its wake shards, and the deletes of as many of
-// reqKeys as fit. When etcd refuses it for good it is tried once more
-// without the deletes. inTxn is how many of reqKeys it deleted.
+// the round starts), the records s.recs, the summary, the revision record,
+// for an all-scope round of a small fleet its wake shards, and the deletes
+// of as many of reqKeys as fit. When etcd refuses it for good it is tried
+// once more without the deletes. inTxn is how many of reqKeys it deleted.
 func (l *leader) writeStart(s *roundStart, reqKeys []string) (inTxn int, err error) {
 	roundVal, err := schema.Encode(s.rec)
 	if err != nil {
