@@ -506,11 +506,7 @@ func (l *leader) writeRecordsFirst(s *roundStart) error {
 	if err != nil {
 		return err
 	}
-	size := 0
-	for _, p := range puts {
-		size += p.size()
-	}
-	if len(puts)+startOps <= schema.MaxTxnOps && size <= l.cfg.WriteBudget/2 {
+	if len(puts)+startOps <= schema.MaxTxnOps && putsSize(puts) <= l.cfg.WriteBudget/2 {
 		s.recs = puts
 		return nil
 	}

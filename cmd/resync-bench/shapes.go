@@ -16,6 +16,8 @@ import (
 	"go.etcd.io/etcd/server/v3/proxy/grpcproxy"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+
+	"github.com/resyncd/resync/internal/backoff"
 )
 
 // The wake-up shapes issue #26 weighed, measured with raw clientv3 and no
@@ -122,7 +124,7 @@ func waitGauge(ctx context.Context, g prometheus.Gauge, n int) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("etcd still holds %d watchers of the last shape after 30 s (want %d)", gaugeInt(g), n)
 		}
-		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+		if err := backoff.Sleep(ctx, nil, 10*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -156,7 +158,7 @@ func measureShape(ctx context.Context, e *env, shape string, watchers, wakes int
 	}
 	defer pr.Close()
 	idleFrom := time.Now()
-	if err := sleepCtx(ctx, shapeIdle); err != nil {
+	if err := backoff.Sleep(ctx, nil, shapeIdle); err != nil {
 		return row, err
 	}
 	row.TenantIdle = tenantDist(pr.between(idleFrom, time.Now()))
@@ -311,18 +313,6 @@ func startWatchProxy(ctx context.Context, e *env) (string, func(), error) {
 		<-wpDone
 	}
 	return lis.Addr().String(), stop, nil
-}
-
-// sleepCtx waits d, or until ctx ends: pacing, not synchronisation.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // printShapes prints the wake-up shapes' table.

@@ -90,11 +90,9 @@ func (p *probe) Close() {
 // slowBetween counts the puts sent in [from, to) and, of those, the ones
 // answered while etcd had one or more slow watchers, and the most.
 func (p *probe) slowBetween(from, to time.Time) SlowWatchers {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	var out SlowWatchers
-	for _, s := range p.samples {
-		if s.at.Before(from) || !s.at.Before(to) || s.slow < 0 {
+	for _, s := range p.window(from, to) {
+		if s.slow < 0 {
 			continue
 		}
 		out.Samples++
@@ -106,15 +104,25 @@ func (p *probe) slowBetween(from, to time.Time) SlowWatchers {
 	return out
 }
 
-// between is the latency of every put sent in [from, to).
-func (p *probe) between(from, to time.Time) []time.Duration {
+// window is the samples of the puts sent in [from, to).
+func (p *probe) window(from, to time.Time) []probeSample {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []time.Duration
+	var out []probeSample
 	for _, s := range p.samples {
 		if !s.at.Before(from) && s.at.Before(to) {
-			out = append(out, s.took)
+			out = append(out, s)
 		}
+	}
+	return out
+}
+
+// between is the latency of every put sent in [from, to).
+func (p *probe) between(from, to time.Time) []time.Duration {
+	w := p.window(from, to)
+	out := make([]time.Duration, len(w))
+	for i, s := range w {
+		out[i] = s.took
 	}
 	return out
 }
