@@ -155,13 +155,20 @@ func (l *leader) writePuts(first []clientv3.Op, puts []put) (lost int, err error
 	return lost, nil
 }
 
+// degraded is p's smaller value, nil when it has none.
+func degraded(p put) []byte {
+	if p.degrade == nil {
+		return nil
+	}
+	return p.degrade()
+}
+
 func (l *leader) writeOne(p put) (lost int, err error) {
 	err = l.fencedTxn([]clientv3.Op{p.op()})
 	if err == nil || !errors.Is(err, errPermanent) {
 		return 0, err
 	}
-	if p.degrade != nil {
-		small := p.degrade()
+	if small := degraded(p); small != nil {
 		l.log.WithError(err).WithField("key", p.key).WithField("bytes", len(p.val)).WithField("degraded_bytes", len(small)).
 			Error("coordinator: etcd refuses this record for good; writing it without its error texts (marked truncated)")
 		err = l.fencedTxn([]clientv3.Op{clientv3.OpPut(p.key, string(small))})
