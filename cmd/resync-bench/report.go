@@ -294,11 +294,12 @@ func printRounds(w io.Writer, rounds []RoundRow) {
 	fmt.Fprintln(w, "\nRound latency (request written -> revision NotActive, every participant acked), ms;")
 	fmt.Fprintln(w, "floors of the same participants: per-put (each ack its own Put), batched (each agent's acks in one Txn),")
 	fmt.Fprintln(w, "watched (batched, plus every agent notified through a watch and every ack collected by one; no resync code),")
-	fmt.Fprintln(w, "delivered (watched, plus each agent handing the round to its plugins' goroutines in order before writing);")
+	fmt.Fprintln(w, "delivered (watched, plus each agent handing the round to its plugins' goroutines in order before writing),")
+	fmt.Fprintln(w, "protocol (delivered, plus a round's request write before it and finish write after it: 4 writes, as any round);")
 	fmt.Fprintln(w, "mode: in-process (agents, coordinator and etcd share every CPU) or agents-apart (agents in a child process on a CPU")
 	fmt.Fprintln(w, "of their own, etcd, coordinator and tenant on the others; no floors, which run in process)")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tbatched p50\twatched p50\tdelivered p50\tbarrier p50\tours/floor\tours/batched\tours/watched\tours/delivered\twatched/batched\tours/barrier\t")
+	fmt.Fprintln(tw, "agents x plugins[@targeted]\tmode\tparticipants\tclients\tround p50\tround p99\tto Started p50\tto all acked p50\tfloor p50\tbatched p50\twatched p50\tdelivered p50\tprotocol p50\tbarrier p50\tours/floor\tours/batched\tours/watched\tours/delivered\tours/protocol\twatched/batched\tours/barrier\t")
 	for _, r := range rounds {
 		cells := []string{r.size().String(), r.Mode, fmt.Sprint(r.Participants), fmt.Sprint(r.Clients),
 			f1(r.Round.P50), f1(r.Round.P99), f1(r.ToStarted.P50), f1(r.AllAcked.P50)}
@@ -315,7 +316,7 @@ func (r RoundRow) hasFloors() bool { return r.Mode != modeApart && r.Wave == "" 
 // a row without floors.
 func floorCells(r RoundRow) []string {
 	if !r.hasFloors() {
-		return slices.Repeat([]string{"-"}, 11)
+		return slices.Repeat([]string{"-"}, 13)
 	}
 	bp50, rb := "-", "-"
 	switch {
@@ -326,8 +327,8 @@ func floorCells(r RoundRow) []string {
 		bp50 = fmt.Sprintf(">%.0f", r.BarrierTimeout)
 		rb = fmt.Sprintf("<%.3f", r.OursOverBarrier)
 	}
-	return []string{f1(r.Floor.P50), f1(r.FloorTxn.P50), f1(r.WatchedFloor.P50), f1(r.DeliveredFloor.P50), bp50,
-		f2(r.OursOverFloor), f2(r.OursOverFloorTxn), f2(r.OursOverWatched), f2(r.OursOverDelivered), f2(r.WatchedOverTxn), rb}
+	return []string{f1(r.Floor.P50), f1(r.FloorTxn.P50), f1(r.WatchedFloor.P50), f1(r.DeliveredFloor.P50), f1(r.ProtocolFloor.P50), bp50,
+		f2(r.OursOverFloor), f2(r.OursOverFloorTxn), f2(r.OursOverWatched), f2(r.OursOverDelivered), f2(r.OursOverProtocol), f2(r.WatchedOverTxn), rb}
 }
 
 func printRoundCost(w io.Writer, res *Results) {

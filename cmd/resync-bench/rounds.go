@@ -90,6 +90,9 @@ type RoundRow struct {
 	// to its plugins' goroutines in order before writing (the seed's
 	// channel API at its barest).
 	DeliveredFloor Dist `json:"delivered_floor"`
+	// ProtocolFloor: the delivered floor with a round's two other writes,
+	// the request before and the finish after (protocolHops).
+	ProtocolFloor Dist `json:"protocol_floor"`
 	// Barrier: recipes.DoubleBarrier, Enter+Leave, same participants.
 	Barrier         Dist    `json:"double_barrier"`
 	BarrierTimedOut bool    `json:"double_barrier_timed_out,omitempty"`
@@ -102,6 +105,7 @@ type RoundRow struct {
 	OursOverFloorTxn  float64 `json:"ours_over_floor_txn_p50"`
 	OursOverWatched   float64 `json:"ours_over_watched_floor_p50"`
 	OursOverDelivered float64 `json:"ours_over_delivered_floor_p50"`
+	OursOverProtocol  float64 `json:"ours_over_protocol_floor_p50"`
 	WatchedOverTxn    float64 `json:"watched_floor_over_floor_txn_p50"`
 	OursOverBarrier   float64 `json:"ours_over_barrier_p50,omitempty"`
 	// The tenant probe (tenant.go): another client putting a small key
@@ -182,10 +186,13 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 		return row, err
 	}
 	row.FloorTxnCPU = ms(cpuTime()-c0) / float64(o.rounds+1)
-	if row.WatchedFloor, err = measureWatchedFloor(ctx, e, o, sz, false); err != nil {
+	if row.WatchedFloor, err = measureWatchedFloor(ctx, e, o, sz, floorWatched); err != nil {
 		return row, err
 	}
-	if row.DeliveredFloor, err = measureWatchedFloor(ctx, e, o, sz, true); err != nil {
+	if row.DeliveredFloor, err = measureWatchedFloor(ctx, e, o, sz, floorDelivered); err != nil {
+		return row, err
+	}
+	if row.ProtocolFloor, err = measureWatchedFloor(ctx, e, o, sz, floorProtocol); err != nil {
 		return row, err
 	}
 	row.OursOverFloor = ratio(row.Round.P50, row.Floor.P50)
@@ -193,7 +200,8 @@ func measureSize(ctx context.Context, e *env, o options, sz size, log logrus.Fie
 	row.OursOverWatched = ratio(row.Round.P50, row.WatchedFloor.P50)
 	row.WatchedOverTxn = ratio(row.WatchedFloor.P50, row.FloorTxn.P50)
 	row.OursOverDelivered = ratio(row.Round.P50, row.DeliveredFloor.P50)
-	progress("%s: floor p50 %.1f ms, batched %.1f ms, watched %.1f ms, delivered %.1f ms; DoubleBarrier", sz, row.Floor.P50, row.FloorTxn.P50, row.WatchedFloor.P50, row.DeliveredFloor.P50)
+	row.OursOverProtocol = ratio(row.Round.P50, row.ProtocolFloor.P50)
+	progress("%s: floor p50 %.1f ms, batched %.1f ms, watched %.1f ms, delivered %.1f ms, protocol %.1f ms; DoubleBarrier", sz, row.Floor.P50, row.FloorTxn.P50, row.WatchedFloor.P50, row.DeliveredFloor.P50, row.ProtocolFloor.P50)
 	if o.barrierMax > 0 && sz.participants() > o.barrierMax {
 		row.BarrierSkipped = fmt.Sprintf("%d participants, above -barrier-max %d", sz.participants(), o.barrierMax)
 		progress("%s: DoubleBarrier skipped: %s", sz, row.BarrierSkipped)
@@ -331,20 +339,22 @@ func measureFloor(ctx context.Context, e *env, o options, sz size, batched bool)
 // batched floor is the notification of every agent and the collection of
 // every ack: this floor pays both, at etcd's price, on the same CPUs. No
 // coordinator, no fencing, no order among an agent's plugins, no records.
-// With deliver, each agent first hands the round to its plugins, one
-// goroutine each, through a channel, in order, each plugin signalling back
-// before the next gets it (the seed's StatusChan and Ack, and DESIGN
-// invariant 4, at their barest), then writes. One unmeasured sample first.
-func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, deliver bool) (Dist, error) {
+// With floorDelivered, each agent first hands the round to its plugins,
+// one goroutine each, through a channel, in order, each plugin signalling
+// back before the next gets it (the seed's StatusChan and Ack, and DESIGN
+// invariant 4, at their barest), then writes. floorProtocol adds a round's
+// two other writes (protocolHops). One unmeasured sample first.
+func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, kind floorKind) (Dist, error) {
+	deliver, protocol := kind >= floorDelivered, kind == floorProtocol
 	prefix := fmt.Sprintf("/bench/watched-floor-%s/", sz)
 	layout := schema.MustLayout(prefix)
 	defer e.wipe(ctx, prefix)
-	clients, err := e.clients(sz.clients(o.agentsPerClient) + 1)
+	clients, err := e.clients(sz.clients(o.agentsPerClient) + 2)
 	if err != nil {
 		return Dist{}, err
 	}
 	defer closeClients(clients)
-	collector := clients[len(clients)-1]
+	collector, starter := clients[len(clients)-1], clients[len(clients)-2]
 	leases, err := grantLeases(ctx, clients, sz.Agents, o.agentsPerClient)
 	if err != nil {
 		return Dist{}, err
@@ -363,9 +373,17 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, delive
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	ready := make(chan struct{}, sz.Agents+1)
-	errc := make(chan error, sz.Agents+1)
+	ready := make(chan struct{}, sz.Agents+2)
+	errc := make(chan error, sz.Agents+2)
 	trigger := layout.Revision()
+	hops := protocolHops{on: protocol, request: prefix + "request", trigger: trigger, finish: prefix + "finish"}
+	if protocol {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hops.start(wctx, starter, ready, errc)
+		}()
+	}
 	for a := range sz.Agents {
 		c := clients[a/o.agentsPerClient]
 		agent := fmt.Sprintf("agent-%05d", a)
@@ -444,12 +462,16 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, delive
 			}
 			for range resp.Events {
 				if n++; n%want == 0 {
+					if err := hops.finished(wctx, collector, n/want-1); err != nil {
+						errc <- err
+						return
+					}
 					complete <- n / want
 				}
 			}
 		}
 	}()
-	for range sz.Agents + 1 {
+	for range sz.Agents + 1 + hops.starters() {
 		select {
 		case <-ready:
 		case err := <-errc:
@@ -461,7 +483,7 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, delive
 	var out []time.Duration
 	for i := range samples {
 		start := time.Now()
-		if _, err := e.kv.Put(ctx, trigger, strconv.Itoa(i)); err != nil {
+		if _, err := e.kv.Put(ctx, hops.first(), strconv.Itoa(i)); err != nil {
 			return Dist{}, fmt.Errorf("watched floor: %w", err)
 		}
 		select {
@@ -478,6 +500,73 @@ func measureWatchedFloor(ctx context.Context, e *env, o options, sz size, delive
 		}
 	}
 	return dist(out), nil
+}
+
+// floorKind is what measureWatchedFloor adds to the batched floor.
+type floorKind int
+
+const (
+	floorWatched   floorKind = iota // every agent notified, every ack collected
+	floorDelivered                  // and each agent's in-order hand-off to its plugins
+	floorProtocol                   // and a round's request and finish writes
+)
+
+// protocolHops are the two writes a round has that the delivered floor has
+// not, when on: the sample writes a request key, a starter watching it
+// writes the trigger (a coordinator's start), and the collector writes a
+// finish key once every ack arrived (a coordinator's NotActive), the sample
+// ending when that put returns, as a round ends at its NotActive. Four
+// fsynced writes and three watch hops: what any round of resync's protocol
+// pays, with none of its code. Off, the sample writes the trigger itself
+// and ends at the last ack seen.
+type protocolHops struct {
+	on                       bool
+	request, trigger, finish string
+}
+
+// first is the key a sample writes.
+func (h protocolHops) first() string {
+	if h.on {
+		return h.request
+	}
+	return h.trigger
+}
+
+// starters is how many watchers besides the agents and the collector the
+// floor waits for.
+func (h protocolHops) starters() int {
+	if h.on {
+		return 1
+	}
+	return 0
+}
+
+// start copies every request to the trigger until ctx ends.
+func (h protocolHops) start(ctx context.Context, c *clientv3.Client, ready chan<- struct{}, errc chan<- error) {
+	for resp := range c.Watch(ctx, h.request, clientv3.WithCreatedNotify()) {
+		if resp.Created {
+			ready <- struct{}{}
+		}
+		for _, ev := range resp.Events {
+			if _, err := c.Put(ctx, h.trigger, string(ev.Kv.Value)); err != nil {
+				if ctx.Err() == nil {
+					errc <- fmt.Errorf("protocol floor: starter: %w", err)
+				}
+				return
+			}
+		}
+	}
+}
+
+// finished writes sample i's finish, when on.
+func (h protocolHops) finished(ctx context.Context, c *clientv3.Client, i int) error {
+	if !h.on {
+		return nil
+	}
+	if _, err := c.Put(ctx, h.finish, strconv.Itoa(i)); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("protocol floor: finish: %w", err)
+	}
+	return nil
 }
 
 // floorLeaseTTL is the floors' lease TTL, in seconds. Nothing keeps the
