@@ -14,8 +14,8 @@ import (
 // record while the round still runs, in batches of earlyBatch agents, so
 // that the finish after the last ack writes only the rest. A successor
 // that takes over between the two (the first leader stops) resumes with
-// the same participants and finishes with every outcome right: the early
-// records are complete participant records, and outcomes never change.
+// the same participants and takes the outcomes the early records list,
+// even of an agent that left since: outcomes never change.
 func TestDoneAgentsOutcomesAreWrittenWhileTheRoundRuns(t *testing.T) {
 	m := etcdtest.Start(t)
 	obs := m.Client(t)
@@ -73,14 +73,24 @@ func TestDoneAgentsOutcomesAreWrittenWhileTheRoundRuns(t *testing.T) {
 		}
 	}
 
-	// The first leader stops; a successor resumes round 1 from these
-	// records and finishes it at the last ack.
-	second := newCoord(t, eps, testConfig("second"))
+	// The first leader stops, and while none runs a done agent leaves
+	// (its keys go, as at its lease's expiry). A successor resumes round
+	// 1 from these records, keeps that agent acked (its record says so:
+	// it acked before it left), and finishes at the last ack.
 	first.Close()
+	gone := agents[0]
+	for _, p := range []string{"p0", "p1"} {
+		for _, k := range []string{layout.Ack(gone, p), layout.Registration(gone, p)} {
+			if _, err := obs.Delete(ctxT(t, 5*time.Second), k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	second := newCoord(t, eps, testConfig("second"))
 	waitLeader(t, []*testCoord{second}, 10*time.Second)
 	f.ack(1, pending, schema.ResultOK, "")
 	r := waitFinished(t, obs, 1, 10*time.Second)
-	if r.Counts.Participants != 2*len(agents) || r.Counts.Acked != 2*(len(agents)-1) || r.Counts.Failed != 2 {
+	if r.Counts.Participants != 2*len(agents) || r.Counts.Acked != 2*(len(agents)-1) || r.Counts.Failed != 2 || r.Counts.Departed != 0 {
 		t.Fatalf("round 1 counts %+v", r.Counts)
 	}
 	if len(r.Participants) != 2*len(agents) || len(r.Acked) != 2*(len(agents)-1) || len(r.Failed) != 2 {

@@ -135,7 +135,7 @@ type leader struct {
 	initial     string              // non-empty: start a round at once with this reason
 	resume      *schema.Round       // a Started round to resume once synced
 	resumeParts []schema.PluginID   // its participants, from rounds/<N>/agents/
-	resumeRecs  []schema.RoundAgent // a wave round's: each agent's part (wave.go)
+	resumeRecs  []schema.RoundAgent // its per-agent records: a wave round's plan, done agents' outcomes
 	rebuild     bool                // resume has no participant list: use the live registrations
 	// recordResume: the resumed round's per-agent records were incomplete;
 	// the successor writes them for the set it resumes with, so that the
@@ -568,9 +568,7 @@ func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64
 		}
 	}
 	l.resume, l.resumeParts, l.rebuild, l.recordResume = &round, parts, false, false
-	if round.Wave != nil {
-		l.resumeRecs = recs
-	}
+	l.resumeRecs = recs
 	switch {
 	case round.Counts.Participants == 0 || (len(bad) == 0 && len(recs) > 0 && len(recs) >= round.Agents):
 		// Complete (a summary without its agents count, from the revision

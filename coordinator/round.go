@@ -236,6 +236,9 @@ func (l *leader) resumeRound() error {
 	if l.rebuild {
 		parts = l.participants(schema.AllScopes())
 	}
+	// Rewritten as pending, the records read no longer hold their
+	// outcomes: the finish writes them all again.
+	kept := !l.recordResume
 	if l.recordResume {
 		if err := l.recordParticipants(rec.Revision, parts); err != nil {
 			return err
@@ -248,11 +251,39 @@ func (l *leader) resumeRound() error {
 		if err := l.rebuildWave(recs); err != nil {
 			return err
 		}
+	} else {
+		l.presetDone(recs, kept)
 	}
 	l.log.WithField("revision", rec.Revision).WithField("participants", len(parts)).Info("coordinator: resuming the running round")
 	l.co.hooks.RoundStarted(l.round.rec, true)
 	l.reconcile()
 	return nil
+}
+
+// presetDone takes the outcomes that a resumed plain round's records of
+// done agents list (written early, writeEarly): they were final when
+// written, though the acks may have gone since (an agent that acked and
+// then left stays acked, as it would have with the leader that saw it).
+// kept: the records are still in etcd as read, and are not written again.
+func (l *leader) presetDone(recs []schema.RoundAgent, kept bool) {
+	rs := l.round
+	for _, r := range recs {
+		ps, ok := rs.agentParts[r.Agent]
+		if r.State != schema.NotActive || !ok {
+			continue
+		}
+		all := true
+		for _, p := range ps {
+			switch o := r.Outcome(p.Plugin); {
+			case o == schema.OutcomePending || o == "":
+				all = false
+			case rs.outcome[p] == schema.OutcomePending:
+				rs.set(p, o, r.Errors[p.Plugin])
+			}
+		}
+		rs.recorded[r.Agent] = all && kept
+	}
+	rs.doneQ = slices.DeleteFunc(rs.doneQ, func(a string) bool { return rs.recorded[a] })
 }
 
 // advance times out the running round's pending participants once its
