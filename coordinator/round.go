@@ -321,10 +321,9 @@ const earlyBatch = schema.MaxTxnOps / 2
 // would write; the finish writes only the rest. Without this, a round of
 // 1,000 agents spent 16 ms after its last ack encoding and writing 1,000
 // records before its summary, every round. A successor that resumes the
-// round reads these records for the participants only (setResume), as it
-// does a wave round's done agents, and writes every outcome again at its
-// finish. Its error is only the end of leadership or a record that does
-// not encode.
+// round takes the outcomes these records list (presetDone), as it does a
+// wave round's done agents. Its error is only the end of leadership or a
+// record that does not encode.
 func (l *leader) writeEarly() error {
 	rs := l.round
 	if rs.wave != nil || len(rs.doneQ) < earlyBatch {
