@@ -272,18 +272,24 @@ func (l *leader) presetDone(recs []schema.RoundAgent, kept bool) {
 		if r.State != schema.NotActive || !ok {
 			continue
 		}
-		all := true
-		for _, p := range ps {
-			switch o := r.Outcome(p.Plugin); {
-			case o == schema.OutcomePending || o == "":
-				all = false
-			case rs.outcome[p] == schema.OutcomePending:
-				rs.set(p, o, r.Errors[p.Plugin])
-			}
-		}
-		rs.recorded[r.Agent] = all && kept
+		rs.recorded[r.Agent] = rs.preset(r, ps) && kept
 	}
 	rs.doneQ = slices.DeleteFunc(rs.doneQ, func(a string) bool { return rs.recorded[a] })
+}
+
+// preset sets the outcome record r lists for each of its agent's
+// participants ps still pending; all: r lists one for every one of ps.
+func (rs *roundState) preset(r schema.RoundAgent, ps []schema.PluginID) (all bool) {
+	all = true
+	for _, p := range ps {
+		switch o := r.Outcome(p.Plugin); {
+		case o == schema.OutcomePending || o == "":
+			all = false
+		case rs.outcome[p] == schema.OutcomePending:
+			rs.set(p, o, r.Errors[p.Plugin])
+		}
+	}
+	return all
 }
 
 // advance times out the running round's pending participants once its

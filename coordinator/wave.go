@@ -653,13 +653,7 @@ func (l *leader) presetOutcomes(r schema.RoundAgent, wa *waveAgent) {
 	if r.DoneAt.After(w.lastProgress) {
 		w.lastProgress = r.DoneAt
 	}
-	for _, p := range wa.parts {
-		o := r.Outcome(p.Plugin)
-		if o == schema.OutcomePending || o == "" || rs.outcome[p] != schema.OutcomePending {
-			continue
-		}
-		rs.set(p, o, r.Errors[p.Plugin])
-	}
+	rs.preset(r, wa.parts)
 	w.doneQ = nil // set queued them: their records are written already
 }
 
