@@ -85,6 +85,13 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	for _, m := range c.Members {
 		m.cluster = strings.Join(initial, ",")
 	}
+	if n == 1 {
+		if err := c.Members[0].startFresh("http://"); err != nil {
+			t.Fatalf("etcdtest: %v", err)
+		}
+		t.Cleanup(c.Members[0].Stop)
+		return c
+	}
 	// Members of a new cluster wait for each other: start them all, then wait.
 	errc := make(chan error, n)
 	for _, m := range c.Members {
@@ -116,11 +123,27 @@ func StartTLS(t testing.TB, pki *PKI, clientCertAuth bool) *Member {
 		tls:       embedetcd.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, TrustedCAFile: pki.CAFile, ClientCertAuth: clientCertAuth},
 	}
 	m.cluster = m.Name + "=" + m.PeerURL
-	if err := m.start(); err != nil {
+	if err := m.startFresh("https://"); err != nil {
 		t.Fatalf("etcdtest: %v", err)
 	}
 	t.Cleanup(m.Stop)
 	return m
+}
+
+// startFresh starts a new single member, on other free ports (and a new
+// data dir) when one that FreeAddr found was taken before etcd bound it:
+// by another test process's member, with two make test runs side by side
+// ("bind: address already in use", once in two such runs). A member of a
+// larger cluster cannot move alone: its peers know its address.
+func (m *Member) startFresh(clientScheme string) error {
+	for attempt := 1; ; attempt++ {
+		err := m.start()
+		if err == nil || attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
+			return err
+		}
+		m.ClientURL, m.PeerURL, m.dir = clientScheme+FreeAddr(m.t), "http://"+FreeAddr(m.t), m.t.TempDir()
+		m.cluster = m.Name + "=" + m.PeerURL
+	}
 }
 
 func (m *Member) start() error {

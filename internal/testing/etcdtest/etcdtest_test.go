@@ -3,6 +3,7 @@ package etcdtest
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -68,4 +69,29 @@ func TestProxyBlackholeCutsTheClient(t *testing.T) {
 		_, err := c.Put(ctx, "k", "v3")
 		return err == nil
 	})
+}
+
+// A single member whose port another process took between FreeAddr and
+// etcd's bind starts on other ports (two make test runs side by side lost
+// a test to "address already in use").
+func TestStartFreshMovesOffATakenPort(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	m := &Member{t: t, Name: "m0", ClientURL: "http://" + taken.Addr().String(), PeerURL: "http://" + FreeAddr(t), dir: t.TempDir()}
+	m.cluster = m.Name + "=" + m.PeerURL
+	if err := m.startFresh("http://"); err != nil {
+		t.Fatalf("start with the client port taken: %v", err)
+	}
+	t.Cleanup(m.Stop)
+	if m.Endpoint() == taken.Addr().String() {
+		t.Fatalf("the member claims the taken address %s", m.Endpoint())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := m.Client(t).Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("put to the moved member: %v", err)
+	}
 }
