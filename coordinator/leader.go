@@ -541,9 +541,10 @@ func (l *leader) loadRevision(ctx context.Context, rev schema.Revision, revModRe
 
 // setResume makes round the one to resume, with exactly the participants
 // fixed when it said Started (invariant 8). A set scope's participants are
-// its records under rounds/<N>/agents/, written before its start Txn
-// (writeRecordsFirst). An all-scope round's records follow its start Txn
-// (writeRecordsAfter): when they are all there they are the participants;
+// its records under rounds/<N>/agents/, in etcd no later than its start
+// Txn (placeRecords). An all-scope round's records are in its start Txn in
+// a small fleet, else follow it (writeRecordsAfter): when they are all
+// there they are the participants;
 // otherwise (the leader died in between) they are the registrations at the
 // start Txn's etcd revision startRev, read from etcd's history, so that a
 // plugin that left since is departed and one registered since is no

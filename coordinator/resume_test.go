@@ -26,7 +26,8 @@ func (f *fleet) revoke() {
 }
 
 // TestSuccessorResumesTheParticipantsFixedAtStarted: the leader dies after
-// an all-scope round's start Txn and before its per-agent records. While
+// an all-scope round's start Txn and before its per-agent records (written
+// after the start as a large fleet's are: recordsAfter). While
 // no leader runs, one participant's agent leaves, one re-registers (a new
 // lease: its agent restarted) and a new agent registers. The successor
 // resumes the round with exactly the participants of its start: the one
@@ -45,7 +46,7 @@ func TestSuccessorResumesTheParticipantsFixedAtStarted(t *testing.T) {
 	etcdtest.WaitFor(t, 10*time.Second, "3 registrations", func() bool { return countPrefix(t, obs, layout.Registrations()) == 3 })
 
 	frozen, release := make(chan struct{}), make(chan struct{})
-	first := newCoord(t, eps, testConfig("first"), withFaults(testFaults{afterStart: func(_ context.Context, n uint64, _ []schema.PluginID) {
+	first := newCoord(t, eps, testConfig("first"), withFaults(testFaults{recordsAfter: true, afterStart: func(_ context.Context, n uint64, _ []schema.PluginID) {
 		if n == 2 {
 			close(frozen)
 			<-release
@@ -151,7 +152,7 @@ func TestResumeFallsBackWhenTheStartIsCompacted(t *testing.T) {
 	eps := []string{m.Endpoint()}
 	stay := handPlugins(t, obs, "a1", "p")
 	frozen, release := make(chan struct{}), make(chan struct{})
-	first := newCoord(t, eps, testConfig("first"), withFaults(testFaults{afterStart: func(_ context.Context, n uint64, _ []schema.PluginID) {
+	first := newCoord(t, eps, testConfig("first"), withFaults(testFaults{recordsAfter: true, afterStart: func(_ context.Context, n uint64, _ []schema.PluginID) {
 		if n == 1 {
 			close(frozen)
 			<-release

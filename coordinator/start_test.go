@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/testing/etcdtest"
@@ -97,5 +98,71 @@ func TestSetScopeRecordsGoWithTheStartAndLeftoversAreWiped(t *testing.T) {
 		if got := createRev(t, obs, layout.RoundAgent(3, a)); got == 0 || got >= start {
 			t.Errorf("round 3's record of %s created at revision %d, its start at %d: want it before", a, got, start)
 		}
+	}
+}
+
+// A small fleet's all-scope round writes its per-agent records in its
+// start Txn (one Txn before Started, and none after it that the leader's
+// handling of the acks would wait for), with what an earlier attempt left
+// under rounds/<N>/ wiped around them in the same Txn: a leftover at a
+// participant's own record key is overwritten, the others are deleted,
+// keys sorting before, between and after the records alike.
+func TestSmallFleetRecordsGoInTheStartAroundLeftovers(t *testing.T) {
+	m := etcdtest.Start(t)
+	obs := m.Client(t)
+	eps := []string{m.Endpoint()}
+	startAgents(t, eps, 3, []string{"p", "q"}, nil)
+	newCoord(t, eps, testConfig("c0"))
+	waitFinished(t, obs, 1, 10*time.Second)
+
+	own := layout.RoundAgent(2, "agent-01")
+	gone := []string{
+		layout.RoundDir(2) + "!before-every-record",
+		layout.RoundAgent(2, "agent-00x"), // between agent-00's and agent-01's
+		layout.RoundAgent(2, "agent-09"),
+		layout.RoundScope(2, 0),
+		layout.RoundDir(2) + "~after-every-record",
+	}
+	for _, k := range append([]string{own}, gone...) {
+		if _, err := obs.Put(ctxT(t, 5*time.Second), k, "left by a start that never committed"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	request(t, obs, schema.CauseManual, schema.Scope{}, "everyone")
+	r := waitFinished(t, obs, 2, 10*time.Second)
+	if r.Counts.Acked != 6 || r.Counts.Participants != 6 {
+		t.Fatalf("round 2 counts %+v, want 6 participants acked", r.Counts)
+	}
+	start := createRev(t, obs, layout.Round(2))
+	at := func(key string, rev int64) *mvccpb.KeyValue {
+		t.Helper()
+		resp, err := obs.Get(ctxT(t, 5*time.Second), key, clientv3.WithRev(rev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil
+		}
+		return resp.Kvs[0]
+	}
+	for _, k := range gone {
+		if at(k, start-1) == nil || at(k, start) != nil || createRev(t, obs, k) != 0 {
+			t.Errorf("the earlier attempt's %s: want it deleted by the start Txn (revision %d)", k, start)
+		}
+	}
+	for _, a := range []string{"agent-00", "agent-01", "agent-02"} {
+		kv := at(layout.RoundAgent(2, a), start)
+		var rec schema.RoundAgent
+		var err error
+		if kv != nil {
+			rec, err = schema.DecodeRoundAgent(string(kv.Key), kv.Value)
+		}
+		if kv == nil || kv.ModRevision != start || err != nil || rec.Agent != a || fmt.Sprint(rec.Plugins) != "[p q]" {
+			t.Errorf("round 2's record of %s at its start (revision %d): %v; want it written by the start Txn, with [p q]", a, start, kv)
+		}
+	}
+	recs, bad, err := ReadRoundAgents(ctxT(t, 5*time.Second), obs, layout, 2, 0)
+	if err != nil || len(bad) > 0 || len(recs) != 3 {
+		t.Fatalf("round 2's records after it: %d, unreadable %v, err %v; want agent-00..02's", len(recs), bad, err)
 	}
 }

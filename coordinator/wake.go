@@ -108,6 +108,13 @@ func (l *leader) firstShardGroup(val []byte, started bool, fixed int) []clientv3
 	return groups[0]
 }
 
+// firstShardOps is how many operations the first shard group of an
+// all-scope Started record takes (firstShardGroup).
+func (l *leader) firstShardOps() int {
+	groups, _ := l.wakeShardGroups(nil, l.shardsFor(true))
+	return len(groups[0])
+}
+
 // agentWakes are the wake key puts of the set-scope record val for the
 // agents of parts, each on its agent's session lease. An agent whose lease
 // this leader does not know (its registrations not seen yet) gets none: it

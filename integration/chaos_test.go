@@ -346,7 +346,7 @@ func (env *chaosEnv) newCoord(c *clientv3.Client, slot, gen int, suffix string) 
 		WriteBudget: chaosWriteBudget,
 	}
 	kill := newStartKill()
-	opts := append([]coordinator.Option{coordinator.WithLogger(env.log.WithField("test_coord", cfg.ID))}, env.testOptions(kill)...)
+	opts := append([]coordinator.Option{coordinator.WithLogger(env.log.WithField("test_coord", cfg.ID))}, env.testOptions(kill, (slot+gen)%2 == 1)...)
 	co, err := coordinator.New(c, cfg, opts...)
 	if err != nil {
 		env.t.Fatal(err)

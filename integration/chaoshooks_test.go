@@ -9,4 +9,4 @@ import "github.com/resyncd/resync/coordinator"
 // killed after a start (make chaos builds with the tag).
 const afterStartHooks = false
 
-func (env *chaosEnv) testOptions(*startKill) []coordinator.Option { return nil }
+func (env *chaosEnv) testOptions(*startKill, bool) []coordinator.Option { return nil }
