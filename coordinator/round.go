@@ -37,8 +37,10 @@ type roundState struct {
 }
 
 func newRoundState(rec schema.Round, parts []schema.PluginID) *roundState {
+	agents := min(max(rec.Agents, 0), len(parts)) // a size hint: a resumed round's is read from etcd
 	rs := &roundState{rec: rec, parts: parts, outcome: make(map[schema.PluginID]schema.Outcome, len(parts)),
-		agentParts: map[string][]schema.PluginID{}, agentLeft: map[string]int{}, recorded: map[string]bool{}}
+		agentParts: make(map[string][]schema.PluginID, agents), agentLeft: make(map[string]int, agents),
+		recorded: make(map[string]bool, agents)}
 	for _, p := range parts {
 		rs.outcome[p] = schema.OutcomePending
 	}
@@ -108,6 +110,18 @@ func (l *leader) reconcile() {
 	}
 }
 
+// reconcileStarted is reconcile for a round this leader just started from
+// its own view: every participant is registered in it, so only an ack
+// already written for the round's revision can resolve one (one that
+// outlived an etcd restore). When no ack is that high it does nothing:
+// going through 100,000 participants took 50-170 ms of the leader's CPU
+// right after a 10000x10 wave round's start, while etcd waited for it.
+func (l *leader) reconcileStarted() {
+	if l.topAck >= l.round.rec.Revision {
+		l.reconcile()
+	}
+}
+
 func (l *leader) onState(ev stateEvent) {
 	if ev.reset || ev.rev > l.viewRev {
 		l.viewRev = ev.rev
@@ -117,6 +131,10 @@ func (l *leader) onState(ev stateEvent) {
 	}
 	if ev.reset {
 		l.regs, l.acks = ev.regs, ev.acks
+		l.topAck = 0
+		for _, a := range l.acks {
+			l.topAck = max(l.topAck, a.Revision)
+		}
 		l.agentLeases, l.agentRegs, l.shardAgents = ev.leases, map[string]int{}, [schema.WakeShards]int{}
 		for id := range l.regs {
 			if l.agentRegs[id.Agent]++; l.agentRegs[id.Agent] == 1 {
@@ -137,6 +155,7 @@ func (l *leader) onState(ev stateEvent) {
 			delete(l.acks, it.id)
 		case it.isAck:
 			l.acks[it.id] = *it.ack
+			l.topAck = max(l.topAck, it.ack.Revision)
 			l.resolve(it.id, false)
 			if l.swept {
 				l.failedAck(it.id, *it.ack)
@@ -505,7 +524,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 		// A wave round wakes its agents as they enter the window.
 		s.run.startVal = s.revVal
 		l.round.wave = s.run
-		l.reconcile()
+		l.reconcileStarted()
 		return l.advanceWave(now)
 	}
 	if err := l.wake(s.revVal, true, scope.IsAll(), s.parts, s.wokeFirst); err != nil {
@@ -516,7 +535,7 @@ func (l *leader) start(now time.Time, cause schema.Cause, reason string, scope s
 			return err
 		}
 	}
-	l.reconcile()
+	l.reconcileStarted()
 	return nil
 }
 
