@@ -120,12 +120,12 @@ type leader struct {
 	// ordered is regs' keys in registration order (participants), kept
 	// until regs changes: a stable fleet's rounds skip the sort (3.7 ms
 	// at 10,000 registrations).
-	ordered  []schema.PluginID
-	acks     map[schema.PluginID]schema.Ack
+	ordered []schema.PluginID
+	acks    map[schema.PluginID]schema.Ack
 	// topAck is at least the highest revision any ack in acks is for
 	// (kept on updates, recomputed on a listing; a deleted ack does not
 	// lower it): a round started above it has no ack to reconcile.
-	topAck uint64
+	topAck   uint64
 	requests map[string]schema.Request // pending, not yet consumed
 	controls map[string]schema.Request // pending pause, resume and abort requests (control.go)
 	firstReq time.Time                 // when the oldest pending request was seen
