@@ -145,9 +145,13 @@ type leader struct {
 	// the successor writes them for the set it resumes with, so that the
 	// set stays durable whatever etcd compacts or restores next.
 	recordResume bool
-	round        *roundState                // the running round
-	retries      map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
-	errKeys      []string                   // streak keys of the running round if error-triggered (streaks.go)
+	// planLost: the resumed round is a wave round whose plan went with an
+	// unreadable summary (setResume); it continues aborted, the plan
+	// written first.
+	planLost bool
+	round    *roundState                // the running round
+	retries  map[uint64]schema.ScopeSet // failed and timed-out participants of recent unclean rounds
+	errKeys  []string                   // streak keys of the running round if error-triggered (streaks.go)
 
 	// Failed acks no round answers yet (joinfail.go): planned, in order
 	// seen, until step writes their requests; handled is the revision of
@@ -573,7 +577,20 @@ func (l *leader) setResume(_ context.Context, round schema.Round, startRev int64
 		}
 	}
 	l.resume, l.resumeParts, l.rebuild, l.recordResume = &round, parts, false, false
-	l.resumeRecs = recs
+	l.resumeRecs, l.planLost = recs, false
+	if round.Wave == nil && slices.ContainsFunc(recs, func(r schema.RoundAgent) bool { return r.Wave != "" }) {
+		// A wave round (its records say so) whose summary, which held
+		// its plan, is unreadable or missing. Resumed as a plain round,
+		// its agents the window never let in would get Started (an
+		// all-scope round's wake shards) and the skipped ones would be
+		// listed skipped in a round that is no wave round. Its knobs are
+		// lost, so it continues aborted: the agents started complete,
+		// none starts any more, those never started are skipped.
+		l.log.WithField("revision", round.Revision).Error("coordinator: the running round is a wave round whose plan was lost with its summary; continuing it aborted: no more agents start")
+		round.Wave = &schema.WavePlan{Phase: schema.PhaseRolling, Aborted: "the round's summary was unreadable: its wave plan is lost",
+			AbortedAt: l.co.clock.Now().UTC()}
+		l.planLost = true
+	}
 	switch {
 	case round.Counts.Participants == 0 || (len(bad) == 0 && len(recs) > 0 && len(recs) >= round.Agents):
 		// Complete (a summary without its agents count, from the revision

@@ -263,12 +263,18 @@ func (l *leader) resumeRound() error {
 			return err
 		}
 	}
-	recs := l.resumeRecs
-	l.resume, l.resumeParts, l.resumeRecs, l.rebuild, l.recordResume = nil, nil, nil, false, false
+	recs, planLost := l.resumeRecs, l.planLost
+	l.resume, l.resumeParts, l.resumeRecs, l.rebuild, l.recordResume, l.planLost = nil, nil, nil, false, false, false
 	l.round = newRoundState(rec, parts)
 	if rec.Wave != nil {
 		if err := l.rebuildWave(recs); err != nil {
 			return err
+		}
+		// The abort in etcd before any agent is skipped for it.
+		if planLost {
+			if err := l.writePlan(nil); err != nil {
+				return err
+			}
 		}
 	} else {
 		l.presetDone(recs, kept)

@@ -779,3 +779,49 @@ func TestWaveStartFollowsTheDoneItReplaces(t *testing.T) {
 		t.Fatalf("round 2's records show %d agents in flight at once, want 1 (its bound)", peak)
 	}
 }
+
+// A wave round whose summary, which holds its plan, is overwritten with
+// garbage while no leader runs: the successor can resume it only from
+// the revision record, and its per-agent records say it is a wave round,
+// so it continues it aborted: the agents in flight complete, the waiting
+// ones are skipped and hear nothing of the round. Resumed as a plain
+// round, its waiting agents timed out here, in a round that was no wave
+// round any more; in chaos (seed 20261212) the successor's wake of an
+// all-scope round's shards gave such agents Started, and the skipped
+// ones were listed skipped in a round with no plan.
+func TestWavePlanLostWithItsSummaryAbortsTheRound(t *testing.T) {
+	m, obs, f, first := startWaveFleet(t, 12, []string{"p1", "p2"}, testConfig("first"))
+	from := headRev(t, obs)
+	a := newWaveAcker(t, f, obs, nil, make(chan struct{}, 100))
+	waveRequest(t, obs, schema.Wave{MaxInFlight: "2"}, "plan lost")
+	a.give(3)
+	waitWave(t, first, "3 agents done and 2 in flight", func(w WaveStatus) bool { return w.Done == 3 && w.InFlight == 2 })
+	first.Crash()
+	if _, err := obs.Put(ctxT(t, 5*time.Second), layout.Round(2), `{"revision":2,"state":"Bogus"}`); err != nil {
+		t.Fatal(err)
+	}
+	second := newCoord(t, []string{m.Endpoint()}, testConfig("second"))
+	waitLeader(t, []*testCoord{second}, 20*time.Second)
+	// Tokens for every agent: any agent woken may ack.
+	a.give(12)
+	var v schema.Round
+	etcdtest.WaitFor(t, 60*time.Second, "round 2 finished", func() bool {
+		resp, err := obs.Get(ctxT(t, 5*time.Second), layout.Round(2))
+		if err != nil || len(resp.Kvs) == 0 {
+			return false
+		}
+		v, err = layout.DecodeRound(layout.Round(2), resp.Kvs[0].Value)
+		return err == nil && v.State == schema.NotActive
+	})
+	if v.Wave == nil || v.Wave.Aborted == "" || v.Counts.Acked != 10 || v.Counts.Skipped != 14 {
+		t.Fatalf("round 2 counts %+v wave %+v: want an aborted wave round, 5 agents acked and 7 skipped", v.Counts, v.Wave)
+	}
+	if order := waveCheck(t, waveHistory(t, obs, from), 2, 2, 2); len(order) != 5 {
+		t.Errorf("agents %v started, want the 5 the window let in before the crash", order)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.starts) != 5 {
+		t.Errorf("%d agents saw a Started write, want 5: %v", len(a.starts), a.starts)
+	}
+}
