@@ -19,9 +19,10 @@ type testFaults struct {
 	beforeWrite func()
 	// afterStart, if set, is called once round n's start is committed in
 	// etcd and before its per-agent records are written (for a set scope
-	// or a small fleet they went before the start or with it), with the participants it started with
-	// and the leader's context: a test records the set, or blocks until
-	// ctx ends to crash the leader between the two writes.
+	// or a small fleet they went before the start or with it), with the
+	// participants it started with and the leader's context: a test
+	// records the set, or blocks until ctx ends to crash the leader
+	// between the two writes.
 	afterStart func(ctx context.Context, n uint64, parts []schema.PluginID)
 	// recordsAfter: an all-scope round's per-agent records are written
 	// after its start whatever the fleet's size, as a large fleet's are

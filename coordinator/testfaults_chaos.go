@@ -18,10 +18,11 @@ func WithTestFaults(unfenced bool, beforeWrite func()) Option {
 
 // WithTestAfterStart calls f once each round's start is committed, before
 // its per-agent records are written (or after, when they went with the
-// start: a set scope's, a small fleet's; see WithTestRecordsAfter), with round n's participants and the
-// leader's context (ended when the leader stops): the chaos test records
-// the set there, or blocks until ctx ends to kill the leader in between.
-// It exists only in builds with the resync_chaos tag.
+// start: a set scope's, a small fleet's; see WithTestRecordsAfter), with
+// round n's participants and the leader's context (ended when the leader
+// stops): the chaos test records the set there, or blocks until ctx ends
+// to kill the leader in between. It exists only in builds with the
+// resync_chaos tag.
 func WithTestAfterStart(f func(ctx context.Context, n uint64, parts []schema.PluginID)) Option {
 	return func(c *Coordinator) { c.faults.afterStart = f }
 }
