@@ -11,6 +11,7 @@ import (
 	"time"
 
 	resync "github.com/resyncd/resync"
+	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/embedetcd"
 	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/etcdspace"
@@ -94,6 +95,96 @@ func TestWatchAndTriggerWaitSurviveFrequentCompaction(t *testing.T) {
 		t.Errorf("watch exited %d: %s", code, errText.String())
 	}
 	t.Logf("%d compactions in %d rounds; watch:\n%s", compactions.Load(), rounds, text.String())
+}
+
+// trigger --wait finds the round that served its request when etcd
+// compacted the request's write revision before the waiter first read the
+// state there: the round already served it (and it was deleted unseen),
+// and the request still pending for a coordinator that is not there yet.
+func TestTriggerWaitAfterItsWriteWasCompacted(t *testing.T) {
+	m := etcdtest.Start(t)
+	ep := m.Endpoint()
+	c := m.Client(t)
+	p, err := resync.New(resync.Deps{Client: c, Log: quietLogger(t)}, resync.Config{Agent: "a1", TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	reg := p.Register("p1")
+	go func() {
+		for {
+			select {
+			case ev := <-reg.StatusChan():
+				ev.Ack()
+			case <-p.Done():
+				return
+			}
+		}
+	}()
+	co := startCoordinator(t, ep, "c1")
+	waitRound(t, c, 1, schema.NotActive)
+	e, _, errb := testEnv(t, ep, nil)
+	ctx := ctxT(t, 30*time.Second)
+	compactNow := func() {
+		t.Helper()
+		resp, err := c.Put(ctx, "compact-probe", "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Compact(ctx, resp.Header.Revision); err != nil {
+			t.Fatal(err)
+		}
+	}
+	request := func(reason string) (schema.Request, triggerDoc, written) {
+		t.Helper()
+		o := triggerOpts{reason: reason}
+		req, val, err := o.request()
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, wrote, err := e.submit(ctx, e.client, req, val)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return req, doc, wrote
+	}
+	check := func(final *coordinator.RoundView, err error, doc triggerDoc, want uint64) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("wait for the round of %s: %v", doc.Key, err)
+		}
+		if final.Revision != want || !final.Clean() {
+			t.Fatalf("round %d (clean %v) reported for %s, want round %d clean", final.Revision, final.Clean(), doc.Key, want)
+		}
+	}
+
+	// Served and deleted before the waiter reads.
+	req, doc, wrote := request("served before the wait")
+	waitRound(t, c, 2, schema.NotActive)
+	compactNow()
+	final, err := e.awaitRound(ctx, ctx, e.client, req, doc, wrote, 20*time.Second)
+	check(final, err, doc, 2)
+
+	// Still pending when the waiter has caught up: no coordinator runs
+	// until it says so.
+	co.Close()
+	req, doc, wrote = request("pending at the wait")
+	compactNow()
+	type result struct {
+		final *coordinator.RoundView
+		err   error
+	}
+	res := make(chan result, 1)
+	go func() {
+		final, err := e.awaitRound(ctx, ctx, e.client, req, doc, wrote, 20*time.Second)
+		res <- result{final, err}
+	}()
+	etcdtest.WaitFor(t, 10*time.Second, "the waiter caught up and found no coordinator", func() bool {
+		return strings.Contains(errb.String(), "no coordinator leads right now")
+	})
+	startCoordinator(t, ep, "c2")
+	r := <-res
+	check(r.final, r.err, doc, 3)
 }
 
 // With etcd's quota full, resyncctl's error is one line saying what

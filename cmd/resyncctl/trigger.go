@@ -247,10 +247,10 @@ func (o triggerOpts) requester() string {
 // submit checks that the request's targets have live registrations and
 // writes it as an operator. It returns the document that reports the
 // request and the etcd revision of its write.
-func (e *env) submit(ctx context.Context, c *clientv3.Client, req schema.Request, val string) (triggerDoc, int64, error) {
+func (e *env) submit(ctx context.Context, c *clientv3.Client, req schema.Request, val string) (triggerDoc, written, error) {
 	if len(req.Targets) > 0 || !req.Scope.All() {
 		if err := e.checkScope(ctx, c, append([]schema.Scope{req.Scope}, req.Targets...)); err != nil {
-			return triggerDoc{}, 0, err
+			return triggerDoc{}, written{}, err
 		}
 	}
 	// resyncctl writes as an operator: the one rule of who may ask for
@@ -258,17 +258,17 @@ func (e *env) submit(ctx context.Context, c *clientv3.Client, req schema.Request
 	// roles decide whether these credentials are an operator's.
 	writer := schema.Writer{Kind: schema.WriterOperator}
 	if err := req.AllowedFor(writer); err != nil {
-		return triggerDoc{}, 0, usagef("%v", err)
+		return triggerDoc{}, written{}, usagef("%v", err)
 	}
 	id := schema.NewRequestID(time.Now())
 	key := e.layout.RequestOf(writer, id)
 	wrote, err := e.writeRequest(ctx, c, key, val)
 	if errors.Is(err, rpctypes.ErrPermissionDenied) {
-		return triggerDoc{}, 0, permissionHint(fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
+		return triggerDoc{}, written{}, permissionHint(fmt.Errorf("write request %s: %w: trigger needs an operator's credentials (root, or a user with the role %s: resyncctl rbac apply --operators); an agent requests a resync of itself with ReportError",
 			key, err, rbac.OperatorRole))
 	}
 	if err != nil {
-		return triggerDoc{}, 0, fmt.Errorf("write request %s: %w", key, err)
+		return triggerDoc{}, written{}, fmt.Errorf("write request %s: %w", key, err)
 	}
 	doc := triggerDoc{Request: id, Key: key, Reason: req.Reason, Scope: req.Scope, Targets: req.Targets, RequestedBy: req.RequestedBy}
 	return doc, wrote, nil
@@ -283,17 +283,16 @@ func (e *env) reportRequested(doc triggerDoc, req schema.Request) error {
 	return nil
 }
 
-// awaitRound follows etcd from the request's write (etcd revision wrote)
-// until the round that consumed it finished, within timeout, and reads
+// awaitRound follows etcd from the request's write until the round that consumed it finished, within timeout, and reads
 // that round's view. Progress is output in text mode; with -o json it
 // goes to stderr, so that stdout carries only the final document.
-func (e *env) awaitRound(ctx, cctx context.Context, c *clientv3.Client, req schema.Request, doc triggerDoc, wrote int64, timeout time.Duration) (*coordinator.RoundView, error) {
+func (e *env) awaitRound(ctx, cctx context.Context, c *clientv3.Client, req schema.Request, doc triggerDoc, wrote written, timeout time.Duration) (*coordinator.RoundView, error) {
 	progressOut := e.stdout
 	if e.json {
 		progressOut = e.stderr
 	}
 	fmt.Fprintf(progressOut, "requested resync %s (scope %s): %s\n", doc.Request, req.ScopeText(), req.Reason)
-	w := &waiter{e: e, c: c, out: progressOut, reqKey: doc.Key, rev: wrote}
+	w := &waiter{e: e, c: c, out: progressOut, reqKey: doc.Key, rev: wrote.rev, n0: e.resyncRevision(wrote.revision)}
 	summary, err := w.wait(ctx, timeout)
 	if err != nil {
 		return nil, err
@@ -334,9 +333,16 @@ func (e *env) reportRound(doc triggerDoc, final *coordinator.RoundView) error {
 	return exitCode(rcli.ExitFailure)
 }
 
+// written is where a request's write landed: its etcd revision, and the
+// revision key as it stood then (no such key: nil).
+type written struct {
+	rev      int64
+	revision *mvccpb.KeyValue
+}
+
 // writeRequest writes the request key once, retrying transient etcd errors
 // within ctx (--command-timeout), and returns the etcd revision of the
-// write. It is safe to retry: every attempt writes the same key (so a
+// write and the revision key then. It is safe to retry: every attempt writes the same key (so a
 // duplicate merges into the one pending request), and no round runs twice
 // for it.
 //
@@ -355,16 +361,19 @@ func (e *env) reportRound(doc triggerDoc, final *coordinator.RoundView) error {
 // round consumed the request and it is done; if not, no attempt ever
 // applied, and it reads again and writes. If etcd compacted that history
 // away it cannot tell, and fails rather than risk a second round.
-func (e *env) writeRequest(ctx context.Context, c *clientv3.Client, key, val string) (int64, error) {
+func (e *env) writeRequest(ctx context.Context, c *clientv3.Client, key, val string) (written, error) {
 	// A member without a leader answers "no leader" at once (retried)
 	// instead of holding the write until the budget ends.
 	ctx = clientv3.WithRequireLeader(ctx)
 	revKey := e.layout.Revision()
 	base, err := c.Get(ctx, revKey)
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", revKey, err)
+		return written{}, fmt.Errorf("read %s: %w", revKey, err)
 	}
-	mod, from := modRevision(base.Kvs), base.Header.Revision
+	// Every attempt writes only while the revision key is as last read
+	// (mod), so an applied attempt saw it as cur.
+	cur, from := base.Kvs, base.Header.Revision
+	mod := modRevision(cur)
 	r := e.retrier()
 	doubt := false // an attempt failed, and may have been applied
 	var wrote int64
@@ -394,10 +403,28 @@ func (e *env) writeRequest(ctx context.Context, c *clientv3.Client, key, val str
 				}
 			}
 			// No attempt applied: the revision key changed meanwhile.
-			mod, from, doubt = modRevision(resp.Responses[1].GetResponseRange().Kvs), resp.Header.Revision, false
+			cur, from, doubt = resp.Responses[1].GetResponseRange().Kvs, resp.Header.Revision, false
+			mod = modRevision(cur)
 		}
 	})
-	return wrote, err
+	w := written{rev: wrote}
+	if len(cur) > 0 {
+		w.revision = cur[0]
+	}
+	return w, err
+}
+
+// resyncRevision is the resync revision N a revision key holds (nil, or
+// a value that does not decode: 0).
+func (e *env) resyncRevision(kv *mvccpb.KeyValue) uint64 {
+	if kv == nil {
+		return 0
+	}
+	r, err := e.layout.DecodeRevision(string(kv.Key), kv.Value)
+	if err != nil {
+		return 0
+	}
+	return r.Revision
 }
 
 // writtenBefore tells whether key existed just before the first change of
@@ -531,7 +558,16 @@ type waiter struct {
 func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round, error) {
 	w.started, w.records, w.parts = map[int64]uint64{}, map[uint64]*schema.Round{}, map[uint64][]schema.PluginID{}
 	if err := w.load(ctx, w.rev); err != nil {
-		return nil, err
+		if !errors.Is(err, rpctypes.ErrCompacted) {
+			return nil, err
+		}
+		// etcd compacted the request's write revision before the waiter
+		// read it (compaction every few seconds, a slow read): catch up
+		// from the state now, as after a watch that lost its history. The
+		// watch from the request's write then resets, and catches up again.
+		if err := w.resync(ctx, 0); err != nil {
+			return nil, err
+		}
 	}
 	if leader, err := w.leaderNow(ctx); err == nil && leader == "" {
 		w.e.warn("no coordinator leads right now: the request waits until one does (is resyncd running?)")
@@ -571,7 +607,7 @@ func (w *waiter) wait(ctx context.Context, timeout time.Duration) (*schema.Round
 }
 
 // follow starts the goroutine that follows the prefix with listwatch from
-// the request's write (Since: load read the state at it), re-listing when
+// the request's write (Since: wait read the state at it), re-listing when
 // compaction took the history. Its events come on events, where the
 // heartbeat interleaves with them; its end comes on done, once, after
 // ctx ends or on an error: the caller cancels ctx and receives from done.
@@ -778,12 +814,15 @@ func (w *waiter) settle(ctx context.Context) error {
 }
 
 // resync catches up after the watch lost its history: it reads the state
-// at etcd revision rev. If the request was consumed unseen, the first round
-// after the request's write is taken as its round.
+// at etcd revision rev (0: now). If the request was consumed unseen, the
+// first round after the request's write is taken as its round.
 func (w *waiter) resync(ctx context.Context, rev int64) error {
 	resp, err := w.c.Get(ctx, w.reqKey, clientv3.WithRev(rev))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", w.reqKey, err)
+	}
+	if rev == 0 {
+		rev = resp.Header.Revision // the rest at the same revision
 	}
 	if w.consumed == 0 && len(resp.Kvs) == 0 {
 		w.consumed = w.n0 + 1
