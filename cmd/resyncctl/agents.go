@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
@@ -108,8 +110,23 @@ func resultRank(r schema.Result) int {
 }
 
 // readAgents reads the revision record, registrations and acks at one etcd
-// revision and the TTL left on each agent's lease.
+// revision and the TTL left on each agent's lease. When etcd compacts
+// that revision between the reads, it reads again at a newer one: a
+// compaction is a moment, and its error says nothing about the agents.
 func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, error) {
+	for try := 1; ; try++ {
+		doc, err := e.readAgentsAt(ctx, c)
+		if try == compactedTries || !errors.Is(err, rpctypes.ErrCompacted) {
+			return doc, err
+		}
+	}
+}
+
+// compactedTries is how many times a command reads again after etcd
+// compacted the revision of its reads away.
+const compactedTries = 3
+
+func (e *env) readAgentsAt(ctx context.Context, c *clientv3.Client) (agentsDoc, error) {
 	rev, at, err := e.readRevision(ctx, c)
 	if err != nil {
 		return agentsDoc{}, err
