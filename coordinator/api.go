@@ -2,8 +2,10 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/schema"
@@ -14,14 +16,25 @@ import (
 // and the layout; none needs a Coordinator.
 
 // ReadRoundAgents reads round n's per-agent records (rounds/<N>/agents/),
-// in pages of at most page keys, in agent name order. A malformed record is
-// returned in bad and skipped. Readers (resyncctl, the checker, a
-// successor resuming a round) use it; it never reads the whole prefix in
-// one response.
+// in pages of at most page keys, in agent name order, at one etcd
+// revision (that of its first page; read again from the start at a newer
+// one when etcd compacts it away between pages, up to three times). A
+// malformed record is returned in bad and skipped. Readers (resyncctl, the
+// checker, a successor resuming a round) use it; it never reads the whole
+// prefix in one response.
 func ReadRoundAgents(ctx context.Context, kv clientv3.KV, layout schema.Layout, n uint64, page int) (recs []schema.RoundAgent, bad []error, err error) {
 	if page <= 0 {
 		page = 100 // at most ~100 x 15 KB (10 plugins with 128-character names and 1 KiB errors)
 	}
+	for try := 1; ; try++ {
+		recs, bad, err = readRoundAgents(ctx, kv, layout, n, page)
+		if try == 3 || !errors.Is(err, rpctypes.ErrCompacted) {
+			return recs, bad, err
+		}
+	}
+}
+
+func readRoundAgents(ctx context.Context, kv clientv3.KV, layout schema.Layout, n uint64, page int) (recs []schema.RoundAgent, bad []error, err error) {
 	prefix := layout.RoundAgents(n)
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	from := prefix
@@ -36,7 +49,11 @@ func ReadRoundAgents(ctx context.Context, kv clientv3.KV, layout schema.Layout, 
 		if err != nil {
 			return nil, nil, fmt.Errorf("read %s: %w", prefix, err)
 		}
-		rev = resp.Header.Revision
+		if rev == 0 {
+			// Not every page's: a header is etcd's revision now, not the
+			// one read at.
+			rev = resp.Header.Revision
+		}
 		for _, item := range resp.Kvs {
 			r, err := layout.DecodeRoundAgent(string(item.Key), item.Value)
 			if err != nil {
