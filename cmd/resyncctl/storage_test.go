@@ -105,22 +105,7 @@ func TestTriggerWaitAfterItsWriteWasCompacted(t *testing.T) {
 	m := etcdtest.Start(t)
 	ep := m.Endpoint()
 	c := m.Client(t)
-	p, err := resync.New(resync.Deps{Client: c, Log: quietLogger(t)}, resync.Config{Agent: "a1", TTL: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	reg := p.Register("p1")
-	go func() {
-		for {
-			select {
-			case ev := <-reg.StatusChan():
-				ev.Ack()
-			case <-p.Done():
-				return
-			}
-		}
-	}()
+	startHandAgent(t, ep, "a1", []string{"p1"}, nil)
 	co := startCoordinator(t, ep, "c1")
 	waitRound(t, c, 1, schema.NotActive)
 	e, _, errb := testEnv(t, ep, nil)
