@@ -199,8 +199,19 @@ func List(ctx context.Context, c clientv3.KV, key string, prefix bool, pageSize 
 }
 
 // ListRange reads the keys in [key, end) (key alone when end is "") at one
-// revision, in pages, in key order, with that revision.
+// revision, in pages, in key order, with that revision. When etcd compacts
+// that revision between two pages (100,000 keys are 100 pages) it lists
+// again from the start at a newer one, up to three times.
 func ListRange(ctx context.Context, c clientv3.KV, key, end string, pageSize int64) ([]*mvccpb.KeyValue, int64, error) {
+	for try := 1; ; try++ {
+		kvs, rev, err := listRange(ctx, c, key, end, pageSize)
+		if try == 3 || !errors.Is(err, rpctypes.ErrCompacted) {
+			return kvs, rev, err
+		}
+	}
+}
+
+func listRange(ctx context.Context, c clientv3.KV, key, end string, pageSize int64) ([]*mvccpb.KeyValue, int64, error) {
 	if end == "" {
 		resp, err := c.Get(ctx, key)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
 	"github.com/resyncd/resync/internal/testing/etcdtest"
@@ -146,5 +147,57 @@ func TestRunSinceWatchesFromThere(t *testing.T) {
 	etcdtest.Compact(t, c)
 	if ev := first(r1); !ev.Reset || len(ev.Kvs) != 3 {
 		t.Fatalf("Since %d after compaction: reset=%v with %d keys, want a reset with a, b, c", r1, ev.Reset, len(ev.Kvs))
+	}
+}
+
+// compactAtPageKV compacts etcd's history before the Get of page n (from
+// 1) of a list: the revision the list reads at is gone by then.
+type compactAtPageKV struct {
+	clientv3.KV
+	page      int
+	gets      int
+	compacted int64 // the revision compacted at
+}
+
+func (k *compactAtPageKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if k.gets++; k.gets == k.page {
+		resp, err := k.KV.Delete(ctx, "/p/k24")
+		if err == nil {
+			k.compacted = resp.Header.Revision
+			_, err = k.KV.Compact(ctx, resp.Header.Revision)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return k.KV.Get(ctx, key, opts...)
+}
+
+// A compaction between two pages of a list lists again from the start,
+// at a revision after it, instead of failing the list.
+func TestListAgainAfterCompactionBetweenPages(t *testing.T) {
+	m := etcdtest.Start(t)
+	c := m.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 25; i++ {
+		if _, err := c.Put(ctx, fmt.Sprintf("/p/k%02d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kv := &compactAtPageKV{KV: c.KV, page: 3}
+	kvs, rev, err := ListRange(ctx, kv, "/p/", "/p0", 7) // 4 pages
+	if err != nil {
+		t.Fatalf("list with a compaction before its third page: %v", err)
+	}
+	// The second listing is at or after the delete: 24 keys.
+	if len(kvs) != 24 || string(kvs[23].Key) != "/p/k23" {
+		t.Fatalf("listed %d keys, want the 24 left after the compaction", len(kvs))
+	}
+	if kv.gets != 3+4 {
+		t.Errorf("%d Gets: want 3 of the first listing (the third refused), then 4 pages again", kv.gets)
+	}
+	if rev < kv.compacted {
+		t.Errorf("list revision %d: want one at or after the compaction at %d", rev, kv.compacted)
 	}
 }
