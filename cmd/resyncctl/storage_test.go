@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	resync "github.com/resyncd/resync"
 	"github.com/resyncd/resync/coordinator"
 	"github.com/resyncd/resync/internal/embedetcd"
@@ -100,7 +102,9 @@ func TestWatchAndTriggerWaitSurviveFrequentCompaction(t *testing.T) {
 // trigger --wait finds the round that served its request when etcd
 // compacted the request's write revision before the waiter first read the
 // state there: the round already served it (and it was deleted unseen),
-// and the request still pending for a coordinator that is not there yet.
+// and the request still pending for a coordinator that is not there yet;
+// and when etcd compacts again the revision its watch re-listed at,
+// before the waiter reads the state there.
 func TestTriggerWaitAfterItsWriteWasCompacted(t *testing.T) {
 	m := etcdtest.Start(t)
 	ep := m.Endpoint()
@@ -108,7 +112,11 @@ func TestTriggerWaitAfterItsWriteWasCompacted(t *testing.T) {
 	startHandAgent(t, ep, "a1", []string{"p1"}, nil)
 	co := startCoordinator(t, ep, "c1")
 	waitRound(t, c, 1, schema.NotActive)
-	e, _, errb := testEnv(t, ep, nil)
+	var kv *compactArmedKV
+	e, _, errb := testEnv(t, ep, func(inner clientv3.KV) clientv3.KV {
+		kv = &compactArmedKV{KV: inner}
+		return kv
+	})
 	ctx := ctxT(t, 30*time.Second)
 	compactNow := func() {
 		t.Helper()
@@ -164,12 +172,77 @@ func TestTriggerWaitAfterItsWriteWasCompacted(t *testing.T) {
 		final, err := e.awaitRound(ctx, ctx, e.client, req, doc, wrote, 20*time.Second)
 		res <- result{final, err}
 	}()
-	etcdtest.WaitFor(t, 10*time.Second, "the waiter caught up and found no coordinator", func() bool {
-		return strings.Contains(errb.String(), "no coordinator leads right now")
-	})
-	startCoordinator(t, ep, "c2")
+	noLeader := func(times int) {
+		t.Helper()
+		etcdtest.WaitFor(t, 10*time.Second, "the waiter caught up and found no coordinator", func() bool {
+			return strings.Count(errb.String(), "no coordinator leads right now") == times
+		})
+	}
+	noLeader(1)
+	co = startCoordinator(t, ep, "c2")
 	r := <-res
 	check(r.final, r.err, doc, 3)
+
+	// Pending again, and etcd compacts once more just before the waiter
+	// reads the state at the revision its watch re-listed at (after the
+	// watch from the request's write found that history gone).
+	co.Close()
+	req, doc, wrote = request("compacted at the catch-up")
+	compactNow()
+	compactNow() // past the revision the watch starts from, too
+	kv.arm(doc.Key)
+	go func() {
+		final, err := e.awaitRound(ctx, ctx, e.client, req, doc, wrote, 20*time.Second)
+		res <- result{final, err}
+	}()
+	noLeader(2)
+	startCoordinator(t, ep, "c3")
+	r = <-res
+	check(r.final, r.err, doc, 4)
+	if n := kv.compactions(); n != 1 {
+		t.Errorf("%d compactions before a read of the request at a revision, want 1", n)
+	}
+}
+
+// compactArmedKV, once armed with a key, compacts etcd's whole history
+// just before the next Get of that key at a given revision (once).
+type compactArmedKV struct {
+	clientv3.KV
+	mu    sync.Mutex
+	key   string
+	fired int
+}
+
+func (k *compactArmedKV) arm(key string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.key = key
+}
+
+func (k *compactArmedKV) compactions() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.fired
+}
+
+func (k *compactArmedKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	k.mu.Lock()
+	fire := k.key != "" && key == k.key && clientv3.OpGet(key, opts...).Rev() != 0
+	if fire {
+		k.key = ""
+		k.fired++
+	}
+	k.mu.Unlock()
+	if fire {
+		resp, err := k.KV.Put(ctx, "compact-probe", "x")
+		if err != nil {
+			return nil, err
+		}
+		if _, err := k.KV.Compact(ctx, resp.Header.Revision); err != nil {
+			return nil, err
+		}
+	}
+	return k.KV.Get(ctx, key, opts...)
 }
 
 // With etcd's quota full, resyncctl's error is one line saying what

@@ -814,9 +814,18 @@ func (w *waiter) settle(ctx context.Context) error {
 }
 
 // resync catches up after the watch lost its history: it reads the state
-// at etcd revision rev (0: now). If the request was consumed unseen, the
-// first round after the request's write is taken as its round.
+// at etcd revision rev (0: now; also when etcd compacted rev before the
+// reads). If the request was consumed unseen, the first round after the
+// request's write is taken as its round.
 func (w *waiter) resync(ctx context.Context, rev int64) error {
+	err := w.resyncAt(ctx, rev)
+	if rev != 0 && errors.Is(err, rpctypes.ErrCompacted) {
+		err = w.resyncAt(ctx, 0)
+	}
+	return err
+}
+
+func (w *waiter) resyncAt(ctx context.Context, rev int64) error {
 	resp, err := w.c.Get(ctx, w.reqKey, clientv3.WithRev(rev))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", w.reqKey, err)
