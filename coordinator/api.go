@@ -2,12 +2,11 @@ package coordinator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -26,12 +25,11 @@ func ReadRoundAgents(ctx context.Context, kv clientv3.KV, layout schema.Layout, 
 	if page <= 0 {
 		page = 100 // at most ~100 x 15 KB (10 plugins with 128-character names and 1 KiB errors)
 	}
-	for try := 1; ; try++ {
+	err = etcderr.ReadAgainIfCompacted(func() error {
 		recs, bad, err = readRoundAgents(ctx, kv, layout, n, page)
-		if try == 3 || !errors.Is(err, rpctypes.ErrCompacted) {
-			return recs, bad, err
-		}
-	}
+		return err
+	})
+	return recs, bad, err
 }
 
 func readRoundAgents(ctx context.Context, kv clientv3.KV, layout schema.Layout, n uint64, page int) (recs []schema.RoundAgent, bad []error, err error) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -10,9 +9,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/schema"
 )
 
@@ -113,18 +112,13 @@ func resultRank(r schema.Result) int {
 // revision and the TTL left on each agent's lease. When etcd compacts
 // that revision between the reads, it reads again at a newer one: a
 // compaction is a moment, and its error says nothing about the agents.
-func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (agentsDoc, error) {
-	for try := 1; ; try++ {
-		doc, err := e.readAgentsAt(ctx, c)
-		if try == compactedTries || !errors.Is(err, rpctypes.ErrCompacted) {
-			return doc, err
-		}
-	}
+func (e *env) readAgents(ctx context.Context, c *clientv3.Client) (doc agentsDoc, err error) {
+	err = etcderr.ReadAgainIfCompacted(func() error {
+		doc, err = e.readAgentsAt(ctx, c)
+		return err
+	})
+	return doc, err
 }
-
-// compactedTries is how many times a command reads again after etcd
-// compacted the revision of its reads away.
-const compactedTries = 3
 
 func (e *env) readAgentsAt(ctx context.Context, c *clientv3.Client) (agentsDoc, error) {
 	rev, at, err := e.readRevision(ctx, c)

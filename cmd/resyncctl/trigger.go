@@ -246,7 +246,7 @@ func (o triggerOpts) requester() string {
 
 // submit checks that the request's targets have live registrations and
 // writes it as an operator. It returns the document that reports the
-// request and the etcd revision of its write.
+// request and where its write landed (writeRequest).
 func (e *env) submit(ctx context.Context, c *clientv3.Client, req schema.Request, val string) (triggerDoc, written, error) {
 	if len(req.Targets) > 0 || !req.Scope.All() {
 		if err := e.checkScope(ctx, c, append([]schema.Scope{req.Scope}, req.Targets...)); err != nil {
@@ -283,9 +283,10 @@ func (e *env) reportRequested(doc triggerDoc, req schema.Request) error {
 	return nil
 }
 
-// awaitRound follows etcd from the request's write until the round that consumed it finished, within timeout, and reads
-// that round's view. Progress is output in text mode; with -o json it
-// goes to stderr, so that stdout carries only the final document.
+// awaitRound follows etcd from the request's write (wrote) until the
+// round that consumed it finished, within timeout, and reads that round's
+// view. Progress is output in text mode; with -o json it goes to stderr,
+// so that stdout carries only the final document.
 func (e *env) awaitRound(ctx, cctx context.Context, c *clientv3.Client, req schema.Request, doc triggerDoc, wrote written, timeout time.Duration) (*coordinator.RoundView, error) {
 	progressOut := e.stdout
 	if e.json {
@@ -342,9 +343,9 @@ type written struct {
 
 // writeRequest writes the request key once, retrying transient etcd errors
 // within ctx (--command-timeout), and returns the etcd revision of the
-// write and the revision key then. It is safe to retry: every attempt writes the same key (so a
-// duplicate merges into the one pending request), and no round runs twice
-// for it.
+// write and the revision key then. It is safe to retry: every attempt
+// writes the same key (so a duplicate merges into the one pending
+// request), and no round runs twice for it.
 //
 // The danger is an attempt that failed on the client (a timeout, a leader
 // change) but was applied: the coordinator may consume the key (deleting

@@ -21,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/resyncd/resync/internal/backoff"
+	"github.com/resyncd/resync/internal/etcderr"
 )
 
 // Event is one delivery to the handler.
@@ -202,13 +203,12 @@ func List(ctx context.Context, c clientv3.KV, key string, prefix bool, pageSize 
 // revision, in pages, in key order, with that revision. When etcd compacts
 // that revision between two pages (100,000 keys are 100 pages) it lists
 // again from the start at a newer one, up to three times.
-func ListRange(ctx context.Context, c clientv3.KV, key, end string, pageSize int64) ([]*mvccpb.KeyValue, int64, error) {
-	for try := 1; ; try++ {
-		kvs, rev, err := listRange(ctx, c, key, end, pageSize)
-		if try == 3 || !errors.Is(err, rpctypes.ErrCompacted) {
-			return kvs, rev, err
-		}
-	}
+func ListRange(ctx context.Context, c clientv3.KV, key, end string, pageSize int64) (kvs []*mvccpb.KeyValue, rev int64, err error) {
+	err = etcderr.ReadAgainIfCompacted(func() error {
+		kvs, rev, err = listRange(ctx, c, key, end, pageSize)
+		return err
+	})
+	return kvs, rev, err
 }
 
 func listRange(ctx context.Context, c clientv3.KV, key, end string, pageSize int64) ([]*mvccpb.KeyValue, int64, error) {
