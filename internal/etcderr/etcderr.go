@@ -4,7 +4,8 @@
 // writes, the watcher's acks and requests, resyncctl's reads), which is
 // NOSPACE (IsNoSpace), and how NOSPACE is explained to whoever reads the
 // error (Hint, Explain: used by the coordinator, the agents' writers and
-// resyncctl).
+// resyncctl), and reads again what a compaction cut between two reads at
+// one revision (ReadAgainIfCompacted).
 //
 // A permanent error is one etcd (or the gRPC client in front of it) returns
 // again for the same request however often it is sent: the request is larger
