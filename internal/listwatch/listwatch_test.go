@@ -15,16 +15,23 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, etcdtest.LeakOptions()...) }
 
-func TestListPagesAtOneRevision(t *testing.T) {
+// pagedKeys starts etcd with the keys /p/k00 to /p/k24.
+func pagedKeys(t *testing.T) (*clientv3.Client, context.Context) {
+	t.Helper()
 	m := etcdtest.Start(t)
 	c := m.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	for i := 0; i < 25; i++ {
 		if _, err := c.Put(ctx, fmt.Sprintf("/p/k%02d", i), "v"); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return c, ctx
+}
+
+func TestListPagesAtOneRevision(t *testing.T) {
+	c, ctx := pagedKeys(t)
 	if _, err := c.Put(ctx, "/q", "outside"); err != nil {
 		t.Fatal(err)
 	}
@@ -176,15 +183,7 @@ func (k *compactAtPageKV) Get(ctx context.Context, key string, opts ...clientv3.
 // A compaction between two pages of a list lists again from the start,
 // at a revision after it, instead of failing the list.
 func TestListAgainAfterCompactionBetweenPages(t *testing.T) {
-	m := etcdtest.Start(t)
-	c := m.Client(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for i := 0; i < 25; i++ {
-		if _, err := c.Put(ctx, fmt.Sprintf("/p/k%02d", i), "v"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	c, ctx := pagedKeys(t)
 	kv := &compactAtPageKV{KV: c.KV, page: 3}
 	kvs, rev, err := ListRange(ctx, kv, "/p/", "/p0", 7) // 4 pages
 	if err != nil {
