@@ -17,6 +17,7 @@ import (
 
 	"github.com/resyncd/resync/coordinator"
 	rcli "github.com/resyncd/resync/internal/cli"
+	"github.com/resyncd/resync/internal/etcderr"
 	"github.com/resyncd/resync/internal/listwatch"
 	"github.com/resyncd/resync/internal/rbac"
 	"github.com/resyncd/resync/schema"
@@ -652,7 +653,8 @@ func (w *waiter) handle(ctx context.Context, ev listwatch.Event) error {
 	return nil
 }
 
-// load reads the acks, registrations and revision at etcd revision rev.
+// load reads the acks and registrations at etcd revision rev (the
+// revision key at the request's write came with the write: written).
 func (w *waiter) load(ctx context.Context, rev int64) error {
 	ctx, cancel := w.e.etcd.CommandContext(ctx)
 	defer cancel()
@@ -661,19 +663,8 @@ func (w *waiter) load(ctx context.Context, rev int64) error {
 		return err
 	}
 	w.live = liveSet(regs)
-	if w.acks, err = w.e.readAcks(ctx, w.c, rev); err != nil {
-		return err
-	}
-	resp, err := w.c.Get(ctx, w.e.layout.Revision(), clientv3.WithRev(rev))
-	if err != nil {
-		return fmt.Errorf("read %s: %w", w.e.layout.Revision(), err)
-	}
-	if len(resp.Kvs) == 1 {
-		if r, err := w.e.layout.DecodeRevision(w.e.layout.Revision(), resp.Kvs[0].Value); err == nil {
-			w.n0 = r.Revision
-		}
-	}
-	return nil
+	w.acks, err = w.e.readAcks(ctx, w.c, rev)
+	return err
 }
 
 func (w *waiter) leaderNow(ctx context.Context) (string, error) {
@@ -819,13 +810,15 @@ func (w *waiter) settle(ctx context.Context) error {
 // reads). If the request was consumed unseen, the first round after the
 // request's write is taken as its round.
 func (w *waiter) resync(ctx context.Context, rev int64) error {
-	err := w.resyncAt(ctx, rev)
-	if rev != 0 && errors.Is(err, rpctypes.ErrCompacted) {
-		err = w.resyncAt(ctx, 0)
+	if rev != 0 {
+		if err := w.resyncAt(ctx, rev); !errors.Is(err, rpctypes.ErrCompacted) {
+			return err
+		}
 	}
-	return err
+	return etcderr.ReadAgainIfCompacted(func() error { return w.resyncAt(ctx, 0) })
 }
 
+// resyncAt is resync at rev, or (0) at the revision of its first read.
 func (w *waiter) resyncAt(ctx context.Context, rev int64) error {
 	resp, err := w.c.Get(ctx, w.reqKey, clientv3.WithRev(rev))
 	if err != nil {
@@ -837,6 +830,18 @@ func (w *waiter) resyncAt(ctx context.Context, rev int64) error {
 	if w.consumed == 0 && len(resp.Kvs) == 0 {
 		w.consumed = w.n0 + 1
 		w.line(fmt.Sprintf("round %d started for the request", w.consumed))
+	}
+	// A request still pending at rev is taken by a round after the one
+	// there: the guess of a later catch-up.
+	revKey := w.e.layout.Revision()
+	rresp, err := w.c.Get(ctx, revKey, clientv3.WithRev(rev))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", revKey, err)
+	}
+	if len(rresp.Kvs) == 1 {
+		if n := w.e.resyncRevision(rresp.Kvs[0]); n != 0 {
+			w.n0 = n
+		}
 	}
 	if err := w.load(ctx, rev); err != nil {
 		return err
